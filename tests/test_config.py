@@ -1,0 +1,72 @@
+from dataclasses import dataclass
+
+import pytest
+
+from toolkit.config import ConfigError, TrainConfig, config_help, parse_config
+
+
+@dataclass
+class DemoConfig(TrainConfig):
+    """A recipe config for tests."""
+
+    widths: tuple[int, ...] = (8, 16)  # channels per stage
+    note: str = "x"  # free text
+    scale: float = 1.0  # a factor, unitless
+
+
+def parse(*argv):
+    return parse_config(DemoConfig, list(argv), exit_on_error=False)
+
+
+def test_defaults_and_both_override_forms():
+    cfg = parse("--epochs", "3", "--lr=0.5", "--run-name", "abc", "--widths", "4,8,12")
+    assert (cfg.epochs, cfg.lr, cfg.run_name, cfg.widths) == (3, 0.5, "abc", (4, 8, 12))
+    assert isinstance(cfg.epochs, int) and isinstance(cfg.lr, float)
+    assert parse().epochs == DemoConfig().epochs
+
+
+def test_booleans_bare_and_valued():
+    assert parse("--resume").resume is True
+    assert parse("--resume", "--epochs", "2").resume is True
+    assert parse("--channels-last", "false").channels_last is False
+    assert parse("--channels_last=0").channels_last is False
+    with pytest.raises(ConfigError, match="boolean"):
+        parse("--channels-last=maybe")
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        parse("--epoch", "3")
+    msg = str(err.value)
+    assert "--epoch" in msg and "epochs" in msg and "batch_size" in msg and "widths" in msg
+
+
+def test_wrong_type_and_range_are_refused():
+    with pytest.raises(ConfigError, match="--epochs expects int, got 'three'"):
+        parse("--epochs", "three")
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
+        parse("--batch-size", "0")
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        parse("--lr", "-1e-3")
+    with pytest.raises(ConfigError, match="wandb_mode must be one of"):
+        parse("--wandb-mode", "cloud")
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse("--epochs")
+
+
+def test_command_line_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(DemoConfig, ["--nope", "1"])
+    assert exit_info.value.code == 2
+    assert "unknown config key --nope" in capsys.readouterr().err
+
+
+def test_help_lists_every_field_with_default_and_meaning(capsys):
+    text = config_help(DemoConfig)
+    for name in ("epochs", "lr", "widths", "scale", "wandb_mode"):
+        assert f"--{name}" in text
+    assert "peak learning rate" in text and "channels per stage" in text and "(8, 16)" in text
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(DemoConfig, ["--help"])
+    assert exit_info.value.code == 0
+    assert "--batch_size" in capsys.readouterr().out

@@ -1,0 +1,128 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from toolkit.models.segmentation import SegAutoEncoder, build_segmentation_model
+from toolkit.models.utils import count_parameters
+
+NAMES = ["autoencoder", "unet"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(1, 1, 240, 240), (1, 1, 250, 250), (2, 1, 100, 100), (1, 1, 37, 61)])
+def test_output_shape_matches_input(name, shape):
+    torch.manual_seed(0)
+    model = build_segmentation_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(shape))
+    assert out.shape == shape
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_budget(name):
+    model = build_segmentation_model(name)
+    n = count_parameters(model)
+    assert 0 < n <= 500_000
+    assert count_parameters(model, trainable_only=False) == n
+
+
+def test_default_parameter_counts():
+    assert count_parameters(build_segmentation_model("unet")) == 486_409
+    assert count_parameters(build_segmentation_model("autoencoder")) == 437_449
+
+
+def test_count_parameters_trainable_only():
+    model = build_segmentation_model("unet")
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    frozen = sum(p.numel() for p in model.encoder.parameters())
+    assert count_parameters(model) == count_parameters(model, trainable_only=False) - frozen
+
+
+def test_skip_variant_differs():
+    plain = build_segmentation_model("autoencoder")
+    unet = build_segmentation_model("unet")
+    assert not plain.skip and unet.skip
+    assert count_parameters(unet) > count_parameters(plain)
+    # decoder convs read the concatenation (2w channels) in the U-Net only
+    for w, p_stage, u_stage in zip(reversed(unet.widths[:-1]), plain.decoder, unet.decoder):
+        assert p_stage[0].in_channels == w
+        assert u_stage[0].in_channels == 2 * w
+    # symmetric: one decoder stage per encoder stage, mirrored widths
+    assert len(unet.encoder) == len(unet.decoder) == unet.depth
+    enc = [s[0].out_channels for s in unet.encoder]
+    dec = [s[0].out_channels for s in unet.decoder]
+    assert dec == enc[::-1]
+
+
+def test_skip_actually_used():
+    # the last decoder stage really receives the concatenation [upsampled, skip]
+    torch.manual_seed(0)
+    unet = SegAutoEncoder(widths=(4, 8, 16), skip=True).eval()
+    x = torch.randn(1, 1, 16, 16)
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["in_ch"] = inputs[0].shape[1]
+
+    unet.decoder[-1].register_forward_hook(hook)
+    with torch.no_grad():
+        unet(x)
+    assert captured["in_ch"] == 2 * 4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_channels_last(name):
+    torch.manual_seed(0)
+    model = build_segmentation_model(name).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 64, 72).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.shape == x.shape
+    assert out.dtype == torch.bfloat16  # inside autocast; Accelerate casts back to fp32
+    loss = out.float().sigmoid().mean()
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_channels_last_matches_contiguous():
+    torch.manual_seed(0)
+    model = build_segmentation_model("unet").eval()
+    x = torch.randn(1, 1, 50, 50)
+    with torch.no_grad():
+        ref = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        out = model_cl(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_multichannel_in_out():
+    model = SegAutoEncoder(in_channels=4, out_channels=3, skip=True).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 4, 48, 40))
+    assert out.shape == (1, 3, 48, 40)
+    with pytest.raises(ValueError, match="expected input"):
+        model(torch.randn(1, 1, 48, 40))
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match="autoencoder.*unet"):
+        build_segmentation_model("resnet")
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"widths": (8,)}, "widths"), ({"widths": (8, 0)}, "widths"), ({"in_channels": 0}, "in_channels"),
+     ({"skip": "yes"}, "skip")],
+)
+def test_bad_options(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SegAutoEncoder(**kwargs)
+
+
+def test_logits_no_sigmoid():
+    model = build_segmentation_model("unet").eval()
+    assert not any(isinstance(m, nn.Sigmoid) for m in model.modules())
+    assert isinstance(model.head, nn.Conv2d) and model.head.kernel_size == (1, 1)

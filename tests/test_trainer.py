@@ -1,0 +1,144 @@
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from toolkit import Accuracy, ClassificationObjective, ParameterBudgetError, TrainConfig, Trainer
+from toolkit.config import ConfigError
+
+from .helpers import TinyImages, TinyNet
+from .wandb_reader import logged
+
+
+def make_cfg(tmp_path, **kw):
+    base = TrainConfig(output_dir=str(tmp_path / "runs"), run_name="t", epochs=4, batch_size=8, lr=0.05,
+                       num_workers=0, wandb_mode="disabled", warmup_fraction=0.0)
+    return replace(base, **kw)
+
+
+def fit(cfg, model=None, figures=None, train=None):
+    trainer = Trainer(cfg, recipe="tiny")
+    model = model or TinyNet()
+    history = trainer.fit(model, ClassificationObjective(), train or TinyImages(48, augment=True),
+                          TinyImages(20, seed=1), metrics=[Accuracy()], monitor="accuracy", figures=figures)
+    return trainer, model, history
+
+
+def test_fit_learns_and_writes_the_run_folder(tmp_path):
+    trainer, _, history = fit(make_cfg(tmp_path, epochs=6))
+    run = trainer.run_dir
+    assert len(history) == 6 and [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    for name in ("config.json", "history.json", "summary.json", "best.pth", "state/trainer_state.json",
+                 "figures/history.png"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "history.json").read_text()) == history
+    summary = json.loads((run / "summary.json").read_text())
+    best = max(h["accuracy"] for h in history)
+    assert summary["best_value"] == best
+    assert history[summary["best_epoch"] - 1]["accuracy"] == best
+    assert summary["trainable_params"] == sum(p.numel() for p in TinyNet().parameters())
+    assert summary["train_images_per_s"] > 0 and summary["wall_time_s"] > 0
+    state = torch.load(run / "best.pth", weights_only=True)
+    fresh = TinyNet()
+    fresh.load_state_dict(state)  # plain state dict of the unwrapped model
+    assert json.loads((run / "config.json").read_text())["epochs"] == 6
+
+
+def test_over_budget_model_is_refused_before_training(tmp_path):
+    trainer = Trainer(make_cfg(tmp_path), recipe="tiny")
+    with pytest.raises(ParameterBudgetError, match=r"TinyNet has 1,026 trainable parameters, over .* budget of 1,000"):
+        trainer.fit(TinyNet(width=64), ClassificationObjective(), TinyImages(), TinyImages(8),
+                    metrics=[Accuracy()], monitor="accuracy", param_budget=1000)
+    assert not (trainer.run_dir / "state").exists()
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_state(tmp_path):
+    fit(make_cfg(tmp_path, epochs=1))
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        Trainer(make_cfg(tmp_path, epochs=1), recipe="tiny")
+    with pytest.raises(ConfigError, match="no complete state"):
+        Trainer(make_cfg(tmp_path, run_name="other", resume=True), recipe="tiny")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_at_next_epoch_with_identical_weights(tmp_path):
+    cfg_a = make_cfg(tmp_path, run_name="a", epochs=4)
+    trainer_a, _, history_a = fit(cfg_a)
+
+    def crash_in_epoch_3(sample):
+        if crash_in_epoch_3.calls == 2:
+            raise Interrupt()
+        crash_in_epoch_3.calls += 1
+        return {}
+
+    crash_in_epoch_3.calls = 0
+    cfg_b = make_cfg(tmp_path, run_name="b", epochs=4)
+    with pytest.raises(Interrupt):
+        fit(cfg_b, figures=crash_in_epoch_3)
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    state = json.loads((tmp_path / "runs/b/state/trainer_state.json").read_text())
+    assert state["epoch"] == 2  # epoch 3 was lost with the crash, before its state was written
+
+    trainer_b, _, history_b = fit(replace(cfg_b, resume=True))
+    assert [h["epoch"] for h in history_b] == [1, 2, 3, 4]
+    for ha, hb in zip(history_a, history_b):
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-6)
+    wa = load_file(trainer_a.run_dir / "state/model.safetensors")
+    wb = load_file(trainer_b.run_dir / "state/model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
+
+
+def test_bf16_autocast_from_the_launch_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    trainer, model, history = fit(make_cfg(tmp_path, epochs=2))
+    assert trainer.accelerator.mixed_precision == "bf16"
+    assert model.seen_dtype == torch.bfloat16  # inside the model the convolution ran in bf16
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+    assert json.loads((trainer.run_dir / "summary.json").read_text())["mixed_precision"] == "bf16"
+
+
+def test_gradient_accumulation_and_cosine_schedule(tmp_path):
+    trainer, _, history = fit(make_cfg(tmp_path, epochs=2, grad_accum_steps=2, scheduler="cosine"))
+    assert len(history) == 2
+    assert history[-1]["lr"] < 0.05 * 0.6  # cosine decays towards 0 over the 2 epochs
+
+
+def test_time_budget_plans_epochs_that_fit(tmp_path):
+    trainer, _, history = fit(make_cfg(tmp_path, epochs=500, max_minutes=0.05))
+    assert 1 <= len(history) < 500
+    assert sum(h["time_s"] for h in history) < 0.05 * 60 * 1.5
+
+
+def test_non_finite_loss_stops_with_the_step_and_last_state(tmp_path):
+    class Exploding(TinyNet):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+    with pytest.raises(FloatingPointError, match=r"loss became nan at optimizer step \d+ \(epoch 1\)"):
+        fit(make_cfg(tmp_path, epochs=1), model=Exploding())
+
+
+def test_wandb_offline_run_is_written(tmp_path):
+    trainer, _, history = fit(make_cfg(tmp_path, epochs=2, wandb_mode="offline", log_every=1))
+    runs = list((trainer.run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    (run_file,) = runs[0].glob("run-*.wandb")
+    rows, summary = logged(run_file)
+    steps = [r for r in rows if "train/loss" in r and "epoch" not in r]
+    epochs = [r for r in rows if "epoch" in r]
+    assert len(steps) >= 8  # log_every=1: one row per optimizer step
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert [r["val/accuracy"] for r in epochs] == pytest.approx([h["accuracy"] for h in history])
+    assert [r["val/loss"] for r in epochs] == pytest.approx([h["val_loss"] for h in history])
+    assert epochs[-1]["figures/history/_type"] == "image-file"
+    assert summary["best_value"] == max(h["accuracy"] for h in history)

@@ -1,0 +1,190 @@
+"""Typed dataclass configs with command-line overrides.
+
+Each recipe declares a dataclass that extends :class:`TrainConfig`. Every field has a
+default and a trailing one-line comment giving its meaning and unit; that comment is
+also the ``--help`` text. ``parse_config(Config, argv)`` accepts ``--key value``,
+``--key=value`` and, for booleans, a bare ``--key``. Values are converted by the
+field's declared type; an unknown key is refused with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+__all__ = ["ConfigError", "TrainConfig", "parse_config", "config_help"]
+
+C = TypeVar("C")
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings every recipe shares: run folder, schedule, optimiser, logging."""
+
+    run_name: str = ""  # run folder name under output_dir; "" = <recipe>-<date>-<time>
+    output_dir: str = "runs"  # parent folder of run folders
+    resume: bool = False  # continue the run named by run_name (or the newest run) from its state/
+    epochs: int = 10  # passes over the training set
+    max_minutes: float = 0.0  # wall-clock training budget in minutes; the LR schedule is fitted to it; 0 = none
+    batch_size: int = 16  # samples per process per micro-step
+    grad_accum_steps: int = 1  # micro-steps per optimizer step
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # peak learning rate (per optimizer step)
+    weight_decay: float = 1e-4  # decoupled weight decay (AdamW) or L2 (SGD), per step
+    momentum: float = 0.9  # SGD momentum (Nesterov); unused by AdamW
+    scheduler: str = "onecycle"  # onecycle | cosine | constant, stepped once per optimizer step
+    warmup_fraction: float = 0.1  # fraction of all optimizer steps spent warming the LR up
+    max_grad_norm: float = 1.0  # clip the global gradient L2 norm to this; 0 = no clipping
+    seed: int = 0  # base random seed (each process adds its rank)
+    num_workers: int = 2  # DataLoader worker processes per training process
+    channels_last: bool = True  # NHWC memory layout for 4-D tensors (faster convolutions)
+    eval_batch_size: int = 0  # samples per process per evaluation step; 0 = 2 x batch_size
+    log_every: int = 10  # optimizer steps between step-level W&B logs
+    wandb_mode: str = "offline"  # online | offline | disabled
+    wandb_project: str = "toolkit"  # W&B project name
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum_steps", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        non_negative = ("epochs", "max_minutes", "weight_decay", "max_grad_norm", "num_workers", "eval_batch_size")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
+        _check_choice("scheduler", self.scheduler, ("onecycle", "cosine", "constant"))
+        _check_choice("wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
+        if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name in (".", "..")):
+            raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}")
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# --------------------------------------------------------------------------- parsing
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing ``# comment`` of every field assignment in ``cls`` and its bases."""
+    comments: dict[str, str] = {}
+    pattern = re.compile(r"^\s*(\w+)\s*:[^=#]+=[^#]*#\s*(.+?)\s*$")
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines, _ = inspect.getsourcelines(klass)
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            match = pattern.match(line)
+            if match:
+                comments[match.group(1)] = match.group(2)
+    return comments
+
+
+def _convert(key: str, raw: str, tp: Any) -> Any:
+    """Convert the string ``raw`` to the declared type ``tp`` of field ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw.lower() in ("none", "null", ""):
+            return None
+        return _convert(key, raw, args[0])
+    if tp is bool:
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"--{key} expects a boolean (true/false), got {raw!r}")
+    if origin in (tuple, list):
+        args = typing.get_args(tp)
+        item = args[0] if args else str
+        items = [s for s in raw.replace(" ", "").split(",") if s]
+        values = [_convert(key, s, item) for s in items]
+        return tuple(values) if origin is tuple else values
+    if tp in (int, float, str):
+        try:
+            return tp(raw)
+        except ValueError:
+            raise ConfigError(f"--{key} expects {tp.__name__}, got {raw!r}") from None
+    raise ConfigError(f"--{key}: unsupported field type {tp!r}")
+
+
+def config_help(cls: type, prog: str = "") -> str:
+    """The ``--help`` text: one line per field with its type, default and meaning."""
+    hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
+    lines = [f"usage: {prog or 'recipe'} [--key value | --key=value ...]", "", (cls.__doc__ or "").strip(), ""]
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        lines.append(f"  --{f.name:<22} {tname:<6} default {default!r:<14} {comments.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, exit_on_error: bool = True) -> C:
+    """Build ``cls`` from its defaults overridden by ``argv`` (default: ``sys.argv[1:]``).
+
+    Raises :class:`ConfigError` for an unknown key (listing the valid ones), a value
+    that does not convert to the field's type, or a value the config refuses. With
+    ``exit_on_error`` (the command-line case) the message goes to stderr and the
+    process exits with status 2 instead; ``--help`` prints the help and exits 0.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _parse(cls, argv)
+    except ConfigError as err:
+        if not exit_on_error:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _parse(cls: type[C], argv: list[str]) -> C:
+    if "-h" in argv or "--help" in argv:
+        print(config_help(cls, Path(sys.argv[0]).name))
+        raise SystemExit(0)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ConfigError(f"expected --key or --key=value, got {token!r}")
+        key, eq, raw = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in hints:
+            raise ConfigError(f"unknown config key --{key}; valid keys: {', '.join(names)}")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if hints[key] is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
+                raw = "true"
+            elif nxt is None:
+                raise ConfigError(f"--{key} needs a value")
+            else:
+                raw = nxt
+                i += 1
+        values[key] = _convert(key, raw, hints[key])
+        i += 1
+    return cls(**values)

@@ -1,0 +1,102 @@
+"""Figures every recipe can leave in ``figures/``: training curves and mask overlays.
+
+Matplotlib runs on the ``Agg`` backend (no display needed). Figures are written
+atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .checkpoint import atomic_write  # noqa: E402
+
+__all__ = ["save_figure", "plot_history", "segmentation_overlays", "image_grid"]
+
+
+def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def plot_history(history: Sequence[dict], keys: Sequence[str] | None = None) -> "plt.Figure":
+    """One panel per numeric history key (train_loss, val_loss, each metric) against epoch."""
+    skip = {"epoch", "time_s", "train_images_per_s", "lr"}
+    if keys is None:
+        keys = [k for k in history[0] if k not in skip and isinstance(history[0][k], (int, float))]
+    cols = min(3, max(1, len(keys)))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, key in zip(axes.flat, keys):
+        ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", ms=3)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def _to_display(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) float → (H, W) or (H, W, 3) in [0, 1] for imshow (min-max per image)."""
+    img = image.detach().float().cpu()
+    img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+    return img[0].numpy() if img.shape[0] == 1 else img[:3].permute(1, 2, 0).numpy()
+
+
+def segmentation_overlays(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor,
+                          threshold: float = 0.5, max_images: int = 6) -> "plt.Figure":
+    """Scans with the true mask (green outline fill) and the prediction (red), one column each.
+
+    images: (N, C, H, W) float (any range); probs: (N, 1, H, W) in [0, 1];
+    masks: (N, 1, H, W) in {0, 1}. Yellow = true positive, red = false positive,
+    green = missed tumour.
+    """
+    n = min(max_images, images.shape[0])
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        base = _to_display(images[i])
+        rgb = np.stack([base] * 3, axis=-1) if base.ndim == 2 else base.copy()
+        pred = (probs[i, 0].float().cpu() >= threshold).numpy()
+        true = (masks[i, 0].cpu() > 0).numpy()
+        color = np.zeros_like(rgb)
+        color[pred & true] = (1.0, 1.0, 0.0)
+        color[pred & ~true] = (1.0, 0.0, 0.0)
+        color[~pred & true] = (0.0, 1.0, 0.0)
+        alpha = 0.45 * (pred | true)[..., None]
+        ax.imshow(rgb * (1 - alpha) + color * alpha)
+        inter, total = (pred & true).sum(), pred.sum() + true.sum()
+        dice = 1.0 if total == 0 else 2 * inter / total
+        ax.set_title(f"Dice {dice:.2f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("yellow: correct, red: false positive, green: missed", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(rows: Sequence[torch.Tensor], titles: Sequence[str], max_images: int = 8) -> "plt.Figure":
+    """Rows of images, e.g. originals / noisy / reconstructions; each (N, C, H, W) float."""
+    n = min(max_images, rows[0].shape[0])
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows)), squeeze=False)
+    for r, (row, title) in enumerate(zip(rows, titles)):
+        for i in range(n):
+            img = _to_display(row[i])
+            axes[r, i].imshow(img, cmap="gray" if img.ndim == 2 else None)
+            axes[r, i].axis("off")
+        axes[r, 0].set_title(title, fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,169 @@
+"""Segmentation losses: the soft Dice loss of the spec and a Dice + BCE combination.
+
+Style follows MONAI ``losses/dice.py``: every option is fixed in ``__init__`` (bad
+options raise ``ValueError`` naming the option and its value) and ``forward`` takes
+only tensors.
+
+The soft Dice loss is exactly (spec section 5)::
+
+    L = 1 - (2 * sum(p * t) + eps) / (sum(p ** 2) + sum(t ** 2) + eps)
+
+where ``p`` are predicted probabilities and ``t`` the binary ground truth. It is
+computed in float32 whatever the input dtype (bf16/fp16 inputs from autocast are
+cast up inside), so the reductions over 240x240 pixels do not lose precision.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["SoftDiceLoss", "DiceBCELoss"]
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_same_shape(pred: torch.Tensor, target: torch.Tensor) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got pred {tuple(pred.shape)} "
+            f"and target {tuple(target.shape)}"
+        )
+    if pred.ndim < 2:
+        raise ValueError(
+            f"pred must have shape (N, C, ...) with at least 2 dims, got {tuple(pred.shape)}"
+        )
+
+
+class SoftDiceLoss(nn.Module):
+    """Soft Dice loss ``1 - (2·Σ(p·t) + ε) / (Σp² + Σt² + ε)``.
+
+    Args:
+        eps: ε added to numerator and denominator (> 0). With ε in both, an empty
+            target and an all-zero prediction give loss 0 (ε/ε = 1).
+        from_logits: if True (default) ``pred`` holds logits and ``sigmoid`` is
+            applied; if False ``pred`` already holds probabilities in [0, 1].
+        batch: if False (default) the sums run over the spatial dims of each
+            (sample, channel) pair and the N×C losses are averaged; if True the sums
+            run over the batch and spatial dims together, one Dice per channel,
+            and the C losses are averaged (more stable with many empty masks).
+
+    Shapes:
+        - pred: (N, C, *spatial), any float dtype (fp32/bf16/fp16); logits or
+          probabilities as set by ``from_logits``.
+        - target: same shape as ``pred``, values in {0, 1}, any float, bool or
+          integer dtype (e.g. uint8).
+        - output: scalar float32 tensor in [0, 1].
+
+    Raises:
+        ValueError: on a bad option (in ``__init__``) or when ``pred`` and
+            ``target`` shapes differ (in ``forward``).
+    """
+
+    def __init__(self, eps: float = 1e-6, from_logits: bool = True, batch: bool = False) -> None:
+        super().__init__()
+        self.eps = _check_eps(eps)
+        self.from_logits = _check_bool("from_logits", from_logits)
+        self.batch = _check_bool("batch", batch)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the mean soft Dice loss (float32 scalar) of ``pred`` against ``target``."""
+        _check_same_shape(pred, target)
+        p = pred.float()
+        if self.from_logits:
+            p = torch.sigmoid(p)
+        t = target.float()
+        dims = list(range(2, p.ndim))
+        if self.batch:
+            dims = [0] + dims
+        if dims:
+            inter = (p * t).sum(dim=dims)
+            denom = (p * p).sum(dim=dims) + (t * t).sum(dim=dims)
+        else:  # (N, C) input without spatial dims, batch=False: one value per element
+            inter = p * t
+            denom = p * p + t * t
+        dice = (2.0 * inter + self.eps) / (denom + self.eps)
+        return (1.0 - dice).mean()
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, from_logits={self.from_logits}, batch={self.batch}"
+
+
+class DiceBCELoss(nn.Module):
+    """``dice_weight · SoftDiceLoss + bce_weight · BCEWithLogits`` on logits.
+
+    Args:
+        dice_weight: weight of the soft Dice term (>= 0).
+        bce_weight: weight of the binary cross-entropy term (>= 0); the two weights
+            must not both be 0.
+        eps: ε of the soft Dice term (> 0).
+        batch: ``batch`` option of the soft Dice term (see :class:`SoftDiceLoss`).
+        pos_weight: optional weight of positive pixels in the BCE term (> 0), a
+            number or a tensor broadcastable to ``pred`` (e.g. shape (C, 1, 1) for
+            one weight per channel), as in ``F.binary_cross_entropy_with_logits``.
+
+    Shapes:
+        - pred: (N, C, *spatial) LOGITS, any float dtype.
+        - target: same shape, values in {0, 1}, any float, bool or integer dtype.
+        - output: scalar float32 tensor (>= 0).
+
+    Both terms are computed in float32.
+    """
+
+    def __init__(
+        self,
+        dice_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        eps: float = 1e-6,
+        batch: bool = False,
+        pos_weight: float | torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        for name, w in (("dice_weight", dice_weight), ("bce_weight", bce_weight)):
+            if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        if dice_weight == 0 and bce_weight == 0:
+            raise ValueError(
+                f"dice_weight and bce_weight must not both be 0, got dice_weight={dice_weight!r}, "
+                f"bce_weight={bce_weight!r}"
+            )
+        self.dice_weight = float(dice_weight)
+        self.bce_weight = float(bce_weight)
+        self.dice = SoftDiceLoss(eps=eps, from_logits=True, batch=batch)
+        if pos_weight is not None:
+            pw = torch.as_tensor(pos_weight, dtype=torch.float32)
+            if not torch.isfinite(pw).all() or (pw <= 0).any():
+                raise ValueError(f"pos_weight must be finite and > 0, got {pos_weight!r}")
+            self.register_buffer("pos_weight", pw, persistent=False)
+        else:
+            self.pos_weight = None
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the weighted Dice + BCE loss (float32 scalar) of logits ``pred``."""
+        _check_same_shape(pred, target)
+        logits = pred.float()
+        t = target.float()
+        loss = logits.new_zeros(())
+        if self.dice_weight:
+            loss = loss + self.dice_weight * self.dice(logits, t)
+        if self.bce_weight:
+            bce = F.binary_cross_entropy_with_logits(logits, t, pos_weight=self.pos_weight)
+            loss = loss + self.bce_weight * bce
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"dice_weight={self.dice_weight}, bce_weight={self.bce_weight}"

@@ -1,0 +1,183 @@
+"""Objectives: how a batch becomes (loss, predictions, targets).
+
+An objective is called as ``objective(model, batch)`` and returns a :class:`StepOutput`.
+The Trainer backpropagates ``loss`` in training, and in evaluation gathers
+``preds`` and ``targets`` across processes (``gather_for_metrics``) and feeds them to
+the metric accumulators. Inputs may arrive as ``uint8`` (0..255) and are brought to
+float on the device here, so data loaders can keep batches small.
+
+A new objective is one class here plus one line in :data:`OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "StepOutput",
+    "Objective",
+    "ClassificationObjective",
+    "ReconstructionObjective",
+    "DenoisingObjective",
+    "SegmentationObjective",
+    "OBJECTIVES",
+    "build_objective",
+    "add_gaussian_noise",
+    "to_unit_range",
+    "standardize_per_image",
+    "DEFAULT_NOISE_STD",
+]
+
+DEFAULT_NOISE_STD = 0.3  # std of the denoising task's Gaussian noise, in [0, 1] pixel units
+
+
+@dataclass
+class StepOutput:
+    """What an objective returns for one batch.
+
+    loss: scalar float tensor (differentiable in training).
+    preds: (N, ...) predictions whose first dim is the batch (probabilities, logits or images).
+    targets: (N, ...) ground truth matching ``preds`` along the batch dim.
+    inputs: (N, ...) the model's inputs as float, kept for figures.
+    """
+
+    loss: torch.Tensor
+    preds: torch.Tensor
+    targets: torch.Tensor
+    inputs: torch.Tensor
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) uint8 in 0..255 → float32 in [0, 1]; float input is returned as float32 unchanged."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def standardize_per_image(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """(N, C, H, W) uint8 or float → float32 with zero mean and unit std per image and channel.
+
+    MRI intensities have no absolute scale, so each slice is normalised on its own.
+    """
+    x = to_unit_range(x)
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True)
+    return (x - mean) / (std + eps)
+
+
+def add_gaussian_noise(images: torch.Tensor, std: float = DEFAULT_NOISE_STD, mean: float = 0.0) -> torch.Tensor:
+    """Return a new tensor: ``images`` (any shape, float in [0, 1]) plus N(mean, std²) noise, clamped to [0, 1]."""
+    if std < 0:
+        raise ValueError(f"std must be >= 0, got {std}")
+    noise = torch.randn_like(images, dtype=torch.float32) * std + mean
+    return (images.float() + noise).clamp_(0.0, 1.0)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+class Objective:
+    """Base class. Subclasses implement :meth:`__call__`.
+
+    ``preprocess`` maps the raw input batch (uint8 or float) to the model's float input.
+    ``channels_last`` is set by the Trainer from its config.
+    """
+
+    def __init__(self, preprocess: Callable[[torch.Tensor], torch.Tensor] = to_unit_range) -> None:
+        self.preprocess = preprocess
+        self.channels_last = False
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw batch input → float model input in the configured memory layout."""
+        return _layout(self.preprocess(x), self.channels_last)
+
+    def __call__(self, model: nn.Module, batch: Any) -> StepOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ClassificationObjective(Objective):
+    """batch = (images (N,C,H,W), labels (N,) int64 in [0, K)); preds = logits (N, K) float32."""
+
+    def __init__(self, label_smoothing: float = 0.0, preprocess: Callable = to_unit_range) -> None:
+        super().__init__(preprocess)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
+        x, y = batch[0], batch[1]
+        inputs = self.model_input(x)
+        logits = model(inputs).float()
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return StepOutput(loss, logits.detach(), y, inputs)
+
+
+class ReconstructionObjective(Objective):
+    """batch = images (N,C,H,W) or (images, anything); target = the input; preds in [0, 1]."""
+
+    def __init__(self, loss: nn.Module | None = None, preprocess: Callable = to_unit_range) -> None:
+        super().__init__(preprocess)
+        self.loss = loss if loss is not None else nn.MSELoss()
+
+    def corrupt(self, clean: torch.Tensor) -> torch.Tensor:
+        """What the model sees; reconstruction shows it the clean image."""
+        return clean
+
+    def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        clean = self.model_input(x)
+        inputs = self.corrupt(clean)
+        recon = model(inputs).float()
+        return StepOutput(self.loss(recon, clean), recon.detach(), clean, inputs)
+
+
+class DenoisingObjective(ReconstructionObjective):
+    """As reconstruction, but the model sees ``add_gaussian_noise(clean, noise_std)`` (fresh noise each call)."""
+
+    def __init__(self, noise_std: float = DEFAULT_NOISE_STD, loss: nn.Module | None = None,
+                 preprocess: Callable = to_unit_range) -> None:
+        super().__init__(loss, preprocess)
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.noise_std = noise_std
+
+    def corrupt(self, clean: torch.Tensor) -> torch.Tensor:
+        return _layout(add_gaussian_noise(clean, self.noise_std), self.channels_last)
+
+
+class SegmentationObjective(Objective):
+    """batch = (images (N,C,H,W) uint8/float, masks (N,1,H,W) in {0,1}).
+
+    The model returns logits (N,1,H,W); ``loss(logits, masks)`` is the training loss;
+    preds = sigmoid(logits) as float32 probabilities in [0, 1]; targets = masks as uint8.
+    """
+
+    def __init__(self, loss: nn.Module, preprocess: Callable = standardize_per_image) -> None:
+        super().__init__(preprocess)
+        self.loss = loss
+
+    def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
+        x, masks = batch[0], batch[1]
+        inputs = self.model_input(x)
+        logits = model(inputs).float()
+        loss = self.loss(logits, masks.float())
+        return StepOutput(loss, torch.sigmoid(logits.detach()), masks.to(torch.uint8), inputs)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "classification": ClassificationObjective,
+    "reconstruction": ReconstructionObjective,
+    "denoising": DenoisingObjective,
+    "segmentation": SegmentationObjective,
+}
+
+
+def build_objective(name: str, **kwargs: Any) -> Objective:
+    """Objective by name (one of :data:`OBJECTIVES`), with its keyword options."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](**kwargs)

@@ -1,0 +1,55 @@
+"""Optimizer and per-step learning-rate schedule built from a :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from .config import TrainConfig
+
+__all__ = ["build_optimizer", "StepSchedule", "build_scheduler"]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or Nesterov SGD over the trainable parameters; no weight decay on biases and norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+class StepSchedule:
+    """LR multiplier as a function of the optimizer step: linear warm-up, then decay.
+
+    ``kind``: "onecycle" (warm up from 1/25 to 1, cosine down to 1e-4), "cosine"
+    (warm up from 0, cosine down to 0) or "constant" (warm up, then flat).
+    ``total_steps`` may be changed during training (a time budget refits it); being a
+    plain object, it is saved and restored with the scheduler's state dict.
+    """
+
+    def __init__(self, kind: str, total_steps: int, warmup_fraction: float) -> None:
+        self.kind = kind
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_fraction = warmup_fraction
+
+    def __call__(self, step: int) -> float:
+        warmup = self.warmup_fraction * self.total_steps
+        start = 1 / 25 if self.kind == "onecycle" else 0.0
+        if step < warmup:
+            return start + (1 - start) * (step + 1) / warmup
+        if self.kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1.0, self.total_steps - warmup))
+        floor = 1e-4 if self.kind == "onecycle" else 0.0
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> LambdaLR:
+    """A LambdaLR driven by :class:`StepSchedule`; the Trainer steps it after each optimizer step."""
+    return LambdaLR(optimizer, StepSchedule(cfg.scheduler, total_steps, cfg.warmup_fraction))

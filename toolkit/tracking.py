@@ -1,0 +1,62 @@
+"""Weights & Biases through Accelerate's tracker, offline by default.
+
+One W&B run per launch: Accelerate creates trackers on the main process only. The
+run lives in ``<run dir>/wandb/``; ``wandb sync <run dir>/wandb/offline-run-*``
+uploads an offline run later.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["tracker_kwargs", "start_tracking", "log_images", "set_summary"]
+
+
+def tracker_kwargs(cfg) -> dict[str, Any]:
+    """Keyword arguments for ``Accelerator(...)``: ``log_with="wandb"`` unless W&B is disabled."""
+    return {"log_with": None if cfg.wandb_mode == "disabled" else "wandb"}
+
+
+def start_tracking(accelerator, cfg, recipe: str, run_dir: Path) -> None:
+    """``init_trackers`` with the whole config; the run is named and identified by the run folder,
+    so a resumed run continues the same W&B run."""
+    if cfg.wandb_mode == "disabled":
+        return
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_dir.name)
+    init = {"name": run_dir.name, "id": run_id, "resume": "allow", "dir": str(run_dir),
+            "mode": cfg.wandb_mode, "group": recipe, "job_type": "train"}
+    config = {**asdict(cfg), "recipe": recipe, "num_processes": accelerator.num_processes,
+              "mixed_precision": accelerator.mixed_precision}
+    accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs={"wandb": init})
+
+
+def _wandb_run(accelerator):
+    if not accelerator.is_main_process or not accelerator.trackers:
+        return None
+    try:
+        return accelerator.get_tracker("wandb", unwrap=True)
+    except (ValueError, KeyError):
+        return None
+
+
+def log_images(accelerator, images: dict[str, Path], step: int) -> None:
+    """Log PNG files as ``wandb.Image`` under ``figures/<name>`` at ``step``."""
+    run = _wandb_run(accelerator)
+    if run is None or not images:
+        return
+    import wandb
+
+    run.log({f"figures/{name}": wandb.Image(str(path)) for name, path in images.items()}, step=step)
+
+
+def set_summary(accelerator, summary: dict[str, Any]) -> None:
+    """Write scalar entries of ``summary`` to the W&B run summary."""
+    run = _wandb_run(accelerator)
+    if run is None:
+        return
+    for key, value in summary.items():
+        if isinstance(value, (int, float, str, bool)):
+            run.summary[key] = value
