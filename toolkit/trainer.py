@@ -184,6 +184,9 @@ class Trainer:
             state_dir = find_state(self.run_dir)
             acc.load_state(str(state_dir))
             st.update(json.loads((state_dir / STATE_MARKER).read_text()))
+            if cfg.max_minutes <= 0 and st["planned_epochs"] != cfg.epochs:  # --epochs changed: refit the schedule
+                st["planned_epochs"] = cfg.epochs
+                scheduler.lr_lambdas[0].total_steps = steps_per_epoch * max(cfg.epochs, 1)
             acc.print(f"resumed {self.run_dir} from {state_dir} after epoch {st['epoch']}")
         better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
