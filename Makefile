@@ -25,7 +25,7 @@ endif
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 7 --epochs 40
 
-.PHONY: install demo test brain-mri clean
+.PHONY: install demo test brain-mri cifar10 mnist compare-mnist clean
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
@@ -39,6 +39,16 @@ demo: $(STAMP)
 
 brain-mri: $(STAMP)
 	$(LAUNCH) recipes/brain_mri.py $(ARGS)
+
+cifar10: $(STAMP)
+	$(LAUNCH) recipes/cifar10.py $(ARGS)
+
+mnist: $(STAMP)
+	$(LAUNCH) recipes/mnist_autoencoder.py $(ARGS)
+
+# Trains (or reuses) the four MNIST runs and prints/saves the comparison table.
+compare-mnist: $(STAMP)
+	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/mnist_compare.py $(ARGS)
 
 test: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q $(ARGS)

@@ -84,16 +84,23 @@ class Objective:
     """Base class. Subclasses implement :meth:`__call__`.
 
     ``preprocess`` maps the raw input batch (uint8 or float) to the model's float input.
-    ``channels_last`` is set by the Trainer from its config.
+    ``augment`` (optional) maps a float batch to an augmented one on the device, and
+    runs only while the model is in training mode: batched augmentation (random crops,
+    flips) without per-sample Python work. ``channels_last`` is set by the Trainer.
     """
 
-    def __init__(self, preprocess: Callable[[torch.Tensor], torch.Tensor] = to_unit_range) -> None:
+    def __init__(self, preprocess: Callable[[torch.Tensor], torch.Tensor] = to_unit_range,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.preprocess = preprocess
+        self.augment = augment
         self.channels_last = False
 
-    def model_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw batch input → float model input in the configured memory layout."""
-        return _layout(self.preprocess(x), self.channels_last)
+    def model_input(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """Raw batch input → float model input (augmented when ``training``) in the configured layout."""
+        x = self.preprocess(x)
+        if training and self.augment is not None:
+            x = self.augment(x)
+        return _layout(x, self.channels_last)
 
     def __call__(self, model: nn.Module, batch: Any) -> StepOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -102,15 +109,16 @@ class Objective:
 class ClassificationObjective(Objective):
     """batch = (images (N,C,H,W), labels (N,) int64 in [0, K)); preds = logits (N, K) float32."""
 
-    def __init__(self, label_smoothing: float = 0.0, preprocess: Callable = to_unit_range) -> None:
-        super().__init__(preprocess)
+    def __init__(self, label_smoothing: float = 0.0, preprocess: Callable = to_unit_range,
+                 augment: Callable | None = None) -> None:
+        super().__init__(preprocess, augment)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
     def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = batch[0], batch[1]
-        inputs = self.model_input(x)
+        inputs = self.model_input(x, model.training)
         logits = model(inputs).float()
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return StepOutput(loss, logits.detach(), y, inputs)
@@ -119,8 +127,9 @@ class ClassificationObjective(Objective):
 class ReconstructionObjective(Objective):
     """batch = images (N,C,H,W) or (images, anything); target = the input; preds in [0, 1]."""
 
-    def __init__(self, loss: nn.Module | None = None, preprocess: Callable = to_unit_range) -> None:
-        super().__init__(preprocess)
+    def __init__(self, loss: nn.Module | None = None, preprocess: Callable = to_unit_range,
+                 augment: Callable | None = None) -> None:
+        super().__init__(preprocess, augment)
         self.loss = loss if loss is not None else nn.MSELoss()
 
     def corrupt(self, clean: torch.Tensor) -> torch.Tensor:
@@ -129,7 +138,7 @@ class ReconstructionObjective(Objective):
 
     def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        clean = self.model_input(x)
+        clean = self.model_input(x, model.training)
         inputs = self.corrupt(clean)
         recon = model(inputs).float()
         return StepOutput(self.loss(recon, clean), recon.detach(), clean, inputs)
@@ -139,8 +148,8 @@ class DenoisingObjective(ReconstructionObjective):
     """As reconstruction, but the model sees ``add_gaussian_noise(clean, noise_std)`` (fresh noise each call)."""
 
     def __init__(self, noise_std: float = DEFAULT_NOISE_STD, loss: nn.Module | None = None,
-                 preprocess: Callable = to_unit_range) -> None:
-        super().__init__(loss, preprocess)
+                 preprocess: Callable = to_unit_range, augment: Callable | None = None) -> None:
+        super().__init__(loss, preprocess, augment)
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.noise_std = noise_std
@@ -157,7 +166,7 @@ class SegmentationObjective(Objective):
     """
 
     def __init__(self, loss: nn.Module, preprocess: Callable = standardize_per_image) -> None:
-        super().__init__(preprocess)
+        super().__init__(preprocess)  # augmentation of image and mask together happens in the dataset
         self.loss = loss
 
     def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
