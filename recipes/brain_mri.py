@@ -39,7 +39,7 @@ class BrainMRIConfig(TrainConfig):
     image_size: int = 240  # side of the square slices fed to the model, pixels
     in_channels: int = 1  # image channels read (1 = grey, 3 = RGB)
     val_fraction: float = 0.2  # share of slices held out for validation
-    model: str = "unet"  # unet (symmetric, with skips) | autoencoder (symmetric, no skips)
+    model: str = "unet"  # unet (symmetric, with skips) | autoencoder (symmetric, no skips) | smp_unet (baseline)
     loss: str = "dice"  # dice (soft Dice, spec formula) | dice_bce (soft Dice + binary cross-entropy)
     bce_weight: float = 1.0  # weight of the BCE term with loss=dice_bce
     threshold: float = 0.5  # probability above which a pixel counts as tumour
@@ -50,8 +50,8 @@ class BrainMRIConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.model not in ("unet", "autoencoder"):
-            raise ConfigError(f"model must be unet or autoencoder, got {self.model!r}")
+        if self.model not in ("unet", "autoencoder", "smp_unet"):
+            raise ConfigError(f"model must be unet, autoencoder or smp_unet, got {self.model!r}")
         if self.loss not in ("dice", "dice_bce"):
             raise ConfigError(f"loss must be dice or dice_bce, got {self.loss!r}")
         if not 0 < self.val_fraction < 1:

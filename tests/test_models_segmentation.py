@@ -8,7 +8,7 @@ from toolkit.models.utils import count_parameters
 NAMES = ["autoencoder", "unet"]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [*NAMES, "smp_unet"])
 @pytest.mark.parametrize("shape", [(1, 1, 240, 240), (1, 1, 250, 250), (2, 1, 100, 100), (1, 1, 37, 61)])
 def test_output_shape_matches_input(name, shape):
     torch.manual_seed(0)
@@ -19,7 +19,7 @@ def test_output_shape_matches_input(name, shape):
     assert out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [*NAMES, "smp_unet"])
 def test_parameter_budget(name):
     model = build_segmentation_model(name)
     n = count_parameters(model)
@@ -30,6 +30,7 @@ def test_parameter_budget(name):
 def test_default_parameter_counts():
     assert count_parameters(build_segmentation_model("unet")) == 486_409
     assert count_parameters(build_segmentation_model("autoencoder")) == 437_449
+    assert count_parameters(build_segmentation_model("smp_unet")) == 390_473  # smp baseline, same budget
 
 
 def test_count_parameters_trainable_only():

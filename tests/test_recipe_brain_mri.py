@@ -70,7 +70,7 @@ def test_recipe_refuses_bad_config_before_training(tmp_path):
     assert "unknown config key --epochz" in proc.stderr and "synthetic_images" in proc.stderr
     proc = subprocess.run([sys_python(), str(ROOT / "recipes" / "brain_mri.py"), "--model", "resnet"],
                           cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "model must be unet or autoencoder, got 'resnet'" in proc.stderr
+    assert proc.returncode == 2 and "model must be unet, autoencoder or smp_unet, got 'resnet'" in proc.stderr
 
 
 def sys_python():

@@ -32,13 +32,29 @@ import torch.nn.functional as F
 __all__ = [
     "DEFAULT_WIDTHS",
     "SEGMENTATION_MODELS",
+    "SMPUnet",
     "SegAutoEncoder",
     "build_segmentation_model",
+    "pad_to_multiple",
 ]
 
 #: Default stage widths (encoder stages ..., bottleneck): depth 4, so 240 -> 15 at the
 #: bottleneck with no padding. See ``SegAutoEncoder`` for parameter counts and speed.
 DEFAULT_WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 128)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int):
+    """Zero-pad (N, C, H, W) evenly so H and W are multiples of ``multiple``.
+
+    Returns (padded tensor, crop) where ``crop(y)`` cuts a (N, C', H', W') output of the
+    padded size back to the original H, W.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    top, left = ph // 2, pw // 2
+    if not (ph or pw):
+        return x, lambda y: y
+    return F.pad(x, (left, pw - left, top, ph - top)), lambda y: y[..., top: top + h, left: left + w]
 
 
 def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -131,12 +147,7 @@ class SegAutoEncoder(nn.Module):
             raise ValueError(
                 f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        h, w = x.shape[-2:]
-        m = 2**self.depth
-        ph, pw = (-h) % m, (-w) % m
-        top, left = ph // 2, pw // 2
-        if ph or pw:
-            x = F.pad(x, (left, pw - left, top, ph - top))
+        x, crop = pad_to_multiple(x, 2**self.depth)
 
         skips = []
         for stage in self.encoder:
@@ -151,35 +162,51 @@ class SegAutoEncoder(nn.Module):
             x = stage(x)
         x = self.head(x)
 
-        if ph or pw:
-            x = x[..., top : top + h, left : left + w]
-        return x
+        return crop(x)
 
     def extra_repr(self) -> str:
         return f"widths={self.widths}, skip={self.skip}, depth={self.depth}"
 
 
-#: name -> whether the variant has skip connections
-SEGMENTATION_MODELS: dict[str, bool] = {"autoencoder": False, "unet": True}
+#: name -> whether the variant has skip connections; "smp_unet" is the
+#: segmentation-models-pytorch baseline (see :class:`SMPUnet`).
+SEGMENTATION_MODELS: dict[str, bool] = {"autoencoder": False, "unet": True, "smp_unet": True}
+
+
+class SMPUnet(nn.Module):
+    """Baseline: segmentation-models-pytorch ``Unet`` with a small timm encoder, no pretrained weights.
+
+    Default ``tu-mobilenetv3_small_050`` with decoder channels (32, 16, 16, 8, 8):
+    390,473 parameters for one input channel, inside the 500,000 budget, so it is
+    compared with the custom models at the same size. smp needs sides divisible by 32:
+    the input is zero-padded and the output cropped back. (N, C, H, W) float →
+    (N, out_channels, H, W) logits.
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, encoder: str = "tu-mobilenetv3_small_050",
+                 decoder_channels: Sequence[int] = (32, 16, 16, 8, 8), encoder_weights: str | None = None) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.net = smp.Unet(encoder, encoder_weights=encoder_weights, in_channels=in_channels,
+                            classes=out_channels, decoder_channels=tuple(decoder_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, crop = pad_to_multiple(x, 32)
+        return crop(self.net(x))
 
 
 def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
-    """Build a default-width :class:`SegAutoEncoder` by name.
+    """Build a segmentation model by name: ``autoencoder`` (plain symmetric, no skips),
+    ``unet`` (symmetric with skips) or ``smp_unet`` (the smp baseline).
 
-    Args:
-        name: ``"autoencoder"`` (plain, no skips) or ``"unet"`` (with skips).
-        in_channels: input scan channels.
-        out_channels: output logit channels.
-
-    Returns:
-        A model mapping (N, in_channels, H, W) float scans to
-        (N, out_channels, H, W) logits.
-
-    Raises:
-        ValueError: for an unknown name (the message lists the valid names).
+    Returns a model mapping (N, in_channels, H, W) float scans to (N, out_channels, H, W)
+    logits. Raises ValueError for an unknown name (the message lists the valid names).
     """
     if name not in SEGMENTATION_MODELS:
         raise ValueError(
             f"unknown segmentation model {name!r}; valid names: {sorted(SEGMENTATION_MODELS)}"
         )
+    if name == "smp_unet":
+        return SMPUnet(in_channels, out_channels)
     return SegAutoEncoder(in_channels, out_channels, skip=SEGMENTATION_MODELS[name])

@@ -1,0 +1,88 @@
+"""`toolkit evaluate | predict`: use the weights of any segmentation run.
+
+    toolkit evaluate --weights runs/<run>/best.pth [--data-dir DIR] [--split test|val|train|all]
+    toolkit predict  --weights runs/<run>/best.pth --input FILE_OR_DIR --output DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .checkpoint import atomic_write
+
+__all__ = ["main"]
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode {path}")
+    atomic_write(path, lambda f: f.write(buf.tobytes()))
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) scan + {0,1} (H, W) mask → BGR uint8 with the mask in red and its outline."""
+    grey = image[..., 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    bgr = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    red = bgr.copy()
+    red[mask > 0] = (0, 0, 255)
+    out = cv2.addWeighted(bgr, 0.6, red, 0.4, 0)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return cv2.drawContours(out, contours, -1, (0, 0, 255), 1)
+
+
+def predict(args: argparse.Namespace) -> int:
+    from .inference import IMAGE_SUFFIXES, load_segmentation_run, predict_probs, read_scan
+
+    model, cfg = load_segmentation_run(args.weights)
+    source = Path(args.input)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                       and not p.stem.endswith("_mask"))
+    elif source.is_file():
+        files = [source]
+    else:
+        raise FileNotFoundError(f"--input {source} does not exist")
+    if not files:
+        raise FileNotFoundError(f"--input {source} holds no PNG/JPEG/TIFF images")
+    out = Path(args.output)
+    threshold = cfg.get("threshold", 0.5) if args.threshold is None else args.threshold
+    for path in files:
+        image = read_scan(path, cfg.get("in_channels", 1))
+        mask = (predict_probs(model, image, cfg["image_size"], flips=args.flips) >= threshold).astype(np.uint8)
+        _write_png(out / f"{path.stem}_mask.png", mask * 255)
+        _write_png(out / f"{path.stem}_overlay.png", _overlay(image, mask))
+        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}")
+    print(f"wrote {len(files)} masks and overlays to {out}/")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="masks and overlays for images, at each image's own size")
+    p.add_argument("--weights", required=True, help="best.pth of a segmentation run (config.json beside it)")
+    p.add_argument("--input", required=True, help="an image file or a folder of images")
+    p.add_argument("--output", required=True, help="folder for <name>_mask.png and <name>_overlay.png")
+    p.add_argument("--threshold", type=float, default=None, help="probability threshold; default: the run's")
+    p.add_argument("--flips", action="store_true", help="average with the horizontally flipped prediction")
+    p.set_defaults(func=predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

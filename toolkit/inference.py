@@ -1,0 +1,84 @@
+"""Load a trained segmentation run and predict masks, for the `toolkit evaluate|predict` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .checkpoint import load_weights
+from .models.segmentation import build_segmentation_model
+from .objectives import standardize_per_image
+
+__all__ = ["load_segmentation_run", "predict_probs", "read_scan", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Model and recipe config of a segmentation run from its ``best.pth``.
+
+    The architecture comes from ``config.json`` beside the weights (written by every run);
+    the weights load with ``weights_only=True``. Returns (model in eval mode, config dict).
+    """
+    weights = Path(weights)
+    config_path = weights.parent / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: --weights must be a best.pth inside a run folder")
+    cfg = json.loads(config_path.read_text())
+    if "model" not in cfg or "image_size" not in cfg:
+        raise ValueError(f"{config_path} is not the config of a segmentation run (recipe {cfg.get('recipe')!r})")
+    model = build_segmentation_model(cfg["model"], in_channels=cfg.get("in_channels", 1))
+    state = load_weights(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights} does not match the model {cfg['model']!r} of {config_path}: {err}") from err
+    return model.eval(), cfg
+
+
+def read_scan(path: str | Path, in_channels: int) -> np.ndarray:
+    """Read an image file as uint8 (H, W, in_channels); 16-bit or float images are scaled to 0..255."""
+    path = Path(path)
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"cannot read image {path}: not a readable PNG/JPEG/TIFF file")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.dtype != np.uint8:
+        image = image.astype(np.float32)
+        lo, hi = np.nanmin(image), np.nanmax(image)
+        image = np.nan_to_num((image - lo) / max(hi - lo, 1e-8) * 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    if in_channels == 1 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
+    elif in_channels == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] != in_channels:
+        raise ValueError(f"{path} has {image.shape[2]} channels; the model takes {in_channels}")
+    return image
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, image: np.ndarray, size: int, flips: bool = False) -> np.ndarray:
+    """Tumour probabilities (H, W) float32 in [0, 1] at the image's own size.
+
+    image: uint8 (H, W, C). The scan is resized to ``size`` x ``size`` as in training,
+    standardised per image, and the probabilities are resized back (bilinear).
+    ``flips`` averages with the horizontally flipped prediction (test-time augmentation).
+    """
+    h, w = image.shape[:2]
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR)
+    if resized.ndim == 2:
+        resized = resized[..., None]
+    x = standardize_per_image(torch.from_numpy(resized).permute(2, 0, 1)[None])
+    probs = torch.sigmoid(model(x).float())
+    if flips:
+        probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
+    return cv2.resize(probs[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
