@@ -207,11 +207,11 @@ class Trainer:
                 state_dict = acc.get_state_dict(model)
                 if acc.is_main_process:
                     save_weights(self.run_dir / "best.pth", state_dict)
-            st["wall_time_s"] += time.perf_counter() - epoch_start
-            self._fit_budget(st, scheduler, steps_per_epoch)
             acc.log({f"val/{k.removeprefix('val_')}": v for k, v in results.items()}
                     | {"train/epoch_loss": record["train_loss"], "epoch": epoch + 1}, step=st["global_step"])
             self._write_epoch_outputs(st, sample, figures, monitor)
+            st["wall_time_s"] += time.perf_counter() - epoch_start
+            self._fit_budget(st, scheduler, steps_per_epoch)
             save_training_state(acc, self.run_dir, st)
             acc.print(f"epoch {epoch + 1}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
