@@ -33,8 +33,13 @@ def mri_train_transforms(
     p_brightness_contrast: float = 0.5,  # probability of the brightness/contrast change
     brightness: float = 0.2,  # brightness shift range ±fraction of 255
     contrast: float = 0.2,  # contrast factor range 1 ± contrast
+    p_elastic: float = 0.1,  # probability of a mild elastic deformation (the costliest step)
+    elastic_alpha: float = 20.0,  # elastic displacement magnitude, pixels
+    elastic_sigma: float = 5.0,  # smoothness of the elastic displacement field, pixels
 ) -> A.Compose:
-    """Training augmentation for MRI slices: flip, small affine warp, brightness/contrast.
+    """Training augmentation for MRI slices: flip, small affine warp, brightness/contrast,
+    and, rarely, a mild elastic deformation. Slices arrive already resized to the
+    training size, so every transform runs on the small image.
 
     Call as ``t(image=img, mask=mask)`` with img uint8 (H, W, C) 0..255 and mask uint8
     (H, W) {0, 1}; returns a dict with ``image`` and ``mask`` of the same shapes, dtypes
@@ -59,6 +64,9 @@ def mri_train_transforms(
                 p=p_affine,
             ),
             A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=p_brightness_contrast),
+            A.ElasticTransform(alpha=elastic_alpha, sigma=elastic_sigma, interpolation=cv2.INTER_LINEAR,
+                               mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
+                               fill=0, fill_mask=0, p=p_elastic),
         ]
     )
 
