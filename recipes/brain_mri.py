@@ -26,6 +26,7 @@ from toolkit import (
     segmentation_overlays,
     split_ids,
 )
+from toolkit.checkpoint import save_json
 from toolkit.config import ConfigError
 
 
@@ -38,7 +39,9 @@ class BrainMRIConfig(TrainConfig):
     synthetic_images: int = 400  # number of synthetic slices (10% without tumour)
     image_size: int = 240  # side of the square slices fed to the model, pixels
     in_channels: int = 1  # image channels read (1 = grey, 3 = RGB)
-    val_fraction: float = 0.2  # share of slices held out for validation
+    val_fraction: float = 0.2  # share of slices held out for validation (picks the best epoch)
+    test_fraction: float = 0.0  # share of slices held out for a final test (`toolkit evaluate --split test`)
+    split_block: int = 1  # consecutive ids kept on one side of a split (figshare ids run in patient order: 20)
     model: str = "unet"  # unet (symmetric, with skips) | autoencoder (symmetric, no skips) | smp_unet (baseline)
     loss: str = "dice"  # dice (soft Dice, spec formula) | dice_bce (soft Dice + binary cross-entropy)
     bce_weight: float = 1.0  # weight of the BCE term with loss=dice_bce
@@ -54,8 +57,9 @@ class BrainMRIConfig(TrainConfig):
             raise ConfigError(f"model must be unet, autoencoder or smp_unet, got {self.model!r}")
         if self.loss not in ("dice", "dice_bce"):
             raise ConfigError(f"loss must be dice or dice_bce, got {self.loss!r}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 - self.val_fraction:
+            raise ConfigError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
+                              f"got {self.val_fraction} and {self.test_fraction}")
         if self.image_size < 16:
             raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
         if self.data_dir and not Path(self.data_dir).is_dir():
@@ -70,7 +74,14 @@ def build_data(cfg: BrainMRIConfig, trainer: Trainer):
             if trainer.accelerator.is_local_main_process:
                 generate_synthetic_mri(root, num_images=cfg.synthetic_images, seed=cfg.seed)
     pairs = find_image_mask_pairs(root)
-    train_ids, val_ids = split_ids([p[0] for p in pairs], cfg.val_fraction, seed=cfg.seed)
+    ids, split = [p[0] for p in pairs], {}
+    if cfg.test_fraction > 0:
+        ids, split["test"] = split_ids(ids, cfg.test_fraction, seed=cfg.seed + 1, block_size=cfg.split_block)
+    train_ids, val_ids = split_ids(ids, cfg.val_fraction / (1 - cfg.test_fraction), seed=cfg.seed,
+                                   block_size=cfg.split_block)
+    split.update(train=train_ids, val=val_ids)
+    if trainer.accelerator.is_main_process:
+        save_json(trainer.run_dir / "split.json", {"data_dir": str(root.resolve()), **split})
     by_id = {p[0]: p for p in pairs}
     common = {"size": cfg.image_size, "in_channels": cfg.in_channels}
     train = MRISegmentationDataset([by_id[i] for i in train_ids], transform=mri_train_transforms(), **common)

@@ -62,9 +62,63 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+EMPTY_RULE = ("a slice whose true mask is empty scores Dice = IoU = 1 when the prediction is empty too, "
+              "0 when it marks any pixel; global scores pool the pixels of all slices")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoint import save_json
+    from .data.mri_folder import MRISegmentationDataset, find_image_mask_pairs
+    from .inference import evaluate_segmentation, load_segmentation_run
+
+    model, cfg = load_segmentation_run(args.weights)
+    run_dir = Path(args.weights).parent
+    split_file = run_dir / "split.json"
+    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    data_dir = Path(args.data_dir or split.get("data_dir") or cfg.get("data_dir") or cfg.get("synthetic_dir", ""))
+    pairs = find_image_mask_pairs(data_dir)
+    if args.split != "all":
+        if args.split not in split:
+            raise ValueError(f"{split_file} has no {args.split!r} split (has: {sorted(k for k in split if k != 'data_dir')}); "
+                             f"use --split all, or train with --test-fraction > 0 for a test split")
+        wanted = set(split[args.split])
+        missing = wanted - {p[0] for p in pairs}
+        if missing:
+            raise ValueError(f"{len(missing)} ids of the {args.split!r} split are not in {data_dir}, e.g. {sorted(missing)[:3]}")
+        pairs = [p for p in pairs if p[0] in wanted]
+    dataset = MRISegmentationDataset(pairs, size=cfg["image_size"], in_channels=cfg.get("in_channels", 1))
+    threshold = cfg.get("threshold", 0.5) if args.threshold is None else args.threshold
+    records, summary = evaluate_segmentation(model, dataset, threshold, flips=args.flips)
+    result = {"weights": str(args.weights), "data_dir": str(data_dir), "split": args.split, "threshold": threshold,
+              "flips": args.flips, "resolution": cfg["image_size"], "empty_masks": EMPTY_RULE,
+              "summary": summary, "per_image": records}
+    out = Path(args.output) if args.output else run_dir / f"eval_{args.split}.json"
+    save_json(out, result)
+    print(f"{'id':>12} {'dice':>6} {'iou':>6} {'true px':>8} {'pred px':>8}")
+    for r in sorted(records, key=lambda r: r["dice"])[: args.show]:
+        print(f"{r['id']:>12} {r['dice']:6.3f} {r['iou']:6.3f} {r['true_pixels']:8d} {r['pred_pixels']:8d}")
+    print(f"{len(records)} slices ({args.split} split of {data_dir}), worst {min(args.show, len(records))} shown")
+    for key in ("dice", "iou", "dice_global", "iou_global", "dice_tumour", "empty_correct"):
+        print(f"  {key:<14} {summary[key]:.4f}")
+    print(f"empty masks: {EMPTY_RULE}\nwrote {out}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("evaluate", help="per-image and global Dice/IoU on a data split, as JSON and a table")
+    e.add_argument("--weights", required=True, help="best.pth of a segmentation run (config.json beside it)")
+    e.add_argument("--data-dir", default=None, help="data folder; default: the one the run trained on")
+    e.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
+                   help="which part of the run's saved split (split.json) to score; all = every slice")
+    e.add_argument("--threshold", type=float, default=None, help="probability threshold; default: the run's")
+    e.add_argument("--flips", action="store_true", help="average with the horizontally flipped prediction")
+    e.add_argument("--output", default=None, help="JSON file; default: <run>/eval_<split>.json")
+    e.add_argument("--show", type=int, default=10, help="how many of the worst slices to print")
+    e.set_defaults(func=evaluate)
     p = sub.add_parser("predict", help="masks and overlays for images, at each image's own size")
     p.add_argument("--weights", required=True, help="best.pth of a segmentation run (config.json beside it)")
     p.add_argument("--input", required=True, help="an image file or a folder of images")

@@ -82,3 +82,32 @@ def predict_probs(model: torch.nn.Module, image: np.ndarray, size: int, flips: b
     if flips:
         probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
     return cv2.resize(probs[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: torch.nn.Module, dataset, threshold: float = 0.5, flips: bool = False,
+                          batch_size: int = 16) -> tuple[list[dict], dict]:
+    """Per-image and global Dice/IoU of ``model`` on ``dataset`` at the training resolution.
+
+    ``dataset`` yields (uint8 image (C, S, S), uint8 mask (1, S, S) in {0, 1}) and has ``ids``.
+    Returns (one record per image: id, dice, iou, true and predicted tumour pixels;
+    the :class:`~toolkit.metrics.SegmentationMetrics` summary).
+    """
+    from .metrics import SegmentationMetrics
+
+    metrics = SegmentationMetrics(threshold=threshold)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    model.eval()
+    for images, masks in loader:
+        x = standardize_per_image(images)
+        probs = torch.sigmoid(model(x).float())
+        if flips:
+            probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
+        metrics.update(probs, masks)
+    scores = metrics.per_image_scores()
+    records = [
+        {"id": str(i), "dice": float(d), "iou": float(u), "true_pixels": int(tp + fn), "pred_pixels": int(tp + fp)}
+        for i, d, u, tp, fp, fn in zip(dataset.ids, scores["dice"], scores["iou"], scores["tp"], scores["fp"],
+                                       scores["fn"])
+    ]
+    return records, metrics.compute()
