@@ -40,7 +40,7 @@ def test_evaluate_scores_the_saved_test_split(run, capsys):
 def test_evaluate_all_and_missing_split(run, tmp_path, capsys):
     run_dir, _ = run
     assert main(["evaluate", "--weights", str(run_dir / "best.pth"), "--split", "all",
-                 "--output", str(tmp_path / "all.json"), "--flips"]) == 0
+                 "--output", str(tmp_path / "all.json"), "--flips", "--one-region"]) == 0
     assert json.loads((tmp_path / "all.json").read_text())["summary"]["num_images"] == 6
     (run_dir / "split.json").write_text(json.dumps({"train": ["1"], "val": ["2"]}))
     assert main(["evaluate", "--weights", str(run_dir / "best.pth")]) == 2
@@ -65,3 +65,16 @@ def test_bad_weights_give_clear_errors(tmp_path, capsys):
     (tmp_path / "best.pth").write_bytes(b"not a checkpoint")
     assert main(["predict", "--weights", str(tmp_path / "best.pth"), "--input", "x", "--output", "y"]) == 2
     assert "cannot load weights" in capsys.readouterr().err
+
+
+def test_largest_component_keeps_one_region():
+    import numpy as np
+
+    from toolkit.inference import largest_component
+
+    mask = np.zeros((10, 10), np.uint8)
+    mask[1:3, 1:3] = 1  # 4 pixels
+    mask[5:9, 5:9] = 1  # 16 pixels
+    kept = largest_component(mask)
+    assert kept.sum() == 16 and kept[6, 6] == 1 and kept[1, 1] == 0
+    assert largest_component(np.zeros((4, 4), bool)).sum() == 0

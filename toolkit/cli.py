@@ -37,7 +37,7 @@ def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .inference import IMAGE_SUFFIXES, load_segmentation_run, predict_probs, read_scan
+    from .inference import IMAGE_SUFFIXES, largest_component, load_segmentation_run, predict_probs, read_scan
 
     model, cfg = load_segmentation_run(args.weights)
     source = Path(args.input)
@@ -55,6 +55,8 @@ def predict(args: argparse.Namespace) -> int:
     for path in files:
         image = read_scan(path, cfg.get("in_channels", 1))
         mask = (predict_probs(model, image, cfg["image_size"], flips=args.flips) >= threshold).astype(np.uint8)
+        if args.one_region:
+            mask = largest_component(mask)
         _write_png(out / f"{path.stem}_mask.png", mask * 255)
         _write_png(out / f"{path.stem}_overlay.png", _overlay(image, mask))
         print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}")
@@ -90,9 +92,10 @@ def evaluate(args: argparse.Namespace) -> int:
         pairs = [p for p in pairs if p[0] in wanted]
     dataset = MRISegmentationDataset(pairs, size=cfg["image_size"], in_channels=cfg.get("in_channels", 1))
     threshold = cfg.get("threshold", 0.5) if args.threshold is None else args.threshold
-    records, summary = evaluate_segmentation(model, dataset, threshold, flips=args.flips)
+    records, summary = evaluate_segmentation(model, dataset, threshold, flips=args.flips,
+                                             one_region=args.one_region)
     result = {"weights": str(args.weights), "data_dir": str(data_dir), "split": args.split, "threshold": threshold,
-              "flips": args.flips, "resolution": cfg["image_size"], "empty_masks": EMPTY_RULE,
+              "flips": args.flips, "one_region": args.one_region, "resolution": cfg["image_size"], "empty_masks": EMPTY_RULE,
               "summary": summary, "per_image": records}
     out = Path(args.output) if args.output else run_dir / f"eval_{args.split}.json"
     save_json(out, result)
@@ -116,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="which part of the run's saved split (split.json) to score; all = every slice")
     e.add_argument("--threshold", type=float, default=None, help="probability threshold; default: the run's")
     e.add_argument("--flips", action="store_true", help="average with the horizontally flipped prediction")
+    e.add_argument("--one-region", action="store_true", help="keep only the largest predicted region per slice")
     e.add_argument("--output", default=None, help="JSON file; default: <run>/eval_<split>.json")
     e.add_argument("--show", type=int, default=10, help="how many of the worst slices to print")
     e.set_defaults(func=evaluate)
@@ -125,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for <name>_mask.png and <name>_overlay.png")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold; default: the run's")
     p.add_argument("--flips", action="store_true", help="average with the horizontally flipped prediction")
+    p.add_argument("--one-region", action="store_true", help="keep only the largest predicted region per image")
     p.set_defaults(func=predict)
     return parser
 

@@ -13,7 +13,8 @@ from .checkpoint import load_weights
 from .models.segmentation import build_segmentation_model
 from .objectives import standardize_per_image
 
-__all__ = ["load_segmentation_run", "predict_probs", "read_scan", "IMAGE_SUFFIXES"]
+__all__ = ["load_segmentation_run", "predict_probs", "read_scan", "largest_component", "evaluate_segmentation",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -84,12 +85,26 @@ def predict_probs(model: torch.nn.Module, image: np.ndarray, size: int, flips: b
     return cv2.resize(probs[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected region of a binary (H, W) mask (uint8/bool); returns uint8 {0, 1}.
+
+    Post-processing for data where a slice holds one tumour region (figshare).
+    """
+    mask = mask.astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 2:
+        return mask
+    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return (labels == keep).astype(np.uint8)
+
+
 @torch.no_grad()
 def evaluate_segmentation(model: torch.nn.Module, dataset, threshold: float = 0.5, flips: bool = False,
-                          batch_size: int = 16) -> tuple[list[dict], dict]:
+                          batch_size: int = 16, one_region: bool = False) -> tuple[list[dict], dict]:
     """Per-image and global Dice/IoU of ``model`` on ``dataset`` at the training resolution.
 
     ``dataset`` yields (uint8 image (C, S, S), uint8 mask (1, S, S) in {0, 1}) and has ``ids``.
+    ``one_region`` keeps only the largest predicted region per slice (:func:`largest_component`).
     Returns (one record per image: id, dice, iou, true and predicted tumour pixels;
     the :class:`~toolkit.metrics.SegmentationMetrics` summary).
     """
@@ -103,6 +118,9 @@ def evaluate_segmentation(model: torch.nn.Module, dataset, threshold: float = 0.
         probs = torch.sigmoid(model(x).float())
         if flips:
             probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
+        if one_region:
+            binary = (probs >= threshold).to(torch.uint8).numpy()
+            probs = torch.from_numpy(np.stack([largest_component(m[0])[None] for m in binary]))
         metrics.update(probs, masks)
     scores = metrics.per_image_scores()
     records = [
