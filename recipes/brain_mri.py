@@ -19,22 +19,24 @@ from toolkit import (
     TrainConfig,
     Trainer,
     build_segmentation_model,
-    find_image_mask_pairs,
     generate_synthetic_mri,
     mri_train_transforms,
     parse_config,
     segmentation_overlays,
-    split_ids,
 )
-from toolkit.checkpoint import save_json
 from toolkit.config import ConfigError
+from toolkit.data.mri_folder import save_split, split_records
+from toolkit.data.mri_sources import discover_mri_slices
 
 
 @dataclass
 class BrainMRIConfig(TrainConfig):
     """Brain-MRI tumour segmentation (spec task 5)."""
 
-    data_dir: str = ""  # folder with images/ and masks/; "" = generate the built-in synthetic set
+    data_dir: str = ""  # MRI data, layout auto-detected: images/+masks/, LGG kaggle_3m, figshare .mat, BraTS NIfTI; "" = synthetic
+    channels: str = ""  # channels read: "" = in_channels of the source (1: grey, LGG/BraTS FLAIR; 3/4: all); or names/indices, e.g. "flair,t1ce"
+    slice_rule: str = ""  # BraTS volumes only: "" = nonempty (slices with brain) | tumour | tumour+N | all
+    skip_bad_files: bool = False  # leave out unreadable or inconsistent files (listed in the log) instead of stopping
     synthetic_dir: str = "data/synthetic-mri"  # where the built-in synthetic slices are written
     synthetic_images: int = 400  # number of synthetic slices (10% without tumour)
     image_size: int = 240  # side of the square slices fed to the model, pixels
@@ -73,19 +75,25 @@ def build_data(cfg: BrainMRIConfig, trainer: Trainer):
         with trainer.accelerator.local_main_process_first():  # one writer per machine
             if trainer.accelerator.is_local_main_process:
                 generate_synthetic_mri(root, num_images=cfg.synthetic_images, seed=cfg.seed)
-    pairs = find_image_mask_pairs(root)
-    ids, split = [p[0] for p in pairs], {}
-    if cfg.test_fraction > 0:
-        ids, split["test"] = split_ids(ids, cfg.test_fraction, seed=cfg.seed + 1, block_size=cfg.split_block)
-    train_ids, val_ids = split_ids(ids, cfg.val_fraction / (1 - cfg.test_fraction), seed=cfg.seed,
-                                   block_size=cfg.split_block)
-    split.update(train=train_ids, val=val_ids)
+    found = discover_mri_slices(root, channels=cfg.channels or cfg.in_channels, slice_rule=cfg.slice_rule or None,
+                                skip_bad_files=cfg.skip_bad_files)
+    if found.slices[0].num_channels != cfg.in_channels:
+        raise ConfigError(f"channels={cfg.channels!r} reads {found.slices[0].num_channels} channel(s) of the "
+                          f"{found.source} data; set --in-channels {found.slices[0].num_channels}")
+    split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
+                          block_size=cfg.split_block)
     if trainer.accelerator.is_main_process:
-        save_json(trainer.run_dir / "split.json", {"data_dir": str(root.resolve()), **split})
-    by_id = {p[0]: p for p in pairs}
-    common = {"size": cfg.image_size, "in_channels": cfg.in_channels}
-    train = MRISegmentationDataset([by_id[i] for i in train_ids], transform=mri_train_transforms(), **common)
-    val = MRISegmentationDataset([by_id[i] for i in val_ids], **common)
+        save_split(trainer.run_dir / "split.json", split, data_dir=root.resolve(), source=found.source)
+    common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files}
+    train = MRISegmentationDataset(split["train"], transform=mri_train_transforms(), **common)
+    val = MRISegmentationDataset(split["val"], **common)
+    skipped = found.skipped + train.skipped + val.skipped
+    units = f"{len(found.patients)} patients" if found.patients else f"no patient ids: blocks of {cfg.split_block}"
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in split.items())
+    trainer.accelerator.print(f"data: {found.source} at {found.root}: {len(found.slices)} slices, {units}; {sizes}")
+    if skipped:
+        trainer.accelerator.print(f"skipped {len(skipped)} bad file(s): "
+                                  + "; ".join(f"{p} ({why})" for p, why in skipped[:10]))
     return train, val
 
 

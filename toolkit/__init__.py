@@ -14,7 +14,9 @@ _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would 
 _EXPORTS = {
     "checkpoint": ["load_weights", "save_weights"],
     "config": ["ConfigError", "TrainConfig", "parse_config"],
-    "data.mri_folder": ["MRISegmentationDataset", "find_image_mask_pairs", "split_ids"],
+    "data.mri_folder": ["MRISegmentationDataset", "find_image_mask_pairs", "load_split", "save_split", "split_ids",
+                        "split_records"],
+    "data.mri_sources": ["MRISlice", "discover_mri_slices", "read_slice"],
     "data.synthetic_mri": ["generate_synthetic_mri"],
     "data.transforms": ["mri_train_transforms"],
     "figures": ["image_grid", "plot_history", "segmentation_overlays"],

@@ -37,9 +37,15 @@ def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .inference import IMAGE_SUFFIXES, largest_component, load_segmentation_run, predict_probs, read_scan
+    import json
+
+    from .data.mri_sources import read_image, resolve_channels
+    from .inference import IMAGE_SUFFIXES, largest_component, load_segmentation_run, predict_probs
 
     model, cfg = load_segmentation_run(args.weights)
+    split_file = Path(args.weights).parent / "split.json"
+    source = json.loads(split_file.read_text()).get("source", "folder") if split_file.is_file() else "folder"
+    channels = resolve_channels(source, cfg.get("channels") or cfg.get("in_channels", 1))
     source = Path(args.input)
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
@@ -53,7 +59,7 @@ def predict(args: argparse.Namespace) -> int:
     out = Path(args.output)
     threshold = cfg.get("threshold", 0.5) if args.threshold is None else args.threshold
     for path in files:
-        image = read_scan(path, cfg.get("in_channels", 1))
+        image = read_image(path, channels)
         mask = (predict_probs(model, image, cfg["image_size"], flips=args.flips) >= threshold).astype(np.uint8)
         if args.one_region:
             mask = largest_component(mask)
@@ -72,7 +78,8 @@ def evaluate(args: argparse.Namespace) -> int:
     import json
 
     from .checkpoint import save_json
-    from .data.mri_folder import MRISegmentationDataset, find_image_mask_pairs
+    from .data.mri_folder import MRISegmentationDataset, load_split
+    from .data.mri_sources import discover_mri_slices
     from .inference import evaluate_segmentation, load_segmentation_run
 
     model, cfg = load_segmentation_run(args.weights)
@@ -80,17 +87,16 @@ def evaluate(args: argparse.Namespace) -> int:
     split_file = run_dir / "split.json"
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
     data_dir = Path(args.data_dir or split.get("data_dir") or cfg.get("data_dir") or cfg.get("synthetic_dir", ""))
-    pairs = find_image_mask_pairs(data_dir)
+    found = discover_mri_slices(data_dir, channels=cfg.get("channels") or cfg.get("in_channels", 1),
+                                slice_rule=cfg.get("slice_rule") or None, skip_bad_files=cfg.get("skip_bad_files", False))
+    records = found.slices
     if args.split != "all":
-        if args.split not in split:
-            raise ValueError(f"{split_file} has no {args.split!r} split (has: {sorted(k for k in split if k != 'data_dir')}); "
+        splits = load_split(split_file, records, names=[args.split]) if args.split in split else {}
+        if args.split not in splits:
+            raise ValueError(f"{split_file} has no {args.split!r} split; "
                              f"use --split all, or train with --test-fraction > 0 for a test split")
-        wanted = set(split[args.split])
-        missing = wanted - {p[0] for p in pairs}
-        if missing:
-            raise ValueError(f"{len(missing)} ids of the {args.split!r} split are not in {data_dir}, e.g. {sorted(missing)[:3]}")
-        pairs = [p for p in pairs if p[0] in wanted]
-    dataset = MRISegmentationDataset(pairs, size=cfg["image_size"], in_channels=cfg.get("in_channels", 1))
+        records = splits[args.split]
+    dataset = MRISegmentationDataset(records, size=cfg["image_size"], skip_bad_files=cfg.get("skip_bad_files", False))
     threshold = cfg.get("threshold", 0.5) if args.threshold is None else args.threshold
     records, summary = evaluate_segmentation(model, dataset, threshold, flips=args.flips,
                                              one_region=args.one_region)

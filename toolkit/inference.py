@@ -13,7 +13,7 @@ from .checkpoint import load_weights
 from .models.segmentation import build_segmentation_model
 from .objectives import standardize_per_image
 
-__all__ = ["load_segmentation_run", "predict_probs", "read_scan", "largest_component", "evaluate_segmentation",
+__all__ = ["load_segmentation_run", "predict_probs", "largest_component", "evaluate_segmentation",
            "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -39,31 +39,6 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as err:
         raise ValueError(f"{weights} does not match the model {cfg['model']!r} of {config_path}: {err}") from err
     return model.eval(), cfg
-
-
-def read_scan(path: str | Path, in_channels: int) -> np.ndarray:
-    """Read an image file as uint8 (H, W, in_channels); 16-bit or float images are scaled to 0..255."""
-    path = Path(path)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"cannot read image {path}: not a readable PNG/JPEG/TIFF file")
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[..., :3]
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.dtype != np.uint8:
-        image = image.astype(np.float32)
-        lo, hi = np.nanmin(image), np.nanmax(image)
-        image = np.nan_to_num((image - lo) / max(hi - lo, 1e-8) * 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = image[..., None]
-    if in_channels == 1 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
-    elif in_channels == 3 and image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] != in_channels:
-        raise ValueError(f"{path} has {image.shape[2]} channels; the model takes {in_channels}")
-    return image
 
 
 @torch.no_grad()

@@ -1,18 +1,13 @@
-"""Brain-MRI segmentation data in folders of image / mask files.
+"""Brain-MRI segmentation datasets and patient-safe splits over :class:`~toolkit.data.mri_sources.MRISlice` records.
 
-Layout (figshare PNG conversion, Kaggle-style sets and :mod:`toolkit.data.synthetic_mri`)::
-
-    root/images/<id>.<ext>            the scans
-    root/masks/<id>_mask.<ext>        their masks, or root/masks/<id>.<ext>
-
-with ``ext`` one of png, jpg, jpeg, tif, tiff (any case); a mask's extension may differ
-from its image's. Images and masks stay uint8 up to the device: normalisation happens
-there.
+Where the slices come from (image/mask folders, Kaggle LGG, figshare .mat, BraTS NIfTI) is
+:mod:`toolkit.data.mri_sources`; ``find_image_mask_pairs`` and ``natural_key`` are re-exported
+here for older callers. Images and masks stay uint8 up to the device: normalisation happens there.
 """
 from __future__ import annotations
 
+import json
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,82 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "find_image_mask_pairs", "natural_key", "MRISegmentationDataset", "split_ids"]
+from .mri_io import IMAGE_EXTENSIONS, MRIDataError, MRISlice, natural_key, read_slice
+from .mri_sources import find_image_mask_pairs
 
-#: File extensions recognised as images or masks (lower case, compared case-insensitively).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-_EXT_PATTERN = "<" + "|".join(e[1:] for e in IMAGE_EXTENSIONS) + ">"
-
-
-def natural_key(text: str) -> tuple:
-    """Sort key ordering embedded numbers numerically: "2" < "10", "a9" < "a10"."""
-    return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower()) for tok in re.split(r"(\d+)", text) if tok)
-
-
-def _image_files(folder: Path) -> dict[str, Path]:
-    """Map stem → path for the image files directly in ``folder``; a stem twice is an error."""
-    found: dict[str, Path] = {}
-    for p in folder.iterdir():
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-            continue
-        if p.stem in found:
-            raise ValueError(
-                f"two files share the id {p.stem!r} in {folder}: {found[p.stem].name} and {p.name}; keep one"
-            )
-        found[p.stem] = p
-    return found
-
-
-def find_image_mask_pairs(root: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """List the (id, image_path, mask_path) triples of an MRI folder, naturally sorted by id.
-
-    ``root/images/<id>.<ext>`` is paired with ``root/masks/<id>_mask.<ext2>`` or, failing
-    that, ``root/masks/<id>.<ext2>`` (ext, ext2 in png/jpg/jpeg/tif/tiff, any case).
-    Numeric ids sort numerically ("2" before "10"). Masks without an image are ignored.
-
-    Raises:
-        FileNotFoundError: ``root``, ``root/images`` or ``root/masks`` is missing, there is
-            no image in ``root/images``, or an image has no mask (the message names the
-            image and the mask paths tried).
-        ValueError: two images or two masks with the same name but different extensions.
-    """
-    root = Path(root)
-    layout = (
-        f"expected {root}/images/<id>.{_EXT_PATTERN} and {root}/masks/<id>_mask.{_EXT_PATTERN} "
-        f"(or masks/<id>.{_EXT_PATTERN})"
-    )
-    if not root.is_dir():
-        raise FileNotFoundError(f"MRI data folder {root} does not exist or is not a folder; {layout}")
-    images_dir, masks_dir = root / "images", root / "masks"
-    for folder in (images_dir, masks_dir):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no {folder.name}/ folder in {root}: {folder} is missing; {layout}")
-    images = _image_files(images_dir)
-    if not images:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {images_dir}; {layout}")
-    masks = _image_files(masks_dir)
-    pairs = []
-    for stem in sorted(images, key=natural_key):
-        mask = masks.get(f"{stem}_mask") or masks.get(stem)
-        if mask is None:
-            raise FileNotFoundError(
-                f"no mask for image {images[stem]}: tried {masks_dir}/{stem}_mask.{_EXT_PATTERN} "
-                f"and {masks_dir}/{stem}.{_EXT_PATTERN}"
-            )
-        pairs.append((stem, images[stem], mask))
-    return pairs
-
-
-def _read(path: Path, flags: int) -> np.ndarray:
-    """Decode an image file with OpenCV (works with non-ASCII paths); ValueError if unreadable."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as err:
-        raise ValueError(f"cannot read image file {path}: {err}") from err
-    img = cv2.imdecode(data, flags) if data.size else None
-    if img is None:
-        raise ValueError(f"cannot decode image file {path}: not a readable PNG/JPEG/TIFF image (empty or corrupt?)")
-    return img
+__all__ = ["IMAGE_EXTENSIONS", "MRISegmentationDataset", "find_image_mask_pairs", "load_split", "natural_key",
+           "save_split", "split_ids", "split_records"]
 
 
 def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
@@ -108,100 +32,143 @@ def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
         interp = cv2.INTER_NEAREST
     else:
         interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
-    return cv2.resize(a, (size, size), interpolation=interp)
+    out = cv2.resize(a, (size, size), interpolation=interp)
+    return out[:, :, None] if a.ndim == 3 and out.ndim == 2 else out
+
+
+def _as_record(item: MRISlice | Sequence, in_channels: int | None) -> MRISlice:
+    if isinstance(item, MRISlice):
+        return item
+    if in_channels not in (None, 1, 3):
+        raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB) for (id, image, mask) pairs, got {in_channels}")
+    i, image, mask = item
+    return MRISlice(str(i), None, "folder", Path(image), Path(mask), channels=(0, 1, 2) if in_channels == 3 else ())
+
+
+def _volume_groups(records: Sequence[MRISlice]) -> list[list[int]]:
+    """Indices in runs that share a volume (BraTS case), so that each volume is read once; 2D: one each."""
+    groups: list[list[int]] = []
+    for i, r in enumerate(records):
+        if r.index is not None and groups and records[groups[-1][0]].mask_path == r.mask_path:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 class MRISegmentationDataset(Dataset):
-    """Image / mask pairs as uint8 tensors, resized to ``size``×``size``.
+    """MRI slices and their masks as uint8 tensors, resized to ``size``×``size``.
 
     Args:
-        pairs: (id, image_path, mask_path) triples, e.g. from :func:`find_image_mask_pairs`.
-        size: side in pixels that images (INTER_AREA when shrinking, INTER_LINEAR when
-            growing) and masks (INTER_NEAREST) are resized to.
+        records: :class:`MRISlice` records (from :func:`~toolkit.data.mri_sources.discover_mri_slices`
+            or :func:`split_records`), or (id, image_path, mask_path) triples of 2D files (e.g.
+            from :func:`find_image_mask_pairs`), read grey, or RGB with ``in_channels=3``.
+        size: side in pixels that images (INTER_AREA when shrinking, INTER_LINEAR when growing)
+            and masks (INTER_NEAREST) are resized to.
         transform: optional albumentations ``Compose`` applied jointly as
             ``transform(image=(H, W, C) uint8, mask=(H, W) uint8 {0, 1})``; it must keep uint8.
-        cache: True decodes every pair once here into two contiguous uint8 arrays,
-            ``images`` (N, size, size, C) and ``masks`` (N, size, size), that DataLoader
-            workers share copy-on-write; False reads the files in ``__getitem__``.
-        in_channels: 1 reads grey, 3 reads RGB.
-        num_threads: decoding threads for the cache (None: up to 8).
+        cache: True reads every slice once here (each NIfTI volume once) into two contiguous
+            uint8 arrays, ``images`` (N, size, size, C) and ``masks`` (N, size, size), that
+            DataLoader workers share copy-on-write; False reads the files in ``__getitem__``
+            (slow for NIfTI: a whole volume per slice).
+        in_channels: for triples, 1 (grey, default) or 3 (RGB); for records, None or their
+            channel count (a check).
+        num_threads: reading threads for the cache (None: up to 8).
+        skip_bad_files: drop slices whose files cannot be read or whose mask is bad (wrong size,
+            not binary), listing them in ``skipped``; with ``cache=False`` every slice is read
+            once here to find them. False: the first bad file raises MRIDataError naming it.
 
     ``dataset[i]`` is ``(image, mask)``: image ``torch.uint8`` (C, size, size) with values
-    0..255, mask ``torch.uint8`` (1, size, size) with values {0, 1}.
+    0..255, mask ``torch.uint8`` (1, size, size) with values {0, 1}; C = ``in_channels``.
+    ``ids`` (list of str) and ``records`` follow the dataset order; ``skipped`` is a list of
+    (path, reason) of the slices left out.
 
-    Raises ValueError (naming the files) for an unreadable file, a mask whose height×width
-    differs from its image's, or a mask with values other than {0, 255} or {0, 1}.
+    Raises MRIDataError (a ValueError naming the file) for an unreadable file, a mask whose
+    height×width differs from its image's, or a mask with values other than {0, 255} or {0, 1}.
     """
 
     def __init__(
         self,
-        pairs: Sequence[tuple[str, str | os.PathLike, str | os.PathLike]],
+        records: Sequence[MRISlice | tuple[str, str | os.PathLike, str | os.PathLike]],
         size: int = 240,
         transform: Any = None,
         cache: bool = True,
-        in_channels: int = 1,
+        in_channels: int | None = None,
         num_threads: int | None = None,
+        skip_bad_files: bool = False,
     ):
-        if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
         if int(size) < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
-        self.pairs = [(str(i), Path(im), Path(m)) for i, im, m in pairs]
-        self.ids: list[str] = [p[0] for p in self.pairs]
+        self.records: list[MRISlice] = [_as_record(r, in_channels) for r in records]
+        counts = sorted({r.num_channels for r in self.records})
+        if len(counts) > 1 or (counts and in_channels is not None and counts[0] != in_channels):
+            raise ValueError(f"the records read {counts} channel(s) but in_channels={in_channels}; "
+                             "all slices of a dataset must have the model's channel count")
+        self.in_channels = counts[0] if counts else (in_channels or 1)
         self.size = int(size)
         self.transform = transform
-        self.in_channels = in_channels
+        self.skipped: list[tuple[Path, str]] = []
         self.images: np.ndarray | None = None
         self.masks: np.ndarray | None = None
-        if cache:
-            n, s = len(self.pairs), self.size
-            self.images = np.empty((n, s, s, in_channels), np.uint8)
+        if cache or skip_bad_files:
+            self._read_all(cache, skip_bad_files, num_threads)
+
+    def _read_all(self, store: bool, skip: bool, num_threads: int | None) -> None:
+        n, s = len(self.records), self.size
+        if store:
+            self.images = np.empty((n, s, s, self.in_channels), np.uint8)
             self.masks = np.empty((n, s, s), np.uint8)
+        bad: dict[int, MRIDataError] = {}
 
-            def fill(i: int) -> None:
-                self.images[i], self.masks[i] = self.load_pair(i)
+        def fill(group: list[int]) -> None:
+            volumes: dict = {}  # one case's NIfTI volumes, read once for all its slices
+            for i in group:
+                try:
+                    img, mask = self.load_pair(i, volumes)
+                except MRIDataError as err:
+                    if not skip:
+                        raise
+                    bad[i] = err
+                    continue
+                if store:
+                    self.images[i], self.masks[i] = img, mask
 
-            threads = num_threads or min(8, os.cpu_count() or 1)
-            if threads > 1 and n > 1:
-                with ThreadPoolExecutor(threads) as pool:
-                    list(pool.map(fill, range(n)))
-            else:
-                for i in range(n):
-                    fill(i)
+        groups = _volume_groups(self.records)
+        threads = num_threads or min(8, os.cpu_count() or 1)
+        if threads > 1 and len(groups) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(fill, groups))
+        else:
+            for g in groups:
+                fill(g)
+        if bad:
+            keep = [i for i in range(n) if i not in bad]
+            self.skipped = [(bad[i].path, bad[i].reason) for i in sorted(bad)]
+            self.records = [self.records[i] for i in keep]
+            if store:
+                self.images, self.masks = self.images[keep], self.masks[keep]
+
+    @property
+    def ids(self) -> list[str]:
+        """The slice ids, in dataset order."""
+        return [r.id for r in self.records]
+
+    @property
+    def pairs(self) -> list[tuple[str, Path, Path]]:
+        """(id, image_path, mask_path) per slice, as older callers expect."""
+        return [(r.id, r.image_path, r.mask_path) for r in self.records]
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.records)
 
-    def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read, check and resize pair ``i`` from disk, untransformed.
+    def load_pair(self, i: int, volumes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Read, check and resize slice ``i`` from disk, untransformed.
 
         Returns (image uint8 (size, size, C) 0..255, mask uint8 (size, size) {0, 1}).
+        ``volumes``: see :func:`~toolkit.data.mri_sources.read_slice`.
         """
-        _, img_path, mask_path = self.pairs[i]
-        if self.in_channels == 1:
-            img = _read(img_path, cv2.IMREAD_GRAYSCALE)
-        else:
-            img = cv2.cvtColor(_read(img_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        mask = _read(mask_path, cv2.IMREAD_GRAYSCALE)
-        if mask.shape[:2] != img.shape[:2]:
-            raise ValueError(
-                f"mask {mask_path} is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {img_path} "
-                f"is {img.shape[0]}x{img.shape[1]}; a mask must have its image's size"
-            )
-        if mask.dtype != np.uint8:
-            raise ValueError(f"mask {mask_path} has dtype {mask.dtype}; expected 8-bit values {{0, 255}} or {{0, 1}}")
-        present = set(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist())
-        if not (present <= {0, 255} or present <= {0, 1}):
-            shown = sorted(present)[:8]
-            raise ValueError(
-                f"mask {mask_path} is not binary: it holds the values {shown}"
-                f"{' ...' if len(present) > 8 else ''} ({len(present)} distinct); expected only {{0, 255}} or {{0, 1}}"
-            )
-        img = _resize(img, self.size, nearest=False)
-        if img.ndim == 2:
-            img = img[:, :, None]
-        mask = _resize((mask > 0).view(np.uint8), self.size, nearest=True)
-        return img, mask
+        img, mask = read_slice(self.records[i], volumes)
+        return _resize(img, self.size, nearest=False), _resize(mask, self.size, nearest=True)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.images is not None:
@@ -284,3 +251,86 @@ def split_ids(
     train = [i for i, u in zip(ids, unit_of) if u not in val_units]
     val = [i for i, u in zip(ids, unit_of) if u in val_units]
     return train, val
+
+
+def split_records(
+    records: Sequence[MRISlice], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
+    block_size: int = 1,
+) -> dict[str, list[MRISlice]]:
+    """Split slices into "train", "val" (and "test" when ``test_fraction`` > 0), never splitting a patient.
+
+    The units drawn are patients (``record.patient``) where known, else runs of ``block_size``
+    consecutive patient-less records in the given order (figshare ids run in patient order:
+    blocks of about 20). Fractions count units, not slices. "test" is drawn first (seed + 1),
+    then "val" from the rest with ``val_fraction / (1 - test_fraction)`` (seed), as
+    :func:`split_ids`; each list keeps the input order. Deterministic for given records and seed.
+
+    Raises ValueError for fractions outside (0, 1) with ``val_fraction + test_fraction < 1``,
+    duplicate ids, or too few units to fill every split.
+    """
+    records = list(records)
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction):
+        raise ValueError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
+                         f"got {val_fraction} and {test_fraction}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    unit, k = {}, 0
+    for r in records:
+        if r.patient is not None:
+            unit[r.id] = f"patient {r.patient}"
+        else:
+            unit[r.id], k = f"block {k // block_size}", k + 1
+    need = 3 if test_fraction > 0 else 2
+    if len(set(unit.values())) < need:
+        raise ValueError(f"cannot split {len(records)} slice(s) into {need} non-empty sets: they form "
+                         f"{len(set(unit.values()))} unit(s) (patients, or blocks of {block_size} slices without "
+                         f"a patient id); need >= {need}")
+    ids = [r.id for r in records]
+    out: dict[str, list[str]] = {}
+    if test_fraction > 0:
+        ids, out["test"] = split_ids(ids, test_fraction, seed + 1, groups=[unit[i] for i in ids])
+    out["train"], out["val"] = split_ids(ids, val_fraction / (1 - test_fraction), seed, groups=[unit[i] for i in ids])
+    by_id = {r.id: r for r in records}
+    return {name: [by_id[i] for i in out[name]] for name in ("train", "val", "test") if name in out}
+
+
+def save_split(path: str | os.PathLike, split: dict[str, Sequence[MRISlice]], **info: Any) -> Path:
+    """Write ``split`` as JSON ``{**info, "train": [ids], "val": [ids], ...}`` (atomically); returns the path.
+
+    ``info`` holds extra str/number fields, e.g. ``data_dir=..., source=...``; it must not use a split's name.
+    """
+    from ..checkpoint import save_json
+
+    clash = set(info) & set(split)
+    if clash:
+        raise ValueError(f"info keys {sorted(clash)} clash with split names")
+    return save_json(path, {**{k: str(v) if isinstance(v, Path) else v for k, v in info.items()},
+                            **{name: [r.id for r in recs] for name, recs in split.items()}})
+
+
+def load_split(path: str | os.PathLike, records: Sequence[MRISlice],
+               names: Sequence[str] | None = None) -> dict[str, list[MRISlice]]:
+    """Read a :func:`save_split` file back onto ``records``: split name → records, in the file's order.
+
+    Every list-valued entry is a split (other entries are info); ``names`` limits the result
+    (and the id check) to those splits, e.g. ``["test"]`` to score data that holds only them; a
+    name the file lacks is simply absent from the result. Raises FileNotFoundError when ``path``
+    is missing, ValueError when it holds no split or a returned split names ids absent from
+    ``records`` (the message gives the count and examples).
+    """
+    path = Path(path)
+    data = json.loads(path.read_text())
+    by_id = {r.id: r for r in records}
+    out = {}
+    for name, ids in data.items():
+        if not isinstance(ids, list) or (names is not None and name not in names):
+            continue
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise ValueError(f"{path}: {len(missing)} of the {len(ids)} ids of the {name!r} split are not among the "
+                             f"{len(by_id)} slices found, e.g. {missing[:5]}; was it saved for other data "
+                             "(another folder, channels or slice rule)?")
+        out[name] = [by_id[i] for i in ids]
+    if not any(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"{path} holds no split (no list of ids)")
+    return out

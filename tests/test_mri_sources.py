@@ -1,0 +1,471 @@
+"""MRI data sources: layout detection, reading, channel choice, slice rules, patient-safe splits, bad input.
+
+Each layout is written in its real format in tmp_path: PNG/TIFF folders (cv2), Kaggle-LGG style
+3-channel TIFFs in patient folders, figshare-style MATLAB v7.3 .mat files (h5py, stored transposed
+as MATLAB does) and BraTS-style NIfTI volumes (nibabel).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import cv2  # noqa: E402
+import h5py  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from toolkit.data.mri_folder import MRISegmentationDataset, load_split, save_split, split_records  # noqa: E402
+from toolkit.data.mri_sources import (  # noqa: E402
+    MRIDataError, MRISlice, discover_mri_slices, read_image, read_slice, resolve_channels, to_uint8,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+
+
+# --- writers of the real formats -------------------------------------------------------------------
+
+
+def _imwrite(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array), path
+    return path
+
+
+def _square_mask(shape, r0=4, r1=12, c0=6, c1=20) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[r0:r1, c0:c1] = 255
+    return mask
+
+
+def make_folder(root: Path, n=6, ext=".png", mask_ext=".png", size=(32, 40)) -> Path:
+    for i in range(1, n + 1):
+        img = np.full(size, 30 + i, np.uint8)
+        _imwrite(root / "images" / f"{i}{ext}", img)
+        _imwrite(root / "masks" / f"{i}_mask{mask_ext}", _square_mask(size))
+    return root
+
+
+def make_lgg(root: Path, patients=4, slices=6, size=(32, 32)) -> Path:
+    """kaggle_3m/<patient>/<patient>_<n>.tif (RGB = pre, FLAIR, post) + <patient>_<n>_mask.tif."""
+    for p in range(patients):
+        name = f"TCGA_XX_{1000 + p}_2000010{p}"
+        for k in range(1, slices + 1):
+            rgb = np.zeros((*size, 3), np.uint8)
+            rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10 + p, 100 + k, 200  # pre, FLAIR, post
+            _imwrite(root / "kaggle_3m" / name / f"{name}_{k}.tif", rgb[..., ::-1])  # cv2 writes BGR arrays
+            mask = _square_mask(size) if k % 3 == 0 else np.zeros(size, np.uint8)  # 2/3 empty
+            _imwrite(root / "kaggle_3m" / name / f"{name}_{k}_mask.tif", mask)
+    return root
+
+
+def write_mat(path: Path, image: np.ndarray, mask: np.ndarray, pid: str, label: int = 1) -> Path:
+    """A figshare-style MATLAB v7.3 file: HDF5 with a 512-byte MATLAB header, arrays stored transposed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w", userblock_size=512) as f:
+        g = f.create_group("cjdata")
+        g.attrs["MATLAB_class"] = np.bytes_("struct")
+        for key, value, cls in (("image", image, "int16"), ("tumorMask", mask, "logical"),
+                                ("PID", np.array([[ord(c) for c in pid]], np.uint16), "char"),
+                                ("label", np.array([[float(label)]]), "double")):
+            ds = g.create_dataset(key, data=np.ascontiguousarray(value.T))  # MATLAB is column-major
+            ds.attrs["MATLAB_class"] = np.bytes_(cls)
+    with open(path, "r+b") as fh:
+        text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+        fh.write(text.ljust(116) + bytes(8) + b"\x00\x02IM")
+    return path
+
+
+def _mat_image(h=40, w=56, seed=0):
+    """int16 (H, W) scan with a bright corner block, and its {0, 1} mask of a non-square tumour."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((h, w), np.int16)
+    image[4:36, 4:52] = rng.integers(200, 1200, (32, 48))
+    image[5, 50] = 30000  # one outlier pixel: clipped by the percentile scaling
+    mask = np.zeros((h, w), np.uint8)
+    mask[6:12, 30:46] = 1
+    image[mask > 0] = 2000
+    return image, mask
+
+
+def make_mat(root: Path, pids=("MR1", "MR1", "MR1", "MR2", "MR2", "MR3", "MR3", "MR4")) -> Path:
+    for i, pid in enumerate(pids, start=1):
+        write_mat(root / f"part{(i - 1) // 4 + 1}" / f"{i}.mat", *_mat_image(seed=i), pid)
+    return root
+
+
+def _brain_box(shape, modality):
+    """Each modality lights a different half of the brain box, so its slices can be told apart."""
+    box = np.zeros(shape[:2], bool)
+    r, c = shape[0] // 4, shape[1] // 4
+    halves = {"flair": np.s_[r:3 * r, c:2 * c], "t1": np.s_[r:2 * r, c:3 * c], "t1ce": np.s_[2 * r:3 * r, c:3 * c],
+              "t2": np.s_[r:3 * r, 2 * c:3 * c]}
+    box[halves[modality]] = True
+    return box
+
+
+def _lights(channel: np.ndarray, modality: str) -> bool:
+    """The channel is lit exactly inside the modality's box (the darkest 0.5% of it clip to 0)."""
+    box = _brain_box(channel.shape, modality)
+    return not (channel[~box] > 0).any() and (channel[box] > 0).mean() > 0.98
+
+
+def make_brats(root: Path, cases=3, shape=(240, 240, 8), tumour=(3, 4), brain=range(1, 7), style="2020") -> Path:
+    """<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz (BraTS 2020) or <case>/<case>-{t2f,...,seg}.nii.gz (2023)."""
+    names = dict(zip(MODALITIES, ("t2f", "t1n", "t1c", "t2w"))) if style == "2023" else {m: m for m in MODALITIES}
+    sep = "-" if style == "2023" else "_"
+    rng = np.random.default_rng(0)
+    for c in range(cases):
+        case = f"BraTS-GLI-{c:05d}-000" if style == "2023" else f"BraTS20_Training_{c + 1:03d}"
+        (root / case).mkdir(parents=True)
+        for m in MODALITIES:
+            vol = np.zeros(shape, np.float32)
+            for k in brain:
+                vol[..., k][_brain_box(shape, m)] = rng.uniform(50, 900, int(_brain_box(shape, m).sum()))
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), root / case / f"{case}{sep}{names[m]}.nii.gz")
+        seg = np.zeros(shape, np.uint8)
+        for k in tumour:
+            seg[shape[0] // 3:shape[0] // 2, shape[1] // 3:shape[1] // 2, k] = (1, 2, 4)[k % 3]
+        nib.save(nib.Nifti1Image(seg, np.eye(4)), root / case / f"{case}{sep}seg.nii.gz")
+    return root
+
+
+def _disjoint_patients(split):
+    seen = {}
+    for name, recs in split.items():
+        for r in recs:
+            assert seen.setdefault(r.patient, name) == name, f"patient {r.patient} in {seen[r.patient]} and {name}"
+    return seen
+
+
+# --- detection and reading, per layout -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".jpg"])
+def test_folder_layout(tmp_path, ext):
+    make_folder(tmp_path, n=3, ext=ext)
+    found = discover_mri_slices(tmp_path)
+    assert found.source == "folder" and found.skipped == [] and found.patients == []
+    assert [s.id for s in found.slices] == ["1", "2", "3"] and found.slices[0].patient is None
+    img, mask = read_slice(found.slices[1])
+    assert img.shape == (32, 40, 1) and img.dtype == np.uint8 and mask.shape == (32, 40) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1} and mask.sum() == 8 * 14
+    assert abs(int(img[0, 0, 0]) - 32) <= 2  # jpg is lossy
+    rgb = discover_mri_slices(tmp_path, channels="rgb").slices[0]
+    assert rgb.num_channels == 3 and read_slice(rgb)[0].shape == (32, 40, 3)
+
+
+def test_folder_masks_beside_images(tmp_path):
+    for i in (2, 10):
+        _imwrite(tmp_path / f"{i}.png", np.full((16, 16), 50, np.uint8))
+        _imwrite(tmp_path / f"{i}_mask.png", _square_mask((16, 16)))
+    found = discover_mri_slices(tmp_path)
+    assert found.source == "folder" and [s.id for s in found.slices] == ["2", "10"]
+    assert read_slice(found.slices[1])[1].sum() == 8 * 10
+
+
+def test_lgg_layout_and_channels(tmp_path):
+    make_lgg(tmp_path)
+    for where in (tmp_path, tmp_path / "kaggle_3m"):  # the folder above kaggle_3m, or kaggle_3m itself
+        found = discover_mri_slices(where)
+        assert found.source == "lgg" and found.root == tmp_path / "kaggle_3m"
+    assert len(found.slices) == 24 and len(found.patients) == 4
+    first = found.slices[0]
+    assert first.id == "TCGA_XX_1000_20000100_1" and first.patient == "TCGA_XX_1000_20000100"
+    assert [s.id.rsplit("_", 1)[1] for s in found.slices[:6]] == ["1", "2", "3", "4", "5", "6"]
+    img, mask = read_slice(found.slices[1])  # default: FLAIR only
+    assert img.shape == (32, 32, 1) and int(img[0, 0, 0]) == 102 and mask.max() == 0
+    expect = {"all": [10, 102, 200], 3: [10, 102, 200], "pre,post": [10, 200], (2, 1): [200, 102],
+              "flair": [102], 1: [102], "1": [102], "post-contrast": [200]}
+    for choice, values in expect.items():
+        rec = discover_mri_slices(tmp_path, channels=choice).slices[1]
+        assert read_slice(rec)[0][0, 0].tolist() == values, choice
+    assert resolve_channels("lgg", "post,flair") == (2, 1) and resolve_channels("brats", 4) == (0, 1, 2, 3)
+    assert read_image(found.slices[1].image_path, (1,))[0, 0].tolist() == [102]  # e.g. for predict
+    masks = [read_slice(s)[1] for s in found.slices]
+    assert sum(m.max() == 0 for m in masks) == 16  # two thirds empty
+    for bad in ("grey", "t1ce", 2, [0, 0]):
+        with pytest.raises(ValueError, match="channel"):
+            discover_mri_slices(tmp_path, channels=bad)
+
+
+def test_mat_layout(tmp_path):
+    make_mat(tmp_path)
+    found = discover_mri_slices(tmp_path)
+    assert found.source == "figshare_mat" and len(found.slices) == 8
+    assert [s.id for s in found.slices] == [str(i) for i in range(1, 9)]
+    assert found.patients == ["MR1", "MR2", "MR3", "MR4"] and found.slices[4].patient == "MR2"
+    img, mask = read_slice(found.slices[0])
+    image, true_mask = _mat_image(seed=1)
+    assert img.shape == (40, 56, 1) and img.dtype == np.uint8 and mask.shape == (40, 56)  # transposed back
+    assert np.array_equal(mask, true_mask)
+    assert img[0, 0, 0] == 0 and img.max() == 255 and img[mask > 0].min() == 255  # tumour at the top of range
+    brain = img[4:36, 4:52, 0][true_mask[4:36, 4:52] == 0]
+    assert brain.std() > 30 and np.percentile(brain, 50) > 60  # not crushed by the 30000 outlier
+
+
+def test_brats_layout_slice_rules_and_modalities(tmp_path):
+    make_brats(tmp_path)
+    found = discover_mri_slices(tmp_path)  # default rule: nonempty (brain) slices, FLAIR
+    assert found.source == "brats" and len(found.patients) == 3
+    assert [s.index for s in found.slices[:6]] == [1, 2, 3, 4, 5, 6] and len(found.slices) == 18
+    s = found.slices[2]
+    assert s.id == "BraTS20_Training_001_z003" and s.patient == "BraTS20_Training_001" and s.index == 3
+    img, mask = read_slice(s)
+    assert img.shape == (240, 240, 1) and img.dtype == np.uint8 and mask.shape == (240, 240)
+    assert _lights(img[..., 0], "flair") and img.max() == 255
+    assert mask.sum() == 40 * 40 and set(np.unique(mask)) == {0, 1}  # label 4 counts as tumour
+    counts = {"all": 8, "tumour": 2, "tumor": 2, "tumour+2": 4, "tumour+99": 6, "nonempty": 6}
+    for rule, n in counts.items():
+        assert len(discover_mri_slices(tmp_path, slice_rule=rule).slices) == 3 * n, rule
+    assert [r.index for r in discover_mri_slices(tmp_path, slice_rule="tumour+2").slices[:4]] == [1, 3, 4, 6]
+    every = discover_mri_slices(tmp_path, channels="all", slice_rule="tumour").slices[0]
+    img, _ = read_slice(every)
+    assert img.shape == (240, 240, 4)
+    for k, m in enumerate(MODALITIES):
+        assert _lights(img[..., k], m), m
+    t2 = read_slice(discover_mri_slices(tmp_path, channels="t2,t1ce").slices[2])[0]
+    assert _lights(t2[..., 1], "t1ce") and _lights(t2[..., 0], "t2")
+    with pytest.raises(ValueError, match="slice_rule"):
+        discover_mri_slices(tmp_path, slice_rule="some")
+    with pytest.raises(ValueError, match="NIfTI"):
+        discover_mri_slices(make_folder(tmp_path / "f", n=2), slice_rule="tumour")
+
+
+def test_brats_2023_naming(tmp_path):
+    make_brats(tmp_path, cases=2, shape=(24, 24, 6), tumour=(2,), brain=range(1, 5), style="2023")
+    found = discover_mri_slices(tmp_path, channels="t1c", slice_rule="tumour")
+    assert found.source == "brats"
+    assert [s.id for s in found.slices] == ["BraTS-GLI-00000-000_z002", "BraTS-GLI-00001-000_z002"]
+    assert found.slices[0].image_path.name.endswith("-t1c.nii.gz")
+
+
+def test_dataset_over_every_source(tmp_path, monkeypatch):
+    from toolkit.data import mri_io
+
+    roots = {"folder": make_folder(tmp_path / "f", n=3), "lgg": make_lgg(tmp_path / "l", patients=2, slices=2),
+             "figshare_mat": make_mat(tmp_path / "m", pids=("a", "b")),
+             "brats": make_brats(tmp_path / "b", cases=2, shape=(40, 40, 6), tumour=(2,), brain=range(1, 5))}
+    loads = []
+    real = mri_io._nifti
+    monkeypatch.setattr(mri_io, "_nifti", lambda p, data=True: loads.append(p) or real(p, data))
+    for source, root in roots.items():
+        recs = discover_mri_slices(root, channels="all").slices
+        loads.clear()
+        cached = MRISegmentationDataset(recs, size=48, num_threads=2)
+        assert len(loads) == (2 * 5 if source == "brats" else 0)  # each of 2 cases' 5 volumes read once
+        lazy = MRISegmentationDataset(recs, size=48, cache=False)
+        c = recs[0].num_channels
+        assert cached.images.shape == (len(recs), 48, 48, c) and cached.in_channels == c, source
+        for i in range(len(recs)):
+            (img, mask), (img2, mask2) = cached[i], lazy[i]
+            assert img.dtype == torch.uint8 and img.shape == (c, 48, 48) and mask.shape == (1, 48, 48)
+            assert torch.equal(img, img2) and torch.equal(mask, mask2) and set(mask.unique().tolist()) <= {0, 1}
+    assert pickle.loads(pickle.dumps(recs[0])) == recs[0]
+    with pytest.raises(ValueError, match="in_channels"):
+        MRISegmentationDataset(recs, in_channels=1, cache=False)
+
+
+def test_to_uint8():
+    assert to_uint8(np.zeros((4, 4), np.float32)).tolist() == np.zeros((4, 4), np.uint8).tolist()
+    a = np.zeros((10, 100), np.int16)
+    a[:, 1:] = np.arange(1, 100)
+    a[0, 0] = 32000  # outlier
+    out = to_uint8(a)
+    assert out.dtype == np.uint8 and out[1, 0] == 0 and out.max() == 255 and out[5, 50] in range(120, 135)
+    assert set(np.unique(to_uint8(np.array([[0, 7.0], [7, np.nan]])))) == {0, 255}
+    u8 = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    assert to_uint8(u8) is u8
+
+
+# --- detection errors --------------------------------------------------------------------------------
+
+
+def test_detection_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        discover_mri_slices(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="empty"):
+        discover_mri_slices(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "scans").mkdir()
+    _imwrite(tmp_path / "scans" / "a.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(FileNotFoundError) as err:
+        discover_mri_slices(tmp_path)
+    msg = str(err.value)
+    assert "scans/" in msg and "1 .txt" in msg and "kaggle_3m" in msg and "_seg.nii.gz" in msg and ".mat" in msg
+    make_folder(tmp_path, n=2)
+    make_mat(tmp_path / "mats", pids=("a",))
+    with pytest.raises(ValueError, match="more than one"):
+        discover_mri_slices(tmp_path)
+    assert discover_mri_slices(tmp_path, source="figshare_mat").source == "figshare_mat"
+
+
+# --- splits ----------------------------------------------------------------------------------------------
+
+
+def test_patient_safe_splits_on_every_layout(tmp_path):
+    sources = [discover_mri_slices(make_lgg(tmp_path / "l", patients=10, slices=3)),
+               discover_mri_slices(make_mat(tmp_path / "m", pids=[f"P{i // 2}" for i in range(20)])),
+               discover_mri_slices(make_brats(tmp_path / "b", cases=6, shape=(16, 16, 4), tumour=(1,), brain=range(4)))]
+    for found in sources:
+        split = split_records(found.slices, 0.2, 0.2, seed=3)
+        assert set(split) == {"train", "val", "test"} and all(split.values()), found.source
+        owner = _disjoint_patients(split)
+        assert set(owner) == set(found.patients)
+        assert sorted(r.id for v in split.values() for r in v) == sorted(r.id for r in found.slices)
+        again = split_records(found.slices, 0.2, 0.2, seed=3)
+        assert {k: [r.id for r in v] for k, v in again.items()} == {k: [r.id for r in v] for k, v in split.items()}
+        other = split_records(found.slices, 0.2, 0.2, seed=4)
+        assert {k: [r.id for r in v] for k, v in other.items()} != {k: [r.id for r in v] for k, v in split.items()}
+
+
+def test_block_split_and_round_trip(tmp_path):
+    recs = [MRISlice(str(i), None, "folder", Path(f"{i}.png"), Path(f"{i}_mask.png")) for i in range(1, 101)]
+    split = split_records(recs, 0.2, seed=0, block_size=20)
+    assert set(split) == {"train", "val"} and len(split["val"]) == 20
+    assert {(int(r.id) - 1) // 20 for r in split["val"]} == {(int(split["val"][0].id) - 1) // 20}  # one block
+    path = save_split(tmp_path / "run" / "split.json", split, data_dir=tmp_path, source="folder")
+    data = json.loads(path.read_text())
+    assert data["source"] == "folder" and data["val"] == [r.id for r in split["val"]]
+    assert load_split(path, recs) == split
+    with pytest.raises(ValueError) as err:
+        load_split(path, recs[:50])
+    assert str(path) in str(err.value) and "split are not among the 50 slices" in str(err.value)
+    assert load_split(path, split["val"], names=["val", "test"]) == {"val": split["val"]}  # only what is asked
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_records(recs, 0.6, 0.5)
+    with pytest.raises(ValueError, match="1 unit"):
+        split_records(recs[:1], 0.2)
+    with pytest.raises(ValueError, match="2 unit"):
+        split_records(recs[:40], 0.2, 0.2, block_size=20)
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+
+
+def _bad_folder(root: Path) -> dict[str, Path]:
+    make_folder(root, n=3)
+    bad = {}
+    good = (root / "images" / "1.png").read_bytes()
+    bad["truncated"] = root / "images" / "4.png"
+    bad["truncated"].write_bytes(good[: len(good) // 2])
+    _imwrite(root / "masks" / "4_mask.png", _square_mask((32, 40)))
+    bad["size"] = _imwrite(root / "masks" / "5_mask.png", _square_mask((30, 40)))
+    _imwrite(root / "images" / "5.png", np.zeros((32, 40), np.uint8))
+    bad["binary"] = _imwrite(root / "masks" / "6_mask.png", np.array([[0, 1, 128, 255]] * 8, np.uint8))
+    _imwrite(root / "images" / "6.png", np.zeros((8, 4), np.uint8))
+    bad["no mask"] = _imwrite(root / "images" / "7.tif", np.zeros((8, 8), np.uint8))
+    return bad
+
+
+def test_bad_files_raise_naming_the_file(tmp_path):
+    bad = _bad_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match=str(bad["no mask"])):
+        discover_mri_slices(tmp_path)
+    bad["no mask"].unlink()
+    recs = {r.id: r for r in discover_mri_slices(tmp_path).slices}
+    for rid, kind, pattern in (("4", "truncated", "cannot decode"), ("5", "size", "30x40.*32x40"),
+                               ("6", "binary", r"not binary.*\[0, 1, 128, 255\]")):
+        with pytest.raises(MRIDataError, match=pattern) as err:
+            read_slice(recs[rid])
+        assert err.value.path == bad[kind] and str(bad[kind]) in str(err.value)
+        with pytest.raises(ValueError, match=str(bad[kind])):
+            MRISegmentationDataset([recs["1"], recs[rid]], size=16)
+    lazy = MRISegmentationDataset(list(recs.values()), size=16, cache=False)
+    assert lazy[0][0].shape == (1, 16, 16)
+    with pytest.raises(MRIDataError, match=str(bad["truncated"])):
+        lazy[3]
+    batches = iter(torch.utils.data.DataLoader(lazy, batch_size=2, num_workers=1))  # the error crosses the worker
+    assert next(batches)[0].shape == (2, 1, 16, 16)
+    try:
+        next(batches)
+    except MRIDataError as err:
+        assert str(bad["truncated"]) in str(err)
+        err.__traceback__ = None  # else a reference cycle keeps the worker until gc, whose shutdown then takes 5 s
+    else:
+        raise AssertionError("no error")
+    del batches
+
+
+def test_skip_bad_files_counts(tmp_path):
+    bad = _bad_folder(tmp_path)
+    (tmp_path / "images" / "8.png").write_bytes(b"")  # empty file, with a mask
+    _imwrite(tmp_path / "masks" / "8_mask.png", _square_mask((32, 40)))
+    found = discover_mri_slices(tmp_path, skip_bad_files=True)
+    assert found.skipped == [(bad["no mask"], found.skipped[0][1])] and "without a mask" in found.skipped[0][1]
+    assert len(found.slices) == 7
+    for cache in (True, False):
+        ds = MRISegmentationDataset(found.slices, size=16, cache=cache, skip_bad_files=True)
+        assert len(ds) == 3 and ds.ids == ["1", "2", "3"] and len(ds.skipped) == 4
+        assert [p.name for p, _ in ds.skipped] == ["4.png", "5_mask.png", "6_mask.png", "8.png"]
+        assert ds[2][0].shape == (1, 16, 16) and (ds.images is not None) == cache
+
+
+def test_bad_lgg_mat_and_nifti_files(tmp_path):
+    lgg = make_lgg(tmp_path / "l", patients=2, slices=2)
+    (lgg / "kaggle_3m" / "TCGA_XX_9999_20000109").mkdir()  # an empty patient folder
+    with pytest.raises(MRIDataError, match="TCGA_XX_9999_20000109.*without any image"):
+        discover_mri_slices(lgg)
+    assert len(discover_mri_slices(lgg, skip_bad_files=True).skipped) == 1
+
+    mats = make_mat(tmp_path / "m", pids=("a", "b", "c"))
+    (mats / "v5.mat").write_bytes(b"MATLAB 5.0 MAT-file, Platform: PCWIN64" + bytes(200))
+    write_mat(mats / "odd.mat", np.zeros((8, 8), np.int16), np.zeros((8, 6), np.uint8), "d")
+    with pytest.raises(MRIDataError, match=r"odd\.mat.*8x6.*8x8|v5\.mat.*v7\.3"):
+        discover_mri_slices(mats)
+    found = discover_mri_slices(mats, skip_bad_files=True)
+    assert len(found.slices) == 3 and sorted(p.name for p, _ in found.skipped) == ["odd.mat", "v5.mat"]
+    write_mat(mats / "4.mat", np.zeros((8, 8), np.int16), np.full((8, 8), 3, np.uint8), "e")  # mask not binary
+    rec = next(r for r in discover_mri_slices(mats, skip_bad_files=True).slices if r.id == "4")
+    with pytest.raises(MRIDataError, match=r"4\.mat.*not binary"):
+        read_slice(rec)
+
+    brats = make_brats(tmp_path / "b", cases=3, shape=(64, 64, 8), tumour=(1,), brain=range(8))
+    (brats / "BraTS20_Training_002" / "BraTS20_Training_002_seg.nii.gz").unlink()
+    flair = brats / "BraTS20_Training_003" / "BraTS20_Training_003_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:len(flair.read_bytes()) // 2])  # truncated (its header is intact)
+    (brats / "BraTS20_Training_004").mkdir()  # an empty case folder
+    with pytest.raises(MRIDataError, match="BraTS20_Training_002.*no seg"):
+        discover_mri_slices(brats)
+    found = discover_mri_slices(brats, skip_bad_files=True)
+    assert found.patients == ["BraTS20_Training_001"] and len(found.skipped) == 3
+    assert "empty case folder" in str(found.skipped)
+    assert str(flair) in str(found.skipped) and "cannot read the NIfTI" in str(found.skipped)
+    rec = discover_mri_slices(brats, source="brats", slice_rule="all", skip_bad_files=True)  # header only: passes
+    bad = [r for r in rec.slices if r.patient == "BraTS20_Training_003"]
+    with pytest.raises(MRIDataError, match=str(flair)):
+        read_slice(bad[0])
+
+
+# --- real data (skips when ../shared/data is absent) -------------------------------------------------
+
+
+def test_real_lgg():
+    root = SHARED_DATA / "brain-mri-lgg"
+    if not (root / "kaggle_3m").is_dir():
+        pytest.skip(f"real data not present at {root}")
+    found = discover_mri_slices(root)
+    assert found.source == "lgg" and len(found.patients) == 12 and len(found.slices) == 419 and not found.skipped
+    ds = MRISegmentationDataset(found.slices, size=256, num_threads=2)
+    empty = float((ds.masks.reshape(len(ds), -1).max(1) == 0).mean())
+    assert 0.55 < empty < 0.75  # about two thirds of the masks are empty
+    assert ds.images.max() == 255 and ds.images.min() == 0
+    split = split_records(found.slices, 0.2, 0.2, seed=0)
+    assert len(set(_disjoint_patients(split))) == 12 and all(len(v) > 0 for v in split.values())
+    assert read_slice(discover_mri_slices(root, channels="all").slices[0])[0].shape == (256, 256, 3)
+
+
+def test_real_figshare_png():
+    root = SHARED_DATA / "brain-mri-figshare"
+    if not (root / "images").is_dir():
+        pytest.skip(f"real data not present at {root}")
+    found = discover_mri_slices(root)
+    assert found.source == "folder" and len(found.slices) == 520 and found.patients == []
+    split = split_records(found.slices, 0.2, seed=0, block_size=20)
+    assert len(split["val"]) == 100  # 26 blocks of 20 → 5 to val

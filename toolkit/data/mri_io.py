@@ -1,0 +1,294 @@
+"""Reading brain-MRI slices: the :class:`MRISlice` record and :func:`read_slice`, for every source,
+and the pairing of 2D image and mask files (:func:`find_image_mask_pairs`).
+
+Intensities: uint8 images are kept. Any other dtype (int16 .mat, float or int16 NIfTI, 16-bit
+PNG/TIFF) is scaled per slice and per channel by :func:`to_uint8`: clipped to the 0.5th..99.5th
+percentile of the slice's nonzero pixels (so the black background does not count), then mapped
+linearly to 0..255.
+
+Masks: 2D mask files must hold only {0, 255} or {0, 1} (16-bit: {0, 65535}) — JPEG masks, being
+lossy, are thresholded at 128 instead; .mat ``tumorMask`` likewise; BraTS label maps count
+label > 0 as tumour. Every problem with a file raises :class:`MRIDataError` naming the file.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["CHANNEL_NAMES", "IMAGE_EXTENSIONS", "MRIDataError", "MRISlice", "find_image_mask_pairs", "natural_key",
+           "read_image", "read_slice", "to_uint8"]
+
+#: File extensions recognised as 2D images or masks (compared case-insensitively).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_EXT = "<" + "|".join(e[1:] for e in IMAGE_EXTENSIONS) + ">"
+#: Channel names per source, in index order (``MRISlice.channels`` indexes these).
+CHANNEL_NAMES = {"folder": ("red", "green", "blue"), "lgg": ("pre", "flair", "post"),
+                 "figshare_mat": ("t1ce",), "brats": ("flair", "t1", "t1ce", "t2")}
+
+
+class MRIDataError(ValueError):
+    """A bad data file. ``path`` (Path) is the file, ``reason`` (str) the problem; str() is "path: reason"."""
+
+    def __init__(self, path: str | os.PathLike, reason: str = ""):
+        # one argument = a whole message: DataLoader re-raises a worker's error as type(err)(text)
+        super().__init__(f"{path}: {reason}" if reason else str(path))
+        self.path, self.reason = (Path(path), reason) if reason else (None, str(path))
+
+    def __reduce__(self):  # picklable, so it crosses DataLoader worker boundaries intact
+        return MRIDataError, ((self.path, self.reason) if self.path is not None else (self.reason,))
+
+
+@dataclass(frozen=True)
+class MRISlice:
+    """One 2D slice and its mask, as a small picklable record (no pixels; read with :func:`read_slice`).
+
+    Attributes:
+        id: unique in its data set, stable across runs (what split files store), e.g. "17",
+            "TCGA_CS_4941_19960909_12", "BraTS20_Training_001_z077".
+        patient: patient id where the layout gives one (LGG folder, .mat PID, BraTS case), else None.
+        source: "folder", "lgg", "figshare_mat" or "brats".
+        image_path: the image file (BraTS: the volume of the first channel).
+        mask_path: the mask file (.mat: the same file as the image; BraTS: the seg volume).
+        index: the slice's index along the volume's last axis (BraTS), None for 2D files.
+        channels: indices into ``CHANNEL_NAMES[source]``, the image channels read in this order;
+            () = one grey channel (folder only).
+        channel_paths: BraTS: one volume per entry of ``channels``; () otherwise.
+    """
+
+    id: str
+    patient: str | None
+    source: str
+    image_path: Path
+    mask_path: Path
+    index: int | None = None
+    channels: tuple[int, ...] = ()
+    channel_paths: tuple[Path, ...] = ()
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of the image that :func:`read_slice` returns (C of (H, W, C))."""
+        return max(1, len(self.channels))
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key ordering embedded numbers numerically: "2" < "10", "a9" < "a10"."""
+    return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower()) for tok in re.split(r"(\d+)", text) if tok)
+
+
+# --- pairing 2D image and mask files ------------------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    """Map stem → path for the 2D image files directly in ``folder``; a stem twice is an error."""
+    found: dict[str, Path] = {}
+    for p in folder.iterdir():
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+            continue
+        if p.stem in found:
+            raise MRIDataError(p, f"two files share the id {p.stem!r} in {folder}: {found[p.stem].name} and "
+                                  f"{p.name}; keep one")
+        found[p.stem] = p
+    return found
+
+
+def _pairs(folder: Path, masks_dir: Path, skipped: list | None) -> list[tuple[str, Path, Path]]:
+    """(stem, image, mask) of ``folder``'s images (not ``*_mask``), mask ``<stem>_mask.*`` or ``<stem>.*``
+    in ``masks_dir``; an image without a mask raises FileNotFoundError, or is listed in ``skipped``."""
+    images, masks = _files(folder), (_files(masks_dir) if masks_dir != folder else None)
+    masks = masks if masks is not None else images
+    out = []
+    for stem in sorted(images, key=natural_key):
+        if stem.lower().endswith("_mask") and masks is images:
+            continue
+        mask = masks.get(f"{stem}_mask") or (masks.get(stem) if masks is not images else None)
+        if mask is None:
+            where = f"{masks_dir}/{stem}_mask.{_EXT}" + ("" if masks is images else f" and {masks_dir}/{stem}.{_EXT}")
+            reason = f"image without a mask: tried {where}"
+            if skipped is None:
+                raise FileNotFoundError(f"no mask for image {images[stem]}: tried {where}")
+            skipped.append((images[stem], reason))
+            continue
+        out.append((stem, images[stem], mask))
+    return out
+
+
+def find_image_mask_pairs(root: str | os.PathLike, *, skipped: list | None = None) -> list[tuple[str, Path, Path]]:
+    """The (id, image_path, mask_path) triples of an ``images/`` + ``masks/`` folder, naturally sorted by id.
+
+    ``root/images/<id>.<ext>`` pairs with ``root/masks/<id>_mask.<ext2>``, else ``root/masks/<id>.<ext2>``
+    (ext, ext2 in png/jpg/jpeg/tif/tiff, any case). Masks without an image are ignored. An image
+    without a mask raises FileNotFoundError naming it, or, if a ``skipped`` list is given, is
+    appended to it as (path, reason). Raises FileNotFoundError for a missing folder or no image,
+    MRIDataError (ValueError) for two files with one stem.
+    """
+    root = Path(root)
+    layout = f"expected {root}/images/<id>.{_EXT} and {root}/masks/<id>_mask.{_EXT} (or masks/<id>.{_EXT})"
+    if not root.is_dir():
+        raise FileNotFoundError(f"MRI data folder {root} does not exist or is not a folder; {layout}")
+    for folder in (root / "images", root / "masks"):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no {folder.name}/ folder in {root}: {folder} is missing; {layout}")
+    if not _files(root / "images"):
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {root / 'images'}; {layout}")
+    return _pairs(root / "images", root / "masks", skipped)
+
+
+# --- reading pixels ------------------------------------------------------------------------------
+
+
+def to_uint8(a: np.ndarray) -> np.ndarray:
+    """Scale a slice (H, W) of any real dtype to uint8 0..255; uint8 input is returned as is.
+
+    Values are clipped to the 0.5th..99.5th percentile of the nonzero pixels, then mapped
+    linearly to 0..255; NaN/inf count as 0, an all-zero slice gives zeros, a slice with one
+    nonzero value v gives v → 255 and 0 → 0.
+    """
+    if a.dtype == np.uint8:
+        return a
+    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    nonzero = a[a != 0]
+    if nonzero.size == 0:
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = (float(v) for v in np.percentile(nonzero, (0.5, 99.5)))
+    if hi <= lo:  # one value v: v → 255 and 0 → 0 (v > 0)
+        lo, hi = (0.0, hi) if hi > 0 else (lo, lo + 1.0)
+    return np.rint(np.clip((a - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Decode a PNG/JPEG/TIFF at its own depth: (H, W) or (H, W, 3) in file (RGB) order."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as err:
+        raise MRIDataError(path, f"cannot read the file: {err}") from err
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise MRIDataError(path, "cannot decode it: not a readable PNG/JPEG/TIFF image (empty, truncated or corrupt?)")
+    if img.ndim == 3:
+        if img.shape[2] not in (1, 3, 4):
+            raise MRIDataError(path, f"image with {img.shape[2]} channels; expected grey, RGB or RGBA")
+        code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        img = img[:, :, 0] if img.shape[2] == 1 else cv2.cvtColor(img, code)
+    return img
+
+
+def _pick(img: np.ndarray, channels: tuple[int, ...], path: Path) -> np.ndarray:
+    """(H, W[, 3]) → (H, W, C) uint8: () = grey, else the listed channels (a grey file has 3 equal ones)."""
+    if not channels:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+        return to_uint8(img)[:, :, None]
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    if max(channels) >= img.shape[2]:
+        raise MRIDataError(path, f"has {img.shape[2]} channels; channel {max(channels)} was asked for")
+    return np.stack([to_uint8(img[:, :, c]) for c in channels], axis=2)
+
+
+def read_image(path: str | os.PathLike, channels: tuple[int, ...] = ()) -> np.ndarray:
+    """Read a 2D PNG/JPEG/TIFF as the model's input: uint8 (H, W, C) 0..255.
+
+    ``channels``: () = one grey channel; else indices into the file's RGB channels in file order
+    (LGG: 0 pre-contrast, 1 FLAIR, 2 post-contrast; a grey file has three equal ones), e.g. from
+    :func:`~toolkit.data.mri_sources.resolve_channels`. 16-bit and float files are scaled with
+    :func:`to_uint8`. Raises MRIDataError naming the file.
+    """
+    path = Path(path)
+    return _pick(_decode(path), tuple(channels), path)
+
+
+def _binary(mask: np.ndarray, path: Path, shape: tuple[int, int], image_path: Path, lossy: bool = False) -> np.ndarray:
+    """Check a 2D mask against its image's (H, W) and binarise it to uint8 {0, 1}."""
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if mask.shape != shape:
+        raise MRIDataError(path, f"mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {image_path} is "
+                                 f"{shape[0]}x{shape[1]}; a mask must have its image's size")
+    if lossy:  # JPEG blurs the edges of a {0, 255} mask: threshold at half range
+        return (mask >= 128).astype(np.uint8)
+    values = np.unique(mask)
+    top = 65535 if mask.dtype == np.uint16 else 255
+    if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, top}):
+        shown = values[:8].tolist()
+        raise MRIDataError(path, f"mask is not binary: it holds the values {shown}{' ...' if len(values) > 8 else ''} "
+                                 f"({len(values)} distinct); expected only {{0, 255}} or {{0, 1}}")
+    return (mask > 0).astype(np.uint8)
+
+
+def _mat_file(path: Path):
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(20)
+        except OSError:
+            head = b""
+        if head.startswith(b"MATLAB 5.0"):
+            raise MRIDataError(path, "a MATLAB v5 .mat file; expected v7.3 (HDF5), as figshare ships them") from err
+        raise MRIDataError(path, f"cannot open it as a MATLAB v7.3 (HDF5) .mat file: {err}") from err
+    if not all(k in f.get("cjdata", {}) for k in ("image", "tumorMask")):
+        f.close()
+        raise MRIDataError(path, "no cjdata/image and cjdata/tumorMask in this .mat file (not the figshare layout)")
+    return f
+
+
+def _nifti(path: Path, data: bool = True):
+    """A NIfTI volume: the array (X, Y, Z) if ``data``, else the nibabel image (header only)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        if len(img.shape) != 3:
+            raise MRIDataError(path, f"volume of shape {img.shape}; expected 3D (X, Y, slices)")
+        return np.asanyarray(img.dataobj) if data else img
+    except MRIDataError:
+        raise
+    except Exception as err:  # nibabel, gzip and zlib raise many kinds for a broken file
+        raise MRIDataError(path, f"cannot read the NIfTI volume: {type(err).__name__}: {err}") from err
+
+
+def read_slice(rec: MRISlice, volumes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read one slice at its own size: (image uint8 (H, W, C) 0..255, mask uint8 (H, W) {0, 1}).
+
+    C = ``rec.num_channels``; H, W are the file's (figshare 512x512 or 256x256, LGG 256x256, BraTS
+    240x240). Non-uint8 intensities are scaled per channel with :func:`to_uint8`. ``volumes``: a
+    dict the caller keeps while reading the slices of one NIfTI case, so that each volume is
+    decompressed once (empty it between cases). Raises :class:`MRIDataError` naming the file for
+    any problem with it: unreadable or truncated, a mask of another size, a mask not binary.
+    """
+    try:
+        if rec.source in ("folder", "lgg"):
+            img = read_image(rec.image_path, rec.channels)
+            lossy = rec.mask_path.suffix.lower() in (".jpg", ".jpeg")
+            return img, _binary(_decode(rec.mask_path), rec.mask_path, img.shape[:2], rec.image_path, lossy)
+        if rec.source == "figshare_mat":
+            with _mat_file(rec.image_path) as f:
+                image, mask = f["cjdata/image"][()].T, f["cjdata/tumorMask"][()].T  # MATLAB is column-major
+            return to_uint8(image)[:, :, None], _binary(mask, rec.mask_path, image.shape, rec.image_path)
+        if rec.source == "brats":
+            vols = {} if volumes is None else volumes
+            for p in (*rec.channel_paths, rec.mask_path):
+                if p not in vols:
+                    try:
+                        vols[p] = _nifti(p)
+                    except MRIDataError as err:
+                        vols[p] = err
+                if isinstance(vols[p], MRIDataError):
+                    raise vols[p]
+            img = np.stack([to_uint8(vols[p][:, :, rec.index]) for p in rec.channel_paths], axis=2)
+            seg = np.asarray(vols[rec.mask_path][:, :, rec.index])
+            if seg.dtype.kind == "f" and not np.all(np.mod(seg, 1) == 0):
+                raise MRIDataError(rec.mask_path, f"slice {rec.index} holds non-integer labels; expected a label map")
+            return img, (seg > 0).astype(np.uint8)
+        raise ValueError(f"unknown source {rec.source!r} of slice {rec.id}")
+    except MRIDataError:
+        raise
+    except Exception as err:  # anything else still names the file
+        raise MRIDataError(rec.image_path, f"cannot read slice {rec.id}: {type(err).__name__}: {err}") from err

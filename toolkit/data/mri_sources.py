@@ -1,0 +1,313 @@
+"""Where brain-MRI slices come from: four public layouts, auto-detected, read as uint8 2D slices.
+
+``source``        files under ``data_dir``                                          patient id
+----------------  ----------------------------------------------------------------  -------------
+``folder``        ``images/<id>.<ext>`` + ``masks/<id>_mask.<ext>`` or               none (splits
+                  ``masks/<id>.<ext>`` (figshare PNGs), or ``<id>.<ext>`` beside     use id blocks)
+                  ``<id>_mask.<ext>``; ext png/jpg/jpeg/tif/tiff
+``lgg``           ``[kaggle_3m/]<patient>/<name>_<n>.tif`` + ``<name>_<n>_mask.tif``  folder name
+                  (Kaggle LGG); channels pre-contrast, FLAIR, post-contrast
+``figshare_mat``  ``**/<id>.mat``, MATLAB v7.3 = HDF5: ``cjdata/image`` (int16),     ``cjdata/PID``
+                  ``cjdata/tumorMask``, ``cjdata/PID``, stored transposed
+``brats``         ``<case>/<case>_{flair,t1,t1ce,t2}.nii[.gz]`` + ``_seg.nii[.gz]``   case folder
+                  (BraTS 2023 ``-t2f/-t1n/-t1c/-t2w/-seg`` too); 2D slices along the
+                  last axis; label > 0 = tumour
+
+Slices are read by :func:`read_slice` (module :mod:`toolkit.data.mri_io`, re-exported here):
+uint8 (H, W, C) images, uint8 (H, W) masks in {0, 1}; non-uint8 intensities are scaled per slice
+with :func:`to_uint8` (0.5..99.5 percentile of the nonzero pixels → 0..255).
+
+Bad input (an unreadable or truncated file, a mask of another size than its image, a mask that
+is not binary, an image without a mask, an empty folder) raises :class:`MRIDataError` (a
+ValueError) or FileNotFoundError naming the file. ``discover_mri_slices(skip_bad_files=True)``
+instead drops what it can check from names and headers and lists it in ``skipped``; pixel-level
+problems surface when a slice is read (:func:`read_slice`), which
+:class:`~toolkit.data.mri_folder.MRISegmentationDataset` does for every slice when it caches.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .mri_io import (  # re-exported: the public API of MRI data lives here
+    _EXT, CHANNEL_NAMES, IMAGE_EXTENSIONS, MRIDataError, MRISlice, _mat_file, _nifti, _pairs, find_image_mask_pairs,
+    natural_key, read_image, read_slice, to_uint8,
+)
+
+__all__ = ["CHANNEL_NAMES", "Discovery", "IMAGE_EXTENSIONS", "MRIDataError", "MRISlice", "SLICE_RULES",
+           "discover_mri_slices", "find_image_mask_pairs", "natural_key", "read_image", "read_slice",
+           "resolve_channels", "to_uint8"]
+
+_DEFAULT = {"lgg": "flair", "figshare_mat": "t1ce", "brats": "flair"}  # folder: one grey channel
+_ALIASES = {"pre-contrast": "pre", "post-contrast": "post", "t2f": "flair", "t1n": "t1", "t1c": "t1ce",
+            "t2w": "t2", "r": "red", "g": "green", "b": "blue"}
+_BRATS_FILE = re.compile(r"[_-](flair|t2f|t1|t1n|t1ce|t1c|t2|t2w|seg)\.nii(\.gz)?$", re.IGNORECASE)
+#: ``slice_rule`` values for NIfTI volumes; "tumour+N" adds N tumour-free brain slices per case.
+SLICE_RULES = ("all", "nonempty", "tumour", "tumour+N")
+_LAYOUTS = {
+    "folder": f"images/<id>.{_EXT} with masks/<id>_mask.{_EXT} (or masks/<id>.{_EXT}), or <id>.{_EXT} "
+              f"beside <id>_mask.{_EXT}",
+    "lgg": "[kaggle_3m/]<patient>/<name>_<n>.tif with <patient>/<name>_<n>_mask.tif",
+    "figshare_mat": "<id>.mat files (MATLAB v7.3, figshare cjdata struct), in any subfolder",
+    "brats": "<case>/<case>_flair.nii.gz (+ t1, t1ce, t2) with <case>/<case>_seg.nii.gz",
+}
+
+
+class Discovery(NamedTuple):
+    """What :func:`discover_mri_slices` found: ``source`` (str), ``root`` (the folder the layout
+    sits in), ``slices`` (list of MRISlice in natural order: patient, then slice number) and
+    ``skipped`` (list of (path, reason) left out with ``skip_bad_files=True``)."""
+
+    source: str
+    root: Path
+    slices: list[MRISlice]
+    skipped: list[tuple[Path, str]]
+
+    @property
+    def patients(self) -> list[str]:
+        """The distinct patient ids, naturally sorted ([] when the layout has none)."""
+        return sorted({s.patient for s in self.slices if s.patient is not None}, key=natural_key)
+
+
+# --- channels and slice rules ----------------------------------------------------------------------
+
+
+def resolve_channels(source: str, channels) -> tuple[int, ...]:
+    """Resolve a ``channels`` choice (see :func:`discover_mri_slices`) to indices into
+    ``CHANNEL_NAMES[source]``, e.g. ("lgg", "flair") → (1,), ("brats", "all") → (0, 1, 2, 3);
+    () means one grey channel (folder only). Raises ValueError for an unknown or repeated channel."""
+    names = CHANNEL_NAMES[source]
+    default = () if source == "folder" else (names.index(_DEFAULT[source]),)
+    if channels is None or (isinstance(channels, str) and channels.strip().lower() in ("", "default")):
+        return default
+    if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):  # a count, as in_channels
+        if channels in (1, len(names)):
+            return default if channels == 1 else tuple(range(len(names)))
+        raise ValueError(f"{source} images have {len(names)} channel(s) ({', '.join(names)}): a channel count "
+                         f"must be 1 or {len(names)}, got {channels}; or name the channels")
+    if isinstance(channels, str):
+        text = channels.strip().lower()
+        if text in ("all", "rgb"):
+            return tuple(range(len(names)))
+        if text in ("grey", "gray"):
+            if source == "folder":
+                return ()
+            raise ValueError(f"channels='grey' is for image folders; name the {source} channels: {', '.join(names)}")
+        channels = [t.strip() for t in text.split(",") if t.strip()]
+    out = []
+    for item in channels:
+        if isinstance(item, (int, np.integer)) or str(item).isdigit():
+            k = int(item)
+        else:
+            name = _ALIASES.get(str(item).lower(), str(item).lower())
+            k = names.index(name) if name in names else -1
+        if not 0 <= k < len(names):
+            raise ValueError(f"unknown channel {item!r} for {source} data; its channels are "
+                             f"{', '.join(f'{i}={n}' for i, n in enumerate(names))}, or 'all'")
+        out.append(k)
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"channels must name distinct channels, got {channels!r}")
+    return tuple(out)
+
+
+def _slice_rule(rule: str | None) -> tuple[str, int]:
+    rule = (rule or "nonempty").strip().lower().replace("tumor", "tumour")
+    m = re.fullmatch(r"(all|nonempty|tumour)(?:\+(\d+))?", rule)
+    if not m or (m.group(2) and m.group(1) != "tumour"):
+        raise ValueError(f"slice_rule must be one of {', '.join(SLICE_RULES)} (N an integer), got {rule!r}")
+    return m.group(1), int(m.group(2) or 0)
+
+
+# --- the four layouts ----------------------------------------------------------------------------------
+
+
+def _subdirs(root: Path) -> list[Path]:
+    dirs = (d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sorted(dirs, key=lambda d: natural_key(d.name))
+
+
+def _find_folder(root, channels, rule, skipped):
+    ch = resolve_channels("folder", channels)
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        pairs = find_image_mask_pairs(root, skipped=skipped)
+    else:  # masks beside their images: <id>.<ext> + <id>_mask.<ext>
+        pairs = _pairs(root, root, skipped)
+    return [MRISlice(i, None, "folder", im, m, channels=ch) for i, im, m in pairs]
+
+
+def _find_lgg(root, channels, rule, skipped):
+    ch, out = resolve_channels("lgg", channels), []
+    for d in _subdirs(root):
+        pairs = _pairs(d, d, skipped)
+        if not pairs:
+            reason = "patient folder without any image/mask pair (<name>_<n>.tif + <name>_<n>_mask.tif)"
+            if skipped is None:
+                raise MRIDataError(d, reason)
+            skipped.append((d, reason))
+        out += [MRISlice(s if s.startswith(d.name) else f"{d.name}_{s}", d.name, "lgg", im, m, channels=ch)
+                for s, im, m in pairs]
+    return out
+
+
+def _find_mat(root, channels, rule, skipped):
+    ch, out = resolve_channels("figshare_mat", channels), []
+    paths = sorted((p for p in root.rglob("*.mat") if not p.name.startswith(".")),
+                   key=lambda p: (natural_key(p.stem), str(p)))
+    stems = [p.stem for p in paths]
+    for p in paths:
+        try:
+            with _mat_file(p) as f:
+                shapes = f["cjdata/image"].shape, f["cjdata/tumorMask"].shape
+                codes = f["cjdata/PID"][()].ravel() if "PID" in f["cjdata"] else []  # MATLAB char = uint16 codes
+            pid = "".join(chr(c) for c in codes if c).strip()
+            if shapes[0] != shapes[1] or len(shapes[0]) != 2:
+                hw = ["x".join(map(str, sh[::-1])) for sh in shapes]  # HDF5 holds the transpose
+                raise MRIDataError(p, f"cjdata/tumorMask is {hw[1]} but cjdata/image is {hw[0]}; "
+                                      "a mask must have its image's size")
+        except MRIDataError as err:
+            if skipped is None:
+                raise
+            skipped.append((err.path, err.reason))
+            continue
+        rid = p.stem if stems.count(p.stem) == 1 else p.relative_to(root).with_suffix("").as_posix().replace("/", "_")
+        out.append(MRISlice(rid, pid or None, "figshare_mat", p, p, channels=ch))
+    return out
+
+
+def _find_brats(root, channels, rule, skipped):
+    ch, (rule, extra), out = resolve_channels("brats", channels), _slice_rule(rule), []
+    wanted = [CHANNEL_NAMES["brats"][c] for c in ch]
+    for d in _subdirs(root):
+        files = {}
+        for p in d.iterdir():
+            m = _BRATS_FILE.search(p.name)
+            if m:
+                files[_ALIASES.get(m.group(1).lower(), m.group(1).lower())] = p
+        if not files:
+            if not any(d.iterdir()):
+                if skipped is None:
+                    raise MRIDataError(d, "empty case folder")
+                skipped.append((d, "empty case folder"))
+            continue  # a folder of other files is no case
+        try:
+            missing = [n for n in (*wanted, "seg") if n not in files]
+            if missing:
+                what = "segmentation (<case>_seg.nii.gz): image without a mask" if "seg" in missing else "volume"
+                raise MRIDataError(d, f"no {', '.join(missing)} {what} in this case folder")
+            heads = {n: _nifti(files[n], data=False) for n in (*wanted, "seg")}
+            shapes = {n: tuple(h.shape) for n, h in heads.items()}
+            if len(set(shapes.values())) > 1:
+                raise MRIDataError(files["seg"], f"volumes of different shapes in {d.name}: {shapes}; they must match")
+            depth = shapes["seg"][2]
+            keep = list(range(depth))
+            if rule != "all":  # per slice: any brain (image > 0), any tumour (label > 0)
+                brain = (_nifti(files[wanted[0]]) > 0).any(axis=(0, 1)) if rule == "nonempty" or extra else None
+                tumour = (_nifti(files["seg"]) > 0).any(axis=(0, 1)) if rule == "tumour" else brain
+                keep = np.flatnonzero(tumour).tolist()
+                if extra:  # plus N tumour-free brain slices, evenly spaced
+                    free = np.flatnonzero(brain & ~tumour)
+                    picked = np.linspace(0, len(free) - 1, min(extra, len(free))).round().astype(int)
+                    keep = sorted(set(keep) | set(free[picked].tolist()))
+        except MRIDataError as err:
+            if skipped is None:
+                raise
+            skipped.append((err.path, err.reason))
+            continue
+        paths = tuple(files[n] for n in wanted)
+        out += [MRISlice(f"{d.name}_z{k:03d}", d.name, "brats", paths[0], files["seg"], k, ch, paths) for k in keep]
+    return out
+
+
+_FINDERS = {"folder": _find_folder, "lgg": _find_lgg, "figshare_mat": _find_mat, "brats": _find_brats}
+
+
+def _detect(root: Path) -> dict[str, Path]:
+    """The layouts present in ``root``: source → the folder it sits in."""
+    found = {}
+    names = {p.name.lower() for p in root.iterdir() if p.is_file()}
+    beside = any(n.endswith(tuple(f"_mask{e}" for e in IMAGE_EXTENSIONS)) and n.replace("_mask", "") in names
+                 for n in names)
+    if beside or ((root / "images").is_dir() and (root / "masks").is_dir()):
+        found["folder"] = root
+    lgg = root / "kaggle_3m" if (root / "kaggle_3m").is_dir() else root
+    for d in _subdirs(lgg):
+        names = {p.name.lower() for p in d.iterdir()} if d.name not in ("images", "masks") else set()
+        if any(n.endswith(("_mask.tif", "_mask.tiff")) and n.replace("_mask", "") in names for n in names):
+            found["lgg"] = lgg
+            break
+    if any(_BRATS_FILE.search(p.name) for d in _subdirs(root) for p in d.iterdir()):
+        found["brats"] = root
+    if next((p for p in root.rglob("*.mat") if not p.name.startswith(".")), None) is not None:
+        found["figshare_mat"] = root
+    return found
+
+
+def _describe(root: Path) -> str:
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    dirs = sorted(p.name + "/" for p in entries if p.is_dir())
+    exts: dict[str, int] = {}
+    for p in entries:
+        if p.is_file():
+            exts[p.suffix.lower() or "(none)"] = exts.get(p.suffix.lower() or "(none)", 0) + 1
+    if not entries:
+        return "nothing (the folder is empty)"
+    files = ", ".join(f"{n} {e}" for e, n in sorted(exts.items())) or "none"
+    more = " ..." if len(dirs) > 8 else ""
+    return f"{len(dirs)} folder(s) {dirs[:8]}{more} and {sum(exts.values())} file(s) ({files})"
+
+
+def discover_mri_slices(data_dir: str | os.PathLike, *, source: str = "auto", channels=None,
+                        slice_rule: str | None = None, skip_bad_files: bool = False) -> Discovery:
+    """Detect the layout of ``data_dir`` (see the module docstring) and list its slices.
+
+    Args:
+        source: "auto" (detect; more than one layout present is an error) or one of
+            "folder", "lgg", "figshare_mat", "brats".
+        channels: image channels to read, resolved per source against ``CHANNEL_NAMES``:
+            None = the default (folder: one grey channel; lgg: flair; figshare_mat: its one
+            channel; brats: flair); "all" (or "rgb"); "grey" (folder); names or indices as a
+            list or comma-separated string ("flair,t1ce", "0,1"); an int is a channel *count*
+            (1 = default, all = every channel), as the ``in_channels`` setting.
+        slice_rule: BraTS volumes only (other layouts accept None or "all"): "nonempty" (default)
+            keeps slices with brain (image > 0 in the first channel), "tumour" those whose mask
+            has a tumour, "tumour+N" those plus N tumour-free brain slices per case, evenly
+            spaced, and "all" every slice. "tumor" works too. Every rule but "all" decompresses
+            one volume per case here (flair for "nonempty", seg for "tumour", both for "+N").
+        skip_bad_files: leave out images without a mask, unreadable .mat/NIfTI headers, volumes
+            of mismatched shapes, empty patient folders, listing them in ``skipped``, instead of
+            raising.
+
+    Returns a :class:`Discovery` (source, root, slices, skipped). Raises FileNotFoundError when
+    ``data_dir`` is missing or no layout is recognised (the message lists what the folder holds),
+    ValueError for an ambiguous folder or bad option, MRIDataError / FileNotFoundError naming
+    a bad file, and ValueError when no slice is left.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MRI data folder {root} does not exist or is not a folder")
+    expected = "; ".join(f"{k}: {v}" for k, v in _LAYOUTS.items())
+    if source == "auto":
+        found = _detect(root)
+        if not found:
+            raise FileNotFoundError(f"no brain-MRI layout recognised in {root}; it holds {_describe(root)}. "
+                                    f"Expected one of: {expected}")
+        if len(found) > 1:
+            raise ValueError(f"{root} holds more than one MRI layout ({', '.join(found)}); pass source= one of them "
+                             "or point the data folder at one")
+        source, root = next(iter(found.items()))
+    elif source not in _FINDERS:
+        raise ValueError(f"source must be auto, {', '.join(_FINDERS)}; got {source!r}")
+    elif source == "lgg" and (root / "kaggle_3m").is_dir():
+        root = root / "kaggle_3m"
+    if source != "brats" and slice_rule not in (None, "all"):
+        raise ValueError(f"slice_rule={slice_rule!r} applies to NIfTI volumes (brats); {source} slices are all kept")
+    skipped: list[tuple[Path, str]] | None = [] if skip_bad_files else None
+    slices = _FINDERS[source](root, channels, slice_rule, skipped)
+    if not slices:
+        raise ValueError(f"no usable {source} slices in {root} ({expected}); "
+                         + (f"skipped {len(skipped)}: {skipped[:3]}" if skipped else "nothing matched"))
+    return Discovery(source, root, slices, skipped or [])
