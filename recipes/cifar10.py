@@ -1,0 +1,94 @@
+"""CIFAR-10 classification (spec task 1): a ResNet-20-style CNN of Conv-BN-ReLU blocks, within 500,000 parameters.
+
+    accelerate launch recipes/cifar10.py                                  # downloads CIFAR-10 into data/cifar10
+    accelerate launch recipes/cifar10.py --data-dir ../shared/data/cifar10 --download false   # JPEG class folders (.tar.gz)
+    accelerate launch --cpu --num_processes 1 --mixed_precision bf16 recipes/cifar10.py \\
+        --data-dir ../shared/data/cifar10 --max-minutes 20 --epochs 100   # a 20-minute CPU run
+    python recipes/cifar10.py --help                                      # every setting, default and unit
+
+The history keeps the training loss and the test accuracy of every epoch, and best.pth
+holds the weights of the epoch with the best test accuracy (the spec's protocol; CIFAR-10
+has no validation split). To tune settings without looking at the test set, hold out
+part of the training set with ``--val-from-train 5000``. Images stay uint8 until the
+device, where they are normalised and, in training, cropped and flipped batch-wise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer, parse_config, plot_history
+from toolkit.config import ConfigError
+from toolkit.data.cifar import CIFARNormalize, RandomCropFlip, holdout_split, load_cifar10
+from toolkit.figures import save_figure
+from toolkit.models.classifiers import build_classifier
+
+
+@dataclass
+class CIFAR10Config(TrainConfig):
+    """CIFAR-10 classification with a small residual CNN (spec task 1)."""
+
+    data_dir: str = "data/cifar10"  # torchvision root (cifar-10-batches-py/), class folders (train|test/<class>/*.jpg) or their .tar.gz
+    download: bool = True  # fetch CIFAR-10 with torchvision into data_dir when it holds none (needs a network)
+    cache_dir: str = "data/cifar10-cache"  # folder for extracted archives, and decoded tensors when data_dir is read-only
+    val_from_train: int = 0  # training images held out as the validation set (for tuning); 0 = validate on the test set
+    width: int = 16  # channels of the first stage (then 2x, 4x); 16 = ResNet-20, 272,474 parameters
+    depth: int = 3  # residual blocks per stage (network depth 6*depth+2: 3 = ResNet-20)
+    dropout: float = 0.1  # dropout probability before the classifier
+    label_smoothing: float = 0.1  # cross-entropy label smoothing, 0 = none
+    crop_padding: int = 4  # random-crop padding in pixels for training batches; 0 = no crop
+    flip_p: float = 0.5  # probability of a horizontal flip per training image
+    param_budget: int = 500_000  # most trainable parameters the model may have
+    epochs: int = 120  # passes over the training set
+    batch_size: int = 256  # images per process per step
+    optimizer: str = "sgd"  # adamw | sgd (Nesterov)
+    lr: float = 0.2  # peak learning rate (SGD, batch 256)
+    weight_decay: float = 5e-4  # L2 penalty on conv/linear weights (SGD), per step
+    max_grad_norm: float = 0.0  # clip the global gradient L2 norm to this; 0 = no clipping
+    num_workers: int = 0  # DataLoader worker processes (the data sit in memory as a tensor: 0 is fastest)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.width < 1 or self.depth < 1:
+            raise ConfigError(f"width and depth must be >= 1, got {self.width} and {self.depth}")
+        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.flip_p <= 1:
+            raise ConfigError("need 0 <= dropout < 1, 0 <= label_smoothing < 1 and 0 <= flip_p <= 1")
+        if self.val_from_train < 0 or self.crop_padding < 0:
+            raise ConfigError("val_from_train and crop_padding must be >= 0")
+
+
+def build_data(cfg: CIFAR10Config, trainer: Trainer):
+    """(train, val) datasets of (image (3, 32, 32) uint8 0..255, label int64 0..9); val = test set by default."""
+    acc = trainer.accelerator
+    with acc.local_main_process_first():  # one download / extraction / decoding per machine
+        try:
+            train, test, source = load_cifar10(cfg.data_dir, download=cfg.download, cache_dir=cfg.cache_dir)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(str(err)) from None
+    val, val_name = test, "test"
+    if cfg.val_from_train:
+        if cfg.val_from_train >= len(train):
+            raise ConfigError(f"val_from_train must be below the {len(train)} training images, got {cfg.val_from_train}")
+        train, val = holdout_split(train, cfg.val_from_train, seed=cfg.seed)
+        val_name = f"{len(val)} images held out of train"
+    acc.print(f"data: CIFAR-10 ({source.kind} at {source.root}): train {len(train)}, validation = {val_name} "
+              f"({len(val)})")
+    return train, val
+
+
+def main(argv=None) -> list[dict]:
+    cfg = parse_config(CIFAR10Config, argv)
+    trainer = Trainer(cfg, recipe="cifar10")
+    train, val = build_data(cfg, trainer)
+    model = build_classifier("resnet", num_classes=10, width=cfg.width, depth=cfg.depth, dropout=cfg.dropout)
+    augment = RandomCropFlip(cfg.crop_padding, cfg.flip_p) if cfg.crop_padding or cfg.flip_p else None
+    objective = ClassificationObjective(cfg.label_smoothing, preprocess=CIFARNormalize(), augment=augment)
+    history = trainer.fit(model, objective, train, val, metrics=[Accuracy()], monitor="accuracy", mode="max",
+                          param_budget=cfg.param_budget)
+    if trainer.accelerator.is_main_process and history:  # the accuracy curve on its own (history.png has all)
+        save_figure(plot_history(history, keys=["accuracy"]), trainer.figures_dir / "accuracy.png")
+    return history
+
+
+if __name__ == "__main__":
+    main()

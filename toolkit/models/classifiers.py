@@ -1,0 +1,147 @@
+"""Image classifiers for 32x32 inputs (spec task 1, CIFAR-10).
+
+:class:`CIFARResNet` is a CNN of Conv → BatchNorm → ReLU blocks with residual
+connections (a ResNet-20 at the default ``depth=3, width=16``), global average
+pooling, dropout and one linear classifier layer::
+
+    x (N, 3, 32, 32) float, normalised per channel
+    stem:    ConvBNReLU 3 -> w                                  (N, w,  32, 32)
+    stage 1: depth x ResidualBlock(w  -> w,  stride 1)          (N, w,  32, 32)
+    stage 2: depth x ResidualBlock(w  -> 2w, first stride 2)    (N, 2w, 16, 16)
+    stage 3: depth x ResidualBlock(2w -> 4w, first stride 2)    (N, 4w,  8,  8)
+    head:    global average pool, Dropout(p), Linear 4w -> K    (N, K) logits
+
+A residual block is ``relu(Conv-BN(ConvBNReLU(x)) + shortcut(x))``: a Conv-BN-ReLU
+block, then a Conv-BN whose ReLU comes after the sum with the shortcut (identity, or
+a 1x1 Conv-BN where the shape changes). Parameters (10 classes): width 16 (ResNet-20)
+272,474; width 20 424,910; width 21 468,289; all within the spec's 500,000.
+
+The model returns logits (unnormalised class scores); probabilities are
+``softmax(logits, dim=1)`` at inference, which :func:`predict_proba` does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+__all__ = ["ConvBNReLU", "ResidualBlock", "CIFARResNet", "build_classifier", "predict_proba"]
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv2d (k x k, no bias) → BatchNorm2d → ReLU: (N, C_in, H, W) → (N, C_out, H / stride, W / stride)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class ResidualBlock(nn.Module):
+    """Basic residual block: (N, C_in, H, W) → (N, C_out, H / stride, W / stride), values >= 0 (after ReLU).
+
+    ``relu(bn2(conv2(ConvBNReLU(x))) + shortcut(x))``; the shortcut is the identity
+    when the shape is kept, else a 1x1 strided Conv-BN. ``bn2`` starts with zero
+    scale, so each block starts as (almost) the identity: faster early training.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = ConvBNReLU(in_channels, out_channels, 3, stride)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels))
+        self.relu = nn.ReLU(inplace=True)
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn2(self.conv2(self.conv1(x))) + self.shortcut(x))
+
+
+class CIFARResNet(nn.Module):
+    """Residual CNN for 32x32 images: (N, in_channels, 32, 32) float → (N, num_classes) logits.
+
+    Args:
+        num_classes: classes K (10 for CIFAR-10).
+        width: channels of the first stage (stages have width, 2·width, 4·width); 16 = ResNet-20.
+        depth: residual blocks per stage (3 = ResNet-20, 5 = ResNet-32); the net has 6·depth + 2 layers.
+        dropout: dropout probability before the classifier, in [0, 1).
+        in_channels: input channels (3 for RGB).
+
+    Inputs are float images normalised per channel (any H, W >= 8 works: the head
+    pools globally). Returns float logits; ``softmax(dim=1)`` gives probabilities.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 16, depth: int = 3, dropout: float = 0.1,
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        if width < 1 or depth < 1 or num_classes < 2 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"need width >= 1, depth >= 1, num_classes >= 2 and 0 <= dropout < 1; got "
+                             f"width={width}, depth={depth}, num_classes={num_classes}, dropout={dropout}")
+        self.stem = ConvBNReLU(in_channels, width)
+        blocks, channels = [], width
+        for stage, out in enumerate((width, 2 * width, 4 * width)):
+            for i in range(depth):
+                blocks.append(ResidualBlock(channels, out, stride=2 if stage > 0 and i == 0 else 1))
+                channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float → (N, 4·width) pooled features (>= 0)."""
+        return self.pool(self.blocks(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float, normalised → (N, num_classes) logits."""
+        return self.classifier(self.dropout(self.features(x)))
+
+
+def build_classifier(name: str = "resnet", num_classes: int = 10, **kwargs) -> nn.Module:
+    """Classifier by name: ``"resnet"`` → :class:`CIFARResNet` (``width``, ``depth``, ``dropout``, ``in_channels``)."""
+    if name != "resnet":
+        raise ValueError(f"unknown classifier {name!r}; valid: resnet")
+    return CIFARResNet(num_classes=num_classes, **kwargs)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: torch.Tensor,
+                  preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  batch_size: int = 1024) -> torch.Tensor:
+    """Class probabilities for a batch of images, in evaluation mode.
+
+    Args:
+        model: a classifier returning (N, K) logits.
+        images: (N, C, H, W); uint8 0..255 or float, as ``preprocess`` expects
+            (for CIFAR-10: uint8 with ``preprocess=toolkit.data.cifar.CIFARNormalize()``);
+            with ``preprocess=None`` they must already be the model's float input.
+        preprocess: batch → float model input (N, C, H, W), e.g. the recipe's normalisation.
+        batch_size: images per forward pass.
+
+    Returns (N, K) float32 probabilities on the CPU, each row summing to 1
+    (``argmax(dim=1)`` is the predicted class). The model's train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start: start + batch_size].to(device)
+            if preprocess is not None:
+                x = preprocess(x)
+            out.append(torch.softmax(model(x).float(), dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
