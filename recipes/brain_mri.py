@@ -25,6 +25,7 @@ from toolkit import (
     segmentation_overlays,
 )
 from toolkit.config import ConfigError
+from toolkit.data.crops import ForegroundCrop
 from toolkit.data.mri_folder import save_split, split_records
 from toolkit.data.mri_sources import discover_mri_slices
 
@@ -48,6 +49,8 @@ class BrainMRIConfig(TrainConfig):
     loss: str = "dice"  # dice (soft Dice, spec formula) | dice_bce (soft Dice + binary cross-entropy)
     bce_weight: float = 1.0  # weight of the BCE term with loss=dice_bce
     threshold: float = 0.5  # probability above which a pixel counts as tumour
+    crop_size: int = 0  # side of the training patches, pixels (evaluation uses whole slices); 0 = whole slices
+    foreground_p: float = 0.5  # with crop_size: share of patches centred on a tumour pixel (slices with tumour)
     param_budget: int = 500_000  # most trainable parameters the model may have
     epochs: int = 30  # passes over the training set
     batch_size: int = 16  # slices per process per step
@@ -64,6 +67,10 @@ class BrainMRIConfig(TrainConfig):
                               f"got {self.val_fraction} and {self.test_fraction}")
         if self.image_size < 16:
             raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        if self.crop_size and not 16 <= self.crop_size <= self.image_size:
+            raise ConfigError(f"crop_size must be 0 or between 16 and image_size={self.image_size}, got {self.crop_size}")
+        if not 0 <= self.foreground_p <= 1:
+            raise ConfigError(f"foreground_p must be in [0, 1], got {self.foreground_p}")
         if self.data_dir and not Path(self.data_dir).is_dir():
             raise ConfigError(f"data_dir {self.data_dir!r} is not a folder")
 
@@ -103,8 +110,9 @@ def main(argv=None) -> list[dict]:
     train, val = build_data(cfg, trainer)
     model = build_segmentation_model(cfg.model, in_channels=cfg.in_channels)
     loss = SoftDiceLoss() if cfg.loss == "dice" else DiceBCELoss(bce_weight=cfg.bce_weight)
+    crop = ForegroundCrop(cfg.crop_size, cfg.foreground_p) if cfg.crop_size else None
     return trainer.fit(
-        model, SegmentationObjective(loss), train, val,
+        model, SegmentationObjective(loss, crop=crop), train, val,
         metrics=[SegmentationMetrics(threshold=cfg.threshold)], monitor="dice", mode="max",
         param_budget=cfg.param_budget,
         figures=lambda s: {"overlays": segmentation_overlays(s.inputs, s.preds, s.targets, cfg.threshold)},

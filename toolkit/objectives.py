@@ -163,15 +163,23 @@ class SegmentationObjective(Objective):
 
     The model returns logits (N,1,H,W); ``loss(logits, masks)`` is the training loss;
     preds = sigmoid(logits) as float32 probabilities in [0, 1]; targets = masks as uint8.
+    ``crop`` (optional, training mode only) maps the preprocessed (images, masks) to patches,
+    e.g. :class:`~toolkit.data.crops.ForegroundCrop`; evaluation always sees whole slices.
     """
 
-    def __init__(self, loss: nn.Module, preprocess: Callable = standardize_per_image) -> None:
+    def __init__(self, loss: nn.Module, preprocess: Callable = standardize_per_image,
+                 crop: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         super().__init__(preprocess)  # augmentation of image and mask together happens in the dataset
         self.loss = loss
+        self.crop = crop
 
     def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
         x, masks = batch[0], batch[1]
-        inputs = self.model_input(x)
+        if model.training and self.crop is not None:  # standardise the whole slice first, then cut the patch
+            x, masks = self.crop(self.preprocess(x), masks)
+            inputs = _layout(x, self.channels_last)
+        else:
+            inputs = self.model_input(x)
         logits = model(inputs).float()
         loss = self.loss(logits, masks.float())
         return StepOutput(loss, torch.sigmoid(logits.detach()), masks.to(torch.uint8), inputs)

@@ -1,0 +1,62 @@
+"""ForegroundCrop: batched, foreground-biased training patches for segmentation."""
+
+import pytest
+import torch
+from torch import nn
+
+from toolkit import SegmentationObjective, SoftDiceLoss
+from toolkit.data.crops import ForegroundCrop
+
+
+def _batch(n=32, h=40, w=48):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 2, h, w, generator=gen)
+    masks = torch.zeros(n, 1, h, w)
+    for i in range(0, n, 2):  # even slices: one tiny 2x2 tumour somewhere; odd slices empty
+        r, c = int(torch.randint(0, h - 2, (1,), generator=gen)), int(torch.randint(0, w - 2, (1,), generator=gen))
+        masks[i, 0, r:r + 2, c:c + 2] = 1
+    return images, masks
+
+
+def test_patches_are_the_windows_at_the_returned_corners():
+    images, masks = _batch()
+    crop = ForegroundCrop(16, foreground_p=0.5, generator=torch.Generator().manual_seed(1))
+    corners = crop.corners(masks)
+    crop.generator.manual_seed(1)
+    out_img, out_mask = crop(images, masks)
+    assert out_img.shape == (32, 2, 16, 16) and out_mask.shape == (32, 1, 16, 16)
+    for i, (r, c) in enumerate(corners.tolist()):
+        assert 0 <= r <= 40 - 16 and 0 <= c <= 48 - 16
+        assert torch.equal(out_img[i], images[i, :, r:r + 16, c:c + 16])
+        assert torch.equal(out_mask[i], masks[i, :, r:r + 16, c:c + 16])
+
+
+def test_foreground_p_one_always_catches_the_tumour_and_zero_rarely_does():
+    images, masks = _batch(n=200)
+    _, always = ForegroundCrop(12, foreground_p=1.0, generator=torch.Generator().manual_seed(2))(images, masks)
+    has_tumour = masks.flatten(1).any(1)
+    assert always.flatten(1).any(1)[has_tumour].all()
+    _, never = ForegroundCrop(12, foreground_p=0.0, generator=torch.Generator().manual_seed(2))(images, masks)
+    hit_rate = never.flatten(1).any(1)[has_tumour].float().mean()
+    assert hit_rate < 0.5  # a 2x2 tumour lands in a random 12x12 window of 40x48 about 10% of the time
+
+
+def test_bad_options_and_mismatched_shapes_raise():
+    with pytest.raises(ValueError, match="size"):
+        ForegroundCrop(0)
+    with pytest.raises(ValueError, match="foreground_p"):
+        ForegroundCrop(8, foreground_p=1.5)
+    with pytest.raises(ValueError, match="share N, H and W"):
+        ForegroundCrop(8)(torch.zeros(2, 1, 20, 20), torch.zeros(2, 1, 20, 24))
+
+
+def test_objective_crops_in_training_and_sees_whole_slices_in_evaluation():
+    images = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    masks = torch.zeros(4, 1, 32, 32, dtype=torch.uint8)
+    masks[:, :, 10:14, 10:14] = 1
+    model = nn.Conv2d(1, 1, 3, padding=1)
+    objective = SegmentationObjective(SoftDiceLoss(), crop=ForegroundCrop(16, 1.0))
+    out = objective(model.train(), (images, masks))
+    assert out.preds.shape == (4, 1, 16, 16) and out.targets.flatten(1).any(1).all()
+    out = objective(model.eval(), (images, masks))
+    assert out.preds.shape == (4, 1, 32, 32)
