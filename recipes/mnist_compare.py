@@ -31,7 +31,6 @@ from mnist_autoencoder import MNISTConfig  # noqa: E402
 
 RECIPE = Path(__file__).resolve().with_name("mnist_autoencoder.py")
 MODELS, TASKS = ("linear", "cnn"), ("reconstruction", "denoising")
-CODES = {"linear": "15 floats", "cnn": "15 floats + 15 pool positions", "pca15": "15 floats"}
 
 
 def pca_mse(cfg: MNISTConfig, k: int = 15) -> dict[str, float]:
@@ -67,15 +66,17 @@ def run(name: str, model: str, task: str, cfg: MNISTConfig, argv: list[str]) -> 
             "wall_time_s": summary["wall_time_s"], "mixed_precision": summary["mixed_precision"]}
 
 
-def table(results: dict, pca: dict) -> str:
+def table(results: dict, pca: dict, cfg: MNISTConfig) -> str:
     """Markdown table: one row per model, MSE and PSNR (dB) of both tasks on the test set."""
+    c3 = cfg.cnn_channels[-1]
+    codes = {"linear": "15 numbers", "cnn": f"{c3} numbers + {c3} pool positions"}
     lines = ["| model | parameters | code | reconstruction MSE | PSNR (dB) | denoising MSE | PSNR (dB) |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for model in MODELS:
         rec, den = results[f"{model}-reconstruction"], results[f"{model}-denoising"]
-        lines.append(f"| {model} | {rec['params']:,} | {CODES[model]} | {rec['mse']:.4f} | {rec['psnr']:.2f} "
+        lines.append(f"| {model} | {rec['params']:,} | {codes[model]} | {rec['mse']:.4f} | {rec['psnr']:.2f} "
                      f"| {den['mse']:.4f} | {den['psnr']:.2f} |")
-    lines.append(f"| PCA-15 (baseline) | {pca['params']:,} | {CODES['pca15']} | {pca['reconstruction']:.4f} | – "
+    lines.append(f"| PCA-15 (baseline) | {pca['params']:,} | 15 numbers | {pca['reconstruction']:.4f} | – "
                  f"| {pca['denoising']:.4f} | – |")
     return "\n".join(lines)
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: mnist_compare sets --model, --task and --run-name itself")
     results = {f"{m}-{t}": run(f"mnist-{m}-{t}", m, t, cfg, argv) for m in MODELS for t in TASKS}
     pca = pca_mse(cfg)
-    text = table(results, pca)
+    text = table(results, pca, cfg)
     command = f"LAUNCH={shlex.quote(os.environ.get('LAUNCH', ''))} python recipes/mnist_compare.py {shlex.join(argv)}"
     out = Path(cfg.output_dir)
     save_json(out / "mnist_comparison.json", {"runs": results, "pca15": pca, "noise_std": cfg.noise_std,
