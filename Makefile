@@ -1,6 +1,7 @@
 # make demo | make test | make brain-mri ARGS="--epochs 5" | make install
 # Hardware: GPUs found by nvidia-smi → accelerate_config.yaml on all of them (bf16);
-# otherwise the CPU with bf16 autocast. Override: DEVICE=cpu|gpu, PROCS=N, CONFIG=file.yaml.
+# otherwise the CPU, with bf16 autocast where it has bf16 instructions (avx512_bf16 / amx_bf16), else fp32
+# (docs/performance.md). Override: DEVICE=cpu|gpu, PROCS=N, CONFIG=file.yaml, PRECISION=no|bf16 (CPU).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,6 +11,7 @@ NGPU := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 DEVICE ?= $(if $(filter 0,$(NGPU)),cpu,gpu)
 PROCS ?= $(if $(filter gpu,$(DEVICE)),$(NGPU),1)
 ARGS ?=
+PRECISION ?= $(shell grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo no)
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
@@ -17,15 +19,15 @@ export HF_HUB_OFFLINE := 1
 ifeq ($(DEVICE),gpu)
 LAUNCH := $(BIN)/accelerate launch --config_file $(CONFIG) --num_processes $(PROCS)
 else ifeq ($(PROCS),1)
-LAUNCH := $(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no
+LAUNCH := $(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision $(PRECISION) --dynamo_backend no
 else
-LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCS) --num_machines 1 --mixed_precision bf16 --dynamo_backend no
+LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCS) --num_machines 1 --mixed_precision $(PRECISION) --dynamo_backend no
 endif
 
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 7 --epochs 40
 
-.PHONY: install demo test brain-mri cifar10 mnist compare-mnist clean
+.PHONY: install demo test brain-mri cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
@@ -49,6 +51,42 @@ mnist: $(STAMP)
 # Trains (or reuses) the four MNIST runs and prints/saves the comparison table.
 compare-mnist: $(STAMP)
 	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/mnist_compare.py $(ARGS)
+
+# STL-10 (data: data/stl10/stl10_binary/, or ARGS="--data-dir DIR", or ARGS="--download true"). ARGS go to
+# every STL-10 recipe; SUPERVISED_ARGS, RESNET18_ARGS, PRETRAIN_ARGS, PROBE_ARGS to one each (e.g. under make stl10).
+stl10-supervised: $(STAMP)
+	$(LAUNCH) recipes/stl10_supervised.py $(ARGS) $(SUPERVISED_ARGS)
+
+stl10-resnet18: $(STAMP)
+	$(LAUNCH) recipes/stl10_resnet18.py $(ARGS) $(RESNET18_ARGS)
+
+stl10-pretrain: $(STAMP)
+	$(LAUNCH) recipes/stl10_pretrain.py $(ARGS) $(PRETRAIN_ARGS)
+
+# The probe on the newest pretraining run's frozen encoder and on a random one (the control); prints both.
+stl10-probe: $(STAMP)
+	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/stl10_probe_compare.py $(ARGS) $(PROBE_ARGS)
+
+stl10: $(STAMP)
+	$(MAKE) stl10-supervised
+	$(MAKE) stl10-resnet18
+	$(MAKE) stl10-pretrain
+	$(MAKE) stl10-probe
+
+# HTML pages of every run under RUNS (default runs/): RUNS/<run>/report.html and RUNS/index.html.
+RUNS ?= runs
+report: $(STAMP)
+	$(BIN)/python -m toolkit.cli report $(RUNS)
+
+# Benchmarks (docs/performance.md): prints a table, writes runs/bench/bench.json (about 10 minutes on 2 CPU cores);
+# ARGS="--quick" for a smoke run on tiny sizes, ARGS="--only precision,compile" for some sections.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
+# Kill harness (docs/reliability.md): SIGKILL a training run TRIALS times, resume it, compare the weights.
+TRIALS ?= 20
+kill-harness: $(STAMP)
+	$(BIN)/python tools/kill_harness.py --trials $(TRIALS) --seed 0 --workdir /tmp/kill-harness
 
 test: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-disabled} $(BIN)/python -m pytest -q $(ARGS)

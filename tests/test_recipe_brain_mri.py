@@ -35,7 +35,7 @@ def test_recipe_trains_then_resumes(tmp_path):
     launch([*common, "--epochs", "2"])
     run = tmp_path / "runs" / "mri"
     assert len(list((tmp_path / "data" / "images").glob("*.png"))) == 12
-    for name in ("config.json", "history.json", "summary.json", "best.pth", "state/trainer_state.json",
+    for name in ("config.json", "history.json", "summary.json", "best.pth", "state/latest",
                  "figures/history.png", "figures/overlays_epoch002.png"):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())

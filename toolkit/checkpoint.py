@@ -1,15 +1,21 @@
-"""Atomic writes of weights, JSON and the resumable training state.
+"""Atomic writes of weights, JSON and the resumable training states; loads that refuse code.
 
 Nothing already written is lost: every file is written to a temporary name in the
 same folder, flushed to disk, then renamed over the target (``os.replace`` is atomic
-on POSIX). The training state folder is swapped in the same way: the new state is
-written completely to ``state.tmp/`` and only then takes the place of ``state/``.
+on POSIX). Training states live in ``state/step-XXXXXXXX/``: each is written
+completely into a hidden temporary folder, fsynced, and renamed into place; only
+then is the one-line pointer ``state/latest`` replaced (atomically) and the oldest
+states beyond ``keep`` pruned. A kill at any instant leaves the previous state whole.
+
+Every pickle-based file is loaded with ``torch.load(weights_only=True)``; a file that
+carries code (a ``__reduce__`` that calls a function) is refused before it can run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,11 +29,21 @@ __all__ = [
     "save_weights",
     "load_weights",
     "save_training_state",
+    "save_safetensors",
     "find_state",
+    "list_states",
+    "check_state_files",
+    "load_state_file",
+    "UnsafeFileError",
     "STATE_MARKER",
 ]
 
 STATE_MARKER = "trainer_state.json"  # written last: a state folder without it is incomplete
+LATEST = "latest"  # state/latest: name of the newest complete state folder
+
+
+class UnsafeFileError(ValueError):
+    """A weights or state file that cannot be loaded safely (it carries code, or is not a tensor file)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -88,52 +104,157 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot load weights from {path}: {err}") from err
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - re-raised with the file name
+            raise ValueError(f"cannot load weights from {path}: {err}") from err
+    obj = load_state_file(path, what="weights")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return obj
 
 
+def save_safetensors(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> Path:
+    """Save a state dict of tensors as safetensors (no pickle, no code), atomically.
+
+    Tensors sharing storage are cloned so each key holds its own data.
+    """
+    from safetensors.torch import save
+
+    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    blob = save(cpu)
+    return atomic_write(path, lambda f: f.write(blob))
+
+
+def load_state_file(path: str | os.PathLike, what: str = "state") -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors, numbers, containers, NumPy RNG arrays only).
+
+    Raises :class:`UnsafeFileError` naming the file when it names any other Python object
+    (such as a pickled object whose ``__reduce__`` would run code: the code never runs), or
+    when it is no readable torch file at all (``what`` names it in the message).
+    """
+    from accelerate.utils.other import load as accelerate_load  # adds NumPy array/dtype as safe globals
+
+    try:
+        return accelerate_load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors of many kinds
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise UnsafeFileError(
+                f"refusing to load {path}: it names the Python object {found.group(1)}, not only tensors and "
+                f"plain containers (weights_only=True); it may carry code, so nothing in it was run") from None
+        lines = [ln.strip() for ln in text.split("WeightsUnpickler error:")[-1].splitlines() if ln.strip()]
+        why = lines[0][:300] if lines else ""
+        raise UnsafeFileError(f"cannot load {what} from {path}: not a readable torch file "
+                              f"({type(err).__name__}: {why})") from None
+
+
+def check_state_files(state_dir: str | os.PathLike) -> None:
+    """Refuse a state folder whose pickle-based files carry code, before Accelerate loads them.
+
+    Accelerate loads registered custom objects with ``weights_only=False`` and ignores an
+    unreadable RNG file silently; this check reads every ``.bin``/``.pkl``/``.pt`` file with
+    ``weights_only=True`` first and raises :class:`UnsafeFileError` naming the bad one.
+    """
+    state_dir = Path(state_dir)
+    for file in sorted(state_dir.iterdir()):
+        if file.suffix in (".bin", ".pkl", ".pt", ".pth"):
+            load_state_file(file)
+        elif file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except Exception as err:  # noqa: BLE001
+                raise UnsafeFileError(f"{file} is not a valid safetensors file: {err}") from err
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(folder.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def list_states(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete state folders ``state/step-*`` of a run, oldest first."""
+    root = Path(run_dir) / "state"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / STATE_MARKER).is_file()]
+    return sorted(found, key=_step_of)
+
+
 def find_state(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete state folder of a run (``state/``, else ``state.old/``), or None."""
-    for name in ("state", "state.old"):
-        candidate = Path(run_dir) / name
-        if (candidate / STATE_MARKER).is_file():
-            return candidate
+    """The state folder to resume from: the one ``state/latest`` names, else the newest complete one.
+
+    Also accepts the older single-folder layout (``state/trainer_state.json``). None if no state.
+    """
+    root = Path(run_dir) / "state"
+    pointer = root / LATEST
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        if named.name and (named / STATE_MARKER).is_file():
+            return named
+    states = list_states(run_dir)
+    if states:
+        return states[-1]
+    for legacy in (root, Path(run_dir) / "state.old"):
+        if (legacy / STATE_MARKER).is_file():
+            return legacy
     return None
 
 
-def save_training_state(accelerator, run_dir: str | os.PathLike, trainer_state: dict[str, Any]) -> Path:
-    """Save the full training state to ``run_dir/state`` atomically. Call on every process.
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
 
-    ``accelerator.save_state`` writes model, optimizer, registered objects (the LR
-    scheduler), the grad scaler and every process's RNG states into ``state.tmp/``;
-    the main process adds ``trainer_state.json`` (epoch, history, best metric) last,
-    fsyncs the files, then swaps the folder in place of ``state/``.
+
+def save_training_state(accelerator, run_dir: str | os.PathLike, trainer_state: dict[str, Any],
+                        extra: dict[str, dict] | None = None, keep: int = 2) -> Path:
+    """Save the full training state as ``run_dir/state/step-<global_step>/``. Call on every process.
+
+    ``accelerator.save_state`` writes model (safetensors), optimizer, grad scaler and every
+    process's RNG states into a hidden temporary folder; the main process adds ``extra``
+    state dicts (e.g. ``{"scheduler": ...}`` as ``scheduler.pt``) and ``trainer_state.json``
+    last, fsyncs everything, renames the folder into place, points ``state/latest`` at it
+    (atomic write) and deletes all but the newest ``keep`` complete states.
     """
-    run_dir = Path(run_dir)
-    final, tmp, old = run_dir / "state", run_dir / "state.tmp", run_dir / "state.old"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    root = Path(run_dir) / "state"
+    name = f"step-{int(trainer_state['global_step']):08d}"
+    final, tmp = root / name, root / f".tmp-{name}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                with open(file, "rb") as handle:
-                    os.fsync(handle.fileno())
+        for key, state in (extra or {}).items():
+            torch.save(state, tmp / f"{key}.pt")
         save_json(tmp / STATE_MARKER, trainer_state)
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
+        _fsync_tree(tmp)
+        if final.exists():  # the same step saved again (epoch end right after a step checkpoint)
+            old = root / f".old-{name}"
             os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(run_dir)
-        if old.exists():
+            os.replace(tmp, final)
             shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+        atomic_write(root / LATEST, lambda f: f.write(name + "\n"), mode="w")
+        for stale in list_states(run_dir)[:-max(1, keep)]:
+            if stale != final:
+                shutil.rmtree(stale, ignore_errors=True)
+        _fsync_dir(root)
     accelerator.wait_for_everyone()
     return final

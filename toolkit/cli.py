@@ -1,7 +1,8 @@
-"""`toolkit evaluate | predict`: use the weights of any segmentation run.
+"""`toolkit evaluate | predict | report`: use the weights of any segmentation run; report on runs.
 
     toolkit evaluate --weights runs/<run>/best.pth [--data-dir DIR] [--split test|val|train|all]
     toolkit predict  --weights runs/<run>/best.pth --input FILE_OR_DIR --output DIR
+    toolkit report   [runs/]   # runs/<run>/report.html per run and runs/index.html comparing them
 """
 
 from __future__ import annotations
@@ -115,6 +116,14 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    written = write_report(args.runs_dir)
+    print(f"wrote {len(written) - 1} run page(s) and {written[-1]}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flips", action="store_true", help="average with the horizontally flipped prediction")
     p.add_argument("--one-region", action="store_true", help="keep only the largest predicted region per image")
     p.set_defaults(func=predict)
+    r = sub.add_parser("report", help="self-contained HTML page per run and an index comparing the runs")
+    r.add_argument("runs_dir", nargs="?", default="runs", help="folder holding run folders (default: runs)")
+    r.set_defaults(func=report)
     return parser
 
 

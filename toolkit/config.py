@@ -54,15 +54,19 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout for 4-D tensors (faster convolutions)
     eval_batch_size: int = 0  # samples per process per evaluation step; 0 = 2 x batch_size
     log_every: int = 10  # optimizer steps between step-level W&B logs
+    checkpoint_every: int = 0  # optimizer steps between resumable states inside an epoch; 0 = only at epoch ends
+    keep_states: int = 2  # newest resumable states kept under state/ (older ones deleted), >= 1
     wandb_mode: str = "offline"  # online | offline | disabled
     wandb_project: str = "toolkit"  # W&B project name
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "grad_accum_steps", "log_every")
+        _check_types(self)
+        positive = ("batch_size", "grad_accum_steps", "log_every", "keep_states")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        non_negative = ("epochs", "max_minutes", "weight_decay", "max_grad_norm", "num_workers", "eval_batch_size")
+        non_negative = ("epochs", "max_minutes", "weight_decay", "max_grad_norm", "num_workers", "eval_batch_size",
+                        "checkpoint_every")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -75,6 +79,37 @@ class TrainConfig:
         _check_choice("wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
         if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name in (".", "..")):
             raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}")
+
+
+def _check_types(cfg: Any) -> None:
+    """Refuse a field whose value is not of its declared type (configs built in code, not parsed).
+
+    An int is accepted for a float field; bool is not accepted for int/float (nor the reverse);
+    NaN and infinity are refused for float fields.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        tp, value = hints[f.name], getattr(cfg, f.name)
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            if value is None:
+                continue
+            tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+            origin = typing.get_origin(tp)
+        expected = origin or tp
+        if expected is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and value != value or ok and abs(value) == float("inf"):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+        elif expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif expected in (bool, str, tuple, list):
+            ok = isinstance(value, expected)
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{f.name} must be of type {getattr(expected, '__name__', expected)}, "
+                              f"got {type(value).__name__} {value!r}")
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:

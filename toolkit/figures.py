@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from .checkpoint import atomic_write  # noqa: E402
 
-__all__ = ["save_figure", "plot_history", "segmentation_overlays", "image_grid"]
+__all__ = ["save_figure", "plot_history", "segmentation_overlays", "image_grid", "reconstruction_pairs"]
 
 
 def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 100) -> Path:
@@ -98,5 +98,31 @@ def image_grid(rows: Sequence[torch.Tensor], titles: Sequence[str], max_images: 
             axes[r, i].imshow(img, cmap="gray" if img.ndim == 2 else None)
             axes[r, i].axis("off")
         axes[r, 0].set_title(title, fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_pairs(originals: torch.Tensor, reconstructions: torch.Tensor, count: int = 9,
+                         cols: int = 3) -> "plt.Figure":
+    """``count`` images beside their reconstructions: a grid of (original | reconstruction) pairs, ``cols`` per row.
+
+    originals, reconstructions: (N, C, H, W) float in [0, 1] (C = 1 or 3), shown as they are
+    (clipped to [0, 1], no rescaling, so colours and contrast compare honestly). Each
+    reconstruction's title gives its PSNR in dB. Uses min(count, N) pairs.
+    """
+    n = min(count, originals.shape[0])
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.0 * 2 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        a, b = (t[i].detach().float().cpu().clamp(0, 1) for t in (originals, reconstructions))
+        ax_o, ax_r = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
+        for ax, img in ((ax_o, a), (ax_r, b)):
+            ax.imshow(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(),
+                      cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+        psnr = 10 * math.log10(1.0 / max(float((a - b).pow(2).mean()), 1e-10))
+        ax_o.set_title("original", fontsize=8)
+        ax_r.set_title(f"reconstruction {psnr:.1f} dB", fontsize=8)
     fig.tight_layout()
     return fig

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["tracker_kwargs", "start_tracking", "log_images", "set_summary"]
+__all__ = ["tracker_kwargs", "start_tracking", "log_images", "set_summary", "wandb_run"]
 
 
 def tracker_kwargs(cfg) -> dict[str, Any]:
@@ -33,7 +33,8 @@ def start_tracking(accelerator, cfg, recipe: str, run_dir: Path) -> None:
     accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs={"wandb": init})
 
 
-def _wandb_run(accelerator):
+def wandb_run(accelerator):
+    """The live ``wandb`` run on the main process, else None (other processes, W&B disabled)."""
     if not accelerator.is_main_process or not accelerator.trackers:
         return None
     try:
@@ -44,7 +45,7 @@ def _wandb_run(accelerator):
 
 def log_images(accelerator, images: dict[str, Path], step: int) -> None:
     """Log PNG files as ``wandb.Image`` under ``figures/<name>`` at ``step``."""
-    run = _wandb_run(accelerator)
+    run = wandb_run(accelerator)
     if run is None or not images:
         return
     import wandb
@@ -53,10 +54,20 @@ def log_images(accelerator, images: dict[str, Path], step: int) -> None:
 
 
 def set_summary(accelerator, summary: dict[str, Any]) -> None:
-    """Write scalar entries of ``summary`` to the W&B run summary."""
-    run = _wandb_run(accelerator)
+    """Write ``summary`` (the Trainer's summary.json) to the W&B run summary.
+
+    Scalars go in as they are (best_value, best_epoch, trainable_params, train_images_per_s, ...);
+    ``best_<monitor>`` repeats the best value under the metric's name; the last epoch's record
+    goes in as ``final/<key>``. W&B would otherwise show the last logged value of each metric.
+    """
+    run = wandb_run(accelerator)
     if run is None:
         return
     for key, value in summary.items():
         if isinstance(value, (int, float, str, bool)):
             run.summary[key] = value
+    if summary.get("monitor") and summary.get("best_value") is not None:
+        run.summary[f"best_{summary['monitor']}"] = summary["best_value"]
+    for key, value in (summary.get("final") or {}).items():
+        if isinstance(value, (int, float)):
+            run.summary[f"final/{key}"] = value

@@ -7,7 +7,6 @@ A recipe builds the pieces and calls :meth:`Trainer.fit`.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -20,16 +19,20 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import tracking
-from .checkpoint import STATE_MARKER, find_state, save_json, save_training_state, save_weights
-from .config import ConfigError, TrainConfig
+from .checkpoint import save_json, save_safetensors, save_weights
+from .config import TrainConfig
 from .figures import plot_history, save_figure
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
+from .interrupts import StopSignals
+from .resume import ResumeMixin
+from .wandb_media import MediaLogger
 
 __all__ = ["Trainer", "ParameterBudgetError"]
 
 FigureFn = Callable[[StepOutput], dict]
+FIGURE_SAMPLES = 16  # samples of the first validation batch handed to a recipe's figures()
 
 
 class ParameterBudgetError(ValueError):
@@ -50,12 +53,14 @@ def _seed_worker(worker_id: int) -> None:
     _reseed(info.dataset, info.seed % 2**32)
 
 
-class Trainer:
+class Trainer(ResumeMixin):
     """Runs training for one recipe and leaves the run folder of the output contract.
 
     ``runs/<run-name>/``: ``config.json``, ``history.json`` (one record per epoch),
-    ``summary.json``, ``best.pth`` (state dict of the best epoch by ``monitor``),
-    ``state/`` (resumable), ``figures/`` and the W&B run in ``wandb/``.
+    ``summary.json``, ``best.pth`` and ``best.safetensors`` (state dict of the best epoch
+    by ``monitor``), ``state/step-*/`` (resumable, newest ``keep_states`` kept, saved every
+    epoch and every ``checkpoint_every`` steps), ``figures/`` and the W&B run in ``wandb/``.
+    SIGTERM / Ctrl-C save a state and exit (status 0 / 130); a NaN/inf loss stops the run.
     """
 
     def __init__(self, cfg: TrainConfig, recipe: str) -> None:
@@ -74,30 +79,6 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         tracking.start_tracking(self.accelerator, cfg, recipe, self.run_dir)
 
-    # ------------------------------------------------------------------ run folder
-    def _resolve_run_dir(self) -> Path:
-        cfg, root = self.cfg, Path(self.cfg.output_dir)
-        name = cfg.run_name
-        if not name and cfg.resume:
-            runs = sorted((p for p in root.glob(f"{self.recipe}-*") if find_state(p)), key=lambda p: p.name)
-            if not runs:
-                raise ConfigError(f"--resume: no run of {self.recipe!r} with a saved state under {root}/")
-            name = runs[-1].name
-        elif not name:
-            name = f"{self.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-        box = [name]
-        broadcast_object_list(box)  # every process agrees on the main process's name
-        run_dir = root / box[0]
-        if cfg.resume and find_state(run_dir) is None:
-            raise ConfigError(f"--resume: {run_dir} holds no complete state/ to resume from")
-        if not cfg.resume and find_state(run_dir) is not None:
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --run-name")
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"cannot create the run folder {run_dir}: {err}") from err
-        return run_dir
-
     # ------------------------------------------------------------------ data
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         cfg = self.cfg
@@ -106,6 +87,8 @@ class Trainer:
             dataset, batch_size=batch, shuffle=train, num_workers=cfg.num_workers,
             drop_last=train and len(dataset) >= batch * self.accelerator.num_processes,
             pin_memory=self.accelerator.device.type == "cuda", worker_init_fn=_seed_worker,
+            # own generator: creating an iterator draws nothing from the global RNG (exact mid-epoch resume)
+            generator=torch.Generator().manual_seed(cfg.seed) if train else None,
         )
 
     def _check_budget(self, model: torch.nn.Module, budget: int | None) -> None:
@@ -139,7 +122,8 @@ class Trainer:
             for metric in metrics:
                 metric.update(preds, targets)
             if sample is None:
-                sample = StepOutput(out.loss, out.preds[:8].cpu(), out.targets[:8].cpu(), out.inputs[:8].cpu())
+                k = FIGURE_SAMPLES
+                sample = StepOutput(out.loss, out.preds[:k].cpu(), out.targets[:k].cpu(), out.inputs[:k].cpu())
         results = {"val_loss": loss_sum / max(count, 1), "val_samples": count}
         for metric in metrics:
             results.update(metric.compute())
@@ -176,23 +160,33 @@ class Trainer:
             model, optimizer, self._loader(train_data, True), self._loader(val_data, False))
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
         scheduler = build_scheduler(optimizer, cfg, steps_per_epoch * max(cfg.epochs, 1))
-        acc.register_for_checkpointing(scheduler)
 
         st = {"epoch": 0, "global_step": 0, "history": [], "best": None, "best_epoch": None,
-              "train_time_s": 0.0, "wall_time_s": 0.0, "planned_epochs": cfg.epochs}
+              "train_time_s": 0.0, "wall_time_s": 0.0, "planned_epochs": cfg.epochs,
+              "batch_in_epoch": 0, "partial": None, "skipped_steps": 0}
+        self._bad = torch.tensor([-1.0, 0.0], device=acc.device)  # (first optimizer step with a NaN/inf loss, loss)
         if cfg.resume:
-            state_dir = find_state(self.run_dir)
-            acc.load_state(str(state_dir))
-            st.update(json.loads((state_dir / STATE_MARKER).read_text()))
-            if cfg.max_minutes <= 0 and st["planned_epochs"] != cfg.epochs:  # --epochs changed: refit the schedule
-                st["planned_epochs"] = cfg.epochs
-                scheduler.lr_lambdas[0].total_steps = steps_per_epoch * max(cfg.epochs, 1)
-            acc.print(f"resumed {self.run_dir} from {state_dir} after epoch {st['epoch']}")
+            self._restore(st, scheduler, steps_per_epoch)
         better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
 
+        self._media = MediaLogger(acc, objective, metrics, val_data, enabled=cfg.wandb_mode != "disabled")
+        with StopSignals() as self._signals:
+            self._epochs(model, objective, optimizer, scheduler, train_dl, val_dl, train_data, metrics, monitor,
+                         better, figures, steps_per_epoch, st)
+        self._media.log_worst(model, val_dl, st["global_step"])  # W&B table of the lowest-Dice slices
+        summary = self._summary(st, monitor, mode, trainable, total, param_budget)
+        if acc.is_main_process:
+            save_json(self.run_dir / "summary.json", summary)
+        tracking.set_summary(acc, summary)
+        acc.end_training()
+        return st["history"]
+
+    def _epochs(self, model, objective, optimizer, scheduler, train_dl, val_dl, train_data, metrics, monitor,
+                better, figures, steps_per_epoch, st) -> None:
+        acc = self.accelerator
         while st["epoch"] < st["planned_epochs"]:
             epoch, epoch_start = st["epoch"], time.perf_counter()
             record = self._train_epoch(model, objective, optimizer, scheduler, train_dl, train_data, st)
@@ -207,79 +201,90 @@ class Trainer:
                 state_dict = acc.get_state_dict(model)
                 if acc.is_main_process:
                     save_weights(self.run_dir / "best.pth", state_dict)
+                    save_safetensors(self.run_dir / "best.safetensors", state_dict)
             acc.log({f"val/{k.removeprefix('val_')}": v for k, v in results.items()}
                     | {"train/epoch_loss": record["train_loss"], "epoch": epoch + 1}, step=st["global_step"])
             self._write_epoch_outputs(st, sample, figures, monitor)
+            self._media.log_epoch(sample, st["global_step"])  # W&B mask overlays / reconstruction grid
             st["wall_time_s"] += time.perf_counter() - epoch_start
             self._fit_budget(st, scheduler, steps_per_epoch)
-            save_training_state(acc, self.run_dir, st)
+            self._save_state(st, scheduler)
             acc.print(f"epoch {epoch + 1}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
-
-        summary = self._summary(st, monitor, mode, trainable, total, param_budget)
-        if acc.is_main_process:
-            save_json(self.run_dir / "summary.json", summary)
-        tracking.set_summary(acc, summary)
-        acc.end_training()
-        return st["history"]
+                f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float))
+                + (f", {st['skipped_steps']} optimizer steps skipped by the fp16 grad scaler so far"
+                   if st["skipped_steps"] else ""))
+            signum = self._stop_requested()
+            if signum and st["epoch"] < st["planned_epochs"]:
+                self._stop(st, scheduler, signum, save=False)
 
     def _train_epoch(self, model, objective, optimizer, scheduler, train_dl, train_data, st) -> dict:
         cfg, acc = self.cfg, self.accelerator
-        epoch = st["epoch"]
-        train_dl.set_epoch(epoch)
-        _reseed(train_data, int(torch.randint(0, 2**31 - 1, ())))  # used when num_workers == 0
+        epoch, skip, partial = st["epoch"], st["batch_in_epoch"], st["partial"] or {}
+        train_dl.set_epoch(epoch)  # the order of epoch e is a function of (seed, e) alone
+        loader = train_dl
+        if skip:  # resumed inside this epoch: the same order, without the batches already trained on
+            loader = acc.skip_first_batches(train_dl, skip)
+            loader.set_epoch(epoch)
+            _reseed(train_data, (cfg.seed * 1_000_003 + epoch * 10_007 + skip) % 2**31)
+        else:
+            _reseed(train_data, int(torch.randint(0, 2**31 - 1, ())))  # used when num_workers == 0
         model.train()
-        loss_sum = torch.zeros((), device=acc.device)
-        batches, seen, start = 0, 0, time.perf_counter()
-        bar = tqdm(total=len(train_dl), desc=f"epoch {epoch + 1}/{st['planned_epochs']}", leave=False,
+        loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=acc.device)
+        batches, seen, start = skip, partial.get("seen", 0), time.perf_counter() - partial.get("time_s", 0.0)
+        bar = tqdm(total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}/{st['planned_epochs']}", leave=False,
                    disable=not acc.is_local_main_process, dynamic_ncols=True)
-        for batch in train_dl:
+        for batch in loader:
             with acc.accumulate(model):
                 out = objective(model, batch)
                 acc.backward(out.loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                if acc.sync_gradients and acc.optimizer_step_was_skipped:
+                    st["skipped_steps"] += 1  # fp16: the grad scaler found inf/NaN gradients and skipped the step
+                elif acc.sync_gradients:
                     scheduler.step()
                     st["global_step"] += 1
                     if st["global_step"] % cfg.log_every == 0:
                         self._log_step(out.loss, scheduler, st)
                 optimizer.zero_grad(set_to_none=True)
+            self._note_loss(out.loss, st)
             loss_sum += out.loss.detach()
             batches += 1
             seen += out.preds.shape[0] * acc.num_processes
+            if acc.sync_gradients and batches < len(train_dl):
+                self._step_boundary(st, scheduler, loss_sum, batches, seen, start)
             if batches % 10 == 1 and not bar.disable:  # .item() syncs the device: not every step
                 rate = seen / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{out.loss.item():.4f}", img_s=f"{rate:.1f}", refresh=False)
             bar.update()
         bar.close()
         elapsed = time.perf_counter() - start
-        st["train_time_s"] += elapsed
+        st["train_time_s"] += elapsed - partial.get("time_s", 0.0)
+        st["batch_in_epoch"], st["partial"] = 0, None
         train_loss = acc.reduce(loss_sum / max(batches, 1), reduction="mean").item()
-        self._check_finite(train_loss, st)
+        self._check_finite(st)
         return {"epoch": epoch + 1, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                 "time_s": elapsed, "train_images_per_s": seen / elapsed}
 
     def _log_step(self, loss: torch.Tensor, scheduler, st: dict) -> None:
-        value = loss.item()
-        self._check_finite(value, st)
-        self.accelerator.log({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, step=st["global_step"])
-
-    def _check_finite(self, value: float, st: dict) -> None:
-        if not math.isfinite(value):
-            last = find_state(self.run_dir)
-            raise FloatingPointError(
-                f"training loss became {value} at optimizer step {st['global_step']} (epoch {st['epoch'] + 1}); "
-                f"the last good state is {last or 'none (no epoch finished)'}; lower --lr or check the data")
+        self._check_finite(st)
+        self.accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0],
+                              "train/skipped_steps": st["skipped_steps"]}, step=st["global_step"])
 
     def _fit_budget(self, st: dict, scheduler, steps_per_epoch: int) -> None:
         """With ``max_minutes``, plan as many epochs as fit the budget and stretch the LR schedule to them."""
         budget_s = self.cfg.max_minutes * 60
         if budget_s <= 0:
             return
-        per_epoch = st["wall_time_s"] / st["epoch"]  # training + evaluation, seconds
-        fit = max(st["epoch"], min(self.cfg.epochs, int(budget_s / per_epoch)))
+        if st["planned_epochs"] <= st["epoch"]:  # the schedule has run out: never restart it
+            return
+        walls = st.setdefault("epoch_end_walls", [])  # wall time at the end of each epoch, seconds
+        walls.append(st["wall_time_s"])
+        recent = walls[-4:]  # the last three epochs (training + evaluation) predict the next ones
+        per_epoch = (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 1 else walls[0] / st["epoch"]
+        left = int(max(0.0, budget_s - st["wall_time_s"]) / max(per_epoch, 1e-9))
+        fit = max(st["epoch"], min(self.cfg.epochs, st["epoch"] + left))
         fit = int(broadcast_object_list([fit])[0])  # all processes stop together
         if fit != st["planned_epochs"]:
             st["planned_epochs"] = fit
@@ -305,5 +310,6 @@ class Trainer:
             "wall_time_s": st["wall_time_s"], "train_time_s": st["train_time_s"],
             "train_images_per_s": (sum(h["train_images_per_s"] for h in history) / len(history)) if history else None,
             "num_processes": self.accelerator.num_processes, "mixed_precision": self.accelerator.mixed_precision,
+            "skipped_steps": st["skipped_steps"],
             "final": history[-1] if history else None,
         }

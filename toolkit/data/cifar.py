@@ -245,10 +245,14 @@ def _decode(files: list[tuple[Path, int]], size: int = 32) -> tuple[torch.Tensor
 
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(files):
-        with Image.open(path) as img:
-            if img.size != (size, size):
-                raise ValueError(f"{path}: CIFAR-10 images are {size}x{size}, this one is {img.size[0]}x{img.size[1]}")
-            images[i] = np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(path) as img:  # reads the header only: the size is checked before decoding
+                if img.size != (size, size):
+                    raise ValueError(f"{path}: CIFAR-10 images are {size}x{size}, this one is "
+                                     f"{img.size[0]}x{img.size[1]}")
+                images[i] = np.asarray(img.convert("RGB"))
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # unreadable, truncated, corrupt
+            raise ValueError(f"{path}: cannot decode it as an image ({type(err).__name__}: {err})") from None
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     return torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), labels
 

@@ -16,6 +16,8 @@ checksums). Images stay uint8 (0..255) up to the device, where the objective's
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 import os
 from pathlib import Path
 
@@ -37,14 +39,18 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     labels: 2049 = 0x00000801, (N,)). Raises ValueError for a bad header or size.
     """
     path = Path(path)
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-        data = f.read()
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # not gzip, truncated stream, bad CRC
+        raise ValueError(f"{path}: cannot read it ({type(err).__name__}: {err}); expected an idx file"
+                         f"{' compressed with gzip' if path.suffix == '.gz' else ''}") from None
     if len(data) < 4 or data[0] or data[1] or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not a uint8 idx file (magic bytes {data[:4].hex() or 'missing'})")
     nd = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd))
     offset = 4 + 4 * nd
-    if len(data) - offset != int(np.prod(shape)):
+    if len(data) < offset or len(data) - offset != math.prod(shape):  # exact integers: no overflow
         raise ValueError(f"{path}: header says shape {shape} but holds {len(data) - offset} values")
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape).copy())
 
@@ -78,9 +84,9 @@ class MNISTSplit(MNIST):
         prefix = "train" if self.train else "t10k"
         images = read_idx(self._file(f"{prefix}-images-idx3-ubyte"))
         labels = read_idx(self._file(f"{prefix}-labels-idx1-ubyte"))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(f"MNIST {prefix} files in {self.raw_folder} disagree: images {tuple(images.shape)}, "
-                             f"labels {tuple(labels.shape)}")
+                             f"labels {tuple(labels.shape)}; expected (N, 28, 28) and (N,)")
         return images, labels.long()
 
 

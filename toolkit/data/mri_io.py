@@ -8,7 +8,10 @@ linearly to 0..255.
 
 Masks: 2D mask files must hold only {0, 255} or {0, 1} (16-bit: {0, 65535}) — JPEG masks, being
 lossy, are thresholded at 128 instead; .mat ``tumorMask`` likewise; BraTS label maps count
-label > 0 as tumour. Every problem with a file raises :class:`MRIDataError` naming the file.
+label > 0 as tumour. Every problem with a file raises :class:`MRIDataError` naming the file;
+that includes float pixels that are NaN or infinite (refused, never turned into 0 silently) and
+headers declaring more than :data:`MAX_PIXELS` pixels (2D) or :data:`MAX_VOXELS` voxels (NIfTI),
+which are refused before anything is decoded or allocated.
 """
 from __future__ import annotations
 
@@ -29,6 +32,10 @@ _EXT = "<" + "|".join(e[1:] for e in IMAGE_EXTENSIONS) + ">"
 #: Channel names per source, in index order (``MRISlice.channels`` indexes these).
 CHANNEL_NAMES = {"folder": ("red", "green", "blue"), "lgg": ("pre", "flair", "post"),
                  "figshare_mat": ("t1ce",), "brats": ("flair", "t1", "t1ce", "t2")}
+#: Largest 2D image (H x W pixels) a reader accepts: a header declaring more is refused before decoding.
+MAX_PIXELS = 64 * 1024 * 1024
+#: Largest NIfTI volume (X x Y x Z voxels) accepted (BraTS: 240 x 240 x 155 = 8.9 M).
+MAX_VOXELS = 1 << 28
 
 
 class MRIDataError(ValueError):
@@ -160,13 +167,44 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
     return np.rint(np.clip((a - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def _check_declared_size(data: np.ndarray, path: Path) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_PIXELS` pixels (read from the header only)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data.tobytes())) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        width = height = MAX_PIXELS  # over PIL's own limit: certainly over ours
+    except Exception:  # noqa: BLE001 - PIL cannot parse the header: OpenCV's decoder reports the problem
+        return
+    if width * height > MAX_PIXELS:
+        raise MRIDataError(path, f"its header declares {width}x{height} pixels, over the limit of {MAX_PIXELS:,} "
+                                 f"(toolkit.data.mri_io.MAX_PIXELS); corrupt or not an MRI slice")
+
+
 def _decode(path: Path) -> np.ndarray:
-    """Decode a PNG/JPEG/TIFF at its own depth: (H, W) or (H, W, 3) in file (RGB) order."""
+    """Decode a PNG/JPEG/TIFF at its own depth: (H, W) or (H, W, 3) in file (RGB) order.
+
+    Refuses (MRIDataError naming the file) an unreadable file, a header declaring over
+    :data:`MAX_PIXELS` pixels, a channel count other than 1, 3 or 4, and float pixels that
+    are NaN or infinite.
+    """
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as err:
         raise MRIDataError(path, f"cannot read the file: {err}") from err
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if data.size:
+        _check_declared_size(data, path)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as err:
+        raise MRIDataError(path, f"cannot decode it: {str(err).strip().splitlines()[-1]}") from err
     if img is None:
         raise MRIDataError(path, "cannot decode it: not a readable PNG/JPEG/TIFF image (empty, truncated or corrupt?)")
     if img.ndim == 3:
@@ -174,7 +212,16 @@ def _decode(path: Path) -> np.ndarray:
             raise MRIDataError(path, f"image with {img.shape[2]} channels; expected grey, RGB or RGBA")
         code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
         img = img[:, :, 0] if img.shape[2] == 1 else cv2.cvtColor(img, code)
+    _check_finite(img, path)
     return img
+
+
+def _check_finite(a: np.ndarray, path: Path, where: str = "") -> None:
+    """Refuse float pixels that are NaN or infinite (they would silently become 0)."""
+    if a.dtype.kind == "f":
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise MRIDataError(path, f"{where}holds {bad} NaN or infinite pixel values; expected finite intensities")
 
 
 def _pick(img: np.ndarray, channels: tuple[int, ...], path: Path) -> np.ndarray:
@@ -247,6 +294,9 @@ def _nifti(path: Path, data: bool = True):
         img = nib.load(str(path))
         if len(img.shape) != 3:
             raise MRIDataError(path, f"volume of shape {img.shape}; expected 3D (X, Y, slices)")
+        if int(np.prod(img.shape, dtype=object)) > MAX_VOXELS:
+            raise MRIDataError(path, f"header declares a volume of {img.shape} voxels, over the limit of "
+                                     f"{MAX_VOXELS:,} (toolkit.data.mri_io.MAX_VOXELS); corrupt?")
         return np.asanyarray(img.dataobj) if data else img
     except MRIDataError:
         raise
@@ -270,7 +320,12 @@ def read_slice(rec: MRISlice, volumes: dict | None = None) -> tuple[np.ndarray, 
             return img, _binary(_decode(rec.mask_path), rec.mask_path, img.shape[:2], rec.image_path, lossy)
         if rec.source == "figshare_mat":
             with _mat_file(rec.image_path) as f:
+                for key in ("cjdata/image", "cjdata/tumorMask"):
+                    if len(f[key].shape) != 2 or int(np.prod(f[key].shape, dtype=object)) > MAX_PIXELS:
+                        raise MRIDataError(rec.image_path, f"{key} has shape {f[key].shape}; expected a 2D slice "
+                                                           f"of at most {MAX_PIXELS:,} pixels")
                 image, mask = f["cjdata/image"][()].T, f["cjdata/tumorMask"][()].T  # MATLAB is column-major
+            _check_finite(image, rec.image_path, "cjdata/image ")
             return to_uint8(image)[:, :, None], _binary(mask, rec.mask_path, image.shape, rec.image_path)
         if rec.source == "brats":
             vols = {} if volumes is None else volumes
@@ -282,6 +337,8 @@ def read_slice(rec: MRISlice, volumes: dict | None = None) -> tuple[np.ndarray, 
                         vols[p] = err
                 if isinstance(vols[p], MRIDataError):
                     raise vols[p]
+            for p in rec.channel_paths:
+                _check_finite(np.asarray(vols[p][:, :, rec.index]), p, f"slice {rec.index} ")
             img = np.stack([to_uint8(vols[p][:, :, rec.index]) for p in rec.channel_paths], axis=2)
             seg = np.asarray(vols[rec.mask_path][:, :, rec.index])
             if seg.dtype.kind == "f" and not np.all(np.mod(seg, 1) == 0):

@@ -1,0 +1,68 @@
+"""Bad configuration is refused with a clear message before any training starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from toolkit import TrainConfig, Trainer
+from toolkit.config import ConfigError, parse_config
+
+from .conftest import ROOT, run_env
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"lr": -0.1}, "lr must be > 0, got -0.1"),
+    ({"lr": float("nan")}, "lr must be a finite number"),
+    ({"epochs": -1}, "epochs must be >= 0"),
+    ({"keep_states": 0}, "keep_states must be >= 1"),
+    ({"checkpoint_every": -5}, "checkpoint_every must be >= 0"),
+    ({"warmup_fraction": 1.0}, r"warmup_fraction must be in \[0, 1\)"),
+    ({"batch_size": "8"}, "batch_size must be of type int, got str '8'"),
+    ({"epochs": 2.5}, "epochs must be of type int, got float 2.5"),
+    ({"resume": 1}, "resume must be of type bool, got int 1"),
+    ({"lr": "fast"}, "lr must be of type float, got str 'fast'"),
+    ({"optimizer": "adam"}, "optimizer must be one of adamw, sgd; got 'adam'"),
+    ({"run_name": "../escape"}, "run_name must be a plain folder name"),
+])
+def test_values_are_checked_when_the_config_is_built(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "eight"], "--batch_size expects int, got 'eight'"),
+    (["--lr", "-1e-3"], "lr must be > 0, got -0.001"),
+    (["--checkpoint-every", "1.5"], "--checkpoint_every expects int, got '1.5'"),
+    (["--epochz", "3"], "unknown config key --epochz"),
+])
+def test_command_line_values_are_checked(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(TrainConfig, argv, exit_on_error=False)
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cfg = TrainConfig(output_dir=str(tmp_path / "file"), run_name="r", wandb_mode="disabled")
+    with pytest.raises(ConfigError, match=f"output_dir {tmp_path / 'file'} exists and is not a folder"):
+        Trainer(cfg, recipe="tiny")
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path):
+    cfg = TrainConfig(output_dir="/proc/toolkit-runs", run_name="r", wandb_mode="disabled")  # even root cannot
+    with pytest.raises(ConfigError, match="output_dir: cannot create or write the run folder /proc/toolkit-runs/r"):
+        Trainer(cfg, recipe="tiny")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["--data-dir", "/nonexistent/mri"], "data_dir '/nonexistent/mri' is not a folder"),
+    (["--output-dir", "/proc/toolkit-runs"], "cannot create or write the run folder"),
+])
+def test_the_recipe_refuses_bad_config_before_training(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--synthetic-images", "4",
+                           "--synthetic-dir", str(tmp_path / "data"), "--wandb-mode", "disabled", *args],
+                          cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert "epoch 1" not in proc.stdout  # nothing trained
