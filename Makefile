@@ -1,7 +1,7 @@
 # make demo | make test | make brain-mri ARGS="--epochs 5" | make install
 # Hardware: GPUs found by nvidia-smi → accelerate_config.yaml on all of them (bf16);
 # otherwise the CPU, with bf16 autocast where it has bf16 instructions (avx512_bf16 / amx_bf16), else fp32
-# (docs/performance.md). Override: DEVICE=cpu|gpu, PROCS=N, CONFIG=file.yaml, PRECISION=no|bf16 (CPU).
+# (README, Performance). Override: DEVICE=cpu|gpu, PROCS=N, CONFIG=file.yaml, PRECISION=no|bf16 (CPU).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -78,12 +78,12 @@ RUNS ?= runs
 report: $(STAMP)
 	$(BIN)/python -m toolkit.cli report $(RUNS)
 
-# Benchmarks (docs/performance.md): prints a table, writes runs/bench/bench.json (about 10 minutes on 2 CPU cores);
+# Benchmarks (README, Performance): prints a table, writes runs/bench/bench.json (about 10 minutes on 2 CPU cores);
 # ARGS="--quick" for a smoke run on tiny sizes, ARGS="--only precision,compile" for some sections.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 
-# Kill harness (docs/reliability.md): SIGKILL a training run TRIALS times, resume it, compare the weights.
+# Kill harness (README, Reliability): SIGKILL a training run TRIALS times, resume it, compare the weights.
 TRIALS ?= 20
 kill-harness: $(STAMP)
 	$(BIN)/python tools/kill_harness.py --trials $(TRIALS) --seed 0 --workdir /tmp/kill-harness
