@@ -45,6 +45,7 @@ def evaluate_fixed_models(out: Path) -> None:
     if trainer.accelerator.is_main_process:
         result = {"processes": trainer.accelerator.num_processes, "cls": cls, "seg": seg}
         (out / f"result{trainer.accelerator.num_processes}.json").write_text(json.dumps(result))
+    trainer.close()  # every rank leaves the process group together
 
 
 def test_two_processes_count_each_sample_once(tmp_path):

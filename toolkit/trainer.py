@@ -138,6 +138,15 @@ class Trainer(ResumeMixin):
         loader = acc.prepare_data_loader(self._loader(dataset, train=False))
         return self.evaluate(model, objective, loader, metrics)[0]
 
+    def close(self) -> None:
+        """End trackers and the process group after evaluation-only use (:meth:`fit` does this itself).
+
+        Every process must call it: a process that exits while another still talks to it
+        can abort in the collective backend's threads.
+        """
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
     # ------------------------------------------------------------------ training
     def fit(self, model: torch.nn.Module, objective: Objective, train_data: Dataset, val_data: Dataset,
             metrics: Sequence, monitor: str, mode: str = "max", param_budget: int | None = 500_000,
