@@ -70,3 +70,27 @@ def test_help_lists_every_field_with_default_and_meaning(capsys):
         parse_config(DemoConfig, ["--help"])
     assert exit_info.value.code == 0
     assert "--batch_size" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("env, flag, expected", [
+    (None, None, "offline"),  # nothing set: offline, no account needed
+    ("disabled", None, "disabled"),  # W&B's own environment variable is honoured
+    ("online", None, "online"),
+    ("dryrun", None, "offline"),  # W&B's legacy spelling
+    ("disabled", "offline", "offline"),  # the flag wins over the environment
+])
+def test_wandb_mode_comes_from_the_flag_then_the_environment(monkeypatch, env, flag, expected):
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    argv = [] if flag is None else ["--wandb-mode", flag]
+    assert parse_config(DemoConfig, argv).wandb_mode == expected
+
+
+def test_a_bad_wandb_mode_in_the_environment_is_named(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "cloud")
+    with pytest.raises(ConfigError, match="environment variable WANDB_MODE='cloud' must be one of"):
+        parse_config(DemoConfig, [], exit_on_error=False)
+    monkeypatch.setenv("WANDB_MODE", "cloud")
+    assert parse_config(DemoConfig, ["--wandb-mode", "disabled"]).wandb_mode == "disabled"

@@ -144,3 +144,35 @@ def test_wandb_offline_run_is_written(tmp_path):
     assert [r["val/loss"] for r in epochs] == pytest.approx([h["val_loss"] for h in history])
     assert epochs[-1]["figures/history/_type"] == "image-file"
     assert summary["best_value"] == max(h["accuracy"] for h in history)
+
+
+def test_refit_never_sends_a_finished_warmup_back_into_warmup():
+    from toolkit.optim import StepSchedule
+
+    s = StepSchedule("onecycle", total_steps=100, warmup_fraction=0.1)  # warm-up: steps 0..9
+    assert s(4) < 1.0 and s(10) == pytest.approx(1.0)
+    s.refit(50, step=5)  # still warming up: the warm-up shrinks with the plan
+    assert s.warmup() == pytest.approx(5.0)
+    s.refit(1000, step=20)  # warm-up over at step 20: it stays over although 10% of 1000 is 100
+    assert s.warmup() == pytest.approx(5.0) and s(20) == pytest.approx(1.0, abs=1e-3)
+    assert s(999) < 0.01  # and the decay reaches its floor at the new end
+    assert vars(s)["warmup_steps"] == pytest.approx(5.0)  # a plain attribute: LambdaLR saves and resumes it
+
+
+def test_time_budget_plan_ignores_one_slow_epoch(tmp_path):
+    """The planner predicts from the median of the last five epochs: a single slow epoch barely moves the plan."""
+    trainer = Trainer(make_cfg(tmp_path, epochs=1000, max_minutes=10), recipe="tiny")
+
+    class Schedule:
+        lr_lambdas = [type("L", (), {"refit": lambda self, total, step: None})()]
+        last_epoch = 0
+
+    st = {"planned_epochs": 1000, "epoch": 0, "wall_time_s": 0.0}
+    plans = []
+    for epoch, seconds in enumerate([10, 10, 10, 10, 10, 60, 10, 10], start=1):  # epoch 6 is slowed by a load
+        st["epoch"], st["wall_time_s"] = epoch, st["wall_time_s"] + seconds
+        trainer._fit_budget(st, Schedule(), steps_per_epoch=1)
+        plans.append(st["planned_epochs"])
+    assert plans[4] == 5 + (600 - 50) // 10, plans  # 60 epochs in 10 minutes at 10 s each
+    assert plans[5] == 5 + 1 + (600 - 110) // 10  # the slow epoch costs its own time, not a shrunken plan
+    assert plans[-1] == 8 + (600 - 130) // 10

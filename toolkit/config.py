@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
 import sys
 import types
@@ -56,7 +57,7 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between step-level W&B logs
     checkpoint_every: int = 0  # optimizer steps between resumable states inside an epoch; 0 = only at epoch ends
     keep_states: int = 2  # newest resumable states kept under state/ (older ones deleted), >= 1
-    wandb_mode: str = "offline"  # online | offline | disabled
+    wandb_mode: str = ""  # online | offline | disabled; empty = $WANDB_MODE when set, else offline
     wandb_project: str = "toolkit"  # W&B project name
 
     def __post_init__(self) -> None:
@@ -76,9 +77,21 @@ class TrainConfig:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         _check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
         _check_choice("scheduler", self.scheduler, ("onecycle", "cosine", "constant"))
+        if self.wandb_mode == "":
+            self.wandb_mode = _wandb_mode_from_env()
         _check_choice("wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
         if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name in (".", "..")):
             raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}")
+
+
+def _wandb_mode_from_env() -> str:
+    """W&B mode from the ``WANDB_MODE`` environment variable (W&B's own convention), else ``offline``."""
+    raw = os.environ.get("WANDB_MODE", "").strip().lower()
+    mode = {"": "offline", "dryrun": "offline", "run": "online"}.get(raw, raw)
+    if mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"the environment variable WANDB_MODE={raw!r} must be one of online, offline, disabled "
+                          "(or unset; --wandb-mode overrides it)")
+    return mode
 
 
 def _check_types(cfg: Any) -> None:

@@ -29,17 +29,29 @@ class StepSchedule:
 
     ``kind``: "onecycle" (warm up from 1/25 to 1, cosine down to 1e-4), "cosine"
     (warm up from 0, cosine down to 0) or "constant" (warm up, then flat).
-    ``total_steps`` may be changed during training (a time budget refits it); being a
-    plain object, it is saved and restored with the scheduler's state dict.
+    ``total_steps`` may be changed during training (a time budget refits it) through
+    :meth:`refit`, which never sends a finished warm-up back into warm-up; being a plain
+    object, it is saved and restored with the scheduler's state dict.
     """
 
     def __init__(self, kind: str, total_steps: int, warmup_fraction: float) -> None:
         self.kind = kind
         self.total_steps = max(1, int(total_steps))
         self.warmup_fraction = warmup_fraction
+        self.warmup_steps: float | None = None  # fixed once warm-up has ended; None = warmup_fraction of the total
+
+    def warmup(self) -> float:
+        """Warm-up length in optimizer steps."""
+        return self.warmup_fraction * self.total_steps if self.warmup_steps is None else self.warmup_steps
+
+    def refit(self, total_steps: int, step: int) -> None:
+        """Change the schedule's length at optimizer step ``step``; a warm-up already over stays over."""
+        if self.warmup_steps is None and step >= self.warmup():
+            self.warmup_steps = self.warmup()
+        self.total_steps = max(1, int(total_steps))
 
     def __call__(self, step: int) -> float:
-        warmup = self.warmup_fraction * self.total_steps
+        warmup = self.warmup()
         start = 1 / 25 if self.kind == "onecycle" else 0.0
         if step < warmup:
             return start + (1 - start) * (step + 1) / warmup

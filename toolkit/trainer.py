@@ -8,6 +8,7 @@ A recipe builds the pieces and calls :meth:`Trainer.fit`.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -290,14 +291,17 @@ class Trainer(ResumeMixin):
             return
         walls = st.setdefault("epoch_end_walls", [])  # wall time at the end of each epoch, seconds
         walls.append(st["wall_time_s"])
-        recent = walls[-4:]  # the last three epochs (training + evaluation) predict the next ones
-        per_epoch = (recent[-1] - recent[0]) / (len(recent) - 1) if len(recent) > 1 else walls[0] / st["epoch"]
+        # the median duration of the last five epochs (training + evaluation) predicts the next ones: it follows a
+        # lasting change of speed within three epochs, while one or two slow epochs (a passing load) move it little
+        recent = walls[-6:]
+        durations = [b - a for a, b in zip(recent, recent[1:])]
+        per_epoch = statistics.median(durations) if durations else walls[0] / st["epoch"]
         left = int(max(0.0, budget_s - st["wall_time_s"]) / max(per_epoch, 1e-9))
         fit = max(st["epoch"], min(self.cfg.epochs, st["epoch"] + left))
         fit = int(broadcast_object_list([fit])[0])  # all processes stop together
         if fit != st["planned_epochs"]:
             st["planned_epochs"] = fit
-            scheduler.lr_lambdas[0].total_steps = max(1, fit * steps_per_epoch)
+            scheduler.lr_lambdas[0].refit(fit * steps_per_epoch, scheduler.last_epoch)
 
     def _write_epoch_outputs(self, st: dict, sample: StepOutput | None, figures: FigureFn | None, monitor: str):
         acc = self.accelerator
