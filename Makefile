@@ -25,7 +25,7 @@ LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --multi_gpu --num_pro
 endif
 
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
-DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 7 --epochs 40
+DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
 
 .PHONY: install demo test brain-mri cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness
 install: $(STAMP)
