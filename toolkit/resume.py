@@ -78,7 +78,7 @@ class ResumeMixin:
         st.update(json.loads((state_dir / STATE_MARKER).read_text()))
         if cfg.max_minutes <= 0 and st["planned_epochs"] != cfg.epochs:  # --epochs changed: refit the schedule
             st["planned_epochs"] = cfg.epochs
-            scheduler.lr_lambdas[0].total_steps = steps_per_epoch * max(cfg.epochs, 1)
+            scheduler.lr_lambdas[0].refit(steps_per_epoch * max(cfg.epochs, 1), scheduler.last_epoch)
         where = f"after epoch {st['epoch']}"
         if st.get("batch_in_epoch"):
             where += f" and {st['batch_in_epoch']} batches of epoch {st['epoch'] + 1}"
