@@ -92,5 +92,4 @@ def test_a_bad_wandb_mode_in_the_environment_is_named(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "cloud")
     with pytest.raises(ConfigError, match="environment variable WANDB_MODE='cloud' must be one of"):
         parse_config(DemoConfig, [], exit_on_error=False)
-    monkeypatch.setenv("WANDB_MODE", "cloud")
     assert parse_config(DemoConfig, ["--wandb-mode", "disabled"]).wandb_mode == "disabled"

@@ -24,6 +24,7 @@ __all__ = ["ConfigError", "TrainConfig", "parse_config", "config_help"]
 
 C = TypeVar("C")
 
+WANDB_MODES = ("online", "offline", "disabled")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
 
@@ -79,7 +80,7 @@ class TrainConfig:
         _check_choice("scheduler", self.scheduler, ("onecycle", "cosine", "constant"))
         if self.wandb_mode == "":
             self.wandb_mode = _wandb_mode_from_env()
-        _check_choice("wandb_mode", self.wandb_mode, ("online", "offline", "disabled"))
+        _check_choice("wandb_mode", self.wandb_mode, WANDB_MODES)
         if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name in (".", "..")):
             raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}")
 
@@ -88,8 +89,8 @@ def _wandb_mode_from_env() -> str:
     """W&B mode from the ``WANDB_MODE`` environment variable (W&B's own convention), else ``offline``."""
     raw = os.environ.get("WANDB_MODE", "").strip().lower()
     mode = {"": "offline", "dryrun": "offline", "run": "online"}.get(raw, raw)
-    if mode not in ("online", "offline", "disabled"):
-        raise ConfigError(f"the environment variable WANDB_MODE={raw!r} must be one of online, offline, disabled "
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"the environment variable WANDB_MODE={raw!r} must be one of {', '.join(WANDB_MODES)} "
                           "(or unset; --wandb-mode overrides it)")
     return mode
 
