@@ -1,0 +1,190 @@
+"""Post-processing of binary segmentation, chosen automatically on held-out predictions (as nnU-Net does).
+
+A :class:`PostProcess` is the whole recipe that turns a model's tumour probabilities into a
+mask: flip test-time augmentation (applied when the probabilities are computed), a
+probability threshold, and a connected-component rule (keep the largest region only, or
+drop regions smaller than ``min_size`` pixels). :func:`search_postprocess` picks it on
+validation or out-of-fold predictions, one part at a time, keeping a part only when it
+raises the mean per-image Dice; what each part bought is returned and stored beside the
+choice in ``postprocess.json``. ``toolkit evaluate`` and ``toolkit predict`` apply it.
+
+Per-image Dice counts empty masks as :class:`~toolkit.metrics.SegmentationMetrics` does:
+a slice whose true and predicted masks are both empty scores 1, one with only one of them
+empty scores 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+__all__ = ["PostProcess", "search_postprocess", "per_image_dice", "largest_component", "remove_small_components",
+           "POSTPROCESS_FILE", "load_postprocess"]
+
+POSTPROCESS_FILE = "postprocess.json"
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.25, 0.80, 0.05))  # probability thresholds tried
+MIN_SIZES = (10, 20, 40, 80, 160, 320)  # smallest kept region tried, pixels at the model's resolution
+MIN_GAIN = 1e-4  # a part is kept only when it raises the mean per-image Dice by more than this
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep only the largest 8-connected region of a binary (H, W) mask (uint8/bool); returns uint8 {0, 1}."""
+    mask = mask.astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 2:
+        return mask
+    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return (labels == keep).astype(np.uint8)
+
+
+def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop the 8-connected regions of a binary (H, W) mask smaller than ``min_size`` pixels; uint8 {0, 1}."""
+    mask = mask.astype(np.uint8)
+    if min_size <= 1:
+        return mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_size)
+    small = small[small > 0]  # label 0 is the background
+    if not len(small):
+        return mask
+    return (mask.astype(bool) & ~np.isin(labels, small)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """How probabilities become a mask.
+
+    threshold: probability in (0, 1) at or above which a pixel is tumour.
+    flips: average the probabilities with those of the horizontally flipped scan (test-time augmentation).
+    largest_only: keep only the largest connected region of each slice.
+    min_size: drop regions smaller than this many pixels (at the model's input resolution); 0 = keep all.
+    """
+
+    threshold: float = 0.5
+    flips: bool = False
+    largest_only: bool = False
+    min_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0 pixels, got {self.min_size}")
+        if self.largest_only and self.min_size:
+            raise ValueError("use largest_only or min_size, not both")
+
+    def binarize(self, probs: np.ndarray) -> np.ndarray:
+        """(H, W) or (N, H, W) float probabilities in [0, 1] → uint8 masks {0, 1} of the same shape.
+
+        ``flips`` is not applied here: it changes how the probabilities are computed.
+        """
+        probs = np.asarray(probs)
+        if probs.ndim == 2:
+            return self.binarize(probs[None])[0]
+        if probs.ndim != 3:
+            raise ValueError(f"probs must be (H, W) or (N, H, W), got shape {probs.shape}")
+        masks = (probs >= self.threshold).astype(np.uint8)
+        if self.largest_only:
+            masks = np.stack([largest_component(m) for m in masks])
+        elif self.min_size:
+            masks = np.stack([remove_small_components(m, self.min_size) for m in masks])
+        return masks
+
+    def describe(self) -> str:
+        parts = [f"threshold {self.threshold:g}", "flip TTA" if self.flips else "no TTA"]
+        parts.append("largest region only" if self.largest_only else
+                     f"regions under {self.min_size} px removed" if self.min_size else "all regions kept")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "post-processing") -> "PostProcess":
+        """Build from a dict such as ``postprocess.json``'s ``"choice"``; unknown or badly typed keys raise ValueError."""
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(known)}")
+        try:
+            return cls(**{k: (float(v) if k == "threshold" else int(v) if k == "min_size" else bool(v))
+                          for k, v in data.items()})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
+
+
+def load_postprocess(path: str | Path) -> tuple[PostProcess, dict]:
+    """Read ``postprocess.json``; returns (the chosen :class:`PostProcess`, the whole file as a dict)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable post-processing file: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("choice"), dict):
+        raise ValueError(f"{path}: expected a JSON object with a 'choice' object (threshold, flips, largest_only, "
+                         f"min_size)")
+    return PostProcess.from_dict(data["choice"], where=str(path)), data
+
+
+def per_image_dice(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Dice of each (N, H, W) binary mask against its target (N, H, W) {0, 1}: (N,) float64 in [0, 1].
+
+    Both empty: 1; one empty: 0 (the rule of :class:`~toolkit.metrics.SegmentationMetrics`).
+    """
+    if masks.shape != targets.shape:
+        raise ValueError(f"masks {masks.shape} and targets {targets.shape} differ in shape")
+    p, t = masks.reshape(len(masks), -1).astype(bool), targets.reshape(len(targets), -1).astype(bool)
+    inter = (p & t).sum(1).astype(np.float64)
+    total = (p.sum(1) + t.sum(1)).astype(np.float64)
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+
+
+def _score(choice: PostProcess, probs: np.ndarray, targets: np.ndarray) -> float:
+    return float(per_image_dice(choice.binarize(probs), targets).mean())
+
+
+def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np.ndarray | None = None,
+                       thresholds: Sequence[float] = THRESHOLDS, min_sizes: Sequence[int] = MIN_SIZES,
+                       ) -> tuple[PostProcess, list[dict]]:
+    """Choose the post-processing that maximises mean per-image Dice on held-out predictions.
+
+    probs: (N, H, W) float tumour probabilities in [0, 1] without test-time augmentation;
+    targets: (N, H, W) true masks in {0, 1}; flipped_probs: the same scans' probabilities averaged
+    with their horizontally flipped prediction (None: flips are not tried).
+    Parts are decided in turn, each kept only when it gains more than ``MIN_GAIN``: flip TTA
+    (at threshold 0.5), then the threshold, then the component rule (none, largest region only,
+    or each of ``min_sizes``). Returns (the choice, one step record per part:
+    ``{"step", "choice", "dice", "gain"}``).
+    """
+    probs, targets = np.asarray(probs, dtype=np.float32), np.asarray(targets)
+    if probs.ndim != 3 or probs.shape != targets.shape:
+        raise ValueError(f"probs and targets must both be (N, H, W), got {probs.shape} and {targets.shape}")
+    if flipped_probs is not None and np.shape(flipped_probs) != probs.shape:
+        raise ValueError(f"flipped_probs must match probs {probs.shape}, got {np.shape(flipped_probs)}")
+    best = PostProcess()
+    best_dice = _score(best, probs, targets)
+    steps = [{"step": "baseline", "choice": best.describe(), "dice": best_dice, "gain": 0.0}]
+
+    def consider(step: str, candidates: list[tuple[PostProcess, np.ndarray]]) -> None:
+        nonlocal best, best_dice
+        scored = [(_score(c, p, targets), c) for c, p in candidates]
+        dice, choice = max(scored, key=lambda sc: sc[0])  # the first of equals: the simpler option comes first
+        gain = dice - best_dice
+        if gain > MIN_GAIN:
+            best, best_dice = choice, dice
+        steps.append({"step": step, "choice": best.describe(), "dice": best_dice, "gain": max(gain, 0.0),
+                      "kept": gain > MIN_GAIN})
+
+    if flipped_probs is not None:
+        flipped_probs = np.asarray(flipped_probs, dtype=np.float32)
+        consider("flip TTA", [(replace(best, flips=True), flipped_probs)])
+    source = flipped_probs if best.flips else probs
+    consider("threshold", [(replace(best, threshold=float(t)), source) for t in thresholds])
+    rules = [replace(best, largest_only=True)] + [replace(best, min_size=int(s)) for s in min_sizes]
+    consider("components", [(r, source) for r in rules])
+    return best, steps
