@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toolkit.checkpoint import save_json  # noqa: E402
-from toolkit.data.cifar import CIFARNormalize  # noqa: E402
+from toolkit.data.batch_transforms import Normalize  # noqa: E402
 from toolkit.data.stl10 import IMAGE_BYTES, STL10_CLASSES, STL10_MEAN, STL10_STD, STL10Memmap  # noqa: E402
 
 
@@ -102,7 +102,7 @@ def throughput(kind: str, root: Path, args, workers: int, normalise: bool = Fals
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
                         persistent_workers=workers > 0, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
-    norm = CIFARNormalize(STL10_MEAN, STL10_STD)
+    norm = Normalize(STL10_MEAN, STL10_STD)
     stream = _endless(loader)
     for _ in range(args.warmup):
         next(stream)

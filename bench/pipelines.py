@@ -2,8 +2,8 @@
 against torchvision's ``STL10`` + ``ToTensor``, worker start-up per epoch, and loader-or-model bottleneck per recipe.
 
 - MRI: synthetic 512x512 PNG slices (written to a temp folder), read, resized to 240 and
-  augmented by :class:`~toolkit.data.mri_folder.MRISegmentationDataset` with
-  :func:`~toolkit.data.transforms.mri_train_transforms` (cache off: every read from disk;
+  augmented by :class:`~toolkit.data.mri.dataset.MRISegmentationDataset` with
+  :func:`~toolkit.data.mri.augment.mri_train_transforms` (cache off: every read from disk;
   cache on, the recipe's default: augmentation only), against the same operations with the
   same probabilities in torchvision.transforms.v2 on ``tv_tensors.Image`` / ``Mask``
   (decode_image, Resize, RandomHorizontalFlip, RandomAffine, ColorJitter, ElasticTransform).
@@ -77,10 +77,10 @@ def _drain(loader, batches: int | None = None) -> int:
 
 
 def mri_rows(quick: bool, repeats: int, tmp: Path) -> list[Row]:
-    from toolkit.data.mri_folder import MRISegmentationDataset
-    from toolkit.data.mri_sources import discover_mri_slices
-    from toolkit.data.synthetic_mri import generate_synthetic_mri
-    from toolkit.data.transforms import mri_train_transforms
+    from toolkit.data.mri.augment import mri_train_transforms
+    from toolkit.data.mri.dataset import MRISegmentationDataset
+    from toolkit.data.mri.discover import discover_mri_slices
+    from toolkit.data.mri.synthetic import generate_synthetic_mri
 
     n = 8 if quick else 64
     root = generate_synthetic_mri(tmp / "mri", num_images=n, size=512, seed=0)
@@ -105,9 +105,9 @@ def mri_rows(quick: bool, repeats: int, tmp: Path) -> list[Row]:
 def worker_start_rows(quick: bool, repeats: int, tmp: Path) -> list[Row]:
     """Time to the first batch of a new epoch of the MRI training set (cached, augmented) with 2 workers:
     fresh workers every epoch (the Trainer's default) against persistent ones."""
-    from toolkit.data.mri_folder import MRISegmentationDataset
-    from toolkit.data.mri_sources import discover_mri_slices
-    from toolkit.data.transforms import mri_train_transforms
+    from toolkit.data.mri.augment import mri_train_transforms
+    from toolkit.data.mri.dataset import MRISegmentationDataset
+    from toolkit.data.mri.discover import discover_mri_slices
 
     data = MRISegmentationDataset(discover_mri_slices(tmp / "mri", channels=1).slices, size=240,
                                   transform=mri_train_transforms())
@@ -161,10 +161,10 @@ def stl10_rows(quick: bool, tmp: Path) -> tuple[list[Row], dict]:
 def recipe_loaders(quick: bool, tmp: Path) -> dict[str, tuple[Dataset, int, int]]:
     """{recipe: (training dataset on fake data in the real format, default batch, default workers)}."""
     from toolkit.data.cifar import CIFARTensorDataset
-    from toolkit.data.mri_folder import MRISegmentationDataset
-    from toolkit.data.mri_sources import discover_mri_slices
+    from toolkit.data.mri.augment import mri_train_transforms
+    from toolkit.data.mri.dataset import MRISegmentationDataset
+    from toolkit.data.mri.discover import discover_mri_slices
     from toolkit.data.stl10 import STL10Memmap, write_stl10_binary
-    from toolkit.data.transforms import mri_train_transforms
 
     g = torch.Generator().manual_seed(0)
     n = 512 if quick else 4096

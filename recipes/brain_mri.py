@@ -25,9 +25,9 @@ from toolkit import (
     segmentation_overlays,
 )
 from toolkit.config import ConfigError
-from toolkit.data.crops import ForegroundCrop
-from toolkit.data.mri_folder import save_split, split_records
-from toolkit.data.mri_sources import discover_mri_slices
+from toolkit.data.batch_transforms import ForegroundCrop
+from toolkit.data.mri.discover import discover_mri_slices
+from toolkit.data.splits import save_split, split_records
 
 
 @dataclass

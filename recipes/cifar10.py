@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer, parse_config, plot_history
 from toolkit.config import ConfigError
-from toolkit.data.cifar import CIFARNormalize, RandomCropFlip, holdout_split, load_cifar10
+from toolkit.data.batch_transforms import Normalize, RandomCropFlip
+from toolkit.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
+from toolkit.data.splits import holdout_split
 from toolkit.figures import save_figure
 from toolkit.models.classifiers import build_classifier
 
@@ -82,7 +84,8 @@ def main(argv=None) -> list[dict]:
     train, val = build_data(cfg, trainer)
     model = build_classifier("resnet", num_classes=10, width=cfg.width, depth=cfg.depth, dropout=cfg.dropout)
     augment = RandomCropFlip(cfg.crop_padding, cfg.flip_p) if cfg.crop_padding or cfg.flip_p else None
-    objective = ClassificationObjective(cfg.label_smoothing, preprocess=CIFARNormalize(), augment=augment)
+    objective = ClassificationObjective(cfg.label_smoothing, preprocess=Normalize(CIFAR10_MEAN, CIFAR10_STD),
+                                        augment=augment)
     history = trainer.fit(model, objective, train, val, metrics=[Accuracy()], monitor="accuracy", mode="max",
                           param_budget=cfg.param_budget)
     if trainer.accelerator.is_main_process and history:  # the accuracy curve on its own (history.png has all)

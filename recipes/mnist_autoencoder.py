@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch.utils.data import Subset
-
 from toolkit import DenoisingObjective, ReconstructionMetrics, ReconstructionObjective, TrainConfig, Trainer
 from toolkit import image_grid, parse_config
 from toolkit.config import ConfigError
+from toolkit.data.batch_transforms import DEFAULT_NOISE_STD
 from toolkit.data.mnist import load_mnist
+from toolkit.data.splits import holdout_split
 from toolkit.models.autoencoders import AutoEncoder_CNN, LinearAutoEncoder
-from toolkit.objectives import DEFAULT_NOISE_STD
 
 BUDGETS = {"linear": 500_000, "cnn": 35_000}  # trainable parameters each model may have
 
@@ -62,8 +60,7 @@ def build_data(cfg: MNISTConfig, trainer: Trainer):
         return train, test
     if cfg.val_images >= len(train):
         raise ConfigError(f"val_images must be below the {len(train)} training images, got {cfg.val_images}")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    return Subset(train, order[cfg.val_images:]), Subset(train, order[:cfg.val_images])
+    return holdout_split(train, cfg.val_images, cfg.seed)
 
 
 def figures(sample, denoising: bool) -> dict:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 
 from toolkit.checkpoint import find_state, save_json  # noqa: E402
 from toolkit.config import parse_config  # noqa: E402
+from toolkit.data.batch_transforms import add_gaussian_noise, to_unit_range  # noqa: E402
 from toolkit.data.mnist import load_mnist  # noqa: E402
-from toolkit.objectives import add_gaussian_noise, to_unit_range  # noqa: E402
 
 from mnist_autoencoder import MNISTConfig  # noqa: E402
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch.utils.data import Subset
-
 from toolkit import ReconstructionMetrics, ReconstructionObjective, TrainConfig, Trainer, parse_config
 from toolkit.checkpoint import atomic_write
 from toolkit.config import ConfigError
+from toolkit.data.errors import DataError
+from toolkit.data.splits import holdout_split
 from toolkit.data.stl10 import open_stl10
 from toolkit.figures import reconstruction_pairs
 from toolkit.models.stl10 import STL10AutoEncoder
@@ -53,19 +52,21 @@ class STL10PretrainConfig(TrainConfig):
             raise ConfigError(f"need max_images >= 0 and val_images >= 1, got {self.max_images}, {self.val_images}")
 
 
-def split_unlabeled(dataset, val_images: int, seed: int) -> tuple[Subset, Subset]:
-    """(train, val) Subsets: ``val_images`` indices drawn at random (seeded), the rest for training."""
+def split_unlabeled(dataset, val_images: int, seed: int):
+    """(train, val) Subsets: ``val_images`` indices drawn at random (seeded), the rest, in file order, for training."""
     if val_images >= len(dataset):
         raise ConfigError(f"val_images must be below the {len(dataset)} unlabelled images, got {val_images}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
-    return Subset(dataset, sorted(order[val_images:])), Subset(dataset, order[:val_images])
+    return holdout_split(dataset, val_images, seed, sort_rest=True)
 
 
 def main(argv=None) -> list[dict]:
     cfg = parse_config(STL10PretrainConfig, argv)
     trainer = Trainer(cfg, recipe="stl10_pretrain")
     acc = trainer.accelerator
-    unlabeled = open_stl10(cfg.data_dir, ("unlabeled",), cfg.download, acc, limit=cfg.max_images)["unlabeled"]
+    try:
+        unlabeled = open_stl10(cfg.data_dir, ("unlabeled",), cfg.download, acc, limit=cfg.max_images)["unlabeled"]
+    except DataError as err:  # a missing or malformed STL-10 file
+        raise ConfigError(str(err)) from None
     train, val = split_unlabeled(unlabeled, cfg.val_images, cfg.seed)
     acc.print(f"data: STL-10 unlabelled at {unlabeled.images_path}: train {len(train)}, validation {len(val)} "
               f"(random, held out)")

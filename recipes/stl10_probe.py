@@ -22,11 +22,11 @@ from pathlib import Path
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer, parse_config, plot_history
 from toolkit.checkpoint import save_json
 from toolkit.config import ConfigError
-from toolkit.data.cifar import RandomCropFlip
+from toolkit.data.batch_transforms import RandomCropFlip, to_unit_range
+from toolkit.data.errors import DataError
 from toolkit.data.stl10 import open_stl10
 from toolkit.figures import save_figure
 from toolkit.models.stl10 import FrozenEncoderClassifier, STL10AutoEncoder, linear_probe_head, load_encoder
-from toolkit.objectives import to_unit_range
 
 
 @dataclass
@@ -89,7 +89,10 @@ def main(argv=None) -> list[dict]:
     source = "random initialisation (control)" if weights is None else str(weights)
     if acc.is_main_process:
         save_json(trainer.run_dir / "encoder.json", {"encoder": source, "channels": list(channels)})
-    data = open_stl10(cfg.data_dir, ("train", "test"), cfg.download, acc)
+    try:
+        data = open_stl10(cfg.data_dir, ("train", "test"), cfg.download, acc)
+    except DataError as err:  # a missing or malformed STL-10 file
+        raise ConfigError(str(err)) from None
     acc.print(f"data: STL-10 at {data['train'].root}: train {len(data['train'])}, test {len(data['test'])}; "
               f"frozen encoder: {source}")
     code = STL10AutoEncoder(channels).code_shape(96)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer, parse_config, plot_history
 from toolkit.config import ConfigError
-from toolkit.data.cifar import RandomCropFlip
-from toolkit.data.stl10 import IMAGENET_MEAN, IMAGENET_STD, ResizeNormalize, open_stl10
+from toolkit.data.batch_transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip, ResizeNormalize
+from toolkit.data.errors import DataError
+from toolkit.data.stl10 import open_stl10
 from toolkit.figures import save_figure
 from toolkit.models.stl10 import frozen_resnet18
 
@@ -58,7 +59,10 @@ def main(argv=None) -> list[dict]:
             model = frozen_resnet18(cfg.weights, num_classes=10)
         except (OSError, ValueError) as err:  # FileNotFoundError, ConnectionError: no file, no network
             raise ConfigError(f"--weights: {err}") from None
-    data = open_stl10(cfg.data_dir, ("train", "test"), cfg.download, acc)
+    try:
+        data = open_stl10(cfg.data_dir, ("train", "test"), cfg.download, acc)
+    except DataError as err:  # a missing or malformed STL-10 file
+        raise ConfigError(str(err)) from None
     acc.print(f"data: STL-10 at {data['train'].root}: train {len(data['train'])}, test {len(data['test'])}; "
               f"ResNet-18 weights {cfg.weights}, input {cfg.image_size}x{cfg.image_size}")
     augment = RandomCropFlip(cfg.crop_padding, cfg.flip_p) if cfg.crop_padding or cfg.flip_p else None

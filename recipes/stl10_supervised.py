@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer, parse_config, plot_history
 from toolkit.config import ConfigError
-from toolkit.data.cifar import RandomCropFlip
-from toolkit.data.stl10 import STL10_MEAN, STL10_STD, ResizeNormalize, open_stl10
+from toolkit.data.batch_transforms import RandomCropFlip, ResizeNormalize
+from toolkit.data.errors import DataError
+from toolkit.data.stl10 import STL10_MEAN, STL10_STD, open_stl10
 from toolkit.figures import save_figure
 from toolkit.models.stl10 import STL10CNN
 
@@ -53,7 +54,10 @@ class STL10SupervisedConfig(TrainConfig):
 def main(argv=None) -> list[dict]:
     cfg = parse_config(STL10SupervisedConfig, argv)
     trainer = Trainer(cfg, recipe="stl10_supervised")
-    data = open_stl10(cfg.data_dir, ("train", "test"), cfg.download, trainer.accelerator)
+    try:
+        data = open_stl10(cfg.data_dir, ("train", "test"), cfg.download, trainer.accelerator)
+    except DataError as err:  # a missing or malformed STL-10 file
+        raise ConfigError(str(err)) from None
     trainer.accelerator.print(f"data: STL-10 at {data['train'].root}: train {len(data['train'])}, "
                               f"test {len(data['test'])}")
     model = STL10CNN(num_classes=10, width=cfg.width, dropout=cfg.dropout)

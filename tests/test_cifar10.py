@@ -17,16 +17,8 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 
 from toolkit import ClassificationObjective
-from toolkit.data import cifar
-from toolkit.data.cifar import (
-    CIFAR10_CLASSES,
-    CIFARNormalize,
-    RandomCropFlip,
-    find_cifar10_source,
-    holdout_split,
-    load_cifar10,
-    read_class_folders,
-)
+from toolkit.data.batch_transforms import Normalize, RandomCropFlip
+from toolkit.data.cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, find_cifar10_source, load_cifar10, read_class_folders
 from toolkit.models.classifiers import CIFARResNet, ConvBNReLU, build_classifier, predict_proba
 from toolkit.models.utils import count_parameters
 
@@ -165,17 +157,6 @@ def test_class_folder_with_unknown_class_is_refused(tmp_path):
         load_cifar10(tmp_path / "d")
 
 
-def test_holdout_split_is_disjoint_and_seeded(tmp_path):
-    ds = cifar.CIFARTensorDataset(torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 2, 2).clone(),
-                                  torch.arange(20) % 10)
-    rest, held = holdout_split(ds, 5, seed=1)
-    ids = lambda d: set(d.images[:, 0, 0, 0].tolist())  # noqa: E731
-    assert len(held) == 5 and len(rest) == 15 and not ids(rest) & ids(held)
-    assert ids(holdout_split(ds, 5, seed=1)[1]) == ids(held)
-    image, label = held[0]
-    assert image.shape == (3, 2, 2) and int(label) == int(image[0, 0, 0]) % 10
-
-
 # --------------------------------------------------------------------------- model
 def test_model_budget_shape_and_layers():
     model = CIFARResNet()
@@ -189,39 +170,17 @@ def test_model_budget_shape_and_layers():
     assert any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
     assert isinstance(list(model.children())[-1], nn.Linear)
     probs = predict_proba(model.train(), torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8),
-                          preprocess=CIFARNormalize(), batch_size=2)
+                          preprocess=Normalize(CIFAR10_MEAN, CIFAR10_STD), batch_size=2)
     assert probs.shape == (5, 10) and torch.allclose(probs.sum(1), torch.ones(5)) and model.training
     with pytest.raises(ValueError):
         CIFARResNet(width=0)
 
 
 # --------------------------------------------------------------------------- augmentation
-def test_normalize_matches_torchvision_formula():
-    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
-    mean = torch.tensor(cifar.CIFAR10_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(cifar.CIFAR10_STD).view(1, 3, 1, 1)
-    assert torch.allclose(CIFARNormalize()(x), (x.float() / 255 - mean) / std, atol=1e-5)
-
-
-def test_crop_flip_keeps_shape_changes_images_and_is_a_shifted_window():
-    torch.manual_seed(0)
-    x = torch.randn(64, 3, 32, 32)
-    y = RandomCropFlip(padding=4)(x)
-    assert y.shape == x.shape and y.dtype == x.dtype
-    changed = (y != x).flatten(1).any(1)
-    assert changed.float().mean() > 0.9  # 1 in 162 images is left as it was
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    for i in range(8):  # every output is a 32x32 window of the padded image, maybe mirrored
-        windows = [padded[i, :, a:a + 32, b:b + 32] for a in range(9) for b in range(9)]
-        assert any(torch.equal(y[i], w) or torch.equal(y[i], w.flip(-1)) for w in windows)
-    assert torch.equal(RandomCropFlip(padding=0, flip_p=1.0)(x), x.flip(-1))
-    assert torch.equal(RandomCropFlip(padding=0, flip_p=0.0)(x), x)
-
-
 def test_objective_augments_in_training_only():
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    objective = ClassificationObjective(0.1, preprocess=CIFARNormalize(), augment=RandomCropFlip())
-    clean = CIFARNormalize()(x)
+    objective = ClassificationObjective(0.1, preprocess=Normalize(CIFAR10_MEAN, CIFAR10_STD), augment=RandomCropFlip())
+    clean = Normalize(CIFAR10_MEAN, CIFAR10_STD)(x)
     assert torch.equal(objective.model_input(x, training=False), clean)
     assert not torch.equal(objective.model_input(x, training=True), clean)
     model = CIFARResNet(width=4)

@@ -1,7 +1,6 @@
-"""Tests of the brain-MRI data layer: synthetic generator, folder pairing, dataset, transforms, splits."""
+"""Brain-MRI folder pairing, MRISegmentationDataset and the albumentations presets (toolkit.data.mri)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,16 +11,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from toolkit.data.mri_folder import MRISegmentationDataset, find_image_mask_pairs, natural_key, split_ids  # noqa: E402
-from toolkit.data.synthetic_mri import generate_synthetic_mri, main as synthetic_main  # noqa: E402
-from toolkit.data.transforms import mri_eval_transforms, mri_train_transforms, reseed_transform  # noqa: E402
+from toolkit.data.mri.augment import mri_eval_transforms, mri_train_transforms, reseed_transform  # noqa: E402
+from toolkit.data.mri.dataset import MRISegmentationDataset  # noqa: E402
+from toolkit.data.mri.discover import find_image_mask_pairs  # noqa: E402
+from toolkit.data.mri.io import natural_key  # noqa: E402
+from toolkit.data.mri.synthetic import generate_synthetic_mri  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SIZE = 96  # small slices keep the generator tests fast
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
@@ -43,63 +39,6 @@ def _fake_pair(root: Path, stem: str, img_ext=".png", mask_name="{stem}_mask.png
 
 
 # --- synthetic generator -------------------------------------------------------------------
-
-
-def test_generator_deterministic(tmp_path):
-    a = generate_synthetic_mri(tmp_path / "a", num_images=4, size=SIZE, seed=3)
-    b = generate_synthetic_mri(tmp_path / "b", num_images=4, size=SIZE, seed=3)
-    c = generate_synthetic_mri(tmp_path / "c", num_images=4, size=SIZE, seed=4)
-    fa, fb, fc = _files(a), _files(b), _files(c)
-    assert len(fa) == 8 and fa == fb
-    assert all(fa[k] != fc[k] for k in fa if k.startswith("images"))
-
-
-def test_generator_layout_and_masks(tmp_path):
-    root = generate_synthetic_mri(tmp_path, num_images=12, size=SIZE, seed=0, empty_fraction=0.5)
-    meta = json.loads((root / "synthetic.json").read_text())
-    assert meta["num_images"] == 12 and meta["size"] == SIZE and meta["seed"] == 0
-    assert sorted(p.name for p in (root / "images").iterdir()) == sorted(f"{i}.png" for i in range(1, 13))
-    n_empty, inside, outside = 0, [], []
-    for i in range(1, 13):
-        img = cv2.imread(str(root / "images" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
-        mask = cv2.imread(str(root / "masks" / f"{i}_mask.png"), cv2.IMREAD_UNCHANGED)
-        assert img.shape == (SIZE, SIZE) and img.dtype == np.uint8
-        assert mask.shape == (SIZE, SIZE) and mask.dtype == np.uint8
-        assert set(np.unique(mask)) <= {0, 255}
-        if mask.max() == 0:
-            n_empty += 1
-        else:
-            inside.append(img[mask > 0].mean())
-            outside.append(img[(mask == 0) & (img > 20)].mean())
-    assert 0 < n_empty < 12  # empty_fraction=0.5 gives both kinds
-    assert np.mean(inside) > np.mean(outside) + 10  # tumours are brighter than the head on average
-
-
-def test_generator_idempotent_and_regenerates(tmp_path):
-    root = generate_synthetic_mri(tmp_path, num_images=3, size=SIZE, seed=1)
-    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-    generate_synthetic_mri(tmp_path, num_images=3, size=SIZE, seed=1)
-    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == mtimes
-
-    (root / "masks" / "2_mask.png").unlink()  # incomplete set → regenerated
-    generate_synthetic_mri(tmp_path, num_images=3, size=SIZE, seed=1)
-    assert (root / "masks" / "2_mask.png").is_file()
-
-    before = _files(root)
-    generate_synthetic_mri(tmp_path, num_images=2, size=SIZE, seed=2)  # other parameters
-    assert json.loads((root / "synthetic.json").read_text())["seed"] == 2
-    assert not (root / "images" / "3.png").exists() and not (root / "masks" / "3_mask.png").exists()
-    assert _files(root)["images/1.png"] != before["images/1.png"]
-    assert not list(root.rglob("*.tmp"))
-
-
-def test_generator_cli(tmp_path, capsys):
-    synthetic_main([str(tmp_path / "cli"), "--num-images", "2", "--seed", "5", "--size", str(SIZE)])
-    assert len(find_image_mask_pairs(tmp_path / "cli")) == 2
-    assert "2 slices" in capsys.readouterr().out
-
-
-# --- pairing -----------------------------------------------------------------------------
 
 
 def test_pairs_mask_suffix_layout_natural_sort_and_formats(tmp_path):
@@ -279,30 +218,6 @@ def test_reseed_decorrelates_children():
         vflip = np.array_equal(out, img[::-1, :, 0]) or np.array_equal(out, img[::-1, ::-1, 0])
         agree += hflip == vflip
     assert 16 < agree < 48
-
-
-# --- splits --------------------------------------------------------------------------------
-
-
-def test_split_ids():
-    ids = [str(i) for i in range(1, 51)]
-    train, val = split_ids(ids, 0.2, seed=0)
-    assert (train, val) == split_ids(ids, 0.2, seed=0)
-    assert split_ids(ids, 0.2, seed=1) != (train, val)
-    assert len(val) == 10 and not set(train) & set(val)
-    assert sorted(train + val, key=int) == sorted(ids, key=int)
-    assert split_ids(["a", "b"], 0.01) and all(split_ids(["a", "b"], 0.99))  # both sides non-empty
-
-    train_b, val_b = split_ids(ids, 0.2, seed=0, block_size=10)
-    assert len(val_b) == 10 and len({(int(i) - 1) // 10 for i in val_b}) == 1  # one whole block
-    groups = [f"p{int(i) % 5}" for i in ids]
-    train_g, val_g = split_ids(ids, 0.4, seed=0, groups=groups)
-    assert not {g for i, g in zip(ids, groups) if i in val_g} & {g for i, g in zip(ids, groups) if i in train_g}
-
-    with pytest.raises(ValueError, match="1 id"):
-        split_ids(["only"], 0.2)
-    with pytest.raises(ValueError, match="val_fraction"):
-        split_ids(ids, 1.0)
 
 
 # --- real data (skips when ../shared/data is absent) ---------------------------------------

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from toolkit.data.mnist import load_mnist
-from toolkit.data.mri_folder import MRISegmentationDataset
-from toolkit.data.mri_sources import discover_mri_slices
+from toolkit.data.mri.dataset import MRISegmentationDataset
+from toolkit.data.mri.discover import discover_mri_slices
 
-from .test_mri_sources import _imwrite, _square_mask, make_brats, make_folder, make_lgg, make_mat, write_mat
+from .mri_fake import imwrite, make_brats, make_folder, make_lgg, make_mat, square_mask, write_mat
 
 HUGE = 100_000  # declared width and height of the "enormous declared size" files (10^10 pixels)
 
@@ -75,12 +75,12 @@ def _spoil_2d(kind: str, image: Path, mask: Path, ext: str) -> Path:
     elif kind == "enormous declared size":
         image.write_bytes(png_declaring(HUGE, HUGE) if ext == ".png" else tiff_declaring(HUGE, HUGE))
     elif kind == "mask of the wrong size":
-        _imwrite(mask, _square_mask((shape[0] + 3, shape[1])))
+        imwrite(mask, square_mask((shape[0] + 3, shape[1])))
         return mask
     elif kind == "mask not binary":
-        m = _square_mask(shape)
+        m = square_mask(shape)
         m[0, :4] = (1, 77, 128, 200)
-        _imwrite(mask, m)
+        imwrite(mask, m)
         return mask
     elif kind == "wrong channel count":  # 5 samples per pixel: neither grey, RGB nor RGBA
         image.write_bytes(tiff_declaring(shape[1], shape[0], channels=5, data=shape[0] * shape[1] * 5))
@@ -88,7 +88,7 @@ def _spoil_2d(kind: str, image: Path, mask: Path, ext: str) -> Path:
         assert ext == ".tif"
         img = np.full((*shape, 3), 50.0, np.float32)
         img[3, 4] = np.nan
-        _imwrite(image, img)
+        imwrite(image, img)
     elif kind == "empty mask file":
         mask.write_bytes(b"")
         return mask
@@ -257,13 +257,13 @@ def test_cifar_class_folders(tmp_path, kind):
     for split in ("train", "test"):
         for cls in ("cat", "dog"):
             for i in range(2):
-                _imwrite(tmp_path / split / cls / f"{i}.png", np.full((32, 32, 3), 60 + i, np.uint8))
+                imwrite(tmp_path / split / cls / f"{i}.png", np.full((32, 32, 3), 60 + i, np.uint8))
     bad = tmp_path / "train" / "dog" / "1.png"
     good = bad.read_bytes()
     spoiled = {"empty file": b"", "truncated": good[: len(good) // 2], "random bytes": random_bytes(),
                "enormous declared size": png_declaring(HUGE, HUGE)}
     if kind == "wrong sizes":
-        _imwrite(bad, np.zeros((33, 32, 3), np.uint8))
+        imwrite(bad, np.zeros((33, 32, 3), np.uint8))
     else:
         bad.write_bytes(spoiled[kind])
     with pytest.raises(ValueError, match=str(bad)):

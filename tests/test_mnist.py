@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from toolkit.data.batch_transforms import DEFAULT_NOISE_STD, add_gaussian_noise
 from toolkit.data.mnist import load_mnist, read_idx
 from toolkit.models.autoencoders import AutoEncoder_CNN, LinearAutoEncoder
-from toolkit.objectives import DEFAULT_NOISE_STD, DenoisingObjective, add_gaussian_noise
+from toolkit.objectives import DenoisingObjective
 
 from .conftest import ACCELERATE, ROOT, run_env
 

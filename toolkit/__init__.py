@@ -14,11 +14,13 @@ _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would 
 _EXPORTS = {
     "checkpoint": ["load_weights", "save_weights"],
     "config": ["ConfigError", "TrainConfig", "parse_config"],
-    "data.mri_folder": ["MRISegmentationDataset", "find_image_mask_pairs", "load_split", "save_split", "split_ids",
-                        "split_records"],
-    "data.mri_sources": ["MRISlice", "discover_mri_slices", "read_slice"],
-    "data.synthetic_mri": ["generate_synthetic_mri"],
-    "data.transforms": ["mri_train_transforms"],
+    "data.batch_transforms": ["add_gaussian_noise"],
+    "data.mri.augment": ["mri_train_transforms"],
+    "data.mri.dataset": ["MRISegmentationDataset"],
+    "data.mri.discover": ["discover_mri_slices", "find_image_mask_pairs"],
+    "data.mri.io": ["MRISlice", "read_slice"],
+    "data.mri.synthetic": ["generate_synthetic_mri"],
+    "data.splits": ["load_split", "save_split", "split_ids", "split_records"],
     "figures": ["image_grid", "plot_history", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "SoftDiceLoss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
@@ -26,7 +28,7 @@ _EXPORTS = {
     "models.utils": ["count_parameters"],
     "objectives": [
         "ClassificationObjective", "DenoisingObjective", "Objective", "ReconstructionObjective",
-        "SegmentationObjective", "StepOutput", "add_gaussian_noise", "build_objective",
+        "SegmentationObjective", "StepOutput", "build_objective",
     ],
     "trainer": ["ParameterBudgetError", "Trainer"],
 }

@@ -40,7 +40,8 @@ def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def predict(args: argparse.Namespace) -> int:
     import json
 
-    from .data.mri_sources import read_image, resolve_channels
+    from .data.mri.channels import resolve_channels
+    from .data.mri.io import read_image
     from .inference import IMAGE_SUFFIXES, largest_component, load_segmentation_run, predict_probs
 
     model, cfg = load_segmentation_run(args.weights)
@@ -79,8 +80,9 @@ def evaluate(args: argparse.Namespace) -> int:
     import json
 
     from .checkpoint import save_json
-    from .data.mri_folder import MRISegmentationDataset, load_split
-    from .data.mri_sources import discover_mri_slices
+    from .data.mri.dataset import MRISegmentationDataset
+    from .data.mri.discover import discover_mri_slices
+    from .data.splits import load_split
     from .inference import evaluate_segmentation, load_segmentation_run
 
     model, cfg = load_segmentation_run(args.weights)

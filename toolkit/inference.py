@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from .checkpoint import load_weights
+from .data.batch_transforms import standardize_per_image
 from .models.segmentation import build_segmentation_model
-from .objectives import standardize_per_image
 
 __all__ = ["load_segmentation_run", "predict_probs", "largest_component", "evaluate_segmentation",
            "IMAGE_SUFFIXES"]

@@ -4,7 +4,8 @@ An objective is called as ``objective(model, batch)`` and returns a :class:`Step
 The Trainer backpropagates ``loss`` in training, and in evaluation gathers
 ``preds`` and ``targets`` across processes (``gather_for_metrics``) and feeds them to
 the metric accumulators. Inputs may arrive as ``uint8`` (0..255) and are brought to
-float on the device here, so data loaders can keep batches small.
+float on the device here (with :mod:`toolkit.data.batch_transforms`), so data loaders can keep
+batches small.
 
 A new objective is one class here plus one line in :data:`OBJECTIVES`.
 """
@@ -18,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data.batch_transforms import DEFAULT_NOISE_STD, add_gaussian_noise, standardize_per_image, to_unit_range
+
 __all__ = [
     "StepOutput",
     "Objective",
@@ -27,13 +30,7 @@ __all__ = [
     "SegmentationObjective",
     "OBJECTIVES",
     "build_objective",
-    "add_gaussian_noise",
-    "to_unit_range",
-    "standardize_per_image",
-    "DEFAULT_NOISE_STD",
 ]
-
-DEFAULT_NOISE_STD = 0.3  # std of the denoising task's Gaussian noise, in [0, 1] pixel units
 
 
 @dataclass
@@ -50,30 +47,6 @@ class StepOutput:
     preds: torch.Tensor
     targets: torch.Tensor
     inputs: torch.Tensor
-
-
-def to_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) uint8 in 0..255 → float32 in [0, 1]; float input is returned as float32 unchanged."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
-def standardize_per_image(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(N, C, H, W) uint8 or float → float32 with zero mean and unit std per image and channel.
-
-    MRI intensities have no absolute scale, so each slice is normalised on its own.
-    """
-    x = to_unit_range(x)
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    std = x.std(dim=(-2, -1), keepdim=True)
-    return (x - mean) / (std + eps)
-
-
-def add_gaussian_noise(images: torch.Tensor, std: float = DEFAULT_NOISE_STD, mean: float = 0.0) -> torch.Tensor:
-    """Return a new tensor: ``images`` (any shape, float in [0, 1]) plus N(mean, std²) noise, clamped to [0, 1]."""
-    if std < 0:
-        raise ValueError(f"std must be >= 0, got {std}")
-    noise = torch.randn_like(images, dtype=torch.float32) * std + mean
-    return (images.float() + noise).clamp_(0.0, 1.0)
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -164,7 +137,7 @@ class SegmentationObjective(Objective):
     The model returns logits (N,1,H,W); ``loss(logits, masks)`` is the training loss;
     preds = sigmoid(logits) as float32 probabilities in [0, 1]; targets = masks as uint8.
     ``crop`` (optional, training mode only) maps the preprocessed (images, masks) to patches,
-    e.g. :class:`~toolkit.data.crops.ForegroundCrop`; evaluation always sees whole slices.
+    e.g. :class:`~toolkit.data.batch_transforms.ForegroundCrop`; evaluation always sees whole slices.
     """
 
     def __init__(self, loss: nn.Module, preprocess: Callable = standardize_per_image,

@@ -17,9 +17,11 @@ Class folders are decoded once; the (N, 3, 32, 32) uint8 result is cached as
 ``cifar10-<split>-uint8.pt`` beside the class folders (or in ``cache_dir`` when that
 folder is read-only), written atomically, and reused while the file list is unchanged.
 
-Batches stay uint8 until the device. There, :class:`CIFARNormalize` (the objective's
-``preprocess``) makes them float and normalised, and :class:`RandomCropFlip` (its
-``augment``) crops and flips whole batches in training only.
+Batches stay uint8 until the device. There, :class:`~toolkit.data.batch_transforms.Normalize`
+with :data:`CIFAR10_MEAN` / :data:`CIFAR10_STD` (the objective's ``preprocess``) makes them float
+and normalised, and :class:`~toolkit.data.batch_transforms.RandomCropFlip` (its ``augment``)
+crops and flips whole batches in training only. A validation hold-out is
+:func:`toolkit.data.splits.holdout_split`.
 """
 
 from __future__ import annotations
@@ -50,9 +52,6 @@ __all__ = [
     "read_class_folders",
     "load_torchvision_cifar10",
     "load_cifar10",
-    "holdout_split",
-    "CIFARNormalize",
-    "RandomCropFlip",
 ]
 
 #: torchvision's ``CIFAR10.classes``, in class-index order.
@@ -90,6 +89,11 @@ class CIFARTensorDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
+
+    def subset(self, indices: Sequence[int]) -> CIFARTensorDataset:
+        """A new dataset of the items at ``indices`` (ints in 0..N-1, in that order), copied into new tensors."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return CIFARTensorDataset(self.images[index], self.labels[index], self.classes)
 
 
 # --------------------------------------------------------------------------- sources
@@ -307,62 +311,3 @@ def load_cifar10(data_dir: str | os.PathLike, download: bool = False,
     else:
         train, test = (read_class_folders(source.root, split, cache_dir) for split in SPLITS)
     return train, test, source
-
-
-def holdout_split(dataset: CIFARTensorDataset, holdout: int, seed: int = 0) -> tuple[CIFARTensorDataset, CIFARTensorDataset]:
-    """Split ``dataset`` at random (fixed by ``seed``) into (rest, ``holdout`` images) — a validation set for tuning."""
-    if not 0 < holdout < len(dataset):
-        raise ValueError(f"holdout must be between 1 and {len(dataset) - 1}, got {holdout}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    keep, held = order[holdout:], order[:holdout]
-    return (CIFARTensorDataset(dataset.images[keep], dataset.labels[keep], dataset.classes),
-            CIFARTensorDataset(dataset.images[held], dataset.labels[held], dataset.classes))
-
-
-# --------------------------------------------------------------------------- on-device transforms
-class CIFARNormalize:
-    """(N, 3, H, W) uint8 0..255 (or float in [0, 1]) → float32 ``(x / 255 - mean) / std`` per channel.
-
-    For the CIFAR-10 defaults the result lies in about [-2.0, 2.1]. Runs on the
-    batch's device; this is the classification objective's ``preprocess``.
-    """
-
-    def __init__(self, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        scale = 255.0 if x.dtype == torch.uint8 else 1.0
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x.float() - mean * scale) / (std * scale)
-
-
-class RandomCropFlip:
-    """Batched augmentation: random crop after zero padding, and random horizontal flip, per image.
-
-    (N, C, H, W) float → (N, C, H, W) float, a new tensor. Each image is padded by
-    ``padding`` pixels on every side with zeros (the channel mean, after
-    normalisation), cut back to H x W at a random offset, and mirrored left-right
-    with probability ``flip_p``. One gather over the whole batch on its device; no
-    per-sample Python work. ``generator`` (optional, on the batch's device) makes it
-    reproducible. The objective calls it in training mode only.
-    """
-
-    def __init__(self, padding: int = 4, flip_p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        if padding < 0 or not 0.0 <= flip_p <= 1.0:
-            raise ValueError(f"need padding >= 0 and 0 <= flip_p <= 1, got {padding} and {flip_p}")
-        self.padding, self.flip_p, self.generator = padding, flip_p, generator
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        p, dev, gen = self.padding, x.device, self.generator
-        padded = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
-        dy = torch.randint(0, 2 * p + 1, (n, 1), device=dev, generator=gen)
-        dx = torch.randint(0, 2 * p + 1, (n, 1), device=dev, generator=gen)
-        flip = torch.rand((n, 1), device=dev, generator=gen) < self.flip_p
-        cols = torch.arange(w, device=dev).expand(n, w)
-        cols = torch.where(flip, w - 1 - cols, cols) + dx  # (N, W)
-        rows = torch.arange(h, device=dev).expand(n, h) + dy  # (N, H)
-        index = (rows * (w + 2 * p)).unsqueeze(2) + cols.unsqueeze(1)  # (N, H, W) into the flat padded image
-        flat = padded.reshape(n, c, -1)
-        return flat.gather(2, index.reshape(n, 1, h * w).expand(n, c, h * w)).reshape(n, c, h, w)

@@ -20,7 +20,8 @@ The image files are never read whole: ``np.memmap`` maps them, so every process 
 every DataLoader worker) reads the same pages of the operating system's page cache,
 and a batch costs one gather of its images (``__getitems__``), with no per-image
 decoding. Normalisation and augmentation happen on the device, on whole batches
-(:class:`ResizeNormalize` and ``toolkit.data.cifar.RandomCropFlip`` in the objective).
+(:class:`~toolkit.data.batch_transforms.ResizeNormalize` and
+:class:`~toolkit.data.batch_transforms.RandomCropFlip` in the objective).
 """
 
 from __future__ import annotations
@@ -31,15 +32,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .cifar import CIFARNormalize
+from .errors import DataError
 
 __all__ = [
-    "STL10_CLASSES", "STL10_MEAN", "STL10_STD", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_BYTES", "SPLIT_FILES",
+    "STL10_CLASSES", "STL10_MEAN", "STL10_STD", "IMAGE_BYTES", "SPLIT_FILES",
     "STL10Memmap", "find_stl10_root", "ensure_stl10", "open_stl10", "read_png_folder", "write_stl10_binary",
-    "ResizeNormalize",
 ]
 
 #: torchvision's ``STL10.classes`` (class_names.txt), in label order 0..9 (file labels 1..10).
@@ -47,9 +46,6 @@ STL10_CLASSES: tuple[str, ...] = ("airplane", "bird", "car", "cat", "deer", "dog
 #: Per-channel mean and std of STL-10 images, pixels in [0, 1] (values used widely for STL-10).
 STL10_MEAN: tuple[float, float, float] = (0.4467, 0.4398, 0.4066)
 STL10_STD: tuple[float, float, float] = (0.2603, 0.2566, 0.2713)
-#: torchvision's ImageNet normalisation, pixels in [0, 1].
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 SIZE = 96
 IMAGE_BYTES = 3 * SIZE * SIZE  # 27,648 bytes per image
@@ -173,10 +169,8 @@ class STL10Memmap(Dataset):
 def open_stl10(data_dir: str | os.PathLike, splits: Sequence[str], download: bool = False, accelerator=None,
                limit: int = 0) -> dict[str, STL10Memmap]:
     """``{split: STL10Memmap}`` for a recipe: one download per machine (local main process first) when
-    ``download``; a missing or malformed file becomes a :class:`~toolkit.config.ConfigError` naming it."""
+    ``download``; a missing or malformed file becomes a :class:`~toolkit.data.errors.DataError` naming it."""
     from contextlib import nullcontext
-
-    from ..config import ConfigError
 
     first = accelerator.local_main_process_first() if accelerator is not None else nullcontext()
     try:
@@ -184,7 +178,7 @@ def open_stl10(data_dir: str | os.PathLike, splits: Sequence[str], download: boo
             ensure_stl10(data_dir, splits, download)
         return {split: STL10Memmap(data_dir, split, limit=limit) for split in splits}
     except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(str(err)) from None
+        raise DataError(str(err)) from None
 
 
 # --------------------------------------------------------------------------- files in the real layout
@@ -213,25 +207,3 @@ def read_png_folder(folder: str | os.PathLike, limit: int = 0) -> torch.Tensor:
                 raise ValueError(f"{file}: STL-10 images are 96x96, this one is {img.size[0]}x{img.size[1]}")
             out[i] = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
     return torch.from_numpy(out)
-
-
-# --------------------------------------------------------------------------- on-device preprocessing
-class ResizeNormalize(CIFARNormalize):
-    """(N, 3, H, W) uint8 0..255 or float 0..1 → float32 (N, 3, size, size), ``(x - mean) / std`` per channel.
-
-    Bilinear resizing (``size=None`` keeps H x W) runs on the batch's device, e.g. STL-10's
-    96x96 to ResNet's ImageNet input of 224x224 with ImageNet mean/std.
-    """
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 size: int | None = 224) -> None:
-        super().__init__(mean, std)
-        if size is not None and size < 8:
-            raise ValueError(f"size must be >= 8, got {size}")
-        self.size = size
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().__call__(x)
-        if self.size is not None and x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return x

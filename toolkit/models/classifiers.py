@@ -124,7 +124,8 @@ def predict_proba(model: nn.Module, images: torch.Tensor,
     Args:
         model: a classifier returning (N, K) logits.
         images: (N, C, H, W); uint8 0..255 or float, as ``preprocess`` expects
-            (for CIFAR-10: uint8 with ``preprocess=toolkit.data.cifar.CIFARNormalize()``);
+            (for CIFAR-10: uint8 with ``preprocess=Normalize(CIFAR10_MEAN, CIFAR10_STD)`` from
+            :mod:`toolkit.data.batch_transforms` and :mod:`toolkit.data.cifar`);
             with ``preprocess=None`` they must already be the model's float input.
         preprocess: batch → float model input (N, C, H, W), e.g. the recipe's normalisation.
         batch_size: images per forward pass.

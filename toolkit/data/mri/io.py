@@ -1,5 +1,6 @@
-"""Reading brain-MRI slices: the :class:`MRISlice` record and :func:`read_slice`, for every source,
-and the pairing of 2D image and mask files (:func:`find_image_mask_pairs`).
+"""Reading brain-MRI slices: the :class:`MRISlice` record, :func:`read_slice` for every source,
+:func:`read_image` for 2D files, and the low-level readers of .mat (:func:`open_figshare_mat`)
+and NIfTI (:func:`load_nifti`) files. Which slices exist is :mod:`toolkit.data.mri.discover`'s job.
 
 Intensities: uint8 images are kept. Any other dtype (int16 .mat, float or int16 NIfTI, 16-bit
 PNG/TIFF) is scaled per slice and per channel by :func:`to_uint8`: clipped to the 0.5th..99.5th
@@ -23,12 +24,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["CHANNEL_NAMES", "IMAGE_EXTENSIONS", "MRIDataError", "MRISlice", "find_image_mask_pairs", "natural_key",
-           "read_image", "read_slice", "to_uint8"]
+from ..errors import MRIDataError
+
+__all__ = ["CHANNEL_NAMES", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_VOXELS", "MRISlice", "load_nifti", "natural_key",
+           "open_figshare_mat", "read_image", "read_slice", "to_uint8"]
 
 #: File extensions recognised as 2D images or masks (compared case-insensitively).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-_EXT = "<" + "|".join(e[1:] for e in IMAGE_EXTENSIONS) + ">"
 #: Channel names per source, in index order (``MRISlice.channels`` indexes these).
 CHANNEL_NAMES = {"folder": ("red", "green", "blue"), "lgg": ("pre", "flair", "post"),
                  "figshare_mat": ("t1ce",), "brats": ("flair", "t1", "t1ce", "t2")}
@@ -36,18 +38,6 @@ CHANNEL_NAMES = {"folder": ("red", "green", "blue"), "lgg": ("pre", "flair", "po
 MAX_PIXELS = 64 * 1024 * 1024
 #: Largest NIfTI volume (X x Y x Z voxels) accepted (BraTS: 240 x 240 x 155 = 8.9 M).
 MAX_VOXELS = 1 << 28
-
-
-class MRIDataError(ValueError):
-    """A bad data file. ``path`` (Path) is the file, ``reason`` (str) the problem; str() is "path: reason"."""
-
-    def __init__(self, path: str | os.PathLike, reason: str = ""):
-        # one argument = a whole message: DataLoader re-raises a worker's error as type(err)(text)
-        super().__init__(f"{path}: {reason}" if reason else str(path))
-        self.path, self.reason = (Path(path), reason) if reason else (None, str(path))
-
-    def __reduce__(self):  # picklable, so it crosses DataLoader worker boundaries intact
-        return MRIDataError, ((self.path, self.reason) if self.path is not None else (self.reason,))
 
 
 @dataclass(frozen=True)
@@ -85,64 +75,6 @@ class MRISlice:
 def natural_key(text: str) -> tuple:
     """Sort key ordering embedded numbers numerically: "2" < "10", "a9" < "a10"."""
     return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok.lower()) for tok in re.split(r"(\d+)", text) if tok)
-
-
-# --- pairing 2D image and mask files ------------------------------------------------------------
-
-
-def _files(folder: Path) -> dict[str, Path]:
-    """Map stem → path for the 2D image files directly in ``folder``; a stem twice is an error."""
-    found: dict[str, Path] = {}
-    for p in folder.iterdir():
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-            continue
-        if p.stem in found:
-            raise MRIDataError(p, f"two files share the id {p.stem!r} in {folder}: {found[p.stem].name} and "
-                                  f"{p.name}; keep one")
-        found[p.stem] = p
-    return found
-
-
-def _pairs(folder: Path, masks_dir: Path, skipped: list | None) -> list[tuple[str, Path, Path]]:
-    """(stem, image, mask) of ``folder``'s images (not ``*_mask``), mask ``<stem>_mask.*`` or ``<stem>.*``
-    in ``masks_dir``; an image without a mask raises FileNotFoundError, or is listed in ``skipped``."""
-    images, masks = _files(folder), (_files(masks_dir) if masks_dir != folder else None)
-    masks = masks if masks is not None else images
-    out = []
-    for stem in sorted(images, key=natural_key):
-        if stem.lower().endswith("_mask") and masks is images:
-            continue
-        mask = masks.get(f"{stem}_mask") or (masks.get(stem) if masks is not images else None)
-        if mask is None:
-            where = f"{masks_dir}/{stem}_mask.{_EXT}" + ("" if masks is images else f" and {masks_dir}/{stem}.{_EXT}")
-            reason = f"image without a mask: tried {where}"
-            if skipped is None:
-                raise FileNotFoundError(f"no mask for image {images[stem]}: tried {where}")
-            skipped.append((images[stem], reason))
-            continue
-        out.append((stem, images[stem], mask))
-    return out
-
-
-def find_image_mask_pairs(root: str | os.PathLike, *, skipped: list | None = None) -> list[tuple[str, Path, Path]]:
-    """The (id, image_path, mask_path) triples of an ``images/`` + ``masks/`` folder, naturally sorted by id.
-
-    ``root/images/<id>.<ext>`` pairs with ``root/masks/<id>_mask.<ext2>``, else ``root/masks/<id>.<ext2>``
-    (ext, ext2 in png/jpg/jpeg/tif/tiff, any case). Masks without an image are ignored. An image
-    without a mask raises FileNotFoundError naming it, or, if a ``skipped`` list is given, is
-    appended to it as (path, reason). Raises FileNotFoundError for a missing folder or no image,
-    MRIDataError (ValueError) for two files with one stem.
-    """
-    root = Path(root)
-    layout = f"expected {root}/images/<id>.{_EXT} and {root}/masks/<id>_mask.{_EXT} (or masks/<id>.{_EXT})"
-    if not root.is_dir():
-        raise FileNotFoundError(f"MRI data folder {root} does not exist or is not a folder; {layout}")
-    for folder in (root / "images", root / "masks"):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no {folder.name}/ folder in {root}: {folder} is missing; {layout}")
-    if not _files(root / "images"):
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {root / 'images'}; {layout}")
-    return _pairs(root / "images", root / "masks", skipped)
 
 
 # --- reading pixels ------------------------------------------------------------------------------
@@ -185,7 +117,7 @@ def _check_declared_size(data: np.ndarray, path: Path) -> None:
         return
     if width * height > MAX_PIXELS:
         raise MRIDataError(path, f"its header declares {width}x{height} pixels, over the limit of {MAX_PIXELS:,} "
-                                 f"(toolkit.data.mri_io.MAX_PIXELS); corrupt or not an MRI slice")
+                                 f"(toolkit.data.mri.io.MAX_PIXELS); corrupt or not an MRI slice")
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -241,7 +173,7 @@ def read_image(path: str | os.PathLike, channels: tuple[int, ...] = ()) -> np.nd
 
     ``channels``: () = one grey channel; else indices into the file's RGB channels in file order
     (LGG: 0 pre-contrast, 1 FLAIR, 2 post-contrast; a grey file has three equal ones), e.g. from
-    :func:`~toolkit.data.mri_sources.resolve_channels`. 16-bit and float files are scaled with
+    :func:`~toolkit.data.mri.channels.resolve_channels`. 16-bit and float files are scaled with
     :func:`to_uint8`. Raises MRIDataError naming the file.
     """
     path = Path(path)
@@ -266,7 +198,12 @@ def _binary(mask: np.ndarray, path: Path, shape: tuple[int, int], image_path: Pa
     return (mask > 0).astype(np.uint8)
 
 
-def _mat_file(path: Path):
+def open_figshare_mat(path: Path):
+    """Open a figshare .mat slice (MATLAB v7.3 = HDF5) as an open ``h5py.File`` (use it in ``with``).
+
+    It holds ``cjdata/image`` (int16) and ``cjdata/tumorMask``, stored transposed. Raises
+    MRIDataError naming the file for a v5 .mat, an unreadable file or another layout.
+    """
     import h5py
 
     try:
@@ -286,7 +223,7 @@ def _mat_file(path: Path):
     return f
 
 
-def _nifti(path: Path, data: bool = True):
+def load_nifti(path: Path, data: bool = True):
     """A NIfTI volume: the array (X, Y, Z) if ``data``, else the nibabel image (header only)."""
     import nibabel as nib
 
@@ -296,7 +233,7 @@ def _nifti(path: Path, data: bool = True):
             raise MRIDataError(path, f"volume of shape {img.shape}; expected 3D (X, Y, slices)")
         if int(np.prod(img.shape, dtype=object)) > MAX_VOXELS:
             raise MRIDataError(path, f"header declares a volume of {img.shape} voxels, over the limit of "
-                                     f"{MAX_VOXELS:,} (toolkit.data.mri_io.MAX_VOXELS); corrupt?")
+                                     f"{MAX_VOXELS:,} (toolkit.data.mri.io.MAX_VOXELS); corrupt?")
         return np.asanyarray(img.dataobj) if data else img
     except MRIDataError:
         raise
@@ -319,7 +256,7 @@ def read_slice(rec: MRISlice, volumes: dict | None = None) -> tuple[np.ndarray, 
             lossy = rec.mask_path.suffix.lower() in (".jpg", ".jpeg")
             return img, _binary(_decode(rec.mask_path), rec.mask_path, img.shape[:2], rec.image_path, lossy)
         if rec.source == "figshare_mat":
-            with _mat_file(rec.image_path) as f:
+            with open_figshare_mat(rec.image_path) as f:
                 for key in ("cjdata/image", "cjdata/tumorMask"):
                     if len(f[key].shape) != 2 or int(np.prod(f[key].shape, dtype=object)) > MAX_PIXELS:
                         raise MRIDataError(rec.image_path, f"{key} has shape {f[key].shape}; expected a 2D slice "
@@ -332,7 +269,7 @@ def read_slice(rec: MRISlice, volumes: dict | None = None) -> tuple[np.ndarray, 
             for p in (*rec.channel_paths, rec.mask_path):
                 if p not in vols:
                     try:
-                        vols[p] = _nifti(p)
+                        vols[p] = load_nifti(p)
                     except MRIDataError as err:
                         vols[p] = err
                 if isinstance(vols[p], MRIDataError):

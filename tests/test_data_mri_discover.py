@@ -1,4 +1,5 @@
-"""MRI data sources: layout detection, reading, channel choice, slice rules, patient-safe splits, bad input.
+"""MRI data sources (toolkit.data.mri.discover, .io, .channels): layout detection, reading, channel choice,
+slice rules, bad input.
 
 Each layout is written in its real format in tmp_path: PNG/TIFF folders (cv2), Kaggle-LGG style
 3-channel TIFFs in patient folders, figshare-style MATLAB v7.3 .mat files (h5py, stored transposed
@@ -6,7 +7,6 @@ as MATLAB does) and BraTS-style NIfTI volumes (nibabel).
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from pathlib import Path
@@ -20,128 +20,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from toolkit.data.mri_folder import MRISegmentationDataset, load_split, save_split, split_records  # noqa: E402
-from toolkit.data.mri_sources import (  # noqa: E402
-    MRIDataError, MRISlice, discover_mri_slices, read_image, read_slice, resolve_channels, to_uint8,
+from toolkit.data.errors import MRIDataError  # noqa: E402
+from toolkit.data.mri.channels import resolve_channels  # noqa: E402
+from toolkit.data.mri.dataset import MRISegmentationDataset  # noqa: E402
+from toolkit.data.mri.discover import discover_mri_slices  # noqa: E402
+from toolkit.data.mri.io import read_image, read_slice, to_uint8  # noqa: E402
+from toolkit.data.splits import split_records  # noqa: E402
+
+from .mri_fake import (  # noqa: E402
+    MODALITIES, imwrite, lights, mat_image, square_mask, disjoint_patients, make_brats, make_folder, make_lgg,
+    make_mat, write_mat,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODALITIES = ("flair", "t1", "t1ce", "t2")
-
-
-# --- writers of the real formats -------------------------------------------------------------------
-
-
-def _imwrite(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array), path
-    return path
-
-
-def _square_mask(shape, r0=4, r1=12, c0=6, c1=20) -> np.ndarray:
-    mask = np.zeros(shape, np.uint8)
-    mask[r0:r1, c0:c1] = 255
-    return mask
-
-
-def make_folder(root: Path, n=6, ext=".png", mask_ext=".png", size=(32, 40)) -> Path:
-    for i in range(1, n + 1):
-        img = np.full(size, 30 + i, np.uint8)
-        _imwrite(root / "images" / f"{i}{ext}", img)
-        _imwrite(root / "masks" / f"{i}_mask{mask_ext}", _square_mask(size))
-    return root
-
-
-def make_lgg(root: Path, patients=4, slices=6, size=(32, 32)) -> Path:
-    """kaggle_3m/<patient>/<patient>_<n>.tif (RGB = pre, FLAIR, post) + <patient>_<n>_mask.tif."""
-    for p in range(patients):
-        name = f"TCGA_XX_{1000 + p}_2000010{p}"
-        for k in range(1, slices + 1):
-            rgb = np.zeros((*size, 3), np.uint8)
-            rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10 + p, 100 + k, 200  # pre, FLAIR, post
-            _imwrite(root / "kaggle_3m" / name / f"{name}_{k}.tif", rgb[..., ::-1])  # cv2 writes BGR arrays
-            mask = _square_mask(size) if k % 3 == 0 else np.zeros(size, np.uint8)  # 2/3 empty
-            _imwrite(root / "kaggle_3m" / name / f"{name}_{k}_mask.tif", mask)
-    return root
-
-
-def write_mat(path: Path, image: np.ndarray, mask: np.ndarray, pid: str, label: int = 1) -> Path:
-    """A figshare-style MATLAB v7.3 file: HDF5 with a 512-byte MATLAB header, arrays stored transposed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w", userblock_size=512) as f:
-        g = f.create_group("cjdata")
-        g.attrs["MATLAB_class"] = np.bytes_("struct")
-        for key, value, cls in (("image", image, "int16"), ("tumorMask", mask, "logical"),
-                                ("PID", np.array([[ord(c) for c in pid]], np.uint16), "char"),
-                                ("label", np.array([[float(label)]]), "double")):
-            ds = g.create_dataset(key, data=np.ascontiguousarray(value.T))  # MATLAB is column-major
-            ds.attrs["MATLAB_class"] = np.bytes_(cls)
-    with open(path, "r+b") as fh:
-        text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
-        fh.write(text.ljust(116) + bytes(8) + b"\x00\x02IM")
-    return path
-
-
-def _mat_image(h=40, w=56, seed=0):
-    """int16 (H, W) scan with a bright corner block, and its {0, 1} mask of a non-square tumour."""
-    rng = np.random.default_rng(seed)
-    image = np.zeros((h, w), np.int16)
-    image[4:36, 4:52] = rng.integers(200, 1200, (32, 48))
-    image[5, 50] = 30000  # one outlier pixel: clipped by the percentile scaling
-    mask = np.zeros((h, w), np.uint8)
-    mask[6:12, 30:46] = 1
-    image[mask > 0] = 2000
-    return image, mask
-
-
-def make_mat(root: Path, pids=("MR1", "MR1", "MR1", "MR2", "MR2", "MR3", "MR3", "MR4")) -> Path:
-    for i, pid in enumerate(pids, start=1):
-        write_mat(root / f"part{(i - 1) // 4 + 1}" / f"{i}.mat", *_mat_image(seed=i), pid)
-    return root
-
-
-def _brain_box(shape, modality):
-    """Each modality lights a different half of the brain box, so its slices can be told apart."""
-    box = np.zeros(shape[:2], bool)
-    r, c = shape[0] // 4, shape[1] // 4
-    halves = {"flair": np.s_[r:3 * r, c:2 * c], "t1": np.s_[r:2 * r, c:3 * c], "t1ce": np.s_[2 * r:3 * r, c:3 * c],
-              "t2": np.s_[r:3 * r, 2 * c:3 * c]}
-    box[halves[modality]] = True
-    return box
-
-
-def _lights(channel: np.ndarray, modality: str) -> bool:
-    """The channel is lit exactly inside the modality's box (the darkest 0.5% of it clip to 0)."""
-    box = _brain_box(channel.shape, modality)
-    return not (channel[~box] > 0).any() and (channel[box] > 0).mean() > 0.98
-
-
-def make_brats(root: Path, cases=3, shape=(240, 240, 8), tumour=(3, 4), brain=range(1, 7), style="2020") -> Path:
-    """<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz (BraTS 2020) or <case>/<case>-{t2f,...,seg}.nii.gz (2023)."""
-    names = dict(zip(MODALITIES, ("t2f", "t1n", "t1c", "t2w"))) if style == "2023" else {m: m for m in MODALITIES}
-    sep = "-" if style == "2023" else "_"
-    rng = np.random.default_rng(0)
-    for c in range(cases):
-        case = f"BraTS-GLI-{c:05d}-000" if style == "2023" else f"BraTS20_Training_{c + 1:03d}"
-        (root / case).mkdir(parents=True)
-        for m in MODALITIES:
-            vol = np.zeros(shape, np.float32)
-            for k in brain:
-                vol[..., k][_brain_box(shape, m)] = rng.uniform(50, 900, int(_brain_box(shape, m).sum()))
-            nib.save(nib.Nifti1Image(vol, np.eye(4)), root / case / f"{case}{sep}{names[m]}.nii.gz")
-        seg = np.zeros(shape, np.uint8)
-        for k in tumour:
-            seg[shape[0] // 3:shape[0] // 2, shape[1] // 3:shape[1] // 2, k] = (1, 2, 4)[k % 3]
-        nib.save(nib.Nifti1Image(seg, np.eye(4)), root / case / f"{case}{sep}seg.nii.gz")
-    return root
-
-
-def _disjoint_patients(split):
-    seen = {}
-    for name, recs in split.items():
-        for r in recs:
-            assert seen.setdefault(r.patient, name) == name, f"patient {r.patient} in {seen[r.patient]} and {name}"
-    return seen
 
 
 # --- detection and reading, per layout -----------------------------------------------------------------
@@ -163,8 +54,8 @@ def test_folder_layout(tmp_path, ext):
 
 def test_folder_masks_beside_images(tmp_path):
     for i in (2, 10):
-        _imwrite(tmp_path / f"{i}.png", np.full((16, 16), 50, np.uint8))
-        _imwrite(tmp_path / f"{i}_mask.png", _square_mask((16, 16)))
+        imwrite(tmp_path / f"{i}.png", np.full((16, 16), 50, np.uint8))
+        imwrite(tmp_path / f"{i}_mask.png", square_mask((16, 16)))
     found = discover_mri_slices(tmp_path)
     assert found.source == "folder" and [s.id for s in found.slices] == ["2", "10"]
     assert read_slice(found.slices[1])[1].sum() == 8 * 10
@@ -202,7 +93,7 @@ def test_mat_layout(tmp_path):
     assert [s.id for s in found.slices] == [str(i) for i in range(1, 9)]
     assert found.patients == ["MR1", "MR2", "MR3", "MR4"] and found.slices[4].patient == "MR2"
     img, mask = read_slice(found.slices[0])
-    image, true_mask = _mat_image(seed=1)
+    image, true_mask = mat_image(seed=1)
     assert img.shape == (40, 56, 1) and img.dtype == np.uint8 and mask.shape == (40, 56)  # transposed back
     assert np.array_equal(mask, true_mask)
     assert img[0, 0, 0] == 0 and img.max() == 255 and img[mask > 0].min() == 255  # tumour at the top of range
@@ -219,7 +110,7 @@ def test_brats_layout_slice_rules_and_modalities(tmp_path):
     assert s.id == "BraTS20_Training_001_z003" and s.patient == "BraTS20_Training_001" and s.index == 3
     img, mask = read_slice(s)
     assert img.shape == (240, 240, 1) and img.dtype == np.uint8 and mask.shape == (240, 240)
-    assert _lights(img[..., 0], "flair") and img.max() == 255
+    assert lights(img[..., 0], "flair") and img.max() == 255
     assert mask.sum() == 40 * 40 and set(np.unique(mask)) == {0, 1}  # label 4 counts as tumour
     counts = {"all": 8, "tumour": 2, "tumor": 2, "tumour+2": 4, "tumour+99": 6, "nonempty": 6}
     for rule, n in counts.items():
@@ -229,9 +120,9 @@ def test_brats_layout_slice_rules_and_modalities(tmp_path):
     img, _ = read_slice(every)
     assert img.shape == (240, 240, 4)
     for k, m in enumerate(MODALITIES):
-        assert _lights(img[..., k], m), m
+        assert lights(img[..., k], m), m
     t2 = read_slice(discover_mri_slices(tmp_path, channels="t2,t1ce").slices[2])[0]
-    assert _lights(t2[..., 1], "t1ce") and _lights(t2[..., 0], "t2")
+    assert lights(t2[..., 1], "t1ce") and lights(t2[..., 0], "t2")
     with pytest.raises(ValueError, match="slice_rule"):
         discover_mri_slices(tmp_path, slice_rule="some")
     with pytest.raises(ValueError, match="NIfTI"):
@@ -247,14 +138,14 @@ def test_brats_2023_naming(tmp_path):
 
 
 def test_dataset_over_every_source(tmp_path, monkeypatch):
-    from toolkit.data import mri_io
+    from toolkit.data.mri import io as mri_io
 
     roots = {"folder": make_folder(tmp_path / "f", n=3), "lgg": make_lgg(tmp_path / "l", patients=2, slices=2),
              "figshare_mat": make_mat(tmp_path / "m", pids=("a", "b")),
              "brats": make_brats(tmp_path / "b", cases=2, shape=(40, 40, 6), tumour=(2,), brain=range(1, 5))}
     loads = []
-    real = mri_io._nifti
-    monkeypatch.setattr(mri_io, "_nifti", lambda p, data=True: loads.append(p) or real(p, data))
+    real = mri_io.load_nifti
+    monkeypatch.setattr(mri_io, "load_nifti", lambda p, data=True: loads.append(p) or real(p, data))
     for source, root in roots.items():
         recs = discover_mri_slices(root, channels="all").slices
         loads.clear()
@@ -294,7 +185,7 @@ def test_detection_errors(tmp_path):
         discover_mri_slices(tmp_path)
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "scans").mkdir()
-    _imwrite(tmp_path / "scans" / "a.png", np.zeros((4, 4), np.uint8))
+    imwrite(tmp_path / "scans" / "a.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(FileNotFoundError) as err:
         discover_mri_slices(tmp_path)
     msg = str(err.value)
@@ -306,46 +197,6 @@ def test_detection_errors(tmp_path):
     assert discover_mri_slices(tmp_path, source="figshare_mat").source == "figshare_mat"
 
 
-# --- splits ----------------------------------------------------------------------------------------------
-
-
-def test_patient_safe_splits_on_every_layout(tmp_path):
-    sources = [discover_mri_slices(make_lgg(tmp_path / "l", patients=10, slices=3)),
-               discover_mri_slices(make_mat(tmp_path / "m", pids=[f"P{i // 2}" for i in range(20)])),
-               discover_mri_slices(make_brats(tmp_path / "b", cases=6, shape=(16, 16, 4), tumour=(1,), brain=range(4)))]
-    for found in sources:
-        split = split_records(found.slices, 0.2, 0.2, seed=3)
-        assert set(split) == {"train", "val", "test"} and all(split.values()), found.source
-        owner = _disjoint_patients(split)
-        assert set(owner) == set(found.patients)
-        assert sorted(r.id for v in split.values() for r in v) == sorted(r.id for r in found.slices)
-        again = split_records(found.slices, 0.2, 0.2, seed=3)
-        assert {k: [r.id for r in v] for k, v in again.items()} == {k: [r.id for r in v] for k, v in split.items()}
-        other = split_records(found.slices, 0.2, 0.2, seed=4)
-        assert {k: [r.id for r in v] for k, v in other.items()} != {k: [r.id for r in v] for k, v in split.items()}
-
-
-def test_block_split_and_round_trip(tmp_path):
-    recs = [MRISlice(str(i), None, "folder", Path(f"{i}.png"), Path(f"{i}_mask.png")) for i in range(1, 101)]
-    split = split_records(recs, 0.2, seed=0, block_size=20)
-    assert set(split) == {"train", "val"} and len(split["val"]) == 20
-    assert {(int(r.id) - 1) // 20 for r in split["val"]} == {(int(split["val"][0].id) - 1) // 20}  # one block
-    path = save_split(tmp_path / "run" / "split.json", split, data_dir=tmp_path, source="folder")
-    data = json.loads(path.read_text())
-    assert data["source"] == "folder" and data["val"] == [r.id for r in split["val"]]
-    assert load_split(path, recs) == split
-    with pytest.raises(ValueError) as err:
-        load_split(path, recs[:50])
-    assert str(path) in str(err.value) and "split are not among the 50 slices" in str(err.value)
-    assert load_split(path, split["val"], names=["val", "test"]) == {"val": split["val"]}  # only what is asked
-    with pytest.raises(ValueError, match="val_fraction"):
-        split_records(recs, 0.6, 0.5)
-    with pytest.raises(ValueError, match="1 unit"):
-        split_records(recs[:1], 0.2)
-    with pytest.raises(ValueError, match="2 unit"):
-        split_records(recs[:40], 0.2, 0.2, block_size=20)
-
-
 # --- bad input -------------------------------------------------------------------------------------------
 
 
@@ -355,12 +206,12 @@ def _bad_folder(root: Path) -> dict[str, Path]:
     good = (root / "images" / "1.png").read_bytes()
     bad["truncated"] = root / "images" / "4.png"
     bad["truncated"].write_bytes(good[: len(good) // 2])
-    _imwrite(root / "masks" / "4_mask.png", _square_mask((32, 40)))
-    bad["size"] = _imwrite(root / "masks" / "5_mask.png", _square_mask((30, 40)))
-    _imwrite(root / "images" / "5.png", np.zeros((32, 40), np.uint8))
-    bad["binary"] = _imwrite(root / "masks" / "6_mask.png", np.array([[0, 1, 128, 255]] * 8, np.uint8))
-    _imwrite(root / "images" / "6.png", np.zeros((8, 4), np.uint8))
-    bad["no mask"] = _imwrite(root / "images" / "7.tif", np.zeros((8, 8), np.uint8))
+    imwrite(root / "masks" / "4_mask.png", square_mask((32, 40)))
+    bad["size"] = imwrite(root / "masks" / "5_mask.png", square_mask((30, 40)))
+    imwrite(root / "images" / "5.png", np.zeros((32, 40), np.uint8))
+    bad["binary"] = imwrite(root / "masks" / "6_mask.png", np.array([[0, 1, 128, 255]] * 8, np.uint8))
+    imwrite(root / "images" / "6.png", np.zeros((8, 4), np.uint8))
+    bad["no mask"] = imwrite(root / "images" / "7.tif", np.zeros((8, 8), np.uint8))
     return bad
 
 
@@ -396,7 +247,7 @@ def test_bad_files_raise_naming_the_file(tmp_path):
 def test_skip_bad_files_counts(tmp_path):
     bad = _bad_folder(tmp_path)
     (tmp_path / "images" / "8.png").write_bytes(b"")  # empty file, with a mask
-    _imwrite(tmp_path / "masks" / "8_mask.png", _square_mask((32, 40)))
+    imwrite(tmp_path / "masks" / "8_mask.png", square_mask((32, 40)))
     found = discover_mri_slices(tmp_path, skip_bad_files=True)
     assert found.skipped == [(bad["no mask"], found.skipped[0][1])] and "without a mask" in found.skipped[0][1]
     assert len(found.slices) == 7
@@ -457,7 +308,7 @@ def test_real_lgg():
     assert 0.55 < empty < 0.75  # about two thirds of the masks are empty
     assert ds.images.max() == 255 and ds.images.min() == 0
     split = split_records(found.slices, 0.2, 0.2, seed=0)
-    assert len(set(_disjoint_patients(split))) == 12 and all(len(v) > 0 for v in split.values())
+    assert len(set(disjoint_patients(split))) == 12 and all(len(v) > 0 for v in split.values())
     assert read_slice(discover_mri_slices(root, channels="all").slices[0])[0].shape == (256, 256, 3)
 
 

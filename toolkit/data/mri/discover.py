@@ -13,16 +13,16 @@
                   (BraTS 2023 ``-t2f/-t1n/-t1c/-t2w/-seg`` too); 2D slices along the
                   last axis; label > 0 = tumour
 
-Slices are read by :func:`read_slice` (module :mod:`toolkit.data.mri_io`, re-exported here):
-uint8 (H, W, C) images, uint8 (H, W) masks in {0, 1}; non-uint8 intensities are scaled per slice
-with :func:`to_uint8` (0.5..99.5 percentile of the nonzero pixels → 0..255).
+Slices are read by :func:`~toolkit.data.mri.io.read_slice`: uint8 (H, W, C) images, uint8 (H, W)
+masks in {0, 1}; non-uint8 intensities are scaled per slice with :func:`~toolkit.data.mri.io.to_uint8`
+(0.5..99.5 percentile of the nonzero pixels → 0..255). Channel choices: :mod:`toolkit.data.mri.channels`.
 
 Bad input (an unreadable or truncated file, a mask of another size than its image, a mask that
-is not binary, an image without a mask, an empty folder) raises :class:`MRIDataError` (a
-ValueError) or FileNotFoundError naming the file. ``discover_mri_slices(skip_bad_files=True)``
-instead drops what it can check from names and headers and lists it in ``skipped``; pixel-level
-problems surface when a slice is read (:func:`read_slice`), which
-:class:`~toolkit.data.mri_folder.MRISegmentationDataset` does for every slice when it caches.
+is not binary, an image without a mask, an empty folder) raises
+:class:`~toolkit.data.errors.MRIDataError` (a ValueError) or FileNotFoundError naming the file.
+``discover_mri_slices(skip_bad_files=True)`` instead drops what it can check from names and headers and lists it in ``skipped``; pixel-level
+problems surface when a slice is read (:func:`~toolkit.data.mri.io.read_slice`), which
+:class:`~toolkit.data.mri.dataset.MRISegmentationDataset` does for every slice when it caches.
 """
 from __future__ import annotations
 
@@ -33,21 +33,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .mri_io import (  # re-exported: the public API of MRI data lives here
-    _EXT, CHANNEL_NAMES, IMAGE_EXTENSIONS, MRIDataError, MRISlice, _mat_file, _nifti, _pairs, find_image_mask_pairs,
-    natural_key, read_image, read_slice, to_uint8,
-)
+from ..errors import MRIDataError
+from .channels import CHANNEL_ALIASES, parse_slice_rule, resolve_channels
+from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, load_nifti, natural_key, open_figshare_mat
 
-__all__ = ["CHANNEL_NAMES", "Discovery", "IMAGE_EXTENSIONS", "MRIDataError", "MRISlice", "SLICE_RULES",
-           "discover_mri_slices", "find_image_mask_pairs", "natural_key", "read_image", "read_slice",
-           "resolve_channels", "to_uint8"]
+__all__ = ["Discovery", "discover_mri_slices", "find_image_mask_pairs"]
 
-_DEFAULT = {"lgg": "flair", "figshare_mat": "t1ce", "brats": "flair"}  # folder: one grey channel
-_ALIASES = {"pre-contrast": "pre", "post-contrast": "post", "t2f": "flair", "t1n": "t1", "t1c": "t1ce",
-            "t2w": "t2", "r": "red", "g": "green", "b": "blue"}
+_EXT = "<" + "|".join(e[1:] for e in IMAGE_EXTENSIONS) + ">"
 _BRATS_FILE = re.compile(r"[_-](flair|t2f|t1|t1n|t1ce|t1c|t2|t2w|seg)\.nii(\.gz)?$", re.IGNORECASE)
-#: ``slice_rule`` values for NIfTI volumes; "tumour+N" adds N tumour-free brain slices per case.
-SLICE_RULES = ("all", "nonempty", "tumour", "tumour+N")
 _LAYOUTS = {
     "folder": f"images/<id>.{_EXT} with masks/<id>_mask.{_EXT} (or masks/<id>.{_EXT}), or <id>.{_EXT} "
               f"beside <id>_mask.{_EXT}",
@@ -73,53 +66,62 @@ class Discovery(NamedTuple):
         return sorted({s.patient for s in self.slices if s.patient is not None}, key=natural_key)
 
 
-# --- channels and slice rules ----------------------------------------------------------------------
+# --- pairing 2D image and mask files ------------------------------------------------------------
 
 
-def resolve_channels(source: str, channels) -> tuple[int, ...]:
-    """Resolve a ``channels`` choice (see :func:`discover_mri_slices`) to indices into
-    ``CHANNEL_NAMES[source]``, e.g. ("lgg", "flair") → (1,), ("brats", "all") → (0, 1, 2, 3);
-    () means one grey channel (folder only). Raises ValueError for an unknown or repeated channel."""
-    names = CHANNEL_NAMES[source]
-    default = () if source == "folder" else (names.index(_DEFAULT[source]),)
-    if channels is None or (isinstance(channels, str) and channels.strip().lower() in ("", "default")):
-        return default
-    if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):  # a count, as in_channels
-        if channels in (1, len(names)):
-            return default if channels == 1 else tuple(range(len(names)))
-        raise ValueError(f"{source} images have {len(names)} channel(s) ({', '.join(names)}): a channel count "
-                         f"must be 1 or {len(names)}, got {channels}; or name the channels")
-    if isinstance(channels, str):
-        text = channels.strip().lower()
-        if text in ("all", "rgb"):
-            return tuple(range(len(names)))
-        if text in ("grey", "gray"):
-            if source == "folder":
-                return ()
-            raise ValueError(f"channels='grey' is for image folders; name the {source} channels: {', '.join(names)}")
-        channels = [t.strip() for t in text.split(",") if t.strip()]
+def _files(folder: Path) -> dict[str, Path]:
+    """Map stem → path for the 2D image files directly in ``folder``; a stem twice is an error."""
+    found: dict[str, Path] = {}
+    for p in folder.iterdir():
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+            continue
+        if p.stem in found:
+            raise MRIDataError(p, f"two files share the id {p.stem!r} in {folder}: {found[p.stem].name} and "
+                                  f"{p.name}; keep one")
+        found[p.stem] = p
+    return found
+
+
+def _pairs(folder: Path, masks_dir: Path, skipped: list | None) -> list[tuple[str, Path, Path]]:
+    """(stem, image, mask) of ``folder``'s images (not ``*_mask``), mask ``<stem>_mask.*`` or ``<stem>.*``
+    in ``masks_dir``; an image without a mask raises FileNotFoundError, or is listed in ``skipped``."""
+    images, masks = _files(folder), (_files(masks_dir) if masks_dir != folder else None)
+    masks = masks if masks is not None else images
     out = []
-    for item in channels:
-        if isinstance(item, (int, np.integer)) or str(item).isdigit():
-            k = int(item)
-        else:
-            name = _ALIASES.get(str(item).lower(), str(item).lower())
-            k = names.index(name) if name in names else -1
-        if not 0 <= k < len(names):
-            raise ValueError(f"unknown channel {item!r} for {source} data; its channels are "
-                             f"{', '.join(f'{i}={n}' for i, n in enumerate(names))}, or 'all'")
-        out.append(k)
-    if not out or len(set(out)) != len(out):
-        raise ValueError(f"channels must name distinct channels, got {channels!r}")
-    return tuple(out)
+    for stem in sorted(images, key=natural_key):
+        if stem.lower().endswith("_mask") and masks is images:
+            continue
+        mask = masks.get(f"{stem}_mask") or (masks.get(stem) if masks is not images else None)
+        if mask is None:
+            where = f"{masks_dir}/{stem}_mask.{_EXT}" + ("" if masks is images else f" and {masks_dir}/{stem}.{_EXT}")
+            reason = f"image without a mask: tried {where}"
+            if skipped is None:
+                raise FileNotFoundError(f"no mask for image {images[stem]}: tried {where}")
+            skipped.append((images[stem], reason))
+            continue
+        out.append((stem, images[stem], mask))
+    return out
 
 
-def _slice_rule(rule: str | None) -> tuple[str, int]:
-    rule = (rule or "nonempty").strip().lower().replace("tumor", "tumour")
-    m = re.fullmatch(r"(all|nonempty|tumour)(?:\+(\d+))?", rule)
-    if not m or (m.group(2) and m.group(1) != "tumour"):
-        raise ValueError(f"slice_rule must be one of {', '.join(SLICE_RULES)} (N an integer), got {rule!r}")
-    return m.group(1), int(m.group(2) or 0)
+def find_image_mask_pairs(root: str | os.PathLike, *, skipped: list | None = None) -> list[tuple[str, Path, Path]]:
+    """The (id, image_path, mask_path) triples of an ``images/`` + ``masks/`` folder, naturally sorted by id.
+
+    ``root/images/<id>.<ext>`` pairs with ``root/masks/<id>_mask.<ext2>``, else ``root/masks/<id>.<ext2>``
+    (ext, ext2 in png/jpg/jpeg/tif/tiff, any case). Masks without an image are ignored. An image
+    without a mask raises FileNotFoundError naming it, or, if a ``skipped`` list is given, is
+    appended to it as (path, reason). Raises FileNotFoundError for a missing folder or no image,
+    MRIDataError (ValueError) for two files with one stem.
+    """
+    root = Path(root)
+    layout = f"expected {root}/images/<id>.{_EXT} and {root}/masks/<id>_mask.{_EXT} (or masks/<id>.{_EXT})"
+    if not root.is_dir():
+        raise FileNotFoundError(f"MRI data folder {root} does not exist or is not a folder; {layout}")
+    for folder in (root / "images", root / "masks"):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no {folder.name}/ folder in {root}: {folder} is missing; {layout}")
+    if not _files(root / "images"):
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {root / 'images'}; {layout}")
+    return _pairs(root / "images", root / "masks", skipped)
 
 
 # --- the four layouts ----------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def _find_mat(root, channels, rule, skipped):
     stems = [p.stem for p in paths]
     for p in paths:
         try:
-            with _mat_file(p) as f:
+            with open_figshare_mat(p) as f:
                 shapes = f["cjdata/image"].shape, f["cjdata/tumorMask"].shape
                 codes = f["cjdata/PID"][()].ravel() if "PID" in f["cjdata"] else []  # MATLAB char = uint16 codes
             pid = "".join(chr(c) for c in codes if c).strip()
@@ -179,14 +181,14 @@ def _find_mat(root, channels, rule, skipped):
 
 
 def _find_brats(root, channels, rule, skipped):
-    ch, (rule, extra), out = resolve_channels("brats", channels), _slice_rule(rule), []
+    ch, (rule, extra), out = resolve_channels("brats", channels), parse_slice_rule(rule), []
     wanted = [CHANNEL_NAMES["brats"][c] for c in ch]
     for d in _subdirs(root):
         files = {}
         for p in d.iterdir():
             m = _BRATS_FILE.search(p.name)
             if m:
-                files[_ALIASES.get(m.group(1).lower(), m.group(1).lower())] = p
+                files[CHANNEL_ALIASES.get(m.group(1).lower(), m.group(1).lower())] = p
         if not files:
             if not any(d.iterdir()):
                 if skipped is None:
@@ -198,15 +200,15 @@ def _find_brats(root, channels, rule, skipped):
             if missing:
                 what = "segmentation (<case>_seg.nii.gz): image without a mask" if "seg" in missing else "volume"
                 raise MRIDataError(d, f"no {', '.join(missing)} {what} in this case folder")
-            heads = {n: _nifti(files[n], data=False) for n in (*wanted, "seg")}
+            heads = {n: load_nifti(files[n], data=False) for n in (*wanted, "seg")}
             shapes = {n: tuple(h.shape) for n, h in heads.items()}
             if len(set(shapes.values())) > 1:
                 raise MRIDataError(files["seg"], f"volumes of different shapes in {d.name}: {shapes}; they must match")
             depth = shapes["seg"][2]
             keep = list(range(depth))
             if rule != "all":  # per slice: any brain (image > 0), any tumour (label > 0)
-                brain = (_nifti(files[wanted[0]]) > 0).any(axis=(0, 1)) if rule == "nonempty" or extra else None
-                tumour = (_nifti(files["seg"]) > 0).any(axis=(0, 1)) if rule == "tumour" else brain
+                brain = (load_nifti(files[wanted[0]]) > 0).any(axis=(0, 1)) if rule == "nonempty" or extra else None
+                tumour = (load_nifti(files["seg"]) > 0).any(axis=(0, 1)) if rule == "tumour" else brain
                 keep = np.flatnonzero(tumour).tolist()
                 if extra:  # plus N tumour-free brain slices, evenly spaced
                     free = np.flatnonzero(brain & ~tumour)

@@ -1,12 +1,10 @@
-"""Brain-MRI segmentation datasets and patient-safe splits over :class:`~toolkit.data.mri_sources.MRISlice` records.
+"""The brain-MRI segmentation dataset over :class:`~toolkit.data.mri.io.MRISlice` records.
 
-Where the slices come from (image/mask folders, Kaggle LGG, figshare .mat, BraTS NIfTI) is
-:mod:`toolkit.data.mri_sources`; ``find_image_mask_pairs`` and ``natural_key`` are re-exported
-here for older callers. Images and masks stay uint8 up to the device: normalisation happens there.
+Where the slices come from is :mod:`toolkit.data.mri.discover`; patient-safe splits are
+:mod:`toolkit.data.splits`. Images and masks stay uint8 up to the device: normalisation happens there.
 """
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,11 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .mri_io import IMAGE_EXTENSIONS, MRIDataError, MRISlice, natural_key, read_slice
-from .mri_sources import find_image_mask_pairs
+from ..errors import MRIDataError
+from .io import MRISlice, read_slice
 
-__all__ = ["IMAGE_EXTENSIONS", "MRISegmentationDataset", "find_image_mask_pairs", "load_split", "natural_key",
-           "save_split", "split_ids", "split_records"]
+__all__ = ["MRISegmentationDataset"]
 
 
 def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
@@ -60,9 +57,11 @@ class MRISegmentationDataset(Dataset):
     """MRI slices and their masks as uint8 tensors, resized to ``size``×``size``.
 
     Args:
-        records: :class:`MRISlice` records (from :func:`~toolkit.data.mri_sources.discover_mri_slices`
-            or :func:`split_records`), or (id, image_path, mask_path) triples of 2D files (e.g.
-            from :func:`find_image_mask_pairs`), read grey, or RGB with ``in_channels=3``.
+        records: :class:`MRISlice` records (from
+            :func:`~toolkit.data.mri.discover.discover_mri_slices` or
+            :func:`~toolkit.data.splits.split_records`), or (id, image_path, mask_path) triples of
+            2D files (e.g. from :func:`~toolkit.data.mri.discover.find_image_mask_pairs`), read
+            grey, or RGB with ``in_channels=3``.
         size: side in pixels that images (INTER_AREA when shrinking, INTER_LINEAR when growing)
             and masks (INTER_NEAREST) are resized to.
         transform: optional albumentations ``Compose`` applied jointly as
@@ -153,11 +152,6 @@ class MRISegmentationDataset(Dataset):
         """The slice ids, in dataset order."""
         return [r.id for r in self.records]
 
-    @property
-    def pairs(self) -> list[tuple[str, Path, Path]]:
-        """(id, image_path, mask_path) per slice, as older callers expect."""
-        return [(r.id, r.image_path, r.mask_path) for r in self.records]
-
     def __len__(self) -> int:
         return len(self.records)
 
@@ -165,7 +159,7 @@ class MRISegmentationDataset(Dataset):
         """Read, check and resize slice ``i`` from disk, untransformed.
 
         Returns (image uint8 (size, size, C) 0..255, mask uint8 (size, size) {0, 1}).
-        ``volumes``: see :func:`~toolkit.data.mri_sources.read_slice`.
+        ``volumes``: see :func:`~toolkit.data.mri.io.read_slice`.
         """
         img, mask = read_slice(self.records[i], volumes)
         return _resize(img, self.size, nearest=False), _resize(mask, self.size, nearest=True)
@@ -196,141 +190,11 @@ class MRISegmentationDataset(Dataset):
         """Make the augmentation sequence reproducible from ``seed`` (a non-negative int).
 
         Calls ``transform.set_random_seed(seed)`` and gives every transform inside it its
-        own seed derived from ``seed`` (see :func:`toolkit.data.transforms.reseed_transform`).
+        own seed derived from ``seed`` (see :func:`toolkit.data.mri.augment.reseed_transform`).
         Call it per epoch and per DataLoader worker (e.g. in ``worker_init_fn``): forked
         workers otherwise inherit identical generator states.
         """
         if self.transform is not None:
-            from .transforms import reseed_transform  # albumentations is imported only when used
+            from .augment import reseed_transform  # albumentations is imported only when used
 
             reseed_transform(self.transform, seed)
-
-
-def split_ids(
-    ids: Sequence[str],
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    *,
-    block_size: int = 1,
-    groups: Sequence[str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Split ids into (train, val) deterministically from ``seed``; both keep the input order.
-
-    The split is drawn over units: single ids (default), runs of ``block_size`` consecutive
-    ids in the given order (the figshare ids run in patient order: blocks of ~20 keep most
-    patients on one side), or ``groups`` (one key per id, e.g. a patient id; a group is
-    never split). ``round(val_fraction * units)`` units, at least one and at most all but
-    one, go to val.
-
-    Raises ValueError when there are fewer than 2 units (ids, blocks or groups), when
-    ``val_fraction`` is not in (0, 1), or when ``groups`` does not match ``ids`` in length.
-    """
-    ids = [str(i) for i in ids]
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if len(set(ids)) != len(ids):
-        raise ValueError("ids must be unique")
-    if groups is not None:
-        if len(groups) != len(ids):
-            raise ValueError(f"groups has {len(groups)} entries but there are {len(ids)} ids")
-        unit_of = [str(g) for g in groups]
-    else:
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        unit_of = [str(k // block_size) for k in range(len(ids))]
-    units = sorted(set(unit_of), key=natural_key)
-    if len(units) < 2:
-        raise ValueError(
-            f"cannot split {len(ids)} id(s) into non-empty train and val sets: they form "
-            f"{len(units)} unit(s) (block_size={block_size}, "
-            f"groups={'given' if groups is not None else 'none'}); need >= 2"
-        )
-    n_val = min(max(1, round(val_fraction * len(units))), len(units) - 1)
-    order = np.random.default_rng(seed).permutation(len(units))
-    val_units = {units[k] for k in order[:n_val]}
-    train = [i for i, u in zip(ids, unit_of) if u not in val_units]
-    val = [i for i, u in zip(ids, unit_of) if u in val_units]
-    return train, val
-
-
-def split_records(
-    records: Sequence[MRISlice], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
-    block_size: int = 1,
-) -> dict[str, list[MRISlice]]:
-    """Split slices into "train", "val" (and "test" when ``test_fraction`` > 0), never splitting a patient.
-
-    The units drawn are patients (``record.patient``) where known, else runs of ``block_size``
-    consecutive patient-less records in the given order (figshare ids run in patient order:
-    blocks of about 20). Fractions count units, not slices. "test" is drawn first (seed + 1),
-    then "val" from the rest with ``val_fraction / (1 - test_fraction)`` (seed), as
-    :func:`split_ids`; each list keeps the input order. Deterministic for given records and seed.
-
-    Raises ValueError for fractions outside (0, 1) with ``val_fraction + test_fraction < 1``,
-    duplicate ids, or too few units to fill every split.
-    """
-    records = list(records)
-    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction):
-        raise ValueError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
-                         f"got {val_fraction} and {test_fraction}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    unit, k = {}, 0
-    for r in records:
-        if r.patient is not None:
-            unit[r.id] = f"patient {r.patient}"
-        else:
-            unit[r.id], k = f"block {k // block_size}", k + 1
-    need = 3 if test_fraction > 0 else 2
-    if len(set(unit.values())) < need:
-        raise ValueError(f"cannot split {len(records)} slice(s) into {need} non-empty sets: they form "
-                         f"{len(set(unit.values()))} unit(s) (patients, or blocks of {block_size} slices without "
-                         f"a patient id); need >= {need}")
-    ids = [r.id for r in records]
-    out: dict[str, list[str]] = {}
-    if test_fraction > 0:
-        ids, out["test"] = split_ids(ids, test_fraction, seed + 1, groups=[unit[i] for i in ids])
-    out["train"], out["val"] = split_ids(ids, val_fraction / (1 - test_fraction), seed, groups=[unit[i] for i in ids])
-    by_id = {r.id: r for r in records}
-    return {name: [by_id[i] for i in out[name]] for name in ("train", "val", "test") if name in out}
-
-
-def save_split(path: str | os.PathLike, split: dict[str, Sequence[MRISlice]], **info: Any) -> Path:
-    """Write ``split`` as JSON ``{**info, "train": [ids], "val": [ids], ...}`` (atomically); returns the path.
-
-    ``info`` holds extra str/number fields, e.g. ``data_dir=..., source=...``; it must not use a split's name.
-    """
-    from ..checkpoint import save_json
-
-    clash = set(info) & set(split)
-    if clash:
-        raise ValueError(f"info keys {sorted(clash)} clash with split names")
-    return save_json(path, {**{k: str(v) if isinstance(v, Path) else v for k, v in info.items()},
-                            **{name: [r.id for r in recs] for name, recs in split.items()}})
-
-
-def load_split(path: str | os.PathLike, records: Sequence[MRISlice],
-               names: Sequence[str] | None = None) -> dict[str, list[MRISlice]]:
-    """Read a :func:`save_split` file back onto ``records``: split name → records, in the file's order.
-
-    Every list-valued entry is a split (other entries are info); ``names`` limits the result
-    (and the id check) to those splits, e.g. ``["test"]`` to score data that holds only them; a
-    name the file lacks is simply absent from the result. Raises FileNotFoundError when ``path``
-    is missing, ValueError when it holds no split or a returned split names ids absent from
-    ``records`` (the message gives the count and examples).
-    """
-    path = Path(path)
-    data = json.loads(path.read_text())
-    by_id = {r.id: r for r in records}
-    out = {}
-    for name, ids in data.items():
-        if not isinstance(ids, list) or (names is not None and name not in names):
-            continue
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise ValueError(f"{path}: {len(missing)} of the {len(ids)} ids of the {name!r} split are not among the "
-                             f"{len(by_id)} slices found, e.g. {missing[:5]}; was it saved for other data "
-                             "(another folder, channels or slice rule)?")
-        out[name] = [by_id[i] for i in ids]
-    if not any(isinstance(v, list) for v in data.values()):
-        raise ValueError(f"{path} holds no split (no list of ids)")
-    return out

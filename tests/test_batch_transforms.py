@@ -1,11 +1,14 @@
-"""ForegroundCrop: batched, foreground-biased training patches for segmentation."""
+"""On-device batch ops (toolkit.data.batch_transforms): normalisation, resizing, crop/flip, foreground crops, noise."""
 
 import pytest
 import torch
 from torch import nn
 
 from toolkit import SegmentationObjective, SoftDiceLoss
-from toolkit.data.crops import ForegroundCrop
+from toolkit.data.batch_transforms import (
+    ForegroundCrop, Normalize, RandomCropFlip, ResizeNormalize, standardize_per_image, to_unit_range,
+)
+from toolkit.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 
 
 def _batch(n=32, h=40, w=48):
@@ -60,3 +63,43 @@ def test_objective_crops_in_training_and_sees_whole_slices_in_evaluation():
     assert out.preds.shape == (4, 1, 16, 16) and out.targets.flatten(1).any(1).all()
     out = objective(model.eval(), (images, masks))
     assert out.preds.shape == (4, 1, 32, 32)
+
+
+def test_normalize_matches_torchvision_formula():
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    assert torch.allclose(Normalize(CIFAR10_MEAN, CIFAR10_STD)(x), (x.float() / 255 - mean) / std, atol=1e-5)
+
+
+def test_crop_flip_keeps_shape_changes_images_and_is_a_shifted_window():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 32, 32)
+    y = RandomCropFlip(padding=4)(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    changed = (y != x).flatten(1).any(1)
+    assert changed.float().mean() > 0.9  # 1 in 162 images is left as it was
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(8):  # every output is a 32x32 window of the padded image, maybe mirrored
+        windows = [padded[i, :, a:a + 32, b:b + 32] for a in range(9) for b in range(9)]
+        assert any(torch.equal(y[i], w) or torch.equal(y[i], w.flip(-1)) for w in windows)
+    assert torch.equal(RandomCropFlip(padding=0, flip_p=1.0)(x), x.flip(-1))
+    assert torch.equal(RandomCropFlip(padding=0, flip_p=0.0)(x), x)
+
+
+def test_resize_normalize_is_normalize_then_bilinear_resize():
+    x = torch.randint(0, 256, (2, 3, 12, 12), dtype=torch.uint8)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    want = torch.nn.functional.interpolate(Normalize(mean, std)(x), size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(ResizeNormalize(mean, std, 16)(x), want)
+    assert torch.equal(ResizeNormalize(mean, std, None)(x), Normalize(mean, std)(x))
+    with pytest.raises(ValueError, match="size must be >= 8"):
+        ResizeNormalize(mean, std, 4)
+
+
+def test_unit_range_and_per_image_standardisation():
+    x = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)
+    assert torch.allclose(to_unit_range(x), torch.tensor([[[[0.0, 1.0], [0.2, 0.4]]]]))
+    z = standardize_per_image(torch.rand(3, 2, 8, 8) * 5 + 2)
+    assert torch.allclose(z.mean(dim=(-2, -1)), torch.zeros(3, 2), atol=1e-5)
+    assert torch.allclose(z.std(dim=(-2, -1)), torch.ones(3, 2), atol=1e-3)
