@@ -6,31 +6,31 @@
 Every other argument goes to each of the four runs of ``recipes/mnist_autoencoder.py``,
 named ``mnist-<model>-<task>`` under ``--output-dir``; a run whose ``summary.json``
 exists is reused, an interrupted one is resumed. The table goes to stdout and to
-``<output-dir>/mnist_comparison.{json,md}``.
+``<output-dir>/mnist_comparison.{json,md}``; ``<output-dir>/mnist.comparison.json`` is the
+same table for `toolkit report`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
-
-from toolkit.checkpoint import find_state, save_json  # noqa: E402
-from toolkit.config import parse_config  # noqa: E402
-from toolkit.data.batch_transforms import add_gaussian_noise, to_unit_range  # noqa: E402
-from toolkit.data.mnist import load_mnist  # noqa: E402
-
-from mnist_autoencoder import MNISTConfig  # noqa: E402
+from mnist_autoencoder import MNISTConfig  # the recipe beside this script
+from toolkit.compare import RunResult, command_line, refuse_flags, train_run, write_comparison
+from toolkit.comparison import Column, Comparison
+from toolkit.config import parse_config
+from toolkit.data.batch_transforms import add_gaussian_noise, to_unit_range
+from toolkit.data.mnist import load_mnist
 
 RECIPE = Path(__file__).resolve().with_name("mnist_autoencoder.py")
 MODELS, TASKS = ("linear", "cnn"), ("reconstruction", "denoising")
+COLUMNS = [Column("model"), Column("params", "parameters", format=","), Column("code"),
+           Column("reconstruction_mse", "reconstruction MSE", better="lower", format=".4f"),
+           Column("reconstruction_psnr", "PSNR", "dB", better="higher", format=".2f"),
+           Column("denoising_mse", "denoising MSE", better="lower", format=".4f"),
+           Column("denoising_psnr", "PSNR", "dB", better="higher", format=".2f")]
 
 
 def pca_mse(cfg: MNISTConfig, k: int = 15) -> dict[str, float]:
@@ -50,51 +50,39 @@ def pca_mse(cfg: MNISTConfig, k: int = 15) -> dict[str, float]:
     return {"params": basis.numel() + mean.numel(), **mse}
 
 
-def run(name: str, model: str, task: str, cfg: MNISTConfig, argv: list[str]) -> dict:
-    """The best-epoch test record of run ``name``, training (or resuming) it first if needed."""
-    run_dir = Path(cfg.output_dir) / name
-    if not (run_dir / "summary.json").is_file():
-        launch = os.environ.get("LAUNCH") or "accelerate launch --cpu --mixed_precision bf16"
-        args = [str(RECIPE), *argv, "--model", model, "--task", task, "--run-name", name]
-        args += ["--resume"] * (find_state(run_dir) is not None)
-        print(f"training {name}: {launch} {shlex.join(args)}", flush=True)
-        subprocess.run(f"{launch} {shlex.join(args)}", shell=True, check=True)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    best = json.loads((run_dir / "history.json").read_text())[summary["best_epoch"] - 1]
-    return {"params": summary["trainable_params"], "mse": best["mse"], "psnr": best["psnr"],
-            "best_epoch": summary["best_epoch"], "epochs": summary["epochs_completed"],
-            "wall_time_s": summary["wall_time_s"], "mixed_precision": summary["mixed_precision"]}
+def result(run_dir: Path) -> dict:
+    """The best-epoch test record of a finished run."""
+    run = RunResult.load(run_dir)
+    s = run.summary
+    return {"params": s["trainable_params"], "mse": run.best["mse"], "psnr": run.best["psnr"],
+            "best_epoch": s["best_epoch"], "epochs": s["epochs_completed"], "wall_time_s": s["wall_time_s"],
+            "mixed_precision": s["mixed_precision"]}
 
 
-def table(results: dict, pca: dict, cfg: MNISTConfig) -> str:
-    """Markdown table: one row per model, MSE and PSNR (dB) of both tasks on the test set."""
+def comparison(results: dict, pca: dict, cfg: MNISTConfig) -> Comparison:
+    """One row per model, MSE and PSNR (dB) of both tasks on the test set; PCA-15 is the baseline row."""
     c3 = cfg.cnn_channels[-1]
     codes = {"linear": "15 numbers", "cnn": f"{c3} numbers + {c3} pool positions"}
-    lines = ["| model | parameters | code | reconstruction MSE | PSNR (dB) | denoising MSE | PSNR (dB) |",
-             "|---|---:|---|---:|---:|---:|---:|"]
-    for model in MODELS:
-        rec, den = results[f"{model}-reconstruction"], results[f"{model}-denoising"]
-        lines.append(f"| {model} | {rec['params']:,} | {codes[model]} | {rec['mse']:.4f} | {rec['psnr']:.2f} "
-                     f"| {den['mse']:.4f} | {den['psnr']:.2f} |")
-    lines.append(f"| PCA-15 (baseline) | {pca['params']:,} | 15 numbers | {pca['reconstruction']:.4f} | – "
-                 f"| {pca['denoising']:.4f} | – |")
-    return "\n".join(lines)
+    rows = [{"model": m, "params": results[f"{m}-reconstruction"]["params"], "code": codes[m],
+             **{f"{t}_{k}": results[f"{m}-{t}"][k] for t in TASKS for k in ("mse", "psnr")}} for m in MODELS]
+    rows.append({"model": "PCA-15 (baseline)", "params": pca["params"], "code": "15 numbers",
+                 **{f"{t}_mse": pca[t] for t in TASKS}})
+    return Comparison("MNIST autoencoders (test set)", COLUMNS, rows, baseline=len(rows) - 1)
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(MNISTConfig, argv)  # validates the arguments before any training
-    if {"--model", "--task", "--run-name", "--run_name"} & {a.split("=")[0] for a in argv}:
-        raise SystemExit("error: mnist_compare sets --model, --task and --run-name itself")
-    results = {f"{m}-{t}": run(f"mnist-{m}-{t}", m, t, cfg, argv) for m in MODELS for t in TASKS}
+    refuse_flags(argv, {"--model", "--task", "--run-name", "--run_name"},
+                 "mnist_compare sets --model, --task and --run-name itself")
+    results = {f"{m}-{t}": result(train_run(RECIPE, [*argv, "--model", m, "--task", t], f"mnist-{m}-{t}",
+                                            cfg.output_dir))
+               for m in MODELS for t in TASKS}
     pca = pca_mse(cfg)
-    text = table(results, pca, cfg)
-    command = f"LAUNCH={shlex.quote(os.environ.get('LAUNCH', ''))} python recipes/mnist_compare.py {shlex.join(argv)}"
-    out = Path(cfg.output_dir)
-    save_json(out / "mnist_comparison.json", {"runs": results, "pca15": pca, "noise_std": cfg.noise_std,
-                                              "command": command})
-    (out / "mnist_comparison.md").write_text(f"{text}\n\nTest set (10,000 images); `{command}`\n")
-    print(text)
+    command = command_line("recipes/mnist_compare.py", argv)
+    write_comparison(comparison(results, pca, cfg), cfg.output_dir, "mnist",
+                     raw={"runs": results, "pca15": pca, "noise_std": cfg.noise_std, "command": command},
+                     footer=f"Test set (10,000 images); `{command}`")
     return {"runs": results, "pca15": pca}
 
 

@@ -6,47 +6,42 @@
 Every argument goes to both runs of ``recipes/stl10_probe.py`` (``--encoder`` picks the
 pretrained one, default the newest pretraining run); they are named
 ``stl10_probe-<time>-pretrained`` and ``stl10_probe-<time>-random``. The table goes to
-stdout and to ``<output-dir>/stl10_probe_comparison.{json,md}``.
+stdout and to ``<output-dir>/stl10_probe_comparison.{json,md}``;
+``<output-dir>/stl10_probe.comparison.json`` is the same table for `toolkit report`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
-
-from toolkit.checkpoint import atomic_write, save_json  # noqa: E402
-from toolkit.config import parse_config  # noqa: E402
-
-from stl10_probe import STL10ProbeConfig, resolve_encoder  # noqa: E402
+from stl10_probe import STL10ProbeConfig, resolve_encoder  # the recipe beside this script
+from toolkit.compare import RunResult, command_line, refuse_flags, train_run, write_comparison
+from toolkit.comparison import Column, Comparison
+from toolkit.config import parse_config
 
 RECIPE = Path(__file__).resolve().with_name("stl10_probe.py")
+LAUNCH = "accelerate launch --cpu --num_processes 1 --mixed_precision bf16"
+COLUMNS = [Column("encoder", "frozen encoder"), Column("run", link=True),
+           Column("best_accuracy", "best test accuracy", better="higher", format=".4f"),
+           Column("best_epoch", "best epoch"),
+           Column("final_accuracy", "last-epoch test accuracy", better="higher", format=".4f"),
+           Column("trainable_params", "trainable parameters", format=",")]
 
 
-def run(name: str, argv: list[str], output_dir: Path) -> dict:
-    """Train probe run ``name`` with ``argv`` and return its best and last test accuracy."""
-    launch = os.environ.get("LAUNCH") or "accelerate launch --cpu --num_processes 1 --mixed_precision bf16"
-    args = [str(RECIPE), *argv, "--run-name", name]
-    print(f"training {name}: {launch} {shlex.join(args)}", flush=True)
-    subprocess.run(f"{launch} {shlex.join(args)}", shell=True, check=True)
-    run_dir = output_dir / name
-    summary = json.loads((run_dir / "summary.json").read_text())
-    encoder = json.loads((run_dir / "encoder.json").read_text())["encoder"]
-    return {"run": str(run_dir), "encoder": encoder, "best_accuracy": summary["best_value"],
-            "best_epoch": summary["best_epoch"], "final_accuracy": summary["final"]["accuracy"],
-            "epochs": summary["epochs_completed"], "trainable_params": summary["trainable_params"]}
+def result(run_dir: Path) -> dict:
+    """Best and last test accuracy of a finished probe run."""
+    run = RunResult.load(run_dir)
+    s = run.summary
+    return {"run": str(run_dir), "encoder": run.json("encoder.json")["encoder"], "best_accuracy": s["best_value"],
+            "best_epoch": s["best_epoch"], "final_accuracy": s["final"]["accuracy"],
+            "epochs": s["epochs_completed"], "trainable_params": s["trainable_params"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if {"--run-name", "--run_name"} & {a.split("=")[0] for a in argv}:
-        raise SystemExit("error: stl10_probe_compare names the two runs itself; drop --run-name")
+    refuse_flags(argv, {"--run-name", "--run_name"}, "stl10_probe_compare names the two runs itself; drop --run-name")
     cfg = parse_config(STL10ProbeConfig, argv)  # validates the arguments before any training
     if cfg.encoder == "random":
         raise SystemExit("error: --encoder must name the pretrained encoder (latest or PATH); the random one is the control")
@@ -55,21 +50,17 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as err:  # ConfigError: no pretraining run found
         raise SystemExit(f"error: {err}") from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    pre_argv = argv + ["--encoder", str(weights)]
-    results = {"pretrained": run(f"stl10_probe-{stamp}-pretrained", pre_argv, Path(cfg.output_dir)),
-               "random": run(f"stl10_probe-{stamp}-random", argv + ["--encoder", "random"], Path(cfg.output_dir))}
-    lines = ["| frozen encoder | best test accuracy (epoch) | last-epoch test accuracy | trainable parameters |",
-             "|---|---:|---:|---:|"]
-    for key, r in results.items():
-        lines.append(f"| {key}: {r['encoder']} | {r['best_accuracy']:.4f} ({r['best_epoch']}) "
-                     f"| {r['final_accuracy']:.4f} | {r['trainable_params']:,} |")
+    results = {kind: result(train_run(RECIPE, [*argv, "--encoder", encoder], f"stl10_probe-{stamp}-{kind}",
+                                      cfg.output_dir, reuse=False, default_launch=LAUNCH))
+               for kind, encoder in (("pretrained", str(weights)), ("random", "random"))}
     gain = results["pretrained"]["final_accuracy"] - results["random"]["final_accuracy"]
-    text = "\n".join(lines) + f"\n\npretraining gain over the random-encoder control (last epoch): {gain:+.4f}"
-    out = Path(cfg.output_dir)
-    command = f"LAUNCH={shlex.quote(os.environ.get('LAUNCH', ''))} python recipes/stl10_probe_compare.py {shlex.join(argv)}"
-    save_json(out / "stl10_probe_comparison.json", {"runs": results, "gain_final": gain, "command": command})
-    atomic_write(out / "stl10_probe_comparison.md", lambda f: f.write(f"{text}\n\n`{command}`\n"), mode="w")
-    print(text)
+    rows = [{**{c.key: r[c.key] for c in COLUMNS}, "encoder": f"{kind}: {r['encoder']}",
+             "run": Path(r["run"]).name} for kind, r in results.items()]
+    table = Comparison("STL-10 linear probe: pretrained vs random frozen encoder (test set)", COLUMNS, rows,
+                       baseline=1, notes=[f"pretraining gain over the random-encoder control (last epoch): {gain:+.4f}"])
+    command = command_line("recipes/stl10_probe_compare.py", argv)
+    write_comparison(table, cfg.output_dir, "stl10_probe", raw={"runs": results, "gain_final": gain, "command": command},
+                     footer=f"`{command}`")
     return results
 
 

@@ -7,13 +7,17 @@ import re
 import shutil
 import subprocess
 
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from toolkit.cli import main as cli_main
-from toolkit.report import find_runs, pick_figures, write_report
-from toolkit.report_index import stl10_approach
+from toolkit.comparison import Column, Comparison
+from toolkit.report import write_report
+from toolkit.report_pages import pick_figures
+from toolkit.report_runs import find_runs
 
 
 def _png(path, seed, size=(48, 64)):
@@ -58,8 +62,11 @@ def runs(tmp_path):
     _run(root, "demo", "brain_mri", "dice", [0.3, 0.4321], config={**seg, "data_dir": ""})
     _run(root, "mnist-linear-reconstruction", "mnist_linear_reconstruction", "mse", [0.03, 0.0189], mode="min",
          params=23567, config={"model": "linear", "task": "reconstruction"}, figures=("reconstructions",))
-    (root / "mnist_comparison.json").write_text(json.dumps(
-        {"pca15": {"params": 12544, "reconstruction": 0.0312, "denoising": 0.0456}, "command": "python recipes/mnist_compare.py"}))
+    Comparison("MNIST autoencoders", [Column("model"), Column("run", link=True), Column("params", "parameters"),
+                                      Column("mse", "MSE", better="lower", format=".4f")],
+               [{"model": "linear", "run": "mnist-linear-reconstruction", "params": 23567, "mse": 0.0189},
+                {"model": "PCA-15 (baseline)", "params": 12544, "mse": 0.0312}], baseline=1,
+               notes=["python recipes/mnist_compare.py"]).save(root / "mnist.comparison.json")
     _run(root, "stl10_supervised-1", "stl10_supervised", "accuracy", [0.5, 0.7012], figures=())
     _run(root, "stl10_resnet18-1", "stl10_resnet18", "accuracy", [0.8533, 0.85], params=5130, figures=())
     _run(root, "stl10_probe-1-pretrained", "stl10_probe", "accuracy", [0.5521], params=34570, figures=(),
@@ -67,6 +74,13 @@ def runs(tmp_path):
     _run(root, "stl10_probe-1-random", "stl10_probe", "accuracy", [0.4410], params=34570, figures=(),
          extras={"encoder.json": {"encoder": "random"}})
     _run(root, "unfinished", "cifar10", "accuracy", [0.25, 0.3579], complete=False, figures=())
+    Comparison("STL-10: supervised vs pretrained features",
+               [Column("approach"), Column("run", link=True), Column("accuracy", better="higher")],
+               [{"approach": "supervised CNN", "run": "stl10_supervised-1", "accuracy": 0.7012},
+                {"approach": "ImageNet ResNet-18 probe", "run": "stl10_resnet18-1", "accuracy": 0.8533},
+                {"approach": "autoencoder probe", "run": "stl10_probe-1-pretrained", "accuracy": 0.5521},
+                {"approach": "random encoder probe (control)", "run": "stl10_probe-1-random", "accuracy": 0.4410}],
+               baseline=3).save(root / "stl10.comparison.json")
     return root
 
 
@@ -94,18 +108,79 @@ def test_index_compares_runs_by_task(runs):
     write_report(runs)
     index = (runs / "index.html").read_text()
     for text in ('href="lgg-unet/report.html"', "MNIST autoencoders", "PCA-15 (baseline)", "0.0312", "0.0189",
-                 "STL-10", "Segmentation models per data set", "synthetic (built-in)", "0.6888", "0.6543"):
+                 "STL-10", "0.6888", "0.6543", "/data/lgg", "smp_unet"):
         assert text in index, text
-    stl = index[index.index("STL-10: supervised"):index.index("Segmentation models")]
+    stl = index[index.index("STL-10: supervised"):index.index("All runs by recipe")]
     order = [stl.index(name) for name in ("stl10_supervised-1", "stl10_resnet18-1", "stl10_probe-1-pretrained",
                                           "stl10_probe-1-random")]
     assert order == sorted(order)  # supervised, ResNet-18 probe, autoencoder probe, random-encoder control
     assert "0.7012" in stl and "0.8533" in stl and "0.5521" in stl and "0.441" in stl
-    runs_by_name = {r.name: r for r in find_runs(runs)[0]}
-    assert stl10_approach(runs_by_name["stl10_probe-1-random"]).startswith("random encoder")
-    assert stl10_approach(runs_by_name["stl10_probe-1-pretrained"]).startswith("autoencoder encoder")
-    lgg = index[index.index("<h3>lgg</h3>"):]
-    assert "lgg-smp" in lgg[:lgg.index("</table>")] and "demo" not in lgg[:lgg.index("</table>")]
+    assert '<td class="num top">0.8533</td>' in stl  # higher is better: the best accuracy marked
+    assert stl.count(' class="num top"') == 1 and '<tr class="baseline"' in stl
+    assert 'href="stl10_probe-1-random/report.html"' in stl
+    mnist = index[index.index("MNIST autoencoders"):index.index("STL-10: supervised")]
+    assert '<td class="num top">0.0189</td>' in mnist  # lower is better
+    brain = index[index.index("id='recipe-brain_mri'"):]
+    brain = brain[:brain.index("</table>")]  # the settings that differ between the runs become columns
+    assert "<th>model</th>" in brain and "<th>data_dir</th>" in brain and "<th>test dice</th>" in brain
+    assert "<th>lr</th>" not in brain  # the same in every run
+
+
+def test_report_renders_a_comparison_of_a_recipe_it_never_saw(tmp_path):
+    root = tmp_path / "runs"
+    _run(root, "zebra-7", "zebra_counting", "count_error", [3.0, 1.25], mode="min", figures=())
+    Comparison("Zebra counters", [Column("counter"), Column("run", link=True),
+                                  Column("error", "count error", "zebras", better="lower", format=".2f"),
+                                  Column("speed", "speed", "img/s", better="higher"), Column("notes")],
+               [{"counter": "stripes", "run": "zebra-7", "error": 1.25, "speed": 10.0, "notes": "ours"},
+                {"counter": "guess", "error": 4.5, "speed": 99.0}],
+               baseline=1, notes=["made up for the test"]).save(root / "comparison.json")
+    Comparison("Zebra per-run check", [Column("k"), Column("v", better="higher")],
+               [{"k": "a", "v": 1}, {"k": "b", "v": 2}]).save(root / "zebra-7" / "comparison.json")
+    (root / "broken.comparison.json").write_text(json.dumps({"title": "x", "columns": [{"key": "a", "better": "up"}],
+                                                             "rows": []}))
+    write_report(root)
+    index = (root / "index.html").read_text()
+    table = index[index.index("Zebra counters"):]
+    table = table[:table.index("</table>")]
+    for text in ("count error (zebras) ↓", "speed (img/s) ↑", '<td class="num top">1.25</td>',
+                 '<td class="num top">99</td>', 'href="zebra-7/report.html"', '<tr class="baseline"', "guess"):
+        assert text in table, text
+    assert "made up for the test" in index and "Zebra per-run check" in index
+    assert "broken.comparison.json" in index and "field columns[0].better is &#x27;up&#x27;" in index
+    page = (root / "zebra-7" / "report.html").read_text()
+    assert "Zebra per-run check" in page and '<td class="num top">2</td>' in page
+    assert "zebra_counting" in index and "count_error per epoch" in index  # the generic per-recipe section
+
+
+REPORT_MODULES = ("toolkit.report_html", "toolkit.report_runs", "toolkit.report_pages", "toolkit.report_index",
+                  "toolkit.report", "toolkit.comparison")
+
+
+@pytest.mark.parametrize("module", REPORT_MODULES)
+def test_each_report_module_imports_alone(module):
+    """A module of an import circle fails when imported first; each one is imported first in a fresh process."""
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_report_modules_import_one_way_and_name_no_recipe():
+    import ast
+    import importlib
+
+    order = {m: i for i, m in enumerate(("toolkit.comparison", "toolkit.report_html", "toolkit.report_runs",
+                                         "toolkit.report_pages", "toolkit.report_index", "toolkit.report"))}
+    for module in order:
+        source = importlib.import_module(module).__file__
+        tree = ast.parse(open(source).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                target = f"toolkit.{node.module}"
+                if target in order:  # only modules before it: no circle, and no import inside a function
+                    assert order[target] < order[module], f"{module} imports {target}"
+        text = open(source).read().lower()
+        for recipe in ("mnist", "stl10", "brain_mri", "cifar"):
+            assert recipe not in text, f"{source} names the recipe {recipe}"
 
 
 def test_unreadable_run_is_named_and_the_rest_is_written(runs, capsys):

@@ -22,7 +22,8 @@ h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;borde
 h3{font-size:1.05em;margin-top:1.2em} .muted{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em} th,td{border:1px solid #ccc;padding:3px 8px}
 th{background:#f3f3f3;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.best td{background:#eef7ee} .charts{display:flex;flex-wrap:wrap;gap:12px}
+tr.best td{background:#eef7ee} td.top{font-weight:bold;background:#e3f2e3}
+tr.baseline td{font-style:italic;background:#f6f6f6} .charts{display:flex;flex-wrap:wrap;gap:12px}
 .fig{margin:8px 0} .fig img{max-width:100%;border:1px solid #ddd} .warn{color:#b00020;font-weight:bold}
 details{margin:.5em 0} code{background:#f5f5f5;padding:0 3px}
 """

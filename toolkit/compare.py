@@ -1,0 +1,118 @@
+"""Helpers for compare scripts: train (or reuse) runs of a recipe, read their results, and write the
+comparison table as ``<name>_comparison.json`` (the raw results), ``<name>_comparison.md`` and
+``<name>.comparison.json`` (the :mod:`toolkit.comparison` file that `toolkit report` renders).
+
+    from toolkit.compare import RunResult, command_line, train_run, write_comparison
+
+    run_dir = train_run("recipes/x.py", argv, "x-a", output_dir)      # $LAUNCH recipes/x.py ... --run-name x-a
+    result = RunResult.load(run_dir)                                 # summary.json, history.json
+    write_comparison(Comparison(...), output_dir, "x", raw={...}, footer=f"`{command_line(...)}`")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write, find_state, save_json
+from .comparison import Comparison
+
+__all__ = ["DEFAULT_LAUNCH", "launch_prefix", "refuse_flags", "train_run", "read_json", "RunResult",
+           "command_line", "write_comparison"]
+
+DEFAULT_LAUNCH = "accelerate launch --cpu --mixed_precision bf16"
+
+
+def launch_prefix(default: str = DEFAULT_LAUNCH) -> str:
+    """The launch command: ``$LAUNCH`` when set and not empty, else ``default``."""
+    return os.environ.get("LAUNCH") or default
+
+
+def refuse_flags(argv: list[str], flags: set[str], message: str) -> None:
+    """Exit with ``error: <message>`` when ``argv`` holds one of ``flags`` (also as ``--flag=value``)."""
+    if set(flags) & {a.split("=")[0] for a in argv}:
+        raise SystemExit(f"error: {message}")
+
+
+def train_run(script: str | Path, argv: list[str], run_name: str, output_dir: str | Path, *, reuse: bool = True,
+              default_launch: str = DEFAULT_LAUNCH) -> Path:
+    """Run ``<launch> script *argv --run-name run_name`` unless ``reuse`` and the run has ``summary.json``.
+
+    An interrupted run (a saved state, no summary) is resumed with ``--resume``. Prints the command;
+    raises ``subprocess.CalledProcessError`` when the recipe fails. Returns the run folder.
+    """
+    run_dir = Path(output_dir) / run_name
+    if reuse and (run_dir / "summary.json").is_file():
+        return run_dir
+    launch = launch_prefix(default_launch)
+    args = [str(script), *argv, "--run-name", run_name] + ["--resume"] * (find_state(run_dir) is not None)
+    print(f"training {run_name}: {launch} {shlex.join(args)}", flush=True)
+    subprocess.run(f"{launch} {shlex.join(args)}", shell=True, check=True)
+    return run_dir
+
+
+def read_json(path: str | Path) -> Any:
+    """Parsed JSON of ``path``; ValueError naming the file when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not readable as JSON ({err})") from err
+
+
+@dataclass
+class RunResult:
+    """A finished run's ``summary.json`` and ``history.json``."""
+
+    path: Path
+    summary: dict
+    history: list[dict]
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunResult":
+        run_dir = Path(run_dir)
+        summary = read_json(run_dir / "summary.json")
+        history = read_json(run_dir / "history.json") if (run_dir / "history.json").is_file() else []
+        if not isinstance(summary, dict):
+            raise ValueError(f"{run_dir / 'summary.json'}: expected a JSON object, got {type(summary).__name__}")
+        if not isinstance(history, list):
+            raise ValueError(f"{run_dir / 'history.json'}: expected a list of per-epoch objects")
+        return cls(run_dir, summary, history)
+
+    @property
+    def best(self) -> dict:
+        """The history record of ``summary["best_epoch"]`` (epochs count from 1)."""
+        epoch = self.summary.get("best_epoch")
+        if not isinstance(epoch, int) or not 1 <= epoch <= len(self.history):
+            raise ValueError(f"{self.path / 'summary.json'}: best_epoch is {epoch!r}, expected 1 to "
+                             f"{len(self.history)} (the epochs in history.json)")
+        return self.history[epoch - 1]
+
+    def json(self, name: str) -> Any:
+        """Another JSON file of the run, e.g. ``encoder.json``."""
+        return read_json(self.path / name)
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """The command that reproduces a compare script's call, with the ``LAUNCH`` it ran under."""
+    return f"LAUNCH={shlex.quote(os.environ.get('LAUNCH', ''))} python {script} {shlex.join(argv)}"
+
+
+def write_comparison(comparison: Comparison, output_dir: str | Path, name: str, raw: dict, footer: str = "") -> str:
+    """Write ``<name>_comparison.json`` (``raw``), ``<name>_comparison.md`` (the table, the notes, ``footer``) and
+    ``<name>.comparison.json`` (``comparison``, ``footer`` added to its notes) under ``output_dir``; print and
+    return the table with its notes."""
+    out = Path(output_dir)
+    text = "\n\n".join([comparison.to_markdown(), *comparison.notes])
+    save_json(out / f"{name}_comparison.json", raw)
+    atomic_write(out / f"{name}_comparison.md", lambda f: f.write(f"{text}\n\n{footer}\n" if footer else f"{text}\n"),
+                 mode="w")
+    notes = [*comparison.notes, footer] if footer else comparison.notes
+    Comparison(comparison.title, comparison.columns, comparison.rows, comparison.baseline, notes).save(
+        out / f"{name}.comparison.json")
+    print(text)
+    return text
