@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)  # the same initial weights in every process
     model = CIFARResNet(width=args.width, depth=args.depth)
     history = trainer.fit(model, ClassificationObjective(), train, val, metrics=[Accuracy()], monitor="val_loss",
-                          mode="min")
+                          mode="min", param_budget=500_000)
     record = {"rank": acc.process_index, "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
               "weights_sha256": weights_digest(model.state_dict()), "run_dir": str(trainer.run_dir),
               "train_time_s": sum(h["time_s"] for h in history), "images_seen": args.images * args.epochs,

@@ -101,7 +101,7 @@ class Bench:
         os.environ["ACCELERATE_MIXED_PRECISION"] = self.precision
         trainer = Trainer(self.cfg(f"t{self.run}"), recipe="bench")
         trainer.fit(self.model(), ClassificationObjective(), self.train, self.val, metrics=[], monitor="val_loss",
-                    mode="min")
+                    mode="min", param_budget=500_000)
         self.wall["trainer"].append(time.perf_counter() - start)
         _reset_accelerate()
         return self._span()
@@ -118,7 +118,7 @@ class Bench:
         optimizer = build_optimizer(model, cfg)  # a torch.optim.SGD
         train_dl = DataLoader(self.train, batch_size=self.batch, shuffle=True, drop_last=True)
         val_dl = DataLoader(self.val, batch_size=2 * self.batch)
-        scheduler = build_scheduler(optimizer, cfg, len(train_dl))  # a torch LambdaLR
+        scheduler, _ = build_scheduler(optimizer, cfg, len(train_dl))  # a torch LambdaLR
         bf16 = self.precision == "bf16"
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device).train()

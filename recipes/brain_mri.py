@@ -28,6 +28,7 @@ from toolkit.config import ConfigError
 from toolkit.data.batch_transforms import ForegroundCrop
 from toolkit.data.mri.discover import discover_mri_slices
 from toolkit.data.splits import save_split, split_records
+from toolkit.wandb_media import SegmentationMedia
 
 
 @dataclass
@@ -114,7 +115,7 @@ def main(argv=None) -> list[dict]:
     return trainer.fit(
         model, SegmentationObjective(loss, crop=crop), train, val,
         metrics=[SegmentationMetrics(threshold=cfg.threshold)], monitor="dice", mode="max",
-        param_budget=cfg.param_budget,
+        param_budget=cfg.param_budget, callbacks=[SegmentationMedia(cfg.threshold)],
         figures=lambda s: {"overlays": segmentation_overlays(s.inputs, s.preds, s.targets, cfg.threshold)},
     )
 

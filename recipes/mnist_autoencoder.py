@@ -19,6 +19,7 @@ from toolkit.data.batch_transforms import DEFAULT_NOISE_STD
 from toolkit.data.mnist import load_mnist
 from toolkit.data.splits import holdout_split
 from toolkit.models.autoencoders import AutoEncoder_CNN, LinearAutoEncoder
+from toolkit.wandb_media import ReconstructionMedia
 
 BUDGETS = {"linear": 500_000, "cnn": 35_000}  # trainable parameters each model may have
 
@@ -80,7 +81,7 @@ def main(argv=None) -> list[dict]:
     return trainer.fit(
         model, objective, train, val, metrics=[ReconstructionMetrics()],
         monitor="mse", mode="min", param_budget=cfg.param_budget or BUDGETS[cfg.model],
-        figures=lambda s: figures(s, denoising),
+        figures=lambda s: figures(s, denoising), callbacks=[ReconstructionMedia()],
     )
 
 

@@ -25,6 +25,7 @@ from toolkit.data.splits import holdout_split
 from toolkit.data.stl10 import open_stl10
 from toolkit.figures import reconstruction_pairs
 from toolkit.models.stl10 import STL10AutoEncoder
+from toolkit.wandb_media import ReconstructionMedia
 
 
 @dataclass
@@ -73,7 +74,8 @@ def main(argv=None) -> list[dict]:
     model = STL10AutoEncoder(cfg.channels)
     history = trainer.fit(model, ReconstructionObjective(), train, val, metrics=[ReconstructionMetrics()],
                           monitor="mse", mode="min", param_budget=cfg.param_budget,
-                          figures=lambda s: {"reconstructions": reconstruction_pairs(s.targets, s.preds, 9)})
+                          figures=lambda s: {"reconstructions": reconstruction_pairs(s.targets, s.preds, 9)},
+                          callbacks=[ReconstructionMedia()])
     if acc.is_main_process and history:  # the figure of the best weights under a fixed name
         best = min(history, key=lambda h: h["mse"])["epoch"]
         figures = trainer.figures_dir

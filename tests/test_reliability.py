@@ -70,7 +70,7 @@ def fit(cfg, model=TinyNet, train=None):
     trainer = Trainer(cfg, recipe="tiny")
     train = train or Recording(48)
     trainer.fit(model(), ClassificationObjective(), train, TinyImages(16, seed=1),
-                metrics=[Accuracy()], monitor="accuracy")
+                metrics=[Accuracy()], monitor="accuracy", param_budget=500_000)
     return trainer, train
 
 

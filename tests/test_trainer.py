@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from toolkit import Accuracy, ClassificationObjective, ParameterBudgetError, TrainConfig, Trainer
 from toolkit.checkpoint import find_state
 from toolkit.config import ConfigError
+from toolkit.state import TrainState, plan_epochs
 
 from .helpers import TinyImages, TinyNet
 from .wandb_reader import logged
@@ -24,7 +25,8 @@ def fit(cfg, model=None, figures=None, train=None):
     trainer = Trainer(cfg, recipe="tiny")
     model = model or TinyNet()
     history = trainer.fit(model, ClassificationObjective(), train or TinyImages(48, augment=True),
-                          TinyImages(20, seed=1), metrics=[Accuracy()], monitor="accuracy", figures=figures)
+                          TinyImages(20, seed=1), metrics=[Accuracy()], monitor="accuracy", figures=figures,
+                          param_budget=500_000)
     return trainer, model, history
 
 
@@ -159,20 +161,14 @@ def test_refit_never_sends_a_finished_warmup_back_into_warmup():
     assert vars(s)["warmup_steps"] == pytest.approx(5.0)  # a plain attribute: LambdaLR saves and resumes it
 
 
-def test_time_budget_plan_ignores_one_slow_epoch(tmp_path):
+def test_time_budget_plan_ignores_one_slow_epoch():
     """The planner predicts from the median of the last five epochs: a single slow epoch barely moves the plan."""
-    trainer = Trainer(make_cfg(tmp_path, epochs=1000, max_minutes=10), recipe="tiny")
-
-    class Schedule:
-        lr_lambdas = [type("L", (), {"refit": lambda self, total, step: None})()]
-        last_epoch = 0
-
-    st = {"planned_epochs": 1000, "epoch": 0, "wall_time_s": 0.0}
+    st = TrainState(planned_epochs=1000)
     plans = []
     for epoch, seconds in enumerate([10, 10, 10, 10, 10, 60, 10, 10], start=1):  # epoch 6 is slowed by a load
-        st["epoch"], st["wall_time_s"] = epoch, st["wall_time_s"] + seconds
-        trainer._fit_budget(st, Schedule(), steps_per_epoch=1)
-        plans.append(st["planned_epochs"])
+        st.epoch, st.wall_time_s = epoch, st.wall_time_s + seconds
+        st.planned_epochs = plan_epochs(st, max_epochs=1000, budget_s=10 * 60)
+        plans.append(st.planned_epochs)
     assert plans[4] == 5 + (600 - 50) // 10, plans  # 60 epochs in 10 minutes at 10 s each
     assert plans[5] == 5 + 1 + (600 - 110) // 10  # the slow epoch costs its own time, not a shrunken plan
     assert plans[-1] == 8 + (600 - 130) // 10

@@ -12,6 +12,7 @@ from PIL import Image
 
 from toolkit import DenoisingObjective, ReconstructionMetrics, TrainConfig, Trainer
 from toolkit.report import write_report
+from toolkit.wandb_media import ReconstructionMedia
 
 from .conftest import ACCELERATE, ROOT, free_port, run_env
 from .helpers import TinyImages
@@ -86,7 +87,7 @@ def test_denoising_run_logs_a_reconstruction_grid(tmp_path, monkeypatch):
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid())
     trainer = Trainer(replace(cfg), recipe="tiny_ae")
     trainer.fit(model, DenoisingObjective(0.3), TinyImages(32), TinyImages(16, seed=1), metrics=[ReconstructionMetrics()],
-                monitor="mse", mode="min")
+                monitor="mse", mode="min", param_budget=500_000, callbacks=[ReconstructionMedia()])
     run_root, run_file = _one_offline_run(tmp_path, trainer.run_dir)
     rows, summary = logged(run_file)
     (grid,) = [r for r in rows if r.get("val/reconstructions/_type") == "image-file"]

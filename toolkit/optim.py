@@ -62,6 +62,9 @@ class StepSchedule:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> LambdaLR:
-    """A LambdaLR driven by :class:`StepSchedule`; the Trainer steps it after each optimizer step."""
-    return LambdaLR(optimizer, StepSchedule(cfg.scheduler, total_steps, cfg.warmup_fraction))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    total_steps: int) -> tuple[LambdaLR, StepSchedule]:
+    """(a LambdaLR driven by a :class:`StepSchedule`, that schedule); the Trainer steps the scheduler after
+    each optimizer step and refits the schedule through the reference returned here."""
+    schedule = StepSchedule(cfg.scheduler, total_steps, cfg.warmup_fraction)
+    return LambdaLR(optimizer, schedule), schedule

@@ -8,31 +8,31 @@ A recipe builds the pieces and calls :meth:`Trainer.fit`.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import broadcast_object_list, set_seed
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from . import tracking
-from .checkpoint import save_json, save_safetensors, save_weights
+from .callbacks import call_hook
+from .checkpoint import find_state, save_json, save_safetensors, save_weights
 from .config import TrainConfig
 from .figures import plot_history, save_figure
+from .interrupts import RunGuard
+from .loop import FigureFn, FitLoop, make_loader, reseed
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .interrupts import StopSignals
-from .resume import ResumeMixin
-from .wandb_media import MediaLogger
+from .runs import resolve_run_dir, restore_state, save_state
+from .state import TrainState, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
 
-FigureFn = Callable[[StepOutput], dict]
 FIGURE_SAMPLES = 16  # samples of the first validation batch handed to a recipe's figures()
 
 
@@ -40,21 +40,7 @@ class ParameterBudgetError(ValueError):
     """A model has more trainable parameters than its recipe allows."""
 
 
-def _reseed(dataset, seed: int) -> None:
-    """Call ``reseed(seed)`` on the dataset (or the dataset it wraps) so augmentation is reproducible."""
-    while dataset is not None:
-        if hasattr(dataset, "reseed"):
-            dataset.reseed(seed)
-            return
-        dataset = getattr(dataset, "dataset", None)
-
-
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    _reseed(info.dataset, info.seed % 2**32)
-
-
-class Trainer(ResumeMixin):
+class Trainer:
     """Runs training for one recipe and leaves the run folder of the output contract.
 
     ``runs/<run-name>/``: ``config.json``, ``history.json`` (one record per epoch),
@@ -62,6 +48,8 @@ class Trainer(ResumeMixin):
     by ``monitor``), ``state/step-*/`` (resumable, newest ``keep_states`` kept, saved every
     epoch and every ``checkpoint_every`` steps), ``figures/`` and the W&B run in ``wandb/``.
     SIGTERM / Ctrl-C save a state and exit (status 0 / 130); a NaN/inf loss stops the run.
+    The run's progress is a :class:`~toolkit.state.TrainState`; ``loop`` holds the prepared
+    objects of the current (or last) fit, None before the first.
     """
 
     def __init__(self, cfg: TrainConfig, recipe: str) -> None:
@@ -72,7 +60,8 @@ class Trainer(ResumeMixin):
             **tracking.tracker_kwargs(cfg),
         )
         set_seed(cfg.seed, device_specific=True)
-        self.run_dir = self._resolve_run_dir()
+        self.run_dir = resolve_run_dir(cfg, recipe, self.accelerator)
+        self.loop: FitLoop | None = None
         self.figures_dir = self.run_dir / "figures"
         if self.accelerator.is_main_process:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
@@ -81,17 +70,6 @@ class Trainer(ResumeMixin):
         tracking.start_tracking(self.accelerator, cfg, recipe, self.run_dir)
 
     # ------------------------------------------------------------------ data
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        cfg = self.cfg
-        batch = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
-        return DataLoader(
-            dataset, batch_size=batch, shuffle=train, num_workers=cfg.num_workers,
-            drop_last=train and len(dataset) >= batch * self.accelerator.num_processes,
-            pin_memory=self.accelerator.device.type == "cuda", worker_init_fn=_seed_worker,
-            # own generator: creating an iterator draws nothing from the global RNG (exact mid-epoch resume)
-            generator=torch.Generator().manual_seed(cfg.seed) if train else None,
-        )
-
     def _check_budget(self, model: torch.nn.Module, budget: int | None) -> None:
         n = count_parameters(model)
         if budget is not None and n > budget:
@@ -136,7 +114,7 @@ class Trainer(ResumeMixin):
         acc = self.accelerator
         model = acc.prepare_model(model.to(memory_format=torch.channels_last) if self.cfg.channels_last else model,
                                   evaluation_mode=True)  # no DDP wrapper: nothing to synchronise
-        loader = acc.prepare_data_loader(self._loader(dataset, train=False))
+        loader = acc.prepare_data_loader(make_loader(dataset, self.cfg, acc, train=False))
         return self.evaluate(model, objective, loader, metrics)[0]
 
     def close(self) -> None:
@@ -150,13 +128,16 @@ class Trainer(ResumeMixin):
 
     # ------------------------------------------------------------------ training
     def fit(self, model: torch.nn.Module, objective: Objective, train_data: Dataset, val_data: Dataset,
-            metrics: Sequence, monitor: str, mode: str = "max", param_budget: int | None = 500_000,
-            figures: FigureFn | None = None) -> list[dict]:
+            metrics: Sequence, monitor: str, mode: str = "max", *, param_budget: int | None,
+            figures: FigureFn | None = None, callbacks: Sequence[Any] = ()) -> list[dict]:
         """Train for ``cfg.epochs`` (or the ``max_minutes`` budget) and return the history.
 
         ``monitor`` names the validation result (``val_loss`` or a metric key) that
-        picks ``best.pth``; ``mode`` is ``"max"`` or ``"min"``. ``figures(sample)``
-        returns ``{name: matplotlib Figure}`` for the first validation batch.
+        picks ``best.pth``; ``mode`` is ``"max"`` or ``"min"``. ``param_budget``: the most
+        trainable parameters the model may have (None: no limit). ``figures(sample)``
+        returns ``{name: matplotlib Figure}`` for the first validation batch (a StepOutput of
+        up to 16 samples on the CPU). ``callbacks``: hooks (see :mod:`toolkit.callbacks`),
+        called on every process in list order.
         """
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -166,163 +147,169 @@ class Trainer(ResumeMixin):
             model = model.to(memory_format=torch.channels_last)
         objective.channels_last = cfg.channels_last
         optimizer = build_optimizer(model, cfg)
-        model, optimizer, train_dl, val_dl = acc.prepare(
-            model, optimizer, self._loader(train_data, True), self._loader(val_data, False))
+        loaders = make_loader(train_data, cfg, acc, train=True), make_loader(val_data, cfg, acc, train=False)
+        model, optimizer, train_dl, val_dl = acc.prepare(model, optimizer, *loaders)
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
-        scheduler = build_scheduler(optimizer, cfg, steps_per_epoch * max(cfg.epochs, 1))
-
-        st = {"epoch": 0, "global_step": 0, "history": [], "best": None, "best_epoch": None,
-              "train_time_s": 0.0, "wall_time_s": 0.0, "planned_epochs": cfg.epochs,
-              "batch_in_epoch": 0, "partial": None, "skipped_steps": 0}
-        self._bad = torch.tensor([-1.0, 0.0], device=acc.device)  # (first optimizer step with a NaN/inf loss, loss)
-        if cfg.resume:
-            self._restore(st, scheduler, steps_per_epoch)
-        better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+        scheduler, schedule = build_scheduler(optimizer, cfg, steps_per_epoch * max(cfg.epochs, 1))
+        self.loop = loop = FitLoop(model, objective, optimizer, scheduler, schedule, train_dl, val_dl, train_data,
+                                   val_data, metrics, monitor, mode, figures, list(callbacks), steps_per_epoch,
+                                   RunGuard(acc, cfg.log_every))
+        state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch) if cfg.resume
+                 else TrainState(planned_epochs=cfg.epochs))
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
-
-        self._media = MediaLogger(acc, objective, metrics, val_data, enabled=cfg.wandb_mode != "disabled")
-        with StopSignals() as self._signals:
-            self._epochs(model, objective, optimizer, scheduler, train_dl, val_dl, train_data, metrics, monitor,
-                         better, figures, steps_per_epoch, st)
-        self._media.log_worst(model, val_dl, st["global_step"])  # W&B table of the lowest-Dice slices
-        summary = self._summary(st, monitor, mode, trainable, total, param_budget)
+        with loop.guard:
+            self._epochs(state)
+        call_hook(loop.callbacks, "on_fit_end", self, state)
+        summary = self._summary(state, trainable, total, param_budget)
         if acc.is_main_process:
             save_json(self.run_dir / "summary.json", summary)
         tracking.set_summary(acc, summary)
         acc.end_training()
-        return st["history"]
+        return state.history
 
-    def _epochs(self, model, objective, optimizer, scheduler, train_dl, val_dl, train_data, metrics, monitor,
-                better, figures, steps_per_epoch, st) -> None:
-        acc = self.accelerator
-        while st["epoch"] < st["planned_epochs"]:
-            epoch, epoch_start = st["epoch"], time.perf_counter()
-            record = self._train_epoch(model, objective, optimizer, scheduler, train_dl, train_data, st)
-            results, sample = self.evaluate(model, objective, val_dl, metrics)
-            if monitor not in results:
-                raise KeyError(f"monitor {monitor!r} is not among the validation results: {sorted(results)}")
+    def _epochs(self, state: TrainState) -> None:
+        acc, loop = self.accelerator, self.loop
+        while state.epoch < state.planned_epochs:
+            epoch, epoch_start = state.epoch, time.perf_counter()
+            record = self._train_epoch(state)
+            results, sample = self.evaluate(loop.model, loop.objective, loop.val_dl, loop.metrics)
+            if loop.monitor not in results:
+                raise KeyError(f"monitor {loop.monitor!r} is not among the validation results: {sorted(results)}")
             record.update(results)
-            st["history"].append(record)
-            st["epoch"] = epoch + 1
-            if st["best"] is None or better(record[monitor], st["best"]):
-                st["best"], st["best_epoch"] = record[monitor], epoch + 1
-                state_dict = acc.get_state_dict(model)
+            state.history.append(record)
+            state.epoch = epoch + 1
+            if loop.better(record[loop.monitor], state.best):
+                state.best, state.best_epoch = record[loop.monitor], epoch + 1
+                state_dict = acc.get_state_dict(loop.model)
                 if acc.is_main_process:
                     save_weights(self.run_dir / "best.pth", state_dict)
                     save_safetensors(self.run_dir / "best.safetensors", state_dict)
             acc.log({f"val/{k.removeprefix('val_')}": v for k, v in results.items()}
-                    | {"train/epoch_loss": record["train_loss"], "epoch": epoch + 1}, step=st["global_step"])
-            self._write_epoch_outputs(st, sample, figures, monitor)
-            self._media.log_epoch(sample, st["global_step"])  # W&B mask overlays / reconstruction grid
-            st["wall_time_s"] += time.perf_counter() - epoch_start
-            self._fit_budget(st, scheduler, steps_per_epoch)
-            self._save_state(st, scheduler)
+                    | {"train/epoch_loss": record["train_loss"], "epoch": epoch + 1}, step=state.global_step)
+            self._write_epoch_outputs(state, sample)
+            call_hook(loop.callbacks, "on_epoch_end", self, state, record, sample)
+            state.wall_time_s += time.perf_counter() - epoch_start
+            self._fit_budget(state)
+            self._save(state)
             acc.print(f"epoch {epoch + 1}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float))
-                + (f", {st['skipped_steps']} optimizer steps skipped by the fp16 grad scaler so far"
-                   if st["skipped_steps"] else ""))
-            signum = self._stop_requested()
-            if signum and st["epoch"] < st["planned_epochs"]:
-                self._stop(st, scheduler, signum, save=False)
+                + (f", {state.skipped_steps} optimizer steps skipped by the fp16 grad scaler so far"
+                   if state.skipped_steps else ""))
+            signum = loop.guard.stop_requested()
+            if signum and state.epoch < state.planned_epochs:
+                self._stop(state, signum, save=False)
 
-    def _train_epoch(self, model, objective, optimizer, scheduler, train_dl, train_data, st) -> dict:
-        cfg, acc = self.cfg, self.accelerator
-        epoch, skip, partial = st["epoch"], st["batch_in_epoch"], st["partial"] or {}
+    def _train_epoch(self, state: TrainState) -> dict:
+        cfg, acc, loop = self.cfg, self.accelerator, self.loop
+        model, optimizer, scheduler, train_dl = loop.model, loop.optimizer, loop.scheduler, loop.train_dl
+        epoch, skip, partial = state.epoch, state.batch_in_epoch, state.partial or {}
         train_dl.set_epoch(epoch)  # the order of epoch e is a function of (seed, e) alone
         loader = train_dl
         if skip:  # resumed inside this epoch: the same order, without the batches already trained on
             loader = acc.skip_first_batches(train_dl, skip)
             loader.set_epoch(epoch)
-            _reseed(train_data, (cfg.seed * 1_000_003 + epoch * 10_007 + skip) % 2**31)
+            reseed(loop.train_data, (cfg.seed * 1_000_003 + epoch * 10_007 + skip) % 2**31)
         else:
-            _reseed(train_data, int(torch.randint(0, 2**31 - 1, ())))  # used when num_workers == 0
+            reseed(loop.train_data, int(torch.randint(0, 2**31 - 1, ())))  # used when num_workers == 0
         model.train()
         loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=acc.device)
         batches, seen, start = skip, partial.get("seen", 0), time.perf_counter() - partial.get("time_s", 0.0)
-        bar = tqdm(total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}/{st['planned_epochs']}", leave=False,
+        bar = tqdm(total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}/{state.planned_epochs}", leave=False,
                    disable=not acc.is_local_main_process, dynamic_ncols=True)
         for batch in loader:
             with acc.accumulate(model):
-                out = objective(model, batch)
+                out = loop.objective(model, batch)
                 acc.backward(out.loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 if acc.sync_gradients and acc.optimizer_step_was_skipped:
-                    st["skipped_steps"] += 1  # fp16: the grad scaler found inf/NaN gradients and skipped the step
+                    state.skipped_steps += 1  # fp16: the grad scaler found inf/NaN gradients and skipped the step
                 elif acc.sync_gradients:
                     scheduler.step()
-                    st["global_step"] += 1
-                    if st["global_step"] % cfg.log_every == 0:
-                        self._log_step(out.loss, scheduler, st)
+                    state.global_step += 1
+                    if state.global_step % cfg.log_every == 0:
+                        self._log_step(out.loss, state)
                 optimizer.zero_grad(set_to_none=True)
-            self._note_loss(out.loss, st)
+            loop.guard.note_loss(out.loss, state.global_step)
             loss_sum += out.loss.detach()
             batches += 1
             seen += out.preds.shape[0] * acc.num_processes
             if acc.sync_gradients and batches < len(train_dl):
-                self._step_boundary(st, scheduler, loss_sum, batches, seen, start)
+                self._step_boundary(state, loss_sum, batches, seen, start)
             if batches % 10 == 1 and not bar.disable:  # .item() syncs the device: not every step
                 rate = seen / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{out.loss.item():.4f}", img_s=f"{rate:.1f}", refresh=False)
             bar.update()
         bar.close()
         elapsed = time.perf_counter() - start
-        st["train_time_s"] += elapsed - partial.get("time_s", 0.0)
-        st["batch_in_epoch"], st["partial"] = 0, None
+        state.train_time_s += elapsed - partial.get("time_s", 0.0)
+        state.batch_in_epoch, state.partial = 0, None
         train_loss = acc.reduce(loss_sum / max(batches, 1), reduction="mean").item()
-        self._check_finite(st)
+        loop.guard.check_finite(state, self.run_dir)
         return {"epoch": epoch + 1, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                 "time_s": elapsed, "train_images_per_s": seen / elapsed}
 
-    def _log_step(self, loss: torch.Tensor, scheduler, st: dict) -> None:
-        self._check_finite(st)
-        self.accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0],
-                              "train/skipped_steps": st["skipped_steps"]}, step=st["global_step"])
+    def _log_step(self, loss: torch.Tensor, state: TrainState) -> None:
+        self.loop.guard.check_finite(state, self.run_dir)
+        self.accelerator.log({"train/loss": loss.item(), "train/lr": self.loop.scheduler.get_last_lr()[0],
+                              "train/skipped_steps": state.skipped_steps}, step=state.global_step)
 
-    def _fit_budget(self, st: dict, scheduler, steps_per_epoch: int) -> None:
+    def _step_boundary(self, state: TrainState, loss_sum: torch.Tensor, batches: int, seen: int,
+                       start: float) -> None:
+        """Inside an epoch, after an optimizer step: save every ``checkpoint_every`` steps; obey SIGTERM/SIGINT."""
+        every, signum = self.cfg.checkpoint_every, self.loop.guard.stop_requested(state.global_step)
+        due = every > 0 and (state.global_step + state.skipped_steps) % every == 0
+        if not (due or signum):
+            return
+        state.batch_in_epoch = batches
+        state.partial = {"loss_sum": self.accelerator.reduce(loss_sum, reduction="mean").item(), "seen": seen,
+                         "time_s": time.perf_counter() - start}
+        if signum:
+            self._stop(state, signum)
+        self.loop.guard.check_finite(state, self.run_dir)  # never save a state after a NaN/inf loss
+        self._save(state)
+
+    def _save(self, state: TrainState) -> Path:
+        return save_state(self.accelerator, self.run_dir, state, self.loop.scheduler, self.cfg.keep_states)
+
+    def _stop(self, state: TrainState, signum: int, save: bool = True) -> None:
+        """Save a state at this step boundary (unless just saved) and leave with the signal's exit code."""
+        self.loop.guard.check_finite(state, self.run_dir)
+        path = self._save(state) if save else find_state(self.run_dir)
+        self.loop.guard.leave(signum, path, state.global_step)
+
+    def _fit_budget(self, state: TrainState) -> None:
         """With ``max_minutes``, plan as many epochs as fit the budget and stretch the LR schedule to them."""
         budget_s = self.cfg.max_minutes * 60
-        if budget_s <= 0:
+        if budget_s <= 0 or state.planned_epochs <= state.epoch:  # no budget, or the plan has run out
             return
-        if st["planned_epochs"] <= st["epoch"]:  # the schedule has run out: never restart it
-            return
-        walls = st.setdefault("epoch_end_walls", [])  # wall time at the end of each epoch, seconds
-        walls.append(st["wall_time_s"])
-        # the median duration of the last five epochs (training + evaluation) predicts the next ones: it follows a
-        # lasting change of speed within three epochs, while one or two slow epochs (a passing load) move it little
-        recent = walls[-6:]
-        durations = [b - a for a, b in zip(recent, recent[1:])]
-        per_epoch = statistics.median(durations) if durations else walls[0] / st["epoch"]
-        left = int(max(0.0, budget_s - st["wall_time_s"]) / max(per_epoch, 1e-9))
-        fit = max(st["epoch"], min(self.cfg.epochs, st["epoch"] + left))
-        fit = int(broadcast_object_list([fit])[0])  # all processes stop together
-        if fit != st["planned_epochs"]:
-            st["planned_epochs"] = fit
-            scheduler.lr_lambdas[0].refit(fit * steps_per_epoch, scheduler.last_epoch)
+        fit = int(broadcast_object_list([plan_epochs(state, self.cfg.epochs, budget_s)])[0])  # all stop together
+        if fit != state.planned_epochs:
+            state.planned_epochs = fit
+            self.loop.schedule.refit(fit * self.loop.steps_per_epoch, self.loop.scheduler.last_epoch)
 
-    def _write_epoch_outputs(self, st: dict, sample: StepOutput | None, figures: FigureFn | None, monitor: str):
-        acc = self.accelerator
+    def _write_epoch_outputs(self, state: TrainState, sample: StepOutput | None) -> None:
+        acc, figures = self.accelerator, self.loop.figures
         if not acc.is_main_process:
             return
-        save_json(self.run_dir / "history.json", st["history"])
-        paths = {"history": save_figure(plot_history(st["history"]), self.figures_dir / "history.png")}
+        save_json(self.run_dir / "history.json", state.history)
+        paths = {"history": save_figure(plot_history(state.history), self.figures_dir / "history.png")}
         if figures is not None and sample is not None:
             for name, fig in figures(sample).items():
-                paths[name] = save_figure(fig, self.figures_dir / f"{name}_epoch{st['epoch']:03d}.png")
-        tracking.log_images(acc, paths, st["global_step"])
+                paths[name] = save_figure(fig, self.figures_dir / f"{name}_epoch{state.epoch:03d}.png")
+        tracking.log_images(acc, paths, state.global_step)
 
-    def _summary(self, st, monitor, mode, trainable, total, budget) -> dict:
-        history = st["history"]
+    def _summary(self, state: TrainState, trainable: int, total: int, budget: int | None) -> dict:
+        history, acc = state.history, self.accelerator
         return {
-            "recipe": self.recipe, "run_dir": str(self.run_dir), "monitor": monitor, "mode": mode,
-            "best_value": st["best"], "best_epoch": st["best_epoch"], "epochs_completed": st["epoch"],
+            "recipe": self.recipe, "run_dir": str(self.run_dir), "monitor": self.loop.monitor, "mode": self.loop.mode,
+            "best_value": state.best, "best_epoch": state.best_epoch, "epochs_completed": state.epoch,
             "trainable_params": trainable, "total_params": total, "param_budget": budget,
-            "wall_time_s": st["wall_time_s"], "train_time_s": st["train_time_s"],
+            "wall_time_s": state.wall_time_s, "train_time_s": state.train_time_s,
             "train_images_per_s": (sum(h["train_images_per_s"] for h in history) / len(history)) if history else None,
-            "num_processes": self.accelerator.num_processes, "mixed_precision": self.accelerator.mixed_precision,
-            "skipped_steps": st["skipped_steps"],
-            "final": history[-1] if history else None,
+            "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
+            "skipped_steps": state.skipped_steps, "final": history[-1] if history else None,
         }

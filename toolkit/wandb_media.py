@@ -1,9 +1,11 @@
 """W&B media beyond the PNG figures: mask overlays, reconstruction grids, the worst validation slices.
 
-Segmentation runs log each epoch's first validation images as ``wandb.Image`` with W&B's
-interactive mask overlays (``prediction`` and ``ground_truth``, toggled in the W&B UI), and
-at the end of training a ``wandb.Table`` of the validation slices with the lowest Dice.
-Reconstruction and denoising runs log a grid per epoch: rows of inputs, outputs, targets.
+Fit callbacks (see :mod:`toolkit.callbacks`) that a recipe passes to ``Trainer.fit``:
+:class:`SegmentationMedia` logs each epoch's first validation images as ``wandb.Image`` with
+W&B's interactive mask overlays (``prediction`` and ``ground_truth``, toggled in the W&B UI),
+and at the end of training a ``wandb.Table`` of the validation slices with the lowest Dice.
+:class:`ReconstructionMedia` logs a grid per epoch: rows of inputs, outputs, targets.
+Both do nothing when W&B is disabled.
 
 Only the main process talks to W&B; the worst-slices pass runs on every process because
 it gathers the per-image Dice across processes (``gather_for_metrics``).
@@ -17,10 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from .callbacks import Callback
 from .metrics import SegmentationMetrics
-from .objectives import ReconstructionObjective, SegmentationObjective, StepOutput
+from .tracking import wandb_run
 
-__all__ = ["MediaLogger", "display_uint8", "masked_image", "reconstruction_grid", "CLASS_LABELS"]
+__all__ = ["SegmentationMedia", "ReconstructionMedia", "display_uint8", "masked_image", "reconstruction_grid",
+           "CLASS_LABELS"]
 
 CLASS_LABELS = {0: "background", 1: "tumour"}
 EPOCH_IMAGES = 6  # validation images with mask overlays logged per epoch
@@ -71,70 +75,69 @@ def reconstruction_grid(rows: Sequence[torch.Tensor], caption: str, max_images: 
     return wandb.Image(arr, caption=caption)
 
 
-class MediaLogger:
-    """Logs the media of one training run; does nothing when W&B is off or the objective has no media.
+def _run(trainer):
+    """The live W&B run on the main process of a fit with W&B on, else None."""
+    return wandb_run(trainer.accelerator) if trainer.cfg.wandb_mode != "disabled" else None
 
-    ``enabled`` must be the same on every process (it decides who joins the gathering pass).
+
+class SegmentationMedia(Callback):
+    """W&B media of a segmentation fit: mask overlays per epoch, the worst validation slices at the end.
+
+    threshold: probability in (0, 1) at which a pixel counts as tumour (use the metric's);
+    images: validation images logged per epoch; worst: rows of the worst-slices table.
+    The objective's outputs must be probabilities ``preds`` (N, 1, H, W) in [0, 1], masks
+    ``targets`` (N, 1, H, W) in {0, 1} and scans ``inputs`` (N, C, H, W).
     """
 
-    def __init__(self, accelerator, objective, metrics: Sequence, val_data, enabled: bool) -> None:
-        self.acc, self.objective, self.val_data = accelerator, objective, val_data
-        self.enabled = enabled
-        self.segmentation = isinstance(objective, SegmentationObjective)
-        self.reconstruction = isinstance(objective, ReconstructionObjective)
-        thresholds = [m.threshold for m in metrics if isinstance(m, SegmentationMetrics)]
-        self.threshold = thresholds[0] if thresholds else 0.5
+    def __init__(self, threshold: float = 0.5, images: int = EPOCH_IMAGES, worst: int = WORST_SLICES) -> None:
+        if not 0 < threshold < 1:
+            raise ValueError(f"SegmentationMedia threshold must be in (0, 1), got {threshold}")
+        self.threshold, self.images, self.worst = threshold, images, worst
 
-    def _run(self):
-        from .tracking import wandb_run
-
-        return wandb_run(self.acc) if self.enabled else None
-
-    def log_epoch(self, sample: StepOutput | None, step: int) -> None:
-        """Main process: masked images (segmentation) or a grid (reconstruction) of the first validation batch."""
-        run = self._run()
+    def on_epoch_end(self, trainer, state, record, sample) -> None:
+        """Main process: the first validation images with prediction / truth overlays as ``val/segmentation``."""
+        run = _run(trainer)
         if run is None or sample is None:
             return
-        if self.segmentation:
-            n = min(EPOCH_IMAGES, sample.inputs.shape[0])
-            images = [masked_image(sample.inputs[i], sample.preds[i], sample.targets[i], self.threshold,
-                                   caption=f"validation image {i}") for i in range(n)]
-            run.log({"val/segmentation": images}, step=step)
-        elif self.reconstruction:
-            noisy = not torch.equal(sample.inputs, sample.targets)
-            rows = [sample.inputs, sample.preds, sample.targets] if noisy else [sample.targets, sample.preds]
-            names = "input / output / target" if noisy else "original / reconstruction"
-            run.log({"val/reconstructions": reconstruction_grid(rows, f"rows: {names}")}, step=step)
+        n = min(self.images, sample.inputs.shape[0])
+        images = [masked_image(sample.inputs[i], sample.preds[i], sample.targets[i], self.threshold,
+                               caption=f"validation image {i}") for i in range(n)]
+        run.log({"val/segmentation": images}, step=state.global_step)
+
+    def on_fit_end(self, trainer, state) -> None:
+        self.log_worst(trainer, state.global_step)
 
     @torch.no_grad()
-    def log_worst(self, model, val_loader, step: int, k: int = WORST_SLICES) -> list[dict[str, Any]]:
-        """Segmentation: a ``wandb.Table`` (id, dice, true/pred pixels, masked image) of the ``k`` lowest-Dice
-        validation slices of the final model. Call on every process; returns the table rows (main process).
+    def log_worst(self, trainer, step: int) -> list[dict[str, Any]]:
+        """A ``wandb.Table`` (id, dice, true/pred pixels, masked image) of the lowest-Dice validation slices
+        of the final model. Call on every process; returns the table rows (main process).
 
         Per-image Dice comes from predictions gathered across processes (each slice once, dataset order);
-        the ``k`` slices are then recomputed from ``val_data`` on every process and logged by the main one.
+        the worst slices are then recomputed from the validation dataset on every process and logged by
+        the main one.
         """
-        if not (self.enabled and self.segmentation):
+        if trainer.cfg.wandb_mode == "disabled":
             return []
-        acc = self.acc
+        acc, loop = trainer.accelerator, trainer.loop
+        model, objective, val_data = loop.model, loop.objective, loop.val_data
         model.eval()
         metric = SegmentationMetrics(self.threshold)
-        for batch in val_loader:
-            out = self.objective(model, batch)
+        for batch in loop.val_dl:
+            out = objective(model, batch)
             metric.update(*acc.gather_for_metrics((out.preds, out.targets)))
         scores = metric.per_image_scores()
         dice = scores["dice"]
-        worst = torch.argsort(dice, stable=True)[:k].tolist()
+        worst = torch.argsort(dice, stable=True)[:self.worst].tolist()
         if not worst:
             return []
-        items = default_collate([self.val_data[i] for i in worst])
-        out = self.objective(model, [t.to(acc.device) for t in items])
-        run = self._run()
+        items = default_collate([val_data[i] for i in worst])
+        out = objective(model, [t.to(acc.device) for t in items])
+        run = _run(trainer)
         if run is None:
             return []
         import wandb
 
-        ids = getattr(self.val_data, "ids", None)
+        ids = getattr(val_data, "ids", None)
         rows = []
         table = wandb.Table(columns=["id", "dice", "true_pixels", "pred_pixels", "image"])
         for j, i in enumerate(worst):
@@ -147,3 +150,25 @@ class MediaLogger:
             rows.append(row)
         run.log({"val/worst_slices": table}, step=step)
         return rows
+
+
+class ReconstructionMedia(Callback):
+    """W&B grid per epoch of a reconstruction or denoising fit, as ``val/reconstructions``.
+
+    Rows: input / output / target when the inputs differ from the targets (denoising), else
+    original / reconstruction; ``preds`` and ``targets`` (N, C, H, W) in [0, 1], clipped, not
+    rescaled. images: columns of the grid.
+    """
+
+    def __init__(self, images: int = 8) -> None:
+        self.images = images
+
+    def on_epoch_end(self, trainer, state, record, sample) -> None:
+        run = _run(trainer)
+        if run is None or sample is None:
+            return
+        noisy = not torch.equal(sample.inputs, sample.targets)
+        rows = [sample.inputs, sample.preds, sample.targets] if noisy else [sample.targets, sample.preds]
+        names = "input / output / target" if noisy else "original / reconstruction"
+        grid = reconstruction_grid(rows, f"rows: {names}", max_images=self.images)
+        run.log({"val/reconstructions": grid}, step=state.global_step)

@@ -1,0 +1,77 @@
+"""Fit hooks: called once per epoch and at the end, in list order; SaveCurve; the schedule reference."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
+from toolkit.callbacks import Callback, SaveCurve
+
+from .helpers import TinyImages, TinyNet
+
+
+def make_cfg(tmp_path, **kw):
+    base = TrainConfig(output_dir=str(tmp_path / "runs"), run_name="c", epochs=3, batch_size=8, lr=0.05,
+                       num_workers=0, wandb_mode="disabled", warmup_fraction=0.0)
+    return replace(base, **kw)
+
+
+def fit(cfg, callbacks):
+    trainer = Trainer(cfg, recipe="tiny")
+    history = trainer.fit(TinyNet(), ClassificationObjective(), TinyImages(48), TinyImages(20, seed=1),
+                          metrics=[Accuracy()], monitor="accuracy", param_budget=500_000, callbacks=callbacks)
+    return trainer, history
+
+
+class Recorder(Callback):
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def on_epoch_end(self, trainer, state, record, sample):
+        assert state.epoch == record["epoch"] and state.history[-1] is record
+        assert sample.preds.shape[0] <= 16 and sample.preds.device.type == "cpu"
+        self.calls.append((self.name, "epoch", record["epoch"]))
+
+    def on_fit_end(self, trainer, state):
+        assert trainer.loop.model is not None
+        self.calls.append((self.name, "end", state.epoch))
+
+
+class OnlyEnd:  # no base class, one hook: the others are optional
+    def __init__(self, calls):
+        self.calls = calls
+
+    def on_fit_end(self, trainer, state):
+        self.calls.append(("plain", "end", len(state.history)))
+
+
+def test_hooks_run_once_per_epoch_and_at_the_end_in_list_order(tmp_path):
+    calls = []
+    _, history = fit(make_cfg(tmp_path), [Recorder("a", calls), Recorder("b", calls), OnlyEnd(calls)])
+    assert len(history) == 3
+    assert calls == [("a", "epoch", 1), ("b", "epoch", 1), ("a", "epoch", 2), ("b", "epoch", 2),
+                     ("a", "epoch", 3), ("b", "epoch", 3), ("a", "end", 3), ("b", "end", 3), ("plain", "end", 3)]
+
+
+def test_save_curve_writes_its_png(tmp_path):
+    trainer, history = fit(make_cfg(tmp_path, epochs=2), [SaveCurve(["accuracy"], "accuracy")])
+    png = trainer.figures_dir / "accuracy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((trainer.run_dir / "history.json").read_text()) == history
+
+
+@pytest.mark.parametrize("keys, name, match", [("accuracy", "acc", "non-empty list"), ([], "acc", "non-empty list"),
+                                               (["accuracy"], "a/b", "plain file stem")])
+def test_save_curve_refuses_bad_arguments(keys, name, match):
+    with pytest.raises(ValueError, match=match):
+        SaveCurve(keys, name)
+
+
+def test_time_budget_refits_through_the_schedule_reference(tmp_path):
+    trainer, history = fit(make_cfg(tmp_path, epochs=500, max_minutes=0.1), [])
+    loop = trainer.loop
+    assert len(history) < 500
+    assert loop.scheduler.lr_lambdas[0] is loop.schedule
+    assert loop.schedule.total_steps == len(history) * loop.steps_per_epoch  # stretched to the planned epochs
+    assert history[-1]["lr"] == pytest.approx(0.05 * loop.schedule(loop.scheduler.last_epoch))  # 1e-4 floor at the end

@@ -1,0 +1,98 @@
+"""The run folder of a training run: where it is, saving a resumable state, resuming from one.
+
+States are saved every ``checkpoint_every`` optimizer steps and at the end of every
+epoch into ``state/step-XXXXXXXX/`` (see :mod:`toolkit.checkpoint`); ``--resume`` loads
+the newest one after refusing any file that carries code. A state saved inside an epoch
+records how many batches of that epoch were done; the resumed run skips exactly those
+(Accelerate's ``skip_first_batches`` over the same seeded per-epoch order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch.optim.lr_scheduler import LRScheduler
+
+from .checkpoint import STATE_MARKER, check_state_files, find_state, load_state_file, save_training_state
+from .config import ConfigError, TrainConfig
+from .optim import StepSchedule
+from .state import TrainState
+
+__all__ = ["resolve_run_dir", "save_state", "restore_state"]
+
+
+def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
+    """The run folder ``<output_dir>/<run name>``, created and proven writable; call on every process.
+
+    The name is ``cfg.run_name``, else with ``cfg.resume`` the newest ``<recipe>-*`` run that
+    holds a state, else ``<recipe>-<date>-<time>``; every process takes the main process's
+    choice. Raises ConfigError when ``output_dir`` is no folder, when ``--resume`` finds no
+    state, when a new run would overwrite one that holds a state, or when the folder is not writable.
+    """
+    root = Path(cfg.output_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir {root} exists and is not a folder")
+    name = cfg.run_name
+    if not name and cfg.resume:
+        runs = sorted((p for p in root.glob(f"{recipe}-*") if find_state(p)), key=lambda p: p.name)
+        if not runs:
+            raise ConfigError(f"--resume: no run of {recipe!r} with a saved state under {root}/")
+        name = runs[-1].name
+    elif not name:
+        name = f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    box = [name]
+    broadcast_object_list(box)  # every process agrees on the main process's name
+    run_dir = root / box[0]
+    if cfg.resume and find_state(run_dir) is None:
+        raise ConfigError(f"--resume: {run_dir} holds no complete state/ to resume from")
+    if not cfg.resume and find_state(run_dir) is not None:
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --run-name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if accelerator.is_main_process:  # prove it is writable before any training starts
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=run_dir)
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"output_dir: cannot create or write the run folder {run_dir}: {err}") from err
+    return run_dir
+
+
+def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,
+               keep: int) -> Path:
+    """Save a resumable state now (call on every process); the newest ``keep`` are kept. Returns its folder."""
+    return save_training_state(accelerator, run_dir, state.to_json(), extra={"scheduler": scheduler.state_dict()},
+                               keep=keep)
+
+
+def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, scheduler: LRScheduler,
+                  schedule: StepSchedule, steps_per_epoch: int) -> TrainState:
+    """Load the newest state of ``run_dir`` into the prepared objects and return its :class:`TrainState`.
+
+    Model, optimizer, grad scaler and RNG states go through ``accelerator.load_state``;
+    ``scheduler`` (whose multiplier is ``schedule``) gets its saved state dict. When
+    ``cfg.epochs`` differs from the saved plan and no time budget is set, ``schedule`` is
+    refitted to the new number of epochs (a finished warm-up stays finished).
+    """
+    state_dir = find_state(run_dir)
+    check_state_files(state_dir)  # refuses pickles that carry code before anything else reads them
+    if (state_dir / "custom_checkpoint_0.pkl").is_file():  # a state of the older layout (checked above)
+        accelerator.register_for_checkpointing(scheduler)
+    accelerator.load_state(str(state_dir))
+    if (state_dir / "scheduler.pt").is_file():
+        scheduler.load_state_dict(load_state_file(state_dir / "scheduler.pt"))
+    state = TrainState.from_json(json.loads((state_dir / STATE_MARKER).read_text()))
+    if cfg.max_minutes <= 0 and state.planned_epochs != cfg.epochs:  # --epochs changed: refit the schedule
+        state.planned_epochs = cfg.epochs
+        schedule.refit(steps_per_epoch * max(cfg.epochs, 1), scheduler.last_epoch)
+    where = f"after epoch {state.epoch}"
+    if state.batch_in_epoch:
+        where += f" and {state.batch_in_epoch} batches of epoch {state.epoch + 1}"
+    accelerator.print(f"resumed {run_dir} from {state_dir} {where} (optimizer step {state.global_step})")
+    return state
