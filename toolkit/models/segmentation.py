@@ -196,10 +196,13 @@ class SMPUnet(nn.Module):
         return crop(self.net(x))
 
 
-def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
+def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int = 1,
+                             widths: Sequence[int] | None = None) -> nn.Module:
     """Build a segmentation model by name: ``autoencoder`` (plain symmetric, no skips),
     ``unet`` (symmetric with skips) or ``smp_unet`` (the smp baseline).
 
+    ``widths``: stage widths of the symmetric models (see :class:`SegAutoEncoder`); None or empty =
+    :data:`DEFAULT_WIDTHS`. The smp baseline has its own layout and refuses other widths.
     Returns a model mapping (N, in_channels, H, W) float scans to (N, out_channels, H, W)
     logits. Raises ValueError for an unknown name (the message lists the valid names).
     """
@@ -208,5 +211,8 @@ def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int 
             f"unknown segmentation model {name!r}; valid names: {sorted(SEGMENTATION_MODELS)}"
         )
     if name == "smp_unet":
+        if widths:
+            raise ValueError("widths apply to the unet and autoencoder models, not to smp_unet")
         return SMPUnet(in_channels, out_channels)
-    return SegAutoEncoder(in_channels, out_channels, skip=SEGMENTATION_MODELS[name])
+    return SegAutoEncoder(in_channels, out_channels, widths=tuple(widths or DEFAULT_WIDTHS),
+                          skip=SEGMENTATION_MODELS[name])

@@ -1,0 +1,97 @@
+"""Ensembles, per-image/patient/type summaries and the disagreement report, on tiny models and constructed masks."""
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.ensemble import SegmentationEnsemble, disagreement, resolve_weights, slice_disagreement
+from toolkit.models.segmentation import build_segmentation_model
+from toolkit.seg_eval import collect_probs, disagreement_report, image_records, summarise
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, n=5, size=32, channels=1):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
+        self.y = (torch.rand(n, 1, size, size, generator=g) > 0.8).to(torch.uint8)
+        self.ids = [str(i) for i in range(n)]
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def _model(seed):
+    torch.manual_seed(seed)
+    return build_segmentation_model("unet", widths=(4, 8)).eval()
+
+
+def test_ensemble_of_identical_models_equals_the_single_model():
+    data = _Pairs()
+    single = collect_probs(SegmentationEnsemble([_model(0)]), data, flips=True)
+    copies = SegmentationEnsemble([_model(0), _model(0), _model(0)])
+    triple = collect_probs(copies, data, flips=True)
+    np.testing.assert_allclose(triple.probs, single.probs, atol=1e-6)
+    np.testing.assert_allclose(triple.flipped, single.flipped, atol=1e-6)
+    assert single.disagreement is None
+    np.testing.assert_array_equal(triple.disagreement, 0.0)  # identical members never disagree
+
+
+def test_ensemble_averages_member_probabilities():
+    a, b = _model(0), _model(1)
+    x = torch.randn(2, 1, 32, 32)
+    mean = SegmentationEnsemble([a, b])(x)
+    expected = 0.5 * (torch.sigmoid(a(x)) + torch.sigmoid(b(x)))
+    torch.testing.assert_close(mean, expected)
+    with pytest.raises(ValueError, match="at least one"):
+        SegmentationEnsemble([])
+
+
+def test_disagreement_map_and_slice_score():
+    m = torch.zeros(4, 1, 1, 2, 2)
+    m[:2, 0, 0, 0, 0] = 0.9           # half the members: maximal disagreement at one pixel
+    m[:, 0, 0, 1, 1] = 0.9            # all agree at another
+    d = disagreement(m, 0.5)
+    assert d[0, 0, 0, 0] == 1 and d[0, 0, 1, 1] == 0
+    assert slice_disagreement(m, 0.5).tolist() == [0.5]  # union of 2 pixels, one disputed
+
+
+def test_resolve_weights(tmp_path):
+    for k in range(3):
+        (tmp_path / "cv" / f"fold{k}").mkdir(parents=True)
+        (tmp_path / "cv" / f"fold{k}" / "best.pth").write_bytes(b"")
+    (tmp_path / "cv" / "postprocess.json").write_text("{}")
+    files, post = resolve_weights([tmp_path / "cv"])
+    assert [f.parent.name for f in files] == ["fold0", "fold1", "fold2"] and post == tmp_path / "cv" / "postprocess.json"
+    files, post = resolve_weights([tmp_path / "cv" / "fold1", tmp_path / "cv" / "fold2" / "best.pth"])
+    assert len(files) == 2 and post is None
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        resolve_weights([tmp_path / "nowhere"])
+
+
+def test_summary_per_image_pooled_patient_and_type():
+    t = np.zeros((3, 2, 2), np.uint8)
+    p = np.zeros_like(t)
+    t[0, 0, :] = 1; p[0, 0, :] = 1          # slice a: Dice 1
+    t[1, 0, :] = 1; p[1, 0, 0] = 1          # slice b: Dice 2/3
+    p[2, 1, 1] = 1                          # slice c: empty truth, a false pixel: Dice 0
+    meta = [{"patient": "P1", "tumour_type": "glioma"}, {"patient": "P1", "tumour_type": "glioma"},
+            {"patient": "P2", "tumour_type": "meningioma"}]
+    records = image_records(["a", "b", "c"], p, t, meta)
+    s = summarise(records)
+    assert s["dice"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert s["dice_global"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # tp 3, fp 1, fn 1
+    assert s["per_patient"]["num_patients"] == 2
+    assert s["per_patient"]["dice"] == pytest.approx((2 * 3 / (2 * 3 + 1) + 0) / 2)
+    assert s["per_tumour_type"]["glioma"]["dice"] == pytest.approx((1 + 2 / 3) / 2)
+    assert s["empty_correct"] == 0 and s["dice_tumour"] == pytest.approx(5 / 6)
+
+
+def test_disagreement_report_flags_the_worst():
+    records = [{"dice": d} for d in np.linspace(0, 1, 20)]
+    report = disagreement_report(records, np.linspace(1, 0, 20))  # most disputed = lowest Dice
+    assert report["flagged_among_lowest_dice"] == 1.0 and report["spearman_dice_vs_disagreement"] == pytest.approx(-1)
+    report = disagreement_report(records, np.linspace(0, 1, 20))
+    assert report["flagged_among_lowest_dice"] == 0.0

@@ -1,0 +1,103 @@
+"""Ensembles of segmentation runs: the folds of a cross-validation, or several ``--weights``.
+
+:func:`resolve_weights` turns what a user passes (a ``best.pth``, a run folder, a
+cross-validation folder holding ``fold*/best.pth``) into weight files and the
+post-processing stored with them; :class:`SegmentationEnsemble` averages the members'
+tumour probabilities and measures where they disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .postprocess import POSTPROCESS_FILE
+
+__all__ = ["SegmentationEnsemble", "resolve_weights", "disagreement", "slice_disagreement"]
+
+
+def resolve_weights(paths: Sequence[str | Path]) -> tuple[list[Path], Path | None]:
+    """Weight files of the members and the ``postprocess.json`` that applies to them (or None).
+
+    Each path is a ``best.pth`` (its run folder's ``postprocess.json`` applies), a run folder
+    (its ``best.pth``), or a cross-validation folder (every ``fold*/best.pth``, and the
+    ``postprocess.json`` chosen on its out-of-fold predictions). With several paths the
+    post-processing of the first one that has any is used. Raises FileNotFoundError naming
+    the path that holds no weights.
+    """
+    files, post = [], None
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found, root = [path], path.parent
+        elif (path / "best.pth").is_file():
+            found, root = [path / "best.pth"], path
+        elif path.is_dir():
+            found, root = sorted(path.glob("fold*/best.pth")), path
+        else:
+            found, root = [], path
+        if not found:
+            raise FileNotFoundError(f"--weights {path}: no best.pth there (expected a best.pth, a run folder or a "
+                                    f"cross-validation folder with fold*/best.pth)")
+        files += found
+        if post is None and (root / POSTPROCESS_FILE).is_file():
+            post = root / POSTPROCESS_FILE
+    return files, post
+
+
+def disagreement(member_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per-pixel disagreement of M members: (M, N, 1, H, W) probabilities → (N, 1, H, W) in [0, 1].
+
+    With u the share of members whose probability reaches ``threshold``, the map is ``4·u·(1−u)``:
+    0 where all agree, 1 where half say tumour and half do not.
+    """
+    u = (member_probs >= threshold).float().mean(0)
+    return 4 * u * (1 - u)
+
+
+def slice_disagreement(member_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """One score per slice in [0, 1]: the mean disagreement over the pixels any member calls tumour (0 if none).
+
+    member_probs: (M, N, 1, H, W) probabilities. Returns (N,) float.
+    """
+    votes = member_probs >= threshold
+    union = votes.any(0).flatten(1).float()
+    total = (disagreement(member_probs, threshold).flatten(1) * union).sum(1)
+    return total / union.sum(1).clamp_min(1)
+
+
+class SegmentationEnsemble(torch.nn.Module):
+    """Averages the tumour probabilities of models that take the same input.
+
+    members: models mapping (N, C, H, W) float scans to (N, 1, H, W) logits. One member is
+    exactly that model: its probabilities are unchanged.
+    """
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = torch.nn.ModuleList(members)
+
+    @torch.no_grad()
+    def member_probs(self, x: torch.Tensor, flips: bool = False) -> torch.Tensor:
+        """(N, C, H, W) float scans → (M, N, 1, H, W) probabilities in [0, 1], one slab per member.
+
+        ``flips`` averages each member with its prediction of the horizontally flipped scan.
+        """
+        out = []
+        for model in self.members:
+            probs = torch.sigmoid(model(x).float())
+            if flips:
+                probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
+            out.append(probs)
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, flips: bool = False) -> torch.Tensor:
+        """(N, C, H, W) float scans → (N, 1, H, W) mean probabilities in [0, 1]."""
+        return self.member_probs(x, flips).mean(0)
+

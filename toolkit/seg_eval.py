@@ -1,0 +1,173 @@
+"""Scoring segmentation on a data set: probabilities of a model or an ensemble, per-image records, summaries.
+
+Used by ``toolkit evaluate``, by cross-validation (out-of-fold predictions) and by the
+recipe's choice of post-processing on its validation split. Summaries give Dice/IoU per
+image (mean over slices), pooled over all pixels, per patient (each patient's slices pooled,
+then the mean over patients) and per tumour type where the metadata names one.
+
+Empty masks: a slice (or patient) whose true and predicted masks are both empty scores
+Dice = IoU = 1; one with only one of them empty scores 0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data.batch_transforms import standardize_per_image
+from .ensemble import SegmentationEnsemble, slice_disagreement
+from .postprocess import PostProcess
+
+__all__ = ["Predictions", "collect_probs", "image_records", "summarise", "disagreement_report", "EMPTY_RULE",
+           "GROUP_COLUMNS"]
+
+EMPTY_RULE = ("a slice whose true mask is empty scores Dice = IoU = 1 when the prediction is empty too, "
+              "0 when it marks any pixel; global scores pool the pixels of all slices; per-patient scores pool "
+              "each patient's slices, then average over patients")
+GROUP_COLUMNS = ("tumour_type",)  # metadata columns whose values get a Dice of their own
+LOW_SHARE = 0.1  # disagreement report: the share of slices called "lowest Dice" and "most disputed"
+
+
+@dataclass
+class Predictions:
+    """Probabilities of every slice of a data set, in the data set's order.
+
+    probs: (N, S, S) float32 in [0, 1], no test-time augmentation; flipped: (N, S, S) the same
+    averaged with the horizontally flipped prediction (None when not computed); targets:
+    (N, S, S) uint8 {0, 1}; disagreement: (N,) float in [0, 1] per slice between ensemble
+    members (None for a single model).
+    """
+
+    probs: np.ndarray
+    flipped: np.ndarray | None
+    targets: np.ndarray
+    disagreement: np.ndarray | None = None
+
+    def chosen(self, post: PostProcess) -> np.ndarray:
+        """The probabilities ``post`` applies to: with or without flip TTA."""
+        if post.flips and self.flipped is None:
+            raise ValueError("flip TTA chosen but the flipped probabilities were not computed")
+        return self.flipped if post.flips else self.probs
+
+
+@torch.no_grad()
+def collect_probs(ensemble: SegmentationEnsemble, dataset, flips: bool = True, threshold: float = 0.5,
+                  batch_size: int = 16) -> Predictions:
+    """Run ``ensemble`` over ``dataset`` (uint8 image (C, S, S), uint8 mask (1, S, S)) in order.
+
+    ``flips``: also compute the flip-TTA probabilities. Per-slice disagreement (2+ members) is
+    taken at ``threshold`` on the flip-TTA probabilities when computed, else on the plain ones.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the data set to score holds no slice")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    ensemble.eval()
+    probs, flipped, targets, disputed = [], [], [], []
+    for images, masks in loader:
+        x = standardize_per_image(images)
+        members = ensemble.member_probs(x)  # (M, N, 1, S, S)
+        probs.append(members.mean(0)[:, 0].numpy())
+        if flips:
+            members = 0.5 * (members + ensemble.member_probs(x.flip(-1)).flip(-1))
+            flipped.append(members.mean(0)[:, 0].numpy())
+        targets.append((masks[:, 0] > 0).numpy().astype(np.uint8))
+        if len(ensemble.members) > 1:
+            disputed.append(slice_disagreement(members, threshold).numpy())
+    return Predictions(np.concatenate(probs), np.concatenate(flipped) if flips else None, np.concatenate(targets),
+                       np.concatenate(disputed) if disputed else None)
+
+
+def _counts(masks: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    p, t = masks.reshape(len(masks), -1).astype(bool), targets.reshape(len(targets), -1).astype(bool)
+    return (p & t).sum(1), (p & ~t).sum(1), (~p & t).sum(1)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 1.0
+
+
+def image_records(ids: Sequence[str], masks: np.ndarray, targets: np.ndarray,
+                  meta: Sequence[dict] | None = None) -> list[dict]:
+    """One record per slice: id, dice, iou, tp, fp, fn, true and predicted pixels, plus ``meta[i]`` (patient, type).
+
+    masks, targets: (N, H, W) in {0, 1}.
+    """
+    tp, fp, fn = _counts(masks, targets)
+    out = []
+    for k, i in enumerate(ids):
+        a, b, c = int(tp[k]), int(fp[k]), int(fn[k])
+        out.append({"id": str(i), "dice": _ratio(2 * a, 2 * a + b + c), "iou": _ratio(a, a + b + c),
+                    "tp": a, "fp": b, "fn": c, "true_pixels": a + c, "pred_pixels": a + b,
+                    **(meta[k] if meta is not None else {})})
+    return out
+
+
+def _pooled(records: Sequence[dict]) -> dict:
+    tp, fp, fn = (sum(r[k] for r in records) for k in ("tp", "fp", "fn"))
+    return {"dice": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn)}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def summarise(records: Sequence[dict]) -> dict:
+    """Summary of :func:`image_records`: means per image, pooled, per patient and per group column.
+
+    Returns ``{"dice", "iou", "dice_global", "iou_global", "dice_tumour", "empty_correct", "num_images",
+    "per_patient": {"dice", "iou", "num_patients"} (when records carry a patient),
+    "per_<column>": {value: {"dice", "num_images"}} for each of :data:`GROUP_COLUMNS` present}``.
+    """
+    pooled = _pooled(records)
+    tumour = [r for r in records if r["true_pixels"] > 0]
+    empty = [r for r in records if r["true_pixels"] == 0]
+    out = {"dice": _mean([r["dice"] for r in records]), "iou": _mean([r["iou"] for r in records]),
+           "dice_global": pooled["dice"], "iou_global": pooled["iou"],
+           "dice_tumour": _mean([r["dice"] for r in tumour]),
+           "empty_correct": _mean([float(r["pred_pixels"] == 0) for r in empty]), "num_images": len(records)}
+    by_patient = defaultdict(list)
+    for r in records:
+        if r.get("patient"):
+            by_patient[r["patient"]].append(r)
+    if by_patient:
+        scores = [_pooled(rs) for rs in by_patient.values()]
+        out["per_patient"] = {"dice": _mean([s["dice"] for s in scores]), "iou": _mean([s["iou"] for s in scores]),
+                              "num_patients": len(scores)}
+    for column in GROUP_COLUMNS:
+        groups = defaultdict(list)
+        for r in records:
+            if r.get(column):
+                groups[r[column]].append(r["dice"])
+        if groups:
+            out[f"per_{column}"] = {k: {"dice": _mean(v), "num_images": len(v)} for k, v in sorted(groups.items())}
+    return out
+
+
+def disagreement_report(records: Sequence[dict], disagreement: np.ndarray) -> dict:
+    """Does ensemble disagreement flag the worst slices? ``disagreement``: (N,) per slice, records in the same order.
+
+    Returns the Spearman rank correlation of disagreement with Dice (negative = disputed slices score
+    lower), and the share of the :data:`LOW_SHARE` most disputed slices that are among the
+    :data:`LOW_SHARE` lowest-Dice ones, beside the share chance would give.
+    """
+    dice = np.array([r["dice"] for r in records], dtype=np.float64)
+    n = len(dice)
+    k = max(1, int(round(LOW_SHARE * n)))
+    if n < 3:
+        return {"num_images": n, "note": "too few slices to rank"}
+
+    def ranks(a):
+        return np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
+
+    rd, ru = ranks(dice), ranks(disagreement)
+    rho = float(np.corrcoef(rd, ru)[0, 1]) if rd.std() > 0 and ru.std() > 0 else float("nan")
+    worst = set(np.argsort(dice, kind="stable")[:k].tolist())
+    disputed = np.argsort(-disagreement, kind="stable")[:k].tolist()
+    hit = sum(i in worst for i in disputed) / k
+    return {"spearman_dice_vs_disagreement": rho, "top_share": LOW_SHARE, "slices_flagged": k,
+            "flagged_among_lowest_dice": hit, "chance": k / n,
+            "mean_dice_flagged": float(dice[disputed].mean()), "mean_dice_all": float(dice.mean())}
