@@ -56,11 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
     gain = results["pretrained"]["final_accuracy"] - results["random"]["final_accuracy"]
     rows = [{**{c.key: r[c.key] for c in COLUMNS}, "encoder": f"{kind}: {r['encoder']}",
              "run": Path(r["run"]).name} for kind, r in results.items()]
+    note = f"pretraining gain over the random-encoder control (last epoch): {gain:+.4f}"
     table = Comparison("STL-10 linear probe: pretrained vs random frozen encoder (test set)", COLUMNS, rows,
-                       baseline=1, notes=[f"pretraining gain over the random-encoder control (last epoch): {gain:+.4f}"])
+                       baseline=1, notes=[note])
     command = command_line("recipes/stl10_probe_compare.py", argv)
-    write_comparison(table, cfg.output_dir, "stl10_probe", raw={"runs": results, "gain_final": gain, "command": command},
-                     footer=f"`{command}`")
+    write_comparison(table, cfg.output_dir, "stl10_probe", footer=f"`{command}`",
+                     raw={"runs": results, "gain_final": gain, "command": command})
     return results
 
 
