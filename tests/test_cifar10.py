@@ -19,7 +19,9 @@ from torchvision.datasets import CIFAR10
 from toolkit import ClassificationObjective
 from toolkit.data import cifar
 from toolkit.data.batch_transforms import Normalize, RandomCropFlip
-from toolkit.data.cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, find_cifar10_source, load_cifar10, read_class_folders
+from toolkit.data.cifar import (
+    CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, find_cifar10_source, load_cifar10, read_class_folders,
+)
 from toolkit.models.classifiers import CIFARResNet, ConvBNReLU, build_classifier, predict_proba
 from toolkit.models.utils import count_parameters
 

@@ -20,9 +20,10 @@ masks in {0, 1}; non-uint8 intensities are scaled per slice with :func:`~toolkit
 Bad input (an unreadable or truncated file, a mask of another size than its image, a mask that
 is not binary, an image without a mask, an empty folder) raises
 :class:`~toolkit.data.errors.MRIDataError` (a ValueError) or FileNotFoundError naming the file.
-``discover_mri_slices(skip_bad_files=True)`` instead drops what it can check from names and headers and lists it in ``skipped``; pixel-level
-problems surface when a slice is read (:func:`~toolkit.data.mri.io.read_slice`), which
-:class:`~toolkit.data.mri.dataset.MRISegmentationDataset` does for every slice when it caches.
+``discover_mri_slices(skip_bad_files=True)`` instead drops what it can check from names and
+headers and lists it in ``skipped``; pixel-level problems surface when a slice is read
+(:func:`~toolkit.data.mri.io.read_slice`), which :class:`~toolkit.data.mri.dataset.MRISegmentationDataset`
+does for every slice when it caches.
 """
 from __future__ import annotations
 
