@@ -24,6 +24,7 @@ from toolkit.data.errors import MRIDataError  # noqa: E402
 from toolkit.data.mri.channels import resolve_channels  # noqa: E402
 from toolkit.data.mri.dataset import MRISegmentationDataset  # noqa: E402
 from toolkit.data.mri.discover import discover_mri_slices  # noqa: E402
+from toolkit.data.mri.folders import discover_folders  # noqa: E402
 from toolkit.data.mri.io import read_image, read_slice, to_uint8  # noqa: E402
 from toolkit.data.splits import split_records  # noqa: E402
 
@@ -317,6 +318,18 @@ def test_real_figshare_png():
     if not (root / "images").is_dir():
         pytest.skip(f"real data not present at {root}")
     found = discover_mri_slices(root)
-    assert found.source == "folder" and len(found.slices) == 520 and found.patients == []
-    split = split_records(found.slices, 0.2, seed=0, block_size=20)
-    assert len(split["val"]) == 100  # 26 blocks of 20 → 5 to val
+    assert found.source == "folder" and len(found.slices) == 520
+    assert len(found.patients) == 79  # from metadata.csv (README of ../shared/data)
+    assert {s.attrs["tumour_type"] for s in found.slices} == {"meningioma", "glioma", "pituitary"}
+    split = split_records(found.slices, 0.2, seed=0, block_size=20)  # patients, not blocks: block_size unused
+    assert not {s.patient for s in split["train"]} & {s.patient for s in split["val"]}
+
+
+def test_real_figshare_both_folders_share_patients():
+    roots = [SHARED_DATA / "brain-mri-figshare", SHARED_DATA / "brain-mri-figshare-more"]
+    if not all((r / "images").is_dir() for r in roots):
+        pytest.skip(f"real data not present at {roots}")
+    found = discover_folders(roots)
+    assert len(found.slices) == 2372 and len(found.patients) <= 162
+    split = split_records(found.slices, 0.2, seed=0)
+    assert not {s.patient for s in split["train"]} & {s.patient for s in split["val"]}

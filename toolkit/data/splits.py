@@ -27,7 +27,8 @@ from .errors import DataError
 if TYPE_CHECKING:  # the MRI readers (and OpenCV) load only for MRI splits
     from .mri.io import MRISlice
 
-__all__ = ["holdout_indices", "holdout_split", "load_split", "save_split", "split_ids", "split_records"]
+__all__ = ["fold_of_units", "holdout_indices", "holdout_split", "load_split", "record_units", "save_split", "split_ids",
+           "split_records"]
 
 
 def holdout_indices(n: int, holdout: int, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -102,25 +103,9 @@ def split_ids(
     return train, val
 
 
-def split_records(
-    records: Sequence[MRISlice], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
-    block_size: int = 1,
-) -> dict[str, list[MRISlice]]:
-    """Split slices into "train", "val" (and "test" when ``test_fraction`` > 0), never splitting a patient.
-
-    The units drawn are patients (``record.patient``) where known, else runs of ``block_size``
-    consecutive patient-less records in the given order (figshare ids run in patient order:
-    blocks of about 20). Fractions count units, not slices. "test" is drawn first (seed + 1),
-    then "val" from the rest with ``val_fraction / (1 - test_fraction)`` (seed), as
-    :func:`split_ids`; each list keeps the input order. Deterministic for given records and seed.
-
-    Raises ValueError for fractions outside (0, 1) with ``val_fraction + test_fraction < 1``,
-    duplicate ids, or too few units to fill every split.
-    """
-    records = list(records)
-    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction):
-        raise ValueError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
-                         f"got {val_fraction} and {test_fraction}")
+def record_units(records: Sequence[MRISlice], block_size: int = 1) -> dict[str, str]:
+    """id → the unit a split never cuts: ``"patient <id>"`` where the record has a patient, else
+    ``"block <k>"`` for runs of ``block_size`` consecutive patient-less records in the given order."""
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     unit, k = {}, 0
@@ -129,6 +114,46 @@ def split_records(
             unit[r.id] = f"patient {r.patient}"
         else:
             unit[r.id], k = f"block {k // block_size}", k + 1
+    return unit
+
+
+def fold_of_units(units: Sequence[str], folds: int, seed: int = 0) -> dict[str, int]:
+    """unit → fold in 0..folds-1: the units, naturally sorted, shuffled by ``seed`` and dealt out in turn,
+    so fold sizes (in units) differ by at most one. Raises ValueError for fewer units than folds."""
+    from .mri.io import natural_key
+
+    units = sorted(set(units), key=natural_key)
+    if folds < 2 or len(units) < folds:
+        raise ValueError(f"cannot make {folds} folds of {len(units)} unit(s) (patients or id blocks); "
+                         f"need folds >= 2 and at least one unit per fold")
+    order = np.random.default_rng(seed).permutation(len(units))
+    return {units[j]: k % folds for k, j in enumerate(order)}
+
+
+def split_records(
+    records: Sequence[MRISlice], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0,
+    block_size: int = 1, folds: int = 0, fold: int = 0,
+) -> dict[str, list[MRISlice]]:
+    """Split slices into "train", "val" (and "test" when ``test_fraction`` > 0), never splitting a patient.
+
+    The units drawn are patients (``record.patient``) where known, else runs of ``block_size``
+    consecutive patient-less records in the given order (:func:`record_units`). Fractions count
+    units, not slices. "test" is drawn first (seed + 1), then "val" from the rest with
+    ``val_fraction / (1 - test_fraction)`` (seed), as :func:`split_ids`. With ``folds`` >= 2,
+    "val" is instead fold ``fold`` of a ``folds``-fold partition of the rest (:func:`fold_of_units`,
+    seed): over the folds every slice is validated exactly once. Each list keeps the input order.
+    Deterministic for given records and seed.
+
+    Raises ValueError for fractions outside (0, 1) with ``val_fraction + test_fraction < 1``,
+    duplicate ids, a fold outside 0..folds-1, or too few units to fill every split.
+    """
+    records = list(records)
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction):
+        raise ValueError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
+                         f"got {val_fraction} and {test_fraction}")
+    if folds and not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1} for {folds} folds, got {fold}")
+    unit = record_units(records, block_size)
     need = 3 if test_fraction > 0 else 2
     if len(set(unit.values())) < need:
         raise ValueError(f"cannot split {len(records)} slice(s) into {need} non-empty sets: they form "
@@ -138,7 +163,13 @@ def split_records(
     out: dict[str, list[str]] = {}
     if test_fraction > 0:
         ids, out["test"] = split_ids(ids, test_fraction, seed + 1, groups=[unit[i] for i in ids])
-    out["train"], out["val"] = split_ids(ids, val_fraction / (1 - test_fraction), seed, groups=[unit[i] for i in ids])
+    if folds:
+        fold_of = fold_of_units([unit[i] for i in ids], folds, seed)
+        out["train"] = [i for i in ids if fold_of[unit[i]] != fold]
+        out["val"] = [i for i in ids if fold_of[unit[i]] == fold]
+    else:
+        out["train"], out["val"] = split_ids(ids, val_fraction / (1 - test_fraction), seed,
+                                             groups=[unit[i] for i in ids])
     by_id = {r.id: r for r in records}
     return {name: [by_id[i] for i in out[name]] for name in ("train", "val", "test") if name in out}
 

@@ -2,9 +2,10 @@
 
 ``source``        files under ``data_dir``                                          patient id
 ----------------  ----------------------------------------------------------------  -------------
-``folder``        ``images/<id>.<ext>`` + ``masks/<id>_mask.<ext>`` or               none (splits
-                  ``masks/<id>.<ext>`` (figshare PNGs), or ``<id>.<ext>`` beside     use id blocks)
-                  ``<id>_mask.<ext>``; ext png/jpg/jpeg/tif/tiff
+``folder``        ``images/<id>.<ext>`` + ``masks/<id>_mask.<ext>`` or               ``metadata.csv``
+                  ``masks/<id>.<ext>`` (figshare PNGs), or ``<id>.<ext>`` beside     (id,patient_id,
+                  ``<id>_mask.<ext>``; ext png/jpg/jpeg/tif/tiff; optional          …) if present,
+                  ``metadata.csv`` (:mod:`toolkit.data.mri.metadata`)              else none
 ``lgg``           ``[kaggle_3m/]<patient>/<name>_<n>.tif`` + ``<name>_<n>_mask.tif``  folder name
                   (Kaggle LGG); channels pre-contrast, FLAIR, post-contrast
 ``figshare_mat``  ``**/<id>.mat``, MATLAB v7.3 = HDF5: ``cjdata/image`` (int16),     ``cjdata/PID``
@@ -37,6 +38,7 @@ import numpy as np
 from ..errors import MRIDataError
 from .channels import CHANNEL_ALIASES, parse_slice_rule, resolve_channels
 from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, load_nifti, natural_key, open_figshare_mat
+from .metadata import METADATA_FILE, read_metadata
 
 __all__ = ["Discovery", "discover_mri_slices", "find_image_mask_pairs"]
 
@@ -54,12 +56,14 @@ _LAYOUTS = {
 class Discovery(NamedTuple):
     """What :func:`discover_mri_slices` found: ``source`` (str), ``root`` (the folder the layout
     sits in), ``slices`` (list of MRISlice in natural order: patient, then slice number) and
-    ``skipped`` (list of (path, reason) left out with ``skip_bad_files=True``)."""
+    ``skipped`` (list of (path, reason) left out with ``skip_bad_files=True``); ``roots``: all the
+    folders read when there are several."""
 
     source: str
     root: Path
     slices: list[MRISlice]
     skipped: list[tuple[Path, str]]
+    roots: tuple[Path, ...] = ()  # every folder read (several with :func:`discover_folders`); () = (root,)
 
     @property
     def patients(self) -> list[str]:
@@ -139,7 +143,20 @@ def _find_folder(root, channels, rule, skipped):
         pairs = find_image_mask_pairs(root, skipped=skipped)
     else:  # masks beside their images: <id>.<ext> + <id>_mask.<ext>
         pairs = _pairs(root, root, skipped)
-    return [MRISlice(i, None, "folder", im, m, channels=ch) for i, im, m in pairs]
+    meta = read_metadata(root)
+    if meta is None:
+        return [MRISlice(i, None, "folder", im, m, channels=ch) for i, im, m in pairs]
+    missing = [i for i, _, _ in pairs if i not in meta]
+    if missing:
+        raise MRIDataError(root / METADATA_FILE, f"{len(missing)} of the {len(pairs)} slices have no row, "
+                           f"e.g. ids {missing[:5]}; every image id needs one (or remove the file)")
+    out = []
+    for i, im, m in pairs:
+        row = dict(meta[i])
+        patient = row.pop("patient_id", "") or None
+        row.pop("patient_id_raw", None)
+        out.append(MRISlice(i, patient, "folder", im, m, channels=ch, attributes=tuple(sorted(row.items()))))
+    return out
 
 
 def _find_lgg(root, channels, rule, skipped):

@@ -55,6 +55,8 @@ class MRISlice:
         channels: indices into ``CHANNEL_NAMES[source]``, the image channels read in this order;
             () = one grey channel (folder only).
         channel_paths: BraTS: one volume per entry of ``channels``; () otherwise.
+        attributes: (column, value) pairs from the folder's ``metadata.csv`` other than the patient
+            (e.g. ``("tumour_type", "glioma")``); () when there is none. :attr:`attrs` gives them as a dict.
     """
 
     id: str
@@ -65,6 +67,12 @@ class MRISlice:
     index: int | None = None
     channels: tuple[int, ...] = ()
     channel_paths: tuple[Path, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        """The metadata attributes as a dict (empty when the layout has none)."""
+        return dict(self.attributes)
 
     @property
     def num_channels(self) -> int:

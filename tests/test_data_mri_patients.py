@@ -1,0 +1,99 @@
+"""Patient-safe data: metadata.csv (patient ids, attributes, the grouping rule), several folders, folds."""
+
+import csv
+
+import pytest
+
+from tests.mri_fake import make_folder
+from toolkit.data.errors import DataError, MRIDataError
+from toolkit.data.mri.discover import discover_mri_slices
+from toolkit.data.mri.folders import discover_folders, folder_tags, parse_data_dirs
+from toolkit.data.mri.metadata import patient_group, read_metadata
+from toolkit.data.splits import split_records
+
+
+def _write_meta(root, rows, header=("id", "patient_id", "tumour_type")):
+    with (root / "metadata.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return root
+
+
+@pytest.mark.parametrize("raw, person", [("MR024780B", "MR024780"), ("MR024780D", "MR024780"), ("100360", "100360"),
+                                         ("MR029209", "MR029209"), ("anon", "anon"), (" MR1a ", "MR1")])
+def test_patient_grouping_rule(raw, person):
+    assert patient_group(raw) == person
+
+
+def test_folder_reads_metadata_patients_and_attributes(tmp_path):
+    root = make_folder(tmp_path / "d", n=6)
+    _write_meta(root, [(1, "MR5B", "glioma"), (2, "MR5D", "glioma"), (3, "100", "meningioma"),
+                       (4, "100", "meningioma"), (5, "200", "pituitary"), (6, "MR5", "glioma")])
+    found = discover_mri_slices(root)
+    by_id = {s.id: s for s in found.slices}
+    assert by_id["1"].patient == by_id["2"].patient == by_id["6"].patient == "MR5"
+    assert by_id["3"].attrs == {"tumour_type": "meningioma"}
+    assert found.patients == ["100", "200", "MR5"]
+
+
+def test_a_patient_with_lettered_ids_stays_on_one_side(tmp_path):
+    root = make_folder(tmp_path / "d", n=12)
+    _write_meta(root, [(i, f"MR{i % 4}{'BCD'[i % 3]}", "glioma") for i in range(1, 13)])
+    found = discover_mri_slices(root)
+    for seed in range(5):
+        split = split_records(found.slices, 0.25, seed=seed)
+        sides = {}
+        for name, recs in split.items():
+            for r in recs:
+                sides.setdefault(r.patient, set()).add(name)
+        assert all(len(s) == 1 for s in sides.values()), sides
+
+
+def test_metadata_errors_name_the_file(tmp_path):
+    root = make_folder(tmp_path / "d", n=3)
+    _write_meta(root, [(1, "a", "x"), (2, "a", "x")])
+    with pytest.raises(MRIDataError, match=r"metadata.csv.*ids \['3'\]"):
+        discover_mri_slices(root)
+    _write_meta(root, [(1, "a"), (1, "b")], header=("id", "patient_id"))
+    with pytest.raises(DataError, match="metadata.csv: id '1' appears twice"):
+        read_metadata(root)
+    _write_meta(root, [(1, "a")], header=("slice", "patient_id"))
+    with pytest.raises(DataError, match="'id' column"):
+        read_metadata(root)
+
+
+def test_without_metadata_there_are_no_patients(tmp_path):
+    assert discover_mri_slices(make_folder(tmp_path / "d", n=3)).patients == []
+
+
+def test_several_folders_keep_ids_apart_and_patients_together(tmp_path):
+    a = _write_meta(make_folder(tmp_path / "a", n=4), [(i, f"P{i % 2}", "glioma") for i in range(1, 5)])
+    b = _write_meta(make_folder(tmp_path / "b", n=4), [(i, f"P{i % 3}", "glioma") for i in range(1, 5)])
+    found = discover_folders(f"{a},{b}")
+    assert [s.id for s in found.slices][:2] == ["a/1", "a/2"] and len(found.slices) == 8
+    assert found.roots == (a, b) and found.source == "folder"
+    assert sorted(found.patients) == ["P0", "P1", "P2"]  # P0 and P1 are in both folders: one unit each
+    single = discover_folders(str(a))
+    assert [s.id for s in single.slices] == ["1", "2", "3", "4"]
+    assert folder_tags([tmp_path / "x" / "d", tmp_path / "y" / "d"]) == ["d", "d-2"]
+    with pytest.raises(DataError, match="twice"):
+        parse_data_dirs(f"{a},{a}")
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_folds_cover_every_slice_once_and_are_patient_safe(tmp_path, folds):
+    root = make_folder(tmp_path / "d", n=20)
+    _write_meta(root, [(i, f"P{i % 7}", "glioma") for i in range(1, 21)])
+    records = discover_mri_slices(root).slices
+    seen = []
+    for k in range(folds):
+        split = split_records(records, seed=3, folds=folds, fold=k)
+        train = {r.patient for r in split["train"]}
+        val = {r.patient for r in split["val"]}
+        assert not train & val
+        assert len(split["train"]) + len(split["val"]) == len(records)
+        seen += [r.id for r in split["val"]]
+    assert sorted(seen) == sorted(r.id for r in records)
+    with pytest.raises(ValueError, match="fold must be in"):
+        split_records(records, folds=folds, fold=folds)
