@@ -2,6 +2,8 @@
 
     accelerate launch recipes/brain_mri.py                      # built-in synthetic data
     accelerate launch recipes/brain_mri.py --data-dir DIR       # images/<id>.png + masks/<id>_mask.png
+    accelerate launch recipes/brain_mri.py --data-dir A,B --folds 3 --fold 0   # two folders, fold 0 of 3
+    make brain-mri-cv FOLDS=3 ARGS="--data-dir A,B"             # every fold, then out-of-fold scores
     python recipes/brain_mri.py --help                          # every setting, default and unit
 """
 
@@ -26,8 +28,11 @@ from toolkit import (
 )
 from toolkit.config import ConfigError
 from toolkit.data.batch_transforms import ForegroundCrop
-from toolkit.data.mri.discover import discover_mri_slices
+from toolkit.data.errors import DataError
+from toolkit.data.mri.folders import discover_folders
 from toolkit.data.splits import save_split, split_records
+from toolkit.models.utils import init_from
+from toolkit.seg_eval import ChoosePostprocess
 from toolkit.wandb_media import SegmentationMedia
 
 
@@ -35,7 +40,7 @@ from toolkit.wandb_media import SegmentationMedia
 class BrainMRIConfig(TrainConfig):
     """Brain-MRI tumour segmentation (spec task 5)."""
 
-    data_dir: str = ""  # MRI data, layout auto-detected: images/+masks/, LGG kaggle_3m, figshare .mat, BraTS NIfTI; "" = synthetic
+    data_dir: str = ""  # MRI data folder(s), comma-separated, each auto-detected: images/+masks/ (+metadata.csv), LGG kaggle_3m, figshare .mat, BraTS NIfTI; "" = synthetic
     channels: str = ""  # channels read: "" = in_channels of the source (1: grey, LGG/BraTS FLAIR; 3/4: all); or names/indices, e.g. "flair,t1ce"
     slice_rule: str = ""  # BraTS volumes only: "" = nonempty (slices with brain) | tumour | tumour+N | all
     skip_bad_files: bool = False  # leave out unreadable or inconsistent files (listed in the log) instead of stopping
@@ -43,10 +48,15 @@ class BrainMRIConfig(TrainConfig):
     synthetic_images: int = 400  # number of synthetic slices (10% without tumour)
     image_size: int = 240  # side of the square slices fed to the model, pixels
     in_channels: int = 1  # image channels read (1 = grey, 3 = RGB)
-    val_fraction: float = 0.2  # share of slices held out for validation (picks the best epoch)
-    test_fraction: float = 0.0  # share of slices held out for a final test (`toolkit evaluate --split test`)
-    split_block: int = 1  # consecutive ids kept on one side of a split (figshare ids run in patient order: 20)
+    val_fraction: float = 0.2  # share of patients (or id blocks) held out for validation (picks the best epoch)
+    test_fraction: float = 0.0  # share of patients held out for a final test (`toolkit evaluate --split test`)
+    split_block: int = 1  # data without patient ids only: consecutive ids kept on one side of a split
+    folds: int = 0  # cross-validation: number of patient-safe folds (0 = one split by val_fraction); see make brain-mri-cv
+    fold: int = 0  # with folds: the fold used for validation, 0..folds-1 (the others train)
     model: str = "unet"  # unet (symmetric, with skips) | autoencoder (symmetric, no skips) | smp_unet (baseline)
+    widths: str = ""  # stage widths of unet/autoencoder, comma-separated channels, e.g. "8,16,32,64,128"; "" = that default
+    init_from: str = ""  # start from these weights (a best.pth of the same model, widths and channels); "" = random init
+    postprocess: bool = True  # after training, choose threshold / flip TTA / component rule on validation (postprocess.json)
     loss: str = "dice"  # dice (soft Dice, spec formula) | dice_bce (soft Dice + binary cross-entropy)
     bce_weight: float = 1.0  # weight of the BCE term with loss=dice_bce
     threshold: float = 0.5  # probability above which a pixel counts as tumour
@@ -72,50 +82,92 @@ class BrainMRIConfig(TrainConfig):
             raise ConfigError(f"crop_size must be 0 or between 16 and image_size={self.image_size}, got {self.crop_size}")
         if not 0 <= self.foreground_p <= 1:
             raise ConfigError(f"foreground_p must be in [0, 1], got {self.foreground_p}")
-        if self.data_dir and not Path(self.data_dir).is_dir():
-            raise ConfigError(f"data_dir {self.data_dir!r} is not a folder")
+        for folder in filter(None, (d.strip() for d in self.data_dir.split(","))):
+            if not Path(folder).is_dir():
+                raise ConfigError(f"data_dir: {folder!r} is not a folder")
+        if self.folds and not (self.folds >= 2 and 0 <= self.fold < self.folds):
+            raise ConfigError(f"need folds >= 2 and 0 <= fold < folds (or folds 0), got folds {self.folds}, "
+                              f"fold {self.fold}")
+        if self.init_from and not Path(self.init_from).is_file():
+            raise ConfigError(f"init_from: {self.init_from!r} is not a file (expected a best.pth)")
+        try:
+            self.width_list()
+        except ValueError:
+            raise ConfigError(f"widths must be comma-separated positive ints such as '8,16,32,64,128', "
+                              f"got {self.widths!r}") from None
+
+    def width_list(self) -> tuple[int, ...]:
+        """The stage widths as ints (() = the model's default)."""
+        widths = tuple(int(w) for w in self.widths.split(",") if w.strip())
+        if any(w < 1 for w in widths) or len(widths) == 1:
+            raise ValueError(self.widths)
+        return widths
 
 
 def build_data(cfg: BrainMRIConfig, trainer: Trainer):
     """Train and validation datasets of (uint8 image (C,S,S), uint8 mask (1,S,S)) pairs."""
-    root = Path(cfg.data_dir) if cfg.data_dir else Path(cfg.synthetic_dir)
+    acc = trainer.accelerator
+    data_dir = cfg.data_dir or cfg.synthetic_dir
     if not cfg.data_dir:
-        with trainer.accelerator.local_main_process_first():  # one writer per machine
-            if trainer.accelerator.is_local_main_process:
-                generate_synthetic_mri(root, num_images=cfg.synthetic_images, seed=cfg.seed)
-    found = discover_mri_slices(root, channels=cfg.channels or cfg.in_channels, slice_rule=cfg.slice_rule or None,
-                                skip_bad_files=cfg.skip_bad_files)
+        with acc.local_main_process_first():  # one writer per machine
+            if acc.is_local_main_process:
+                generate_synthetic_mri(data_dir, num_images=cfg.synthetic_images, seed=cfg.seed)
+    try:
+        found = discover_folders(data_dir, channels=cfg.channels or cfg.in_channels,
+                                 slice_rule=cfg.slice_rule or None, skip_bad_files=cfg.skip_bad_files)
+    except DataError as err:
+        raise ConfigError(f"data_dir: {err}") from None
     if found.slices[0].num_channels != cfg.in_channels:
         raise ConfigError(f"channels={cfg.channels!r} reads {found.slices[0].num_channels} channel(s) of the "
                           f"{found.source} data; set --in-channels {found.slices[0].num_channels}")
     split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
-                          block_size=cfg.split_block)
-    if trainer.accelerator.is_main_process:
-        save_split(trainer.run_dir / "split.json", split, data_dir=root.resolve(), source=found.source)
+                          block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
+    unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
+    if acc.is_main_process:
+        save_split(trainer.run_dir / "split.json", split, data_dir=",".join(str(r.resolve()) for r in found.roots),
+                   source=found.source, unit=unit, folds=cfg.folds, fold=cfg.fold)
     common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files}
     train = MRISegmentationDataset(split["train"], transform=mri_train_transforms(), **common)
     val = MRISegmentationDataset(split["val"], **common)
     skipped = found.skipped + train.skipped + val.skipped
-    units = f"{len(found.patients)} patients" if found.patients else f"no patient ids: blocks of {cfg.split_block}"
     sizes = ", ".join(f"{k} {len(v)}" for k, v in split.items())
-    trainer.accelerator.print(f"data: {found.source} at {found.root}: {len(found.slices)} slices, {units}; {sizes}")
+    where = ", ".join(str(r) for r in found.roots)
+    units = f"{len(found.patients)} patients" if found.patients else "no patient ids"
+    acc.print(f"data: {found.source} at {where}: {len(found.slices)} slices, {units}; split by {unit}: {sizes}"
+              + (f" (fold {cfg.fold} of {cfg.folds} validates)" if cfg.folds else ""))
+    if not found.patients:
+        acc.print("note: the data name no patients, so the split is by id: slices of one patient may sit on both "
+                  "sides and validation may overstate what unseen patients get (give a metadata.csv with "
+                  "id,patient_id)")
     if skipped:
-        trainer.accelerator.print(f"skipped {len(skipped)} bad file(s): "
-                                  + "; ".join(f"{p} ({why})" for p, why in skipped[:10]))
+        acc.print(f"skipped {len(skipped)} bad file(s): " + "; ".join(f"{p} ({why})" for p, why in skipped[:10]))
     return train, val
+
+
+def build_model(cfg: BrainMRIConfig):
+    """The configured segmentation model: (N, in_channels, S, S) float → (N, 1, S, S) logits."""
+    return build_segmentation_model(cfg.model, in_channels=cfg.in_channels, widths=cfg.width_list())
 
 
 def main(argv=None) -> list[dict]:
     cfg = parse_config(BrainMRIConfig, argv)
     trainer = Trainer(cfg, recipe="brain_mri")
     train, val = build_data(cfg, trainer)
-    model = build_segmentation_model(cfg.model, in_channels=cfg.in_channels)
+    model = build_model(cfg)
+    if cfg.init_from:
+        try:
+            init_from(model, cfg.init_from)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     loss = SoftDiceLoss() if cfg.loss == "dice" else DiceBCELoss(bce_weight=cfg.bce_weight)
     crop = ForegroundCrop(cfg.crop_size, cfg.foreground_p) if cfg.crop_size else None
+    callbacks = [SegmentationMedia(cfg.threshold)]
+    if cfg.postprocess:
+        callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val))
     return trainer.fit(
         model, SegmentationObjective(loss, crop=crop), train, val,
         metrics=[SegmentationMetrics(threshold=cfg.threshold)], monitor="dice", mode="max",
-        param_budget=cfg.param_budget, callbacks=[SegmentationMedia(cfg.threshold)],
+        param_budget=cfg.param_budget, callbacks=callbacks,
         figures=lambda s: {"overlays": segmentation_overlays(s.inputs, s.preds, s.targets, cfg.threshold)},
     )
 

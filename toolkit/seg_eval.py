@@ -18,12 +18,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .callbacks import Callback
+from .checkpoint import save_json
 from .data.batch_transforms import standardize_per_image
 from .ensemble import SegmentationEnsemble, slice_disagreement
-from .postprocess import PostProcess
+from .models.utils import init_from
+from .postprocess import POSTPROCESS_FILE, PostProcess, search_postprocess
 
 __all__ = ["Predictions", "collect_probs", "image_records", "summarise", "disagreement_report", "EMPTY_RULE",
-           "GROUP_COLUMNS"]
+           "GROUP_COLUMNS", "choose_postprocess", "ChoosePostprocess", "describe_steps"]
 
 EMPTY_RULE = ("a slice whose true mask is empty scores Dice = IoU = 1 when the prediction is empty too, "
               "0 when it marks any pixel; global scores pool the pixels of all slices; per-patient scores pool "
@@ -171,3 +174,43 @@ def disagreement_report(records: Sequence[dict], disagreement: np.ndarray) -> di
     return {"spearman_dice_vs_disagreement": rho, "top_share": LOW_SHARE, "slices_flagged": k,
             "flagged_among_lowest_dice": hit, "chance": k / n,
             "mean_dice_flagged": float(dice[disputed].mean()), "mean_dice_all": float(dice.mean())}
+
+
+def describe_steps(steps: Sequence[dict]) -> str:
+    """One line on what each post-processing part bought, from :func:`~toolkit.postprocess.search_postprocess`."""
+    first, last = steps[0]["dice"], steps[-1]["dice"]
+    parts = ", ".join(f"{s['step']} {'+' if s.get('kept') else 'not kept, '}{s['gain']:.4f}" for s in steps[1:])
+    return f"{steps[-1]['choice']}: per-image Dice {first:.4f} -> {last:.4f} ({parts})"
+
+
+def choose_postprocess(ensemble: SegmentationEnsemble, dataset, path, **info) -> tuple[PostProcess, list[dict]]:
+    """Search the post-processing on ``dataset`` (held-out slices) and write it to ``path`` (``postprocess.json``).
+
+    The file holds ``{"choice": {...}, "steps": [...], "num_images": N, **info}``; returns (choice, steps).
+    """
+    preds = collect_probs(ensemble, dataset, flips=True)
+    choice, steps = search_postprocess(preds.probs, preds.targets, preds.flipped)
+    save_json(path, {"choice": choice.to_dict(), "steps": steps, "num_images": len(preds.targets), **info})
+    return choice, steps
+
+
+class ChoosePostprocess(Callback):
+    """At the end of fit the main process picks the post-processing on the validation split with ``best.pth``
+    and writes ``<run>/postprocess.json``, which ``toolkit evaluate`` and ``predict`` then apply.
+
+    build_model: returns a fresh model of the run's architecture (its weights are replaced by ``best.pth``);
+    val_data: the validation dataset (uint8 image (C, S, S), uint8 mask (1, S, S)).
+    """
+
+    def __init__(self, build_model, val_data) -> None:
+        self.build_model, self.val_data = build_model, val_data
+
+    def on_fit_end(self, trainer, state) -> None:
+        best = trainer.run_dir / "best.pth"
+        if not trainer.accelerator.is_main_process or not best.is_file() or len(self.val_data) == 0:
+            return
+        model = init_from(self.build_model(), best).eval()
+        _, steps = choose_postprocess(SegmentationEnsemble([model]), self.val_data, trainer.run_dir / POSTPROCESS_FILE,
+                                      chosen_on=f"validation split of {trainer.run_dir.name}")
+        trainer.accelerator.print(f"post-processing chosen on {len(self.val_data)} validation slices: "
+                                  f"{describe_steps(steps)}")

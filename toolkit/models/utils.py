@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import torch.nn as nn
 
-__all__ = ["count_parameters"]
+__all__ = ["count_parameters", "init_from"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -19,3 +21,28 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
             sub-modules is counted once.
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def init_from(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the weights of an earlier run (``best.pth`` / ``.safetensors``) into ``model``; returns ``model``.
+
+    Every parameter and buffer must match by name and shape: weights of another architecture, width
+    or number of channels are refused with a ValueError that names the file and the first differences.
+    """
+    from ..checkpoint import load_weights
+
+    state = load_weights(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
+                 f"{len(shapes)} of another shape (e.g. {shapes[:2]})" if shapes else ""]
+        raise ValueError(f"--init-from {path}: these weights are of another model than {type(model).__name__} "
+                         f"as configured: " + "; ".join(p for p in parts if p) +
+                         "; pass weights saved by the same model, widths and channels")
+    model.load_state_dict(state)
+    return model
