@@ -70,7 +70,7 @@ def test_bad_weights_give_clear_errors(tmp_path, capsys):
 def test_largest_component_keeps_one_region():
     import numpy as np
 
-    from toolkit.inference import largest_component
+    from toolkit.postprocess import largest_component
 
     mask = np.zeros((10, 10), np.uint8)
     mask[1:3, 1:3] = 1  # 4 pixels
@@ -78,3 +78,43 @@ def test_largest_component_keeps_one_region():
     kept = largest_component(mask)
     assert kept.sum() == 16 and kept[6, 6] == 1 and kept[1, 1] == 0
     assert largest_component(np.zeros((4, 4), bool)).sum() == 0
+
+
+def test_evaluate_applies_the_stored_postprocessing_unless_told_not_to(run, tmp_path):
+    run_dir, _ = run
+    args = ["evaluate", "--weights", str(run_dir / "best.pth"), "--split", "all"]
+    assert main([*args, "--output", str(tmp_path / "plain.json")]) == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert plain["postprocess"]["from"] == "the run's threshold"
+    save_json(run_dir / "postprocess.json", {"choice": {"threshold": 0.9, "flips": True, "largest_only": True,
+                                                        "min_size": 0}})
+    assert main([*args, "--output", str(tmp_path / "post.json")]) == 0
+    post = json.loads((tmp_path / "post.json").read_text())
+    assert post["postprocess"]["threshold"] == 0.9 and post["flips"] and post["one_region"]
+    assert post["postprocess"]["from"].endswith("postprocess.json")
+    assert set(post["without_postprocess"]) == {"dice", "iou", "dice_global", "iou_global", "dice_tumour",
+                                                "empty_correct"}
+    assert main([*args, "--postprocess", "none", "--output", str(tmp_path / "none.json")]) == 0
+    none = json.loads((tmp_path / "none.json").read_text())
+    assert none["summary"] == plain["summary"] and not none["flips"]
+
+
+def test_evaluate_and_predict_an_ensemble_of_folds(run, tmp_path, capsys):
+    run_dir, data = run
+    cv = tmp_path / "cv"
+    for k in range(2):
+        fold = cv / f"fold{k}"
+        fold.mkdir(parents=True)
+        for name in ("config.json", "split.json"):
+            (fold / name).write_bytes((run_dir / name).read_bytes())
+        torch.manual_seed(k)
+        save_weights(fold / "best.pth", build_segmentation_model("autoencoder").state_dict())
+    assert main(["evaluate", "--weights", str(cv), "--split", "all"]) == 0
+    result = json.loads((cv / "eval_all.json").read_text())
+    assert len(result["weights"]) == 2 and result["summary"]["num_images"] == 6
+    assert "spearman_dice_vs_disagreement" in result["disagreement"]
+    assert all(0 <= r["disagreement"] <= 1 for r in result["per_image"])
+    out = tmp_path / "pred"
+    assert main(["predict", "--weights", str(cv), "--input", str(data / "images" / "1.png"),
+                 "--output", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"1_mask.png", "1_overlay.png", "1_disagreement.png"}

@@ -31,7 +31,7 @@ def resolve_weights(paths: Sequence[str | Path]) -> tuple[list[Path], Path | Non
     files, post = [], None
     for raw in paths:
         path = Path(raw)
-        if path.is_file():
+        if path.is_file() or path.suffix in (".pth", ".safetensors"):  # a missing file is named by the loader
             found, root = [path], path.parent
         elif (path / "best.pth").is_file():
             found, root = [path / "best.pth"], path

@@ -1,9 +1,11 @@
-"""Load a trained segmentation run and predict masks, for the `toolkit evaluate|predict` commands."""
+"""Load trained segmentation runs (one, several, or the folds of a cross-validation) and predict masks,
+for the ``toolkit evaluate | predict`` commands."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -11,12 +13,14 @@ import torch
 
 from .checkpoint import load_weights
 from .data.batch_transforms import standardize_per_image
+from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model
+from .postprocess import PostProcess, load_postprocess
 
-__all__ = ["load_segmentation_run", "predict_probs", "largest_component", "evaluate_segmentation",
-           "IMAGE_SUFFIXES"]
+__all__ = ["load_segmentation_run", "load_ensemble", "predict_probs", "pick_postprocess", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SAME_INPUT = ("image_size", "in_channels", "channels")  # config keys every member of an ensemble must share
 
 
 def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -32,7 +36,8 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     cfg = json.loads(config_path.read_text())
     if "model" not in cfg or "image_size" not in cfg:
         raise ValueError(f"{config_path} is not the config of a segmentation run (recipe {cfg.get('recipe')!r})")
-    model = build_segmentation_model(cfg["model"], in_channels=cfg.get("in_channels", 1))
+    widths = tuple(int(w) for w in str(cfg.get("widths") or "").split(",") if w.strip())
+    model = build_segmentation_model(cfg["model"], in_channels=cfg.get("in_channels", 1), widths=widths)
     state = load_weights(weights)
     try:
         model.load_state_dict(state)
@@ -41,66 +46,70 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), cfg
 
 
+def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, dict, Path | None, list[Path]]:
+    """Every model named by ``weights`` (files, run folders, cross-validation folders; see
+    :func:`~toolkit.ensemble.resolve_weights`) as one ensemble.
+
+    Returns (ensemble, the first member's config, the ``postprocess.json`` that applies or None, the
+    weight files). Raises ValueError when members differ in input size or channels.
+    """
+    files, post = resolve_weights(weights)
+    loaded = [load_segmentation_run(f) for f in files]
+    first = loaded[0][1]
+    for f, (_, cfg) in zip(files[1:], loaded[1:]):
+        differ = [k for k in SAME_INPUT if cfg.get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"{f} takes other input than {files[0]} ({', '.join(differ)}: "
+                             f"{[cfg.get(k) for k in differ]} against {[first.get(k) for k in differ]}); "
+                             f"an ensemble needs members of one input size and channels")
+    return SegmentationEnsemble([m for m, _ in loaded]), first, post, files
+
+
+def pick_postprocess(post_file: Path | None, cfg: dict, mode: str = "auto", threshold: float | None = None,
+                     flips: bool = False, one_region: bool = False) -> tuple[PostProcess, str]:
+    """The post-processing to apply and where it came from.
+
+    ``mode`` "auto": the stored ``postprocess.json`` when there is one, else the run's threshold alone;
+    "none": the run's threshold alone. ``threshold``, ``flips`` and ``one_region`` then override parts.
+    """
+    if mode not in ("auto", "none"):
+        raise ValueError(f"--postprocess must be auto or none, got {mode!r}")
+    if mode == "auto" and post_file is not None:
+        post, _ = load_postprocess(post_file)
+        source = str(post_file)
+    else:
+        post, source = PostProcess(threshold=float(cfg.get("threshold", 0.5))), "the run's threshold"
+    changes = {}
+    if threshold is not None:
+        changes["threshold"] = threshold
+    if flips:
+        changes["flips"] = True
+    if one_region:
+        changes.update(largest_only=True, min_size=0)
+    if changes:
+        post = PostProcess(**{**post.to_dict(), **changes})
+        source += " with " + ", ".join(f"{k}={v}" for k, v in changes.items()) + " from the command line"
+    return post, source
+
+
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, image: np.ndarray, size: int, flips: bool = False) -> np.ndarray:
-    """Tumour probabilities (H, W) float32 in [0, 1] at the image's own size.
+def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, flips: bool = False,
+                  threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tumour probabilities and member disagreement for one scan, at the image's own size.
 
     image: uint8 (H, W, C). The scan is resized to ``size`` x ``size`` as in training,
-    standardised per image, and the probabilities are resized back (bilinear).
-    ``flips`` averages with the horizontally flipped prediction (test-time augmentation).
+    standardised per image, and the maps are resized back (bilinear). ``flips`` averages with the
+    horizontally flipped prediction. Returns ((H, W) float32 probabilities in [0, 1], (H, W)
+    float32 disagreement in [0, 1] at ``threshold`` (None for a single model)).
     """
     h, w = image.shape[:2]
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR)
     if resized.ndim == 2:
         resized = resized[..., None]
     x = standardize_per_image(torch.from_numpy(resized).permute(2, 0, 1)[None])
-    probs = torch.sigmoid(model(x).float())
-    if flips:
-        probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
-    return cv2.resize(probs[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest 8-connected region of a binary (H, W) mask (uint8/bool); returns uint8 {0, 1}.
-
-    Post-processing for data where a slice holds one tumour region (figshare).
-    """
-    mask = mask.astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if count <= 2:
-        return mask
-    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return (labels == keep).astype(np.uint8)
-
-
-@torch.no_grad()
-def evaluate_segmentation(model: torch.nn.Module, dataset, threshold: float = 0.5, flips: bool = False,
-                          batch_size: int = 16, one_region: bool = False) -> tuple[list[dict], dict]:
-    """Per-image and global Dice/IoU of ``model`` on ``dataset`` at the training resolution.
-
-    ``dataset`` yields (uint8 image (C, S, S), uint8 mask (1, S, S) in {0, 1}) and has ``ids``.
-    ``one_region`` keeps only the largest predicted region per slice (:func:`largest_component`).
-    Returns (one record per image: id, dice, iou, true and predicted tumour pixels;
-    the :class:`~toolkit.metrics.SegmentationMetrics` summary).
-    """
-    from .metrics import SegmentationMetrics
-
-    metrics = SegmentationMetrics(threshold=threshold)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    model.eval()
-    for images, masks in loader:
-        x = standardize_per_image(images)
-        probs = torch.sigmoid(model(x).float())
-        if flips:
-            probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
-        if one_region:
-            binary = (probs >= threshold).to(torch.uint8).numpy()
-            probs = torch.from_numpy(np.stack([largest_component(m[0])[None] for m in binary]))
-        metrics.update(probs, masks)
-    scores = metrics.per_image_scores()
-    records = [
-        {"id": str(i), "dice": float(d), "iou": float(u), "true_pixels": int(tp + fn), "pred_pixels": int(tp + fp)}
-        for i, d, u, tp, fp, fn in zip(dataset.ids, scores["dice"], scores["iou"], scores["tp"], scores["fp"],
-                                       scores["fn"])
-    ]
-    return records, metrics.compute()
+    members = ensemble.member_probs(x, flips=flips)  # (M, 1, 1, S, S)
+    probs = cv2.resize(members.mean(0)[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+    if len(ensemble.members) < 2:
+        return probs, None
+    dispute = disagreement(members, threshold)[0, 0].numpy()
+    return probs, cv2.resize(dispute, (w, h), interpolation=cv2.INTER_LINEAR)

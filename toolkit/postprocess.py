@@ -95,6 +95,10 @@ class PostProcess:
             masks = np.stack([remove_small_components(m, self.min_size) for m in masks])
         return masks
 
+    def at_scale(self, area_factor: float) -> "PostProcess":
+        """The same choice for images with ``area_factor`` times the pixels of the model's input (``min_size`` scaled)."""
+        return replace(self, min_size=int(round(self.min_size * area_factor))) if self.min_size else self
+
     def describe(self) -> str:
         parts = [f"threshold {self.threshold:g}", "flip TTA" if self.flips else "no TTA"]
         parts.append("largest region only" if self.largest_only else

@@ -1,0 +1,141 @@
+"""``toolkit evaluate`` and ``toolkit predict``: a segmentation run, several, or a cross-validation's folds
+(an ensemble), with the post-processing stored in the run applied unless ``--postprocess none``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .checkpoint import atomic_write, save_json
+from .data.mri.channels import resolve_channels
+from .data.mri.dataset import MRISegmentationDataset
+from .data.mri.folders import discover_folders
+from .data.mri.io import read_image
+from .data.splits import load_split
+from .inference import IMAGE_SUFFIXES, load_ensemble, pick_postprocess, predict_probs
+from .postprocess import PostProcess
+from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, summarise
+
+__all__ = ["evaluate", "predict"]
+
+SUMMARY_KEYS = ("dice", "iou", "dice_global", "iou_global", "dice_tumour", "empty_correct")
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode {path}")
+    atomic_write(path, lambda f: f.write(buf.tobytes()))
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) scan + {0,1} (H, W) mask → BGR uint8 with the mask in red and its outline."""
+    grey = image[..., 0] if image.shape[2] == 1 else cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2GRAY)
+    bgr = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    red = bgr.copy()
+    red[mask > 0] = (0, 0, 255)
+    out = cv2.addWeighted(bgr, 0.6, red, 0.4, 0)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return cv2.drawContours(out, contours, -1, (0, 0, 255), 1)
+
+
+def _input_files(source: Path) -> list[Path]:
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                       and not p.stem.endswith("_mask"))
+    elif source.is_file():
+        files = [source]
+    else:
+        raise FileNotFoundError(f"--input {source} does not exist")
+    if not files:
+        raise FileNotFoundError(f"--input {source} holds no PNG/JPEG/TIFF images")
+    return files
+
+
+def predict(args: argparse.Namespace) -> int:
+    """Masks and overlays at each image's own size; an ensemble also writes ``<name>_disagreement.png``."""
+    ensemble, cfg, post_file, files = load_ensemble(args.weights)
+    post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region)
+    split_file = files[0].parent / "split.json"
+    layout = json.loads(split_file.read_text()).get("source", "folder") if split_file.is_file() else "folder"
+    channels = resolve_channels(layout.split("+")[0], cfg.get("channels") or cfg.get("in_channels", 1))
+    out, size = Path(args.output), cfg["image_size"]
+    print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
+    images = _input_files(Path(args.input))
+    for path in images:
+        image = read_image(path, channels)
+        probs, dispute = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold)
+        mask = post.at_scale(probs.size / size**2).binarize(probs)
+        _write_png(out / f"{path.stem}_mask.png", mask * 255)
+        _write_png(out / f"{path.stem}_overlay.png", _overlay(image, mask))
+        if dispute is not None:
+            _write_png(out / f"{path.stem}_disagreement.png", (dispute * 255).round().astype(np.uint8))
+        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}")
+    extra = " and disagreement maps (0 = all models agree, 255 = half against half)" if len(files) > 1 else ""
+    print(f"wrote {len(images)} masks and overlays{extra} to {out}/")
+    return 0
+
+
+def _records_to_score(args, cfg: dict, files: list[Path]):
+    split_file = files[0].parent / "split.json"
+    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    data_dir = args.data_dir or split.get("data_dir") or cfg.get("data_dir") or cfg.get("synthetic_dir", "")
+    found = discover_folders(data_dir, channels=cfg.get("channels") or cfg.get("in_channels", 1),
+                             slice_rule=cfg.get("slice_rule") or None, skip_bad_files=cfg.get("skip_bad_files", False))
+    records = found.slices
+    if args.split != "all":
+        splits = load_split(split_file, records, names=[args.split]) if args.split in split else {}
+        if args.split not in splits:
+            raise ValueError(f"{split_file} has no {args.split!r} split; "
+                             f"use --split all, or train with --test-fraction > 0 for a test split")
+        records = splits[args.split]
+    return records, data_dir
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Scores per image, pooled, per patient and per tumour type, with and without the post-processing."""
+    ensemble, cfg, post_file, files = load_ensemble(args.weights)
+    post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region)
+    records, data_dir = _records_to_score(args, cfg, files)
+    dataset = MRISegmentationDataset(records, size=cfg["image_size"], skip_bad_files=cfg.get("skip_bad_files", False))
+    preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold)
+    meta = [{"patient": r.patient, **r.attrs} if r.patient else dict(r.attrs) for r in records]
+    scored = image_records(dataset.ids, post.binarize(preds.chosen(post)), preds.targets, meta)
+    summary = summarise(scored)
+    plain = summarise(image_records(dataset.ids, PostProcess(post.threshold).binarize(preds.probs), preds.targets))
+    result = {"weights": [str(f) for f in files], "data_dir": str(data_dir), "split": args.split,
+              "postprocess": {**post.to_dict(), "from": source}, "threshold": post.threshold, "flips": post.flips,
+              "one_region": post.largest_only, "resolution": cfg["image_size"], "empty_masks": EMPTY_RULE,
+              "summary": summary, "without_postprocess": {k: plain[k] for k in SUMMARY_KEYS},
+              "per_image": scored}
+    if preds.disagreement is not None:
+        for r, d in zip(scored, preds.disagreement):
+            r["disagreement"] = float(d)
+        result["disagreement"] = disagreement_report(scored, preds.disagreement)
+    out = Path(args.output) if args.output else files[0].parent / f"eval_{args.split}.json"
+    if len(files) > 1 and not args.output:
+        out = Path(args.weights[0]) / f"eval_{args.split}.json" if Path(args.weights[0]).is_dir() else out
+    save_json(out, result)
+    print(f"{'id':>12} {'dice':>6} {'iou':>6} {'true px':>8} {'pred px':>8}")
+    for r in sorted(scored, key=lambda r: r["dice"])[: args.show]:
+        print(f"{r['id']:>12} {r['dice']:6.3f} {r['iou']:6.3f} {r['true_pixels']:8d} {r['pred_pixels']:8d}")
+    print(f"{len(scored)} slices ({args.split} split of {data_dir}), worst {min(args.show, len(scored))} shown; "
+          f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
+    for key in SUMMARY_KEYS:
+        print(f"  {key:<14} {summary[key]:.4f}   (without post-processing {plain[key]:.4f})")
+    if "per_patient" in summary:
+        pp = summary["per_patient"]
+        print(f"  per patient    dice {pp['dice']:.4f}, iou {pp['iou']:.4f} over {pp['num_patients']} patients")
+    for value, s in summary.get("per_tumour_type", {}).items():
+        print(f"  {value:<14} dice {s['dice']:.4f} ({s['num_images']} slices)")
+    if "disagreement" in result and "flagged_among_lowest_dice" in result["disagreement"]:
+        d = result["disagreement"]
+        print(f"  disagreement   the {d['slices_flagged']} most disputed slices: {d['flagged_among_lowest_dice']:.0%} "
+              f"among the lowest-Dice {d['top_share']:.0%} (chance {d['chance']:.0%}); Spearman with Dice "
+              f"{d['spearman_dice_vs_disagreement']:.3f}")
+    print(f"empty masks: {EMPTY_RULE}\nwrote {out}")
+    return 0
