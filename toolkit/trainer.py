@@ -69,7 +69,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         tracking.start_tracking(self.accelerator, cfg, recipe, self.run_dir)
 
-    # ------------------------------------------------------------------ data
+    # ------------------------------------------------------------------ checks
     def _check_budget(self, model: torch.nn.Module, budget: int | None) -> None:
         n = count_parameters(model)
         if budget is not None and n > budget:
