@@ -27,7 +27,7 @@ endif
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
 
-.PHONY: install demo test brain-mri cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness
+.PHONY: install demo test brain-mri brain-mri-cv cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
@@ -41,6 +41,13 @@ demo: $(STAMP)
 
 brain-mri: $(STAMP)
 	$(LAUNCH) recipes/brain_mri.py $(ARGS)
+
+# Cross-validation (docs/brain-mri.md): FOLDS folds of recipes/brain_mri.py into runs/$(NAME)/fold<k>/, then
+# out-of-fold scores (runs/$(NAME)/cv.json) and post-processing; run it again to continue a killed one.
+FOLDS ?= 3
+NAME ?= brain-mri-cv
+brain-mri-cv: $(STAMP)
+	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/brain_mri_cv.py --folds $(FOLDS) --name $(NAME) -- $(ARGS)
 
 cifar10: $(STAMP)
 	$(LAUNCH) recipes/cifar10.py $(ARGS)

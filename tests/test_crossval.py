@@ -1,0 +1,62 @@
+"""`make brain-mri-cv`: every fold trained, out-of-fold scores and post-processing, resumable after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from toolkit.cli import main as toolkit_main
+
+from .conftest import ROOT, run_env
+
+TINY = ["--synthetic-images", "12", "--image-size", "32", "--batch-size", "4", "--num-workers", "0",
+        "--widths", "4,8", "--epochs", "1", "--wandb-mode", "disabled"]
+
+
+def _cv(tmp_path, **popen):
+    args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", "2", "--name", "cv",
+            "--output-dir", str(tmp_path / "runs"), "--", *TINY, "--synthetic-dir", str(tmp_path / "data")]
+    env = run_env(LAUNCH=sys.executable)
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen)
+
+
+def test_cv_resumes_after_a_kill_between_folds_and_scores_out_of_fold(tmp_path):
+    root = tmp_path / "runs" / "cv"
+    first = _cv(tmp_path)
+    deadline = time.time() + 240
+    while not (root / "fold0" / "summary.json").is_file():
+        assert first.poll() is None and time.time() < deadline, first.stdout.read()[-3000:]
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # fold 0 done, fold 1 not (or just started)
+    first.wait()
+    stamp = (root / "fold0" / "summary.json").stat().st_mtime_ns
+    assert not (root / "cv.json").exists()
+
+    second = _cv(tmp_path)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out[-3000:]
+    assert "training fold1" in out and "training fold0" not in out  # fold 0 kept as it was
+    assert (root / "fold0" / "summary.json").stat().st_mtime_ns == stamp
+    cv = json.loads((root / "cv.json").read_text())
+    assert cv["folds"] == 2 and cv["num_images"] == 12  # every slice scored once, out of fold
+    assert [f["fold"] for f in cv["per_fold"]] == [0, 1]
+    assert sum(f["num_images"] for f in cv["per_fold"]) == 12
+    for key in ("out_of_fold", "out_of_fold_postprocessed"):
+        assert 0 <= cv[key]["dice"] <= 1 and "dice_global" in cv[key]
+    assert cv["out_of_fold_postprocessed"]["dice"] >= cv["out_of_fold"]["dice"] - 1e-9  # chosen on these slices
+    assert "choice" in json.loads((root / "postprocess.json").read_text())
+    val = [set(json.loads((root / f"fold{k}" / "split.json").read_text())["val"]) for k in range(2)]
+    assert not val[0] & val[1]
+
+    assert toolkit_main(["evaluate", "--weights", str(root), "--split", "all"]) == 0  # the folds' ensemble
+    result = json.loads((root / "eval_all.json").read_text())
+    assert len(result["weights"]) == 2 and result["postprocess"]["from"].endswith("postprocess.json")
+
+
+def test_cv_refuses_arguments_it_sets_itself(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--name", "x", "--",
+                           "--fold", "1"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--fold" in proc.stderr

@@ -1,0 +1,88 @@
+"""K-fold cross-validation of the brain-MRI recipe: train every fold, score out-of-fold, choose post-processing.
+
+``runs/<name>/fold<k>/`` holds fold k's run (validation = fold k's patients). When every fold is
+trained, each fold's ``best.pth`` predicts its own validation slices: together these out-of-fold
+predictions cover every slice once, by a model that never saw its patient. The post-processing is
+chosen on them (``runs/<name>/postprocess.json``) and ``runs/<name>/cv.json`` holds the per-fold and
+out-of-fold scores (per image, pooled, per patient, per tumour type), before and after it. The CV
+folder then works as ``toolkit evaluate|predict --weights runs/<name>``: the folds' ensemble.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .checkpoint import save_json
+from .compare import train_run
+from .data.mri.dataset import MRISegmentationDataset
+from .data.mri.folders import discover_folders
+from .data.splits import load_split
+from .inference import load_ensemble
+from .postprocess import POSTPROCESS_FILE, PostProcess, search_postprocess
+from .seg_eval import collect_probs, describe_steps, image_records, summarise
+
+__all__ = ["train_folds", "out_of_fold", "CV_FILE"]
+
+CV_FILE = "cv.json"
+RECIPE = "recipes/brain_mri.py"
+
+
+def train_folds(folds: int, argv: Sequence[str], root: Path, recipe: str = RECIPE) -> list[Path]:
+    """Train fold 0..folds-1 in turn into ``root/fold<k>``: finished folds are kept, interrupted ones resumed."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    own = {"--folds", "--fold", "--run-name", "--output-dir", "--resume"}
+    clash = own & {a.split("=")[0] for a in argv}
+    if clash:
+        raise ValueError(f"{sorted(clash)} are set by the cross-validation itself; leave them out of ARGS")
+    return [train_run(recipe, [*argv, "--folds", str(folds), "--fold", str(k), "--output-dir", str(root)],
+                      f"fold{k}", root) for k in range(folds)]
+
+
+def _fold_records(fold_dir: Path, cache: dict):
+    cfg = json.loads((fold_dir / "config.json").read_text())
+    split_file = fold_dir / "split.json"
+    data_dir = json.loads(split_file.read_text())["data_dir"]
+    if data_dir not in cache:
+        cache[data_dir] = discover_folders(data_dir, channels=cfg.get("channels") or cfg.get("in_channels", 1),
+                                           slice_rule=cfg.get("slice_rule") or None,
+                                           skip_bad_files=cfg.get("skip_bad_files", False)).slices
+    return load_split(split_file, cache[data_dir], names=["val"])["val"], cfg
+
+
+def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
+    """Score every fold on its validation slices, choose the post-processing on all of them, write
+    ``root/postprocess.json`` and ``root/cv.json``; returns the cv.json content."""
+    probs, flipped, targets, ids, meta, per_fold, cache = [], [], [], [], [], [], {}
+    for k, fold_dir in enumerate(fold_dirs):
+        records, cfg = _fold_records(fold_dir, cache)
+        ensemble, _, _, _ = load_ensemble([fold_dir / "best.pth"])
+        data = MRISegmentationDataset(records, size=cfg["image_size"], skip_bad_files=cfg.get("skip_bad_files", False))
+        preds = collect_probs(ensemble, data, flips=True)
+        fold_meta = [{"patient": r.patient, **r.attrs} if r.patient else dict(r.attrs) for r in records]
+        plain = summarise(image_records(data.ids, PostProcess().binarize(preds.probs), preds.targets, fold_meta))
+        per_fold.append({"fold": k, "run": fold_dir.name, "num_images": len(records), **plain})
+        probs.append(preds.probs), flipped.append(preds.flipped), targets.append(preds.targets)
+        ids += data.ids
+        meta += fold_meta
+    probs, flipped, targets = np.concatenate(probs), np.concatenate(flipped), np.concatenate(targets)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
+    choice, steps = search_postprocess(probs, targets, flipped)
+    save_json(root / POSTPROCESS_FILE, {"choice": choice.to_dict(), "steps": steps, "num_images": len(ids),
+                                        "chosen_on": f"out-of-fold predictions of {len(fold_dirs)} folds"})
+    source = flipped if choice.flips else probs
+    result = {
+        "folds": len(fold_dirs), "num_images": len(ids), "per_fold": per_fold,
+        "out_of_fold": summarise(image_records(ids, PostProcess().binarize(probs), targets, meta)),
+        "out_of_fold_postprocessed": summarise(image_records(ids, choice.binarize(source), targets, meta)),
+        "postprocess": {"choice": choice.to_dict(), "steps": steps, "summary": describe_steps(steps)},
+        "note": "out-of-fold: every slice is scored once, by the fold model that did not train on its patient; "
+                "the post-processing is chosen on these same predictions, so its figure is slightly optimistic",
+    }
+    save_json(root / CV_FILE, result)
+    return result
