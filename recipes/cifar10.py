@@ -17,17 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer, parse_config, plot_history
-from toolkit.config import ConfigError
-from toolkit.data.batch_transforms import Normalize, RandomCropFlip
-from toolkit.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_cifar10
-from toolkit.data.splits import holdout_split
-from toolkit.figures import save_figure
-from toolkit.models.classifiers import build_classifier
+from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
+from toolkit import parse_config
+from toolkit.data import CIFAR10_MEAN, CIFAR10_STD, Normalize, holdout_split, load_cifar10
+from toolkit.models import build_classifier
 
 
 @dataclass
-class CIFAR10Config(TrainConfig):
+class CIFAR10Config(ClassificationConfig):
     """CIFAR-10 classification with a small residual CNN (spec task 1)."""
 
     data_dir: str = "data/cifar10"  # torchvision root (cifar-10-batches-py/), class folders (train|test/<class>/*.jpg) or their .tar.gz
@@ -38,9 +35,6 @@ class CIFAR10Config(TrainConfig):
     depth: int = 3  # residual blocks per stage (network depth 6*depth+2: 3 = ResNet-20)
     dropout: float = 0.1  # dropout probability before the classifier
     label_smoothing: float = 0.1  # cross-entropy label smoothing, 0 = none
-    crop_padding: int = 4  # random-crop padding in pixels for training batches; 0 = no crop
-    flip_p: float = 0.5  # probability of a horizontal flip per training image
-    param_budget: int = 500_000  # most trainable parameters the model may have
     epochs: int = 120  # passes over the training set
     batch_size: int = 256  # images per process per step
     optimizer: str = "sgd"  # adamw | sgd (Nesterov)
@@ -53,10 +47,10 @@ class CIFAR10Config(TrainConfig):
         super().__post_init__()
         if self.width < 1 or self.depth < 1:
             raise ConfigError(f"width and depth must be >= 1, got {self.width} and {self.depth}")
-        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.flip_p <= 1:
-            raise ConfigError("need 0 <= dropout < 1, 0 <= label_smoothing < 1 and 0 <= flip_p <= 1")
-        if self.val_from_train < 0 or self.crop_padding < 0:
-            raise ConfigError("val_from_train and crop_padding must be >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.val_from_train < 0:
+            raise ConfigError(f"val_from_train must be >= 0, got {self.val_from_train}")
 
 
 def build_data(cfg: CIFAR10Config, trainer: Trainer):
@@ -83,14 +77,9 @@ def main(argv=None) -> list[dict]:
     trainer = Trainer(cfg, recipe="cifar10")
     train, val = build_data(cfg, trainer)
     model = build_classifier("resnet", num_classes=10, width=cfg.width, depth=cfg.depth, dropout=cfg.dropout)
-    augment = RandomCropFlip(cfg.crop_padding, cfg.flip_p) if cfg.crop_padding or cfg.flip_p else None
-    objective = ClassificationObjective(cfg.label_smoothing, preprocess=Normalize(CIFAR10_MEAN, CIFAR10_STD),
-                                        augment=augment)
-    history = trainer.fit(model, objective, train, val, metrics=[Accuracy()], monitor="accuracy", mode="max",
-                          param_budget=cfg.param_budget)
-    if trainer.accelerator.is_main_process and history:  # the accuracy curve on its own (history.png has all)
-        save_figure(plot_history(history, keys=["accuracy"]), trainer.figures_dir / "accuracy.png")
-    return history
+    objective = classification_objective(cfg, preprocess=Normalize(CIFAR10_MEAN, CIFAR10_STD))
+    return trainer.fit(model, objective, train, val, metrics=[Accuracy()], monitor="accuracy", mode="max",
+                       param_budget=cfg.param_budget, callbacks=[SaveCurve(["accuracy"], "accuracy")])
 
 
 if __name__ == "__main__":

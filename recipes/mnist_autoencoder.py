@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit import DenoisingObjective, ReconstructionMetrics, ReconstructionObjective, TrainConfig, Trainer
-from toolkit import image_grid, parse_config
-from toolkit.config import ConfigError
-from toolkit.data.batch_transforms import DEFAULT_NOISE_STD
-from toolkit.data.mnist import load_mnist
-from toolkit.data.splits import holdout_split
-from toolkit.models.autoencoders import AutoEncoder_CNN, LinearAutoEncoder
-from toolkit.wandb_media import ReconstructionMedia
+from toolkit import ConfigError, DenoisingObjective, ReconstructionMedia, ReconstructionMetrics, ReconstructionObjective
+from toolkit import TrainConfig, Trainer, image_grid, parse_config
+from toolkit.data import DEFAULT_NOISE_STD, holdout_split, load_mnist
+from toolkit.models import AutoEncoder_CNN, LinearAutoEncoder
 
 BUDGETS = {"linear": 500_000, "cnn": 35_000}  # trainable parameters each model may have
 

@@ -18,11 +18,9 @@ from pathlib import Path
 import torch
 
 from mnist_autoencoder import MNISTConfig  # the recipe beside this script
-from toolkit.compare import RunResult, command_line, refuse_flags, train_run, write_comparison
-from toolkit.comparison import Column, Comparison
-from toolkit.config import parse_config
-from toolkit.data.batch_transforms import add_gaussian_noise, to_unit_range
-from toolkit.data.mnist import load_mnist
+from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
+from toolkit import write_comparison
+from toolkit.data import add_gaussian_noise, load_mnist, to_unit_range
 
 RECIPE = Path(__file__).resolve().with_name("mnist_autoencoder.py")
 MODELS, TASKS = ("linear", "cnn"), ("reconstruction", "denoising")

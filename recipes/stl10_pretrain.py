@@ -17,15 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit import ReconstructionMetrics, ReconstructionObjective, TrainConfig, Trainer, parse_config
-from toolkit.checkpoint import atomic_write
-from toolkit.config import ConfigError
-from toolkit.data.errors import DataError
-from toolkit.data.splits import holdout_split
-from toolkit.data.stl10 import open_stl10
-from toolkit.figures import reconstruction_pairs
-from toolkit.models.stl10 import STL10AutoEncoder
-from toolkit.wandb_media import ReconstructionMedia
+from toolkit import ConfigError, ReconstructionMedia, ReconstructionMetrics, ReconstructionObjective, TrainConfig
+from toolkit import Trainer, atomic_write, parse_config, reconstruction_pairs
+from toolkit.data import DataError, holdout_split, open_stl10
+from toolkit.models import STL10AutoEncoder
 
 
 @dataclass

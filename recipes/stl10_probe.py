@@ -19,18 +19,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer, parse_config, plot_history
-from toolkit.checkpoint import save_json
-from toolkit.config import ConfigError
-from toolkit.data.batch_transforms import RandomCropFlip, to_unit_range
-from toolkit.data.errors import DataError
-from toolkit.data.stl10 import open_stl10
-from toolkit.figures import save_figure
-from toolkit.models.stl10 import FrozenEncoderClassifier, STL10AutoEncoder, linear_probe_head, load_encoder
+from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
+from toolkit import parse_config, save_json, stl10_train_test
+from toolkit.data import to_unit_range
+from toolkit.models import FrozenEncoderClassifier, STL10AutoEncoder, linear_probe_head, load_encoder
 
 
 @dataclass
-class STL10ProbeConfig(TrainConfig):
+class STL10ProbeConfig(ClassificationConfig):
     """A classifier on the frozen encoder of an STL-10 pretraining run (spec task 4)."""
 
     data_dir: str = "data/stl10"  # folder holding stl10_binary/ (or that folder itself)
@@ -39,7 +35,6 @@ class STL10ProbeConfig(TrainConfig):
     channels: tuple[int, ...] = (24, 48, 64, 96)  # encoder widths for --encoder random or a best.pth without config.json
     dropout: float = 0.0  # dropout probability before the linear layer
     crop_padding: int = 12  # random-crop padding in pixels (of 96) for training batches; 0 = no crop
-    flip_p: float = 0.5  # probability of a horizontal flip per training image
     param_budget: int = 500_000  # most trainable parameters (the frozen encoder is exempt)
     epochs: int = 30  # passes over the 5,000 training images
     batch_size: int = 128  # images per process per step
@@ -48,8 +43,8 @@ class STL10ProbeConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.dropout < 1 or not 0 <= self.flip_p <= 1 or self.crop_padding < 0:
-            raise ConfigError("need 0 <= dropout < 1, 0 <= flip_p <= 1 and crop_padding >= 0")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if len(self.channels) < 2 or min(self.channels) < 1:
             raise ConfigError(f"channels must be at least two positive widths, got {self.channels}")
 
@@ -89,21 +84,12 @@ def main(argv=None) -> list[dict]:
     source = "random initialisation (control)" if weights is None else str(weights)
     if acc.is_main_process:
         save_json(trainer.run_dir / "encoder.json", {"encoder": source, "channels": list(channels)})
-    try:
-        data = open_stl10(cfg.data_dir, ("train", "test"), cfg.download, acc)
-    except DataError as err:  # a missing or malformed STL-10 file
-        raise ConfigError(str(err)) from None
-    acc.print(f"data: STL-10 at {data['train'].root}: train {len(data['train'])}, test {len(data['test'])}; "
-              f"frozen encoder: {source}")
+    train, test = stl10_train_test(cfg, acc, f"frozen encoder: {source}")
     code = STL10AutoEncoder(channels).code_shape(96)
     model = FrozenEncoderClassifier(encoder, linear_probe_head(code, 10, cfg.dropout))
-    augment = RandomCropFlip(cfg.crop_padding, cfg.flip_p) if cfg.crop_padding or cfg.flip_p else None
-    objective = ClassificationObjective(preprocess=to_unit_range, augment=augment)  # the pretraining's input range
-    history = trainer.fit(model, objective, data["train"], data["test"], metrics=[Accuracy()], monitor="accuracy",
-                          mode="max", param_budget=cfg.param_budget)
-    if acc.is_main_process and history:
-        save_figure(plot_history(history, keys=["accuracy"]), trainer.figures_dir / "accuracy.png")
-    return history
+    objective = classification_objective(cfg, preprocess=to_unit_range)  # the pretraining's input range
+    return trainer.fit(model, objective, train, test, metrics=[Accuracy()], monitor="accuracy",
+                       mode="max", param_budget=cfg.param_budget, callbacks=[SaveCurve(["accuracy"], "accuracy")])
 
 
 if __name__ == "__main__":

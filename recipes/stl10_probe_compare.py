@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 from stl10_probe import STL10ProbeConfig, resolve_encoder  # the recipe beside this script
-from toolkit.compare import RunResult, command_line, refuse_flags, train_run, write_comparison
-from toolkit.comparison import Column, Comparison
-from toolkit.config import parse_config
+from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
+from toolkit import write_comparison
 
 RECIPE = Path(__file__).resolve().with_name("stl10_probe.py")
 LAUNCH = "accelerate launch --cpu --num_processes 1 --mixed_precision bf16"

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer, parse_config, plot_history
-from toolkit.config import ConfigError
-from toolkit.data.batch_transforms import RandomCropFlip, ResizeNormalize
-from toolkit.data.errors import DataError
-from toolkit.data.stl10 import STL10_MEAN, STL10_STD, open_stl10
-from toolkit.figures import save_figure
-from toolkit.models.stl10 import STL10CNN
+from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
+from toolkit import parse_config, stl10_train_test
+from toolkit.data import STL10_MEAN, STL10_STD, ResizeNormalize
+from toolkit.models import STL10CNN
 
 
 @dataclass
-class STL10SupervisedConfig(TrainConfig):
+class STL10SupervisedConfig(ClassificationConfig):
     """STL-10 classification from scratch on the labelled train split (spec task 3)."""
 
     data_dir: str = "data/stl10"  # folder holding stl10_binary/ (or that folder itself)
@@ -33,8 +30,6 @@ class STL10SupervisedConfig(TrainConfig):
     dropout: float = 0.3  # dropout probability before the classifier
     label_smoothing: float = 0.1  # cross-entropy label smoothing, 0 = none
     crop_padding: int = 12  # random-crop padding in pixels (of 96) for training batches; 0 = no crop
-    flip_p: float = 0.5  # probability of a horizontal flip per training image
-    param_budget: int = 500_000  # most trainable parameters the model may have
     epochs: int = 80  # passes over the 5,000 training images
     batch_size: int = 128  # images per process per step
     optimizer: str = "sgd"  # adamw | sgd (Nesterov)
@@ -45,30 +40,18 @@ class STL10SupervisedConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.width < 1 or self.crop_padding < 0:
-            raise ConfigError(f"width must be >= 1 and crop_padding >= 0, got {self.width} and {self.crop_padding}")
-        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.flip_p <= 1:
-            raise ConfigError("need 0 <= dropout < 1, 0 <= label_smoothing < 1 and 0 <= flip_p <= 1")
+        if self.width < 1 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"need width >= 1 and 0 <= dropout < 1, got {self.width} and {self.dropout}")
 
 
 def main(argv=None) -> list[dict]:
     cfg = parse_config(STL10SupervisedConfig, argv)
     trainer = Trainer(cfg, recipe="stl10_supervised")
-    try:
-        data = open_stl10(cfg.data_dir, ("train", "test"), cfg.download, trainer.accelerator)
-    except DataError as err:  # a missing or malformed STL-10 file
-        raise ConfigError(str(err)) from None
-    trainer.accelerator.print(f"data: STL-10 at {data['train'].root}: train {len(data['train'])}, "
-                              f"test {len(data['test'])}")
+    train, test = stl10_train_test(cfg, trainer.accelerator)
     model = STL10CNN(num_classes=10, width=cfg.width, dropout=cfg.dropout)
-    augment = RandomCropFlip(cfg.crop_padding, cfg.flip_p) if cfg.crop_padding or cfg.flip_p else None
-    objective = ClassificationObjective(cfg.label_smoothing, preprocess=ResizeNormalize(STL10_MEAN, STL10_STD, None),
-                                        augment=augment)
-    history = trainer.fit(model, objective, data["train"], data["test"], metrics=[Accuracy()], monitor="accuracy",
-                          mode="max", param_budget=cfg.param_budget)
-    if trainer.accelerator.is_main_process and history:
-        save_figure(plot_history(history, keys=["accuracy"]), trainer.figures_dir / "accuracy.png")
-    return history
+    objective = classification_objective(cfg, preprocess=ResizeNormalize(STL10_MEAN, STL10_STD, None))
+    return trainer.fit(model, objective, train, test, metrics=[Accuracy()], monitor="accuracy",
+                       mode="max", param_budget=cfg.param_budget, callbacks=[SaveCurve(["accuracy"], "accuracy")])
 
 
 if __name__ == "__main__":

@@ -1,19 +1,49 @@
-"""toolkit: a training toolkit on Hugging Face Accelerate for autoencoders and image segmentation.
+"""toolkit: a training toolkit on Hugging Face Accelerate for classifiers, autoencoders and image segmentation.
 
-Public names are imported lazily (PEP 562), so ``import toolkit`` stays cheap and a
-submodule's heavy dependencies load only when one of its names is used.
+The public API: a recipe imports from ``toolkit`` and the documented subpackages
+:mod:`toolkit.data`, :mod:`toolkit.data.mri` and :mod:`toolkit.models`, nothing deeper
+(``tests/test_public_api.py`` checks it; ``docs/architecture.md`` says what goes where).
+``toolkit`` exports:
+
+- configuration: ``TrainConfig``, ``parse_config``, ``ConfigError``; ``ClassificationConfig`` and
+  ``classification_objective``, ``stl10_train_test`` (what the classification recipes share);
+- training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
+  ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``;
+- objectives, losses, metrics: ``Objective``, ``StepOutput``, ``ClassificationObjective``,
+  ``ReconstructionObjective``, ``DenoisingObjective``, ``SegmentationObjective``, ``build_objective``,
+  ``SoftDiceLoss``, ``DiceBCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
+- files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,
+  ``plot_history``, ``reconstruction_pairs``, ``save_figure``, ``segmentation_overlays``;
+- models: ``build_segmentation_model``, ``SegAutoEncoder``, ``count_parameters``, ``init_from``
+  (the other architectures are in :mod:`toolkit.models`);
+- segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``;
+- comparison scripts: ``Column``, ``Comparison``, ``ComparisonError``, ``RunResult``, ``command_line``,
+  ``refuse_flags``, ``train_run``, ``write_comparison``;
+- data names used by most recipes (the full lists are in :mod:`toolkit.data` and :mod:`toolkit.data.mri`):
+  ``add_gaussian_noise``, ``load_split``, ``save_split``, ``split_ids``, ``split_records``,
+  ``MRISegmentationDataset``, ``MRISlice``, ``read_slice``, ``discover_mri_slices``,
+  ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``.
+
+Names are imported lazily (PEP 562), so ``import toolkit`` stays cheap and a submodule's heavy
+dependencies load only when one of its names is used.
 """
 
 from __future__ import annotations
 
-import importlib
 import os as _os
+
+from .lazy import lazy_exports
 
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would call the network on import
 
 _EXPORTS = {
-    "checkpoint": ["load_weights", "save_weights"],
+    "callbacks": ["Callback", "SaveCurve"],
+    "checkpoint": ["atomic_write", "load_weights", "save_json", "save_weights"],
+    "classification": ["ClassificationConfig", "classification_objective", "stl10_train_test"],
+    "compare": ["RunResult", "command_line", "refuse_flags", "train_run", "write_comparison"],
+    "comparison": ["Column", "Comparison", "ComparisonError"],
     "config": ["ConfigError", "TrainConfig", "parse_config"],
+    "crossval": ["out_of_fold", "train_folds"],
     "data.batch_transforms": ["add_gaussian_noise"],
     "data.mri.augment": ["mri_train_transforms"],
     "data.mri.dataset": ["MRISegmentationDataset"],
@@ -21,28 +51,20 @@ _EXPORTS = {
     "data.mri.io": ["MRISlice", "read_slice"],
     "data.mri.synthetic": ["generate_synthetic_mri"],
     "data.splits": ["load_split", "save_split", "split_ids", "split_records"],
-    "figures": ["image_grid", "plot_history", "segmentation_overlays"],
+    "ensemble": ["SegmentationEnsemble"],
+    "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "SoftDiceLoss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
     "models.segmentation": ["SegAutoEncoder", "build_segmentation_model"],
-    "models.utils": ["count_parameters"],
+    "models.utils": ["count_parameters", "init_from"],
     "objectives": [
         "ClassificationObjective", "DenoisingObjective", "Objective", "ReconstructionObjective",
         "SegmentationObjective", "StepOutput", "build_objective",
     ],
+    "postprocess": ["PostProcess"],
+    "seg_eval": ["ChoosePostprocess"],
+    "state": ["TrainState"],
     "trainer": ["ParameterBudgetError", "Trainer"],
+    "wandb_media": ["ReconstructionMedia", "SegmentationMedia"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

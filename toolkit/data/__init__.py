@@ -8,4 +8,30 @@
 
 It imports nothing from :mod:`toolkit.config`, :mod:`toolkit.trainer` or :mod:`toolkit.objectives`:
 recipes turn a DataError into a ConfigError at their boundary.
+
+Exported here (lazily, on first use), the names a recipe uses:
+
+- data sets: ``load_cifar10``, ``CIFAR10_MEAN``, ``CIFAR10_STD``; ``open_stl10``, ``STL10Memmap``,
+  ``STL10_CLASSES``, ``STL10_MEAN``, ``STL10_STD``; ``load_mnist``;
+- splits: ``holdout_split``, ``split_ids``, ``split_records``, ``save_split``, ``load_split``;
+- batch transforms: ``Normalize``, ``ResizeNormalize``, ``RandomCropFlip``, ``ForegroundCrop``,
+  ``to_unit_range``, ``standardize_per_image``, ``add_gaussian_noise``, ``DEFAULT_NOISE_STD``,
+  ``IMAGENET_MEAN``, ``IMAGENET_STD``;
+- errors: ``DataError``, ``MRIDataError``.
+
+Brain-MRI names are in :mod:`toolkit.data.mri`.
 """
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "batch_transforms": ["DEFAULT_NOISE_STD", "IMAGENET_MEAN", "IMAGENET_STD", "ForegroundCrop", "Normalize",
+                         "RandomCropFlip", "ResizeNormalize", "add_gaussian_noise", "standardize_per_image",
+                         "to_unit_range"],
+    "cifar": ["CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10"],
+    "errors": ["DataError", "MRIDataError"],
+    "mnist": ["load_mnist"],
+    "splits": ["holdout_split", "load_split", "save_split", "split_ids", "split_records"],
+    "stl10": ["STL10_CLASSES", "STL10_MEAN", "STL10_STD", "STL10Memmap", "open_stl10"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

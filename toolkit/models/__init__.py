@@ -1,0 +1,24 @@
+"""The model families; a recipe builds its model from the names exported here (lazily, on first use).
+
+- :mod:`.classifiers`: ``CIFARResNet``, ``build_classifier``, ``predict_proba`` (CIFAR-10);
+- :mod:`.stl10`: ``STL10CNN``, ``STL10AutoEncoder``, ``FrozenEncoderClassifier``, ``freeze``,
+  ``frozen_resnet18``, ``linear_probe_head``, ``load_encoder`` (STL-10 supervised, pretraining, probes);
+- :mod:`.autoencoders`: ``LinearAutoEncoder``, ``AutoEncoder_CNN`` (MNIST);
+- :mod:`.segmentation`: ``SegAutoEncoder``, ``SMPUnet``, ``build_segmentation_model`` (brain MRI);
+- :mod:`.utils`: ``count_parameters``, ``init_from``.
+
+A model is a plain ``torch.nn.Module``: uint8-to-float preprocessing belongs to the objective
+(:mod:`toolkit.objectives`), not to the model.
+"""
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "autoencoders": ["AutoEncoder_CNN", "LinearAutoEncoder"],
+    "classifiers": ["CIFARResNet", "build_classifier", "predict_proba"],
+    "segmentation": ["SMPUnet", "SegAutoEncoder", "build_segmentation_model"],
+    "stl10": ["FrozenEncoderClassifier", "STL10AutoEncoder", "STL10CNN", "freeze", "frozen_resnet18",
+              "linear_probe_head", "load_encoder"],
+    "utils": ["count_parameters", "init_from"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
