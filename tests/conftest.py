@@ -1,18 +1,18 @@
-"""Shared test set-up: no network, no W&B account, a fresh Accelerate state per test."""
+"""Shared test set-up and fixtures: no network, no W&B account, a fresh Accelerate state per test.
+
+Helpers the tests import live in utils.py; nothing imports from this file.
+"""
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
+
+from .utils import SHARED_DATA
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -33,24 +33,3 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
-
-
-def run_env(**extra):
-    """Environment for recipe subprocesses: offline, single-threaded-friendly, repo importable."""
-    env = dict(os.environ)
-    env.update({"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
-                "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"})
-    env.update(extra)
-    return env
-
-
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that is free right now (for torch.distributed rendezvous)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -7,7 +7,7 @@ import sys
 
 from bench.run import SECTIONS, table
 
-from .conftest import ROOT, run_env
+from .utils import ROOT, run_env
 
 
 def test_quick_suite_writes_every_section(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
 from toolkit.callbacks import Callback, SaveCurve
 
-from .helpers import TinyImages, TinyNet
+from .utils import TinyImages, TinyNet
 
 
 def make_cfg(tmp_path, **kw):

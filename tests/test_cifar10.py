@@ -25,7 +25,7 @@ from toolkit.data.cifar import (
 from toolkit.models.classifiers import CIFARResNet, ConvBNReLU, build_classifier, predict_proba
 from toolkit.models.utils import count_parameters
 
-from .conftest import ACCELERATE, ROOT, run_env
+from .utils import ACCELERATE, ROOT, run_env
 
 REAL_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 

@@ -8,7 +8,7 @@ import pytest
 from toolkit import TrainConfig, Trainer
 from toolkit.config import ConfigError, parse_config
 
-from .conftest import ROOT, run_env
+from .utils import ROOT, run_env
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -9,7 +9,7 @@ import time
 
 from toolkit.cli import main as toolkit_main
 
-from .conftest import ROOT, run_env
+from .utils import ROOT, run_env
 
 TINY = ["--synthetic-images", "12", "--image-size", "32", "--batch-size", "4", "--num-workers", "0",
         "--widths", "4,8", "--epochs", "1", "--wandb-mode", "disabled"]

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from tests.mri_fake import make_folder
+from .mri_fake import make_folder
 from toolkit.data.errors import DataError, MRIDataError
 from toolkit.data.mri.discover import discover_mri_slices
 from toolkit.data.mri.folders import discover_folders, folder_tags, parse_data_dirs

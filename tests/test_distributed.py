@@ -11,8 +11,7 @@ import torch
 from toolkit import Accuracy, ClassificationObjective, SegmentationMetrics, SegmentationObjective, SoftDiceLoss
 from toolkit import TrainConfig, Trainer
 
-from .conftest import ACCELERATE, ROOT, free_port, run_env
-from .helpers import TinyImages, TinyNet
+from .utils import ACCELERATE, ROOT, TinyImages, TinyNet, free_port, run_env
 
 
 class TinySeg(torch.utils.data.Dataset):

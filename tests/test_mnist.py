@@ -18,7 +18,7 @@ from toolkit.data.mnist import load_mnist, read_idx
 from toolkit.models.autoencoders import AutoEncoder_CNN, LinearAutoEncoder
 from toolkit.objectives import DenoisingObjective
 
-from .conftest import ACCELERATE, ROOT, run_env
+from .utils import ACCELERATE, ROOT, run_env
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 

@@ -8,7 +8,7 @@ import torch
 
 from toolkit import build_segmentation_model, find_image_mask_pairs, split_ids
 
-from .conftest import ACCELERATE, ROOT, free_port, run_env
+from .utils import ACCELERATE, ROOT, free_port, run_env
 
 TINY = ["--synthetic-images", "12", "--image-size", "64", "--batch-size", "4", "--num-workers", "1",
         "--wandb-mode", "disabled"]

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
 from toolkit.checkpoint import UnsafeFileError, find_state, list_states, load_weights
 
-from .conftest import ROOT, run_env
-from .helpers import TinyImages, TinyNet
+from .utils import ROOT, TinyImages, TinyNet, run_env
 
 BATCHES = 6  # TinyImages(48) / batch 8: optimizer steps per epoch
 

@@ -9,7 +9,7 @@ from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
 from toolkit.checkpoint import STATE_MARKER, find_state
 from toolkit.state import TrainState
 
-from .helpers import TinyImages, TinyNet
+from .utils import TinyImages, TinyNet
 
 KEYS = {"epoch", "global_step", "history", "best", "best_epoch", "train_time_s", "wall_time_s", "planned_epochs",
         "batch_in_epoch", "partial", "skipped_steps", "epoch_end_walls"}  # the keys the files have always used

@@ -29,7 +29,7 @@ from toolkit.models.utils import count_parameters
 from toolkit.optim import build_optimizer
 from toolkit.trainer import ParameterBudgetError
 
-from .conftest import ACCELERATE, ROOT, SHARED_DATA, free_port, run_env
+from .utils import ACCELERATE, ROOT, SHARED_DATA, free_port, run_env
 from .stl10_fake import write_fake_stl10
 
 CPU1 = [*ACCELERATE, "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "bf16",

@@ -11,8 +11,7 @@ from toolkit.checkpoint import find_state
 from toolkit.config import ConfigError
 from toolkit.state import TrainState, plan_epochs
 
-from .helpers import TinyImages, TinyNet
-from .wandb_reader import logged
+from .utils import TinyImages, TinyNet, logged
 
 
 def make_cfg(tmp_path, **kw):

@@ -14,9 +14,7 @@ from toolkit import DenoisingObjective, ReconstructionMetrics, TrainConfig, Trai
 from toolkit.report import write_report
 from toolkit.wandb_media import ReconstructionMedia
 
-from .conftest import ACCELERATE, ROOT, free_port, run_env
-from .helpers import TinyImages
-from .wandb_reader import logged, read_records
+from .utils import ACCELERATE, ROOT, TinyImages, free_port, logged, read_records, run_env
 
 
 def _one_offline_run(tmp_path, run_dir):

@@ -1,0 +1,134 @@
+"""What the tests share (the fixtures stay in conftest.py; fake data-set writers in mri_fake.py, stl10_fake.py).
+
+- paths and subprocesses: ``ROOT``, ``SHARED_DATA``, ``ACCELERATE``, ``run_env``, ``free_port``;
+- tiny data and model for Trainer tests (seconds on a CPU): ``TinyImages``, ``TinyNet``;
+- the offline W&B run file read back: ``read_records``, ``logged``.
+
+Test modules import from here, never from conftest.py or from another ``test_*.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
+
+
+def run_env(**extra):
+    """Environment for recipe subprocesses: offline, single-threaded-friendly, repo importable."""
+    env = dict(os.environ)
+    env.update({"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+                "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now (for torch.distributed rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- tiny data and model
+class TinyImages(Dataset):
+    """n images (1, 8, 8) uint8 with label 1 when the left half is brighter; optional random noise
+    augmentation drawn from a generator that ``reseed`` resets (as the MRI dataset does)."""
+
+    def __init__(self, n: int = 48, seed: int = 0, augment: bool = False) -> None:
+        rng = np.random.default_rng(seed)
+        self.images = rng.integers(0, 256, size=(n, 1, 8, 8), dtype=np.uint8)
+        self.labels = (self.images[..., :4].mean(axis=(1, 2, 3)) > self.images[..., 4:].mean(axis=(1, 2, 3)))
+        self.augment = augment
+        self.rng = np.random.default_rng(0)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = self.images[i].astype(np.int16)
+        if self.augment:
+            img = img + self.rng.integers(-8, 9, size=img.shape)
+        return torch.from_numpy(np.clip(img, 0, 255).astype(np.uint8)), int(self.labels[i])
+
+
+class TinyNet(nn.Module):
+    """(N, 1, 8, 8) float → (N, 2) logits; records the dtype its conv produced (autocast check)."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.head = nn.Linear(width * 2, 2)
+        self.seen_dtype = None
+
+    def forward(self, x):
+        h = self.conv(x)
+        self.seen_dtype = h.dtype
+        h = torch.relu(self.bn(h))
+        left, right = h[..., :4].mean(dim=(2, 3)), h[..., 4:].mean(dim=(2, 3))
+        return self.head(torch.cat([left, right], dim=1))
+
+
+# --------------------------------------------------------------------------- offline W&B run files
+BLOCK = 32768
+HEADER = 7
+
+
+def read_records(path: str | Path) -> list:
+    """The protobuf ``Record`` messages of an offline W&B run file (``run-*.wandb``).
+
+    The file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then
+    32 KiB blocks of chunks (crc32 4 bytes, length 2 bytes LE, type 1 byte, data);
+    chunk types FULL=1, FIRST=2, MIDDLE=3, LAST=4 join into protobuf ``Record`` messages.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    records, pos, pending = [], HEADER, b""
+    while pos + 7 <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def logged(path: str | Path) -> tuple[list[dict], dict]:
+    """(history rows as dicts, final summary dict) of an offline run file."""
+    history, summary = [], {}
+    for record in read_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.summary.update})
+    return history, summary
