@@ -13,27 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import (
+    ChoosePostprocess,
+    ConfigError,
     DiceBCELoss,
-    MRISegmentationDataset,
+    SegmentationMedia,
     SegmentationMetrics,
     SegmentationObjective,
     SoftDiceLoss,
     TrainConfig,
     Trainer,
     build_segmentation_model,
-    generate_synthetic_mri,
-    mri_train_transforms,
+    init_from,
     parse_config,
     segmentation_overlays,
 )
-from toolkit.config import ConfigError
-from toolkit.data.batch_transforms import ForegroundCrop
-from toolkit.data.errors import DataError
-from toolkit.data.mri.folders import discover_folders
-from toolkit.data.splits import save_split, split_records
-from toolkit.models.utils import init_from
-from toolkit.seg_eval import ChoosePostprocess
-from toolkit.wandb_media import SegmentationMedia
+from toolkit.data import DataError, ForegroundCrop, save_split, split_records
+from toolkit.data.mri import MRISegmentationDataset, discover_folders, generate_synthetic_mri, mri_train_transforms
 
 
 @dataclass

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from toolkit.crossval import out_of_fold, train_folds
+from toolkit import out_of_fold, train_folds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,4 +8,22 @@
 - :mod:`.synthetic` / :mod:`.synthetic_render`: the synthetic demo set on disk, and one drawn slice.
 
 Splits are :mod:`toolkit.data.splits`; on-device normalisation :mod:`toolkit.data.batch_transforms`.
+
+Exported here (lazily, on first use): ``discover_folders`` (one or several data folders, each
+auto-detected), ``discover_mri_slices``, ``find_image_mask_pairs``, ``Discovery``, ``parse_data_dirs``,
+``read_metadata``; ``MRISlice``, ``read_slice``; ``MRISegmentationDataset``; ``mri_train_transforms``,
+``mri_eval_transforms``; ``generate_synthetic_mri``.
 """
+
+from ...lazy import lazy_exports
+
+_EXPORTS = {
+    "augment": ["mri_eval_transforms", "mri_train_transforms"],
+    "dataset": ["MRISegmentationDataset"],
+    "discover": ["Discovery", "discover_mri_slices", "find_image_mask_pairs"],
+    "folders": ["discover_folders", "parse_data_dirs"],
+    "io": ["MRISlice", "read_slice"],
+    "metadata": ["read_metadata"],
+    "synthetic": ["generate_synthetic_mri"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
