@@ -17,7 +17,6 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 
 from toolkit import ClassificationObjective
-from toolkit.data import cifar
 from toolkit.data.batch_transforms import Normalize, RandomCropFlip
 from toolkit.data.cifar import (
     CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, find_cifar10_source, load_cifar10, read_class_folders,
@@ -127,7 +126,7 @@ def test_class_folders_read_with_right_labels_and_cache(tmp_path, monkeypatch):
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(cifar, "_decode", no_decode)
+    monkeypatch.setattr(Image, "open", no_decode)  # every decode opens the image with PIL
     again = read_class_folders(tmp_path / "jpeg", "train")
     assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
     monkeypatch.undo()
