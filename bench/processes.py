@@ -86,7 +86,7 @@ def run_variant(kind: str, out: Path, job_args: list[str], precision: str, timeo
 
 def run(quick: bool = False, repeats: int = 2) -> tuple[list[Row], dict]:
     precision = "bf16" if _bf16_supported() else "no"
-    job = (["--images", "128", "--epochs", "1", "--global-batch", "32", "--width", "4", "--depth", "1"] if quick else
+    job = (["--images", "128", "--epochs", "1", "--global-batch", "32", "--width", "8", "--depth", "1"] if quick else
            ["--images", "2048", "--epochs", "1", "--global-batch", "64", "--width", "16", "--depth", "2"])
     kinds = ["one", "two"] if quick else ["one", "two", "machines"]  # tests/test_multinode.py covers machines
     repeats = 1 if quick else repeats

@@ -76,7 +76,8 @@ class Bench:
         from toolkit.models.classifiers import CIFARResNet
 
         self.batch, steps = (8, 6) if quick else (64, 30)
-        self.width, self.depth = (4, 1) if quick else (16, 3)
+        self.width, self.depth = (8, 1) if quick else (16, 3)  # width 4: a 1x1 stride-2 conv 4->8 hangs in
+        # channels_last fp32 backward on some AVX2 CPUs (oneDNN in torch 2.14.1)
         self.train = ClockedImages(self.batch * steps, seed=1)
         self.val = ClockedImages(2 * self.batch, seed=2)
         self.precision = "bf16" if _bf16_supported() else "no"

@@ -9,7 +9,7 @@ from bench.train_job import weights_digest
 
 
 def test_two_machines_train_one_run(tmp_path):
-    job = ["--images", "96", "--epochs", "1", "--global-batch", "32", "--width", "4", "--depth", "1"]
+    job = ["--images", "96", "--epochs", "1", "--global-batch", "32", "--width", "8", "--depth", "1"]
     res = run_variant("machines", tmp_path, job, precision="no", timeout=300)
     ranks = res["ranks"]
     assert sorted(r["rank"] for r in ranks) == [0, 1]  # both ranks finished and wrote their record
