@@ -74,6 +74,18 @@ class TrainState:
         state.partial = dict(state.partial) if state.partial else None
         return state
 
+    def summary(self, **run: Any) -> dict:
+        """``summary.json`` of a finished fit: ``run`` (recipe, run folder, monitor, parameters, processes, …)
+        first, then the best value and epoch, epochs completed, timings, mean training images/s, skipped
+        steps and the final epoch's record."""
+        history = self.history
+        return {
+            **run, "best_value": self.best, "best_epoch": self.best_epoch, "epochs_completed": self.epoch,
+            "wall_time_s": self.wall_time_s, "train_time_s": self.train_time_s,
+            "train_images_per_s": (sum(h["train_images_per_s"] for h in history) / len(history)) if history else None,
+            "skipped_steps": self.skipped_steps, "final": history[-1] if history else None,
+        }
+
 
 def plan_epochs(state: TrainState, max_epochs: int, budget_s: float) -> int:
     """Epochs that fit the time budget ``budget_s`` (seconds), called at the end of each epoch.

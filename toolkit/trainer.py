@@ -162,7 +162,10 @@ class Trainer:
         with loop.guard:
             self._epochs(state)
         call_hook(loop.callbacks, "on_fit_end", self, state)
-        summary = self._summary(state, trainable, total, param_budget)
+        summary = state.summary(
+            recipe=self.recipe, run_dir=str(self.run_dir), monitor=self.loop.monitor, mode=self.loop.mode,
+            trainable_params=trainable, total_params=total, param_budget=param_budget,
+            num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
         if acc.is_main_process:
             save_json(self.run_dir / "summary.json", summary)
         tracking.set_summary(acc, summary)
@@ -301,15 +304,3 @@ class Trainer:
             for name, fig in figures(sample).items():
                 paths[name] = save_figure(fig, self.figures_dir / f"{name}_epoch{state.epoch:03d}.png")
         tracking.log_images(acc, paths, state.global_step)
-
-    def _summary(self, state: TrainState, trainable: int, total: int, budget: int | None) -> dict:
-        history, acc = state.history, self.accelerator
-        return {
-            "recipe": self.recipe, "run_dir": str(self.run_dir), "monitor": self.loop.monitor, "mode": self.loop.mode,
-            "best_value": state.best, "best_epoch": state.best_epoch, "epochs_completed": state.epoch,
-            "trainable_params": trainable, "total_params": total, "param_budget": budget,
-            "wall_time_s": state.wall_time_s, "train_time_s": state.train_time_s,
-            "train_images_per_s": (sum(h["train_images_per_s"] for h in history) / len(history)) if history else None,
-            "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
-            "skipped_steps": state.skipped_steps, "final": history[-1] if history else None,
-        }
