@@ -79,7 +79,7 @@ class BrainMRIConfig(TrainConfig):
             raise ConfigError(f"foreground_p must be in [0, 1], got {self.foreground_p}")
         for folder in filter(None, (d.strip() for d in self.data_dir.split(","))):
             if not Path(folder).is_dir():
-                raise ConfigError(f"data_dir: {folder!r} is not a folder")
+                raise ConfigError(f"data_dir {folder!r} is not a folder")
         if self.folds and not (self.folds >= 2 and 0 <= self.fold < self.folds):
             raise ConfigError(f"need folds >= 2 and 0 <= fold < folds (or folds 0), got folds {self.folds}, "
                               f"fold {self.fold}")

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from toolkit.data.mri.augment import mri_eval_transforms, mri_train_transforms, reseed_transform  # noqa: E402
 from toolkit.data.mri.dataset import MRISegmentationDataset  # noqa: E402
-from toolkit.data.mri.discover import find_image_mask_pairs  # noqa: E402
+from toolkit.data.mri.pairs import find_image_mask_pairs  # noqa: E402
 from toolkit.data.mri.io import natural_key  # noqa: E402
 from toolkit.data.mri.synthetic import generate_synthetic_mri  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from toolkit.data.mri.discover import find_image_mask_pairs
+from toolkit.data.mri.pairs import find_image_mask_pairs
 from toolkit.data.mri.synthetic import generate_synthetic_mri, main as synthetic_main
 
 SIZE = 96  # small slices keep the generator tests fast

@@ -20,7 +20,8 @@ from ...lazy import lazy_exports
 _EXPORTS = {
     "augment": ["mri_eval_transforms", "mri_train_transforms"],
     "dataset": ["MRISegmentationDataset"],
-    "discover": ["Discovery", "discover_mri_slices", "find_image_mask_pairs"],
+    "discover": ["Discovery", "discover_mri_slices"],
+    "pairs": ["find_image_mask_pairs"],
     "folders": ["discover_folders", "parse_data_dirs"],
     "io": ["MRISlice", "read_slice"],
     "metadata": ["read_metadata"],

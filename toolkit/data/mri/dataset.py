@@ -60,7 +60,7 @@ class MRISegmentationDataset(Dataset):
         records: :class:`MRISlice` records (from
             :func:`~toolkit.data.mri.discover.discover_mri_slices` or
             :func:`~toolkit.data.splits.split_records`), or (id, image_path, mask_path) triples of
-            2D files (e.g. from :func:`~toolkit.data.mri.discover.find_image_mask_pairs`), read
+            2D files (e.g. from :func:`~toolkit.data.mri.pairs.find_image_mask_pairs`), read
             grey, or RGB with ``in_channels=3``.
         size: side in pixels that images (INTER_AREA when shrinking, INTER_LINEAR when growing)
             and masks (INTER_NEAREST) are resized to.

@@ -39,10 +39,11 @@ from ..errors import MRIDataError
 from .channels import CHANNEL_ALIASES, parse_slice_rule, resolve_channels
 from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, load_nifti, natural_key, open_figshare_mat
 from .metadata import METADATA_FILE, read_metadata
+from .pairs import EXT_PATTERN, find_image_mask_pairs, pair_files
 
-__all__ = ["Discovery", "discover_mri_slices", "find_image_mask_pairs"]
+__all__ = ["Discovery", "discover_mri_slices"]
 
-_EXT = "<" + "|".join(e[1:] for e in IMAGE_EXTENSIONS) + ">"
+_EXT = EXT_PATTERN
 _BRATS_FILE = re.compile(r"[_-](flair|t2f|t1|t1n|t1ce|t1c|t2|t2w|seg)\.nii(\.gz)?$", re.IGNORECASE)
 _LAYOUTS = {
     "folder": f"images/<id>.{_EXT} with masks/<id>_mask.{_EXT} (or masks/<id>.{_EXT}), or <id>.{_EXT} "
@@ -71,64 +72,6 @@ class Discovery(NamedTuple):
         return sorted({s.patient for s in self.slices if s.patient is not None}, key=natural_key)
 
 
-# --- pairing 2D image and mask files ------------------------------------------------------------
-
-
-def _files(folder: Path) -> dict[str, Path]:
-    """Map stem → path for the 2D image files directly in ``folder``; a stem twice is an error."""
-    found: dict[str, Path] = {}
-    for p in folder.iterdir():
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-            continue
-        if p.stem in found:
-            raise MRIDataError(p, f"two files share the id {p.stem!r} in {folder}: {found[p.stem].name} and "
-                                  f"{p.name}; keep one")
-        found[p.stem] = p
-    return found
-
-
-def _pairs(folder: Path, masks_dir: Path, skipped: list | None) -> list[tuple[str, Path, Path]]:
-    """(stem, image, mask) of ``folder``'s images (not ``*_mask``), mask ``<stem>_mask.*`` or ``<stem>.*``
-    in ``masks_dir``; an image without a mask raises FileNotFoundError, or is listed in ``skipped``."""
-    images, masks = _files(folder), (_files(masks_dir) if masks_dir != folder else None)
-    masks = masks if masks is not None else images
-    out = []
-    for stem in sorted(images, key=natural_key):
-        if stem.lower().endswith("_mask") and masks is images:
-            continue
-        mask = masks.get(f"{stem}_mask") or (masks.get(stem) if masks is not images else None)
-        if mask is None:
-            where = f"{masks_dir}/{stem}_mask.{_EXT}" + ("" if masks is images else f" and {masks_dir}/{stem}.{_EXT}")
-            reason = f"image without a mask: tried {where}"
-            if skipped is None:
-                raise FileNotFoundError(f"no mask for image {images[stem]}: tried {where}")
-            skipped.append((images[stem], reason))
-            continue
-        out.append((stem, images[stem], mask))
-    return out
-
-
-def find_image_mask_pairs(root: str | os.PathLike, *, skipped: list | None = None) -> list[tuple[str, Path, Path]]:
-    """The (id, image_path, mask_path) triples of an ``images/`` + ``masks/`` folder, naturally sorted by id.
-
-    ``root/images/<id>.<ext>`` pairs with ``root/masks/<id>_mask.<ext2>``, else ``root/masks/<id>.<ext2>``
-    (ext, ext2 in png/jpg/jpeg/tif/tiff, any case). Masks without an image are ignored. An image
-    without a mask raises FileNotFoundError naming it, or, if a ``skipped`` list is given, is
-    appended to it as (path, reason). Raises FileNotFoundError for a missing folder or no image,
-    MRIDataError (ValueError) for two files with one stem.
-    """
-    root = Path(root)
-    layout = f"expected {root}/images/<id>.{_EXT} and {root}/masks/<id>_mask.{_EXT} (or masks/<id>.{_EXT})"
-    if not root.is_dir():
-        raise FileNotFoundError(f"MRI data folder {root} does not exist or is not a folder; {layout}")
-    for folder in (root / "images", root / "masks"):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no {folder.name}/ folder in {root}: {folder} is missing; {layout}")
-    if not _files(root / "images"):
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {root / 'images'}; {layout}")
-    return _pairs(root / "images", root / "masks", skipped)
-
-
 # --- the four layouts ----------------------------------------------------------------------------------
 
 
@@ -142,7 +85,7 @@ def _find_folder(root, channels, rule, skipped):
     if (root / "images").is_dir() and (root / "masks").is_dir():
         pairs = find_image_mask_pairs(root, skipped=skipped)
     else:  # masks beside their images: <id>.<ext> + <id>_mask.<ext>
-        pairs = _pairs(root, root, skipped)
+        pairs = pair_files(root, root, skipped)
     meta = read_metadata(root)
     if meta is None:
         return [MRISlice(i, None, "folder", im, m, channels=ch) for i, im, m in pairs]
@@ -162,7 +105,7 @@ def _find_folder(root, channels, rule, skipped):
 def _find_lgg(root, channels, rule, skipped):
     ch, out = resolve_channels("lgg", channels), []
     for d in _subdirs(root):
-        pairs = _pairs(d, d, skipped)
+        pairs = pair_files(d, d, skipped)
         if not pairs:
             reason = "patient folder without any image/mask pair (<name>_<n>.tif + <name>_<n>_mask.tif)"
             if skipped is None:

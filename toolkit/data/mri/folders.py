@@ -57,7 +57,7 @@ def discover_folders(data_dirs: str | os.PathLike | Sequence[str | os.PathLike],
         return found[0]._replace(roots=(found[0].root,))
     channels = {f.root: f.slices[0].num_channels for f in found}
     if len(set(channels.values())) > 1:
-        raise DataError(f"the data folders give different numbers of image channels: "
+        raise DataError("the data folders give different numbers of image channels: "
                         + ", ".join(f"{root}: {n}" for root, n in channels.items()) + "; pick matching channels")
     slices = [dataclasses.replace(s, id=f"{tag}/{s.id}") for tag, f in zip(folder_tags(dirs), found) for s in f.slices]
     sources = list(dict.fromkeys(f.source for f in found))
