@@ -232,7 +232,7 @@ def test_recipe_validation_from_train_in_process(tmp_path, capsys):
     write_fake_folders(tmp_path / "data", counts=counts, ext="png")
     history = _recipe().main(["--data-dir", str(tmp_path / "data"), "--download", "false", "--val-from-train", "6",
                               "--output-dir", str(tmp_path / "runs"), "--run-name", "v", "--epochs", "1",
-                              "--batch-size", "8", "--width", "2", "--wandb-mode", "disabled"])
+                              "--batch-size", "8", "--width", "8", "--wandb-mode", "disabled"])
     assert "train 14, validation = 6 images held out of train (6)" in capsys.readouterr().out
     assert history[0]["num_samples"] == 6
 
