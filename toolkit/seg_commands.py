@@ -106,7 +106,8 @@ def evaluate(args: argparse.Namespace) -> int:
     meta = [{"patient": r.patient, **r.attrs} if r.patient else dict(r.attrs) for r in records]
     scored = image_records(dataset.ids, post.binarize(preds.chosen(post)), preds.targets, meta)
     summary = summarise(scored)
-    plain = summarise(image_records(dataset.ids, PostProcess(post.threshold).binarize(preds.probs), preds.targets))
+    bare = PostProcess(threshold=float(cfg.get("threshold", 0.5)))  # the run's threshold, no TTA, all regions
+    plain = summarise(image_records(dataset.ids, bare.binarize(preds.probs), preds.targets))
     result = {"weights": [str(f) for f in files], "data_dir": str(data_dir), "split": args.split,
               "postprocess": {**post.to_dict(), "from": source}, "threshold": post.threshold, "flips": post.flips,
               "one_region": post.largest_only, "resolution": cfg["image_size"], "empty_masks": EMPTY_RULE,
