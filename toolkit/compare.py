@@ -22,7 +22,7 @@ from typing import Any
 from .checkpoint import atomic_write, find_state, save_json
 from .comparison import Comparison
 
-__all__ = ["DEFAULT_LAUNCH", "launch_prefix", "refuse_flags", "train_run", "read_json", "RunResult",
+__all__ = ["DEFAULT_LAUNCH", "launch_prefix", "given_flags", "refuse_flags", "train_run", "read_json", "RunResult",
            "command_line", "write_comparison"]
 
 DEFAULT_LAUNCH = "accelerate launch --cpu --mixed_precision bf16"
@@ -33,9 +33,14 @@ def launch_prefix(default: str = DEFAULT_LAUNCH) -> str:
     return os.environ.get("LAUNCH") or default
 
 
+def given_flags(argv: list[str], flags: set[str]) -> set[str]:
+    """Which of ``flags`` ``argv`` holds (also as ``--flag=value``)."""
+    return set(flags) & {a.split("=")[0] for a in argv}
+
+
 def refuse_flags(argv: list[str], flags: set[str], message: str) -> None:
     """Exit with ``error: <message>`` when ``argv`` holds one of ``flags`` (also as ``--flag=value``)."""
-    if set(flags) & {a.split("=")[0] for a in argv}:
+    if given_flags(argv, flags):
         raise SystemExit(f"error: {message}")
 
 

@@ -17,13 +17,11 @@ from typing import Sequence
 import numpy as np
 
 from .checkpoint import save_json
-from .compare import train_run
-from .data.mri.dataset import MRISegmentationDataset
-from .data.mri.folders import discover_folders
+from .compare import given_flags, train_run
 from .data.splits import load_split
-from .inference import load_ensemble
+from .inference import load_ensemble, run_dataset, run_slices
 from .postprocess import POSTPROCESS_FILE, PostProcess, search_postprocess
-from .seg_eval import collect_probs, describe_steps, image_records, summarise
+from .seg_eval import collect_probs, describe_steps, image_records, slice_meta, summarise
 
 __all__ = ["train_folds", "out_of_fold", "CV_FILE"]
 
@@ -35,8 +33,7 @@ def train_folds(folds: int, argv: Sequence[str], root: Path, recipe: str = RECIP
     """Train fold 0..folds-1 in turn into ``root/fold<k>``: finished folds are kept, interrupted ones resumed."""
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
-    own = {"--folds", "--fold", "--run-name", "--output-dir", "--resume"}
-    clash = own & {a.split("=")[0] for a in argv}
+    clash = given_flags(argv, {"--folds", "--fold", "--run-name", "--output-dir", "--resume"})
     if clash:
         raise ValueError(f"{sorted(clash)} are set by the cross-validation itself; leave them out of ARGS")
     return [train_run(recipe, [*argv, "--folds", str(folds), "--fold", str(k), "--output-dir", str(root)],
@@ -47,10 +44,8 @@ def _fold_records(fold_dir: Path, cache: dict):
     cfg = json.loads((fold_dir / "config.json").read_text())
     split_file = fold_dir / "split.json"
     data_dir = json.loads(split_file.read_text())["data_dir"]
-    if data_dir not in cache:
-        cache[data_dir] = discover_folders(data_dir, channels=cfg.get("channels") or cfg.get("in_channels", 1),
-                                           slice_rule=cfg.get("slice_rule") or None,
-                                           skip_bad_files=cfg.get("skip_bad_files", False)).slices
+    if data_dir not in cache:  # the folds share their data: read the folders once
+        cache[data_dir] = run_slices(data_dir, cfg)
     return load_split(split_file, cache[data_dir], names=["val"])["val"], cfg
 
 
@@ -61,9 +56,9 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     for k, fold_dir in enumerate(fold_dirs):
         records, cfg = _fold_records(fold_dir, cache)
         ensemble, _, _, _ = load_ensemble([fold_dir / "best.pth"])
-        data = MRISegmentationDataset(records, size=cfg["image_size"], skip_bad_files=cfg.get("skip_bad_files", False))
+        data = run_dataset(records, cfg)
         preds = collect_probs(ensemble, data, flips=True)
-        fold_meta = [{"patient": r.patient, **r.attrs} if r.patient else dict(r.attrs) for r in records]
+        fold_meta = slice_meta(records)
         plain = summarise(image_records(data.ids, PostProcess().binarize(preds.probs), preds.targets, fold_meta))
         per_fold.append({"fold": k, "run": fold_dir.name, "num_images": len(records), **plain})
         probs.append(preds.probs), flipped.append(preds.flipped), targets.append(preds.targets)

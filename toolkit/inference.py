@@ -13,11 +13,14 @@ import torch
 
 from .checkpoint import load_weights
 from .data.batch_transforms import standardize_per_image
+from .data.mri.dataset import MRISegmentationDataset
+from .data.mri.folders import discover_folders
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model
 from .postprocess import PostProcess, load_postprocess
 
-__all__ = ["load_segmentation_run", "load_ensemble", "predict_probs", "pick_postprocess", "IMAGE_SUFFIXES"]
+__all__ = ["load_segmentation_run", "load_ensemble", "predict_probs", "pick_postprocess", "run_slices", "run_dataset",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SAME_INPUT = ("image_size", "in_channels", "channels")  # config keys every member of an ensemble must share
@@ -44,6 +47,19 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as err:
         raise ValueError(f"{weights} does not match the model {cfg['model']!r} of {config_path}: {err}") from err
     return model.eval(), cfg
+
+
+def run_slices(data_dir: str, cfg: dict) -> list:
+    """The slices of ``data_dir`` (one folder or several, comma-separated) read as the run of ``cfg`` read
+    its data: the same channels, slice rule and bad-file policy. Returns a list of MRISlice."""
+    return discover_folders(data_dir, channels=cfg.get("channels") or cfg.get("in_channels", 1),
+                            slice_rule=cfg.get("slice_rule") or None,
+                            skip_bad_files=cfg.get("skip_bad_files", False)).slices
+
+
+def run_dataset(records, cfg: dict) -> MRISegmentationDataset:
+    """``records`` at the run's resolution: (uint8 image (C, S, S), uint8 mask (1, S, S)) pairs, S = image_size."""
+    return MRISegmentationDataset(records, size=cfg["image_size"], skip_bad_files=cfg.get("skip_bad_files", False))
 
 
 def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, dict, Path | None, list[Path]]:

@@ -22,6 +22,9 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
+
+from .metrics import SegmentationMetrics
 
 __all__ = ["PostProcess", "search_postprocess", "per_image_dice", "largest_component", "remove_small_components",
            "POSTPROCESS_FILE", "load_postprocess"]
@@ -142,10 +145,10 @@ def per_image_dice(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """
     if masks.shape != targets.shape:
         raise ValueError(f"masks {masks.shape} and targets {targets.shape} differ in shape")
-    p, t = masks.reshape(len(masks), -1).astype(bool), targets.reshape(len(targets), -1).astype(bool)
-    inter = (p & t).sum(1).astype(np.float64)
-    total = (p.sum(1) + t.sum(1)).astype(np.float64)
-    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+    metric = SegmentationMetrics()
+    metric.update(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
+                  torch.from_numpy(np.ascontiguousarray(targets, dtype=np.uint8)))
+    return metric.per_image_scores()["dice"].numpy()
 
 
 def _score(choice: PostProcess, probs: np.ndarray, targets: np.ndarray) -> float:

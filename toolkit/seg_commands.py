@@ -12,13 +12,11 @@ import numpy as np
 
 from .checkpoint import atomic_write, save_json
 from .data.mri.channels import resolve_channels
-from .data.mri.dataset import MRISegmentationDataset
-from .data.mri.folders import discover_folders
 from .data.mri.io import read_image
 from .data.splits import load_split
-from .inference import IMAGE_SUFFIXES, load_ensemble, pick_postprocess, predict_probs
+from .inference import IMAGE_SUFFIXES, load_ensemble, pick_postprocess, predict_probs, run_dataset, run_slices
 from .postprocess import PostProcess
-from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, summarise
+from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
 
 __all__ = ["evaluate", "predict"]
 
@@ -84,9 +82,7 @@ def _records_to_score(args, cfg: dict, files: list[Path]):
     split_file = files[0].parent / "split.json"
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
     data_dir = args.data_dir or split.get("data_dir") or cfg.get("data_dir") or cfg.get("synthetic_dir", "")
-    found = discover_folders(data_dir, channels=cfg.get("channels") or cfg.get("in_channels", 1),
-                             slice_rule=cfg.get("slice_rule") or None, skip_bad_files=cfg.get("skip_bad_files", False))
-    records = found.slices
+    records = run_slices(data_dir, cfg)
     if args.split != "all":
         splits = load_split(split_file, records, names=[args.split]) if args.split in split else {}
         if args.split not in splits:
@@ -101,10 +97,9 @@ def evaluate(args: argparse.Namespace) -> int:
     ensemble, cfg, post_file, files = load_ensemble(args.weights)
     post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region)
     records, data_dir = _records_to_score(args, cfg, files)
-    dataset = MRISegmentationDataset(records, size=cfg["image_size"], skip_bad_files=cfg.get("skip_bad_files", False))
+    dataset = run_dataset(records, cfg)
     preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold)
-    meta = [{"patient": r.patient, **r.attrs} if r.patient else dict(r.attrs) for r in records]
-    scored = image_records(dataset.ids, post.binarize(preds.chosen(post)), preds.targets, meta)
+    scored = image_records(dataset.ids, post.binarize(preds.chosen(post)), preds.targets, slice_meta(records))
     summary = summarise(scored)
     bare = PostProcess(threshold=float(cfg.get("threshold", 0.5)))  # the run's threshold, no TTA, all regions
     plain = summarise(image_records(dataset.ids, bare.binarize(preds.probs), preds.targets))
@@ -117,9 +112,8 @@ def evaluate(args: argparse.Namespace) -> int:
         for r, d in zip(scored, preds.disagreement):
             r["disagreement"] = float(d)
         result["disagreement"] = disagreement_report(scored, preds.disagreement)
-    out = Path(args.output) if args.output else files[0].parent / f"eval_{args.split}.json"
-    if len(files) > 1 and not args.output:
-        out = Path(args.weights[0]) / f"eval_{args.split}.json" if Path(args.weights[0]).is_dir() else out
+    first = Path(args.weights[0])  # default: beside the weights (a run or CV folder, or a best.pth's folder)
+    out = Path(args.output) if args.output else (first if first.is_dir() else first.parent) / f"eval_{args.split}.json"
     save_json(out, result)
     print(f"{'id':>12} {'dice':>6} {'iou':>6} {'true px':>8} {'pred px':>8}")
     for r in sorted(scored, key=lambda r: r["dice"])[: args.show]:

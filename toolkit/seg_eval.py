@@ -22,10 +22,11 @@ from .callbacks import Callback
 from .checkpoint import save_json
 from .data.batch_transforms import standardize_per_image
 from .ensemble import SegmentationEnsemble, slice_disagreement
+from .metrics import SegmentationMetrics
 from .models.utils import init_from
 from .postprocess import POSTPROCESS_FILE, PostProcess, search_postprocess
 
-__all__ = ["Predictions", "collect_probs", "image_records", "summarise", "disagreement_report", "EMPTY_RULE",
+__all__ = ["Predictions", "collect_probs", "image_records", "slice_meta", "summarise", "disagreement_report", "EMPTY_RULE",
            "GROUP_COLUMNS", "choose_postprocess", "ChoosePostprocess", "describe_steps"]
 
 EMPTY_RULE = ("a slice whose true mask is empty scores Dice = IoU = 1 when the prediction is empty too, "
@@ -84,11 +85,6 @@ def collect_probs(ensemble: SegmentationEnsemble, dataset, flips: bool = True, t
                        np.concatenate(disputed) if disputed else None)
 
 
-def _counts(masks: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    p, t = masks.reshape(len(masks), -1).astype(bool), targets.reshape(len(targets), -1).astype(bool)
-    return (p & t).sum(1), (p & ~t).sum(1), (~p & t).sum(1)
-
-
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else 1.0
 
@@ -97,16 +93,25 @@ def image_records(ids: Sequence[str], masks: np.ndarray, targets: np.ndarray,
                   meta: Sequence[dict] | None = None) -> list[dict]:
     """One record per slice: id, dice, iou, tp, fp, fn, true and predicted pixels, plus ``meta[i]`` (patient, type).
 
-    masks, targets: (N, H, W) in {0, 1}.
+    masks, targets: (N, H, W) in {0, 1}. Counts and scores are :class:`~toolkit.metrics.SegmentationMetrics`'s.
     """
-    tp, fp, fn = _counts(masks, targets)
+    metric = SegmentationMetrics()
+    metric.update(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
+                  torch.from_numpy(np.ascontiguousarray(targets, dtype=np.uint8)))
+    s = metric.per_image_scores()
     out = []
     for k, i in enumerate(ids):
-        a, b, c = int(tp[k]), int(fp[k]), int(fn[k])
-        out.append({"id": str(i), "dice": _ratio(2 * a, 2 * a + b + c), "iou": _ratio(a, a + b + c),
+        a, b, c = int(s["tp"][k]), int(s["fp"][k]), int(s["fn"][k])
+        out.append({"id": str(i), "dice": float(s["dice"][k]), "iou": float(s["iou"][k]),
                     "tp": a, "fp": b, "fn": c, "true_pixels": a + c, "pred_pixels": a + b,
                     **(meta[k] if meta is not None else {})})
     return out
+
+
+def slice_meta(records: Sequence) -> list[dict]:
+    """What :func:`image_records` adds per slice from MRI records: ``patient`` (when known) and the metadata
+    attributes (e.g. ``tumour_type``)."""
+    return [{"patient": r.patient, **r.attrs} if r.patient else dict(r.attrs) for r in records]
 
 
 def _pooled(records: Sequence[dict]) -> dict:
