@@ -25,6 +25,7 @@ from toolkit import (
     build_segmentation_model,
     init_from,
     parse_config,
+    parse_widths,
     segmentation_overlays,
 )
 from toolkit.data import DataError, ForegroundCrop, save_split, split_records
@@ -86,17 +87,10 @@ class BrainMRIConfig(TrainConfig):
         if self.init_from and not Path(self.init_from).is_file():
             raise ConfigError(f"init_from: {self.init_from!r} is not a file (expected a best.pth)")
         try:
-            self.width_list()
+            parse_widths(self.widths)
         except ValueError:
             raise ConfigError(f"widths must be comma-separated positive ints such as '8,16,32,64,128', "
                               f"got {self.widths!r}") from None
-
-    def width_list(self) -> tuple[int, ...]:
-        """The stage widths as ints (() = the model's default)."""
-        widths = tuple(int(w) for w in self.widths.split(",") if w.strip())
-        if any(w < 1 for w in widths) or len(widths) == 1:
-            raise ValueError(self.widths)
-        return widths
 
 
 def build_data(cfg: BrainMRIConfig, trainer: Trainer):
@@ -141,7 +135,7 @@ def build_data(cfg: BrainMRIConfig, trainer: Trainer):
 
 def build_model(cfg: BrainMRIConfig):
     """The configured segmentation model: (N, in_channels, S, S) float → (N, 1, S, S) logits."""
-    return build_segmentation_model(cfg.model, in_channels=cfg.in_channels, widths=cfg.width_list())
+    return build_segmentation_model(cfg.model, in_channels=cfg.in_channels, widths=parse_widths(cfg.widths))
 
 
 def main(argv=None) -> list[dict]:

@@ -14,7 +14,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``SoftDiceLoss``, ``DiceBCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
 - files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,
   ``plot_history``, ``reconstruction_pairs``, ``save_figure``, ``segmentation_overlays``;
-- models: ``build_segmentation_model``, ``SegAutoEncoder``, ``count_parameters``, ``init_from``
+- models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``count_parameters``, ``init_from``
   (the other architectures are in :mod:`toolkit.models`);
 - segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``;
 - comparison scripts: ``Column``, ``Comparison``, ``ComparisonError``, ``RunResult``, ``command_line``,
@@ -56,7 +56,7 @@ _EXPORTS = {
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "SoftDiceLoss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
-    "models.segmentation": ["SegAutoEncoder", "build_segmentation_model"],
+    "models.segmentation": ["SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["count_parameters", "init_from"],
     "objectives": [
         "ClassificationObjective", "DenoisingObjective", "Objective", "ReconstructionObjective",

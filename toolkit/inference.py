@@ -16,7 +16,7 @@ from .data.batch_transforms import standardize_per_image
 from .data.mri.dataset import MRISegmentationDataset
 from .data.mri.folders import discover_folders
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
-from .models.segmentation import build_segmentation_model
+from .models.segmentation import build_segmentation_model, parse_widths
 from .postprocess import PostProcess, load_postprocess
 
 __all__ = ["load_segmentation_run", "load_ensemble", "predict_probs", "pick_postprocess", "run_slices", "run_dataset",
@@ -39,8 +39,8 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     cfg = json.loads(config_path.read_text())
     if "model" not in cfg or "image_size" not in cfg:
         raise ValueError(f"{config_path} is not the config of a segmentation run (recipe {cfg.get('recipe')!r})")
-    widths = tuple(int(w) for w in str(cfg.get("widths") or "").split(",") if w.strip())
-    model = build_segmentation_model(cfg["model"], in_channels=cfg.get("in_channels", 1), widths=widths)
+    model = build_segmentation_model(cfg["model"], in_channels=cfg.get("in_channels", 1),
+                                     widths=parse_widths(cfg.get("widths", "")))
     state = load_weights(weights)
     try:
         model.load_state_dict(state)

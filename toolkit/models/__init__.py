@@ -4,7 +4,7 @@
 - :mod:`.stl10`: ``STL10CNN``, ``STL10AutoEncoder``, ``FrozenEncoderClassifier``, ``freeze``,
   ``frozen_resnet18``, ``linear_probe_head``, ``load_encoder`` (STL-10 supervised, pretraining, probes);
 - :mod:`.autoencoders`: ``LinearAutoEncoder``, ``AutoEncoder_CNN`` (MNIST);
-- :mod:`.segmentation`: ``SegAutoEncoder``, ``SMPUnet``, ``build_segmentation_model`` (brain MRI);
+- :mod:`.segmentation`: ``SegAutoEncoder``, ``SMPUnet``, ``build_segmentation_model``, ``parse_widths`` (brain MRI);
 - :mod:`.utils`: ``count_parameters``, ``init_from``.
 
 A model is a plain ``torch.nn.Module``: uint8-to-float preprocessing belongs to the objective
@@ -16,7 +16,7 @@ from ..lazy import lazy_exports
 _EXPORTS = {
     "autoencoders": ["AutoEncoder_CNN", "LinearAutoEncoder"],
     "classifiers": ["CIFARResNet", "build_classifier", "predict_proba"],
-    "segmentation": ["SMPUnet", "SegAutoEncoder", "build_segmentation_model"],
+    "segmentation": ["SMPUnet", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "stl10": ["FrozenEncoderClassifier", "STL10AutoEncoder", "STL10CNN", "freeze", "frozen_resnet18",
               "linear_probe_head", "load_encoder"],
     "utils": ["count_parameters", "init_from"],

@@ -36,6 +36,7 @@ __all__ = [
     "SegAutoEncoder",
     "build_segmentation_model",
     "pad_to_multiple",
+    "parse_widths",
 ]
 
 #: Default stage widths (encoder stages ..., bottleneck): depth 4, so 240 -> 15 at the
@@ -194,6 +195,15 @@ class SMPUnet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, crop = pad_to_multiple(x, 32)
         return crop(self.net(x))
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """``"8,16,32,64,128"`` → (8, 16, 32, 64, 128); ``""`` → () (the default widths). Raises ValueError unless the
+    entries are positive ints, at least two of them."""
+    widths = tuple(int(w) for w in str(text or "").split(",") if w.strip())
+    if any(w < 1 for w in widths) or len(widths) == 1:
+        raise ValueError(f"widths must be empty or at least two positive ints, got {text!r}")
+    return widths
 
 
 def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int = 1,
