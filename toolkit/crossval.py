@@ -20,8 +20,9 @@ from .checkpoint import save_json
 from .compare import given_flags, train_run
 from .data.splits import load_split
 from .inference import load_ensemble, run_dataset, run_slices
-from .postprocess import POSTPROCESS_FILE, PostProcess, search_postprocess
-from .seg_eval import collect_probs, describe_steps, image_records, slice_meta, summarise
+from .postprocess import POSTPROCESS_FILE, PostProcess
+from .seg_eval import (Predictions, choose_postprocess, collect_probs, describe_steps, image_records, slice_meta,
+                       summarise)
 
 __all__ = ["train_folds", "out_of_fold", "CV_FILE"]
 
@@ -67,9 +68,8 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     probs, flipped, targets = np.concatenate(probs), np.concatenate(flipped), np.concatenate(targets)
     if len(set(ids)) != len(ids):
         raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
-    choice, steps = search_postprocess(probs, targets, flipped)
-    save_json(root / POSTPROCESS_FILE, {"choice": choice.to_dict(), "steps": steps, "num_images": len(ids),
-                                        "chosen_on": f"out-of-fold predictions of {len(fold_dirs)} folds"})
+    choice, steps = choose_postprocess(Predictions(probs, flipped, targets), root / POSTPROCESS_FILE,
+                                       chosen_on=f"out-of-fold predictions of {len(fold_dirs)} folds")
     source = flipped if choice.flips else probs
     result = {
         "folds": len(fold_dirs), "num_images": len(ids), "per_fold": per_fold,

@@ -26,8 +26,8 @@ from .metrics import SegmentationMetrics
 from .models.utils import init_from
 from .postprocess import POSTPROCESS_FILE, PostProcess, search_postprocess
 
-__all__ = ["Predictions", "collect_probs", "image_records", "slice_meta", "summarise", "disagreement_report", "EMPTY_RULE",
-           "GROUP_COLUMNS", "choose_postprocess", "ChoosePostprocess", "describe_steps"]
+__all__ = ["Predictions", "collect_probs", "image_records", "slice_meta", "summarise", "disagreement_report",
+           "EMPTY_RULE", "GROUP_COLUMNS", "choose_postprocess", "ChoosePostprocess", "describe_steps"]
 
 EMPTY_RULE = ("a slice whose true mask is empty scores Dice = IoU = 1 when the prediction is empty too, "
               "0 when it marks any pixel; global scores pool the pixels of all slices; per-patient scores pool "
@@ -188,12 +188,10 @@ def describe_steps(steps: Sequence[dict]) -> str:
     return f"{steps[-1]['choice']}: per-image Dice {first:.4f} -> {last:.4f} ({parts})"
 
 
-def choose_postprocess(ensemble: SegmentationEnsemble, dataset, path, **info) -> tuple[PostProcess, list[dict]]:
-    """Search the post-processing on ``dataset`` (held-out slices) and write it to ``path`` (``postprocess.json``).
-
-    The file holds ``{"choice": {...}, "steps": [...], "num_images": N, **info}``; returns (choice, steps).
+def choose_postprocess(preds: Predictions, path, **info) -> tuple[PostProcess, list[dict]]:
+    """Search the post-processing on held-out ``preds`` (flipped probabilities included) and write it to ``path``
+    (``postprocess.json``: ``{"choice": {...}, "steps": [...], "num_images": N, **info}``); returns (choice, steps).
     """
-    preds = collect_probs(ensemble, dataset, flips=True)
     choice, steps = search_postprocess(preds.probs, preds.targets, preds.flipped)
     save_json(path, {"choice": choice.to_dict(), "steps": steps, "num_images": len(preds.targets), **info})
     return choice, steps
@@ -215,7 +213,8 @@ class ChoosePostprocess(Callback):
         if not trainer.accelerator.is_main_process or not best.is_file() or len(self.val_data) == 0:
             return
         model = init_from(self.build_model(), best).eval()
-        _, steps = choose_postprocess(SegmentationEnsemble([model]), self.val_data, trainer.run_dir / POSTPROCESS_FILE,
+        preds = collect_probs(SegmentationEnsemble([model]), self.val_data, flips=True)
+        _, steps = choose_postprocess(preds, trainer.run_dir / POSTPROCESS_FILE,
                                       chosen_on=f"validation split of {trainer.run_dir.name}")
         trainer.accelerator.print(f"post-processing chosen on {len(self.val_data)} validation slices: "
                                   f"{describe_steps(steps)}")
