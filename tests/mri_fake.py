@@ -127,3 +127,71 @@ def disjoint_patients(split: dict) -> dict:
         for r in recs:
             assert seen.setdefault(r.patient, name) == name, f"patient {r.patient} in {seen[r.patient]} and {name}"
     return seen
+
+
+# --- the nnU-Net / Medical Segmentation Decathlon raw layout ----------------------------------------------
+
+RAW_CHANNELS = ("FLAIR", "T1c")
+RAW_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "non_enhancing_tumour": 3, "enhancing_tumour": 4}
+RAW_REGIONS = {"whole_tumour": [1, 2, 3, 4], "tumour_core": [1, 3, 4], "enhancing_tumour": [4]}
+RAW_BRAIN = (np.s_[6:26], np.s_[6:26], range(1, 7))  # rows, cols, slices of the brain box (32x32x8)
+RAW_TUMOUR = (3, 4)  # slices with tumour
+
+
+def raw_label(shape=(32, 32, 8)) -> np.ndarray:
+    """uint8 (X, Y, Z) labels 0..4, nested: edema around necrosis around non-enhancing around enhancing."""
+    seg = np.zeros(shape, np.uint8)
+    for k in RAW_TUMOUR:
+        seg[10:20, 10:20, k] = 2
+        seg[11:19, 11:19, k] = 1
+        seg[12:17, 12:17, k] = 3
+        seg[13:16, 13:16, k] = 4
+    return seg
+
+
+def raw_volumes(shape=(32, 32, 8), seed=0, background=(-3.0, 7.0)) -> tuple[list[np.ndarray], np.ndarray]:
+    """float32 channel volumes (X, Y, Z) with a noisy brain box on a constant background per channel (as the
+    real distributor-normalised data), the tumour brighter in FLAIR; and the brain (bool (X, Y, Z))."""
+    rng = np.random.default_rng(seed)
+    brain = np.zeros(shape, bool)
+    rows, cols, slices = RAW_BRAIN
+    for k in slices:
+        brain[rows, cols, k] = True
+    seg = raw_label(shape)
+    chans = []
+    for c, bg in enumerate(background):
+        vol = np.full(shape, bg, np.float32)
+        vol[brain] = rng.normal(100.0 * (c + 1), 15.0 * (c + 1), int(brain.sum()))
+        if c == 0:
+            vol[seg > 0] += 80.0
+        chans.append(vol)
+    return chans, brain
+
+
+def write_nifti(path: Path, array: np.ndarray, affine=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def make_raw(root: Path, cases=3, shape=(32, 32, 8), spacing=(1.0, 1.2, 3.0), brain_masks=False, test_cases=0,
+             prefix="case") -> Path:
+    """dataset.json + imagesTr/<case>_000{0,1}.nii.gz + labelsTr/<case>.nii.gz (float32 labels 0..4, as the real
+    data) [+ brainmasksTr/<case>.nii.gz] [+ imagesTs/<case>_000{0,1}.nii.gz]; cases <prefix>_001 ..."""
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    meta = {"name": "fake", "channel_names": {str(i): n for i, n in enumerate(RAW_CHANNELS)}, "labels": RAW_LABELS,
+            "regions_brats": RAW_REGIONS, "numTraining": cases, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    affine = np.diag([*spacing, 1.0])
+    for i in range(cases + test_cases):
+        split, case = ("Tr", f"{prefix}_{i + 1:03d}") if i < cases else ("Ts", f"{prefix}_t{i + 1:03d}")
+        chans, brain = raw_volumes(shape, seed=i)
+        for c, vol in enumerate(chans):
+            write_nifti(root / f"images{split}" / f"{case}_{c:04d}.nii.gz", vol, affine)
+        if split == "Tr":
+            write_nifti(root / "labelsTr" / f"{case}.nii.gz", raw_label(shape).astype(np.float32), affine)
+            if brain_masks:
+                write_nifti(root / "brainmasksTr" / f"{case}.nii.gz", brain.astype(np.uint8), affine)
+    return root

@@ -41,6 +41,7 @@ def test_folder_layout(tmp_path, ext):
     make_folder(tmp_path, n=3, ext=ext)
     found = discover_mri_slices(tmp_path)
     assert found.source == "folder" and found.skipped == [] and found.patients == []
+    assert found.intensity == "per_slice" and found.labels is None and found.slices[0].spacing is None
     assert [s.id for s in found.slices] == ["1", "2", "3"] and found.slices[0].patient is None
     img, mask = read_slice(found.slices[1])
     assert img.shape == (32, 40, 1) and img.dtype == np.uint8 and mask.shape == (32, 40) and mask.dtype == np.uint8
@@ -108,7 +109,12 @@ def test_brats_layout_slice_rules_and_modalities(tmp_path):
     assert s.id == "BraTS20_Training_001_z003" and s.patient == "BraTS20_Training_001" and s.index == 3
     img, mask = read_slice(s)
     assert img.shape == (240, 240, 1) and img.dtype == np.uint8 and mask.shape == (240, 240)
-    assert lights(img[..., 0], "flair") and img.max() == 255
+    # NIfTI volumes are z-scored per volume over the brain (toolkit.data.mri.nifti), no longer stretched per
+    # slice to 0..255: the uniform 50..900 brain lies within about +-1.8 std, i.e. well inside 0..255.
+    assert lights(img[..., 0], "flair") and 40 < img[img > 0].min() < img.max() < 215
+    assert s.spacing == (1.0, 1.0, 1.0) and found.spacings["BraTS20_Training_002"] == (1.0, 1.0, 1.0)
+    assert found.intensity == "zscore" and found.labels is None and found.regions is None
+    assert set(np.unique(read_slice(found.slices[3], labels=True)[1])) == {0, 2}  # slice 4: label (1, 2, 4)[4 % 3]
     assert mask.sum() == 40 * 40 and set(np.unique(mask)) == {0, 1}  # label 4 counts as tumour
     counts = {"all": 8, "tumour": 2, "tumor": 2, "tumour+2": 4, "tumour+99": 6, "nonempty": 6}
     for rule, n in counts.items():
@@ -136,14 +142,14 @@ def test_brats_2023_naming(tmp_path):
 
 
 def test_dataset_over_every_source(tmp_path, monkeypatch):
-    from toolkit.data.mri import io as mri_io
+    from toolkit.data.mri import nifti as mri_nifti
 
     roots = {"folder": make_folder(tmp_path / "f", n=3), "lgg": make_lgg(tmp_path / "l", patients=2, slices=2),
              "figshare_mat": make_mat(tmp_path / "m", pids=("a", "b")),
              "brats": make_brats(tmp_path / "b", cases=2, shape=(40, 40, 6), tumour=(2,), brain=range(1, 5))}
     loads = []
-    real = mri_io.load_nifti
-    monkeypatch.setattr(mri_io, "load_nifti", lambda p, data=True: loads.append(p) or real(p, data))
+    real = mri_nifti.load_nifti
+    monkeypatch.setattr(mri_nifti, "load_nifti", lambda p, data=True: loads.append(p) or real(p, data))
     for source, root in roots.items():
         recs = discover_mri_slices(root, channels="all").slices
         loads.clear()

@@ -2,7 +2,7 @@
 
 Loaders keep batches uint8 (0..255) until the device; there the objective's ``preprocess``
 (:func:`to_unit_range`, :func:`standardize_per_image`, :class:`Normalize`,
-:class:`ResizeNormalize`) makes them float, and its ``augment`` / ``crop``
+:class:`ResizeNormalize`, :func:`from_zscore_uint8` for z-scored MRI volumes) makes them float, and its ``augment`` / ``crop``
 (:class:`RandomCropFlip`, :class:`ForegroundCrop`) and the denoising task's
 :func:`add_gaussian_noise` work on the whole batch without per-sample Python work.
 """
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["DEFAULT_NOISE_STD", "IMAGENET_MEAN", "IMAGENET_STD", "ForegroundCrop", "Normalize", "RandomCropFlip",
-           "ResizeNormalize", "add_gaussian_noise", "standardize_per_image", "to_unit_range"]
+           "ResizeNormalize", "add_gaussian_noise", "from_zscore_uint8", "standardize_per_image", "to_unit_range"]
 
 #: Std of the denoising task's Gaussian noise, in [0, 1] pixel units.
 DEFAULT_NOISE_STD = 0.3
@@ -38,6 +38,20 @@ def standardize_per_image(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     mean = x.mean(dim=(-2, -1), keepdim=True)
     std = x.std(dim=(-2, -1), keepdim=True)
     return (x - mean) / (std + eps)
+
+
+def from_zscore_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) uint8 0..255 from z-scored NIfTI volumes → float32 z in [-ZSCORE_CLIP, +ZSCORE_CLIP] ([-4, 4]).
+
+    Undoes :func:`toolkit.data.mri.nifti.zscore_uint8`: ``z = x * 2 * ZSCORE_CLIP / 255 - ZSCORE_CLIP`` (steps
+    of 8/255 ≈ 0.031); non-brain pixels (0) become -ZSCORE_CLIP. The preprocess for data whose
+    ``Discovery.intensity`` is "zscore". Raises TypeError for another dtype (the mapping is for uint8).
+    """
+    from .mri.nifti import ZSCORE_CLIP
+
+    if x.dtype != torch.uint8:
+        raise TypeError(f"from_zscore_uint8 expects uint8 images (0..255), got {x.dtype}")
+    return x.float().mul_(2.0 * ZSCORE_CLIP / 255.0).sub_(ZSCORE_CLIP)
 
 
 def add_gaussian_noise(images: torch.Tensor, std: float = DEFAULT_NOISE_STD, mean: float = 0.0) -> torch.Tensor:

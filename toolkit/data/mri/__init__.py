@@ -1,6 +1,8 @@
 """Brain-MRI slices for segmentation.
 
-- :mod:`.io`: the :class:`~.io.MRISlice` record and the readers (2D files, figshare .mat, NIfTI);
+- :mod:`.io`: the :class:`~.io.MRISlice` record and the readers (2D files, figshare .mat);
+- :mod:`.nifti`: NIfTI volumes, their per-volume z-score intensities and label maps;
+- :mod:`.raw`: the nnU-Net / Decathlon raw layout (dataset.json, imagesTr, labelsTr);
 - :mod:`.channels`: which channels and slices of a source to read;
 - :mod:`.discover`: layout detection and the list of slices (:func:`~.discover.discover_mri_slices`);
 - :mod:`.dataset`: :class:`~.dataset.MRISegmentationDataset`, uint8 slices and masks for a DataLoader;
@@ -12,7 +14,8 @@ Splits are :mod:`toolkit.data.splits`; on-device normalisation :mod:`toolkit.dat
 Exported here (lazily, on first use): ``discover_folders`` (one or several data folders, each
 auto-detected), ``discover_mri_slices``, ``find_image_mask_pairs``, ``Discovery``, ``parse_data_dirs``,
 ``read_metadata``; ``MRISlice``, ``read_slice``; ``MRISegmentationDataset``; ``mri_train_transforms``,
-``mri_eval_transforms``; ``generate_synthetic_mri``.
+``mri_eval_transforms``; ``generate_synthetic_mri``; ``ZSCORE_CLIP``; ``RawCase``, ``RawSpec``, ``raw_cases``,
+``read_dataset_json``.
 """
 
 from ...lazy import lazy_exports
@@ -25,6 +28,8 @@ _EXPORTS = {
     "folders": ["discover_folders", "parse_data_dirs"],
     "io": ["MRISlice", "read_slice"],
     "metadata": ["read_metadata"],
+    "nifti": ["ZSCORE_CLIP"],
+    "raw": ["RawCase", "RawSpec", "raw_cases", "read_dataset_json"],
     "synthetic": ["generate_synthetic_mri"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -76,9 +76,15 @@ class MRISegmentationDataset(Dataset):
         skip_bad_files: drop slices whose files cannot be read or whose mask is bad (wrong size,
             not binary), listing them in ``skipped``; with ``cache=False`` every slice is read
             once here to find them. False: the first bad file raises MRIDataError naming it.
+        labels: False (default): masks are binary {0, 1} (label > 0). True: NIfTI masks hold the
+            label map's values (e.g. 0..4 for BraTS; the cache ``masks`` then holds label values,
+            and ``transform`` must treat masks as labels: nearest-neighbour only); 2D layouts
+            still give {0, 1}. See :func:`~toolkit.data.mri.io.read_slice`.
 
     ``dataset[i]`` is ``(image, mask)``: image ``torch.uint8`` (C, size, size) with values
-    0..255, mask ``torch.uint8`` (1, size, size) with values {0, 1}; C = ``in_channels``.
+    0..255, mask ``torch.uint8`` (1, size, size) with values {0, 1} (or label values with
+    ``labels=True``); C = ``in_channels``. NIfTI images are z-scored per volume (see
+    :mod:`toolkit.data.mri.nifti`), 2D ones scaled per slice.
     ``ids`` (list of str) and ``records`` follow the dataset order; ``skipped`` is a list of
     (path, reason) of the slices left out.
 
@@ -95,6 +101,7 @@ class MRISegmentationDataset(Dataset):
         in_channels: int | None = None,
         num_threads: int | None = None,
         skip_bad_files: bool = False,
+        labels: bool = False,
     ):
         if int(size) < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
@@ -106,6 +113,7 @@ class MRISegmentationDataset(Dataset):
         self.in_channels = counts[0] if counts else (in_channels or 1)
         self.size = int(size)
         self.transform = transform
+        self.labels = bool(labels)
         self.skipped: list[tuple[Path, str]] = []
         self.images: np.ndarray | None = None
         self.masks: np.ndarray | None = None
@@ -158,10 +166,10 @@ class MRISegmentationDataset(Dataset):
     def load_pair(self, i: int, volumes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Read, check and resize slice ``i`` from disk, untransformed.
 
-        Returns (image uint8 (size, size, C) 0..255, mask uint8 (size, size) {0, 1}).
-        ``volumes``: see :func:`~toolkit.data.mri.io.read_slice`.
+        Returns (image uint8 (size, size, C) 0..255, mask uint8 (size, size) {0, 1}, or label values
+        with ``labels=True``). ``volumes``: see :func:`~toolkit.data.mri.io.read_slice`.
         """
-        img, mask = read_slice(self.records[i], volumes)
+        img, mask = read_slice(self.records[i], volumes, labels=self.labels)
         return _resize(img, self.size, nearest=False), _resize(mask, self.size, nearest=True)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Where brain-MRI slices come from: four public layouts, auto-detected, read as uint8 2D slices.
+"""Where brain-MRI slices come from: five public layouts, auto-detected, read as uint8 2D slices.
 
 ``source``        files under ``data_dir``                                          patient id
 ----------------  ----------------------------------------------------------------  -------------
@@ -13,10 +13,15 @@
 ``brats``         ``<case>/<case>_{flair,t1,t1ce,t2}.nii[.gz]`` + ``_seg.nii[.gz]``   case folder
                   (BraTS 2023 ``-t2f/-t1n/-t1c/-t2w/-seg`` too); 2D slices along the
                   last axis; label > 0 = tumour
+``raw``           nnU-Net / Decathlon: ``dataset.json`` + ``imagesTr/<case>_0000.nii.gz``  case id
+                  (one file per channel) + ``labelsTr/<case>.nii.gz`` (declared labels)
+                  [+ ``brainmasksTr/<case>.nii.gz``]; :mod:`toolkit.data.mri.raw`
 
 Slices are read by :func:`~toolkit.data.mri.io.read_slice`: uint8 (H, W, C) images, uint8 (H, W)
-masks in {0, 1}; non-uint8 intensities are scaled per slice with :func:`~toolkit.data.mri.io.to_uint8`
-(0.5..99.5 percentile of the nonzero pixels → 0..255). Channel choices: :mod:`toolkit.data.mri.channels`.
+masks in {0, 1} (or the label values with ``labels=True``). 2D non-uint8 intensities are scaled per
+slice with :func:`~toolkit.data.mri.io.to_uint8` (0.5..99.5 percentile of the nonzero pixels → 0..255);
+NIfTI volumes (brats, raw) are z-scored per volume over the brain (:mod:`toolkit.data.mri.nifti`):
+``Discovery.intensity`` says which. Channel choices: :mod:`toolkit.data.mri.channels`.
 
 Bad input (an unreadable or truncated file, a mask of another size than its image, a mask that
 is not binary, an image without a mask, an empty folder) raises
@@ -37,9 +42,11 @@ import numpy as np
 
 from ..errors import MRIDataError
 from .channels import CHANNEL_ALIASES, parse_slice_rule, resolve_channels
-from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, load_nifti, natural_key, open_figshare_mat
+from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, natural_key, open_figshare_mat
 from .metadata import METADATA_FILE, read_metadata
+from .nifti import NIFTI_SOURCES, brain_region, load_nifti
 from .pairs import EXT_PATTERN, find_image_mask_pairs, pair_files
+from .raw import DATASET_JSON, find_raw, read_dataset_json
 
 __all__ = ["Discovery", "discover_mri_slices"]
 
@@ -51,6 +58,7 @@ _LAYOUTS = {
     "lgg": "[kaggle_3m/]<patient>/<name>_<n>.tif with <patient>/<name>_<n>_mask.tif",
     "figshare_mat": "<id>.mat files (MATLAB v7.3, figshare cjdata struct), in any subfolder",
     "brats": "<case>/<case>_flair.nii.gz (+ t1, t1ce, t2) with <case>/<case>_seg.nii.gz",
+    "raw": "dataset.json with imagesTr/<case>_0000.nii.gz and labelsTr/<case>.nii.gz (nnU-Net)",
 }
 
 
@@ -58,13 +66,29 @@ class Discovery(NamedTuple):
     """What :func:`discover_mri_slices` found: ``source`` (str), ``root`` (the folder the layout
     sits in), ``slices`` (list of MRISlice in natural order: patient, then slice number) and
     ``skipped`` (list of (path, reason) left out with ``skip_bad_files=True``); ``roots``: all the
-    folders read when there are several."""
+    folders read when there are several; ``labels`` (name → label value) and ``regions`` (name →
+    list of label values) from a raw layout's dataset.json, None for the other layouts."""
 
     source: str
     root: Path
     slices: list[MRISlice]
     skipped: list[tuple[Path, str]]
     roots: tuple[Path, ...] = ()  # every folder read (several with :func:`discover_folders`); () = (root,)
+    labels: dict[str, int] | None = None
+    regions: dict[str, list[int]] | None = None
+
+    @property
+    def intensity(self) -> str:
+        """How the slices' uint8 intensities were made: "zscore" (NIfTI volumes, z-scored per volume: undo
+        with :func:`toolkit.data.batch_transforms.from_zscore_uint8`), "per_slice" (2D files: raw uint8 or
+        percentile-scaled per slice) or "mixed" (folders of both kinds: no single preprocess fits)."""
+        kinds = {s.source in NIFTI_SOURCES for s in self.slices}
+        return "mixed" if len(kinds) > 1 else "zscore" if kinds == {True} else "per_slice"
+
+    @property
+    def spacings(self) -> dict[str, tuple[float, float, float]]:
+        """Patient (case) → voxel size in mm (X, Y, Z) from its NIfTI header; {} for 2D layouts."""
+        return {s.patient: s.spacing for s in self.slices if s.spacing is not None and s.patient is not None}
 
     @property
     def patients(self) -> list[str]:
@@ -162,13 +186,15 @@ def _find_brats(root, channels, rule, skipped):
                 what = "segmentation (<case>_seg.nii.gz): image without a mask" if "seg" in missing else "volume"
                 raise MRIDataError(d, f"no {', '.join(missing)} {what} in this case folder")
             heads = {n: load_nifti(files[n], data=False) for n in (*wanted, "seg")}
+            spacing = tuple(round(float(z), 6) for z in heads["seg"].header.get_zooms()[:3])
             shapes = {n: tuple(h.shape) for n, h in heads.items()}
             if len(set(shapes.values())) > 1:
                 raise MRIDataError(files["seg"], f"volumes of different shapes in {d.name}: {shapes}; they must match")
             depth = shapes["seg"][2]
             keep = list(range(depth))
-            if rule != "all":  # per slice: any brain (image > 0), any tumour (label > 0)
-                brain = (load_nifti(files[wanted[0]]) > 0).any(axis=(0, 1)) if rule == "nonempty" or extra else None
+            if rule != "all":  # per slice: any brain (image != its voxel (0, 0, 0)), any tumour (label > 0)
+                brain = brain_region(load_nifti(files[wanted[0]])).any(axis=(0, 1)) if rule == "nonempty" or extra \
+                    else None
                 tumour = (load_nifti(files["seg"]) > 0).any(axis=(0, 1)) if rule == "tumour" else brain
                 keep = np.flatnonzero(tumour).tolist()
                 if extra:  # plus N tumour-free brain slices, evenly spaced
@@ -181,16 +207,20 @@ def _find_brats(root, channels, rule, skipped):
             skipped.append((err.path, err.reason))
             continue
         paths = tuple(files[n] for n in wanted)
-        out += [MRISlice(f"{d.name}_z{k:03d}", d.name, "brats", paths[0], files["seg"], k, ch, paths) for k in keep]
+        out += [MRISlice(f"{d.name}_z{k:03d}", d.name, "brats", paths[0], files["seg"], k, ch, paths, spacing=spacing)
+                for k in keep]
     return out
 
 
-_FINDERS = {"folder": _find_folder, "lgg": _find_lgg, "figshare_mat": _find_mat, "brats": _find_brats}
+_FINDERS = {"folder": _find_folder, "lgg": _find_lgg, "figshare_mat": _find_mat, "brats": _find_brats,
+            "raw": find_raw}
 
 
 def _detect(root: Path) -> dict[str, Path]:
     """The layouts present in ``root``: source → the folder it sits in."""
     found = {}
+    if (root / DATASET_JSON).is_file() and (root / "imagesTr").is_dir():
+        found["raw"] = root
     names = {p.name.lower() for p in root.iterdir() if p.is_file()}
     beside = any(n.endswith(tuple(f"_mask{e}" for e in IMAGE_EXTENSIONS)) and n.replace("_mask", "") in names
                  for n in names)
@@ -202,7 +232,7 @@ def _detect(root: Path) -> dict[str, Path]:
         if any(n.endswith(("_mask.tif", "_mask.tiff")) and n.replace("_mask", "") in names for n in names):
             found["lgg"] = lgg
             break
-    if any(_BRATS_FILE.search(p.name) for d in _subdirs(root) for p in d.iterdir()):
+    if "raw" not in found and any(_BRATS_FILE.search(p.name) for d in _subdirs(root) for p in d.iterdir()):
         found["brats"] = root
     if next((p for p in root.rglob("*.mat") if not p.name.startswith(".")), None) is not None:
         found["figshare_mat"] = root
@@ -229,25 +259,27 @@ def discover_mri_slices(data_dir: str | os.PathLike, *, source: str = "auto", ch
 
     Args:
         source: "auto" (detect; more than one layout present is an error) or one of
-            "folder", "lgg", "figshare_mat", "brats".
+            "folder", "lgg", "figshare_mat", "brats", "raw".
         channels: image channels to read, resolved per source against ``CHANNEL_NAMES``:
             None = the default (folder: one grey channel; lgg: flair; figshare_mat: its one
-            channel; brats: flair); "all" (or "rgb"); "grey" (folder); names or indices as a
-            list or comma-separated string ("flair,t1ce", "0,1"); an int is a channel *count*
-            (1 = default, all = every channel), as the ``in_channels`` setting.
-        slice_rule: BraTS volumes only (other layouts accept None or "all"): "nonempty" (default)
-            keeps slices with brain (image > 0 in the first channel), "tumour" those whose mask
+            channel; brats: flair; raw: ALL of dataset.json's channel_names, as nnU-Net);
+            "all" (or "rgb"); "grey" (folder); names (raw: case-insensitive channel_names) or
+            indices as a list or comma-separated string ("flair,t1ce", "0,1"); an int is a
+            channel *count* (1 = default, all = every channel), as the ``in_channels`` setting.
+        slice_rule: NIfTI volumes only (other layouts accept None or "all"): "nonempty" (default)
+            keeps slices with brain (raw: the brain mask when there is one; else the first channel
+            differs from its voxel (0, 0, 0)), "tumour" those whose mask
             has a tumour, "tumour+N" those plus N tumour-free brain slices per case, evenly
             spaced, and "all" every slice. "tumor" works too. Every rule but "all" decompresses
             one volume per case here (flair for "nonempty", seg for "tumour", both for "+N").
         skip_bad_files: leave out images without a mask, unreadable .mat/NIfTI headers, volumes
-            of mismatched shapes, empty patient folders, listing them in ``skipped``, instead of
-            raising.
+            of mismatched shapes (or affines, raw), missing channel files, empty patient folders,
+            listing them in ``skipped``, instead of raising (a bad dataset.json still raises).
 
-    Returns a :class:`Discovery` (source, root, slices, skipped). Raises FileNotFoundError when
-    ``data_dir`` is missing or no layout is recognised (the message lists what the folder holds),
-    ValueError for an ambiguous folder or bad option, MRIDataError / FileNotFoundError naming
-    a bad file, and ValueError when no slice is left.
+    Returns a :class:`Discovery` (source, root, slices, skipped; labels, regions for raw). Raises
+    FileNotFoundError when ``data_dir`` is missing or no layout is recognised (the message lists what
+    the folder holds), ValueError for an ambiguous folder or bad option, MRIDataError /
+    FileNotFoundError naming a bad file, and ValueError when no slice is left.
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -266,11 +298,14 @@ def discover_mri_slices(data_dir: str | os.PathLike, *, source: str = "auto", ch
         raise ValueError(f"source must be auto, {', '.join(_FINDERS)}; got {source!r}")
     elif source == "lgg" and (root / "kaggle_3m").is_dir():
         root = root / "kaggle_3m"
-    if source != "brats" and slice_rule not in (None, "all"):
-        raise ValueError(f"slice_rule={slice_rule!r} applies to NIfTI volumes (brats); {source} slices are all kept")
+    if source not in NIFTI_SOURCES and slice_rule not in (None, "all"):
+        raise ValueError(f"slice_rule={slice_rule!r} applies to NIfTI volumes (brats, raw); {source} slices are "
+                         "all kept")
     skipped: list[tuple[Path, str]] | None = [] if skip_bad_files else None
     slices = _FINDERS[source](root, channels, slice_rule, skipped)
     if not slices:
         raise ValueError(f"no usable {source} slices in {root} ({expected}); "
                          + (f"skipped {len(skipped)}: {skipped[:3]}" if skipped else "nothing matched"))
-    return Discovery(source, root, slices, skipped or [])
+    spec = read_dataset_json(root) if source == "raw" else None
+    return Discovery(source, root, slices, skipped or [], labels=spec.labels if spec else None,
+                     regions=spec.regions if spec else None)

@@ -1,18 +1,21 @@
 """Reading brain-MRI slices: the :class:`MRISlice` record, :func:`read_slice` for every source,
-:func:`read_image` for 2D files, and the low-level readers of .mat (:func:`open_figshare_mat`)
-and NIfTI (:func:`load_nifti`) files. Which slices exist is :mod:`toolkit.data.mri.discover`'s job.
+:func:`read_image` for 2D files, and the low-level reader of .mat files (:func:`open_figshare_mat`);
+NIfTI volumes are :mod:`toolkit.data.mri.nifti` (:func:`load_nifti` is re-exported here). Which
+slices exist is :mod:`toolkit.data.mri.discover`'s job.
 
-Intensities: uint8 images are kept. Any other dtype (int16 .mat, float or int16 NIfTI, 16-bit
-PNG/TIFF) is scaled per slice and per channel by :func:`to_uint8`: clipped to the 0.5th..99.5th
-percentile of the slice's nonzero pixels (so the black background does not count), then mapped
-linearly to 0..255.
+Intensities: uint8 images are kept. Other 2D dtypes (int16 .mat, 16-bit or float PNG/TIFF) are
+scaled per slice and per channel by :func:`to_uint8`: clipped to the 0.5th..99.5th percentile of the
+slice's nonzero pixels (so the black background does not count), then mapped linearly to 0..255.
+NIfTI volumes (brats, raw) are z-scored per volume over the brain and stored as uint8
+(:mod:`toolkit.data.mri.nifti`; undo with :func:`toolkit.data.batch_transforms.from_zscore_uint8`).
 
 Masks: 2D mask files must hold only {0, 255} or {0, 1} (16-bit: {0, 65535}) — JPEG masks, being
-lossy, are thresholded at 128 instead; .mat ``tumorMask`` likewise; BraTS label maps count
-label > 0 as tumour. Every problem with a file raises :class:`MRIDataError` naming the file;
-that includes float pixels that are NaN or infinite (refused, never turned into 0 silently) and
-headers declaring more than :data:`MAX_PIXELS` pixels (2D) or :data:`MAX_VOXELS` voxels (NIfTI),
-which are refused before anything is decoded or allocated.
+lossy, are thresholded at 128 instead; .mat ``tumorMask`` likewise; NIfTI label maps count
+label > 0 as tumour, or give their label values with ``read_slice(..., labels=True)``. Every problem
+with a file raises :class:`MRIDataError` naming the file; that includes float pixels that are NaN
+or infinite (refused, never turned into 0 silently) and headers declaring more than
+:data:`MAX_PIXELS` pixels (2D) or :data:`MAX_VOXELS` voxels (NIfTI), which are refused before
+anything is decoded or allocated.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import cv2
 import numpy as np
 
 from ..errors import MRIDataError
+from . import nifti
+from .nifti import MAX_VOXELS, NIFTI_SOURCES, load_nifti
 
 __all__ = ["CHANNEL_NAMES", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_VOXELS", "MRISlice", "load_nifti", "natural_key",
            "open_figshare_mat", "read_image", "read_slice", "to_uint8"]
@@ -36,8 +41,6 @@ CHANNEL_NAMES = {"folder": ("red", "green", "blue"), "lgg": ("pre", "flair", "po
                  "figshare_mat": ("t1ce",), "brats": ("flair", "t1", "t1ce", "t2")}
 #: Largest 2D image (H x W pixels) a reader accepts: a header declaring more is refused before decoding.
 MAX_PIXELS = 64 * 1024 * 1024
-#: Largest NIfTI volume (X x Y x Z voxels) accepted (BraTS: 240 x 240 x 155 = 8.9 M).
-MAX_VOXELS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,19 @@ class MRISlice:
         id: unique in its data set, stable across runs (what split files store), e.g. "17",
             "TCGA_CS_4941_19960909_12", "BraTS20_Training_001_z077".
         patient: patient id where the layout gives one (LGG folder, .mat PID, BraTS case), else None.
-        source: "folder", "lgg", "figshare_mat" or "brats".
-        image_path: the image file (BraTS: the volume of the first channel).
-        mask_path: the mask file (.mat: the same file as the image; BraTS: the seg volume).
-        index: the slice's index along the volume's last axis (BraTS), None for 2D files.
-        channels: indices into ``CHANNEL_NAMES[source]``, the image channels read in this order;
-            () = one grey channel (folder only).
-        channel_paths: BraTS: one volume per entry of ``channels``; () otherwise.
+        source: "folder", "lgg", "figshare_mat", "brats" or "raw" (nnU-Net layout).
+        image_path: the image file (NIfTI: the volume of the first channel).
+        mask_path: the mask file (.mat: the same file as the image; NIfTI: the label volume).
+        index: the slice's index along the volume's last axis (NIfTI), None for 2D files.
+        channels: indices into ``CHANNEL_NAMES[source]`` (raw: into dataset.json ``channel_names``), the
+            image channels read in this order; () = one grey channel (folder only).
+        channel_paths: NIfTI: one volume per entry of ``channels``; () otherwise.
         attributes: (column, value) pairs from the folder's ``metadata.csv`` other than the patient
             (e.g. ``("tumour_type", "glioma")``); () when there is none. :attr:`attrs` gives them as a dict.
+        spacing: NIfTI: the voxel size in mm along (X, Y, Z) = (H, W, slice) from the header zooms (float32 there,
+            rounded to 6 decimals); None for 2D.
+        brain_mask_path: raw: the case's ``brainmasksTr/<case>`` volume when there is one, else None.
+        label_values: raw: the label values dataset.json declares (others are refused when read); () = unchecked.
     """
 
     id: str
@@ -68,6 +75,9 @@ class MRISlice:
     channels: tuple[int, ...] = ()
     channel_paths: tuple[Path, ...] = ()
     attributes: tuple[tuple[str, str], ...] = ()
+    spacing: tuple[float, float, float] | None = None
+    brain_mask_path: Path | None = None
+    label_values: tuple[int, ...] = ()
 
     @property
     def attrs(self) -> dict[str, str]:
@@ -231,32 +241,17 @@ def open_figshare_mat(path: Path):
     return f
 
 
-def load_nifti(path: Path, data: bool = True):
-    """A NIfTI volume: the array (X, Y, Z) if ``data``, else the nibabel image (header only)."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        if len(img.shape) != 3:
-            raise MRIDataError(path, f"volume of shape {img.shape}; expected 3D (X, Y, slices)")
-        if int(np.prod(img.shape, dtype=object)) > MAX_VOXELS:
-            raise MRIDataError(path, f"header declares a volume of {img.shape} voxels, over the limit of "
-                                     f"{MAX_VOXELS:,} (toolkit.data.mri.io.MAX_VOXELS); corrupt?")
-        return np.asanyarray(img.dataobj) if data else img
-    except MRIDataError:
-        raise
-    except Exception as err:  # nibabel, gzip and zlib raise many kinds for a broken file
-        raise MRIDataError(path, f"cannot read the NIfTI volume: {type(err).__name__}: {err}") from err
-
-
-def read_slice(rec: MRISlice, volumes: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read one slice at its own size: (image uint8 (H, W, C) 0..255, mask uint8 (H, W) {0, 1}).
+def read_slice(rec: MRISlice, volumes: dict | None = None, labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read one slice at its own size: (image uint8 (H, W, C) 0..255, mask uint8 (H, W)).
 
     C = ``rec.num_channels``; H, W are the file's (figshare 512x512 or 256x256, LGG 256x256, BraTS
-    240x240). Non-uint8 intensities are scaled per channel with :func:`to_uint8`. ``volumes``: a
-    dict the caller keeps while reading the slices of one NIfTI case, so that each volume is
-    decompressed once (empty it between cases). Raises :class:`MRIDataError` naming the file for
-    any problem with it: unreadable or truncated, a mask of another size, a mask not binary.
+    240x240). The mask is {0, 1} (label > 0 for NIfTI label maps); with ``labels=True`` a NIfTI
+    slice's mask holds the file's label values (e.g. 0..4) and a 2D mask stays {0, 1}. 2D intensities
+    that are not uint8 are scaled per slice with :func:`to_uint8`; NIfTI volumes are z-scored per
+    volume (:mod:`toolkit.data.mri.nifti`). ``volumes``: a dict the caller keeps while reading the
+    slices of one NIfTI case, so that each volume is read and normalised once (empty it between
+    cases). Raises :class:`MRIDataError` naming the file for any problem with it: unreadable or
+    truncated, a mask of another size, a mask not binary, labels not declared.
     """
     try:
         if rec.source in ("folder", "lgg"):
@@ -272,23 +267,8 @@ def read_slice(rec: MRISlice, volumes: dict | None = None) -> tuple[np.ndarray, 
                 image, mask = f["cjdata/image"][()].T, f["cjdata/tumorMask"][()].T  # MATLAB is column-major
             _check_finite(image, rec.image_path, "cjdata/image ")
             return to_uint8(image)[:, :, None], _binary(mask, rec.mask_path, image.shape, rec.image_path)
-        if rec.source == "brats":
-            vols = {} if volumes is None else volumes
-            for p in (*rec.channel_paths, rec.mask_path):
-                if p not in vols:
-                    try:
-                        vols[p] = load_nifti(p)
-                    except MRIDataError as err:
-                        vols[p] = err
-                if isinstance(vols[p], MRIDataError):
-                    raise vols[p]
-            for p in rec.channel_paths:
-                _check_finite(np.asarray(vols[p][:, :, rec.index]), p, f"slice {rec.index} ")
-            img = np.stack([to_uint8(vols[p][:, :, rec.index]) for p in rec.channel_paths], axis=2)
-            seg = np.asarray(vols[rec.mask_path][:, :, rec.index])
-            if seg.dtype.kind == "f" and not np.all(np.mod(seg, 1) == 0):
-                raise MRIDataError(rec.mask_path, f"slice {rec.index} holds non-integer labels; expected a label map")
-            return img, (seg > 0).astype(np.uint8)
+        if rec.source in NIFTI_SOURCES:
+            return nifti.read_volume_slice(rec, volumes, labels)
         raise ValueError(f"unknown source {rec.source!r} of slice {rec.id}")
     except MRIDataError:
         raise
