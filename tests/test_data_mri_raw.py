@@ -24,7 +24,7 @@ from toolkit.data.mri.dataset import MRISegmentationDataset  # noqa: E402
 from toolkit.data.mri.discover import discover_mri_slices  # noqa: E402
 from toolkit.data.mri.io import read_slice  # noqa: E402
 from toolkit.data.mri.nifti import ZSCORE_CLIP, brain_region, zscore_uint8  # noqa: E402
-from toolkit.data.mri.raw import raw_cases, read_dataset_json  # noqa: E402
+from toolkit.data.mri.raw import raw_case_slices, raw_cases, read_dataset_json  # noqa: E402
 
 from .mri_fake import (  # noqa: E402
     RAW_BRAIN, RAW_CHANNELS, RAW_LABELS, RAW_REGIONS, RAW_TUMOUR, make_folder, make_raw, raw_label, raw_volumes,
@@ -84,6 +84,13 @@ def test_raw_layout_reads_back(tmp_path):
 
     ts = raw_cases(root, "Ts")
     assert [c.case for c in ts] == ["case_t004"] and ts[0].label is None and len(ts[0].channels) == 2
+    to_predict = raw_case_slices(ts[0], read_dataset_json(root))  # every slice, no labels
+    assert [r.index for r in to_predict] == list(range(8)) and to_predict[0].mask_path is None
+    volumes: dict = {}
+    img, mask = read_slice(to_predict[3], volumes)
+    assert img.shape == (32, 32, 2) and not mask.any() and img[raw_volumes(seed=3)[1][:, :, 3]].min() > 0
+    with pytest.raises(ValueError, match="needs labels"):
+        raw_case_slices(ts[0], read_dataset_json(root), slice_rule="tumour")
     tr = raw_cases(root)
     assert [c.case for c in tr] == found.patients and all(c.label is not None for c in tr)
 

@@ -15,7 +15,7 @@ Exported here (lazily, on first use): ``discover_folders`` (one or several data 
 auto-detected), ``discover_mri_slices``, ``find_image_mask_pairs``, ``Discovery``, ``parse_data_dirs``,
 ``read_metadata``; ``MRISlice``, ``read_slice``; ``MRISegmentationDataset``; ``mri_train_transforms``,
 ``mri_eval_transforms``; ``generate_synthetic_mri``; ``ZSCORE_CLIP``; ``RawCase``, ``RawSpec``, ``raw_cases``,
-``read_dataset_json``.
+``raw_case_slices``, ``read_dataset_json``.
 """
 
 from ...lazy import lazy_exports
@@ -29,7 +29,7 @@ _EXPORTS = {
     "io": ["MRISlice", "read_slice"],
     "metadata": ["read_metadata"],
     "nifti": ["ZSCORE_CLIP"],
-    "raw": ["RawCase", "RawSpec", "raw_cases", "read_dataset_json"],
+    "raw": ["RawCase", "RawSpec", "raw_case_slices", "raw_cases", "read_dataset_json"],
     "synthetic": ["generate_synthetic_mri"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

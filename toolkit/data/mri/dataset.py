@@ -43,10 +43,12 @@ def _as_record(item: MRISlice | Sequence, in_channels: int | None) -> MRISlice:
 
 
 def _volume_groups(records: Sequence[MRISlice]) -> list[list[int]]:
-    """Indices in runs that share a volume (BraTS case), so that each volume is read once; 2D: one each."""
+    """Indices in runs that share a volume (NIfTI case), so that each volume is read once; 2D: one each."""
     groups: list[list[int]] = []
     for i, r in enumerate(records):
-        if r.index is not None and groups and records[groups[-1][0]].mask_path == r.mask_path:
+        prev = records[groups[-1][0]] if groups else None
+        if r.index is not None and prev is not None and (prev.mask_path, prev.image_path) == (r.mask_path,
+                                                                                               r.image_path):
             groups[-1].append(i)
         else:
             groups.append([i])

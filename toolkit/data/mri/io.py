@@ -53,7 +53,8 @@ class MRISlice:
         patient: patient id where the layout gives one (LGG folder, .mat PID, BraTS case), else None.
         source: "folder", "lgg", "figshare_mat", "brats" or "raw" (nnU-Net layout).
         image_path: the image file (NIfTI: the volume of the first channel).
-        mask_path: the mask file (.mat: the same file as the image; NIfTI: the label volume).
+        mask_path: the mask file (.mat: the same file as the image; NIfTI: the label volume; None only for a
+            raw case to predict, see :func:`~toolkit.data.mri.raw.raw_case_slices`).
         index: the slice's index along the volume's last axis (NIfTI), None for 2D files.
         channels: indices into ``CHANNEL_NAMES[source]`` (raw: into dataset.json ``channel_names``), the
             image channels read in this order; () = one grey channel (folder only).

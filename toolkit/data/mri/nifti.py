@@ -139,7 +139,7 @@ def read_volume_slice(rec, volumes: dict | None = None, labels: bool = False,
                       loader: Callable[[Path], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Slice ``rec.index`` of a NIfTI case (an :class:`~toolkit.data.mri.io.MRISlice` of source brats or raw):
     (image uint8 (X, Y, C) z-scored per volume as described above, mask uint8 (X, Y): {0, 1} = label > 0,
-    or with ``labels`` the label values). ``volumes``: a dict kept while reading one case's slices; it then
+    or with ``labels`` the label values; all 0 when ``rec.mask_path`` is None, a case without labels). ``volumes``: a dict kept while reading one case's slices; it then
     holds each channel's normalised uint8 volume, the brain mask and the label volume, each made once.
     ``loader`` reads a volume (default :func:`load_nifti`). Raises MRIDataError naming the bad file."""
     vols, loader = ({} if volumes is None else volumes), loader or load_nifti
@@ -147,13 +147,17 @@ def read_volume_slice(rec, volumes: dict | None = None, labels: bool = False,
     brain = _cached(vols, ("brain", mask_path), lambda: loader(mask_path) > 0) if mask_path else None
     chans = [_cached(vols, ("zscore", p, mask_path), lambda p=p: _channel(p, brain, loader))
              for p in rec.channel_paths]
-    seg = _cached(vols, ("labels", rec.mask_path),
-                  lambda: label_volume(loader(rec.mask_path), rec.mask_path, tuple(getattr(rec, "label_values", ()))))
+    if rec.mask_path is None:  # a case to predict (raw imagesTs): no labels
+        seg = np.zeros(chans[0].shape, np.uint8)
+    else:
+        seg = _cached(vols, ("labels", rec.mask_path), lambda: label_volume(
+            loader(rec.mask_path), rec.mask_path, tuple(getattr(rec, "label_values", ()))))
     for p, c in zip(rec.channel_paths, chans):
         if c.shape != seg.shape:
-            raise MRIDataError(p, f"volume of shape {c.shape} but the label volume {rec.mask_path} is {seg.shape}")
+            raise MRIDataError(p, f"volume of shape {c.shape} but the label volume {rec.mask_path} (or the first "
+                                  f"channel) is {seg.shape}")
     if not 0 <= rec.index < seg.shape[2]:
-        raise MRIDataError(rec.mask_path, f"has {seg.shape[2]} slices; slice {rec.index} was asked for")
+        raise MRIDataError(rec.channel_paths[0], f"has {seg.shape[2]} slices; slice {rec.index} was asked for")
     img = np.stack([c[:, :, rec.index] for c in chans], axis=2)
     mask = seg[:, :, rec.index]
     return img, (mask.copy() if labels else (mask > 0).astype(np.uint8))

@@ -34,8 +34,8 @@ from .channels import parse_slice_rule
 from .io import MRISlice, natural_key
 from .nifti import brain_region, load_nifti
 
-__all__ = ["AFFINE_ATOL", "DATASET_JSON", "RawCase", "RawSpec", "find_raw", "raw_cases", "read_dataset_json",
-           "resolve_raw_channels"]
+__all__ = ["AFFINE_ATOL", "DATASET_JSON", "RawCase", "RawSpec", "find_raw", "raw_case_slices", "raw_cases",
+           "read_dataset_json", "resolve_raw_channels"]
 
 DATASET_JSON = "dataset.json"
 #: Largest difference allowed between the affines (mm, or direction cosines) of one case's volumes.
@@ -187,7 +187,7 @@ def resolve_raw_channels(names: tuple[str, ...], channels) -> tuple[int, ...]:
 
 def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, float]]:
     """Shapes and affines of a case's volumes agree and are sane: returns (shape, spacing)."""
-    files = [*case.channels, case.label, *([case.brain_mask] if case.brain_mask else [])]
+    files = [p for p in (*case.channels, case.label, case.brain_mask) if p is not None]
     heads = [(p, load_nifti(p, data=False)) for p in files]
     ref_path, ref = heads[0]
     for p, h in heads:
@@ -235,14 +235,30 @@ def find_raw(root: Path, channels, rule, skipped) -> list[MRISlice]:
     out = []
     for case in raw_cases(root, "Tr", spec, skipped):
         try:
-            shape, spacing = _check_headers(case)
-            keep = _kept_slices(case, rule, extra, shape[2], ch[0])
+            out += _slices(case, ch, rule, extra, declared)
         except MRIDataError as err:
             if skipped is None:
                 raise
             skipped.append((err.path, err.reason))
-            continue
-        paths = tuple(case.channels[k] for k in ch)
-        out += [MRISlice(f"{case.case}_z{k:03d}", case.case, "raw", paths[0], case.label, k, ch, paths,
-                         spacing=spacing, brain_mask_path=case.brain_mask, label_values=declared) for k in keep]
     return out
+
+
+def _slices(case: RawCase, ch: tuple[int, ...], rule: str, extra: int, declared: tuple[int, ...]) -> list[MRISlice]:
+    shape, spacing = _check_headers(case)
+    keep = _kept_slices(case, rule, extra, shape[2], ch[0])
+    paths = tuple(case.channels[k] for k in ch)
+    return [MRISlice(f"{case.case}_z{k:03d}", case.case, "raw", paths[0], case.label, k, ch, paths,
+                     spacing=spacing, brain_mask_path=case.brain_mask, label_values=declared) for k in keep]
+
+
+def raw_case_slices(case: RawCase, spec: RawSpec, channels=None, slice_rule: str | None = "all") -> list[MRISlice]:
+    """The slices of one case from :func:`raw_cases` (e.g. an imagesTs case to predict), as MRISlice records
+    that :func:`~toolkit.data.mri.io.read_slice` reads (z-scored uint8 (H, W, C); an all-0 mask when the
+    case has no label file, whose ``mask_path`` is then None). ``slice_rule`` as for discovery (default
+    "all": every slice, for whole-volume prediction; tumour rules need a label). Raises MRIDataError
+    naming a file whose shape or affine disagrees, ValueError for a tumour rule without a label."""
+    rule, extra = parse_slice_rule(slice_rule)
+    if case.label is None and (rule == "tumour" or extra):
+        raise ValueError(f"slice_rule={slice_rule!r} needs labels; case {case.case} has none")
+    return _slices(case, resolve_raw_channels(spec.channel_names, channels), rule, extra,
+                   tuple(sorted(spec.labels.values())))
