@@ -15,21 +15,33 @@ from pathlib import Path
 from toolkit import (
     ChoosePostprocess,
     ConfigError,
-    DiceBCELoss,
     SegmentationMedia,
     SegmentationMetrics,
     SegmentationObjective,
-    SoftDiceLoss,
+    TARGET_FILE,
+    TARGET_KINDS,
+    TargetMetrics,
     TrainConfig,
     Trainer,
     build_segmentation_model,
     init_from,
     parse_config,
+    parse_regions,
     parse_widths,
+    resolve_target,
+    save_json,
+    segmentation_loss,
     segmentation_overlays,
 )
-from toolkit.data import DataError, ForegroundCrop, save_split, split_records
-from toolkit.data.mri import MRISegmentationDataset, discover_folders, generate_synthetic_mri, mri_train_transforms
+from toolkit.data import DataError, ForegroundCrop, input_preprocess, save_split, split_records
+from toolkit.data.mri import (
+    AttributeClasses,
+    MRISegmentationDataset,
+    attribute_classes,
+    discover_folders,
+    generate_synthetic_mri,
+    mri_train_transforms,
+)
 
 
 @dataclass
@@ -49,6 +61,9 @@ class BrainMRIConfig(TrainConfig):
     split_block: int = 1  # data without patient ids only: consecutive ids kept on one side of a split
     folds: int = 0  # cross-validation: number of patient-safe folds (0 = one split by val_fraction); see make brain-mri-cv
     fold: int = 0  # with folds: the fold used for validation, 0..folds-1 (the others train)
+    target: str = ""  # binary | classes | regions; "" = what the data declares (dataset.json regions, else labels, else binary)
+    regions: str = ""  # with target regions: "name=1+2+3+4,name=1+3+4,..." label values per region; "" = the data's
+    class_column: str = ""  # with target classes on binary masks: metadata column naming each slice's class, e.g. tumour_type
     model: str = "unet"  # unet (symmetric, with skips) | autoencoder (symmetric, no skips) | smp_unet (baseline)
     widths: str = ""  # stage widths of unet/autoencoder, comma-separated channels, e.g. "8,16,32,64,128"; "" = that default
     init_from: str = ""  # start from these weights (a best.pth of the same model, widths and channels); "" = random init
@@ -67,6 +82,13 @@ class BrainMRIConfig(TrainConfig):
         super().__post_init__()
         if self.model not in ("unet", "autoencoder", "smp_unet"):
             raise ConfigError(f"model must be unet, autoencoder or smp_unet, got {self.model!r}")
+        if self.target not in ("", *TARGET_KINDS):
+            raise ConfigError(f"target must be '', {', '.join(TARGET_KINDS)}; got {self.target!r}")
+        if self.regions:
+            try:
+                parse_regions(self.regions)
+            except ValueError as err:
+                raise ConfigError(f"regions: {err}") from None
         if self.loss not in ("dice", "dice_bce"):
             raise ConfigError(f"loss must be dice or dice_bce, got {self.loss!r}")
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 - self.val_fraction:
@@ -94,7 +116,7 @@ class BrainMRIConfig(TrainConfig):
 
 
 def build_data(cfg: BrainMRIConfig, trainer: Trainer):
-    """Train and validation datasets of (uint8 image (C,S,S), uint8 mask (1,S,S)) pairs."""
+    """Train and validation datasets of (uint8 image (C,S,S), uint8 label map (1,S,S)) pairs, and the target."""
     acc = trainer.accelerator
     data_dir = cfg.data_dir or cfg.synthetic_dir
     if not cfg.data_dir:
@@ -104,7 +126,11 @@ def build_data(cfg: BrainMRIConfig, trainer: Trainer):
     try:
         found = discover_folders(data_dir, channels=cfg.channels or cfg.in_channels,
                                  slice_rule=cfg.slice_rule or None, skip_bad_files=cfg.skip_bad_files)
-    except DataError as err:
+        names = attribute_classes(found.slices, cfg.class_column) if cfg.class_column else None
+        target = resolve_target(cfg.target, labels=found.labels, regions=found.regions, regions_text=cfg.regions,
+                                class_names=names)
+        input_preprocess(found.intensity)  # 2D images and NIfTI volumes cannot share a run
+    except (DataError, ValueError) as err:
         raise ConfigError(f"data_dir: {err}") from None
     if found.slices[0].num_channels != cfg.in_channels:
         raise ConfigError(f"channels={cfg.channels!r} reads {found.slices[0].num_channels} channel(s) of the "
@@ -115,49 +141,58 @@ def build_data(cfg: BrainMRIConfig, trainer: Trainer):
     if acc.is_main_process:
         save_split(trainer.run_dir / "split.json", split, data_dir=",".join(str(r.resolve()) for r in found.roots),
                    source=found.source, unit=unit, folds=cfg.folds, fold=cfg.fold)
+        save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
     common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files}
+    if target.kind != "binary" and not names:
+        common["labels"] = True  # label maps as stored, not tumour = label > 0
     train = MRISegmentationDataset(split["train"], transform=mri_train_transforms(), **common)
     val = MRISegmentationDataset(split["val"], **common)
     skipped = found.skipped + train.skipped + val.skipped
+    if names:
+        train, val = (AttributeClasses(d, cfg.class_column, names) for d in (train, val))
     sizes = ", ".join(f"{k} {len(v)}" for k, v in split.items())
     where = ", ".join(str(r) for r in found.roots)
     units = f"{len(found.patients)} patients" if found.patients else "no patient ids"
     acc.print(f"data: {found.source} at {where}: {len(found.slices)} slices, {units}; split by {unit}: {sizes}"
-              + (f" (fold {cfg.fold} of {cfg.folds} validates)" if cfg.folds else ""))
+              + (f" (fold {cfg.fold} of {cfg.folds} validates)" if cfg.folds else "")
+              + (f"; target {target.kind}: {', '.join(target.names)}" if target.kind != "binary" else ""))
     if not found.patients:
         acc.print("note: the data name no patients, so the split is by id: slices of one patient may sit on both "
                   "sides and validation may overstate what unseen patients get (give a metadata.csv with "
                   "id,patient_id)")
     if skipped:
         acc.print(f"skipped {len(skipped)} bad file(s): " + "; ".join(f"{p} ({why})" for p, why in skipped[:10]))
-    return train, val
+    return train, val, target, input_preprocess(found.intensity)
 
 
-def build_model(cfg: BrainMRIConfig):
-    """The configured segmentation model: (N, in_channels, S, S) float → (N, 1, S, S) logits."""
-    return build_segmentation_model(cfg.model, in_channels=cfg.in_channels, widths=parse_widths(cfg.widths))
+def build_model(cfg: BrainMRIConfig, out_channels: int = 1):
+    """The configured segmentation model: (N, in_channels, S, S) float → (N, out_channels, S, S) logits."""
+    return build_segmentation_model(cfg.model, in_channels=cfg.in_channels, out_channels=out_channels,
+                                    widths=parse_widths(cfg.widths))
 
 
 def main(argv=None) -> list[dict]:
     cfg = parse_config(BrainMRIConfig, argv)
     trainer = Trainer(cfg, recipe="brain_mri")
-    train, val = build_data(cfg, trainer)
-    model = build_model(cfg)
+    train, val, target, preprocess = build_data(cfg, trainer)
+    model = build_model(cfg, target.out_channels)
     if cfg.init_from:
         try:
             init_from(model, cfg.init_from)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    loss = SoftDiceLoss() if cfg.loss == "dice" else DiceBCELoss(bce_weight=cfg.bce_weight)
     crop = ForegroundCrop(cfg.crop_size, cfg.foreground_p) if cfg.crop_size else None
-    callbacks = [SegmentationMedia(cfg.threshold)]
-    if cfg.postprocess:
-        callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val))
+    binary = target.kind == "binary"
+    callbacks = [SegmentationMedia(cfg.threshold)] if binary else []
+    if cfg.postprocess and binary:  # the post-processing search is binary (threshold, components)
+        callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess))
+    metric = SegmentationMetrics(threshold=cfg.threshold) if binary else TargetMetrics(target, cfg.threshold)
     return trainer.fit(
-        model, SegmentationObjective(loss, crop=crop), train, val,
-        metrics=[SegmentationMetrics(threshold=cfg.threshold)], monitor="dice", mode="max",
-        param_budget=cfg.param_budget, callbacks=callbacks,
-        figures=lambda s: {"overlays": segmentation_overlays(s.inputs, s.preds, s.targets, cfg.threshold)},
+        model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight), preprocess,
+                                     crop=crop, target=target), train, val,
+        metrics=[metric], monitor="dice", mode="max", param_budget=cfg.param_budget, callbacks=callbacks,
+        figures=lambda s: {"overlays": segmentation_overlays(
+            s.inputs, *target.foreground(s.preds, s.targets, cfg.threshold), cfg.threshold)},
     )
 
 

@@ -11,7 +11,9 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``;
 - objectives, losses, metrics: ``Objective``, ``StepOutput``, ``ClassificationObjective``,
   ``ReconstructionObjective``, ``DenoisingObjective``, ``SegmentationObjective``, ``build_objective``,
-  ``SoftDiceLoss``, ``DiceBCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
+  ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
+- segmentation targets (binary, classes, regions): ``TARGET_FILE``, ``TARGET_KINDS``, ``TargetSpec``, ``parse_regions``,
+  ``resolve_target``, ``TargetMetrics``, ``segmentation_loss``;
 - files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,
   ``plot_history``, ``reconstruction_pairs``, ``save_figure``, ``segmentation_overlays``;
 - models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``count_parameters``, ``init_from``
@@ -54,7 +56,7 @@ _EXPORTS = {
     "data.splits": ["load_split", "save_split", "split_ids", "split_records"],
     "ensemble": ["SegmentationEnsemble"],
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
-    "losses": ["DiceBCELoss", "SoftDiceLoss"],
+    "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
     "models.segmentation": ["SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["count_parameters", "init_from"],
@@ -65,6 +67,8 @@ _EXPORTS = {
     "postprocess": ["PostProcess"],
     "seg_eval": ["ChoosePostprocess"],
     "state": ["TrainState"],
+    "target_metrics": ["TargetMetrics"],
+    "targets": ["TARGET_FILE", "TARGET_KINDS", "TargetSpec", "parse_regions", "resolve_target"],
     "trainer": ["ParameterBudgetError", "Trainer"],
     "wandb_media": ["ReconstructionMedia", "SegmentationMedia"],
 }

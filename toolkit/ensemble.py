@@ -13,7 +13,9 @@ from typing import Sequence
 
 import torch
 
+from .data.batch_transforms import standardize_per_image
 from .postprocess import POSTPROCESS_FILE
+from .targets import TargetSpec
 
 __all__ = ["SegmentationEnsemble", "resolve_weights", "disagreement", "slice_disagreement"]
 
@@ -69,34 +71,41 @@ def slice_disagreement(member_probs: torch.Tensor, threshold: float) -> torch.Te
 
 
 class SegmentationEnsemble(torch.nn.Module):
-    """Averages the tumour probabilities of models that take the same input.
+    """Averages the probabilities of models that take the same input and predict the same target.
 
-    members: models mapping (N, C, H, W) float scans to (N, 1, H, W) logits. One member is
-    exactly that model: its probabilities are unchanged.
+    members: models mapping (N, C, H, W) float scans to (N, K, H, W) logits, K = ``target.out_channels``
+    (1 for binary). One member is exactly that model: its probabilities are unchanged.
+    preprocess: uint8 (N, C, H, W) scans → the members' float input (the runs' own; default per-image
+    standardisation; see :func:`~toolkit.data.batch_transforms.input_preprocess`).
+    target: the members' :class:`~toolkit.targets.TargetSpec` (default binary): how logits become
+    probabilities (sigmoid, or softmax over classes).
     """
 
-    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+    def __init__(self, members: Sequence[torch.nn.Module], preprocess=standardize_per_image,
+                 target: TargetSpec | None = None) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one model")
         self.members = torch.nn.ModuleList(members)
+        self.preprocess = preprocess
+        self.target = target if target is not None else TargetSpec.binary()
 
     @torch.no_grad()
     def member_probs(self, x: torch.Tensor, flips: bool = False) -> torch.Tensor:
-        """(N, C, H, W) float scans → (M, N, 1, H, W) probabilities in [0, 1], one slab per member.
+        """(N, C, H, W) float scans → (M, N, K, H, W) probabilities in [0, 1], one slab per member.
 
         ``flips`` averages each member with its prediction of the horizontally flipped scan.
         """
         out = []
         for model in self.members:
-            probs = torch.sigmoid(model(x).float())
+            probs = self.target.probs(model(x))
             if flips:
-                probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
+                probs = 0.5 * (probs + self.target.probs(model(x.flip(-1))).flip(-1))
             out.append(probs)
         return torch.stack(out)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, flips: bool = False) -> torch.Tensor:
-        """(N, C, H, W) float scans → (N, 1, H, W) mean probabilities in [0, 1]."""
+        """(N, C, H, W) float scans → (N, K, H, W) mean probabilities in [0, 1]."""
         return self.member_probs(x, flips).mean(0)
 

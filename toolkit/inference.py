@@ -12,25 +12,28 @@ import numpy as np
 import torch
 
 from .checkpoint import load_weights
-from .data.batch_transforms import standardize_per_image
+from .data.batch_transforms import input_preprocess
 from .data.mri.dataset import MRISegmentationDataset
 from .data.mri.folders import discover_folders
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model, parse_widths
 from .postprocess import PostProcess, load_postprocess
+from .targets import TARGET_FILE, TargetSpec
 
 __all__ = ["load_segmentation_run", "load_ensemble", "predict_probs", "pick_postprocess", "run_slices", "run_dataset",
            "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-SAME_INPUT = ("image_size", "in_channels", "channels")  # config keys every member of an ensemble must share
+SAME_INPUT = ("image_size", "in_channels", "channels", "intensity", "target_spec")  # config keys every member of an ensemble must share
 
 
 def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     """Model and recipe config of a segmentation run from its ``best.pth``.
 
-    The architecture comes from ``config.json`` beside the weights (written by every run);
-    the weights load with ``weights_only=True``. Returns (model in eval mode, config dict).
+    The architecture comes from ``config.json`` beside the weights (written by every run), the target and
+    input scaling from ``target.json`` (binary and per-slice without one); the weights load with
+    ``weights_only=True``. Returns (model in eval mode, config dict with ``target_spec`` (a
+    :meth:`TargetSpec.to_dict`) and ``intensity`` added).
     """
     weights = Path(weights)
     config_path = weights.parent / "config.json"
@@ -39,7 +42,11 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     cfg = json.loads(config_path.read_text())
     if "model" not in cfg or "image_size" not in cfg:
         raise ValueError(f"{config_path} is not the config of a segmentation run (recipe {cfg.get('recipe')!r})")
+    target_path = weights.parent / TARGET_FILE
+    stored = json.loads(target_path.read_text()) if target_path.is_file() else {}
+    cfg = {**cfg, "target_spec": TargetSpec.from_dict(stored).to_dict(), "intensity": stored.get("intensity", "per_slice")}
     model = build_segmentation_model(cfg["model"], in_channels=cfg.get("in_channels", 1),
+                                     out_channels=TargetSpec.from_dict(stored).out_channels,
                                      widths=parse_widths(cfg.get("widths", "")))
     state = load_weights(weights)
     try:
@@ -78,7 +85,9 @@ def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, 
             raise ValueError(f"{f} takes other input than {files[0]} ({', '.join(differ)}: "
                              f"{[cfg.get(k) for k in differ]} against {[first.get(k) for k in differ]}); "
                              f"an ensemble needs members of one input size and channels")
-    return SegmentationEnsemble([m for m, _ in loaded]), first, post, files
+    ensemble = SegmentationEnsemble([m for m, _ in loaded], input_preprocess(first["intensity"]),
+                                    TargetSpec.from_dict(first["target_spec"]))
+    return ensemble, first, post, files
 
 
 def pick_postprocess(post_file: Path | None, cfg: dict, mode: str = "auto", threshold: float | None = None,
@@ -122,7 +131,7 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR)
     if resized.ndim == 2:
         resized = resized[..., None]
-    x = standardize_per_image(torch.from_numpy(resized).permute(2, 0, 1)[None])
+    x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
     members = ensemble.member_probs(x, flips=flips)  # (M, 1, 1, S, S)
     probs = cv2.resize(members.mean(0)[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
     if len(ensemble.members) < 2:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SoftDiceLoss", "DiceBCELoss"]
+__all__ = ["SoftDiceLoss", "DiceBCELoss", "DiceCELoss", "segmentation_loss"]
 
 
 def _check_bool(name: str, value) -> bool:
@@ -167,3 +167,70 @@ class DiceBCELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dice_weight={self.dice_weight}, bce_weight={self.bce_weight}"
+
+
+class DiceCELoss(nn.Module):
+    """Multi-class ``dice_weight · soft Dice + ce_weight · cross-entropy`` on softmax logits.
+
+    The soft Dice term is the spec formula per foreground class,
+    ``1 - (2·Σ(p_k·t_k) + ε) / (Σp_k² + Σt_k² + ε)`` with ``p = softmax(logits)`` and ``t`` the
+    one-hot target, averaged over the foreground classes k = 1..K-1 (and over images unless
+    ``batch``); the background class enters only through the cross-entropy.
+
+    Args:
+        dice_weight, ce_weight: weights (>= 0, not both 0).
+        eps: ε of the Dice term (> 0).
+        batch: sum the Dice over the batch too, one Dice per class (see :class:`SoftDiceLoss`).
+
+    Shapes:
+        - pred: (N, K, *spatial) LOGITS, K >= 2, any float dtype.
+        - target: (N, *spatial) int64 class indices in [0, K).
+        - output: scalar float32 tensor (>= 0).
+    """
+
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, eps: float = 1e-6,
+                 batch: bool = False) -> None:
+        super().__init__()
+        for name, w in (("dice_weight", dice_weight), ("ce_weight", ce_weight)):
+            if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+        if dice_weight == 0 and ce_weight == 0:
+            raise ValueError("dice_weight and ce_weight must not both be 0")
+        self.dice_weight, self.ce_weight = float(dice_weight), float(ce_weight)
+        self.dice = SoftDiceLoss(eps=eps, from_logits=False, batch=batch)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the weighted Dice + cross-entropy loss (float32 scalar) of logits ``pred``."""
+        if pred.ndim < 3 or pred.shape[1] < 2 or target.shape != pred.shape[:1] + pred.shape[2:]:
+            raise ValueError(f"pred must be (N, K>=2, ...) logits and target (N, ...) class indices, got pred "
+                             f"{tuple(pred.shape)} and target {tuple(target.shape)}")
+        logits = pred.float()
+        target = target.long()
+        loss = logits.new_zeros(())
+        if self.dice_weight:
+            probs = torch.softmax(logits, 1)
+            onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+            loss = loss + self.dice_weight * self.dice(probs[:, 1:], onehot[:, 1:])
+        if self.ce_weight:
+            loss = loss + self.ce_weight * F.cross_entropy(logits, target)
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"dice_weight={self.dice_weight}, ce_weight={self.ce_weight}"
+
+
+def segmentation_loss(kind: str, loss: str = "dice", bce_weight: float = 1.0) -> nn.Module:
+    """The training loss of a target kind (see :mod:`toolkit.targets`).
+
+    kind "binary" or "regions" (sigmoid outputs): ``loss="dice"`` → :class:`SoftDiceLoss`,
+    ``"dice_bce"`` → :class:`DiceBCELoss` with ``bce_weight``. kind "classes" (softmax):
+    :class:`DiceCELoss`, with the cross-entropy weighted ``bce_weight`` for ``"dice_bce"`` and
+    ``0.1 * bce_weight`` for ``"dice"`` (a little CE keeps the background class trained).
+    """
+    if loss not in ("dice", "dice_bce"):
+        raise ValueError(f"loss must be dice or dice_bce, got {loss!r}")
+    if kind == "classes":
+        return DiceCELoss(ce_weight=bce_weight if loss == "dice_bce" else 0.1 * bce_weight)
+    if kind not in ("binary", "regions"):
+        raise ValueError(f"kind must be binary, classes or regions, got {kind!r}")
+    return SoftDiceLoss() if loss == "dice" else DiceBCELoss(bce_weight=bce_weight)

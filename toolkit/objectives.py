@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.batch_transforms import DEFAULT_NOISE_STD, add_gaussian_noise, standardize_per_image, to_unit_range
+from .targets import TargetSpec
 
 __all__ = [
     "StepOutput",
@@ -132,19 +133,24 @@ class DenoisingObjective(ReconstructionObjective):
 
 
 class SegmentationObjective(Objective):
-    """batch = (images (N,C,H,W) uint8/float, masks (N,1,H,W) in {0,1}).
+    """batch = (images (N,C,H,W) uint8/float, masks (N,1,H,W) integer label maps; {0,1} for binary data).
 
-    The model returns logits (N,1,H,W); ``loss(logits, masks)`` is the training loss;
-    preds = sigmoid(logits) as float32 probabilities in [0, 1]; targets = masks as uint8.
+    ``target`` (a :class:`~toolkit.targets.TargetSpec`, default binary) says what the model
+    predicts: it returns logits (N, target.out_channels, H, W); the training loss is
+    ``loss(logits, target.encode(masks))`` (binary: (N,1,H,W) {0,1} float; classes: (N,H,W)
+    class indices; regions: (N,R,H,W) {0,1}); preds = ``target.probs(logits)`` float32 in
+    [0, 1] (sigmoid, or softmax over classes); targets = masks as uint8 label maps.
     ``crop`` (optional, training mode only) maps the preprocessed (images, masks) to patches,
     e.g. :class:`~toolkit.data.batch_transforms.ForegroundCrop`; evaluation always sees whole slices.
     """
 
     def __init__(self, loss: nn.Module, preprocess: Callable = standardize_per_image,
-                 crop: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+                 crop: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 target: TargetSpec | None = None) -> None:
         super().__init__(preprocess)  # augmentation of image and mask together happens in the dataset
         self.loss = loss
         self.crop = crop
+        self.target = target if target is not None else TargetSpec.binary()
 
     def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
         x, masks = batch[0], batch[1]
@@ -154,8 +160,8 @@ class SegmentationObjective(Objective):
         else:
             inputs = self.model_input(x)
         logits = model(inputs).float()
-        loss = self.loss(logits, masks.float())
-        return StepOutput(loss, torch.sigmoid(logits.detach()), masks.to(torch.uint8), inputs)
+        loss = self.loss(logits, self.target.encode(masks))
+        return StepOutput(loss, self.target.probs(logits.detach()), masks.to(torch.uint8), inputs)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {

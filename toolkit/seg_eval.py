@@ -68,11 +68,14 @@ def collect_probs(ensemble: SegmentationEnsemble, dataset, flips: bool = True, t
     """
     if len(dataset) == 0:
         raise ValueError("the data set to score holds no slice")
+    if ensemble.target.kind != "binary":
+        raise ValueError(f"these scores are for binary tumour masks; the run predicts {ensemble.target.kind} "
+                         f"({', '.join(ensemble.target.names)})")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     ensemble.eval()
     probs, flipped, targets, disputed = [], [], [], []
     for images, masks in loader:
-        x = standardize_per_image(images)
+        x = ensemble.preprocess(images)
         members = ensemble.member_probs(x)  # (M, N, 1, S, S)
         probs.append(members.mean(0)[:, 0].numpy())
         if flips:
@@ -202,18 +205,19 @@ class ChoosePostprocess(Callback):
     and writes ``<run>/postprocess.json``, which ``toolkit evaluate`` and ``predict`` then apply.
 
     build_model: returns a fresh model of the run's architecture (its weights are replaced by ``best.pth``);
-    val_data: the validation dataset (uint8 image (C, S, S), uint8 mask (1, S, S)).
+    val_data: the validation dataset (uint8 image (C, S, S), uint8 mask (1, S, S));
+    preprocess: the run's uint8 → float input map (its objective's ``preprocess``).
     """
 
-    def __init__(self, build_model, val_data) -> None:
-        self.build_model, self.val_data = build_model, val_data
+    def __init__(self, build_model, val_data, preprocess=standardize_per_image) -> None:
+        self.build_model, self.val_data, self.preprocess = build_model, val_data, preprocess
 
     def on_fit_end(self, trainer, state) -> None:
         best = trainer.run_dir / "best.pth"
         if not trainer.accelerator.is_main_process or not best.is_file() or len(self.val_data) == 0:
             return
         model = init_from(self.build_model(), best).eval()
-        preds = collect_probs(SegmentationEnsemble([model]), self.val_data, flips=True)
+        preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True)
         _, steps = choose_postprocess(preds, trainer.run_dir / POSTPROCESS_FILE,
                                       chosen_on=f"validation split of {trainer.run_dir.name}")
         trainer.accelerator.print(f"post-processing chosen on {len(self.val_data)} validation slices: "

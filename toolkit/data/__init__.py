@@ -15,7 +15,7 @@ Exported here (lazily, on first use), the names a recipe uses:
   ``STL10_CLASSES``, ``STL10_MEAN``, ``STL10_STD``; ``load_mnist``;
 - splits: ``holdout_split``, ``split_ids``, ``split_records``, ``save_split``, ``load_split``;
 - batch transforms: ``Normalize``, ``ResizeNormalize``, ``RandomCropFlip``, ``ForegroundCrop``,
-  ``to_unit_range``, ``standardize_per_image``, ``add_gaussian_noise``, ``DEFAULT_NOISE_STD``,
+  ``to_unit_range``, ``standardize_per_image``, ``from_zscore_uint8``, ``input_preprocess``, ``add_gaussian_noise``, ``DEFAULT_NOISE_STD``,
   ``IMAGENET_MEAN``, ``IMAGENET_STD``;
 - errors: ``DataError``, ``MRIDataError``.
 
@@ -26,8 +26,8 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "batch_transforms": ["DEFAULT_NOISE_STD", "IMAGENET_MEAN", "IMAGENET_STD", "ForegroundCrop", "Normalize",
-                         "RandomCropFlip", "ResizeNormalize", "add_gaussian_noise", "standardize_per_image",
-                         "to_unit_range"],
+                         "RandomCropFlip", "ResizeNormalize", "add_gaussian_noise", "from_zscore_uint8",
+                         "input_preprocess", "standardize_per_image", "to_unit_range"],
     "cifar": ["CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10"],
     "errors": ["DataError", "MRIDataError"],
     "mnist": ["load_mnist"],

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["DEFAULT_NOISE_STD", "IMAGENET_MEAN", "IMAGENET_STD", "ForegroundCrop", "Normalize", "RandomCropFlip",
-           "ResizeNormalize", "add_gaussian_noise", "from_zscore_uint8", "standardize_per_image", "to_unit_range"]
+           "ResizeNormalize", "add_gaussian_noise", "from_zscore_uint8", "input_preprocess", "standardize_per_image", "to_unit_range"]
 
 #: Std of the denoising task's Gaussian noise, in [0, 1] pixel units.
 DEFAULT_NOISE_STD = 0.3
@@ -52,6 +52,17 @@ def from_zscore_uint8(x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.uint8:
         raise TypeError(f"from_zscore_uint8 expects uint8 images (0..255), got {x.dtype}")
     return x.float().mul_(2.0 * ZSCORE_CLIP / 255.0).sub_(ZSCORE_CLIP)
+
+
+def input_preprocess(intensity: str = "per_slice"):
+    """The preprocess (uint8 (N, C, H, W) → float32 (N, C, H, W)) that matches how a data set's slices were
+    stored (``Discovery.intensity``): "per_slice" → :func:`standardize_per_image`, "zscore" →
+    :func:`from_zscore_uint8`. Raises ValueError for any other value ("mixed" data have no single one)."""
+    table = {"per_slice": standardize_per_image, "zscore": from_zscore_uint8}
+    if intensity not in table:
+        raise ValueError(f"intensity must be per_slice or zscore, got {intensity!r} (folders of 2D images and of "
+                         "NIfTI volumes cannot be mixed in one run)")
+    return table[intensity]
 
 
 def add_gaussian_noise(images: torch.Tensor, std: float = DEFAULT_NOISE_STD, mean: float = 0.0) -> torch.Tensor:

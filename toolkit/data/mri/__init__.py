@@ -13,7 +13,7 @@ Splits are :mod:`toolkit.data.splits`; on-device normalisation :mod:`toolkit.dat
 
 Exported here (lazily, on first use): ``discover_folders`` (one or several data folders, each
 auto-detected), ``discover_mri_slices``, ``find_image_mask_pairs``, ``Discovery``, ``parse_data_dirs``,
-``read_metadata``; ``MRISlice``, ``read_slice``; ``MRISegmentationDataset``; ``mri_train_transforms``,
+``read_metadata``; ``AttributeClasses``, ``attribute_classes`` (classes from a metadata column); ``MRISlice``, ``read_slice``; ``MRISegmentationDataset``; ``mri_train_transforms``,
 ``mri_eval_transforms``; ``generate_synthetic_mri``; ``ZSCORE_CLIP``; ``RawCase``, ``RawSpec``, ``raw_cases``,
 ``raw_case_slices``, ``read_dataset_json``.
 """
@@ -22,6 +22,7 @@ from ...lazy import lazy_exports
 
 _EXPORTS = {
     "augment": ["mri_eval_transforms", "mri_train_transforms"],
+    "classes": ["AttributeClasses", "attribute_classes"],
     "dataset": ["MRISegmentationDataset"],
     "discover": ["Discovery", "discover_mri_slices"],
     "pairs": ["find_image_mask_pairs"],

@@ -49,7 +49,8 @@ def discover_folders(data_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     ``options`` go to :func:`~toolkit.data.mri.discover.discover_mri_slices` for each folder. One folder:
     its :class:`Discovery` unchanged. Several: ids prefixed with :func:`folder_tags`, ``source`` the
     folders' sources joined by ``+`` where they differ, ``root`` the first folder and ``roots`` all of
-    them. Raises DataError when the folders' slices have different numbers of channels.
+    them, ``labels``/``regions`` the folders' (which must agree). Raises DataError when the folders'
+    slices have different numbers of channels or the folders declare different labels or regions.
     """
     dirs = parse_data_dirs(data_dirs)
     found = [discover_mri_slices(d, **options) for d in dirs]
@@ -59,7 +60,12 @@ def discover_folders(data_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     if len(set(channels.values())) > 1:
         raise DataError("the data folders give different numbers of image channels: "
                         + ", ".join(f"{root}: {n}" for root, n in channels.items()) + "; pick matching channels")
+    for field in ("labels", "regions"):  # label maps must mean the same in every folder
+        declared = {f.root: getattr(f, field) for f in found}
+        if len({repr(v) for v in declared.values()}) > 1:
+            raise DataError(f"the data folders declare different {field}: "
+                            + "; ".join(f"{root}: {v}" for root, v in declared.items()) + "; they must agree")
     slices = [dataclasses.replace(s, id=f"{tag}/{s.id}") for tag, f in zip(folder_tags(dirs), found) for s in f.slices]
     sources = list(dict.fromkeys(f.source for f in found))
     return Discovery("+".join(sources), found[0].root, slices, [s for f in found for s in f.skipped],
-                     tuple(f.root for f in found))
+                     tuple(f.root for f in found), found[0].labels, found[0].regions)

@@ -1,0 +1,146 @@
+"""Segmentation targets (binary, classes, regions): label conversions, the multi-class loss against MONAI,
+per-class metrics, classes from metadata, and the recipe trained on a raw layout with regions."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from toolkit import DiceCELoss, TargetMetrics, TargetSpec, parse_regions, resolve_target, segmentation_loss
+from toolkit.data.mri import AttributeClasses, MRISlice, attribute_classes
+from toolkit.targets import BRATS_REGIONS
+
+from .mri_fake import make_raw
+from .utils import ROOT, run_env
+
+BRATS = TargetSpec.regions_of(BRATS_REGIONS)
+CLASSES = TargetSpec.classes({"background": 0, "necrosis": 1, "edema": 2, "enhancing": 4})
+
+
+def labels_of(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.uint8).view(1, 1, len(rows), len(rows[0]))
+
+
+def test_regions_truth_and_round_trip():
+    lab = labels_of([[0, 1, 2, 4]])
+    truth = BRATS.truth(lab)[0, :, 0]  # (R, W)
+    assert truth.tolist() == [[False, True, True, True], [False, True, False, True], [False, False, False, True]]
+    assert BRATS.paint_order() == [(0, 2), (1, 1), (2, 4)]
+    back = BRATS.to_labels(truth.unsqueeze(0).unsqueeze(2).float())  # (1, 1, W) labels
+    assert back[0, 0].tolist() == [0, 1, 2, 4]
+    # label 3 (non-enhancing) shares every region with 1: it comes back as 1, as the module says
+    assert BRATS.to_labels(BRATS.truth(labels_of([[3]])).float())[0].item() == 1
+
+
+def test_classes_encode_hard_and_labels_with_gaps():
+    lab = labels_of([[0, 1, 2, 4, 7]])  # 7 is not a class: background
+    assert CLASSES.out_channels == 4
+    assert CLASSES.encode(lab)[0, 0].tolist() == [0, 1, 2, 3, 0]
+    probs = torch.nn.functional.one_hot(CLASSES.encode(lab), 4).permute(0, 3, 1, 2).float()
+    assert CLASSES.to_labels(probs)[0, 0].tolist() == [0, 1, 2, 4, 0]
+    hard = CLASSES.hard(probs)
+    assert hard.shape == (1, 3, 1, 5) and torch.equal(hard, CLASSES.truth(lab))
+
+
+def test_spec_dict_round_trip_and_bad_specs():
+    for spec in (TargetSpec.binary(), CLASSES, BRATS):
+        assert TargetSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert TargetSpec.from_dict(None) == TargetSpec.binary()
+    with pytest.raises(ValueError, match="background"):
+        TargetSpec.classes({"a": 1, "b": 2})
+    with pytest.raises(ValueError, match="kind"):
+        TargetSpec("softmax")
+
+
+def test_parse_and_resolve():
+    assert parse_regions("wt=1+2+3+4, et=4") == {"wt": (1, 2, 3, 4), "et": (4,)}
+    for bad in ("wt", "wt=a", "wt=0", ""):
+        with pytest.raises(ValueError):
+            parse_regions(bad)
+    labels = {"background": 0, "necrosis": 1, "edema": 2}
+    assert resolve_target("").kind == "binary"
+    assert resolve_target("", labels=labels).kind == "classes"
+    assert resolve_target("", labels=labels, regions={"wt": [1, 2]}).kind == "regions"
+    assert resolve_target("binary", labels=labels, regions={"wt": [1, 2]}).kind == "binary"
+    assert resolve_target("regions", regions_text="a=1,b=2").names == ("a", "b")
+    assert resolve_target("", class_names=["glioma", "meningioma"]).values == (0, 1, 2)
+    with pytest.raises(ValueError, match="regions"):
+        resolve_target("regions", labels=labels)
+    with pytest.raises(ValueError, match="class-column"):
+        resolve_target("classes")
+
+
+def test_dice_ce_matches_monai():
+    monai_losses = pytest.importorskip("monai.losses")
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 8, 8)
+    target = torch.randint(0, 4, (3, 8, 8))
+    ours = DiceCELoss(eps=1e-6)(logits, target)
+    ref = monai_losses.DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, squared_pred=True,
+                                  smooth_nr=1e-6, smooth_dr=1e-6)(logits, target[:, None])
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    ce_only = DiceCELoss(dice_weight=0)(logits, target)
+    assert ce_only.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="ce_weight"):
+        DiceCELoss(ce_weight=-1)
+    with pytest.raises(ValueError, match="class indices"):
+        DiceCELoss()(logits, target[:, None])
+    assert isinstance(segmentation_loss("classes", "dice_bce"), DiceCELoss)
+
+
+def test_target_metrics_per_class_hand_computed():
+    spec = TargetSpec.classes({"background": 0, "a": 1, "b": 2})
+    lab = labels_of([[1, 1, 2, 0]])
+    pred_labels = torch.tensor([[1, 0, 2, 2]])  # a: tp 1, fn 1 -> 2/3; b: tp 1, fp 1 -> 2/3
+    probs = torch.nn.functional.one_hot(pred_labels, 3).permute(0, 2, 1).unsqueeze(2).float()
+    m = TargetMetrics(spec)
+    m.update(probs, lab)
+    out = m.compute()
+    assert out["dice_a"] == pytest.approx(2 / 3) and out["dice_b"] == pytest.approx(2 / 3)
+    assert out["dice"] == pytest.approx(2 / 3) and out["num_images"] == 1
+    with pytest.raises(ValueError, match="channels"):
+        m.update(probs[:, :2], lab)
+    m.reset()
+    assert math.isnan(m.compute()["dice"])
+
+
+def test_attribute_classes(tmp_path):
+    recs = [MRISlice(str(i), "p", "folder", tmp_path / f"{i}.png", tmp_path / f"{i}_mask.png",
+                     attributes=(("tumour_type", t),)) for i, t in enumerate(["glioma", "pituitary", "glioma"])]
+    assert attribute_classes(recs, "tumour_type") == ["glioma", "pituitary"]
+    with pytest.raises(ValueError, match="grade"):
+        attribute_classes(recs, "grade")
+
+    class Binary:
+        records = recs
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.zeros(1, 2, 2, dtype=torch.uint8), torch.ones(1, 2, 2, dtype=torch.uint8)
+
+    wrapped = AttributeClasses(Binary(), "tumour_type", ["glioma", "pituitary"])
+    assert [int(wrapped[i][1].max()) for i in range(3)] == [1, 2, 1]
+    assert wrapped.records is recs  # other attributes are the wrapped dataset's
+
+
+def test_recipe_trains_regions_on_raw_layout(tmp_path):
+    data = make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8))
+    cmd = [sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data), "--in-channels", "2",
+           "--image-size", "32", "--epochs", "1", "--widths", "8,16,32", "--batch-size", "4", "--num-workers", "0",
+           "--val-fraction", "0.25", "--output-dir", str(tmp_path / "runs"), "--run-name", "r"]
+    out = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "r"
+    stored = json.loads((run / "target.json").read_text())
+    assert stored["kind"] == "regions" and stored["intensity"] == "zscore"
+    assert stored["names"] == ["whole_tumour", "tumour_core", "enhancing_tumour"]
+    last = json.loads((run / "history.json").read_text())[-1]
+    assert {"dice_whole_tumour", "dice_tumour_core", "dice_enhancing_tumour"} <= set(last)
+    assert (run / "figures" / "overlays_epoch001.png").is_file()
+    assert not (run / "postprocess.json").exists()  # the post-processing search is binary only

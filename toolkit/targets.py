@@ -1,0 +1,235 @@
+"""What a segmentation model predicts: one binary mask, several exclusive classes, or overlapping regions.
+
+A :class:`TargetSpec` turns the dataset's label maps into training targets, logits into
+probabilities, probabilities into hard per-channel masks for the metrics, and back into label maps
+with the data set's own label values (for NIfTI output). Datasets hand over label maps as they are
+stored (uint8 (N, 1, H, W), e.g. BraTS 0 background, 1 necrosis, 2 edema, 3 non-enhancing,
+4 enhancing); the spec does the rest on the device, so loaders stay uint8.
+
+- ``binary``: one sigmoid output; a pixel is tumour when its label is > 0 (today's task).
+- ``classes``: softmax over K = background + foreground classes, mutually exclusive; label values
+  need not be contiguous (``values[k]`` is class k's label value). Metrics are per foreground class.
+- ``regions``: one sigmoid per region, regions may overlap (BraTS whole tumour = 1+2+3+4, tumour
+  core = 1+3+4, enhancing = 4), as nnU-Net's region-based training. Metrics are per region.
+
+Regions back to labels (:meth:`TargetSpec.to_labels`), as BraTS / nnU-Net do: regions are painted
+from the largest (most label values) to the smallest, each with the smallest label value that it
+holds and no later region holds (whole tumour → 2 edema, tumour core → 1 necrosis, enhancing →
+4). Labels that only differ inside one painted set (here 1 and 3) cannot be told apart from the
+regions; the round trip labels → regions → labels is exact when no two labels share every region.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+__all__ = ["TARGET_FILE", "TARGET_KINDS", "TargetSpec", "BRATS_REGIONS", "parse_regions", "resolve_target"]
+
+TARGET_KINDS = ("binary", "classes", "regions")
+#: A run's target, beside its best.pth (``TargetSpec.to_dict``); runs without one are binary.
+TARGET_FILE = "target.json"
+#: BraTS regions on the BRATS 2013-2015 labels (1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing).
+BRATS_REGIONS = {"whole_tumour": (1, 2, 3, 4), "tumour_core": (1, 3, 4), "enhancing_tumour": (4,)}
+
+
+def parse_regions(text: str) -> dict[str, tuple[int, ...]]:
+    """``"wt=1+2+3+4,tc=1+3+4,et=4"`` → {"wt": (1, 2, 3, 4), ...}; ValueError naming the bad part."""
+    out: dict[str, tuple[int, ...]] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, labels = part.partition("=")
+        try:
+            values = tuple(int(v) for v in labels.split("+"))
+        except ValueError:
+            values = ()
+        if not eq or not name.strip() or not values or any(not 0 < v < 256 for v in values):
+            raise ValueError(f"region {part!r}: expected name=label+label+... with labels 1..255, "
+                             f"e.g. 'whole_tumour=1+2+3+4,tumour_core=1+3+4,enhancing_tumour=4'")
+        out[name.strip()] = values
+    if not out:
+        raise ValueError(f"no region in {text!r}; expected e.g. 'whole_tumour=1+2+3+4,enhancing_tumour=4'")
+    return out
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """The prediction target of a segmentation run.
+
+    Args:
+        kind: "binary", "classes" or "regions".
+        names: names of the scored channels: binary ("tumour",); classes the foreground class
+            names in class order (background excluded); regions the region names.
+        values: classes only: the label value of each class index, background first
+            (``values[0]``), e.g. (0, 1, 2, 3, 4); () otherwise.
+        regions: regions only: the label values each region holds, in ``names`` order.
+
+    Build with :meth:`binary`, :meth:`classes` or :meth:`regions`; :meth:`to_dict` /
+    :meth:`from_dict` store it in a run's config.
+    """
+
+    kind: str = "binary"
+    names: tuple[str, ...] = ("tumour",)
+    values: tuple[int, ...] = ()
+    regions: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"target kind must be one of {', '.join(TARGET_KINDS)}, got {self.kind!r}")
+        if self.kind == "classes" and (len(self.values) < 2 or len(self.names) != len(self.values) - 1
+                                       or len(set(self.values)) != len(self.values)):
+            raise ValueError(f"classes need distinct label values, background first, and one name per "
+                             f"foreground class; got values {self.values}, names {self.names}")
+        if self.kind == "regions" and (not self.regions or len(self.regions) != len(self.names)):
+            raise ValueError(f"regions need one name per region; got names {self.names}, regions {self.regions}")
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def binary(cls) -> "TargetSpec":
+        """One sigmoid output: tumour = label > 0."""
+        return cls()
+
+    @classmethod
+    def classes(cls, labels: Mapping[str, int]) -> "TargetSpec":
+        """Exclusive classes from ``{name: label value}`` (the value 0 is background, and must be there)."""
+        items = sorted(labels.items(), key=lambda kv: kv[1])
+        if not items or items[0][1] != 0:
+            raise ValueError(f"labels must include background with value 0, got {dict(labels)}")
+        return cls("classes", tuple(n for n, _ in items[1:]), tuple(int(v) for _, v in items))
+
+    @classmethod
+    def regions_of(cls, regions: Mapping[str, Sequence[int]]) -> "TargetSpec":
+        """Overlapping regions from ``{name: label values}``."""
+        return cls("regions", tuple(regions), regions=tuple(tuple(int(v) for v in r) for r in regions.values()))
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (stored in a run's ``config.json`` as ``target_spec``)."""
+        return {"kind": self.kind, "names": list(self.names), "values": list(self.values),
+                "regions": [list(r) for r in self.regions]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> "TargetSpec":
+        """Inverse of :meth:`to_dict`; None or {} → binary (runs written before multi-class)."""
+        if not d:
+            return cls()
+        return cls(d["kind"], tuple(d["names"]), tuple(d.get("values", ())),
+                   tuple(tuple(r) for r in d.get("regions", ())))
+
+    # -- shapes -------------------------------------------------------------------------------------
+    @property
+    def out_channels(self) -> int:
+        """Model output channels: 1 (binary), K = len(values) (classes), R (regions)."""
+        return {"binary": 1, "classes": len(self.values), "regions": len(self.regions)}[self.kind]
+
+    def _lut(self, device) -> torch.Tensor:
+        lut = torch.zeros(256, dtype=torch.long, device=device)
+        lut[torch.tensor(self.values, device=device)] = torch.arange(len(self.values), device=device)
+        return lut
+
+    # -- tensors ------------------------------------------------------------------------------------
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+        """Label maps (N, 1, H, W) integer label values → loss targets.
+
+        binary: (N, 1, H, W) float {0, 1}; classes: (N, H, W) int64 class indices in [0, K)
+        (label values not among ``values`` count as background); regions: (N, R, H, W) float {0, 1}.
+        """
+        if self.kind == "binary":
+            return (labels > 0).float()
+        if self.kind == "classes":
+            return self._lut(labels.device)[labels[:, 0].long()]
+        return self.truth(labels).float()
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (N, out_channels, H, W) → float32 probabilities of the same shape in [0, 1]
+        (softmax over channels for classes, sigmoid per channel otherwise)."""
+        logits = logits.float()
+        return torch.softmax(logits, 1) if self.kind == "classes" else torch.sigmoid(logits)
+
+    def hard(self, probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+        """Probabilities (N, out_channels, H, W) → bool masks (N, len(names), H, W) of the scored channels:
+        binary/regions ``p >= threshold``; classes the argmax's one-hot, foreground classes only."""
+        if self.kind == "classes":
+            arg = probs.argmax(1, keepdim=True)
+            return arg == torch.arange(1, len(self.values), device=probs.device).view(1, -1, 1, 1)
+        return probs >= threshold
+
+    def truth(self, labels: torch.Tensor) -> torch.Tensor:
+        """Label maps (N, 1, H, W) → bool masks (N, len(names), H, W), channel for channel as :meth:`hard`."""
+        lab = labels.long()
+        if self.kind == "binary":
+            return lab > 0
+        if self.kind == "classes":
+            idx = self._lut(labels.device)[lab[:, 0]].unsqueeze(1)
+            return idx == torch.arange(1, len(self.values), device=labels.device).view(1, -1, 1, 1)
+        return torch.cat([torch.isin(lab, torch.tensor(r, device=labels.device)) for r in self.regions], 1)
+
+    def to_labels(self, probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+        """Probabilities (N, out_channels, H, W) → uint8 label maps (N, H, W) in the data's label values.
+
+        binary: {0, 1}; classes: ``values[argmax]``; regions: painted largest region first (see the
+        module docstring).
+        """
+        if self.kind == "binary":
+            return (probs[:, 0] >= threshold).to(torch.uint8)
+        if self.kind == "classes":
+            return torch.tensor(self.values, dtype=torch.uint8, device=probs.device)[probs.argmax(1)]
+        out = torch.zeros(probs.shape[:1] + probs.shape[2:], dtype=torch.uint8, device=probs.device)
+        for r, value in self.paint_order():
+            out[probs[:, r] >= threshold] = value
+        return out
+
+    def foreground(self, probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Any-tumour views for figures: (probs (N, out, H, W), labels (N, 1, H, W)) → (float (N, 1, H, W)
+        {0, 1} predicted tumour of any class/region, uint8 (N, 1, H, W) {0, 1} true tumour)."""
+        if self.kind == "binary":
+            return probs, (labels > 0).to(torch.uint8)
+        return (self.hard(probs, threshold).any(1, keepdim=True).float(),
+                self.truth(labels).any(1, keepdim=True).to(torch.uint8))
+
+    def paint_order(self) -> list[tuple[int, int]]:
+        """Regions only: (region index, label value painted) from the largest region to the smallest."""
+        order = sorted(range(len(self.regions)), key=lambda r: -len(self.regions[r]))
+        out = []
+        for k, r in enumerate(order):
+            later = {v for q in order[k + 1:] for v in self.regions[q]}
+            own = sorted(set(self.regions[r]) - later) or sorted(self.regions[r])
+            out.append((r, own[0]))
+        return out
+
+
+def resolve_target(kind: str = "", *, labels: Mapping[str, int] | None = None,
+                   regions: Mapping[str, Sequence[int]] | None = None, regions_text: str = "",
+                   class_names: Sequence[str] | None = None) -> TargetSpec:
+    """The target a run trains on.
+
+    Args:
+        kind: "binary", "classes", "regions" or "" (what the data declares: regions when it declares
+            some, classes when it declares more than background and one label, else binary).
+        labels: the data's ``{name: label value}`` (e.g. dataset.json ``labels``), None for binary data.
+        regions: the data's ``{name: label values}`` (dataset.json ``regions``/``regions_brats``).
+        regions_text: user regions (:func:`parse_regions` syntax) overriding ``regions``.
+        class_names: classes taken from slice metadata (e.g. tumour types), label values 1..K in order.
+
+    Raises ValueError saying what is missing (no labels or regions for that kind).
+    """
+    if regions_text:
+        regions = parse_regions(regions_text)
+    if not kind:
+        kind = ("regions" if regions else "classes" if class_names or (labels and len(labels) > 2)
+                else "binary")
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"target must be '', {', '.join(TARGET_KINDS)}; got {kind!r}")
+    if kind == "binary":
+        return TargetSpec.binary()
+    if kind == "regions":
+        if not regions:
+            raise ValueError("target regions: the data declare no regions (dataset.json 'regions' or "
+                             "'regions_brats'); give them, e.g. --regions 'whole_tumour=1+2+3+4,enhancing_tumour=4'")
+        return TargetSpec.regions_of(regions)
+    if class_names:
+        return TargetSpec.classes({"background": 0, **{n: i + 1 for i, n in enumerate(class_names)}})
+    if not labels or len(labels) < 2:
+        raise ValueError("target classes needs label maps with declared labels (dataset.json 'labels') or a "
+                         "metadata column naming each slice's class (--class-column, e.g. tumour_type)")
+    return TargetSpec.classes(labels)
