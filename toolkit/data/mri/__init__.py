@@ -14,7 +14,7 @@ Splits are :mod:`toolkit.data.splits`; on-device normalisation :mod:`toolkit.dat
 Exported here (lazily, on first use): ``discover_folders`` (one or several data folders, each
 auto-detected), ``discover_mri_slices``, ``find_image_mask_pairs``, ``Discovery``, ``parse_data_dirs``,
 ``read_metadata``; ``AttributeClasses``, ``attribute_classes`` (classes from a metadata column); ``MRISlice``, ``read_slice``; ``MRISegmentationDataset``; ``mri_train_transforms``,
-``mri_eval_transforms``; ``generate_synthetic_mri``; ``ZSCORE_CLIP``; ``RawCase``, ``RawSpec``, ``raw_cases``,
+``mri_eval_transforms``; ``generate_synthetic_mri``, ``generate_synthetic_volumes``; ``ZSCORE_CLIP``; ``RawCase``, ``RawSpec``, ``raw_cases``,
 ``raw_case_slices``, ``read_dataset_json``.
 """
 
@@ -32,5 +32,6 @@ _EXPORTS = {
     "nifti": ["ZSCORE_CLIP"],
     "raw": ["RawCase", "RawSpec", "raw_case_slices", "raw_cases", "read_dataset_json"],
     "synthetic": ["generate_synthetic_mri"],
+    "synthetic_volumes": ["generate_synthetic_volumes"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
