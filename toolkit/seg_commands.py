@@ -55,9 +55,16 @@ def _input_files(source: Path) -> list[Path]:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Masks and overlays at each image's own size; an ensemble also writes ``<name>_disagreement.png``."""
+    """Masks and overlays at each image's own size; an ensemble also writes ``<name>_disagreement.png``.
+    NIfTI input (a volume, a case's channel files, a raw-layout or NIfTI folder) goes to
+    :func:`~toolkit.volume_predict.predict_volumes`: ``<case>_seg.nii.gz`` and ``<case>_seg.png``."""
     ensemble, cfg, post_file, files = load_ensemble(args.weights)
     post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region)
+    from .volume_predict import is_nifti_input, predict_volumes  # here: volume_predict imports this module
+
+    if is_nifti_input(Path(args.input)):  # NIfTI volumes: a label volume and an overlay per case
+        print(f"{len(files)} model(s); threshold {post.threshold}, flips {post.flips} ({source})")
+        return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output))
     split_file = files[0].parent / "split.json"
     layout = json.loads(split_file.read_text()).get("source", "folder") if split_file.is_file() else "folder"
     channels = resolve_channels(layout.split("+")[0], cfg.get("channels") or cfg.get("in_channels", 1))
