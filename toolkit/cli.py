@@ -3,6 +3,7 @@
     toolkit evaluate --weights runs/<run>/best.pth [--data-dir DIR] [--split test|val|train|all]
     toolkit evaluate --weights runs/<cv-run> --data-dir DIR --split all      # the folds' ensemble
     toolkit predict  --weights runs/<run>/best.pth --input FILE_OR_DIR --output DIR
+    toolkit predict  --weights runs/<run>/best.pth --input <case>_0000.nii.gz --output DIR   # a NIfTI case
     toolkit report   [runs/]   # runs/<run>/report.html per run and runs/index.html comparing them
 """
 
@@ -56,8 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_seg_command("evaluate"))
     p = sub.add_parser("predict", help="masks and overlays for images, at each image's own size")
     _model_arguments(p)
-    p.add_argument("--input", required=True, help="an image file or a folder of images")
-    p.add_argument("--output", required=True, help="folder for <name>_mask.png and <name>_overlay.png")
+    p.add_argument("--input", required=True, help="an image file or a folder of images; or NIfTI: a .nii.gz volume, "
+                   "a case's <case>_0000.nii.gz (with its sibling channels), a raw-layout or .nii.gz folder")
+    p.add_argument("--output", required=True, help="folder for <name>_mask.png and <name>_overlay.png "
+                   "(NIfTI: <case>_seg.nii.gz label volume and <case>_seg.png)")
     p.set_defaults(func=_seg_command("predict"))
     r = sub.add_parser("report", help="self-contained HTML page per run and an index comparing the runs")
     r.add_argument("runs_dir", nargs="?", default="runs", help="folder holding run folders (default: runs)")
