@@ -104,6 +104,9 @@ def evaluate(args: argparse.Namespace) -> int:
     ensemble, cfg, post_file, files = load_ensemble(args.weights)
     post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region)
     records, data_dir = _records_to_score(args, cfg, files)
+    from . import volume_eval  # classes/regions runs and volume data: per patient, per class/region
+    if ensemble.target.kind != "binary":
+        return volume_eval.evaluate_volumes(args, ensemble, cfg, post, source, files, records, data_dir)
     dataset = run_dataset(records, cfg)
     preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold)
     scored = image_records(dataset.ids, post.binarize(preds.chosen(post)), preds.targets, slice_meta(records))
@@ -119,8 +122,10 @@ def evaluate(args: argparse.Namespace) -> int:
         for r, d in zip(scored, preds.disagreement):
             r["disagreement"] = float(d)
         result["disagreement"] = disagreement_report(scored, preds.disagreement)
-    first = Path(args.weights[0])  # default: beside the weights (a run or CV folder, or a best.pth's folder)
-    out = Path(args.output) if args.output else (first if first.is_dir() else first.parent) / f"eval_{args.split}.json"
+    if volume_eval.wants_volume_eval(ensemble.target, dataset.records):  # binary runs on volumes: + per patient
+        volume_eval.add_volumes(result, dataset.records, post.binarize(preds.chosen(post)), preds.targets,
+                                cfg["image_size"])
+    out = volume_eval.eval_output(args)  # default: beside the weights (a run or CV folder, or a best.pth's folder)
     save_json(out, result)
     print(f"{'id':>12} {'dice':>6} {'iou':>6} {'true px':>8} {'pred px':>8}")
     for r in sorted(scored, key=lambda r: r["dice"])[: args.show]:

@@ -1,0 +1,264 @@
+"""``toolkit evaluate`` per patient (volumes) and per class/region: the path for runs that predict classes or
+regions, or whose data are volumes (NIfTI slices with an ``index``: BraTS, raw layout; LGG patient folders).
+
+Every slice of the split is predicted with the ensemble (the run's input scaling and target), turned into
+bool masks per scored channel (``TargetSpec.hard`` / ``truth``; binary runs: one channel "tumour", after
+the run's post-processing), stacked into one volume per patient (:func:`~toolkit.volume_metrics.stack_slices`:
+a slice given twice counts once) and scored with :func:`~toolkit.volume_metrics.case_scores`.
+
+Spacing: a NIfTI record's ``spacing`` is (X, Y, Z) mm of the file; the masks are scored at the run's
+``image_size`` S, so the in-plane spacing is scaled by (original in-plane size / S) per axis (the size read
+once per case from the NIfTI header) and a volume (Z, S, S) gets spacing (Z, X * nx / S, Y * ny / S) mm.
+Data without spacing (LGG TIFFs) are scored in voxels of the resized slices (spacing (1, 1, 1); "hd95_mm" is
+then in voxels and volumes in thousands of voxels). 2D slices that are no volume (figshare; the classes of a
+metadata column) are pooled per patient for Dice/IoU/volume; their HD95 is not computed (undefined).
+Slices a volume lacks (left out by the run's slice rule) count as empty in prediction and truth.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import save_json
+from .data.mri.classes import AttributeClasses
+from .data.mri.dataset import MRISegmentationDataset
+from .data.mri.nifti import load_nifti
+from .postprocess import PostProcess
+from .seg_eval import EMPTY_RULE as SLICE_EMPTY_RULE
+from .target_metrics import TargetMetrics
+from .targets import TargetSpec
+from .volume_metrics import EMPTY_RULE, HD95_DEFINITION, case_scores, json_safe, lgg_case_and_index, stack_slices, \
+    summarise_cases
+
+__all__ = ["wants_volume_eval", "case_keys", "case_spacings", "pack_masks", "score_cases", "score_packed",
+           "class_accuracy", "predict_packed", "add_volumes", "evaluate_volumes", "eval_output", "UNKNOWN_SPACING"]
+
+UNKNOWN_SPACING = "unknown (voxels)"
+NO_VOLUME = "2D slices, not volumes: HD95 not computed; Dice/IoU/volumes pool each patient's slices"
+CLASS_RULE = ("on slices whose truth has tumour, the predicted class is the one holding most predicted tumour "
+              "pixels (no predicted tumour = wrong), compared with the slice's metadata class")
+
+
+def wants_volume_eval(spec: TargetSpec, records: Sequence) -> bool:
+    """True when a run of target ``spec`` on ``records`` (MRISlice) is scored here: a classes/regions target,
+    or volume data (a slice ``index`` set, or LGG patient folders)."""
+    return spec.kind != "binary" or any(r.index is not None or r.source == "lgg" for r in records)
+
+
+def case_keys(records: Sequence) -> tuple[list[tuple[str, int]], bool]:
+    """(case, slice index) per record and whether the records are volumes.
+
+    NIfTI slices: (patient, index); LGG: :func:`~toolkit.volume_metrics.lgg_case_and_index` of the id; other 2D
+    slices: (patient or id, running number within the patient) and ``False``.
+    """
+    volumes = any(r.index is not None or r.source == "lgg" for r in records)
+    keys, counts = [], {}
+    for r in records:
+        if r.source == "lgg":
+            keys.append(lgg_case_and_index(r.id))
+        elif r.index is not None:
+            keys.append((str(r.patient or Path(r.image_path).name), int(r.index)))
+        else:
+            case = str(r.patient or r.id)
+            counts[case] = counts.get(case, -1) + 1
+            keys.append((case, counts[case]))
+    return keys, volumes
+
+
+def case_spacings(records: Sequence, keys: Sequence[tuple[str, int]], size: int) -> dict[str, tuple | None]:
+    """{case: spacing in mm of the stacked (Z, S, S) volume, or None when unknown}; see the module docstring."""
+    out: dict[str, tuple | None] = {}
+    for r, (case, _) in zip(records, keys):
+        if case in out:
+            continue
+        if r.spacing is None:
+            out[case] = None
+            continue
+        nx, ny = load_nifti(Path(r.image_path), data=False).shape[:2]
+        sx, sy, sz = (float(s) for s in r.spacing)
+        out[case] = (sz, sx * nx / size, sy * ny / size)
+    return out
+
+
+def pack_masks(pred, truth) -> np.ndarray:
+    """bool (N, C, H, W) prediction and truth → one unsigned int array (N, H, W): bit c = pred channel c,
+    bit C + c = truth channel c (C <= 32). Raises ValueError for other shapes."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if pred.ndim != 4 or pred.shape != truth.shape or not 0 < pred.shape[1] <= 32:
+        raise ValueError(f"pred and truth must be bool (N, C, H, W) of one shape with 1 <= C <= 32, "
+                         f"got {pred.shape} and {truth.shape}")
+    c = pred.shape[1]
+    dtype = np.uint8 if c <= 4 else np.uint16 if c <= 8 else np.uint64
+    out = np.zeros((pred.shape[0],) + pred.shape[2:], dtype)
+    for k in range(c):
+        out |= pred[:, k].astype(dtype) << dtype(k)
+        out |= truth[:, k].astype(dtype) << dtype(c + k)
+    return out
+
+
+def score_packed(keys: Sequence[tuple[str, int]], packed: np.ndarray, names: Sequence[str],
+                 spacings: Mapping[str, Sequence[float] | None], volumes: bool = True) -> tuple[dict, list[dict]]:
+    """Per-patient scores of packed masks (:func:`pack_masks`, (N, H, W), one slice per key).
+
+    keys: (case, slice index) per slice; repeated keys (repeated records, padding from several processes)
+    count once. spacings: {case: (D, H, W) mm or None (voxels)}. ``volumes`` False: HD95 is NaN (slices
+    that are no volume). Returns ({case: {name: case_scores}}, rows [{case, num_slices, missing_slices,
+    spacing_mm, <name>: scores}]).
+    """
+    if len(keys) != len(packed):
+        raise ValueError(f"{len(keys)} (case, index) keys for {len(packed)} slices; expected one per slice")
+    per_case, rows = {}, []
+    for case, (vol, idx) in stack_slices((c, i, a) for (c, i), a in zip(keys, packed)).items():
+        full = np.zeros((int(idx[-1] - idx[0]) + 1,) + vol.shape[1:], vol.dtype)
+        full[idx - idx[0]] = vol  # gaps (slices left out) are empty in both
+        spacing = spacings.get(case)
+        scores = {}
+        for c, name in enumerate(names):
+            s = case_scores(((full >> c) & 1).astype(bool), ((full >> (len(names) + c)) & 1).astype(bool),
+                            spacing or (1.0, 1.0, 1.0))
+            scores[name] = {**s, "hd95_mm": s["hd95_mm"] if volumes else float("nan")}
+        per_case[case] = scores
+        rows.append({"case": case, "num_slices": len(idx), "missing_slices": len(full) - len(idx),
+                     "spacing_mm": list(spacing) if spacing else None, **scores})
+    return per_case, json_safe(rows)
+
+
+def score_cases(keys: Sequence[tuple[str, int]], pred, truth, names: Sequence[str],
+                spacings: Mapping[str, Sequence[float] | None] | None = None, volumes: bool = True):
+    """Per-patient scores of injected masks: pred, truth bool (N, C, H, W), C = len(names), one slice per key;
+    the rest as :func:`score_packed` (spacings default: unknown, voxels)."""
+    if np.shape(pred)[1:2] != (len(names),):
+        raise ValueError(f"pred has shape {np.shape(pred)}; expected (N, {len(names)}, H, W) for channels {names}")
+    return score_packed(keys, pack_masks(pred, truth), names, spacings or {}, volumes)
+
+
+def class_accuracy(pred_pixels: np.ndarray, truth_pixels: np.ndarray, true_class: Sequence[str],
+                   names: Sequence[str]) -> dict:
+    """Slice-level class accuracy (see ``CLASS_RULE``): pred_pixels, truth_pixels int (N, C) tumour pixels per
+    class and slice, true_class the metadata class of each slice (one of ``names``). Returns {"accuracy",
+    "correct", "num_slices", "per_class": {name: same three}, "rule"}; accuracy None without slices."""
+    pred_pixels, has = np.asarray(pred_pixels), np.asarray(truth_pixels).sum(1) > 0
+    guess = np.where(pred_pixels.sum(1) > 0, pred_pixels.argmax(1), -1)
+    truth = np.array([list(names).index(t) if t in names else -2 for t in true_class])
+    right = (guess == truth) & has
+
+    def entry(sel: np.ndarray) -> dict:
+        n = int(sel.sum())
+        return {"accuracy": float(right[sel].sum() / n) if n else None, "correct": int(right[sel].sum()),
+                "num_slices": n}
+
+    return {**entry(has), "per_class": {n: entry(has & (truth == k)) for k, n in enumerate(names)},
+            "rule": CLASS_RULE}
+
+
+@torch.no_grad()
+def predict_packed(ensemble, dataset, threshold: float, flips: bool = False,
+                   batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Predict every slice of ``dataset`` ((uint8 image (C, S, S), uint8 label map (1, S, S)) pairs) in order.
+
+    Returns (packed masks (N, S, S) as :func:`pack_masks`, predicted and true pixels per channel int64 (N, C),
+    the slice-level :class:`~toolkit.target_metrics.TargetMetrics` scores (``dice_<name>`` ...), JSON-safe).
+    """
+    spec, metric = ensemble.target, TargetMetrics(ensemble.target, threshold)
+    packed, pred_px, true_px = [], [], []
+    ensemble.eval()
+    for images, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        probs = ensemble(ensemble.preprocess(images), flips=flips)
+        metric.update(probs, labels)
+        hard, truth = spec.hard(probs, threshold).numpy(), spec.truth(labels).numpy()
+        packed.append(pack_masks(hard, truth))
+        pred_px.append(hard.sum((2, 3)))
+        true_px.append(truth.sum((2, 3)))
+    if not packed:
+        raise ValueError("the data set to score holds no slice")
+    return np.concatenate(packed), np.concatenate(pred_px), np.concatenate(true_px), json_safe(metric.compute())
+
+
+def eval_output(args: argparse.Namespace) -> Path:
+    """``--output``, or ``eval_<split>.json`` beside the first ``--weights`` (a run or CV folder, or a best.pth's)."""
+    first = Path(args.weights[0])
+    return Path(args.output) if args.output else (first if first.is_dir() else first.parent) / f"eval_{args.split}.json"
+
+
+def _volumes(records: Sequence, packed: np.ndarray, names: Sequence[str], size: int) -> dict:
+    """The per-patient part of an evaluate JSON: spacing, rules, ``per_patient`` summary and ``patients`` rows."""
+    keys, volumes = case_keys(records)
+    spacings = case_spacings(records, keys, size)
+    per_case, rows = score_packed(keys, packed, names, spacings, volumes)
+    unknown = [c for c, s in spacings.items() if s is None]
+    spacing = (NO_VOLUME if not volumes else UNKNOWN_SPACING if len(unknown) == len(spacings) else
+               f"mm from the NIfTI headers, in-plane scaled by (original size / {size})"
+               + (f"; unknown (voxels) for {len(unknown)} case(s)" if unknown else ""))
+    return {"spacing": spacing, "empty_volumes": EMPTY_RULE, "hd95_definition": HD95_DEFINITION,
+            "per_patient": json_safe(summarise_cases(per_case)), "patients": rows}
+
+
+def add_volumes(result: dict, records: Sequence, masks: np.ndarray, targets: np.ndarray, size: int) -> None:
+    """Binary runs on volume data: add per-patient volume scores to today's evaluate ``result`` (in place).
+
+    records: the scored MRISlice records in order; masks, targets: (N, S, S) {0, 1} post-processed prediction
+    and truth. Adds ``spacing``, ``empty_volumes``, ``hd95_definition``, ``patients`` and, beside today's
+    pooled-slice keys of ``summary.per_patient``, ``summary.per_patient.tumour`` and ``.mean``; prints them.
+    """
+    part = _volumes(records, pack_masks(np.asarray(masks)[:, None], np.asarray(targets)[:, None]), ("tumour",), size)
+    result["summary"].setdefault("per_patient", {}).update(part.pop("per_patient"))
+    result.update(part)
+    _print_volumes(result, ("tumour",), {}, 0)
+
+
+def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostProcess, source: str,
+                     files: Sequence[Path], records: Sequence, data_dir) -> int:
+    """``toolkit evaluate`` for classes/regions runs: writes the JSON, prints a table, returns 0 (flip TTA only
+    when asked; the threshold is the run's or ``--threshold``; component filtering is binary only)."""
+    spec, size, column = ensemble.target, int(cfg["image_size"]), cfg.get("class_column") or ""
+    records = list({r.id: r for r in records}.values())  # a record listed twice is scored once
+    dataset = MRISegmentationDataset(records, size=size, labels=True, skip_bad_files=cfg.get("skip_bad_files", False))
+    if column and spec.kind == "classes":
+        dataset = AttributeClasses(dataset, column, spec.names)
+    records = dataset.records
+    packed, pred_px, true_px, slices = predict_packed(ensemble, dataset, post.threshold, post.flips)
+    part = _volumes(records, packed, spec.names, size)
+    summary = {"per_patient": part.pop("per_patient"), "slices": slices, "num_patients": len(part["patients"]),
+               "num_slices": len(records)}
+    if column and spec.kind == "classes":
+        summary["class_accuracy"] = class_accuracy(pred_px, true_px, [r.attrs.get(column) for r in records],
+                                                   spec.names)
+    result = {"weights": [str(f) for f in files], "data_dir": str(data_dir), "split": args.split,
+              "target": spec.to_dict(), "threshold": post.threshold, "flips": post.flips, "resolution": size,
+              "postprocess": {"applied": f"threshold {post.threshold:g}, " + ("flip TTA" if post.flips else "no TTA"),
+                              "from": source}, "empty_masks": SLICE_EMPTY_RULE, **part, "summary": summary}
+    out = eval_output(args)
+    save_json(out, result)
+    print(f"{summary['num_patients']} patients, {len(records)} slices ({args.split} split of {data_dir}); "
+          f"{len(files)} model(s); {spec.kind} target; {result['postprocess']['applied']}")
+    _print_volumes(result, spec.names, slices, args.show)
+    print(f"wrote {out}")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "   n/a" if v is None else f"{v:6.3f}"
+
+
+def _print_volumes(result: dict, names: Sequence[str], slices: dict, show: int) -> None:
+    s = result["summary"]
+    print(f"per patient (spacing: {result['spacing']})")
+    print(f"  {'channel':<20} {'dice':>6} {'iou':>6} {'hd95':>7} {'|dV| ml':>8} {'hd95 undef':>10}"
+          + (f" {'slice dice':>10}" if slices else ""))
+    for name in [*names, "mean"]:
+        p = s["per_patient"][name]
+        sl = f" {_fmt(slices.get(f'dice_{name}' if name != 'mean' else 'dice')):>10}" if slices else ""
+        print(f"  {name:<20} {_fmt(p['dice'])} {_fmt(p['iou'])} {_fmt(p['hd95_mm']):>7} "
+              f"{_fmt(p['abs_volume_diff_ml']):>8} {p['hd95_undefined']:>10d}{sl}")
+    for r in sorted(result["patients"], key=lambda r: np.mean([r[n]["dice"] for n in names]))[:show]:
+        print(f"  {r['case']:<28} " + " ".join(f"{n} {r[n]['dice']:.3f}" for n in names) + f" ({r['num_slices']} slices)")
+    acc = s.get("class_accuracy")
+    if acc:
+        print(f"class accuracy {_fmt(acc['accuracy'])} ({acc['correct']}/{acc['num_slices']} tumour slices); "
+              + ", ".join(f"{n} {_fmt(e['accuracy']).strip()} ({e['correct']}/{e['num_slices']})"
+                          for n, e in acc["per_class"].items()))
+    print(f"empty volumes: {result['empty_volumes']}")
