@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import warnings
 
 import cv2
@@ -14,6 +16,7 @@ import torch
 from scipy import ndimage
 
 from tests.mri_fake import RAW_BRAIN, RAW_REGIONS, imwrite, make_lgg, make_raw, raw_label, square_mask
+from tests.utils import ROOT, run_env
 from toolkit import build_segmentation_model, save_weights
 from toolkit.checkpoint import save_json
 from toolkit.cli import main
@@ -200,3 +203,23 @@ def test_classes_from_a_metadata_column_report_class_accuracy(tmp_path):
         assert r["glioma"]["true_volume_ml"] == pytest.approx((square_mask((32, 32)) > 0).sum() / 1000)
     assert math.isclose(result["summary"]["per_patient"]["mean"]["dice"],
                         np.mean([result["summary"]["per_patient"][n]["dice"] for n in spec.names]))
+
+
+def test_recipe_run_on_raw_layout_evaluates_its_validation_patients(tmp_path):
+    data = make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8))
+    cmd = [sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data), "--in-channels", "2",
+           "--image-size", "32", "--epochs", "1", "--widths", "8,16,32", "--batch-size", "4", "--num-workers", "0",
+           "--val-fraction", "0.5", "--output-dir", str(tmp_path / "runs"), "--run-name", "r"]
+    proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "r"
+    assert main(["evaluate", "--weights", str(run / "best.pth"), "--split", "val"]) == 0
+    result = json.loads((run / "eval_val.json").read_text())
+    val = json.loads((run / "split.json").read_text())["val"]
+    cases = sorted({v.rsplit("_z", 1)[0] for v in val})
+    assert [r["case"] for r in result["patients"]] == cases and result["summary"]["num_slices"] == len(val)
+    assert sum(r["num_slices"] for r in result["patients"]) == len(val)
+    for key in ("dice", "iou", "abs_volume_diff_ml", "hd95_undefined"):
+        assert key in result["summary"]["per_patient"]["whole_tumour"]
+    hd = result["summary"]["per_patient"]["whole_tumour"]["hd95_mm"]
+    assert hd is None or hd >= 0
