@@ -2,6 +2,7 @@
 
     toolkit evaluate --weights runs/<run>/best.pth [--data-dir DIR] [--split test|val|train|all]
     toolkit evaluate --weights runs/<cv-run> --data-dir DIR --split all      # the folds' ensemble
+    toolkit evaluate --weights runs/<regions-run> --split val   # per patient (volume) and region, HD95 in mm
     toolkit predict  --weights runs/<run>/best.pth --input FILE_OR_DIR --output DIR
     toolkit predict  --weights runs/<run>/best.pth --input <case>_0000.nii.gz --output DIR   # a NIfTI case
     toolkit report   [runs/]   # runs/<run>/report.html per run and runs/index.html comparing them
@@ -47,7 +48,9 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("evaluate", help="per-image, pooled, per-patient Dice/IoU on a data split, as JSON and a table")
+    e = sub.add_parser("evaluate", help="per-image, pooled, per-patient Dice/IoU on a data split, as JSON and a table; "
+                                        "classes/regions runs and volume data also per patient volume and class/region "
+                                        "(Dice, IoU, HD95 mm, volume difference)")
     _model_arguments(e)
     e.add_argument("--data-dir", default=None, help="data folder(s), comma-separated; default: those the run trained on")
     e.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
