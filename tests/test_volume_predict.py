@@ -1,0 +1,173 @@
+"""Synthetic multi-class volumes (raw layout) and ``toolkit predict`` on NIfTI cases, after a tiny recipe run."""
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pytest
+
+from toolkit.cli import main as toolkit_main
+from toolkit.data.errors import MRIDataError
+from toolkit.data.mri import discover_mri_slices, generate_synthetic_volumes, raw_case_slices, raw_cases
+from toolkit.data.mri import read_dataset_json, read_slice
+from toolkit.volume_predict import find_volume_cases, normalise_channels
+
+from .utils import ROOT, SHARED_DATA
+
+TINY = ["--epochs", "1", "--image-size", "32", "--widths", "8,16,32", "--num-workers", "0", "--batch-size", "8",
+        "--wandb-mode", "disabled", "--postprocess", "false"]
+SHAPE = (48, 40, 8)
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("recipe_brain_mri_vp", ROOT / "recipes" / "brain_mri.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _volume(path):
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 1-epoch regions run on 3 generated cases: (data root, run folder)."""
+    tmp = tmp_path_factory.mktemp("vp")
+    data = generate_synthetic_volumes(tmp / "data", cases=3, shape=SHAPE, seed=1)
+    _recipe().main(["--data-dir", str(data), "--in-channels", "2", "--output-dir", str(tmp / "runs"),
+                    "--run-name", "tiny", *TINY])
+    return data, tmp / "runs" / "tiny"
+
+
+def test_generator_is_deterministic_idempotent_and_in_the_raw_layout(tmp_path):
+    a = generate_synthetic_volumes(tmp_path / "a", cases=2, shape=(40, 36, 8), seed=3)
+    b = generate_synthetic_volumes(tmp_path / "b", cases=2, shape=(40, 36, 8), seed=3)
+    c = generate_synthetic_volumes(tmp_path / "c", cases=2, shape=(40, 36, 8), seed=4)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.nii.gz"))
+    assert [str(f) for f in files] == ["imagesTr/synth_001_0000.nii.gz", "imagesTr/synth_001_0001.nii.gz",
+                                       "imagesTr/synth_002_0000.nii.gz", "imagesTr/synth_002_0001.nii.gz",
+                                       "labelsTr/synth_001.nii.gz", "labelsTr/synth_002.nii.gz"]
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)  # same seed: same bytes
+    assert not np.array_equal(_volume(a / files[0]), _volume(c / files[0]))  # another seed: other volumes
+
+    stamps = {f: (a / f).stat().st_mtime_ns for f in files}
+    generate_synthetic_volumes(a, cases=2, shape=(40, 36, 8), seed=3)  # complete: left alone
+    assert {f: (a / f).stat().st_mtime_ns for f in files} == stamps
+    (a / files[-1]).unlink()  # incomplete: written again, the same
+    generate_synthetic_volumes(a, cases=2, shape=(40, 36, 8), seed=3)
+    assert (a / files[-1]).read_bytes() == (b / files[-1]).read_bytes()
+
+    found = discover_mri_slices(a)
+    meta = json.loads((a / "dataset.json").read_text())
+    assert found.source == "raw" and found.intensity == "zscore"
+    assert found.labels == meta["labels"] == {"background": 0, "necrosis": 1, "edema": 2,
+                                              "non_enhancing_tumour": 3, "enhancing_tumour": 4}
+    assert found.regions == {"whole_tumour": [1, 2, 3, 4], "tumour_core": [1, 3, 4], "enhancing_tumour": [4]}
+    assert meta["channel_names"] == {"0": "FLAIR", "1": "T1c"}
+    assert {s.patient for s in found.slices} == {"synth_001", "synth_002"}
+    assert all(s.spacing == (1.0, 1.0, 3.0) and s.num_channels == 2 for s in found.slices)
+    img = nib.load(str(a / files[0]))
+    assert img.shape == (40, 36, 8) and np.allclose(img.affine, np.diag([1.0, 1.0, 3.0, 1.0]))
+
+
+def test_generated_tumours_are_nested_and_visible_in_their_channels(tmp_path):
+    root = generate_synthetic_volumes(tmp_path, cases=3, shape=(64, 64, 12), seed=0)
+    for case in ("synth_001", "synth_002", "synth_003"):
+        labels = _volume(root / "labelsTr" / f"{case}.nii.gz")
+        flair, t1c = (_volume(root / "imagesTr" / f"{case}_000{c}.nii.gz") for c in (0, 1))
+        assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2, 3, 4}
+        # in-plane neighbours: background never touches the core (1, 3, 4); necrosis touches only 1 and 3
+        for axis in (0, 1):
+            here, there = labels, np.roll(labels, 1, axis=axis)
+            assert not (np.isin(here, (1, 3, 4)) & (there == 0)).any(), case
+            assert set(np.unique(there[here == 1])) <= {1, 3}, case
+        brain = flair > 0
+        healthy = brain & (labels == 0)
+        assert flair[labels == 2].mean() > flair[healthy].mean() + 3 * flair[healthy].std() / 2
+        assert t1c[labels == 4].mean() > t1c[labels == 2].mean() + 3 * t1c[healthy].std() / 2
+        assert t1c[labels == 1].mean() < t1c[healthy].mean()
+        assert (brain == (t1c > 0)).all() and not brain[0, 0, 0]
+
+
+def test_generator_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="cases must be >= 1"):
+        generate_synthetic_volumes(tmp_path, cases=0)
+    with pytest.raises(ValueError, match=r"shape must be \(X, Y, Z\)"):
+        generate_synthetic_volumes(tmp_path, shape=(8, 8, 8))
+
+
+def test_volume_intensities_are_those_of_training(tiny_run):
+    data, _ = tiny_run
+    spec = read_dataset_json(data)
+    case = raw_cases(data, "Tr", spec)[1]
+    volume = normalise_channels([_volume(p).astype(np.float32) for p in case.channels], "zscore")
+    vols = {}
+    for rec in raw_case_slices(case, spec, slice_rule="all"):
+        image, _ = read_slice(rec, vols)
+        assert np.array_equal(image, volume[:, :, rec.index]), rec.id
+
+
+def test_predict_a_case_from_its_channel_files(tiny_run, tmp_path, capsys):
+    data, run = tiny_run
+    first = data / "imagesTr" / "synth_002_0000.nii.gz"
+    assert [c.case for c in find_volume_cases(first)] == ["synth_002"]
+    assert toolkit_main(["predict", "--weights", str(run / "best.pth"), "--input", str(first),
+                         "--output", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["synth_002_seg.nii.gz", "synth_002_seg.png"]
+    seg, ref = nib.load(str(tmp_path / "out" / "synth_002_seg.nii.gz")), nib.load(str(first))
+    assert seg.shape == ref.shape == SHAPE
+    assert np.array_equal(seg.affine, ref.affine) and seg.header.get_zooms() == ref.header.get_zooms()
+    labels = np.asarray(seg.dataobj)
+    assert seg.get_data_dtype() == np.uint8 and labels.dtype == np.uint8
+    declared = set(read_dataset_json(data).labels.values())
+    assert set(np.unique(labels)) <= declared
+    png = cv2.imread(str(tmp_path / "out" / "synth_002_seg.png"))
+    assert png.shape == (SHAPE[0], SHAPE[1], 3)
+    assert "synth_002: (48, 40, 8) voxels" in capsys.readouterr().out
+
+    # the raw-layout folder: every imagesTr case
+    assert toolkit_main(["predict", "--weights", str(run), "--input", str(data), "--output", str(tmp_path / "all")]) == 0
+    assert sorted(p.name for p in (tmp_path / "all").glob("*.nii.gz")) == [
+        f"synth_00{i}_seg.nii.gz" for i in (1, 2, 3)]
+    assert np.array_equal(_volume(tmp_path / "all" / "synth_002_seg.nii.gz"), labels)  # same case, same labels
+
+
+def test_predict_refuses_a_case_with_the_wrong_channel_count(tiny_run, tmp_path, capsys):
+    data, run = tiny_run
+    lone = tmp_path / "in" / "scan_0000.nii.gz"
+    lone.parent.mkdir()
+    shutil.copy(data / "imagesTr" / "synth_001_0000.nii.gz", lone)
+    assert toolkit_main(["predict", "--weights", str(run / "best.pth"), "--input", str(lone),
+                         "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "case scan has 1 channel file(s) (scan_0000.nii.gz) but the model expects 2" in err
+    assert not (tmp_path / "out").exists()
+    from toolkit.inference import load_ensemble
+    from toolkit.postprocess import PostProcess
+    from toolkit.volume_predict import predict_volumes
+
+    ensemble, cfg, _, _ = load_ensemble([run])
+    with pytest.raises(MRIDataError, match="case scan has 1 channel"):
+        predict_volumes(ensemble, cfg, PostProcess(), lone.parent, tmp_path / "out")
+
+
+def test_predict_a_real_brats_case(tmp_path):
+    real = SHARED_DATA / "brats2013-multiclass"
+    if not (real / "dataset.json").is_file():
+        pytest.skip(f"real data not found at {real}")
+    _recipe().main(["--data-dir", str(real), "--in-channels", "2", "--slice-rule", "tumour",
+                    "--output-dir", str(tmp_path / "runs"), "--run-name", "real", *TINY])
+    first = real / "imagesTr" / "brats2013_pat0001_0000.nii.gz"
+    assert find_volume_cases(first)[0].brain_mask == real / "brainmasksTr" / "brats2013_pat0001.nii.gz"
+    assert toolkit_main(["predict", "--weights", str(tmp_path / "runs" / "real" / "best.pth"), "--input", str(first),
+                         "--output", str(tmp_path / "out")]) == 0
+    seg, ref = nib.load(str(tmp_path / "out" / "brats2013_pat0001_seg.nii.gz")), nib.load(str(first))
+    assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
+    assert seg.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(seg.dataobj))) <= set(read_dataset_json(real).labels.values())
