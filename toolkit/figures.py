@@ -51,20 +51,30 @@ def plot_history(history: Sequence[dict], keys: Sequence[str] | None = None) -> 
     return fig
 
 
+def _display_channels(img: torch.Tensor) -> torch.Tensor:
+    """The channels of a (C, H, W) scan that are shown: all three when C == 3 (RGB), else channel 0 alone
+    (grey), e.g. FLAIR of BraTS ``flair,t1ce`` (C = 2) or of all four modalities (C = 4). The one rule of the
+    figures here and of the W&B media (:mod:`toolkit.wandb_media`)."""
+    return img if img.shape[0] == 3 else img[:1]
+
+
 def _to_display(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) float → (H, W) or (H, W, 3) in [0, 1] for imshow (min-max per image)."""
-    img = image.detach().float().cpu()
+    """(C, H, W) float → (H, W) grey or (H, W, 3) RGB in [0, 1] for imshow, min-max scaled per image.
+
+    C == 3 is shown as RGB; any other C (1, 2, 4, ...) as channel 0 in grey.
+    """
+    img = _display_channels(image.detach().float().cpu())
     img = (img - img.min()) / (img.max() - img.min() + 1e-8)
-    return img[0].numpy() if img.shape[0] == 1 else img[:3].permute(1, 2, 0).numpy()
+    return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
 
 
 def segmentation_overlays(images: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor,
                           threshold: float = 0.5, max_images: int = 6) -> "plt.Figure":
     """Scans with the true mask (green outline fill) and the prediction (red), one column each.
 
-    images: (N, C, H, W) float (any range); probs: (N, 1, H, W) in [0, 1];
-    masks: (N, 1, H, W) in {0, 1}. Yellow = true positive, red = false positive,
-    green = missed tumour.
+    images: (N, C, H, W) float (any range), min-max scaled per image; C == 3 is shown as RGB, any other
+    C (1, 2, 4, ...) as channel 0 in grey. probs: (N, 1, H, W) in [0, 1]; masks: (N, 1, H, W) in {0, 1}.
+    Yellow = true positive, red = false positive, green = missed tumour.
     """
     n = min(max_images, images.shape[0])
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), squeeze=False)
@@ -89,7 +99,8 @@ def segmentation_overlays(images: torch.Tensor, probs: torch.Tensor, masks: torc
 
 
 def image_grid(rows: Sequence[torch.Tensor], titles: Sequence[str], max_images: int = 8) -> "plt.Figure":
-    """Rows of images, e.g. originals / noisy / reconstructions; each (N, C, H, W) float."""
+    """Rows of images, e.g. originals / noisy / reconstructions; each (N, C, H, W) float, min-max scaled per
+    image. C == 3 is shown as RGB, any other C (1, 2, 4, ...) as channel 0 in grey."""
     n = min(max_images, rows[0].shape[0])
     fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows)), squeeze=False)
     for r, (row, title) in enumerate(zip(rows, titles)):
@@ -106,9 +117,9 @@ def reconstruction_pairs(originals: torch.Tensor, reconstructions: torch.Tensor,
                          cols: int = 3) -> "plt.Figure":
     """``count`` images beside their reconstructions: a grid of (original | reconstruction) pairs, ``cols`` per row.
 
-    originals, reconstructions: (N, C, H, W) float in [0, 1] (C = 1 or 3), shown as they are
-    (clipped to [0, 1], no rescaling, so colours and contrast compare honestly). Each
-    reconstruction's title gives its PSNR in dB. Uses min(count, N) pairs.
+    originals, reconstructions: (N, C, H, W) float in [0, 1], shown as they are (clipped to [0, 1], no
+    rescaling, so colours and contrast compare honestly): C == 3 as RGB, any other C as channel 0 in grey.
+    Each reconstruction's title gives its PSNR in dB over all C channels. Uses min(count, N) pairs.
     """
     n = min(count, originals.shape[0])
     rows = max(1, math.ceil(n / cols))
@@ -118,7 +129,7 @@ def reconstruction_pairs(originals: torch.Tensor, reconstructions: torch.Tensor,
     for i in range(n):
         a, b = (t[i].detach().float().cpu().clamp(0, 1) for t in (originals, reconstructions))
         ax_o, ax_r = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
-        for ax, img in ((ax_o, a), (ax_r, b)):
+        for ax, img in ((ax_o, _display_channels(a)), (ax_r, _display_channels(b))):
             ax.imshow(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(),
                       cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
         psnr = 10 * math.log10(1.0 / max(float((a - b).pow(2).mean()), 1e-10))

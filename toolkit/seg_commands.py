@@ -12,7 +12,8 @@ import numpy as np
 
 from .checkpoint import atomic_write, save_json
 from .data.mri.channels import resolve_channels
-from .data.mri.io import read_image
+from .data.errors import MRIDataError
+from .data.mri.io import CHANNEL_NAMES, read_image
 from .data.splits import load_split
 from .inference import IMAGE_SUFFIXES, load_ensemble, pick_postprocess, predict_probs, run_dataset, run_slices
 from .postprocess import PostProcess
@@ -31,14 +32,46 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, C) scan + {0,1} (H, W) mask → BGR uint8 with the mask in red and its outline."""
-    grey = image[..., 0] if image.shape[2] == 1 else cv2.cvtColor(image[..., :3], cv2.COLOR_RGB2GRAY)
+    """uint8 (H, W, C) scan + {0,1} (H, W) mask → BGR uint8 with the mask in red and its outline.
+
+    The scan is drawn in grey under the red: C == 3 (RGB) as its luminance; any other C (1, 2, 4, ...)
+    as channel 0 (e.g. FLAIR of BraTS ``flair,t1ce``). A (H, W) scan counts as C = 1.
+    """
+    image = image[..., None] if image.ndim == 2 else image
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.shape[2] == 3 else np.ascontiguousarray(image[..., 0])
     bgr = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     red = bgr.copy()
     red[mask > 0] = (0, 0, 255)
     out = cv2.addWeighted(bgr, 0.6, red, 0.4, 0)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return cv2.drawContours(out, contours, -1, (0, 0, 255), 1)
+
+
+def _read_input(path: Path, channels: tuple[int, ...], in_channels: int, names: str) -> np.ndarray:
+    """A 2D image file as the model's input, uint8 (H, W, C), C = ``in_channels``.
+
+    A 2D file gives one grey channel or three RGB ones (RGBA: the alpha is dropped). Models of 1 channel
+    take either (an RGB file is turned grey, or the run's one channel is picked) and models of 3 channels
+    take RGB or grey (three equal channels). Any other channel count (BraTS ``flair,t1ce``: 2, all four
+    modalities: 4) cannot come from a 2D file: refused with an MRIDataError naming the file, the channels
+    the model expects (``names``, e.g. "flair, t1ce of brats data") and those the file has.
+    """
+    if in_channels in (1, 3):
+        return read_image(path, channels)
+    rgb = read_image(path, (0, 1, 2))  # a grey file gives three equal channels
+    grey = bool((rgb == rgb[..., :1]).all())
+    raise MRIDataError(path, f"this 2D image has {'1 channel (grey)' if grey else '3 channels (RGB)'} but the "
+                             f"model expects {in_channels} ({names}); predict takes grey or RGB image files for "
+                             f"models of 1 or 3 channels only; give it NIfTI volumes, or score the run with "
+                             f"`toolkit evaluate --weights ... --data-dir DIR`")
+
+
+def _channel_names(layout: str, channels: tuple[int, ...]) -> str:
+    """"flair, t1ce of brats data" for the indices (0, 2) of ``layout``; "grey" for ()."""
+    if not channels:
+        return "grey"
+    known = CHANNEL_NAMES.get(layout, ())
+    return ", ".join(known[c] if c < len(known) else str(c) for c in channels) + f" of {layout} data"
 
 
 def _input_files(source: Path) -> list[Path]:
@@ -68,11 +101,12 @@ def predict(args: argparse.Namespace) -> int:
     split_file = files[0].parent / "split.json"
     layout = json.loads(split_file.read_text()).get("source", "folder") if split_file.is_file() else "folder"
     channels = resolve_channels(layout.split("+")[0], cfg.get("channels") or cfg.get("in_channels", 1))
+    in_channels, names = int(cfg.get("in_channels", 1)), _channel_names(layout.split("+")[0], channels)
     out, size = Path(args.output), cfg["image_size"]
     print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
     images = _input_files(Path(args.input))
     for path in images:
-        image = read_image(path, channels)
+        image = _read_input(path, channels, in_channels, names)
         probs, dispute = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold)
         mask = post.at_scale(probs.size / size**2).binarize(probs)
         _write_png(out / f"{path.stem}_mask.png", mask * 255)

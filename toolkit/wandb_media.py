@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import default_collate
 
 from .callbacks import Callback
+from .figures import _display_channels
 from .metrics import SegmentationMetrics
 from .tracking import wandb_run
 
@@ -32,12 +33,12 @@ WORST_SLICES = 12  # rows of the worst-validation-slices table
 
 
 def display_uint8(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) float of any range → uint8 (H, W) grey (C = 1, 2 or 4+: first channel) or (H, W, 3) RGB.
+    """(C, H, W) float of any range → uint8 (H, W) grey or (H, W, 3) RGB, as the figures show scans.
 
-    Min-max scaled per image to 0..255, as the figures show scans.
+    C == 3 is shown as RGB; any other C (1, 2, 4, ...) as channel 0 in grey (BraTS ``flair,t1ce`` or all
+    four modalities: FLAIR). Min-max scaled per image to 0..255.
     """
-    img = image.detach().float().cpu()
-    img = img[:3] if img.shape[0] == 3 else img[:1]
+    img = _display_channels(image.detach().float().cpu())
     img = (img - img.min()) / (img.max() - img.min() + 1e-8)
     arr = (img * 255).round().clamp(0, 255).to(torch.uint8)
     return arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
@@ -47,8 +48,9 @@ def masked_image(image: torch.Tensor, prob: torch.Tensor, mask: torch.Tensor, th
                  caption: str = ""):
     """``wandb.Image`` of a scan with W&B mask overlays of the prediction and the truth.
 
-    image: (C, H, W) float (any range); prob: (1, H, W) probabilities in [0, 1];
-    mask: (1, H, W) in {0, 1}. The prediction is ``prob >= threshold``; masks are uint8 class ids.
+    image: (C, H, W) float (any range), shown as :func:`display_uint8` shows it (C == 3: RGB; any other C:
+    channel 0 in grey); prob: (1, H, W) probabilities in [0, 1]; mask: (1, H, W) in {0, 1}.
+    The prediction is ``prob >= threshold``; masks are uint8 class ids.
     """
     import wandb
 
@@ -63,13 +65,14 @@ def masked_image(image: torch.Tensor, prob: torch.Tensor, mask: torch.Tensor, th
 def reconstruction_grid(rows: Sequence[torch.Tensor], caption: str, max_images: int = 8):
     """``wandb.Image`` of a grid: one row per tensor of ``rows`` (each (N, C, H, W) float in [0, 1]).
 
-    Values are clipped to [0, 1], not rescaled, so the rows compare honestly; uses min(max_images, N) columns.
+    Values are clipped to [0, 1], not rescaled, so the rows compare honestly; C == 3 is shown as RGB, any
+    other C as channel 0 in grey. Uses min(max_images, N) columns.
     """
     import wandb
     from torchvision.utils import make_grid
 
     n = min(max_images, rows[0].shape[0])
-    tiles = torch.cat([r[:n].detach().float().cpu().clamp(0, 1) for r in rows])
+    tiles = torch.cat([r[:n, :3 if r.shape[1] == 3 else 1].detach().float().cpu().clamp(0, 1) for r in rows])
     grid = make_grid(tiles, nrow=n, padding=2, pad_value=1.0)
     arr = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return wandb.Image(arr, caption=caption)
