@@ -27,7 +27,7 @@ endif
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
 
-.PHONY: install demo test brain-mri brain-mri-cv cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness
+.PHONY: install demo demo-brats test brain-mri brain-mri-cv cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
@@ -41,6 +41,14 @@ demo: $(STAMP)
 
 brain-mri: $(STAMP)
 	$(LAUNCH) recipes/brain_mri.py $(ARGS)
+
+# Multi-class demo (docs/brain-mri.md, Volumes): 8 synthetic 3D cases (FLAIR + T1c, BraTS-style labels) into
+# data/synthetic-brats/ (once), then BraTS regions (whole tumour, tumour core, enhancing) on their slices.
+BRATS_DEMO_ARGS ?= --run-name demo-brats-$(shell date +%Y%m%d-%H%M%S) --epochs 15 --image-size 64 --widths 8,16,32,64 \
+	--batch-size 8 --lr 0.01 --slice-rule tumour+2 --num-workers 0
+demo-brats: $(STAMP)
+	$(BIN)/python -m toolkit.data.mri.synthetic_volumes data/synthetic-brats
+	$(LAUNCH) recipes/brain_mri.py --data-dir data/synthetic-brats --in-channels 2 $(BRATS_DEMO_ARGS) $(ARGS)
 
 # Cross-validation (docs/brain-mri.md): FOLDS folds of recipes/brain_mri.py into runs/$(NAME)/fold<k>/, then
 # out-of-fold scores (runs/$(NAME)/cv.json) and post-processing; run it again to continue a killed one.
