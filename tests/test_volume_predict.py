@@ -132,7 +132,8 @@ def test_predict_a_case_from_its_channel_files(tiny_run, tmp_path, capsys):
     assert "synth_002: (48, 40, 8) voxels" in capsys.readouterr().out
 
     # the raw-layout folder: every imagesTr case
-    assert toolkit_main(["predict", "--weights", str(run), "--input", str(data), "--output", str(tmp_path / "all")]) == 0
+    assert toolkit_main(["predict", "--weights", str(run), "--input", str(data),
+                         "--output", str(tmp_path / "all")]) == 0
     assert sorted(p.name for p in (tmp_path / "all").glob("*.nii.gz")) == [
         f"synth_00{i}_seg.nii.gz" for i in (1, 2, 3)]
     assert np.array_equal(_volume(tmp_path / "all" / "synth_002_seg.nii.gz"), labels)  # same case, same labels
