@@ -183,7 +183,7 @@ def main(argv=None) -> list[dict]:
             raise ConfigError(str(err)) from None
     crop = ForegroundCrop(cfg.crop_size, cfg.foreground_p) if cfg.crop_size else None
     binary = target.kind == "binary"
-    callbacks = [SegmentationMedia(cfg.threshold)] if binary else []
+    callbacks = [SegmentationMedia(cfg.threshold, target=target)]
     if cfg.postprocess and binary:  # the post-processing search is binary (threshold, components)
         callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess))
     metric = SegmentationMetrics(threshold=cfg.threshold) if binary else TargetMetrics(target, cfg.threshold)

@@ -15,7 +15,7 @@ from toolkit.data.mri import AttributeClasses, MRISlice, attribute_classes
 from toolkit.targets import BRATS_REGIONS
 
 from .mri_fake import make_raw
-from .utils import ROOT, run_env
+from .utils import ROOT, logged, run_env
 
 BRATS = TargetSpec.regions_of(BRATS_REGIONS)
 CLASSES = TargetSpec.classes({"background": 0, "necrosis": 1, "edema": 2, "enhancing": 4})
@@ -134,7 +134,10 @@ def test_recipe_trains_regions_on_raw_layout(tmp_path):
     cmd = [sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data), "--in-channels", "2",
            "--image-size", "32", "--epochs", "1", "--widths", "8,16,32", "--batch-size", "4", "--num-workers", "0",
            "--val-fraction", "0.25", "--output-dir", str(tmp_path / "runs"), "--run-name", "r"]
-    out = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    env = run_env(WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-env"), WANDB_SILENT="true",
+                  WANDB_DATA_DIR=str(tmp_path / "wandb-data"), WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"),
+                  WANDB_INIT_TIMEOUT="300")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "runs" / "r"
     stored = json.loads((run / "target.json").read_text())
@@ -144,3 +147,7 @@ def test_recipe_trains_regions_on_raw_layout(tmp_path):
     assert {"dice_whole_tumour", "dice_tumour_core", "dice_enhancing_tumour"} <= set(last)
     assert (run / "figures" / "overlays_epoch001.png").is_file()
     assert not (run / "postprocess.json").exists()  # the post-processing search is binary only
+    (run_file,) = (run / "wandb").glob("offline-run-*/run-*.wandb")  # W&B media show tumour of any region
+    rows, _ = logged(run_file)
+    assert [r for r in rows if r.get("val/segmentation/_type") == "images/separated"]
+    assert [r for r in rows if r.get("val/worst_slices/_type") == "table-file"]

@@ -22,6 +22,7 @@ from torch.utils.data import default_collate
 from .callbacks import Callback
 from .figures import _display_channels
 from .metrics import SegmentationMetrics
+from .targets import TargetSpec
 from .tracking import wandb_run
 
 __all__ = ["SegmentationMedia", "ReconstructionMedia", "display_uint8", "masked_image", "reconstruction_grid",
@@ -87,15 +88,22 @@ class SegmentationMedia(Callback):
     """W&B media of a segmentation fit: mask overlays per epoch, the worst validation slices at the end.
 
     threshold: probability in (0, 1) at which a pixel counts as tumour (use the metric's);
-    images: validation images logged per epoch; worst: rows of the worst-slices table.
-    The objective's outputs must be probabilities ``preds`` (N, 1, H, W) in [0, 1], masks
-    ``targets`` (N, 1, H, W) in {0, 1} and scans ``inputs`` (N, C, H, W).
+    images: validation images logged per epoch; worst: rows of the worst-slices table;
+    target: the run's :class:`~toolkit.targets.TargetSpec` (default binary): with classes or regions
+    the media show tumour of any class/region (``target.foreground``).
+    The objective's outputs must be probabilities ``preds`` (N, out_channels, H, W) in [0, 1], label
+    maps ``targets`` (N, 1, H, W) ({0, 1} for binary) and scans ``inputs`` (N, C, H, W).
     """
 
-    def __init__(self, threshold: float = 0.5, images: int = EPOCH_IMAGES, worst: int = WORST_SLICES) -> None:
+    def __init__(self, threshold: float = 0.5, images: int = EPOCH_IMAGES, worst: int = WORST_SLICES,
+                 target: TargetSpec | None = None) -> None:
         if not 0 < threshold < 1:
             raise ValueError(f"SegmentationMedia threshold must be in (0, 1), got {threshold}")
         self.threshold, self.images, self.worst = threshold, images, worst
+        self.target = target if target is not None else TargetSpec.binary()
+
+    def _views(self, preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.target.foreground(preds, targets, self.threshold)
 
     def on_epoch_end(self, trainer, state, record, sample) -> None:
         """Main process: the first validation images with prediction / truth overlays as ``val/segmentation``."""
@@ -103,7 +111,8 @@ class SegmentationMedia(Callback):
         if run is None or sample is None:
             return
         n = min(self.images, sample.inputs.shape[0])
-        images = [masked_image(sample.inputs[i], sample.preds[i], sample.targets[i], self.threshold,
+        preds, targets = self._views(sample.preds, sample.targets)
+        images = [masked_image(sample.inputs[i], preds[i], targets[i], self.threshold,
                                caption=f"validation image {i}") for i in range(n)]
         run.log({"val/segmentation": images}, step=state.global_step)
 
@@ -127,7 +136,7 @@ class SegmentationMedia(Callback):
         metric = SegmentationMetrics(self.threshold)
         for batch in loop.val_dl:
             out = objective(model, batch)
-            metric.update(*acc.gather_for_metrics((out.preds, out.targets)))
+            metric.update(*self._views(*acc.gather_for_metrics((out.preds, out.targets))))
         scores = metric.per_image_scores()
         dice = scores["dice"]
         worst = torch.argsort(dice, stable=True)[:self.worst].tolist()
@@ -135,6 +144,7 @@ class SegmentationMedia(Callback):
             return []
         items = default_collate([val_data[i] for i in worst])
         out = objective(model, [t.to(acc.device) for t in items])
+        worst_preds, worst_targets = self._views(out.preds, out.targets)
         run = _run(trainer)
         if run is None:
             return []
@@ -147,7 +157,7 @@ class SegmentationMedia(Callback):
             row = {"id": str(ids[i]) if ids is not None else str(i), "dice": float(dice[i]),
                    "true_pixels": int(scores["tp"][i] + scores["fn"][i]),
                    "pred_pixels": int(scores["tp"][i] + scores["fp"][i])}
-            image = masked_image(out.inputs[j], out.preds[j], out.targets[j], self.threshold,
+            image = masked_image(out.inputs[j], worst_preds[j], worst_targets[j], self.threshold,
                                  caption=f"{row['id']}: Dice {row['dice']:.3f}")
             table.add_data(row["id"], row["dice"], row["true_pixels"], row["pred_pixels"], image)
             rows.append(row)
