@@ -28,6 +28,10 @@ def test_defaults_and_both_override_forms():
 def test_booleans_bare_and_valued():
     assert parse("--resume").resume is True
     assert parse("--resume", "--epochs", "2").resume is True
+    assert parse("--resume", "true").resume is True and parse("--resume=false").resume is False
+    assert parse("--resume", "auto").resume == "auto" == parse("--resume=auto", "--epochs", "2").resume
+    with pytest.raises(ConfigError, match="resume must be true, false or auto, got 'sometimes'"):
+        parse("--resume", "sometimes")
     assert parse("--channels-last", "false").channels_last is False
     assert parse("--channels_last=0").channels_last is False
     with pytest.raises(ConfigError, match="boolean"):

@@ -22,6 +22,8 @@ from .utils import ROOT, run_env
     ({"batch_size": "8"}, "batch_size must be of type int, got str '8'"),
     ({"epochs": 2.5}, "epochs must be of type int, got float 2.5"),
     ({"resume": 1}, "resume must be of type bool, got int 1"),
+    ({"patience": -1}, "patience must be >= 0, got -1"),
+    ({"min_delta": -0.01}, "min_delta must be >= 0, got -0.01"),
     ({"lr": "fast"}, "lr must be of type float, got str 'fast'"),
     ({"optimizer": "adam"}, "optimizer must be one of adamw, sgd; got 'adam'"),
     ({"run_name": "../escape"}, "run_name must be a plain folder name"),

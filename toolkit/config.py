@@ -39,7 +39,7 @@ class TrainConfig:
 
     run_name: str = ""  # run folder name under output_dir; "" = <recipe>-<date>-<time>
     output_dir: str = "runs"  # parent folder of run folders
-    resume: bool = False  # continue the run named by run_name (or the newest run) from its state/
+    resume: bool | str = False  # continue the run (run_name, else the newest) from its state/; auto = if it has one
     epochs: int = 10  # passes over the training set
     max_minutes: float = 0.0  # wall-clock training budget in minutes; the LR schedule is fitted to it; 0 = none
     batch_size: int = 16  # samples per process per micro-step
@@ -58,6 +58,8 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between step-level W&B logs
     checkpoint_every: int = 0  # optimizer steps between resumable states inside an epoch; 0 = only at epoch ends
     keep_states: int = 2  # newest resumable states kept under state/ (older ones deleted), >= 1
+    patience: int = 0  # stop after this many epochs without improvement of the monitored metric; 0 = never
+    min_delta: float = 0.0  # smallest change of the monitored metric that counts as an improvement (its units)
     wandb_mode: str = ""  # online | offline | disabled; empty = $WANDB_MODE when set, else offline
     wandb_project: str = "toolkit"  # W&B project name
 
@@ -68,7 +70,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         non_negative = ("epochs", "max_minutes", "weight_decay", "max_grad_norm", "num_workers", "eval_batch_size",
-                        "checkpoint_every")
+                        "checkpoint_every", "patience", "min_delta")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -78,6 +80,8 @@ class TrainConfig:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         _check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
         _check_choice("scheduler", self.scheduler, ("onecycle", "cosine", "constant"))
+        if isinstance(self.resume, str) and self.resume != "auto":
+            raise ConfigError(f"resume must be true, false or auto, got {self.resume!r}")
         if self.wandb_mode == "":
             self.wandb_mode = _wandb_mode_from_env()
         _check_choice("wandb_mode", self.wandb_mode, WANDB_MODES)
@@ -108,7 +112,8 @@ def _check_types(cfg: Any) -> None:
         if origin in (typing.Union, types.UnionType):
             if value is None:
                 continue
-            tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+            options = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = next((a for a in options if type(value) is a), options[0])  # bool | str: the type of the value
             origin = typing.get_origin(tp)
         expected = origin or tp
         if expected is float:
@@ -155,8 +160,10 @@ def _convert(key: str, raw: str, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if raw.lower() in ("none", "null", ""):
+        if type(None) in typing.get_args(tp) and raw.lower() in ("none", "null", ""):
             return None
+        if args[0] is bool and len(args) > 1:  # bool | str: a boolean word is the bool, any other word the str
+            return _convert(key, raw, bool if raw.lower() in _TRUE | _FALSE else args[1])
         return _convert(key, raw, args[0])
     if tp is bool:
         low = raw.lower()
@@ -227,7 +234,10 @@ def _parse(cls: type[C], argv: list[str]) -> C:
             raise ConfigError(f"unknown config key --{key}; valid keys: {', '.join(names)}")
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if hints[key] is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
+            flag = hints[key] is bool or bool in typing.get_args(hints[key])  # bool | str takes any next word
+            word = nxt is not None and not nxt.startswith("--") and (
+                hints[key] is not bool or nxt.lower() in _TRUE | _FALSE)
+            if flag and not word:
                 raw = "true"
             elif nxt is None:
                 raise ConfigError(f"--{key} needs a value")
