@@ -42,6 +42,7 @@ from toolkit.data.mri import (
     generate_synthetic_mri,
     mri_train_transforms,
 )
+from toolkit.volume_postprocess_run import ChooseVolumePostprocess
 
 
 @dataclass
@@ -186,6 +187,9 @@ def main(argv=None) -> list[dict]:
     callbacks = [SegmentationMedia(cfg.threshold, target=target)]
     if cfg.postprocess and binary:  # the post-processing search is binary (threshold, components)
         callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess))
+    if cfg.postprocess:  # volume data: 3D component rules per channel on the validation patients (after the 2D)
+        callbacks.append(ChooseVolumePostprocess(lambda: build_model(cfg, target.out_channels), val, preprocess,
+                                                 target, cfg.threshold))
     metric = SegmentationMetrics(threshold=cfg.threshold) if binary else TargetMetrics(target, cfg.threshold)
     return trainer.fit(
         model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight), preprocess,

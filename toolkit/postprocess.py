@@ -24,12 +24,14 @@ import cv2
 import numpy as np
 import torch
 
+from .checkpoint import save_json
 from .metrics import SegmentationMetrics
 
 __all__ = ["PostProcess", "search_postprocess", "per_image_dice", "largest_component", "remove_small_components",
-           "POSTPROCESS_FILE", "load_postprocess"]
+           "POSTPROCESS_FILE", "load_postprocess", "VOLUME_KEY", "save_volume_key", "load_volume_key"]
 
 POSTPROCESS_FILE = "postprocess.json"
+VOLUME_KEY = "volume"  # postprocess.json: the 3D per-patient choice (toolkit.volume_postprocess), beside "choice"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.25, 0.80, 0.05))  # probability thresholds tried
 MIN_SIZES = (10, 20, 40, 80, 160, 320)  # smallest kept region tried, pixels at the model's resolution
 MIN_GAIN = 1e-4  # a part is kept only when it raises the mean per-image Dice by more than this
@@ -136,6 +138,28 @@ def load_postprocess(path: str | Path) -> tuple[PostProcess, dict]:
         raise ValueError(f"{path}: expected a JSON object with a 'choice' object (threshold, flips, largest_only, "
                          f"min_size)")
     return PostProcess.from_dict(data["choice"], where=str(path)), data
+
+
+def save_volume_key(path: str | Path, volume: dict, threshold: float = 0.5) -> Path:
+    """Add (or replace) the ``"volume"`` object of ``postprocess.json`` at ``path``, keeping every other key.
+
+    A file without a 2D ``"choice"`` (classes/regions runs: no 2D search) gets the identity choice, the run's
+    ``threshold`` with no TTA and all regions kept, so :func:`load_postprocess` reads it as before.
+    """
+    path = Path(path)
+    data = load_postprocess(path)[1] if path.is_file() else {}
+    if "choice" not in data:
+        data["choice"] = PostProcess(threshold=float(threshold)).to_dict()
+        data["choice_note"] = "no 2D search for this run: its threshold, no TTA, all regions kept"
+    return save_json(path, {**data, VOLUME_KEY: volume})
+
+
+def load_volume_key(path: str | Path) -> dict | None:
+    """The ``"volume"`` object of ``postprocess.json`` at ``path``, or None when the file has none."""
+    volume = load_postprocess(path)[1].get(VOLUME_KEY)
+    if volume is not None and not isinstance(volume, dict):
+        raise ValueError(f"{path}: '{VOLUME_KEY}' must be a JSON object (the 3D post-processing), got {volume!r}")
+    return volume
 
 
 def per_image_dice(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:

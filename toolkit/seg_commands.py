@@ -97,7 +97,7 @@ def predict(args: argparse.Namespace) -> int:
 
     if is_nifti_input(Path(args.input)):  # NIfTI volumes: a label volume and an overlay per case
         print(f"{len(files)} model(s); threshold {post.threshold}, flips {post.flips} ({source})")
-        return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output))
+        return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output), post_source=source)
     split_file = files[0].parent / "split.json"
     layout = json.loads(split_file.read_text()).get("source", "folder") if split_file.is_file() else "folder"
     channels = resolve_channels(layout.split("+")[0], cfg.get("channels") or cfg.get("in_channels", 1))

@@ -31,6 +31,7 @@ from .postprocess import PostProcess
 from .seg_eval import EMPTY_RULE as SLICE_EMPTY_RULE
 from .target_metrics import TargetMetrics
 from .targets import TargetSpec
+from .volume_postprocess_run import stored_volume_postprocess
 from .volume_metrics import EMPTY_RULE, HD95_DEFINITION, case_scores, json_safe, lgg_case_and_index, stack_slices, \
     summarise_cases
 
@@ -184,17 +185,23 @@ def eval_output(args: argparse.Namespace) -> Path:
     return Path(args.output) if args.output else (first if first.is_dir() else first.parent) / f"eval_{args.split}.json"
 
 
-def _volumes(records: Sequence, packed: np.ndarray, names: Sequence[str], size: int) -> dict:
-    """The per-patient part of an evaluate JSON: spacing, rules, ``per_patient`` summary and ``patients`` rows."""
+def _volumes(records: Sequence, packed: np.ndarray, names: Sequence[str], size: int, volume_post=None) -> dict:
+    """The per-patient part of an evaluate JSON: spacing, rules, ``per_patient`` summary and ``patients`` rows;
+    ``volume_post`` (a VolumePostprocess, volumes only) is applied first, the scores without it kept apart."""
     keys, volumes = case_keys(records)
     spacings = case_spacings(records, keys, size)
+    extra = {}
+    if volume_post is not None and volumes:
+        before = summarise_cases(score_packed(keys, packed, names, spacings, volumes)[0])
+        extra = {"without_volume_postprocess": json_safe(before)}
+        packed = volume_post.apply_packed(keys, packed)
     per_case, rows = score_packed(keys, packed, names, spacings, volumes)
     unknown = [c for c, s in spacings.items() if s is None]
     spacing = (NO_VOLUME if not volumes else UNKNOWN_SPACING if len(unknown) == len(spacings) else
                f"mm from the NIfTI headers, in-plane scaled by (original size / {size})"
                + (f"; unknown (voxels) for {len(unknown)} case(s)" if unknown else ""))
     return {"spacing": spacing, "empty_volumes": EMPTY_RULE, "hd95_definition": HD95_DEFINITION,
-            "per_patient": json_safe(summarise_cases(per_case)), "patients": rows}
+            "per_patient": json_safe(summarise_cases(per_case)), "patients": rows, **extra}
 
 
 def add_volumes(result: dict, records: Sequence, masks: np.ndarray, targets: np.ndarray, size: int) -> None:
@@ -204,7 +211,10 @@ def add_volumes(result: dict, records: Sequence, masks: np.ndarray, targets: np.
     and truth. Adds ``spacing``, ``empty_volumes``, ``hd95_definition``, ``patients`` and, beside today's
     pooled-slice keys of ``summary.per_patient``, ``summary.per_patient.tumour`` and ``.mean``; prints them.
     """
-    part = _volumes(records, pack_masks(np.asarray(masks)[:, None], np.asarray(targets)[:, None]), ("tumour",), size)
+    vpost, line = stored_volume_postprocess(result.get("postprocess", {}).get("from"), TargetSpec.binary())
+    result.setdefault("postprocess", {})["volume"] = line  # the 3D choice applies to the per-patient scores only
+    part = _volumes(records, pack_masks(np.asarray(masks)[:, None], np.asarray(targets)[:, None]), ("tumour",), size,
+                    vpost)
     result["summary"].setdefault("per_patient", {}).update(part.pop("per_patient"))
     result.update(part)
     _print_volumes(result, ("tumour",), {}, 0)
@@ -213,7 +223,8 @@ def add_volumes(result: dict, records: Sequence, masks: np.ndarray, targets: np.
 def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostProcess, source: str,
                      files: Sequence[Path], records: Sequence, data_dir) -> int:
     """``toolkit evaluate`` for classes/regions runs: writes the JSON, prints a table, returns 0 (flip TTA only
-    when asked; the threshold is the run's or ``--threshold``; component filtering is binary only)."""
+    when asked; the threshold is the run's or ``--threshold``; 2D component filtering is binary only; the 3D
+    choice of the applied postprocess.json, if any, is applied per patient)."""
     spec, size, column = ensemble.target, int(cfg["image_size"]), cfg.get("class_column") or ""
     records = list({r.id: r for r in records}.values())  # a record listed twice is scored once
     dataset = MRISegmentationDataset(records, size=size, labels=True, skip_bad_files=cfg.get("skip_bad_files", False))
@@ -221,7 +232,8 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
         dataset = AttributeClasses(dataset, column, spec.names)
     records = dataset.records
     packed, pred_px, true_px, slices = predict_packed(ensemble, dataset, post.threshold, post.flips)
-    part = _volumes(records, packed, spec.names, size)
+    vpost, line = stored_volume_postprocess(source, spec)
+    part = _volumes(records, packed, spec.names, size, vpost)
     summary = {"per_patient": part.pop("per_patient"), "slices": slices, "num_patients": len(part["patients"]),
                "num_slices": len(records)}
     if column and spec.kind == "classes":
@@ -230,7 +242,7 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
     result = {"weights": [str(f) for f in files], "data_dir": str(data_dir), "split": args.split,
               "target": spec.to_dict(), "threshold": post.threshold, "flips": post.flips, "resolution": size,
               "postprocess": {"applied": f"threshold {post.threshold:g}, " + ("flip TTA" if post.flips else "no TTA"),
-                              "from": source}, "empty_masks": SLICE_EMPTY_RULE, **part, "summary": summary}
+                              "from": source, "volume": line}, "empty_masks": SLICE_EMPTY_RULE, **part, "summary": summary}
     out = eval_output(args)
     save_json(out, result)
     print(f"{summary['num_patients']} patients, {len(records)} slices ({args.split} split of {data_dir}); "
@@ -246,7 +258,7 @@ def _fmt(v) -> str:
 
 def _print_volumes(result: dict, names: Sequence[str], slices: dict, show: int) -> None:
     s = result["summary"]
-    print(f"per patient (spacing: {result['spacing']})")
+    print(f"per patient (spacing: {result['spacing']}); 3D post-processing: {result['postprocess'].get('volume')}")
     print(f"  {'channel':<20} {'dice':>6} {'iou':>6} {'hd95':>7} {'|dV| ml':>8} {'hd95 undef':>10}"
           + (f" {'slice dice':>10}" if slices else ""))
     for name in [*names, "mean"]:
@@ -254,6 +266,8 @@ def _print_volumes(result: dict, names: Sequence[str], slices: dict, show: int) 
         sl = f" {_fmt(slices.get(f'dice_{name}' if name != 'mean' else 'dice')):>10}" if slices else ""
         print(f"  {name:<20} {_fmt(p['dice'])} {_fmt(p['iou'])} {_fmt(p['hd95_mm']):>7} "
               f"{_fmt(p['abs_volume_diff_ml']):>8} {p['hd95_undefined']:>10d}{sl}")
+    for name, p in result.get("without_volume_postprocess", {}).items():
+        print(f"  {name:<20} {_fmt(p['dice'])} {_fmt(p['iou'])} {_fmt(p['hd95_mm']):>7} (without the 3D post-processing)")
     for r in sorted(result["patients"], key=lambda r: np.mean([r[n]["dice"] for n in names]))[:show]:
         print(f"  {r['case']:<28} " + " ".join(f"{n} {r[n]['dice']:.3f}" for n in names) + f" ({r['num_slices']} slices)")
     acc = s.get("class_accuracy")

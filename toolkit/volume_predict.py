@@ -24,6 +24,7 @@ from .data.mri.nifti import brain_region, load_nifti, zscore_uint8
 from .data.mri.raw import DATASET_JSON, raw_cases, read_dataset_json, resolve_raw_channels
 from .data.mri.synthetic_volumes import save_nifti
 from .seg_commands import _write_png
+from .volume_postprocess_run import stored_volume_postprocess
 
 __all__ = ["VolumeCase", "find_volume_cases", "is_nifti_input", "label_overlay", "normalise_channels",
            "predict_volume", "predict_volumes", "write_case"]
@@ -192,12 +193,14 @@ def _case_channels(case: VolumeCase, cfg: dict, source: Path) -> tuple[Path, ...
     return chans
 
 
-def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batch_size: int = 16) -> int:
+def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batch_size: int = 16,
+                    post_source: str | None = None) -> int:
     """``toolkit predict`` on NIfTI input ``source`` (see :func:`find_volume_cases`) into ``out_dir``.
 
     ``cfg``: the run's config (``image_size``, ``in_channels``, ``channels``, ``intensity``); ``post``: the
     chosen :class:`~toolkit.postprocess.PostProcess` (its ``threshold`` and ``flips`` apply; its 2D component
-    rules do not). Every case's channels are checked (count, shape, affine) before any is predicted.
+    rules do not); ``post_source``: where ``post`` came from (the applied ``postprocess.json``: its 3D choice,
+    if any, is applied to each label volume, ``min_voxels`` scaled to the case's in-plane size). Every case's channels are checked (count, shape, affine) before any is predicted.
     Returns 0; raises MRIDataError naming a bad file.
     """
     cases = find_volume_cases(source)
@@ -211,7 +214,9 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
                                       f"({tuple(heads[0].shape)}); a case's channels must share one voxel grid")
         plan.append((case, chans, heads[0]))
     size, names = int(cfg["image_size"]), ensemble.target.names
-    print(f"{len(plan)} case(s); target {ensemble.target.kind} ({', '.join(names)}); intensity {cfg['intensity']}")
+    vpost, line = stored_volume_postprocess(post_source, ensemble.target)
+    print(f"{len(plan)} case(s); target {ensemble.target.kind} ({', '.join(names)}); intensity {cfg['intensity']}; "
+          f"3D post-processing: {line}")
     for case, chans, ref in plan:
         brain = load_nifti(case.brain_mask) if case.brain_mask is not None else None
         if brain is not None and brain.shape != tuple(ref.shape):
@@ -220,6 +225,8 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
         volume = normalise_channels([np.asarray(load_nifti(p), dtype=np.float32) for p in chans], cfg["intensity"],
                                     brain)
         labels = predict_volume(ensemble, volume, size, post.threshold, post.flips, batch_size)
+        if vpost is not None:
+            labels = vpost.apply_labels(labels, labels.shape[0] * labels.shape[1] / size**2)
         seg, png, k = write_case(Path(out_dir), case.case, labels, ref, volume[..., 0])
         counts = {int(v): int(n) for v, n in enumerate(np.bincount(labels.ravel())) if v and n}
         print(f"{case.case}: {labels.shape} voxels, label counts {counts or 'none'}; {seg.name}, {png.name} "
