@@ -8,9 +8,9 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - configuration: ``TrainConfig``, ``parse_config``, ``ConfigError``; ``ClassificationConfig`` and
   ``classification_objective``, ``stl10_train_test`` (what the classification recipes share);
 - training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
-  ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``;
+  ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``, ``FreezeEncoder``;
 - objectives, losses, metrics: ``Objective``, ``StepOutput``, ``ClassificationObjective``,
-  ``ReconstructionObjective``, ``DenoisingObjective``, ``SegmentationObjective``, ``build_objective``,
+  ``ReconstructionObjective``, ``DenoisingObjective``, ``RestorationObjective``, ``SegmentationObjective``, ``build_objective``,
   ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
 - segmentation targets (binary, classes, regions): ``TARGET_FILE``, ``TARGET_KINDS``, ``TargetSpec``, ``parse_regions``,
   ``resolve_target``, ``TargetMetrics``, ``segmentation_loss``;
@@ -54,14 +54,14 @@ _EXPORTS = {
     "data.mri.io": ["MRISlice", "read_slice"],
     "data.mri.synthetic": ["generate_synthetic_mri"],
     "data.splits": ["load_split", "save_split", "split_ids", "split_records"],
-    "ensemble": ["SegmentationEnsemble"],
+    "ensemble": ["SegmentationEnsemble"], "finetune": ["FreezeEncoder"],
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
     "models.segmentation": ["SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["count_parameters", "init_from"],
     "objectives": [
-        "ClassificationObjective", "DenoisingObjective", "Objective", "ReconstructionObjective",
+        "ClassificationObjective", "DenoisingObjective", "Objective", "ReconstructionObjective", "RestorationObjective",
         "SegmentationObjective", "StepOutput", "build_objective",
     ],
     "postprocess": ["PostProcess"],

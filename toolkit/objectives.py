@@ -12,6 +12,7 @@ A new objective is one class here plus one line in :data:`OBJECTIVES`.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ __all__ = [
     "ClassificationObjective",
     "ReconstructionObjective",
     "DenoisingObjective",
+    "RestorationObjective",
     "SegmentationObjective",
     "OBJECTIVES",
     "build_objective",
@@ -132,6 +134,49 @@ class DenoisingObjective(ReconstructionObjective):
         return _layout(add_gaussian_noise(clean, self.noise_std), self.channels_last)
 
 
+class RestorationObjective(ReconstructionObjective):
+    """Models-Genesis restoration: the model sees a corrupted image and restores the clean one.
+
+    ``preprocess`` maps the raw batch (images (N, C, H, W) uint8 0..255, or (images, anything)) to the
+    clean image, float in [0, 1] (default :func:`to_unit_range`); ``corrupt`` (default a
+    :class:`~toolkit.data.corruptions.Corrupt` with the Models-Genesis probabilities) makes the
+    corrupted image, float in [0, 1]; ``model_scale`` maps it to the model's input scale (e.g.
+    per-slice standardisation, so a fine-tuned segmentation model sees inputs as in pretraining;
+    default identity). The model returns logits (N, C, H, W); preds = ``sigmoid(logits)`` float32 in
+    [0, 1]; loss = MSE(preds, clean); targets = clean; inputs = the corrupted images in [0, 1].
+    In evaluation the corruptions restart from ``corrupt``'s seed at the first batch after training,
+    so every epoch's validation sees the same corrupted images (for an unshuffled loader).
+    """
+
+    def __init__(self, corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 model_scale: Callable[[torch.Tensor], torch.Tensor] | None = None, loss: nn.Module | None = None,
+                 preprocess: Callable = to_unit_range, augment: Callable | None = None) -> None:
+        super().__init__(loss, preprocess, augment)
+        if corrupt is None:
+            from .data.corruptions import Corrupt
+            corrupt = Corrupt()
+        self.corruption = corrupt
+        # evaluation draws from its own copy, restarted each time, so training's sequence runs on undisturbed
+        self.eval_corruption = copy.deepcopy(corrupt) if hasattr(corrupt, "reset") else corrupt
+        self.model_scale = model_scale
+        self._evaluating = False
+
+    def corrupt(self, clean: torch.Tensor) -> torch.Tensor:
+        """Clean (N, C, H, W) float in [0, 1] -> corrupted, same shape, in [0, 1] (training's sequence)."""
+        return _layout(self.corruption(clean), self.channels_last)
+
+    def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if not model.training and not self._evaluating and hasattr(self.eval_corruption, "reset"):
+            self.eval_corruption.reset()  # the same corrupted validation images every epoch
+        self._evaluating = not model.training
+        clean = self.model_input(x, model.training)
+        inputs = self.corrupt(clean) if model.training else _layout(self.eval_corruption(clean), self.channels_last)
+        scaled = self.model_scale(inputs) if self.model_scale is not None else inputs
+        restored = torch.sigmoid(model(_layout(scaled, self.channels_last)).float())
+        return StepOutput(self.loss(restored, clean), restored.detach(), clean, inputs)
+
+
 class SegmentationObjective(Objective):
     """batch = (images (N,C,H,W) uint8/float, masks (N,1,H,W) integer label maps; {0,1} for binary data).
 
@@ -168,6 +213,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "classification": ClassificationObjective,
     "reconstruction": ReconstructionObjective,
     "denoising": DenoisingObjective,
+    "restoration": RestorationObjective,
     "segmentation": SegmentationObjective,
 }
 

@@ -2,6 +2,7 @@
 
 - :func:`split_ids`: ids into (train, val) over single ids, blocks of consecutive ids, or groups;
 - :func:`split_records`: MRI slices into train/val[/test], never splitting a patient;
+- :func:`label_fraction`: a seeded, patient-safe share of the training slices (fine-tuning with few labels);
 - :func:`save_split` / :func:`load_split`: a split as a JSON file of ids, and back onto records;
 - :func:`holdout_indices` / :func:`holdout_split`: a random hold-out of a dataset (validation
   images taken from a training set: CIFAR-10, MNIST, STL-10 unlabelled).
@@ -12,6 +13,7 @@ Records are anything with ``id`` (str) and ``patient`` (str or None) attributes,
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import partial
 from pathlib import Path
@@ -27,8 +29,8 @@ from .errors import DataError
 if TYPE_CHECKING:  # the MRI readers (and OpenCV) load only for MRI splits
     from .mri.io import MRISlice
 
-__all__ = ["fold_of_units", "holdout_indices", "holdout_split", "load_split", "record_units", "save_split", "split_ids",
-           "split_records"]
+__all__ = ["fold_of_units", "holdout_indices", "holdout_split", "label_fraction", "load_split", "record_units",
+           "save_split", "split_ids", "split_records"]
 
 
 def holdout_indices(n: int, holdout: int, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -128,6 +130,31 @@ def fold_of_units(units: Sequence[str], folds: int, seed: int = 0) -> dict[str, 
                          f"need folds >= 2 and at least one unit per fold")
     order = np.random.default_rng(seed).permutation(len(units))
     return {units[j]: k % folds for k, j in enumerate(order)}
+
+
+def label_fraction(records: Sequence[MRISlice], fraction: float, seed: int = 0,
+                   block_size: int = 1) -> list[MRISlice]:
+    """Keep a share ``fraction`` (0 < fraction <= 1) of the units of ``records``: whole patients (or
+    blocks of ``block_size`` patient-less ids, :func:`record_units`), never part of one.
+
+    ``ceil(fraction * units)`` units (at least 1) are drawn: the units, naturally sorted, shuffled by
+    ``numpy.random.default_rng(seed)``. The result is a sub-list of ``records`` in their order, and
+    depends only on the records and ``seed`` (two arms with one seed and split get the same slices).
+    Meant for the training part of a split, after val/test are set aside. Raises ValueError for a
+    fraction outside (0, 1] or no records.
+    """
+    from .mri.io import natural_key
+
+    records = list(records)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    if not records:
+        raise ValueError("label_fraction got no records")
+    unit = record_units(records, block_size)
+    units = sorted(set(unit.values()), key=natural_key)
+    order = np.random.default_rng(seed).permutation(len(units))
+    keep = {units[j] for j in order[:max(1, math.ceil(fraction * len(units) - 1e-9))]}
+    return [r for r in records if unit[r.id] in keep]
 
 
 def split_records(
