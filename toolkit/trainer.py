@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from . import tracking
+from .artifacts import ModelArtifact
 from .callbacks import call_hook
 from .checkpoint import find_state, save_json, save_safetensors, save_weights
 from .config import TrainConfig
@@ -152,8 +153,8 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
         scheduler, schedule = build_scheduler(optimizer, cfg, steps_per_epoch * max(cfg.epochs, 1))
         self.loop = loop = FitLoop(model, objective, optimizer, scheduler, schedule, train_dl, val_dl, train_data,
-                                   val_data, metrics, monitor, mode, figures, list(callbacks), steps_per_epoch,
-                                   RunGuard(acc, cfg.log_every))
+                                   val_data, metrics, monitor, mode, figures, [*callbacks, ModelArtifact()],
+                                   steps_per_epoch, RunGuard(acc, cfg.log_every))
         state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch) if cfg.resume
                  else TrainState(planned_epochs=cfg.epochs))
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
