@@ -15,6 +15,7 @@ from pathlib import Path
 from toolkit import (
     ChoosePostprocess,
     ConfigError,
+    FreezeEncoder,
     SegmentationMedia,
     SegmentationMetrics,
     SegmentationObjective,
@@ -33,7 +34,7 @@ from toolkit import (
     segmentation_loss,
     segmentation_overlays,
 )
-from toolkit.data import DataError, ForegroundCrop, input_preprocess, save_split, split_records
+from toolkit.data import DataError, ForegroundCrop, input_preprocess, label_fraction, save_split, split_records
 from toolkit.data.mri import (
     AttributeClasses,
     MRISegmentationDataset,
@@ -68,6 +69,8 @@ class BrainMRIConfig(TrainConfig):
     model: str = "unet"  # unet (symmetric, with skips) | autoencoder (symmetric, no skips) | smp_unet (baseline)
     widths: str = ""  # stage widths of unet/autoencoder, comma-separated channels, e.g. "8,16,32,64,128"; "" = that default
     init_from: str = ""  # start from these weights (a best.pth of the same model, widths and channels); "" = random init
+    label_fraction: float = 1.0  # share of the TRAINING patients kept (0 < F <= 1; whole patients, drawn by seed); val/test unchanged
+    freeze_encoder_epochs: int = 0  # epochs at the start during which the encoder (and bottleneck) weights stay fixed; 0 = none
     postprocess: bool = True  # after training, choose threshold / flip TTA / component rule on validation (postprocess.json)
     loss: str = "dice"  # dice (soft Dice, spec formula) | dice_bce (soft Dice + binary cross-entropy)
     bce_weight: float = 1.0  # weight of the BCE term with loss=dice_bce
@@ -109,6 +112,9 @@ class BrainMRIConfig(TrainConfig):
                               f"fold {self.fold}")
         if self.init_from and not Path(self.init_from).is_file():
             raise ConfigError(f"init_from: {self.init_from!r} is not a file (expected a best.pth)")
+        if not 0 < self.label_fraction <= 1 or self.freeze_encoder_epochs < 0:
+            raise ConfigError(f"need 0 < label_fraction <= 1 and freeze_encoder_epochs >= 0, got "
+                              f"{self.label_fraction} and {self.freeze_encoder_epochs}")
         try:
             parse_widths(self.widths)
         except ValueError:
@@ -138,6 +144,8 @@ def build_data(cfg: BrainMRIConfig, trainer: Trainer):
                           f"{found.source} data; set --in-channels {found.slices[0].num_channels}")
     split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
                           block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
+    if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
+        split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
     unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
     if acc.is_main_process:
         save_split(trainer.run_dir / "split.json", split, data_dir=",".join(str(r.resolve()) for r in found.roots),
@@ -185,6 +193,8 @@ def main(argv=None) -> list[dict]:
     crop = ForegroundCrop(cfg.crop_size, cfg.foreground_p) if cfg.crop_size else None
     binary = target.kind == "binary"
     callbacks = [SegmentationMedia(cfg.threshold, target=target)]
+    if cfg.freeze_encoder_epochs:  # the optimizer holds the encoder; it gets no gradient until then
+        callbacks.append(FreezeEncoder(model, cfg.freeze_encoder_epochs))
     if cfg.postprocess and binary:  # the post-processing search is binary (threshold, components)
         callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess))
     if cfg.postprocess:  # volume data: 3D component rules per channel on the validation patients (after the 2D)

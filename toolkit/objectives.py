@@ -142,8 +142,9 @@ class RestorationObjective(ReconstructionObjective):
     :class:`~toolkit.data.corruptions.Corrupt` with the Models-Genesis probabilities) makes the
     corrupted image, float in [0, 1]; ``model_scale`` maps it to the model's input scale (e.g.
     per-slice standardisation, so a fine-tuned segmentation model sees inputs as in pretraining;
-    default identity). The model returns logits (N, C, H, W); preds = ``sigmoid(logits)`` float32 in
-    [0, 1]; loss = MSE(preds, clean); targets = clean; inputs = the corrupted images in [0, 1].
+    default identity). The model returns logits (N, C, H, W), or (N, 1, H, W) for C > 1 channels, whose
+    target is then the channel mean; preds = ``sigmoid(logits)`` float32 in [0, 1]; loss = MSE(preds,
+    target); targets = the clean image (or its channel mean); inputs = the corrupted images in [0, 1].
     In evaluation the corruptions restart from ``corrupt``'s seed at the first batch after training,
     so every epoch's validation sees the same corrupted images (for an unshuffled loader).
     """
@@ -174,7 +175,8 @@ class RestorationObjective(ReconstructionObjective):
         inputs = self.corrupt(clean) if model.training else _layout(self.eval_corruption(clean), self.channels_last)
         scaled = self.model_scale(inputs) if self.model_scale is not None else inputs
         restored = torch.sigmoid(model(_layout(scaled, self.channels_last)).float())
-        return StepOutput(self.loss(restored, clean), restored.detach(), clean, inputs)
+        target = clean if restored.shape[1] == clean.shape[1] else clean.mean(1, keepdim=True)
+        return StepOutput(self.loss(restored, target), restored.detach(), target, inputs)
 
 
 class SegmentationObjective(Objective):

@@ -1,0 +1,122 @@
+"""Self-supervised pretraining of the brain-MRI encoder-decoder by restoring corrupted slices (Models Genesis).
+
+    accelerate launch recipes/brain_mri_pretrain.py --data-dir DIR                 # every slice of DIR
+    accelerate launch recipes/brain_mri_pretrain.py --data-dir DIR --exclude-split runs/seg/split.json
+    accelerate launch recipes/brain_mri.py --data-dir DIR --init-from runs/<pretrain run>/best.pth
+    python recipes/brain_mri_pretrain.py --help                                     # every setting
+
+The model is the one recipes/brain_mri.py builds (same --model, --widths, --in-channels; one output
+channel), so its best.pth loads whole into a binary segmentation run with ``--init-from``. Each slice
+(uint8 / 255, in [0, 1]) is corrupted on the device (local pixel shuffling, a Bezier intensity curve,
+in- or out-painting, one probability each), brought to the segmentation model's input scale (per-slice
+standardisation, or z-scores for NIfTI), and the model's sigmoid output is compared with the clean
+slice in [0, 1] by MSE (with several channels: their mean). Masks are never read as targets. A
+patient-safe share ``val_fraction`` of the patients is held out and scored (MSE, PSNR) every epoch;
+best.pth keeps the lowest validation MSE. Test patients' images should be left out of pretraining:
+``--exclude-split`` drops every patient of that split file's val and test lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit import (ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective, TrainConfig,
+                     Trainer, build_segmentation_model, parse_config, parse_widths, reconstruction_pairs)
+from toolkit.data import (Corrupt, DataError, MRIImageDataset, exclude_split, input_preprocess, save_split,
+                          split_records, unit_input_scale)
+from toolkit.data.mri import discover_folders, generate_synthetic_mri
+
+
+@dataclass
+class BrainMRIPretrainConfig(TrainConfig):
+    """Restoration pretraining of the brain-MRI segmentation model on unlabelled slices (issue 14)."""
+
+    data_dir: str = ""  # MRI data folder(s), comma-separated, any layout recipes/brain_mri.py reads; "" = synthetic
+    exclude_split: str = ""  # a run's split.json: leave out every patient of its val and test lists; "" = use all
+    channels: str = ""  # channels read, as recipes/brain_mri.py: "" = in_channels of the source; or names/indices
+    slice_rule: str = ""  # BraTS volumes only: "" = nonempty (slices with brain) | tumour | tumour+N | all
+    skip_bad_files: bool = False  # leave out unreadable or inconsistent files instead of stopping
+    synthetic_dir: str = "data/synthetic-mri"  # where the built-in synthetic slices are written
+    synthetic_images: int = 400  # number of synthetic slices
+    image_size: int = 240  # side of the square slices fed to the model, pixels
+    in_channels: int = 1  # image channels read (1 = grey, 3 = RGB)
+    val_fraction: float = 0.1  # share of patients (or ids) held out to score restoration (picks best.pth)
+    model: str = "unet"  # unet | autoencoder | smp_unet, as recipes/brain_mri.py
+    widths: str = ""  # stage widths of unet/autoencoder, as recipes/brain_mri.py; "" = that default
+    shuffle_p: float = 0.5  # probability per slice of local pixel shuffling (probability, 0..1)
+    shuffle_block: float = 0.05  # side of the shuffled tiles (fraction of the image side)
+    nonlinear_p: float = 0.9  # probability per slice of the Bezier intensity curve (probability, 0..1)
+    inpaint_p: float = 0.18  # probability per slice of in-painting (probability, 0..1; exclusive with out-painting)
+    outpaint_p: float = 0.72  # probability per slice of out-painting (probability, 0..1; inpaint_p + outpaint_p <= 1)
+    paint_boxes: int = 3  # boxes per in- or out-painted slice (count)
+    param_budget: int = 500_000  # most trainable parameters the model may have
+    epochs: int = 30  # passes over the unlabelled training slices
+    batch_size: int = 16  # slices per process per step
+    lr: float = 3e-3  # peak AdamW learning rate
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.image_size < 16:
+            raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        for folder in filter(None, (d.strip() for d in self.data_dir.split(","))):
+            if not Path(folder).is_dir():
+                raise ConfigError(f"data_dir {folder!r} is not a folder")
+        if self.exclude_split and not Path(self.exclude_split).is_file():
+            raise ConfigError(f"exclude_split: {self.exclude_split!r} is not a file (expected a run's split.json)")
+        try:
+            parse_widths(self.widths)
+            self.corruption()
+        except ValueError as err:
+            raise ConfigError(f"widths or corruption settings: {err}") from None
+
+    def corruption(self) -> Corrupt:
+        """The corruption chain these settings describe (seeded with ``seed``)."""
+        return Corrupt(nonlinear_p=self.nonlinear_p, shuffle_p=self.shuffle_p, inpaint_p=self.inpaint_p,
+                       outpaint_p=self.outpaint_p, shuffle_block=self.shuffle_block, boxes=self.paint_boxes,
+                       seed=self.seed)
+
+
+def build_data(cfg: BrainMRIPretrainConfig, trainer: Trainer):
+    """(train, val) image-only datasets of uint8 (C, S, S) slices, and the data's intensity kind."""
+    acc = trainer.accelerator
+    data_dir = cfg.data_dir or cfg.synthetic_dir
+    if not cfg.data_dir:
+        with acc.local_main_process_first():
+            if acc.is_local_main_process:
+                generate_synthetic_mri(data_dir, num_images=cfg.synthetic_images, seed=cfg.seed)
+    try:
+        found = discover_folders(data_dir, channels=cfg.channels or cfg.in_channels,
+                                 slice_rule=cfg.slice_rule or None, skip_bad_files=cfg.skip_bad_files)
+        input_preprocess(found.intensity)
+        slices, dropped = exclude_split(found.slices, cfg.exclude_split) if cfg.exclude_split else (found.slices, 0)
+        split = split_records(slices, cfg.val_fraction, seed=cfg.seed)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"data_dir / exclude_split: {err}") from None
+    if slices[0].num_channels != cfg.in_channels:
+        raise ConfigError(f"the {found.source} data have {slices[0].num_channels} channel(s); set --in-channels")
+    if acc.is_main_process:
+        save_split(trainer.run_dir / "split.json", split, data_dir=",".join(str(r.resolve()) for r in found.roots),
+                   source=found.source, excluded_split=cfg.exclude_split, excluded_slices=dropped)
+    train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
+    acc.print(f"data: {found.source}: {len(found.slices)} slices, {dropped} left out by --exclude-split; "
+              f"unlabelled train {len(train)}, val {len(val)}")
+    return train, val, found.intensity
+
+
+def main(argv=None) -> list[dict]:
+    cfg = parse_config(BrainMRIPretrainConfig, argv)
+    trainer = Trainer(cfg, recipe="brain_mri_pretrain")
+    train, val, intensity = build_data(cfg, trainer)
+    model = build_segmentation_model(cfg.model, in_channels=cfg.in_channels, out_channels=1,
+                                     widths=parse_widths(cfg.widths))
+    objective = RestorationObjective(cfg.corruption(), model_scale=unit_input_scale(intensity))
+    return trainer.fit(model, objective, train, val, metrics=[ReconstructionMetrics()], monitor="mse", mode="min",
+                       param_budget=cfg.param_budget, callbacks=[ReconstructionMedia()],
+                       figures=lambda s: {"restorations": reconstruction_pairs(s.targets, s.preds, 9)})
+
+
+if __name__ == "__main__":
+    main()
