@@ -27,7 +27,7 @@ endif
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
 
-.PHONY: install demo demo-brats test brain-mri brain-mri-cv cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness
+.PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
@@ -41,6 +41,10 @@ demo: $(STAMP)
 
 brain-mri: $(STAMP)
 	$(LAUNCH) recipes/brain_mri.py $(ARGS)
+
+# Self-supervised restoration pretraining (docs/brain-mri.md): ARGS="--data-dir DIR --exclude-split runs/X/split.json"
+brain-mri-pretrain: $(STAMP)
+	$(LAUNCH) recipes/brain_mri_pretrain.py $(ARGS)
 
 # Multi-class demo (docs/brain-mri.md, Volumes): 8 synthetic 3D cases (FLAIR + T1c, BraTS-style labels) into
 # data/synthetic-brats/ (once), then BraTS regions (whole tumour, tumour core, enhancing) on their slices.
