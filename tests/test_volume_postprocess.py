@@ -1,0 +1,181 @@
+"""toolkit.volume_postprocess: 3D component rules per class/region chosen on patients, nesting of regions,
+storage beside a binary postprocess.json, and `toolkit evaluate` / NIfTI `predict` applying them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.mri_fake import RAW_REGIONS, make_raw
+from tests.utils import ROOT, run_env
+from toolkit.cli import main
+from toolkit.data.mri.nifti import load_nifti
+from toolkit.postprocess import POSTPROCESS_FILE, PostProcess, load_postprocess, load_volume_key, save_volume_key
+from toolkit.targets import TargetSpec
+from toolkit.volume_eval import pack_masks
+from toolkit.volume_postprocess import (ComponentRule, VolumePostprocess, choose_volume_postprocess,
+                                        largest_component_3d, remove_small_components_3d)
+from toolkit.volume_postprocess_run import stored_volume_postprocess
+
+BINARY = TargetSpec.binary()
+REGIONS = TargetSpec.regions_of(RAW_REGIONS)  # whole_tumour ⊃ tumour_core ⊃ enhancing_tumour
+
+
+def box(shape, z, y, x):
+    m = np.zeros(shape, bool)
+    m[z, y, x] = True
+    return m
+
+
+def as_slices(volumes: dict) -> tuple[list, np.ndarray]:
+    """{case: (pred bool (C, D, H, W), truth)} → (keys, packed (N, H, W)) with the slices shuffled."""
+    keys, packed = [], []
+    for case, (p, t) in volumes.items():
+        pk = pack_masks(p.transpose(1, 0, 2, 3), t.transpose(1, 0, 2, 3))
+        keys += [(case, z) for z in range(len(pk))]
+        packed.append(pk)
+    order = np.random.default_rng(0).permutation(len(keys))
+    return [keys[i] for i in order], np.concatenate(packed)[order]
+
+
+def tumour_and_island(shape=(12, 32, 32), shift=0):
+    truth = box(shape, np.s_[3:8], np.s_[8 + shift:18 + shift], np.s_[8:18])
+    pred = box(shape, np.s_[3:8], np.s_[9 + shift:19 + shift], np.s_[8:18])  # the tumour, one voxel off
+    return pred | box(shape, np.s_[9:11], np.s_[26:29], np.s_[26:29]), truth  # + an island of 18 voxels far away
+
+
+def test_components_3d_use_full_connectivity():
+    m = box((5, 8, 8), np.s_[0:2], np.s_[0:2], np.s_[0:2]) | box((5, 8, 8), 2, 2, 2)  # touches by a corner only
+    m |= box((5, 8, 8), np.s_[3:5], np.s_[5:8], np.s_[5:8])  # 18 voxels, apart
+    assert largest_component_3d(m).sum() == 18 and largest_component_3d(np.zeros((2, 3, 3))).sum() == 0
+    assert remove_small_components_3d(m, 10).sum() == 18 and remove_small_components_3d(m, 9).sum() == 27
+    with pytest.raises(ValueError, match="3D"):
+        largest_component_3d(np.zeros((4, 4), bool))
+
+
+def test_tumour_plus_distant_island_chooses_the_largest_component():
+    vols = {c: tuple(v[None] for v in tumour_and_island(shift=k)) for k, c in enumerate(("p1", "p2", "p3"))}
+    keys, packed = as_slices(vols)
+    choice, report = choose_volume_postprocess(BINARY, keys, packed, {c: (2.0, 1.0, 1.0) for c in vols})
+    assert choice.rules == (ComponentRule("largest"),)  # "min_voxels" 20 scores the same: the simpler one wins
+    r = report["channels"]["tumour"]
+    assert r["after"]["dice"] > r["before"]["dice"] and r["after"]["hd95_mm"] < r["before"]["hd95_mm"]
+    assert report["patients"] == ["p1", "p2", "p3"] and len(r["options"]) == 2 + 4
+
+
+def test_two_real_lesions_choose_none():
+    shape = (12, 32, 32)
+    truth = box(shape, np.s_[2:8], np.s_[4:14], np.s_[4:14]) | box(shape, np.s_[3:6], np.s_[22:28], np.s_[22:28])
+    pred = box(shape, np.s_[2:8], np.s_[5:14], np.s_[4:14]) | box(shape, np.s_[3:6], np.s_[22:27], np.s_[22:28])
+    keys, packed = as_slices({"a": (pred[None], truth[None]), "b": (truth[None], truth[None])})
+    choice, report = choose_volume_postprocess(BINARY, keys, packed)
+    assert choice.rules == (ComponentRule(),)
+    options = {o["rule"]: o["dice"] for o in report["channels"]["tumour"]["options"]}
+    assert options["largest component only"] < options["all components kept"]
+
+
+def regions_case(shape=(12, 32, 32)):
+    """Nested regions (C=3, D, H, W): a tumour with core and enhancing parts, and a far island holding all three."""
+    tumour, island = box(shape, np.s_[3:8], np.s_[6:18], np.s_[6:18]), box(shape, np.s_[9:11], np.s_[25:30], np.s_[25:30])
+    core, enh = box(shape, np.s_[4:7], np.s_[9:15], np.s_[9:15]), box(shape, np.s_[5:6], np.s_[11:13], np.s_[11:13])
+    small = box(shape, np.s_[9:11], np.s_[26:28], np.s_[26:28])
+    pred = np.stack([tumour | island, core | small, enh | box(shape, 10, 27, 27)])
+    return pred, np.stack([tumour, core, enh])
+
+
+def test_regions_keep_nesting_when_the_whole_tumour_drops_an_island():
+    pred, truth = regions_case()
+    pred[1, 0, 0, 0] = True  # a core voxel outside the whole tumour (raw channels need not nest)
+    assert np.array_equal(VolumePostprocess(REGIONS, (ComponentRule(),) * 3).apply(pred), pred)  # none: identity
+    rule = VolumePostprocess(REGIONS, (ComponentRule("largest"), ComponentRule(), ComponentRule()))
+    out = rule.apply(pred)
+    assert np.array_equal(out[0], truth[0]) and np.array_equal(out[1], truth[1]) and np.array_equal(out[2], truth[2])
+    assert not (out[1] & ~out[0]).any() and not (out[2] & ~out[1]).any()
+    # label volumes (NIfTI predict): painted back in BraTS values, the island gone from every region
+    labels = np.zeros(pred.shape[1:], np.uint8)
+    for r, value in REGIONS.paint_order():
+        labels[regions_case()[0][r]] = value
+    assert np.array_equal(VolumePostprocess(REGIONS, (ComponentRule(),) * 3).apply_labels(labels), labels)
+    kept = rule.apply_labels(labels)
+    assert not kept[9:].any() and np.array_equal(kept[:9], labels[:9])
+    keys, packed = as_slices({"a": (pred, truth), "b": regions_case()})
+    choice, report = choose_volume_postprocess(REGIONS, keys, packed)
+    assert choice.rules[0].rule != "none" and list(report["channels"]) == list(REGIONS.names)
+    assert all(report["channels"][n]["after"]["dice"] == pytest.approx(1.0) for n in REGIONS.names)
+    assert report["channels"]["tumour_core"]["before"]["dice"] < 1.0  # its island went with the whole tumour's
+
+
+def test_apply_packed_matches_the_volumes_for_shuffled_and_repeated_slices():
+    pred, truth = regions_case()
+    keys, packed = as_slices({"a": (pred, truth), "b": (pred[:, ::-1].copy(), truth)})
+    keys, packed = keys + keys[:5], np.concatenate([packed, packed[:5]])
+    rule = VolumePostprocess(REGIONS, (ComponentRule("min_voxels", 30), ComponentRule("largest"), ComponentRule()))
+    out = rule.apply_packed(keys, packed)
+    want = {"a": rule.apply(pred), "b": rule.apply(pred[:, ::-1].copy())}
+    for (case, z), row, before in zip(keys, out, packed):
+        assert all(np.array_equal((row >> c) & 1, want[case][c, z]) for c in range(3))
+        assert np.array_equal(row >> 3, before >> 3)  # truth bits untouched
+
+
+def test_storage_next_to_a_binary_postprocess_json(tmp_path):
+    path = tmp_path / POSTPROCESS_FILE
+    two_d = PostProcess(threshold=0.4, flips=True, largest_only=True)
+    path.write_text(json.dumps({"choice": two_d.to_dict(), "steps": [{"step": "baseline"}], "num_images": 7}))
+    rule = VolumePostprocess(BINARY, (ComponentRule("min_voxels", 100),))
+    save_volume_key(path, {**rule.to_dict(), "report": {}})
+    post, data = load_postprocess(path)
+    assert post == two_d and data["steps"] == [{"step": "baseline"}] and data["num_images"] == 7
+    assert VolumePostprocess.from_dict(load_volume_key(path), BINARY) == rule
+    assert stored_volume_postprocess(f"{path} with threshold=0.3 from the command line", BINARY)[0] == rule
+    assert stored_volume_postprocess("the run's threshold", BINARY)[0] is None  # --postprocess none
+    with pytest.raises(ValueError, match="whole_tumour"):
+        VolumePostprocess.from_dict(load_volume_key(path), REGIONS)
+    regions = tmp_path / "r" / POSTPROCESS_FILE  # a regions run: no 2D choice, the identity one is written
+    save_volume_key(regions, VolumePostprocess(REGIONS, (ComponentRule("largest"),) * 3).to_dict(), threshold=0.45)
+    assert load_postprocess(regions)[0] == PostProcess(threshold=0.45)
+
+
+def train(tmp_path, data, name, *extra):
+    cmd = [sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data), "--in-channels", "2",
+           "--image-size", "32", "--epochs", "1", "--widths", "8,16,32", "--batch-size", "4", "--num-workers", "0",
+           "--val-fraction", "0.5", "--output-dir", str(tmp_path / "runs"), "--run-name", name, *extra]
+    proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path / "runs" / name
+
+
+def test_recipe_chooses_and_evaluate_and_predict_apply_it(tmp_path, capsys):
+    data = make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8), test_cases=1)
+    run = train(tmp_path, data, "r")
+    stored = json.loads((run / POSTPROCESS_FILE).read_text())
+    assert set(stored["volume"]["rules"]) == set(REGIONS.names) and stored["choice"]["largest_only"] is False
+    assert set(stored["volume"]["report"]["channels"]) == set(REGIONS.names)
+    assert main(["evaluate", "--weights", str(run), "--split", "val", "--postprocess", "none",
+                 "--output", str(tmp_path / "none.json")]) == 0
+    plain = json.loads((tmp_path / "none.json").read_text())
+    assert plain["postprocess"]["volume"].startswith("none") and "without_volume_postprocess" not in plain
+    # a rule that removes every component shows that evaluate and predict apply the stored choice
+    stored["volume"]["rules"] = {n: {"rule": "min_voxels", "min_voxels": 10**9} for n in REGIONS.names}
+    (run / POSTPROCESS_FILE).write_text(json.dumps(stored))
+    assert main(["evaluate", "--weights", str(run), "--split", "val"]) == 0
+    result = json.loads((run / "eval_val.json").read_text())
+    assert "under 1000000000 voxels" in result["postprocess"]["volume"]
+    assert result["without_volume_postprocess"] == plain["summary"]["per_patient"]
+    assert all(r[n]["pred_volume_ml"] == 0 for r in result["patients"] for n in REGIONS.names)
+    assert main(["predict", "--weights", str(run), "--input", str(data), "--output", str(tmp_path / "pred")]) == 0
+    assert "under 1000000000 voxels" in capsys.readouterr().out
+    assert not np.asarray(load_nifti(tmp_path / "pred" / "case_t005_seg.nii.gz")).any()
+
+
+def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path):
+    run = train(tmp_path, make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8)), "b", "--target", "binary")
+    post, data = load_postprocess(run / POSTPROCESS_FILE)
+    assert data["steps"][0]["step"] == "baseline" and list(data["volume"]["rules"]) == ["tumour"]
+    assert data["volume"]["after_2d"] == post.describe()
+    assert main(["evaluate", "--weights", str(run / "best.pth"), "--split", "val"]) == 0
+    result = json.loads((run / "eval_val.json").read_text())
+    assert str(run / POSTPROCESS_FILE) in result["postprocess"]["volume"] and "without_volume_postprocess" in result
