@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from toolkit import ConfigError, DenoisingObjective, ReconstructionMedia, ReconstructionMetrics, ReconstructionObjective
 from toolkit import TrainConfig, Trainer, image_grid, parse_config
 from toolkit.data import DEFAULT_NOISE_STD, holdout_split, load_mnist
-from toolkit.models import AutoEncoder_CNN, LinearAutoEncoder
+from toolkit.models import build_autoencoder
 
 BUDGETS = {"linear": 500_000, "cnn": 35_000}  # trainable parameters each model may have
 
@@ -73,7 +73,7 @@ def main(argv=None) -> list[dict]:
     train, val = build_data(cfg, trainer)
     denoising = cfg.task == "denoising"
     objective = DenoisingObjective(cfg.noise_std) if denoising else ReconstructionObjective()
-    model = AutoEncoder_CNN(cfg.cnn_channels) if cfg.model == "cnn" else LinearAutoEncoder()
+    model = build_autoencoder(cfg.model, cfg.cnn_channels)
     return trainer.fit(
         model, objective, train, val, metrics=[ReconstructionMetrics()],
         monitor="mse", mode="min", param_budget=cfg.param_budget or BUDGETS[cfg.model],

@@ -22,7 +22,7 @@ from pathlib import Path
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
 from toolkit import parse_config, save_json, stl10_train_test
 from toolkit.data import to_unit_range
-from toolkit.models import FrozenEncoderClassifier, STL10AutoEncoder, linear_probe_head, load_encoder
+from toolkit.models import STL10AutoEncoder, load_encoder, probe_classifier
 
 
 @dataclass
@@ -85,8 +85,7 @@ def main(argv=None) -> list[dict]:
     if acc.is_main_process:
         save_json(trainer.run_dir / "encoder.json", {"encoder": source, "channels": list(channels)})
     train, test = stl10_train_test(cfg, acc, f"frozen encoder: {source}")
-    code = STL10AutoEncoder(channels).code_shape(96)
-    model = FrozenEncoderClassifier(encoder, linear_probe_head(code, 10, cfg.dropout))
+    model = probe_classifier(channels, 10, cfg.dropout, encoder)
     objective = classification_objective(cfg, preprocess=to_unit_range)  # the pretraining's input range
     return trainer.fit(model, objective, train, test, metrics=[Accuracy()], monitor="accuracy",
                        mode="max", param_budget=cfg.param_budget, callbacks=[SaveCurve(["accuracy"], "accuracy")])

@@ -9,6 +9,7 @@ import numpy as np
 
 from toolkit.artifacts import artifact_files, artifact_name
 from toolkit.cli import main
+from toolkit.export import read_metadata
 
 from .utils import ACCELERATE, ROOT, read_records, run_env
 
@@ -64,6 +65,13 @@ def test_run_logs_one_model_artifact_offline_and_its_folder_predicts(tmp_path, c
     assert a.shape == (40, 36) and np.array_equal(a, b)
     assert main(["predict", "--weights", str(folder), "--input", str(tmp_path / "scan.png"),
                  "--output", str(tmp_path / "from_folder")]) == 0  # the folder itself, as a run folder
+
+    # and `toolkit export` of the artifact's files carries the threshold chosen at fit end (postprocess.json)
+    assert main(["export", "--weights", str(folder / "best.pth"), "--format", "onnx"]) == 0
+    meta = read_metadata(folder / "best.onnx")
+    chosen = json.loads((run / "postprocess.json").read_text())["choice"]["threshold"]
+    assert meta["threshold"] == chosen and meta["image_size"] == 32 and meta["recipe"] == "brain_mri"
+    assert "max abs difference" in capsys.readouterr().out
 
 
 def test_artifact_name_and_files(tmp_path):

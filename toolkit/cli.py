@@ -6,6 +6,7 @@
     toolkit predict  --weights runs/<run>/best.pth --input FILE_OR_DIR --output DIR
     toolkit predict  --weights runs/<run>/best.pth --input <case>_0000.nii.gz --output DIR   # a NIfTI case
     toolkit report   [runs/]   # runs/<run>/report.html per run and runs/index.html comparing them
+    toolkit export   --weights runs/<run>/best.pth --format onnx|torchscript [--output FILE]   # any recipe's model
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ def report(args: argparse.Namespace) -> int:
 
     written = write_report(args.runs_dir)
     print(f"wrote {len(written) - 1} run page(s) and {written[-1]}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    out, meta, diff = export_model(args.weights, args.format, args.output, check=not args.no_check)
+    print(f"wrote {out} ({args.format}, {meta['recipe']} {meta['kind']}): input {meta['input']}; "
+          f"preprocessing NOT in the graph: {meta['preprocess']}")
+    if diff is not None:
+        print(f"max abs difference from PyTorch on a random batch of 3: {diff:.3g}")
     return 0
 
 
@@ -65,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for <name>_mask.png and <name>_overlay.png "
                    "(NIfTI: <case>_seg.nii.gz label volume and <case>_seg.png)")
     p.set_defaults(func=_seg_command("predict"))
+    x = sub.add_parser("export", help="a run's model as ONNX or TorchScript (dynamic batch; the input preprocessing, "
+                                      "image size, channels, target and threshold in the file's metadata)")
+    x.add_argument("--weights", required=True, help="best.pth (or best.safetensors) of a run, config.json beside it")
+    x.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    x.add_argument("--output", default=None, help="file to write; default: the weights' path as .onnx / .pt")
+    x.add_argument("--no-check", action="store_true", help="skip running the exported file against PyTorch")
+    x.set_defaults(func=export)
     r = sub.add_parser("report", help="self-contained HTML page per run and an index comparing the runs")
     r.add_argument("runs_dir", nargs="?", default="runs", help="folder holding run folders (default: runs)")
     r.set_defaults(func=report)

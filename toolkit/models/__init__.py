@@ -2,9 +2,11 @@
 
 - :mod:`.classifiers`: ``CIFARResNet``, ``build_classifier``, ``predict_proba`` (CIFAR-10);
 - :mod:`.stl10`: ``STL10CNN``, ``STL10AutoEncoder``, ``FrozenEncoderClassifier``, ``freeze``,
-  ``frozen_resnet18``, ``linear_probe_head``, ``load_encoder`` (STL-10 supervised, pretraining, probes);
-- :mod:`.autoencoders`: ``LinearAutoEncoder``, ``AutoEncoder_CNN`` (MNIST);
+  ``frozen_resnet18``, ``linear_probe_head``, ``load_encoder``, ``probe_classifier``
+  (STL-10 supervised, pretraining, probes);
+- :mod:`.autoencoders`: ``LinearAutoEncoder``, ``AutoEncoder_CNN``, ``build_autoencoder`` (MNIST);
 - :mod:`.segmentation`: ``SegAutoEncoder``, ``SMPUnet``, ``build_segmentation_model``, ``parse_widths`` (brain MRI);
+- :mod:`.registry`: ``MODEL_BUILDERS``, ``build_run_model``, ``run_config`` (a run's model from its config.json);
 - :mod:`.utils`: ``count_parameters``, ``init_from``.
 
 A model is a plain ``torch.nn.Module``: uint8-to-float preprocessing belongs to the objective
@@ -14,11 +16,12 @@ A model is a plain ``torch.nn.Module``: uint8-to-float preprocessing belongs to 
 from ..lazy import lazy_exports
 
 _EXPORTS = {
-    "autoencoders": ["AutoEncoder_CNN", "LinearAutoEncoder"],
+    "autoencoders": ["AutoEncoder_CNN", "LinearAutoEncoder", "build_autoencoder"],
     "classifiers": ["CIFARResNet", "build_classifier", "predict_proba"],
     "segmentation": ["SMPUnet", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "stl10": ["FrozenEncoderClassifier", "STL10AutoEncoder", "STL10CNN", "freeze", "frozen_resnet18",
-              "linear_probe_head", "load_encoder"],
+              "linear_probe_head", "load_encoder", "probe_classifier"],
+    "registry": ["MODEL_BUILDERS", "build_run_model", "run_config"],
     "utils": ["count_parameters", "init_from"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["LinearAutoEncoder", "AutoEncoder_CNN"]
+__all__ = ["LinearAutoEncoder", "AutoEncoder_CNN", "build_autoencoder"]
 
 
 class LinearAutoEncoder(nn.Module):
@@ -100,3 +100,12 @@ class AutoEncoder_CNN(nn.Module):  # noqa: N801 - the spec's name
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(*self.encode(x))
 
+
+def build_autoencoder(name: str, channels: tuple[int, int, int] = (16, 32, 15)) -> nn.Module:
+    """MNIST autoencoder by name (the recipe's ``model``): ``linear`` → :class:`LinearAutoEncoder`,
+    ``cnn`` → :class:`AutoEncoder_CNN` with conv widths ``channels``. Raises ValueError for other names."""
+    if name == "linear":
+        return LinearAutoEncoder()
+    if name == "cnn":
+        return AutoEncoder_CNN(tuple(channels))
+    raise ValueError(f"unknown autoencoder {name!r}; valid: linear, cnn")

@@ -23,7 +23,7 @@ from ..checkpoint import load_weights
 from .classifiers import ConvBNReLU
 
 __all__ = ["STL10CNN", "STL10AutoEncoder", "FrozenEncoderClassifier", "freeze", "frozen_resnet18", "load_encoder",
-           "linear_probe_head"]
+           "linear_probe_head", "probe_classifier"]
 
 
 class STL10CNN(nn.Module):
@@ -158,19 +158,22 @@ def linear_probe_head(in_shape: Sequence[int], num_classes: int = 10, dropout: f
                          nn.Linear(features, num_classes))
 
 
-def frozen_resnet18(weights: str, num_classes: int = 10) -> FrozenEncoderClassifier:
+def frozen_resnet18(weights: str | None, num_classes: int = 10) -> FrozenEncoderClassifier:
     """torchvision's ResNet-18, every parameter frozen, with a new trainable Linear 512 → ``num_classes``.
 
     ``weights``: a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``; downloaded by
     torchvision into its cache when not there yet, which needs a network) or the path of a
-    ResNet-18 state dict (e.g. a copy of ``resnet18-f37072fd.pth``). Input: (N, 3, H, W)
+    ResNet-18 state dict (e.g. a copy of ``resnet18-f37072fd.pth``); None: random weights (to load a
+    trained run's state dict into). Input: (N, 3, H, W)
     float normalised with ImageNet mean/std (224x224 as in ImageNet training).
     Raises FileNotFoundError / ConnectionError / ValueError with what to do instead.
     """
     from torchvision.models import ResNet18_Weights, resnet18
 
-    path = Path(os.path.expanduser(weights))
-    if path.suffix in (".pth", ".pt", ".bin") or path.exists():
+    path = Path(os.path.expanduser(weights or ""))
+    if weights is None:
+        model = resnet18(weights=None)
+    elif path.suffix in (".pth", ".pt", ".bin") or path.exists():
         model = resnet18(weights=None)
         state = load_weights(path)
         state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -193,6 +196,16 @@ def frozen_resnet18(weights: str, num_classes: int = 10) -> FrozenEncoderClassif
                 f"put a copy of that file on this machine and pass --weights PATH/{Path(chosen.url).name}") from None
     model.fc = nn.Identity()
     return FrozenEncoderClassifier(model, nn.Linear(512, num_classes))
+
+
+def probe_classifier(channels: Sequence[int], num_classes: int = 10, dropout: float = 0.0,
+                     encoder: nn.Module | None = None, size: int = 96) -> FrozenEncoderClassifier:
+    """The STL-10 probe: the frozen encoder of a :class:`STL10AutoEncoder` (``channels``; ``encoder``
+    when given, else a random one) feeding :func:`linear_probe_head` for ``size`` x ``size`` input.
+    (N, 3, size, size) float in [0, 1] → (N, num_classes) logits."""
+    encoder = STL10AutoEncoder(channels).encoder if encoder is None else encoder
+    head = linear_probe_head(STL10AutoEncoder(channels).code_shape(size), num_classes, dropout)
+    return FrozenEncoderClassifier(encoder, head)
 
 
 def load_encoder(weights: str | os.PathLike, channels: Sequence[int]) -> nn.Module:
