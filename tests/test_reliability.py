@@ -1,4 +1,5 @@
-"""Reliability of the Trainer: mid-epoch states, keep-last-K, SIGTERM/Ctrl-C, NaN stops, untrusted files, kills."""
+"""Reliability of the Trainer: mid-epoch states, keep-last-K, SIGTERM/SIGUSR1/Ctrl-C, NaN stops, untrusted files,
+kills."""
 
 import json
 import os
@@ -114,10 +115,10 @@ def test_keeps_the_newest_states_and_points_latest_at_the_last(tmp_path):
     assert_same_weights(best, torch.load(trainer.run_dir / "best.pth", weights_only=True))
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGUSR1, 0)])
 def test_signal_saves_a_state_then_exits_and_resume_matches(tmp_path, signum, code, capsys):
     # the handlers the process had before (a background job's shell may have set SIGINT to SIG_IGN)
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     ref, _ = fit(cfg_for(tmp_path, "ref", checkpoint_every=0))
     reset_accelerate()
 

@@ -12,7 +12,8 @@ from toolkit.state import TrainState
 from .utils import TinyImages, TinyNet
 
 KEYS = {"epoch", "global_step", "history", "best", "best_epoch", "train_time_s", "wall_time_s", "planned_epochs",
-        "batch_in_epoch", "partial", "skipped_steps", "epoch_end_walls"}  # the keys the files have always used
+        "batch_in_epoch", "partial", "skipped_steps", "epoch_end_walls",  # the keys the files have always used
+        "patience_best", "epochs_without_improvement", "stop_reason"}  # early stopping (older files lack them)
 OLDEST = {"epoch": 2, "global_step": 12, "history": [{"epoch": 1, "train_loss": 0.7}, {"epoch": 2, "train_loss": 0.6}],
           "best": 0.8, "best_epoch": 2, "train_time_s": 1.5, "wall_time_s": 2.0, "planned_epochs": 4}
 
@@ -34,7 +35,8 @@ def test_round_trip_keeps_every_field_and_key():
     state = TrainState(planned_epochs=5, epoch=3, global_step=17, batch_in_epoch=2,
                        partial={"loss_sum": 1.25, "seen": 16, "time_s": 0.5}, best=0.9, best_epoch=2,
                        history=[{"epoch": 1, "accuracy": 0.5}], train_time_s=3.0, wall_time_s=4.5,
-                       epoch_end_walls=[1.5, 3.0, 4.5], skipped_steps=1)
+                       epoch_end_walls=[1.5, 3.0, 4.5], skipped_steps=1, patience_best=0.9,
+                       epochs_without_improvement=1, stop_reason="no improvement")
     data = json.loads(json.dumps(state.to_json()))
     assert set(data) == KEYS
     assert TrainState.from_json(data) == state
@@ -47,6 +49,7 @@ def test_oldest_format_loads_with_defaults_and_unknown_keys_are_ignored():
     assert (state.epoch, state.global_step, state.best, state.best_epoch, state.planned_epochs) == (2, 12, 0.8, 2, 4)
     assert state.history == OLDEST["history"]
     assert (state.batch_in_epoch, state.partial, state.skipped_steps, state.epoch_end_walls) == (0, None, 0, [])
+    assert (state.patience_best, state.epochs_without_improvement, state.stop_reason) == (None, 0, None)
 
 
 def test_a_state_without_its_required_keys_is_refused_by_name():

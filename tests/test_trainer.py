@@ -100,6 +100,44 @@ def test_resume_continues_at_next_epoch_with_identical_weights(tmp_path):
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
 
 
+def test_resume_auto_starts_fresh_when_there_is_no_state(tmp_path):
+    trainer, _, history = fit(make_cfg(tmp_path, run_name="tiny-a", epochs=1, resume="auto"))
+    assert not trainer.resuming and len(history) == 1 and find_state(trainer.run_dir) is not None
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer, _, _ = fit(make_cfg(tmp_path, run_name="", epochs=1, resume="auto"))  # no name: the newest run
+    assert trainer.resuming and trainer.run_dir.name == "tiny-a"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer, _, _ = fit(make_cfg(tmp_path / "other", run_name="", epochs=1, resume="auto"))  # none there: a new one
+    assert not trainer.resuming and trainer.run_dir.name.startswith("tiny-")
+
+
+def test_resume_auto_continues_an_interrupted_run_and_leaves_a_finished_one_as_resume_does(tmp_path):
+    def crash_in_epoch_2(sample):
+        crash_in_epoch_2.calls += 1
+        if crash_in_epoch_2.calls == 2:
+            raise Interrupt()
+        return {}
+
+    crash_in_epoch_2.calls = 0
+    with pytest.raises(Interrupt):
+        fit(make_cfg(tmp_path, epochs=3), figures=crash_in_epoch_2)
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    first = json.loads((tmp_path / "runs/t/history.json").read_text())[0]
+    trainer, _, history = fit(make_cfg(tmp_path, epochs=3, resume="auto"))
+    assert trainer.resuming and [h["epoch"] for h in history] == [1, 2, 3] and history[0] == first
+    AcceleratorState._reset_state(reset_partial_state=True)
+    finished = find_state(trainer.run_dir)
+    results = {}
+    for resume in ("auto", True):  # a finished run: nothing is trained again, its summary is written again
+        trainer, _, again = fit(make_cfg(tmp_path, epochs=3, resume=resume))
+        AcceleratorState._reset_state(reset_partial_state=True)
+        summary = json.loads((trainer.run_dir / "summary.json").read_text())
+        results[resume] = (again, summary["epochs_completed"], find_state(trainer.run_dir))
+    assert results["auto"] == results[True] == (history, 3, finished)
+
+
 def test_bf16_autocast_from_the_launch_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     trainer, model, history = fit(make_cfg(tmp_path, epochs=2))

@@ -1,10 +1,11 @@
-"""SIGTERM and Ctrl-C during training: finish the current step, save a state, exit cleanly.
+"""SIGTERM, SIGUSR1 and Ctrl-C during training: finish the current step, save a state, exit cleanly.
 
 The handler only sets a flag; the Trainer looks at it at each optimizer-step boundary,
 saves a resumable state there and leaves with :class:`TrainingStopped`, a ``SystemExit``
-whose code is 0 after SIGTERM (a scheduler asked the job to stop; the work is saved) and
-130 after Ctrl-C (the shell convention for SIGINT). A second Ctrl-C while the flag is
-already set stops at once with ``KeyboardInterrupt`` (the previous state stays intact).
+whose code is 0 after SIGTERM or SIGUSR1 (a scheduler asked the job to stop, or warns of its
+time limit as SLURM's ``sbatch --signal=USR1@120`` does; the work is saved) and 130 after
+Ctrl-C (the shell convention for SIGINT). A second Ctrl-C while the flag is already set
+stops at once with ``KeyboardInterrupt`` (the previous state stays intact).
 :class:`RunGuard` bundles these handlers with the NaN/inf loss check for one ``fit``.
 """
 
@@ -21,15 +22,16 @@ from .state import TrainState
 
 __all__ = ["StopSignals", "RunGuard", "TrainingStopped", "EXIT_CODES"]
 
-EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}  # process exit status after the state is saved
+# process exit status after the state is saved (no SIGUSR1 on Windows)
+EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130} | ({signal.SIGUSR1: 0} if hasattr(signal, "SIGUSR1") else {})
 
 
 class TrainingStopped(SystemExit):
-    """Raised by the Trainer after it saved a state on SIGTERM/SIGINT; ``code`` is the exit status."""
+    """Raised by the Trainer after it saved a state on SIGTERM/SIGUSR1/SIGINT; ``code`` is the exit status."""
 
 
 class StopSignals:
-    """Context manager that turns SIGTERM/SIGINT into a flag (``received``: the signal number or None).
+    """Context manager that turns SIGTERM/SIGUSR1/SIGINT into a flag (``received``: the signal number or None).
 
     Installs handlers only in the main thread (Python allows no other); elsewhere it is inert.
     """
@@ -56,7 +58,7 @@ class StopSignals:
 
 
 class RunGuard:
-    """The watchdogs of one :meth:`~toolkit.trainer.Trainer.fit`: SIGTERM/SIGINT and NaN/inf losses.
+    """The watchdogs of one :meth:`~toolkit.trainer.Trainer.fit`: SIGTERM/SIGUSR1/SIGINT and NaN/inf losses.
 
     A context manager (the signal handlers live while it is entered). Call every method at the
     same points on every process: with several processes they are collectives.
@@ -76,7 +78,7 @@ class RunGuard:
         self.signals.__exit__(*exc)
 
     def stop_requested(self, global_step: int | None = None) -> int | None:
-        """The signal every process agrees was received (SIGTERM/SIGINT), or None.
+        """The signal every process agrees was received (SIGTERM/SIGUSR1/SIGINT), or None.
 
         With several processes this is a collective; inside an epoch (``global_step`` given) it runs
         only every ``log_every`` optimizer steps, so that it costs no device sync per step.

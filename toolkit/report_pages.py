@@ -86,6 +86,9 @@ def _summary_html(run: Run) -> str:
         return ('<p class="warn">No summary.json: the run is unfinished or was interrupted.</p>'
                 + table(["key", "last epoch"], [[k, v] for k, v in last.items()]))
     rows = [[label, run.summary.get(key)] for key, label in SUMMARY_ROWS if key in run.summary]
+    if run.summary.get("stopped_early"):  # --patience ended the run before its planned epochs
+        rows.append(["stopped early",
+                     f"after epoch {run.summary.get('stopped_epoch')}: {run.summary.get('stop_reason')}"])
     out = table(["", "value"], rows)
     final = run.summary.get("final") or {}
     best = run.best_record or {}

@@ -2,9 +2,10 @@
 
 States are saved every ``checkpoint_every`` optimizer steps and at the end of every
 epoch into ``state/step-XXXXXXXX/`` (see :mod:`toolkit.checkpoint`); ``--resume`` loads
-the newest one after refusing any file that carries code. A state saved inside an epoch
-records how many batches of that epoch were done; the resumed run skips exactly those
-(Accelerate's ``skip_first_batches`` over the same seeded per-epoch order).
+the newest one after refusing any file that carries code; ``--resume auto`` does so when
+the run has a state and starts it fresh otherwise (a requeued job runs the same command).
+A state saved inside an epoch records how many batches of that epoch were done; the resumed
+run skips exactly those (Accelerate's ``skip_first_batches`` over the same seeded per-epoch order).
 """
 
 from __future__ import annotations
@@ -24,16 +25,17 @@ from .config import ConfigError, TrainConfig
 from .optim import StepSchedule
 from .state import TrainState
 
-__all__ = ["resolve_run_dir", "save_state", "restore_state"]
+__all__ = ["resolve_run_dir", "resumes", "save_state", "restore_state"]
 
 
 def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
     """The run folder ``<output_dir>/<run name>``, created and proven writable; call on every process.
 
-    The name is ``cfg.run_name``, else with ``cfg.resume`` the newest ``<recipe>-*`` run that
-    holds a state, else ``<recipe>-<date>-<time>``; every process takes the main process's
-    choice. Raises ConfigError when ``output_dir`` is no folder, when ``--resume`` finds no
-    state, when a new run would overwrite one that holds a state, or when the folder is not writable.
+    The name is ``cfg.run_name``, else with ``cfg.resume`` (True or "auto") the newest ``<recipe>-*``
+    run that holds a state, else ``<recipe>-<date>-<time>``; every process takes the main process's
+    choice. Raises ConfigError when ``output_dir`` is no folder, when ``--resume`` (True) finds no
+    state, when a new run would overwrite one that holds a state, or when the folder is not writable;
+    ``--resume auto`` without a state starts a new run instead.
     """
     root = Path(cfg.output_dir)
     if root.exists() and not root.is_dir():
@@ -41,18 +43,20 @@ def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> 
     name = cfg.run_name
     if not name and cfg.resume:
         runs = sorted((p for p in root.glob(f"{recipe}-*") if find_state(p)), key=lambda p: p.name)
-        if not runs:
+        if not runs and cfg.resume is True:
             raise ConfigError(f"--resume: no run of {recipe!r} with a saved state under {root}/")
-        name = runs[-1].name
-    elif not name:
+        name = runs[-1].name if runs else ""
+    if not name:
         name = f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     box = [name]
     broadcast_object_list(box)  # every process agrees on the main process's name
     run_dir = root / box[0]
-    if cfg.resume and find_state(run_dir) is None:
-        raise ConfigError(f"--resume: {run_dir} holds no complete state/ to resume from")
+    if cfg.resume is True and find_state(run_dir) is None:
+        raise ConfigError(f"--resume: {run_dir} holds no complete state/ to resume from (--resume auto starts "
+                          "it fresh then)")
     if not cfg.resume and find_state(run_dir) is not None:
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --run-name")
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume (or --resume auto) to continue it "
+                          "or pick another --run-name")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:  # prove it is writable before any training starts
@@ -62,6 +66,12 @@ def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> 
     except OSError as err:
         raise ConfigError(f"output_dir: cannot create or write the run folder {run_dir}: {err}") from err
     return run_dir
+
+
+def resumes(cfg: TrainConfig, run_dir: Path) -> bool:
+    """Whether a fit in ``run_dir`` (from :func:`resolve_run_dir`) continues its newest state: with
+    ``--resume`` always, with ``--resume auto`` when the folder holds a complete state."""
+    return bool(cfg.resume) and find_state(run_dir) is not None
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,
@@ -78,7 +88,8 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     Model, optimizer, grad scaler and RNG states go through ``accelerator.load_state``;
     ``scheduler`` (whose multiplier is ``schedule``) gets its saved state dict. When
     ``cfg.epochs`` differs from the saved plan and no time budget is set, ``schedule`` is
-    refitted to the new number of epochs (a finished warm-up stays finished).
+    refitted to the new number of epochs (a finished warm-up stays finished). A run that stopped
+    early continues when ``cfg.patience`` no longer stops it (0, or more than its epochs without improvement).
     """
     state_dir = find_state(run_dir)
     check_state_files(state_dir)  # refuses pickles that carry code before anything else reads them
@@ -91,6 +102,9 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     if cfg.max_minutes <= 0 and state.planned_epochs != cfg.epochs:  # --epochs changed: refit the schedule
         state.planned_epochs = cfg.epochs
         schedule.refit(steps_per_epoch * max(cfg.epochs, 1), scheduler.last_epoch)
+    if state.stop_reason and not 0 < cfg.patience <= state.epochs_without_improvement:
+        accelerator.print(f"--patience {cfg.patience}: continuing a run that had stopped early ({state.stop_reason})")
+        state.stop_reason = None
     where = f"after epoch {state.epoch}"
     if state.batch_in_epoch:
         where += f" and {state.batch_in_epoch} batches of epoch {state.epoch + 1}"

@@ -10,11 +10,12 @@ keys of every earlier version of the file, so states saved before still resume.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["TrainState", "plan_epochs"]
+__all__ = ["TrainState", "plan_epochs", "note_patience"]
 
 _REQUIRED = ("epoch", "global_step", "history", "planned_epochs")  # in every trainer_state.json ever written
 
@@ -32,7 +33,10 @@ class TrainState:
     run will train (a time budget may lower it); train_time_s / wall_time_s: seconds spent
     in training steps / in whole epochs (training, evaluation, outputs); epoch_end_walls:
     ``wall_time_s`` at the end of each epoch (time-budget planning); skipped_steps:
-    optimizer steps the fp16 grad scaler skipped.
+    optimizer steps the fp16 grad scaler skipped; patience_best: the monitored value that
+    later epochs must improve on by ``min_delta`` (early stopping; None before the first epoch);
+    epochs_without_improvement: epochs since it was last set; stop_reason: why the run stopped
+    before its planned epochs (early stopping), None while it has not.
     """
 
     planned_epochs: int
@@ -47,6 +51,14 @@ class TrainState:
     wall_time_s: float = 0.0
     epoch_end_walls: list[float] = field(default_factory=list)
     skipped_steps: int = 0
+    patience_best: float | None = None
+    epochs_without_improvement: int = 0
+    stop_reason: str | None = None
+
+    @property
+    def more_epochs(self) -> bool:
+        """Whether the run trains another epoch: planned epochs remain and it did not stop early."""
+        return self.epoch < self.planned_epochs and self.stop_reason is None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with the keys of ``trainer_state.json`` (a deep copy: later changes don't reach it)."""
@@ -57,7 +69,7 @@ class TrainState:
         """The state a ``trainer_state.json`` dict describes, of this or any earlier format.
 
         Keys that older files lack (``batch_in_epoch``, ``partial``, ``skipped_steps``,
-        ``epoch_end_walls``) take their defaults; keys this class does not know are ignored.
+        ``epoch_end_walls``, the early-stopping keys) take their defaults; keys this class does not know are ignored.
         Raises ValueError naming the keys when one of epoch, global_step, history or
         planned_epochs is missing.
         """
@@ -76,11 +88,12 @@ class TrainState:
 
     def summary(self, **run: Any) -> dict:
         """``summary.json`` of a finished fit: ``run`` (recipe, run folder, monitor, parameters, processes, …)
-        first, then the best value and epoch, epochs completed, timings, mean training images/s, skipped
-        steps and the final epoch's record."""
-        history = self.history
+        first, then the best value and epoch, epochs completed, whether, after which epoch and why it
+        stopped early, timings, mean training images/s, skipped steps and the final epoch's record."""
+        history, stopped = self.history, self.stop_reason is not None
         return {
             **run, "best_value": self.best, "best_epoch": self.best_epoch, "epochs_completed": self.epoch,
+            "stopped_early": stopped, "stopped_epoch": self.epoch if stopped else None, "stop_reason": self.stop_reason,
             "wall_time_s": self.wall_time_s, "train_time_s": self.train_time_s,
             "train_images_per_s": (sum(h["train_images_per_s"] for h in history) / len(history)) if history else None,
             "skipped_steps": self.skipped_steps, "final": history[-1] if history else None,
@@ -106,3 +119,30 @@ def plan_epochs(state: TrainState, max_epochs: int, budget_s: float) -> int:
     per_epoch = statistics.median(durations) if durations else walls[0] / state.epoch
     left = int(max(0.0, budget_s - state.wall_time_s) / max(per_epoch, 1e-9))
     return max(state.epoch, min(max_epochs, state.epoch + left))
+
+
+def note_patience(state: TrainState, value: float, monitor: str, mode: str, patience: int, min_delta: float) -> bool:
+    """Early stopping, called once after each epoch with its monitored ``value``; True when the run must stop.
+
+    The epoch improves when ``value`` beats ``state.patience_best`` by at least ``min_delta`` (>= 0, in the
+    metric's units, up to float rounding; up for ``mode`` "max", down for "min"; any change > 0 when
+    ``min_delta`` is 0): then it becomes the new reference and the count restarts, otherwise
+    ``state.epochs_without_improvement`` grows.
+    The first epoch always improves; a NaN value never does. With ``patience`` > 0, the count reaching
+    ``patience`` sets ``state.stop_reason``; ``patience`` 0 never stops (the count is still kept).
+    """
+    ref = state.patience_best
+    if ref is None:
+        gain = math.inf if value == value else math.nan
+    else:
+        gain = value - ref if mode == "max" else ref - value
+    if gain > 0 and (gain >= min_delta or math.isclose(gain, min_delta, rel_tol=1e-9)):  # 0.6 - 0.5 counts as 0.1
+        state.patience_best, state.epochs_without_improvement = value, 0
+    else:
+        state.epochs_without_improvement += 1
+    count = state.epochs_without_improvement
+    if 0 < patience <= count:
+        since = f"{ref:.6g} at epoch {state.epoch - count}" if ref is not None else "none (no valid value)"
+        state.stop_reason = (f"{monitor} did not improve ({mode}) by at least {min_delta:g} for {count} epochs "
+                             f"(--patience {patience}); last improvement: {since}")
+    return state.stop_reason is not None

@@ -29,8 +29,8 @@ from .loop import FigureFn, FitLoop, make_loader, reseed
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import resolve_run_dir, restore_state, save_state
-from .state import TrainState, plan_epochs
+from .runs import resolve_run_dir, restore_state, resumes, save_state
+from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
 
@@ -48,9 +48,9 @@ class Trainer:
     ``summary.json``, ``best.pth`` and ``best.safetensors`` (state dict of the best epoch
     by ``monitor``), ``state/step-*/`` (resumable, newest ``keep_states`` kept, saved every
     epoch and every ``checkpoint_every`` steps), ``figures/`` and the W&B run in ``wandb/``.
-    SIGTERM / Ctrl-C save a state and exit (status 0 / 130); a NaN/inf loss stops the run.
-    The run's progress is a :class:`~toolkit.state.TrainState`; ``loop`` holds the prepared
-    objects of the current (or last) fit, None before the first.
+    SIGTERM, SIGUSR1 / Ctrl-C save a state and exit (0 / 130); a NaN/inf loss stops the run; ``patience``
+    ends it early (:func:`~toolkit.state.note_patience`). Its progress is a :class:`~toolkit.state.TrainState`;
+    ``loop`` holds the prepared objects of the current (or last) fit, None before the first.
     """
 
     def __init__(self, cfg: TrainConfig, recipe: str) -> None:
@@ -62,6 +62,7 @@ class Trainer:
         )
         set_seed(cfg.seed, device_specific=True)
         self.run_dir = resolve_run_dir(cfg, recipe, self.accelerator)
+        self.resuming = resumes(cfg, self.run_dir)  # --resume, or --resume auto with a saved state
         self.loop: FitLoop | None = None
         self.figures_dir = self.run_dir / "figures"
         if self.accelerator.is_main_process:
@@ -155,13 +156,15 @@ class Trainer:
         self.loop = loop = FitLoop(model, objective, optimizer, scheduler, schedule, train_dl, val_dl, train_data,
                                    val_data, metrics, monitor, mode, figures, [*callbacks, ModelArtifact()],
                                    steps_per_epoch, RunGuard(acc, cfg.log_every))
-        state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch) if cfg.resume
-                 else TrainState(planned_epochs=cfg.epochs))
+        state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch)
+                 if self.resuming else TrainState(planned_epochs=cfg.epochs))
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
         with loop.guard:
             self._epochs(state)
+        if state.stop_reason:
+            acc.print(f"stopped early after epoch {state.epoch}: {state.stop_reason}")
         call_hook(loop.callbacks, "on_fit_end", self, state)
         summary = state.summary(
             recipe=self.recipe, run_dir=str(self.run_dir), monitor=self.loop.monitor, mode=self.loop.mode,
@@ -174,8 +177,8 @@ class Trainer:
         return state.history
 
     def _epochs(self, state: TrainState) -> None:
-        acc, loop = self.accelerator, self.loop
-        while state.epoch < state.planned_epochs:
+        cfg, acc, loop = self.cfg, self.accelerator, self.loop
+        while state.more_epochs:
             epoch, epoch_start = state.epoch, time.perf_counter()
             record = self._train_epoch(state)
             results, sample = self.evaluate(loop.model, loop.objective, loop.val_dl, loop.metrics)
@@ -190,6 +193,7 @@ class Trainer:
                 if acc.is_main_process:
                     save_weights(self.run_dir / "best.pth", state_dict)
                     save_safetensors(self.run_dir / "best.safetensors", state_dict)
+            note_patience(state, record[loop.monitor], loop.monitor, loop.mode, cfg.patience, cfg.min_delta)
             acc.log({f"val/{k.removeprefix('val_')}": v for k, v in results.items()}
                     | {"train/epoch_loss": record["train_loss"], "epoch": epoch + 1}, step=state.global_step)
             self._write_epoch_outputs(state, sample)
@@ -202,7 +206,7 @@ class Trainer:
                 + (f", {state.skipped_steps} optimizer steps skipped by the fp16 grad scaler so far"
                    if state.skipped_steps else ""))
             signum = loop.guard.stop_requested()
-            if signum and state.epoch < state.planned_epochs:
+            if signum and state.more_epochs:
                 self._stop(state, signum, save=False)
 
     def _train_epoch(self, state: TrainState) -> dict:

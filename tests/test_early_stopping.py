@@ -1,0 +1,147 @@
+"""Early stopping (--patience, --min-delta): when a run stops, what it records, and resuming inside a count."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+from safetensors.torch import load_file
+
+from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
+from toolkit.checkpoint import STATE_MARKER, find_state
+from toolkit.report_pages import run_page
+from toolkit.report_runs import load_run
+from toolkit.state import TrainState, note_patience
+
+from .utils import TinyImages, TinyNet
+
+
+class Scripted:
+    """A metric whose value at its k-th compute() is ``values[start + k]`` (the last value repeats): a
+    validation curve chosen by the test. ``{"score": float}``; update() ignores the batch."""
+
+    def __init__(self, values, start: int = 0):
+        self.values, self.calls = list(values), start
+
+    def reset(self):
+        pass
+
+    def update(self, preds, targets):
+        pass
+
+    def compute(self):
+        value = self.values[min(self.calls, len(self.values) - 1)]
+        self.calls += 1
+        return {"score": value}
+
+
+class Crash(Exception):
+    pass
+
+
+def cfg_for(tmp_path, name="p", **kw):
+    base = TrainConfig(output_dir=str(tmp_path / "runs"), run_name=name, epochs=10, batch_size=8, lr=0.05,
+                       num_workers=0, wandb_mode="disabled", warmup_fraction=0.0)
+    return replace(base, **kw)
+
+
+def reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def fit(cfg, values, mode="max", start=0, figures=None):
+    """Train TinyNet monitoring the scripted ``score``; returns (trainer, history, summary.json)."""
+    trainer = Trainer(cfg, recipe="tiny")
+    history = trainer.fit(TinyNet(), ClassificationObjective(), TinyImages(32), TinyImages(16, seed=1),
+                          metrics=[Scripted(values, start), Accuracy()], monitor="score", mode=mode,
+                          param_budget=500_000, figures=figures)
+    reset_accelerate()
+    return trainer, history, json.loads((trainer.run_dir / "summary.json").read_text())
+
+
+def saved_state(run_dir) -> dict:
+    return json.loads((find_state(run_dir) / STATE_MARKER).read_text())
+
+
+def test_a_stalled_metric_stops_after_patience_plus_one_epochs_and_says_so(tmp_path):
+    trainer, history, summary = fit(cfg_for(tmp_path, patience=2), [0.5])
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # epoch 1 sets the value, 2 and 3 do not improve on it
+    assert summary["stopped_early"] is True and summary["stopped_epoch"] == 3 == summary["epochs_completed"]
+    assert "score did not improve" in summary["stop_reason"] and "--patience 2" in summary["stop_reason"]
+    assert "at epoch 1" in summary["stop_reason"]
+    state = saved_state(trainer.run_dir)
+    assert state["epochs_without_improvement"] == 2 and state["stop_reason"] == summary["stop_reason"]
+    html = run_page(load_run(trainer.run_dir))
+    assert "stopped early" in html and "after epoch 3" in html
+
+
+def test_patience_zero_never_stops(tmp_path):
+    _, history, summary = fit(cfg_for(tmp_path, epochs=5), [0.5])
+    assert len(history) == 5
+    assert (summary["stopped_early"], summary["stopped_epoch"], summary["stop_reason"]) == (False, None, None)
+
+
+def test_min_delta_counts_only_large_enough_improvements(tmp_path):
+    values = [0.5, 0.55, 0.58, 0.6, 0.62, 0.64, 0.66, 0.68, 0.7, 0.72]  # +0.1 over epoch 1 only at epoch 4
+    _, history, summary = fit(cfg_for(tmp_path, "d", patience=3, min_delta=0.1), values)
+    assert len(history) == 7 and summary["stopped_epoch"] == 7  # reference 0.6 (epoch 4); 5, 6, 7 gain < 0.1
+    _, history, summary = fit(cfg_for(tmp_path, "z", patience=3), values)
+    assert len(history) == 10 and not summary["stopped_early"]  # every epoch improves by more than 0
+
+
+@pytest.mark.parametrize("mode, values, min_delta, patience, stops_after", [
+    ("max", [0.5, 0.5, 0.5], 0.0, 2, 3),  # equal is no improvement
+    ("max", [0.5, 0.4, 0.45, 0.49], 0.0, 3, 4),  # a drop and a partial recovery do not count
+    ("min", [1.0, 0.95, 0.9, 0.85], 0.1, 1, 2),  # lower is better; 0.05 < 0.1
+    ("min", [1.0, 0.95, 0.9, 0.85], 0.05, 1, None),  # 0.05 >= 0.05 (up to float rounding) counts
+    ("min", [1.0, 1.2, 0.9, 0.9, 0.95], 0.0, 2, 5),  # 0.9 at epoch 3 restarts the count
+    ("max", [math.nan, 0.5, 0.5, 0.5], 0.0, 2, 4),  # NaN never improves; 0.5 then counts as the first value
+])
+def test_note_patience_counts_as_documented(mode, values, min_delta, patience, stops_after):
+    state = TrainState(planned_epochs=len(values))
+    stopped_at = None
+    for epoch, value in enumerate(values, start=1):
+        state.epoch = epoch
+        if note_patience(state, value, "m", mode, patience, min_delta) and stopped_at is None:
+            stopped_at = epoch
+    assert stopped_at == stops_after, state
+
+
+def test_resume_inside_a_patience_count_stops_at_the_same_epoch(tmp_path):
+    values = [0.5, 0.6, 0.55, 0.6, 0.58, 0.59, 0.7]  # best 0.6 at epoch 2; patience 3 stops after epoch 5
+    ref, ref_history, ref_summary = fit(cfg_for(tmp_path, "ref", patience=3), values)
+    assert ref_summary["stopped_epoch"] == 5
+
+    def crash_in_epoch_4(sample):
+        crash_in_epoch_4.calls += 1
+        if crash_in_epoch_4.calls == 4:
+            raise Crash()  # before epoch 4's state is saved: the newest is epoch 3's, one epoch into the count
+        return {}
+
+    crash_in_epoch_4.calls = 0
+    with pytest.raises(Crash):
+        fit(cfg_for(tmp_path, "b", patience=3), values, figures=crash_in_epoch_4)
+    reset_accelerate()
+    state = saved_state(tmp_path / "runs/b")
+    assert (state["epoch"], state["epochs_without_improvement"], state["stop_reason"]) == (3, 1, None)
+
+    resumed, history, summary = fit(cfg_for(tmp_path, "b", patience=3, resume="auto"), values, start=3)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+    assert [h["score"] for h in history] == [h["score"] for h in ref_history]
+    assert (summary["stopped_epoch"], summary["stop_reason"]) == (5, ref_summary["stop_reason"])
+    wa, wb = load_file(find_state(ref.run_dir) / "model.safetensors"), load_file(find_state(resumed.run_dir) /
+                                                                                  "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+    _, again, summary = fit(cfg_for(tmp_path, "b", patience=3, resume=True), values, start=5)
+    assert len(again) == 5 and summary["stopped_epoch"] == 5  # a stopped run stays stopped with the same patience
+    _, longer, summary = fit(cfg_for(tmp_path, "b", patience=0, epochs=6, resume=True), values, start=5)
+    assert len(longer) == 6 and not summary["stopped_early"]  # --patience 0 lets it continue to --epochs
+
+
+def test_stopping_early_within_a_time_budget(tmp_path):
+    _, history, summary = fit(cfg_for(tmp_path, epochs=500, max_minutes=1.0, patience=1), [0.5])
+    assert len(history) == 2 and summary["stopped_epoch"] == 2
