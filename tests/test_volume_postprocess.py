@@ -80,7 +80,8 @@ def test_two_real_lesions_choose_none():
 
 def regions_case(shape=(12, 32, 32)):
     """Nested regions (C=3, D, H, W): a tumour with core and enhancing parts, and a far island holding all three."""
-    tumour, island = box(shape, np.s_[3:8], np.s_[6:18], np.s_[6:18]), box(shape, np.s_[9:11], np.s_[25:30], np.s_[25:30])
+    tumour = box(shape, np.s_[3:8], np.s_[6:18], np.s_[6:18])
+    island = box(shape, np.s_[9:11], np.s_[25:30], np.s_[25:30])
     core, enh = box(shape, np.s_[4:7], np.s_[9:15], np.s_[9:15]), box(shape, np.s_[5:6], np.s_[11:13], np.s_[11:13])
     small = box(shape, np.s_[9:11], np.s_[26:28], np.s_[26:28])
     pred = np.stack([tumour | island, core | small, enh | box(shape, 10, 27, 27)])

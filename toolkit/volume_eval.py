@@ -242,7 +242,8 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
     result = {"weights": [str(f) for f in files], "data_dir": str(data_dir), "split": args.split,
               "target": spec.to_dict(), "threshold": post.threshold, "flips": post.flips, "resolution": size,
               "postprocess": {"applied": f"threshold {post.threshold:g}, " + ("flip TTA" if post.flips else "no TTA"),
-                              "from": source, "volume": line}, "empty_masks": SLICE_EMPTY_RULE, **part, "summary": summary}
+                              "from": source, "volume": line},
+              "empty_masks": SLICE_EMPTY_RULE, **part, "summary": summary}
     out = eval_output(args)
     save_json(out, result)
     print(f"{summary['num_patients']} patients, {len(records)} slices ({args.split} split of {data_dir}); "

@@ -200,7 +200,8 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
     ``cfg``: the run's config (``image_size``, ``in_channels``, ``channels``, ``intensity``); ``post``: the
     chosen :class:`~toolkit.postprocess.PostProcess` (its ``threshold`` and ``flips`` apply; its 2D component
     rules do not); ``post_source``: where ``post`` came from (the applied ``postprocess.json``: its 3D choice,
-    if any, is applied to each label volume, ``min_voxels`` scaled to the case's in-plane size). Every case's channels are checked (count, shape, affine) before any is predicted.
+    if any, is applied to each label volume, ``min_voxels`` scaled to the case's in-plane size). Every case's
+    channels are checked (count, shape, affine) before any is predicted.
     Returns 0; raises MRIDataError naming a bad file.
     """
     cases = find_volume_cases(source)
