@@ -14,6 +14,7 @@ from pathlib import Path
 
 from toolkit import (
     ChoosePostprocess,
+    ChooseVolumePostprocess,
     ConfigError,
     FreezeEncoder,
     SegmentationMedia,
@@ -43,7 +44,6 @@ from toolkit.data.mri import (
     generate_synthetic_mri,
     mri_train_transforms,
 )
-from toolkit.volume_postprocess_run import ChooseVolumePostprocess
 
 
 @dataclass

@@ -8,7 +8,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - configuration: ``TrainConfig``, ``parse_config``, ``ConfigError``; ``ClassificationConfig`` and
   ``classification_objective``, ``stl10_train_test`` (what the classification recipes share);
 - training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
-  ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``, ``FreezeEncoder``;
+  ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``, ``ChooseVolumePostprocess``, ``FreezeEncoder``;
 - objectives, losses, metrics: ``Objective``, ``StepOutput``, ``ClassificationObjective``,
   ``ReconstructionObjective``, ``DenoisingObjective``, ``RestorationObjective``, ``SegmentationObjective``, ``build_objective``,
   ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
@@ -70,6 +70,7 @@ _EXPORTS = {
     "target_metrics": ["TargetMetrics"],
     "targets": ["TARGET_FILE", "TARGET_KINDS", "TargetSpec", "parse_regions", "resolve_target"],
     "trainer": ["ParameterBudgetError", "Trainer"],
+    "volume_postprocess_run": ["ChooseVolumePostprocess"],
     "wandb_media": ["ReconstructionMedia", "SegmentationMedia"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
