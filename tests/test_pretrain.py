@@ -197,3 +197,13 @@ def test_pretrain_then_fine_tune_with_few_labels(tmp_path):
     encoder = {n for n, _ in model.named_parameters() if n.startswith(("encoder.", "bottleneck."))}
     assert encoder and all(torch.equal(before[n], after[n]) for n in encoder)  # frozen for its only epoch
     assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+@pytest.mark.parametrize("recipe, args, message", [
+    ("brain_mri.py", ["--label-fraction", "1.5"], "label_fraction"),
+    ("brain_mri_pretrain.py", ["--inpaint-p", "0.5", "--outpaint-p", "0.6"], "inpaint_p + outpaint_p"),
+])
+def test_recipes_refuse_bad_settings_before_training(recipe, args, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / recipe), *args], cwd=ROOT, env=run_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
