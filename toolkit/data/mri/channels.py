@@ -11,7 +11,7 @@ import numpy as np
 
 from .io import CHANNEL_NAMES
 
-__all__ = ["CHANNEL_ALIASES", "DEFAULT_CHANNEL", "SLICE_RULES", "parse_slice_rule", "resolve_channels"]
+__all__ = ["CHANNEL_ALIASES", "DEFAULT_CHANNEL", "SLICE_RULES", "channel_indices", "parse_slice_rule", "resolve_channels"]
 
 #: The channel read when none is named, per source with more than one (folder: one grey channel).
 DEFAULT_CHANNEL = {"lgg": "flair", "figshare_mat": "t1ce", "brats": "flair"}
@@ -44,19 +44,26 @@ def resolve_channels(source: str, channels) -> tuple[int, ...]:
                 return ()
             raise ValueError(f"channels='grey' is for image folders; name the {source} channels: {', '.join(names)}")
         channels = [t.strip() for t in text.split(",") if t.strip()]
+    return channel_indices(channels, names, f"{source} data", CHANNEL_ALIASES)
+
+
+def channel_indices(items, names, what: str, aliases=None) -> tuple[int, ...]:
+    """Channel names (case-insensitive, ``aliases`` mapping other names onto ``names``) or indices → indices
+    into ``names``; ``what`` names the data in errors. Raises ValueError for an unknown or repeated channel."""
+    lower = [n.lower() for n in names]
     out = []
-    for item in channels:
+    for item in items:
         if isinstance(item, (int, np.integer)) or str(item).isdigit():
             k = int(item)
         else:
-            name = CHANNEL_ALIASES.get(str(item).lower(), str(item).lower())
-            k = names.index(name) if name in names else -1
+            name = (aliases or {}).get(str(item).lower(), str(item).lower())
+            k = lower.index(name) if name in lower else -1
         if not 0 <= k < len(names):
-            raise ValueError(f"unknown channel {item!r} for {source} data; its channels are "
+            raise ValueError(f"unknown channel {item!r} for {what}; its channels are "
                              f"{', '.join(f'{i}={n}' for i, n in enumerate(names))}, or 'all'")
         out.append(k)
     if not out or len(set(out)) != len(out):
-        raise ValueError(f"channels must name distinct channels, got {channels!r}")
+        raise ValueError(f"channels must name distinct channels, got {items!r}")
     return tuple(out)
 
 

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import MRIDataError
-from .channels import parse_slice_rule
+from .channels import channel_indices, parse_slice_rule
 from .io import MRISlice, natural_key
 from .nifti import brain_region, load_nifti
 
@@ -171,18 +171,7 @@ def resolve_raw_channels(names: tuple[str, ...], channels) -> tuple[int, ...]:
         raise ValueError(f"this data set has {len(names)} channel(s) ({', '.join(names)}); a channel count must "
                          f"be {len(names)}, got {channels}; or name the channels")
     items = [t.strip() for t in channels.split(",") if t.strip()] if isinstance(channels, str) else list(channels)
-    lower = [n.lower() for n in names]
-    out = []
-    for item in items:
-        k = int(item) if _is_int(item) or str(item).isdigit() else (
-            lower.index(str(item).lower()) if str(item).lower() in lower else -1)
-        if not 0 <= k < len(names):
-            raise ValueError(f"unknown channel {item!r}; this data set's channels are "
-                             f"{', '.join(f'{i}={n}' for i, n in enumerate(names))}, or 'all'")
-        out.append(k)
-    if not out or len(set(out)) != len(out):
-        raise ValueError(f"channels must name distinct channels, got {channels!r}")
-    return tuple(out)
+    return channel_indices(items, names, "this data set")
 
 
 def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, float]]:
