@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -108,3 +109,15 @@ def test_launch_sh_passes_slurm_args_to_accelerate(tmp_path):
                                   "--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "node01",
                                   "--main_process_port", "29956", "--num_processes", "8", "--cpu",
                                   "recipes/brain_mri.py", "--resume", "auto"]
+
+
+@pytest.mark.skipif(os.environ.get("TOOLKIT_SLURM_CHECK") != "1",
+                    reason="real SLURM (about 4 minutes): TOOLKIT_SLURM_CHECK=1, or make slurm-check")
+def test_real_slurm_usr1_requeue_resume(tmp_path):
+    """examples/slurm/local_check.sh: a one-node SLURM on localhost, USR1, requeue, resume, completed."""
+    out = subprocess.run([str(SLURM_DIR / "local_check.sh")], cwd=ROOT, capture_output=True, text=True,
+                         env=run_env(WORK=str(tmp_path / "slurm"), EPOCHS="10"), timeout=1200)
+    if out.returncode == 77:
+        pytest.skip(out.stderr.strip().splitlines()[-1])
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "COMPLETED after 1 requeue(s)" in out.stdout
