@@ -146,7 +146,9 @@ def test_recipe_trains_regions_on_raw_layout(tmp_path):
     last = json.loads((run / "history.json").read_text())[-1]
     assert {"dice_whole_tumour", "dice_tumour_core", "dice_enhancing_tumour"} <= set(last)
     assert (run / "figures" / "overlays_epoch001.png").is_file()
-    assert not (run / "postprocess.json").exists()  # the post-processing search is binary only
+    post = json.loads((run / "postprocess.json").read_text())  # the 2D search is binary only: the 3D choice
+    assert post["choice"]["flips"] is False and post["choice"]["largest_only"] is False
+    assert set(post["volume"]["rules"]) == {"whole_tumour", "tumour_core", "enhancing_tumour"}
     (run_file,) = (run / "wandb").glob("offline-run-*/run-*.wandb")  # W&B media show tumour of any region
     rows, _ = logged(run_file)
     assert [r for r in rows if r.get("val/segmentation/_type") == "images/separated"]
