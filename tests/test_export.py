@@ -107,6 +107,7 @@ RECIPES = {  # config.json fields as the recipes write them (small widths: secon
     "stl10_pretrain": {"channels": [8, 16, 16, 24]},
     "stl10_probe": {"channels": [24, 48, 64, 96], "dropout": 0.0},  # encoder.json's widths win
     "stl10_resnet18": {"image_size": 64, "weights": "IMAGENET1K_V1"},
+    "brain_mri_pretrain": {"model": "unet", "in_channels": 1, "image_size": 32, "widths": "8,16,32"},
 }
 
 
@@ -114,7 +115,7 @@ RECIPES = {  # config.json fields as the recipes write them (small widths: secon
                                          ("mnist_cnn_denoising", "onnx"), ("mnist_cnn_denoising", "torchscript"),
                                          ("mnist_linear_reconstruction", "onnx"), ("stl10_probe", "onnx"),
                                          ("stl10_supervised", "torchscript"), ("stl10_pretrain", "onnx"),
-                                         ("stl10_resnet18", "torchscript")])
+                                         ("stl10_resnet18", "torchscript"), ("brain_mri_pretrain", "onnx")])
 def test_classifier_and_autoencoder_exports_match_pytorch(tmp_path, recipe, fmt):
     run = tmp_path / recipe
     cfg = {"recipe": recipe, **RECIPES[recipe]}

@@ -75,8 +75,9 @@ def load_run_model(weights: str | Path) -> tuple[nn.Module, tuple[int, int, int]
         model, entry = build_run_model(weights, cfg)
         shape = tuple(int(d) for d in entry.input_shape(cfg))
         meta = {"kind": entry.kind, "preprocess": entry.preprocess,
-                "output": "logits (N, 10)" if entry.kind == "classifier" else f"reconstructions (N, {shape[0]}, "
-                          f"{shape[1]}, {shape[2]}) in [0, 1]"}
+                "output": {"classifier": "logits (N, 10)",
+                           "restoration": f"logits (N, 1, {shape[1]}, {shape[2]}); sigmoid = the restored image in [0, 1]",
+                           }.get(entry.kind, f"reconstructions (N, {shape[0]}, {shape[1]}, {shape[2]}) in [0, 1]")}
     meta = {"recipe": cfg.get("recipe"), "weights": weights.name, "input": f"float32 (N, {shape[0]}, {shape[1]}, "
             f"{shape[2]}), N dynamic", "input_shape": list(shape), "preprocess_in_graph": False, **meta}
     return model, shape, meta

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..checkpoint import load_weights
 from .autoencoders import build_autoencoder
+from .segmentation import build_segmentation_model, parse_widths
 from .classifiers import build_classifier
 from .stl10 import STL10CNN, STL10AutoEncoder, frozen_resnet18, probe_classifier
 
@@ -29,8 +30,9 @@ class ModelEntry:
     """How to rebuild one recipe's model.
 
     build: config dict → untrained ``nn.Module`` of the run's architecture; input_shape: config dict →
-    (C, H, W) of the float model input; kind: ``classifier`` ((N, K) logits) or ``autoencoder``
-    ((N, C, H, W) reconstructions in [0, 1]); preprocess: what turns uint8 0..255 images into the
+    (C, H, W) of the float model input; kind: ``classifier`` ((N, K) logits), ``autoencoder``
+    ((N, C, H, W) reconstructions in [0, 1]) or ``restoration`` ((N, 1, H, W) logits whose sigmoid is the
+    restored image in [0, 1]: the brain-MRI encoder-decoder pretrained by restoration); preprocess: what turns uint8 0..255 images into the
     model input (not part of the model).
     """
 
@@ -54,6 +56,11 @@ MODEL_BUILDERS: dict[str, ModelEntry] = {
                                  lambda c: (3, c["image_size"], c["image_size"]), "classifier",
                                  "bilinear resize to image_size, (x / 255 - IMAGENET_MEAN) / IMAGENET_STD"),
     "stl10_pretrain": ModelEntry(lambda c: STL10AutoEncoder(c["channels"]), lambda c: (3, 96, 96), "autoencoder", UNIT),
+    "brain_mri_pretrain": ModelEntry(
+        lambda c: build_segmentation_model(c["model"], in_channels=c["in_channels"], out_channels=1,
+                                           widths=parse_widths(c.get("widths", ""))),
+        lambda c: (c["in_channels"], c["image_size"], c["image_size"]), "restoration",
+        "as the brain-MRI segmentation runs: per-image standardisation (2D images) or from_zscore_uint8 (NIfTI)"),
     "stl10_probe": ModelEntry(lambda c: probe_classifier(c["channels"], 10, c["dropout"]), lambda c: (3, 96, 96),
                               "classifier", UNIT),
 }
