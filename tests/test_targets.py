@@ -90,6 +90,16 @@ def test_dice_ce_matches_monai():
     with pytest.raises(ValueError, match="class indices"):
         DiceCELoss()(logits, target[:, None])
     assert isinstance(segmentation_loss("classes", "dice_bce"), DiceCELoss)
+    # multi-output targets use batch Dice: a class absent from one slice does not push the others to zero
+    assert segmentation_loss("classes", "dice").dice.batch and segmentation_loss("regions", "dice_bce").dice.batch
+    assert not segmentation_loss("binary", "dice").batch  # the spec's per-image soft Dice
+    one_slice_each = torch.zeros(2, 3, 4, 4)
+    one_slice_each[0, 1], one_slice_each[1, 2] = 8.0, 8.0  # confident, correct class per slice
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[0], target[1] = 1, 2
+    assert segmentation_loss("classes", "dice").dice(torch.softmax(one_slice_each, 1)[:, 1:],
+                                                     torch.nn.functional.one_hot(target, 3).movedim(-1, 1)[:, 1:].float()) < 0.01
+    assert DiceCELoss(ce_weight=0)(one_slice_each, target) > 0.25  # per image: each absent class costs ~0.6 here
 
 
 def test_target_metrics_per_class_hand_computed():

@@ -226,11 +226,18 @@ def segmentation_loss(kind: str, loss: str = "dice", bce_weight: float = 1.0) ->
     ``"dice_bce"`` → :class:`DiceBCELoss` with ``bce_weight``. kind "classes" (softmax):
     :class:`DiceCELoss`, with the cross-entropy weighted ``bce_weight`` for ``"dice_bce"`` and
     ``0.1 * bce_weight`` for ``"dice"`` (a little CE keeps the background class trained).
+
+    Binary: the spec's per-image soft Dice. Classes and regions: batch Dice (one Dice per class or
+    region over the whole batch, as nnU-Net's ``batch_dice``): per image, every class or region
+    absent from a slice scores a loss near 1 for any non-zero probability, which on slices holding
+    one tumour type out of three pushed a classes model to predict background everywhere
+    (docs/volumes.md).
     """
     if loss not in ("dice", "dice_bce"):
         raise ValueError(f"loss must be dice or dice_bce, got {loss!r}")
     if kind == "classes":
-        return DiceCELoss(ce_weight=bce_weight if loss == "dice_bce" else 0.1 * bce_weight)
+        return DiceCELoss(ce_weight=bce_weight if loss == "dice_bce" else 0.1 * bce_weight, batch=True)
     if kind not in ("binary", "regions"):
         raise ValueError(f"kind must be binary, classes or regions, got {kind!r}")
-    return SoftDiceLoss() if loss == "dice" else DiceBCELoss(bce_weight=bce_weight)
+    batch = kind == "regions"
+    return SoftDiceLoss(batch=batch) if loss == "dice" else DiceBCELoss(bce_weight=bce_weight, batch=batch)
