@@ -204,7 +204,10 @@ def main(argv=None) -> list[dict]:
     return trainer.fit(
         model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight), preprocess,
                                      crop=crop, target=target), train, val,
-        metrics=[metric], monitor="dice", mode="max", param_budget=cfg.param_budget, callbacks=callbacks,
+        # classes/regions: pixel-pooled Dice picks the best epoch (per image, an all-background model scores 1
+        # on every slice that lacks a class, so the mean per-image Dice rewards predicting nothing)
+        metrics=[metric], monitor="dice" if binary else "dice_global", mode="max", param_budget=cfg.param_budget,
+        callbacks=callbacks,
         figures=lambda s: {"overlays": segmentation_overlays(
             s.inputs, *target.foreground(s.preds, s.targets, cfg.threshold), cfg.threshold)},
     )
