@@ -20,7 +20,8 @@ import torch  # noqa: E402
 
 from .checkpoint import atomic_write  # noqa: E402
 
-__all__ = ["save_figure", "plot_history", "segmentation_overlays", "image_grid", "reconstruction_pairs"]
+__all__ = ["save_figure", "plot_history", "segmentation_overlays", "image_grid", "reconstruction_pairs",
+           "display_channels"]
 
 
 def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 100) -> Path:
@@ -51,7 +52,7 @@ def plot_history(history: Sequence[dict], keys: Sequence[str] | None = None) -> 
     return fig
 
 
-def _display_channels(img: torch.Tensor) -> torch.Tensor:
+def display_channels(img: torch.Tensor) -> torch.Tensor:
     """The channels of a (C, H, W) scan that are shown: all three when C == 3 (RGB), else channel 0 alone
     (grey), e.g. FLAIR of BraTS ``flair,t1ce`` (C = 2) or of all four modalities (C = 4). The one rule of the
     figures here and of the W&B media (:mod:`toolkit.wandb_media`)."""
@@ -63,7 +64,7 @@ def _to_display(image: torch.Tensor) -> np.ndarray:
 
     C == 3 is shown as RGB; any other C (1, 2, 4, ...) as channel 0 in grey.
     """
-    img = _display_channels(image.detach().float().cpu())
+    img = display_channels(image.detach().float().cpu())
     img = (img - img.min()) / (img.max() - img.min() + 1e-8)
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
 
@@ -129,7 +130,7 @@ def reconstruction_pairs(originals: torch.Tensor, reconstructions: torch.Tensor,
     for i in range(n):
         a, b = (t[i].detach().float().cpu().clamp(0, 1) for t in (originals, reconstructions))
         ax_o, ax_r = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
-        for ax, img in ((ax_o, _display_channels(a)), (ax_r, _display_channels(b))):
+        for ax, img in ((ax_o, display_channels(a)), (ax_r, display_channels(b))):
             ax.imshow(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy(),
                       cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
         psnr = 10 * math.log10(1.0 / max(float((a - b).pow(2).mean()), 1e-10))

@@ -44,9 +44,10 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
         raise ValueError(f"{config_path} is not the config of a segmentation run (recipe {cfg.get('recipe')!r})")
     target_path = weights.parent / TARGET_FILE
     stored = json.loads(target_path.read_text()) if target_path.is_file() else {}
-    cfg = {**cfg, "target_spec": TargetSpec.from_dict(stored).to_dict(), "intensity": stored.get("intensity", "per_slice")}
+    target = TargetSpec.from_dict(stored)
+    cfg = {**cfg, "target_spec": target.to_dict(), "intensity": stored.get("intensity", "per_slice")}
     model = build_segmentation_model(cfg["model"], in_channels=cfg.get("in_channels", 1),
-                                     out_channels=TargetSpec.from_dict(stored).out_channels,
+                                     out_channels=target.out_channels,
                                      widths=parse_widths(cfg.get("widths", "")))
     state = load_weights(weights)
     try:

@@ -20,9 +20,8 @@ import torch.nn.functional as F
 
 from .data.errors import MRIDataError
 from .data.mri.io import to_uint8
-from .data.mri.nifti import brain_region, load_nifti, zscore_uint8
+from .data.mri.nifti import brain_region, load_nifti, save_nifti, zscore_uint8
 from .data.mri.raw import DATASET_JSON, raw_cases, read_dataset_json, resolve_raw_channels
-from .data.mri.synthetic_volumes import save_nifti
 from .seg_commands import _write_png
 from .volume_postprocess_run import stored_volume_postprocess
 

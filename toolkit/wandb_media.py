@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import default_collate
 
 from .callbacks import Callback
-from .figures import _display_channels
+from .figures import display_channels
 from .metrics import SegmentationMetrics
 from .targets import TargetSpec
 from .tracking import wandb_run
@@ -39,7 +39,7 @@ def display_uint8(image: torch.Tensor) -> np.ndarray:
     C == 3 is shown as RGB; any other C (1, 2, 4, ...) as channel 0 in grey (BraTS ``flair,t1ce`` or all
     four modalities: FLAIR). Min-max scaled per image to 0..255.
     """
-    img = _display_channels(image.detach().float().cpu())
+    img = display_channels(image.detach().float().cpu())
     img = (img - img.min()) / (img.max() - img.min() + 1e-8)
     arr = (img * 255).round().clamp(0, 255).to(torch.uint8)
     return arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()

@@ -20,14 +20,16 @@ those values. Each volume is read, checked and normalised once per ``volumes`` d
 """
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ...checkpoint import atomic_write
 from ..errors import MRIDataError
 
-__all__ = ["MAX_VOXELS", "NIFTI_SOURCES", "ZSCORE_CLIP", "brain_region", "label_volume", "load_nifti",
+__all__ = ["MAX_VOXELS", "NIFTI_SOURCES", "ZSCORE_CLIP", "brain_region", "label_volume", "load_nifti", "save_nifti",
            "read_volume_slice", "zscore_uint8"]
 
 #: Largest NIfTI volume (X x Y x Z voxels) accepted (BraTS: 240 x 240 x 155 = 8.9 M).
@@ -161,3 +163,15 @@ def read_volume_slice(rec, volumes: dict | None = None, labels: bool = False,
     img = np.stack([c[:, :, rec.index] for c in chans], axis=2)
     mask = seg[:, :, rec.index]
     return img, (mask.copy() if labels else (mask > 0).astype(np.uint8))
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, header=None) -> Path:
+    """Write ``array`` (X, Y, Z), any numeric dtype kept as is, as a gzipped NIfTI-1 file, atomically
+    (a temporary file beside ``path``, then renamed). ``affine``: float (4, 4) voxel → mm; ``header``:
+    a nibabel header to copy (its data dtype is set to ``array``'s). Returns ``path``."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64), header)
+    img.header.set_data_dtype(array.dtype)
+    data = gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)  # mtime 0: same bytes every time
+    return atomic_write(path, lambda f: f.write(data))

@@ -10,7 +10,6 @@ same arguments give the same volumes. Command line: ``python -m toolkit.data.mri
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import time
@@ -19,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ...checkpoint import atomic_write
+from .nifti import save_nifti
 from .raw import DATASET_JSON
 
 __all__ = ["SYNTHETIC_CHANNELS", "SYNTHETIC_LABELS", "SYNTHETIC_REGIONS", "SPACING_MM", "generate_synthetic_volumes",
-           "main", "save_nifti"]
+           "main"]
 
 SYNTHETIC_CHANNELS = ("FLAIR", "T1c")
 SYNTHETIC_LABELS = {"background": 0, "necrosis": 1, "edema": 2, "non_enhancing_tumour": 3, "enhancing_tumour": 4}
@@ -30,18 +30,6 @@ SYNTHETIC_REGIONS = {"whole_tumour": [1, 2, 3, 4], "tumour_core": [1, 3, 4], "en
 #: Voxel size (mm) along X, Y, Z of every generated volume.
 SPACING_MM = (1.0, 1.0, 3.0)
 _VERSION = 1
-
-
-def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, header=None) -> Path:
-    """Write ``array`` (X, Y, Z), any numeric dtype kept as is, as a gzipped NIfTI-1 file, atomically
-    (a temporary file beside ``path``, then renamed). ``affine``: float (4, 4) voxel → mm; ``header``:
-    a nibabel header to copy (its data dtype is set to ``array``'s). Returns ``path``."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64), header)
-    img.header.set_data_dtype(array.dtype)
-    data = gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)  # mtime 0: same bytes every time
-    return atomic_write(path, lambda f: f.write(data))
 
 
 def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
