@@ -17,11 +17,13 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+# torch is imported where tensors are saved or loaded, so atomic_write / save_json serve torch-free code
+# (toolkit.onnx_predict)
 
 __all__ = [
     "atomic_write",
@@ -86,7 +88,8 @@ def save_json(path: str | os.PathLike, obj: Any) -> Path:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+    torch = sys.modules.get("torch")  # a tensor means torch is loaded already
+    if torch is not None and isinstance(obj, torch.Tensor) and obj.numel() == 1:
         return obj.item()
     if hasattr(obj, "item"):
         return obj.item()
@@ -95,12 +98,16 @@ def _json_default(obj: Any) -> Any:
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> Path:
     """Save a plain state dict (tensors moved to CPU) atomically, loadable with ``weights_only=True``."""
+    import torch
+
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     return atomic_write(path, lambda f: torch.save(cpu, f))
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a state dict written by :func:`save_weights`; refuses pickled code (``weights_only=True``)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -239,6 +246,8 @@ def save_training_state(accelerator, run_dir: str | os.PathLike, trainer_state: 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        import torch
+
         for key, state in (extra or {}).items():
             torch.save(state, tmp / f"{key}.pt")
         save_json(tmp / STATE_MARKER, trainer_state)

@@ -22,10 +22,8 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 
 from .checkpoint import save_json
-from .metrics import SegmentationMetrics
 
 __all__ = ["PostProcess", "search_postprocess", "per_image_dice", "largest_component", "remove_small_components",
            "POSTPROCESS_FILE", "load_postprocess", "VOLUME_KEY", "save_volume_key", "load_volume_key"]
@@ -169,6 +167,10 @@ def per_image_dice(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """
     if masks.shape != targets.shape:
         raise ValueError(f"masks {masks.shape} and targets {targets.shape} differ in shape")
+    import torch  # here: PostProcess.binarize serves torch-free code (toolkit.onnx_predict)
+
+    from .metrics import SegmentationMetrics
+
     metric = SegmentationMetrics()
     metric.update(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
                   torch.from_numpy(np.ascontiguousarray(targets, dtype=np.uint8)))
