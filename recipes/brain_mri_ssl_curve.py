@@ -1,0 +1,190 @@
+"""The label-efficiency curve: pretrained vs from-scratch brain-MRI segmentation at several label fractions.
+
+    make ssl-curve ARGS="--data-dir A,B --test-data-dir C"
+    LAUNCH="accelerate launch --cpu" python recipes/brain_mri_ssl_curve.py --data-dir A,B --fractions 0.1,1 \\
+        --seeds 0 --pretrain-minutes 15 --finetune-minutes 10 --epochs 200       # --epochs goes to brain_mri.py
+
+Pretrains once (recipes/brain_mri_pretrain.py into ``<output-dir>/<name>/pretrain/``, or reuses ``--pretrained``),
+then for each fraction F and seed S trains recipes/brain_mri.py twice with the same settings and minutes,
+``--init-from`` the pretrained weights and from scratch, into ``<output-dir>/<name>/f<F>-s<S>-{pretrained,scratch}/``.
+Every argument this script does not know goes to every brain_mri.py run; the data and architecture ones among
+them (widths, image size, channels, ...) also go to the pretraining; ``--pretrain-args`` go to the pretraining
+only; ``--freeze-encoder-epochs`` only to the pretrained arm. A finished run is reused and an interrupted one
+resumed, so a killed curve continues when the same command runs again. Each run's best.pth is scored by
+per-image Dice (toolkit.ssl_curve.score_run: ``--test-data-dir`` if given, else the run's test split, else its
+validation split) and the curve is written as ssl_curve.{json,md,png} and comparison.json, and logged to the
+W&B group ``<name>`` unless W&B is disabled.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from brain_mri import BrainMRIConfig  # the recipes beside this script
+from brain_mri_pretrain import BrainMRIPretrainConfig
+from toolkit import ConfigError, command_line, parse_config, train_run
+from toolkit.ssl_curve import ARMS, curve_summary, curve_table, run_name, score_run, write_curve
+
+HERE = Path(__file__).resolve().parent
+FINETUNE, PRETRAIN = HERE / "brain_mri.py", HERE / "brain_mri_pretrain.py"
+SET_HERE = {"run-name", "output-dir", "init-from", "label-fraction", "seed", "max-minutes", "resume"}
+TO_PRETRAIN = {"channels", "slice-rule", "skip-bad-files", "synthetic-dir", "synthetic-images", "image-size",
+               "in-channels", "model", "widths", "param-budget", "num-workers", "batch-size", "channels-last",
+               "wandb-mode", "wandb-project"}  # data and architecture: the pretrained weights must fit the runs
+PRETRAINED_ONLY = {"freeze-encoder-epochs"}
+
+
+@dataclass
+class SSLCurveConfig:
+    """Label-efficiency curve of restoration pretraining on brain MRI (issue 14)."""
+
+    data_dir: str = ""  # MRI data folder(s), comma-separated, for pretraining and fine-tuning; "" = synthetic
+    test_data_dir: str = ""  # folder(s) of patients outside data_dir, all scored; "" = each run's test split, else val
+    name: str = "ssl-curve"  # the curve's folder under output_dir (and its W&B group)
+    output_dir: str = "runs"  # parent folder of the curve's folder
+    fractions: str = "0.05,0.1,0.25,1.0"  # label fractions: shares of the training patients, comma-separated
+    seeds: str = "0,1,2"  # seeds (split and labelled patients), comma-separated ints; each fraction runs every seed
+    pretrain_minutes: float = 15.0  # wall-clock budget of the pretraining, minutes (> 0)
+    finetune_minutes: float = 10.0  # wall-clock budget of every fine-tuning and scratch run, minutes (> 0)
+    pretrained: str = ""  # reuse these pretrained weights (a brain_mri_pretrain run's best.pth); "" = pretrain here
+    pretrain_args: str = ""  # extra arguments for the pretraining only, e.g. "--epochs 200 --inpaint-p 0.3"
+
+    def __post_init__(self) -> None:
+        try:
+            self.fraction_list, self.seed_list = self.parse_lists()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if self.pretrain_minutes <= 0 or self.finetune_minutes <= 0:
+            raise ConfigError(f"pretrain_minutes and finetune_minutes must be > 0, got {self.pretrain_minutes} "
+                              f"and {self.finetune_minutes}")
+        if self.pretrained and not Path(self.pretrained).is_file():
+            raise ConfigError(f"pretrained: {self.pretrained!r} is not a file (expected a pretraining run's best.pth)")
+        for folder in filter(None, (d.strip() for d in self.test_data_dir.split(","))):
+            if not Path(folder).is_dir():
+                raise ConfigError(f"test_data_dir {folder!r} is not a folder")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name must be a folder name without '/', got {self.name!r}")
+
+    def parse_lists(self) -> tuple[list[float], list[int]]:
+        """(fractions, seeds) from their comma-separated text; ValueError naming the field and value."""
+        try:
+            fractions = [float(f) for f in self.fractions.split(",")]
+            seeds = [int(s) for s in self.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"fractions must be comma-separated numbers and seeds comma-separated ints, got "
+                             f"{self.fractions!r} and {self.seeds!r}") from None
+        if not all(0 < f <= 1 for f in fractions) or len(set(fractions)) != len(fractions):
+            raise ValueError(f"fractions must be distinct and in (0, 1], got {self.fractions!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds!r}")
+        return sorted(fractions), seeds
+
+
+OWN = {f.replace("_", "-") for f in SSLCurveConfig.__dataclass_fields__}
+
+
+def _key(token: str) -> str:
+    return token[2:].split("=")[0].replace("_", "-")
+
+
+def groups(argv: list[str]):
+    """``argv`` as its ``--key value`` / ``--key=value`` / bare ``--flag`` groups (lists of 1 or 2 tokens); this
+    script's own keys always take the next token (``--pretrain-args "--epochs 200"``)."""
+    i = 0
+    while i < len(argv):
+        value = i + 1 < len(argv) and (not argv[i + 1].startswith("--") or _key(argv[i]) in OWN)
+        j = i + 2 if value and "=" not in argv[i] else i + 1
+        yield argv[i:j]
+        i = j
+
+
+def pick(argv: list[str], keys: set[str], keep: bool = True) -> list[str]:
+    """The groups of ``argv`` whose key is (``keep``) or is not in ``keys`` (dashed names, e.g. ``image-size``)."""
+    return [t for g in groups(argv) if (_key(g[0]) in keys) == keep for t in g]
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(this script's arguments, the rest for brain_mri.py), each group kept whole."""
+    return pick(argv, OWN), pick(argv, OWN, keep=False)
+
+
+Runner = Callable[[Path, list, str, Path], Path]  # (script, argv, run name, output dir) -> run folder
+
+
+def run_in_process(script: Path, argv: list[str], name: str, root: Path) -> Path:
+    """A :data:`Runner` that calls the recipe's ``main`` in this process (tests, debugging); resumes a saved state."""
+    import brain_mri
+    import brain_mri_pretrain
+
+    recipes = {FINETUNE: brain_mri.main, PRETRAIN: brain_mri_pretrain.main}
+    recipes[Path(script).resolve()]([*argv, "--run-name", name, "--resume", "auto"])
+    return Path(root) / name
+
+
+def ensure_run(runner: Runner, script: Path, argv: list[str], name: str, root: Path) -> Path:
+    """Run ``script`` into ``root/name`` unless it has summary.json (finished); returns the run folder."""
+    if (root / name / "summary.json").is_file():
+        return root / name
+    return runner(script, argv, name, root)
+
+
+def log_to_wandb(cfg: SSLCurveConfig, run_cfg: BrainMRIConfig, root: Path, paths: dict, summary: dict) -> None:
+    """One W&B run in group ``cfg.name``: the table and the plot (offline by default; nothing when disabled)."""
+    if run_cfg.wandb_mode == "disabled":
+        return
+    import wandb
+
+    table = curve_table(summary)
+    run = wandb.init(project=run_cfg.wandb_project, group=cfg.name, name=f"{cfg.name}-curve", job_type="ssl-curve",
+                     dir=str(root), mode=run_cfg.wandb_mode, config={**vars(cfg), "brain_mri": vars(run_cfg)})
+    run.log({"ssl_curve/table": wandb.Table(columns=[c.heading for c in table.columns],
+                                            data=[[row.get(c.key) for c in table.columns] for row in table.rows]),
+             "ssl_curve/plot": wandb.Image(str(paths["png"]))})
+    run.finish()
+
+
+def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
+    """Train every missing run with ``runner`` (default: a subprocess under $LAUNCH), score, write the curve."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, rest = split_args(argv)
+    cfg = parse_config(SSLCurveConfig, ours)
+    keys = {_key(a) for a in rest if a.startswith("--")}
+    if keys & SET_HERE:
+        raise SystemExit(f"error: {sorted(keys & SET_HERE)} are set by the curve itself; leave them out")
+    data = ["--data-dir", cfg.data_dir] if cfg.data_dir else []
+    common = [*data, *rest, *(["--postprocess", "false"] if "postprocess" not in keys else [])]
+    run_cfg = parse_config(BrainMRIConfig, common)  # refuses bad brain_mri.py arguments before any training
+    pre_argv = [*data, *pick(rest, TO_PRETRAIN), *shlex.split(cfg.pretrain_args), "--max-minutes",
+                str(cfg.pretrain_minutes), "--output-dir"]
+    root = Path(cfg.output_dir) / cfg.name
+    parse_config(BrainMRIPretrainConfig, [*pre_argv, str(root)])
+    weights = Path(cfg.pretrained) if cfg.pretrained else \
+        ensure_run(runner, PRETRAIN, [*pre_argv, str(root)], "pretrain", root) / "best.pth"
+    scores, cache = {}, {}
+    for f in cfg.fraction_list:
+        for s in cfg.seed_list:
+            for arm in ARMS:
+                extra = ["--init-from", str(weights)] if arm == "pretrained" else []
+                args = [*(common if arm == "pretrained" else pick(common, PRETRAINED_ONLY, keep=False)), *extra,
+                        "--label-fraction", str(f), "--seed", str(s), "--max-minutes", str(cfg.finetune_minutes),
+                        "--output-dir", str(root)]
+                run_dir = ensure_run(runner, FINETUNE, args, run_name(f, s, arm), root)
+                scores[(f, s, arm)] = score_run(run_dir, cfg.test_data_dir, cache)
+    summary = curve_summary(scores, cfg.fraction_list, cfg.seed_list)
+    command = command_line("recipes/brain_mri_ssl_curve.py", argv)
+    summary.update(pretrained_weights=str(weights), pretrain_minutes=cfg.pretrain_minutes,
+                   finetune_minutes=cfg.finetune_minutes, brain_mri_args=common, command=command,
+                   runs={run_name(f, s, a): v for (f, s, a), v in scores.items()})
+    paths = write_curve(root, summary, footer=f"`{command}`")
+    print(Path(paths["md"]).read_text())
+    log_to_wandb(cfg, run_cfg, root, paths, summary)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The label-efficiency curve (issue 14 item 3): folders, JSON fields, plot, comparison file, resume; and the
+aggregation and argument handling on their own."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from toolkit.comparison import Comparison
+from toolkit.ssl_curve import curve_summary, run_name
+
+from .mri_fake import make_lgg
+from .utils import ROOT
+
+
+def _driver():
+    sys.path.insert(0, str(ROOT / "recipes"))  # the driver imports the recipes beside it
+    path = ROOT / "recipes" / "brain_mri_ssl_curve.py"
+    spec = importlib.util.spec_from_file_location("recipe_brain_mri_ssl_curve", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_curve_trains_both_arms_per_fraction_writes_the_results_and_resumes(tmp_path):
+    driver = _driver()
+    data = make_lgg(tmp_path / "lgg", patients=8, slices=2)
+    argv = ["--data-dir", str(data), "--name", "curve", "--output-dir", str(tmp_path / "runs"), "--fractions", "1,0.5",
+            "--seeds", "3", "--pretrain-minutes", "5", "--finetune-minutes", "5", "--pretrain-args", "--epochs 1",
+            "--epochs", "1", "--image-size", "32", "--widths", "8,16,32", "--num-workers", "0", "--batch-size", "4",
+            "--val-fraction", "0.25", "--test-fraction", "0.25", "--wandb-mode", "disabled"]
+    calls = []
+
+    def runner(script, args, name, root):
+        calls.append((script.name, name))
+        return driver.run_in_process(script, args, name, root)
+
+    summary = driver.main(argv, runner)
+    names = ["f0.5-s3-pretrained", "f0.5-s3-scratch", "f1-s3-pretrained", "f1-s3-scratch"]
+    assert calls == [("brain_mri_pretrain.py", "pretrain"), *(("brain_mri.py", n) for n in names)]
+    root = tmp_path / "runs" / "curve"
+    for name in ["pretrain", *names]:
+        assert (root / name / "best.pth").is_file() and (root / name / "summary.json").is_file()
+    config = {n: json.loads((root / n / "config.json").read_text()) for n in names}
+    assert config["f0.5-s3-pretrained"]["init_from"] == str(root / "pretrain" / "best.pth")
+    assert config["f0.5-s3-scratch"]["init_from"] == ""
+    assert {(c["label_fraction"], c["seed"], c["max_minutes"], c["postprocess"]) for c in config.values()} == {
+        (0.5, 3, 5.0, False), (1.0, 3, 5.0, False)}
+    splits = {n: json.loads((root / n / "split.json").read_text()) for n in names}
+    assert splits["f0.5-s3-pretrained"]["train"] == splits["f0.5-s3-scratch"]["train"]  # the same labelled patients
+    assert len(splits["f0.5-s3-scratch"]["train"]) < len(splits["f1-s3-scratch"]["train"])
+    assert splits["f0.5-s3-scratch"]["test"] == splits["f1-s3-scratch"]["test"]
+
+    saved = json.loads((root / "ssl_curve.json").read_text())
+    assert saved["split"] == "test" and saved["selection_split"] is False
+    assert [r["fraction"] for r in saved["fractions"]] == [0.5, 1.0]
+    for row in saved["fractions"]:
+        for arm in ("pretrained", "scratch"):
+            assert len(row[arm]["values"]) == 1 and row[arm]["std"] == 0 and 0 <= row[arm]["mean"] <= 1
+        assert row["gain"] == pytest.approx(row["pretrained"]["mean"] - row["scratch"]["mean"])
+    score = json.loads((root / "f1-s3-scratch" / "ssl_score.json").read_text())
+    assert score["split"] == "test" and score["num_images"] == len(splits["f1-s3-scratch"]["test"])
+    assert (root / "ssl_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = Comparison.load(root / "comparison.json")
+    assert [r["fraction"] for r in table.rows] == [0.5, 1.0]
+    assert "| labelled patients |" in (root / "ssl_curve.md").read_text()
+
+    calls.clear()  # a second call finds every run finished: nothing is trained again
+    again = driver.main(argv, runner)
+    assert calls == [] and again["fractions"] == summary["fractions"]
+
+
+def test_summary_aggregates_seeds_and_names_a_missing_score():
+    scores = {(f, s, arm): {"dice": d, "split": "val", "selection_split": True, "data_dir": "d", "train_slices": 10}
+              for (f, s, arm), d in {(0.1, 0, "pretrained"): 0.6, (0.1, 1, "pretrained"): 0.8,
+                                     (0.1, 0, "scratch"): 0.5, (0.1, 1, "scratch"): 0.5}.items()}
+    row = curve_summary(scores, [0.1], [0, 1])["fractions"][0]
+    assert row["pretrained"]["mean"] == pytest.approx(0.7)
+    assert row["pretrained"]["std"] == pytest.approx(0.1414, abs=1e-4)  # sample std (ddof 1) of 0.6 and 0.8
+    assert row["gain_per_seed"] == pytest.approx([0.1, 0.3]) and row["gain_min"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="fraction 0.1, seed 2, arm pretrained"):
+        curve_summary(scores, [0.1], [0, 1, 2])
+    assert run_name(0.05, 1, "scratch") == "f0.05-s1-scratch"
+
+
+def test_arguments_are_split_and_refused_before_training(capsys):
+    driver = _driver()
+    ours, rest = driver.split_args(["--fractions", "0.1,1", "--widths", "8,16", "--pretrain-args", "--epochs 3",
+                                    "--skip-bad-files", "--seeds=0"])
+    assert ours == ["--fractions", "0.1,1", "--pretrain-args", "--epochs 3", "--seeds=0"]
+    assert rest == ["--widths", "8,16", "--skip-bad-files"]
+    for argv, message in ((["--seed", "1"], "set by the curve"), (["--fractions", "0,1"], "fractions"),
+                          (["--seeds", "1,1"], "seeds")):
+        with pytest.raises(SystemExit) as err:
+            driver.main(argv, runner=lambda *a: pytest.fail("nothing may train"))
+        assert message in f"{err.value.code} {capsys.readouterr().err}"

@@ -1,0 +1,170 @@
+"""The label-efficiency curve of self-supervised pretraining: score runs, aggregate over seeds, write the results.
+
+``recipes/brain_mri_ssl_curve.py`` trains, for each label fraction F and seed S, a segmentation run
+fine-tuned from pretrained weights and one from scratch into ``<root>/f<F>-s<S>-{pretrained,scratch}/``;
+this module scores them (:func:`score_run`), aggregates the per-image Dice over seeds (:func:`curve_summary`)
+and writes ``ssl_curve.json``, ``ssl_curve.md``, ``ssl_curve.png`` and ``comparison.json`` (:func:`write_curve`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .checkpoint import atomic_write, save_json
+from .compare import read_json
+from .comparison import Column, Comparison
+from .data.splits import load_split
+from .figures import plt, save_figure
+from .inference import load_ensemble, run_dataset, run_slices
+from .postprocess import PostProcess
+from .seg_eval import EMPTY_RULE, collect_probs, image_records, slice_meta, summarise
+
+__all__ = ["ARMS", "CURVE_FILE", "SCORE_FILE", "run_name", "score_run", "curve_summary", "curve_table", "plot_curve",
+           "write_curve"]
+
+ARMS = ("pretrained", "scratch")
+CURVE_FILE = "ssl_curve.json"
+SCORE_FILE = "ssl_score.json"  # a run's cached score, beside its best.pth
+COLUMNS = [Column("fraction", "labelled patients", format=".0%"),
+           Column("train_slices", "training slices", format=".0f"),
+           Column("pretrained", "pretrained Dice", better="higher", format=".4f"),
+           Column("pretrained_std", "± std", format=".4f"),
+           Column("scratch", "scratch Dice", better="higher", format=".4f"),
+           Column("scratch_std", "± std", format=".4f"),
+           Column("gain", "gain", better="higher", format="+.4f"),
+           Column("gain_min", "smallest seed gain", better="higher", format="+.4f"), Column("seeds")]
+
+
+def run_name(fraction: float, seed: int, arm: str) -> str:
+    """The run folder name of one curve point, e.g. ``f0.05-s0-pretrained`` (fraction in (0, 1], arm in ARMS)."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    return f"f{fraction:g}-s{seed}-{arm}"
+
+
+def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None = None) -> dict:
+    """Per-image Dice of a finished binary run's ``best.pth`` on patients it never trained on nor was selected on.
+
+    The scored slices: every slice of ``test_data_dir`` when given (split "external"), else the run's ``test``
+    split when its split.json has one, else its ``val`` split (which picked the best epoch: optimistic, marked
+    ``"selection_split": true``). Predictions at the run's threshold, without post-processing or flips.
+    Returns ``{"split", "data_dir", "num_images", "dice" (mean per image, in [0, 1]), "dice_global",
+    "per_patient_dice" (or None), "train_slices", "selection_split"}``, cached in ``<run>/ssl_score.json`` (reused
+    when split and data_dir match). ``cache`` maps a data folder to its slices across calls. Raises ValueError
+    naming the run when it is not binary, lacks best.pth or split.json, or the split is empty.
+    """
+    run_dir, cache = Path(run_dir), {} if cache is None else cache
+    split_file = run_dir / "split.json"
+    split = read_json(split_file)
+    name = "external" if test_data_dir else ("test" if split.get("test") else "val")
+    source = test_data_dir or split.get("data_dir", "")
+    cached = run_dir / SCORE_FILE
+    if cached.is_file():
+        old = read_json(cached)
+        if old.get("split") == name and old.get("data_dir") == source:
+            return old
+    if not (run_dir / "best.pth").is_file():
+        raise ValueError(f"{run_dir}: no best.pth; the run did not finish an epoch")
+    ensemble, cfg, _, _ = load_ensemble([run_dir / "best.pth"])
+    if source not in cache:
+        cache[source] = run_slices(source, cfg)
+    records = cache[source] if test_data_dir else load_split(split_file, cache[source], names=[name]).get(name, [])
+    if not records:
+        raise ValueError(f"{run_dir}: the {name} split of {source} holds no slice to score")
+    try:
+        data = run_dataset(records, cfg)
+        preds = collect_probs(ensemble, data, flips=False)
+    except ValueError as err:
+        raise ValueError(f"{run_dir}: {err}") from None
+    masks = PostProcess(threshold=float(cfg.get("threshold", 0.5))).binarize(preds.probs)
+    summary = summarise(image_records(data.ids, masks, preds.targets, slice_meta(records)))
+    result = {"split": name, "data_dir": source, "num_images": len(records), "dice": summary["dice"],
+              "dice_global": summary["dice_global"], "per_patient_dice": summary.get("per_patient", {}).get("dice"),
+              "train_slices": len(split.get("train", [])), "selection_split": name == "val"}
+    save_json(cached, result)
+    return result
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def curve_summary(scores: dict[tuple[float, int, str], dict], fractions: Sequence[float],
+                  seeds: Sequence[int]) -> dict:
+    """Aggregate :func:`score_run` results keyed by (fraction, seed, arm) over seeds.
+
+    Returns ``{"fractions": [{"fraction", "seeds", "train_slices" (mean over seeds), "<arm>": {"mean", "std",
+    "values" (per seed, in seed order)}, "gain" (pretrained mean - scratch mean), "gain_per_seed", "gain_min"}],
+    "split", "selection_split", "metric", "empty_masks"}``. Dice values are in [0, 1]; std has ddof 1.
+    Raises ValueError naming the first (fraction, seed, arm) that has no score.
+    """
+    rows, splits = [], set()
+    for f in fractions:
+        row: dict = {"fraction": f, "seeds": list(seeds)}
+        for arm in ARMS:
+            missing = [s for s in seeds if (f, s, arm) not in scores]
+            if missing:
+                raise ValueError(f"no score for fraction {f}, seed {missing[0]}, arm {arm}")
+            values = [scores[(f, s, arm)]["dice"] for s in seeds]
+            mean, std = _stats(values)
+            row[arm] = {"mean": mean, "std": std, "values": values}
+            splits |= {scores[(f, s, arm)]["split"] for s in seeds}
+        gains = [p - s for p, s in zip(row["pretrained"]["values"], row["scratch"]["values"])]
+        row.update(gain=row["pretrained"]["mean"] - row["scratch"]["mean"], gain_per_seed=gains, gain_min=min(gains),
+                   train_slices=float(np.mean([scores[(f, s, "scratch")]["train_slices"] for s in seeds])))
+        rows.append(row)
+    first = next(iter(scores.values()))
+    return {"fractions": rows, "split": "+".join(sorted(splits)), "selection_split": first["selection_split"],
+            "data_dir": first["data_dir"], "empty_masks": EMPTY_RULE,
+            "metric": "per-image Dice (mean over slices) at each run's threshold, no post-processing"}
+
+
+def curve_table(summary: dict, title: str = "Label efficiency: pretrained vs from scratch") -> Comparison:
+    """One row per label fraction (the :func:`curve_summary` figures) as a comparison table."""
+    rows = [{"fraction": r["fraction"], "train_slices": r["train_slices"],
+             "pretrained": r["pretrained"]["mean"], "pretrained_std": r["pretrained"]["std"],
+             "scratch": r["scratch"]["mean"], "scratch_std": r["scratch"]["std"],
+             "gain": r["gain"], "gain_min": r["gain_min"], "seeds": ",".join(map(str, r["seeds"]))}
+            for r in summary["fractions"]]
+    where = f"{summary['split']} slices of {summary['data_dir']}"
+    notes = [f"{summary['metric']}, on the {where}; mean ± sample std over seeds; gain = pretrained - scratch."]
+    if summary["selection_split"]:
+        notes.append("These runs have no test split: the scores are on the validation split that chose each run's "
+                     "best epoch, so they are optimistic (give --test-data-dir or --test-fraction).")
+    return Comparison(title, COLUMNS, rows, notes=notes)
+
+
+def plot_curve(summary: dict) -> "plt.Figure":
+    """Dice (y, [0, 1]) against the label fraction (x, log scale): one line per arm, seed std as error bars."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    x = [r["fraction"] for r in summary["fractions"]]
+    for arm, marker in zip(ARMS, ("o", "s")):
+        means, stds = ([r[arm][k] for r in summary["fractions"]] for k in ("mean", "std"))
+        ax.errorbar(x, means, yerr=stds, marker=marker, capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{f:.0%}" for f in x])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training patients (fraction, log scale)")
+    ax.set_ylabel(f"per-image Dice ({summary['split']})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def write_curve(root: str | Path, summary: dict, footer: str = "") -> dict[str, Path]:
+    """Write ``ssl_curve.json`` (``summary``), ``ssl_curve.md`` (table and notes, then ``footer``), ``ssl_curve.png``
+    and ``comparison.json`` (for `toolkit report`) under ``root``, each atomically; returns name → path."""
+    root = Path(root)
+    table = curve_table(summary)
+    text = "\n\n".join([f"## {table.title}", table.to_markdown(), *table.notes, *([footer] if footer else [])])
+    paths = {"json": save_json(root / CURVE_FILE, summary),
+             "md": atomic_write(root / "ssl_curve.md", lambda f: f.write(text + "\n"), mode="w"),
+             "png": save_figure(plot_curve(summary), root / "ssl_curve.png")}
+    notes = [*table.notes, *([footer] if footer else [])]
+    paths["comparison"] = Comparison(table.title, table.columns, table.rows, notes=notes).save(root / "comparison.json")
+    return paths
