@@ -27,7 +27,7 @@ endif
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
 
-.PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness slurm-check
+.PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv ssl-curve cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness slurm-check
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
@@ -60,6 +60,11 @@ FOLDS ?= 3
 NAME ?= brain-mri-cv
 brain-mri-cv: $(STAMP)
 	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/brain_mri_cv.py --folds $(FOLDS) --name $(NAME) -- $(ARGS)
+
+# Label-efficiency curve (docs/brain-mri.md): pretrained vs from-scratch runs per label fraction and seed into
+# runs/ssl-curve/, then ssl_curve.{json,md,png}; run it again to continue a killed one.
+ssl-curve: $(STAMP)
+	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/brain_mri_ssl_curve.py $(ARGS)
 
 cifar10: $(STAMP)
 	$(LAUNCH) recipes/cifar10.py $(ARGS)

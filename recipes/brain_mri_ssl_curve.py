@@ -27,6 +27,7 @@ from typing import Callable
 from brain_mri import BrainMRIConfig  # the recipes beside this script
 from brain_mri_pretrain import BrainMRIPretrainConfig
 from toolkit import ConfigError, command_line, parse_config, train_run
+from toolkit.config import config_help
 from toolkit.ssl_curve import ARMS, curve_summary, curve_table, run_name, score_run, write_curve
 
 HERE = Path(__file__).resolve().parent
@@ -150,6 +151,10 @@ def log_to_wandb(cfg: SSLCurveConfig, run_cfg: BrainMRIConfig, root: Path, paths
 def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
     """Train every missing run with ``runner`` (default: a subprocess under $LAUNCH), score, write the curve."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(config_help(SSLCurveConfig, "brain_mri_ssl_curve.py") + "\n\nEvery other --key value goes to each "
+              "recipes/brain_mri.py run (python recipes/brain_mri.py --help lists them).")
+        raise SystemExit(0)
     ours, rest = split_args(argv)
     cfg = parse_config(SSLCurveConfig, ours)
     keys = {_key(a) for a in rest if a.startswith("--")}
