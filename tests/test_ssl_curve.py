@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from toolkit.comparison import Comparison
-from toolkit.ssl_curve import curve_summary, run_name
+from toolkit.ssl_curve import curve_summary, run_name, score_run
 
 from .mri_fake import make_lgg
 from .utils import ROOT
@@ -66,6 +66,9 @@ def test_curve_trains_both_arms_per_fraction_writes_the_results_and_resumes(tmp_
     table = Comparison.load(root / "comparison.json")
     assert [r["fraction"] for r in table.rows] == [0.5, 1.0]
     assert "| labelled patients |" in (root / "ssl_curve.md").read_text()
+
+    with pytest.raises(ValueError, match="were trained or validated on"):  # the training data as "external" test
+        score_run(root / "f1-s3-scratch", str(data))
 
     calls.clear()  # a second call finds every run finished: nothing is trained again
     again = driver.main(argv, runner)

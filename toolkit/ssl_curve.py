@@ -54,7 +54,8 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
     Returns ``{"split", "data_dir", "num_images", "dice" (mean per image, in [0, 1]), "dice_global",
     "per_patient_dice" (or None), "train_slices", "selection_split"}``, cached in ``<run>/ssl_score.json`` (reused
     when split and data_dir match). ``cache`` maps a data folder to its slices across calls. Raises ValueError
-    naming the run when it is not binary, lacks best.pth or split.json, or the split is empty.
+    naming the run when it is not binary, lacks best.pth or split.json, the split is empty, or ``test_data_dir``
+    holds slices (by id) that the run trained or validated on.
     """
     run_dir, cache = Path(run_dir), {} if cache is None else cache
     split_file = run_dir / "split.json"
@@ -74,6 +75,11 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
     records = cache[source] if test_data_dir else load_split(split_file, cache[source], names=[name]).get(name, [])
     if not records:
         raise ValueError(f"{run_dir}: the {name} split of {source} holds no slice to score")
+    seen = set(split.get("train", [])) | set(split.get("val", [])) if test_data_dir else set()
+    overlap = [r.id for r in records if r.id in seen]
+    if overlap:
+        raise ValueError(f"{run_dir}: {len(overlap)} slice(s) of test_data_dir {test_data_dir} were trained or "
+                         f"validated on (e.g. {overlap[:3]}); give a folder of patients outside data_dir")
     try:
         data = run_dataset(records, cfg)
         preds = collect_probs(ensemble, data, flips=False)
