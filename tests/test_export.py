@@ -55,12 +55,15 @@ def _fake_mri(n, channels, size, seed=0):
     return torch.from_numpy(np.clip(out, 0, 255).astype(np.uint8))
 
 
-def _segmentation_run(root, intensity="zscore", threshold=0.35):
+def _segmentation_run(root, intensity="zscore", threshold=0.35, spec=None, channels="flair,t1ce", in_channels=2):
+    """A run folder (config.json, target.json, postprocess.json, best.pth) of a random unet 8,16,32 at 32x32;
+    default: BraTS regions on flair,t1ce."""
     run = root / "seg"
-    spec = TargetSpec.regions_of(BRATS_REGIONS)
-    cfg = {"recipe": "brain_mri", "model": "unet", "widths": "8,16,32", "image_size": 32, "in_channels": 2,
-           "channels": "flair,t1ce", "threshold": 0.5}
-    model = _randomise_batchnorm(build_segmentation_model("unet", 2, spec.out_channels, parse_widths("8,16,32")))
+    spec = spec or TargetSpec.regions_of(BRATS_REGIONS)
+    cfg = {"recipe": "brain_mri", "model": "unet", "widths": "8,16,32", "image_size": 32,
+           "in_channels": in_channels, "channels": channels, "threshold": 0.5}
+    model = _randomise_batchnorm(build_segmentation_model("unet", in_channels, spec.out_channels,
+                                                          parse_widths("8,16,32")))
     save_json(run / "config.json", cfg)
     save_json(run / TARGET_FILE, {**spec.to_dict(), "intensity": intensity})
     save_json(run / POSTPROCESS_FILE, {"choice": PostProcess(threshold=threshold).to_dict()})

@@ -5,6 +5,7 @@
     toolkit evaluate --weights runs/<regions-run> --split val   # per patient (volume) and region, HD95 in mm
     toolkit predict  --weights runs/<run>/best.pth --input FILE_OR_DIR --output DIR
     toolkit predict  --weights runs/<run>/best.pth --input <case>_0000.nii.gz --output DIR   # a NIfTI case
+    toolkit predict  --weights model.onnx --input FILE_OR_DIR --output DIR   # an exported model, onnxruntime, no torch
     toolkit report   [runs/]   # runs/<run>/report.html per run and runs/index.html comparing them
     toolkit export   --weights runs/<run>/best.pth --format onnx|torchscript [--output FILE]   # any recipe's model
 """
@@ -38,6 +39,10 @@ def export(args: argparse.Namespace) -> int:
 
 def _seg_command(name: str):
     def run(args: argparse.Namespace) -> int:
+        if name == "predict" and any(str(w).lower().endswith(".onnx") for w in args.weights):
+            from . import onnx_predict  # onnxruntime, no torch
+
+            return onnx_predict.predict(args)
         from . import seg_commands  # torch, OpenCV and the models load only for these commands
 
         return getattr(seg_commands, name)(args)
@@ -48,7 +53,8 @@ def _seg_command(name: str):
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, nargs="+",
                    help="best.pth of a segmentation run (config.json beside it), a run folder, or a cross-validation "
-                        "folder (its folds' ensemble); several = their ensemble")
+                        "folder (its folds' ensemble); several = their ensemble; predict also takes one .onnx file "
+                        "written by toolkit export (onnxruntime, no torch)")
     p.add_argument("--postprocess", default="auto", choices=("auto", "none"),
                    help="auto: apply the run's postprocess.json (chosen on validation or out-of-fold predictions); "
                         "none: the run's threshold alone")

@@ -1,0 +1,141 @@
+"""``toolkit predict --weights model.onnx``: the same masks as ``--weights best.pth`` from the exported file's
+metadata alone, without torch, and clear refusals of files it cannot use."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from tests.test_export import _fake_mri, _segmentation_run
+from tests.utils import ROOT
+from toolkit.checkpoint import save_json
+from toolkit.cli import main
+from toolkit.data.mri.io import read_image
+from toolkit.inference import load_ensemble, predict_probs
+from toolkit.onnx_predict import OnnxSegmenter
+from toolkit.postprocess import POSTPROCESS_FILE, PostProcess
+from toolkit.targets import TargetSpec
+
+PROB_TOLERANCE = 1e-4  # max abs difference of the (H, W) probability maps, ONNX vs PyTorch
+MASK_TOLERANCE = 1e-3  # at most this fraction of mask pixels may differ, and only where p is within PROB_TOLERANCE of t
+SIZES = [(32, 32, 1), (48, 40, 1), (20, 28, 3)]  # (H, W, C) of the test images: same, larger, smaller, RGB
+
+
+def _images(folder):
+    """Fake MRI scans as PNG files of several sizes (grey and RGB) in ``folder``; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (h, w, c) in enumerate(SIZES):
+        scan = _fake_mri(1, c, max(h, w), seed=10 + i)[0].numpy().transpose(1, 2, 0)[:h, :w]
+        path = folder / f"scan{i}.png"
+        cv2.imwrite(str(path), scan[..., 0] if c == 1 else cv2.cvtColor(np.ascontiguousarray(scan), cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths
+
+
+EXPORTS = [("per_slice", {"min_size": 4}), ("zscore", {"flips": True})]  # (intensity, stored post-processing)
+
+
+@pytest.fixture(scope="module", params=EXPORTS, ids=["per_slice+min_size", "zscore+flips"])
+def exported(request, tmp_path_factory):
+    """A binary 1-channel run whose stored threshold is the median PyTorch probability (half the pixels on
+    each side, so the masks are not trivially empty or full), exported to ONNX; (run, onnx path, images)."""
+    intensity, post_parts = request.param
+    root = tmp_path_factory.mktemp(intensity)
+    run, _ = _segmentation_run(root, intensity=intensity, spec=TargetSpec.binary(), channels="", in_channels=1)
+    images = _images(root / "images")
+    ensemble, _, _, _ = load_ensemble([run / "best.pth"])
+    probs = np.concatenate([predict_probs(ensemble, read_image(p), 32)[0].ravel() for p in images])
+    post = PostProcess(threshold=round(float(np.median(probs)), 4), **post_parts)
+    save_json(run / POSTPROCESS_FILE, {"choice": post.to_dict()})
+    out = root / "model.onnx"
+    assert main(["export", "--weights", str(run / "best.pth"), "--format", "onnx", "--output", str(out),
+                 "--no-check"]) == 0
+    return run, out, images, post
+
+
+def test_onnx_predict_matches_the_pytorch_predict(exported, tmp_path, capsys):
+    run, onnx_file, images, post = exported
+    assert main(["predict", "--weights", str(run / "best.pth"), "--input", str(images[0].parent),
+                 "--output", str(tmp_path / "pth")]) == 0
+    assert main(["predict", "--weights", str(onnx_file), "--input", str(images[0].parent),
+                 "--output", str(tmp_path / "onnx")]) == 0
+    printed = capsys.readouterr().out
+    assert post.describe() in printed and "onnxruntime" in printed
+
+    model, (ensemble, _, _, _) = OnnxSegmenter(onnx_file), load_ensemble([run / "best.pth"])
+    differing = total = 0
+    worst = 0.0
+    for path, (h, w, _) in zip(images, SIZES):
+        a = cv2.imread(str(tmp_path / "pth" / f"{path.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        b = cv2.imread(str(tmp_path / "onnx" / f"{path.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert a.shape == b.shape == (h, w) and set(np.unique(b)) <= {0, 255}
+        assert cv2.imread(str(tmp_path / "onnx" / f"{path.stem}_overlay.png")).shape == (h, w, 3)
+        image = read_image(path)  # grey, as both predicts read it for a 1-channel model
+        p_torch = predict_probs(ensemble, image, 32, flips=post.flips)[0]
+        p_onnx = model.tumour_probs(image, flips=post.flips)
+        worst = max(worst, float(np.abs(p_torch - p_onnx).max()))
+        assert worst < PROB_TOLERANCE
+        off = a != b
+        assert (np.abs(p_torch[off] - post.threshold) < PROB_TOLERANCE).all()  # only at the threshold
+        differing, total = differing + int(off.sum()), total + a.size
+    print(f"{model.meta['intensity']}, {post.describe()}: max abs probability difference {worst:.3g}; "
+          f"{differing} of {total} mask pixels differ")
+    assert differing <= MASK_TOLERANCE * total, f"{differing} of {total} mask pixels differ"
+    all_masks = np.concatenate([cv2.imread(str(p), 0).ravel() for p in (tmp_path / "onnx").glob("*_mask.png")])
+    assert 0 < (all_masks > 0).mean() < 1  # neither empty nor full: the threshold is really compared
+
+
+@pytest.mark.parametrize("exported", EXPORTS[:1], indirect=True, ids=["per_slice+min_size"])
+def test_onnx_predict_runs_with_torch_blocked(exported, tmp_path):
+    _, onnx_file, images, _ = exported
+    code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+            "from toolkit.cli import main\n"
+            f"rc = main(['predict', '--weights', {str(onnx_file)!r}, '--input', {str(images[1])!r}, "
+            f"'--output', {str(tmp_path)!r}])\n"
+            "assert sys.modules['torch'] is None\n"
+            "sys.exit(rc)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert cv2.imread(str(tmp_path / "scan1_mask.png"), 0).shape == SIZES[1][:2]
+
+
+def _edited(onnx_file, path, change):
+    """A copy of ``onnx_file`` at ``path`` whose metadata_props {key: JSON text} went through ``change``."""
+    proto = onnx.load(str(onnx_file))
+    props = change({p.key: p.value for p in proto.metadata_props})
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("exported", EXPORTS[:1], indirect=True, ids=["per_slice+min_size"])
+def test_onnx_predict_refuses_files_it_cannot_use(exported, tmp_path, capsys, monkeypatch):
+    _, onnx_file, images, _ = exported
+    args = ["--input", str(images[0]), "--output", str(tmp_path / "out")]
+
+    bare = _edited(onnx_file, tmp_path / "bare.onnx", lambda p: {})
+    assert main(["predict", "--weights", str(bare), *args]) == 2
+    assert f"{bare} holds no toolkit metadata (metadata_props key 'kind' missing)" in capsys.readouterr().err
+
+    partial = _edited(onnx_file, tmp_path / "partial.onnx", lambda p: {k: v for k, v in p.items() if k != "intensity"})
+    assert main(["predict", "--weights", str(partial), *args]) == 2
+    assert f"{partial} lacks the toolkit metadata key(s) 'intensity'" in capsys.readouterr().err
+
+    clf = _edited(onnx_file, tmp_path / "clf.onnx", lambda p: {**p, "kind": '"classifier"', "recipe": '"cifar10"'})
+    assert main(["predict", "--weights", str(clf), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"{clf} is a classifier export (recipe 'cifar10')" in err and "segmentation models only" in err
+
+    assert main(["predict", "--weights", str(onnx_file), "--input", str(tmp_path / "x.nii.gz"),
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "reads 2D images" in capsys.readouterr().err
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if onnxruntime were not installed
+    assert main(["predict", "--weights", str(onnx_file), *args]) == 2
+    assert "pip install onnxruntime" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written by any refused call

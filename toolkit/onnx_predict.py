@@ -1,0 +1,199 @@
+"""``toolkit predict --weights model.onnx``: masks and overlays from a segmentation model exported by
+``toolkit export --format onnx``, with onnxruntime on the CPU and without PyTorch.
+
+Everything the PyTorch path takes from the run folder comes from the file's ``metadata_props``
+(written by :mod:`toolkit.export`, each value JSON text): ``kind`` (must be ``segmentation``),
+``image_size``, ``in_channels``, ``channels``, ``intensity`` (``per_slice`` or ``zscore``),
+``target_spec`` and ``threshold``, and the stored 2D ``postprocess`` (threshold, flip TTA,
+connected-component rule) when the export carries it. This module imports NumPy, OpenCV,
+onnxruntime and torch-free toolkit helpers only; ``tests/test_onnx_predict.py`` checks that it runs
+with torch blocked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .data.mri.channels import resolve_channels
+from .data.mri.nifti import ZSCORE_CLIP
+from .postprocess import PostProcess
+from .seg_images import channel_names, input_files, overlay, read_input, write_png
+
+__all__ = ["OnnxSegmenter", "REQUIRED_KEYS", "predict", "read_onnx_metadata"]
+
+#: metadata_props keys the ONNX path needs (``postprocess`` is optional: without it, the threshold alone).
+REQUIRED_KEYS = ("kind", "image_size", "in_channels", "channels", "intensity", "target_spec", "threshold")
+STD_EPS = 1e-5  # toolkit.data.batch_transforms.standardize_per_image's eps
+FILE_LAYOUTS = ("folder", "lgg")  # layouts whose slices are 2D image files (their channel names)
+
+
+def _session(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError(f"--weights {path}: predicting with an ONNX file needs onnxruntime; "
+                         f"pip install onnxruntime (or pip install -e '.[export]')") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file not found: {path}")
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for unreadable files
+        raise ValueError(f"{path}: onnxruntime cannot load it as an ONNX model: {err}") from None
+
+
+def read_onnx_metadata(session, path: Path) -> dict[str, Any]:
+    """The toolkit metadata of an onnxruntime ``session`` loaded from ``path``: {key: JSON-decoded value}.
+
+    Raises ValueError naming the file and the key when the toolkit metadata is missing, not JSON, or the
+    model is not a segmentation model (classifier, autoencoder and restoration exports are refused with
+    what to use instead).
+    """
+    props = session.get_modelmeta().custom_metadata_map
+    meta = {}
+    for key, text in props.items():
+        try:
+            meta[key] = json.loads(text)
+        except json.JSONDecodeError:
+            meta[key] = text  # keys not written by toolkit export may hold plain text
+    if "kind" not in meta:
+        raise ValueError(f"{path} holds no toolkit metadata (metadata_props key 'kind' missing): predict needs a "
+                         f"file written by `toolkit export --weights <run>/best.pth --format onnx`")
+    if meta["kind"] != "segmentation":
+        raise ValueError(f"{path} is a {meta['kind']} export (recipe {meta.get('recipe')!r}); toolkit predict "
+                         f"handles segmentation models only; run this one with onnxruntime directly (input "
+                         f"{meta.get('input', '?')}, preprocessing {meta.get('preprocess', '?')}; in Python "
+                         f"toolkit.export.run_exported(path, x))")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks the toolkit metadata key(s) {', '.join(map(repr, missing))}; re-export "
+                         f"the run with `toolkit export --weights <run>/best.pth --format onnx`")
+    if meta["intensity"] not in ("per_slice", "zscore"):
+        raise ValueError(f"{path}: metadata 'intensity' must be per_slice or zscore, got {meta['intensity']!r}")
+    if meta["target_spec"].get("kind") not in ("binary", "classes", "regions"):
+        raise ValueError(f"{path}: metadata 'target_spec' has kind {meta['target_spec'].get('kind')!r}; "
+                         f"expected binary, classes or regions")
+    return meta
+
+
+def _file_channels(channels: str, in_channels: int) -> tuple[tuple[int, ...], str]:
+    """The channels of a 2D file to read for a model trained on ``channels`` (names or "") and
+    ``in_channels``: indices into the file's RGB channels (() = grey) and their names for messages."""
+    for layout in FILE_LAYOUTS:
+        try:
+            picked = resolve_channels(layout, channels or in_channels)
+        except (ValueError, KeyError):
+            continue
+        return picked, channel_names(layout, picked)
+    return (), channels or f"{in_channels} channels"  # NIfTI channels (brats): read_input refuses C not 1 or 3
+
+
+class OnnxSegmenter:
+    """A segmentation model exported to ONNX, run with onnxruntime on the CPU.
+
+    path: the ``.onnx`` file written by ``toolkit export``. Its metadata (see :func:`read_onnx_metadata`) sets
+    the input size S = ``image_size``, the channels C, the uint8 → float preprocessing and the target.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.session = _session(self.path)
+        self.meta = read_onnx_metadata(self.session, self.path)
+        self.size, self.in_channels = int(self.meta["image_size"]), int(self.meta["in_channels"])
+        self.target = self.meta["target_spec"]
+        self.input_name = self.session.get_inputs()[0].name
+        shape = self.session.get_inputs()[0].shape  # [batch (a name), C, S, S]
+        if len(shape) != 4 or list(shape[1:]) != [self.in_channels, self.size, self.size]:
+            raise ValueError(f"{self.path}: the graph takes input {shape} but the metadata says "
+                             f"(N, {self.in_channels}, {self.size}, {self.size})")
+        self.channels, self.channel_names = _file_channels(str(self.meta["channels"] or ""), self.in_channels)
+
+    def postprocess(self, mode: str = "auto", threshold: float | None = None) -> tuple[PostProcess, str]:
+        """The stored post-processing (``mode`` "auto"; "none": the stored threshold alone), ``threshold``
+        overriding the stored one. Returns (PostProcess, where it came from)."""
+        stored = self.meta.get("postprocess")
+        if mode == "auto" and isinstance(stored, dict):
+            post, source = PostProcess.from_dict(stored, where=f"{self.path} metadata 'postprocess'"), \
+                f"{self.path} metadata 'postprocess'"
+        else:
+            post, source = PostProcess(threshold=float(self.meta["threshold"])), f"{self.path} metadata 'threshold'"
+        if threshold is not None:
+            post = PostProcess(**{**post.to_dict(), "threshold": threshold})
+            source += f" with threshold={threshold} from the command line"
+        return post, source
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, C) → float32 (N, C, S, S) model input: per-image standardisation (``per_slice``,
+        unbiased std as torch) or the z-score decoding ``x * 2 * ZSCORE_CLIP / 255 - ZSCORE_CLIP`` (``zscore``)."""
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+        if self.meta["intensity"] == "zscore":
+            return x * np.float32(2.0 * ZSCORE_CLIP / 255.0) - np.float32(ZSCORE_CLIP)
+        x /= np.float32(255.0)
+        mean = x.mean(axis=(-2, -1), keepdims=True)
+        std = x.std(axis=(-2, -1), keepdims=True, ddof=1)
+        return (x - mean) / (std + np.float32(STD_EPS))
+
+    def probs(self, x: np.ndarray, flips: bool = False) -> np.ndarray:
+        """float32 (N, C, S, S) model input → float32 (N, out_channels, S, S) probabilities in [0, 1]
+        (softmax over channels for classes, sigmoid otherwise); ``flips`` averages with the horizontally
+        flipped input's prediction."""
+        batch = np.concatenate([x, x[..., ::-1]]) if flips else x
+        logits = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        if self.target["kind"] == "classes":
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p = e / e.sum(axis=1, keepdims=True)
+        else:
+            p = 1.0 / (1.0 + np.exp(-logits))
+        if flips:
+            p = 0.5 * (p[: len(x)] + p[len(x):][..., ::-1])
+        return p.astype(np.float32)
+
+    def tumour_probs(self, image: np.ndarray, flips: bool = False) -> np.ndarray:
+        """uint8 (H, W, C) scan → float32 (H, W) tumour probability in [0, 1] at the scan's own size.
+
+        The scan is resized to S x S (area when shrinking, bilinear otherwise, as the PyTorch predict), the map
+        resized back bilinearly. Tumour: binary the one channel; regions any region (the largest probability);
+        classes any foreground class (1 - background probability).
+        """
+        h, w = image.shape[:2]
+        resized = cv2.resize(image, (self.size, self.size),
+                             interpolation=cv2.INTER_AREA if h > self.size else cv2.INTER_LINEAR)
+        resized = resized[..., None] if resized.ndim == 2 else resized
+        p = self.probs(self.preprocess(resized[None]), flips=flips)[0]
+        kind = self.target["kind"]
+        tumour = p[0] if kind == "binary" else p.max(0) if kind == "regions" else 1.0 - p[0]
+        return cv2.resize(np.ascontiguousarray(tumour), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def predict(args: argparse.Namespace) -> int:
+    """``toolkit predict`` with an ONNX file: ``<name>_mask.png`` (0/255 at the image's own size) and
+    ``<name>_overlay.png`` for each 2D image of ``args.input``, into ``args.output``."""
+    if len(args.weights) != 1:
+        raise ValueError(f"--weights: give one ONNX file (ensembles need best.pth files), got {args.weights}")
+    if args.flips or args.one_region:
+        raise ValueError("--flips and --one-region are not applied with an ONNX file: it uses the post-processing "
+                         "stored by `toolkit export` (--threshold and --postprocess none are)")
+    source_path = Path(args.input)
+    if source_path.name.lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"--input {source_path}: predict with an ONNX file reads 2D images (PNG/JPEG/TIFF); "
+                         f"for NIfTI volumes use --weights <run>/best.pth")
+    model = OnnxSegmenter(args.weights[0])
+    post, source = model.postprocess(args.postprocess, args.threshold)
+    out, size = Path(args.output), model.size
+    print(f"{model.path} (onnxruntime, CPU); input {model.channel_names}, {size}x{size}, {model.meta['intensity']}; "
+          f"post-processing: {post.describe()} ({source})")
+    images = input_files(source_path)
+    for path in images:
+        image = read_input(path, model.channels, model.in_channels, model.channel_names)
+        probs = model.tumour_probs(image, flips=post.flips)
+        mask = post.at_scale(probs.size / size**2).binarize(probs)
+        write_png(out / f"{path.stem}_mask.png", mask * 255)
+        write_png(out / f"{path.stem}_overlay.png", overlay(image, mask))
+        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}")
+    print(f"wrote {len(images)} masks and overlays to {out}/")
+    return 0

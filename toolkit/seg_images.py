@@ -1,0 +1,82 @@
+"""The 2D image files of ``toolkit predict``: which files to read, how to read one as model input, and the
+mask / overlay PNGs written. NumPy and OpenCV only (no torch), shared by the PyTorch path
+(:mod:`toolkit.seg_commands`) and the ONNX path (:mod:`toolkit.onnx_predict`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .checkpoint import atomic_write
+from .data.errors import MRIDataError
+from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image
+
+__all__ = ["channel_names", "input_files", "overlay", "read_input", "write_png"]
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write uint8 (H, W) or BGR (H, W, 3) ``image`` as a PNG at ``path``, atomically."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode {path}")
+    atomic_write(path, lambda f: f.write(buf.tobytes()))
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) scan + {0,1} (H, W) mask → BGR uint8 with the mask in red and its outline.
+
+    The scan is drawn in grey under the red: C == 3 (RGB) as its luminance; any other C (1, 2, 4, ...)
+    as channel 0 (e.g. FLAIR of BraTS ``flair,t1ce``). A (H, W) scan counts as C = 1.
+    """
+    image = image[..., None] if image.ndim == 2 else image
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.shape[2] == 3 else np.ascontiguousarray(image[..., 0])
+    bgr = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    red = bgr.copy()
+    red[mask > 0] = (0, 0, 255)
+    out = cv2.addWeighted(bgr, 0.6, red, 0.4, 0)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return cv2.drawContours(out, contours, -1, (0, 0, 255), 1)
+
+
+def read_input(path: Path, channels: tuple[int, ...], in_channels: int, names: str) -> np.ndarray:
+    """A 2D image file as the model's input, uint8 (H, W, C), C = ``in_channels``.
+
+    A 2D file gives one grey channel or three RGB ones (RGBA: the alpha is dropped). Models of 1 channel
+    take either (an RGB file is turned grey, or the run's one channel is picked) and models of 3 channels
+    take RGB or grey (three equal channels). Any other channel count (BraTS ``flair,t1ce``: 2, all four
+    modalities: 4) cannot come from a 2D file: refused with an MRIDataError naming the file, the channels
+    the model expects (``names``, e.g. "flair, t1ce of brats data") and those the file has.
+    """
+    if in_channels in (1, 3):
+        return read_image(path, channels)
+    rgb = read_image(path, (0, 1, 2))  # a grey file gives three equal channels
+    grey = bool((rgb == rgb[..., :1]).all())
+    raise MRIDataError(path, f"this 2D image has {'1 channel (grey)' if grey else '3 channels (RGB)'} but the "
+                             f"model expects {in_channels} ({names}); predict takes grey or RGB image files for "
+                             f"models of 1 or 3 channels only; give it NIfTI volumes, or score the run with "
+                             f"`toolkit evaluate --weights ... --data-dir DIR`")
+
+
+def channel_names(layout: str, channels: tuple[int, ...]) -> str:
+    """"flair, t1ce of brats data" for the indices (0, 2) of ``layout``; "grey" for ()."""
+    if not channels:
+        return "grey"
+    known = CHANNEL_NAMES.get(layout, ())
+    return ", ".join(known[c] if c < len(known) else str(c) for c in channels) + f" of {layout} data"
+
+
+def input_files(source: Path) -> list[Path]:
+    """The images to predict: ``source`` itself, or every PNG/JPEG/TIFF under the folder ``source`` (sorted,
+    ``*_mask`` files skipped). Raises FileNotFoundError when it does not exist or holds none."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                       and not p.stem.endswith("_mask"))
+    elif source.is_file():
+        files = [source]
+    else:
+        raise FileNotFoundError(f"--input {source} does not exist")
+    if not files:
+        raise FileNotFoundError(f"--input {source} holds no PNG/JPEG/TIFF images")
+    return files
