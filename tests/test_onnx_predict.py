@@ -103,6 +103,16 @@ def test_onnx_predict_runs_with_torch_blocked(exported, tmp_path):
     assert cv2.imread(str(tmp_path / "scan1_mask.png"), 0).shape == SIZES[1][:2]
 
 
+@pytest.mark.parametrize("exported", EXPORTS[:1], indirect=True, ids=["per_slice+min_size"])
+def test_onnx_postprocess_comes_from_the_metadata_with_command_line_overrides(exported):
+    _, onnx_file, _, post = exported
+    model = OnnxSegmenter(onnx_file)
+    assert model.postprocess()[0] == post  # the run's postprocess.json, carried by the export
+    assert model.postprocess("none")[0] == PostProcess(threshold=post.threshold)
+    assert model.postprocess(threshold=0.7)[0] == PostProcess(**{**post.to_dict(), "threshold": 0.7})
+    assert (model.size, model.in_channels, model.channels) == (32, 1, ())
+
+
 def _edited(onnx_file, path, change):
     """A copy of ``onnx_file`` at ``path`` whose metadata_props {key: JSON text} went through ``change``."""
     proto = onnx.load(str(onnx_file))
