@@ -2,12 +2,14 @@
 
     LAUNCH="accelerate launch --config_file accelerate_config.yaml" python recipes/stl10_probe_compare.py
     make stl10-probe ARGS="--epochs 20"
+    make stl10-probe ARGS="--dataset cifar10 --data-dir ../shared/data/cifar10"   # the CIFAR-10 check
 
 Every argument goes to both runs of ``recipes/stl10_probe.py`` (``--encoder`` picks the
 pretrained one, default the newest pretraining run); they are named
 ``stl10_probe-<time>-pretrained`` and ``stl10_probe-<time>-random``. The table goes to
-stdout and to ``<output-dir>/stl10_probe_comparison.{json,md}``;
-``<output-dir>/stl10_probe.comparison.json`` is the same table for `toolkit report`.
+stdout and to ``<output-dir>/<name>_comparison.{json,md}``; ``<output-dir>/<name>.comparison.json``
+is the same table for `toolkit report`; ``<name>`` is ``stl10_probe`` (``--dataset stl10``) or
+``cifar10_probe`` (``--dataset cifar10``), so the two checks do not overwrite each other.
 """
 
 from __future__ import annotations
@@ -56,11 +58,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{**{c.key: r[c.key] for c in COLUMNS}, "encoder": f"{kind}: {r['encoder']}",
              "run": Path(r["run"]).name} for kind, r in results.items()]
     note = f"pretraining gain over the random-encoder control (last epoch): {gain:+.4f}"
-    table = Comparison("STL-10 linear probe: pretrained vs random frozen encoder (test set)", COLUMNS, rows,
+    title = {"stl10": "STL-10", "cifar10": "CIFAR-10"}[cfg.dataset]
+    table = Comparison(f"{title} linear probe: pretrained vs random frozen encoder (test set)", COLUMNS, rows,
                        baseline=1, notes=[note])
     command = command_line("recipes/stl10_probe_compare.py", argv)
-    write_comparison(table, cfg.output_dir, "stl10_probe", footer=f"`{command}`",
-                     raw={"runs": results, "gain_final": gain, "command": command})
+    write_comparison(table, cfg.output_dir, f"{cfg.dataset}_probe", footer=f"`{command}`",
+                     raw={"runs": results, "gain_final": gain, "command": command, "dataset": cfg.dataset})
     return results
 
 

@@ -23,7 +23,7 @@ from ..checkpoint import load_weights
 from .classifiers import ConvBNReLU
 
 __all__ = ["STL10CNN", "STL10AutoEncoder", "FrozenEncoderClassifier", "freeze", "frozen_resnet18", "load_encoder",
-           "linear_probe_head", "probe_classifier"]
+           "linear_probe_head", "probe_classifier", "encoder_output_shape"]
 
 
 class STL10CNN(nn.Module):
@@ -198,13 +198,27 @@ def frozen_resnet18(weights: str | None, num_classes: int = 10) -> FrozenEncoder
     return FrozenEncoderClassifier(model, nn.Linear(512, num_classes))
 
 
+def encoder_output_shape(encoder: nn.Module, size: int, in_channels: int = 3) -> tuple[int, ...]:
+    """Shape (C, H, W) of ``encoder``'s output for one (1, in_channels, size, size) input, by a dummy forward
+    (no autograd, evaluation mode, the module's training flag restored); 96 → (c4, 6, 6), 32 → (c4, 2, 2)."""
+    was_training = encoder.training
+    try:
+        with torch.no_grad():
+            probe = next(encoder.parameters(), torch.empty(0))
+            out = encoder.eval()(torch.zeros(1, in_channels, size, size, dtype=probe.dtype, device=probe.device))
+    finally:
+        encoder.train(was_training)
+    return tuple(out.shape[1:])
+
+
 def probe_classifier(channels: Sequence[int], num_classes: int = 10, dropout: float = 0.0,
                      encoder: nn.Module | None = None, size: int = 96) -> FrozenEncoderClassifier:
     """The STL-10 probe: the frozen encoder of a :class:`STL10AutoEncoder` (``channels``; ``encoder``
-    when given, else a random one) feeding :func:`linear_probe_head` for ``size`` x ``size`` input.
+    when given, else a random one) feeding :func:`linear_probe_head` sized by :func:`encoder_output_shape`
+    for ``size`` x ``size`` input (96: 3,456 features at the default channels; 32, CIFAR-10: 384).
     (N, 3, size, size) float in [0, 1] → (N, num_classes) logits."""
     encoder = STL10AutoEncoder(channels).encoder if encoder is None else encoder
-    head = linear_probe_head(STL10AutoEncoder(channels).code_shape(size), num_classes, dropout)
+    head = linear_probe_head(encoder_output_shape(encoder, size), num_classes, dropout)
     return FrozenEncoderClassifier(encoder, head)
 
 
