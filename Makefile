@@ -27,7 +27,7 @@ endif
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
 
-.PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv ssl-curve cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe stl10 report bench kill-harness slurm-check
+.PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv ssl-curve cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe ssl-cifar10 stl10 report bench kill-harness slurm-check
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
@@ -90,6 +90,16 @@ stl10-pretrain: $(STAMP)
 # The probe on the newest pretraining run's frozen encoder and on a random one (the control); prints both.
 stl10-probe: $(STAMP)
 	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/stl10_probe_compare.py $(ARGS) $(PROBE_ARGS)
+
+# The STL-10 pretraining and probe recipes on real CIFAR-10 images (docs/stl10.md#cifar-10-check): pretrain within
+# SSL_CIFAR10_PRETRAIN, then the probe on that encoder and on a random one within SSL_CIFAR10_PROBE each, side by side
+# in runs/cifar10_probe_comparison.md. ARGS go to all three runs, PRETRAIN_ARGS / PROBE_ARGS to one recipe.
+CIFAR10_DIR ?= ../shared/data/cifar10
+SSL_CIFAR10_PRETRAIN ?= --max-minutes 10 --num-workers 0
+SSL_CIFAR10_PROBE ?= --max-minutes 5 --num-workers 0
+ssl-cifar10: $(STAMP)
+	$(LAUNCH) recipes/stl10_pretrain.py --dataset cifar10 --data-dir $(CIFAR10_DIR) $(SSL_CIFAR10_PRETRAIN) $(ARGS) $(PRETRAIN_ARGS)
+	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/stl10_probe_compare.py --dataset cifar10 --data-dir $(CIFAR10_DIR) $(SSL_CIFAR10_PROBE) $(ARGS) $(PROBE_ARGS)
 
 stl10: $(STAMP)
 	$(MAKE) stl10-supervised

@@ -77,7 +77,7 @@ class STL10PretrainConfig(ImageSourceConfig, TrainConfig):
     objective: str = "reconstruction"  # reconstruction | denoising | restoration (Models-Genesis corruptions)
     noise_std: float = DEFAULT_NOISE_STD  # denoising: std of the Gaussian noise, pixels in [0, 1]
     channels: tuple[int, ...] = (24, 48, 64, 96)  # widths of the 4 strided convs (decoder mirrors them); 188,659 parameters
-    max_images: int = 0  # use only the first N unlabelled images (quick runs); 0 = all (100,000 STL-10, 50,000 CIFAR-10)
+    max_images: int = 0  # use only N unlabelled images (quick runs): stl10 the first N, cifar10 N drawn at random (seeded); 0 = all
     val_images: int = 1000  # unlabelled images drawn at random and held out for validation and the figure
     param_budget: int = 220_000  # most trainable parameters (the spec asks for about 200,000)
     epochs: int = 30  # passes over the unlabelled training images
@@ -112,7 +112,8 @@ def unlabeled_images(cfg: STL10PretrainConfig, accelerator):
     """The unlabelled image set: items (image (3, S, S) uint8 0..255, label -1), S = ``cfg.image_size``."""
     if cfg.dataset == "cifar10":
         train, _ = cfg.open_cifar10(accelerator)
-        train = train.subset(range(min(cfg.max_images or len(train), len(train))))
+        if 0 < cfg.max_images < len(train):  # the class folders are read class by class: draw, do not cut
+            _, train = holdout_split(train, cfg.max_images, cfg.seed)
         return type(train)(train.images, torch.full((len(train),), -1, dtype=torch.long), train.classes)
     try:
         return open_stl10(cfg.data_dir, ("unlabeled",), cfg.download, accelerator, limit=cfg.max_images)["unlabeled"]

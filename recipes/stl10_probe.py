@@ -24,12 +24,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import Subset
-
 from stl10_pretrain import ImageSourceConfig  # the recipe beside this script
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
 from toolkit import parse_config, save_json, stl10_train_test
-from toolkit.data import to_unit_range
+from toolkit.data import holdout_split, to_unit_range
 from toolkit.models import STL10AutoEncoder, load_encoder, probe_classifier
 
 #: default random-crop padding per --dataset, pixels (an eighth of the image side)
@@ -44,7 +42,7 @@ class STL10ProbeConfig(ImageSourceConfig, ClassificationConfig):
     channels: tuple[int, ...] = (24, 48, 64, 96)  # encoder widths for --encoder random or a best.pth without config.json
     dropout: float = 0.0  # dropout probability before the linear layer
     crop_padding: int = -1  # random-crop padding in pixels for training batches; 0 = no crop; -1 = 12 (stl10) | 4 (cifar10)
-    max_images: int = 0  # use only the first N labelled training images (quick runs); 0 = all
+    max_images: int = 0  # use only N labelled training images, drawn at random (seeded; quick runs); 0 = all
     param_budget: int = 500_000  # most trainable parameters (the frozen encoder is exempt)
     epochs: int = 30  # passes over the labelled training images
     batch_size: int = 128  # images per process per step
@@ -104,13 +102,14 @@ def resolve_encoder(cfg: STL10ProbeConfig) -> tuple[Path | None, tuple[int, ...]
 
 
 def labelled_train_test(cfg: STL10ProbeConfig, accelerator, note: str):
-    """(train, test) datasets of (image (3, S, S) uint8 0..255, label int64 0..9), train cut to ``max_images``."""
+    """(train, test) datasets of (image (3, S, S) uint8 0..255, label int64 0..9); train: ``max_images`` of them
+    drawn at random when set."""
     if cfg.dataset == "cifar10":
         train, test = cfg.open_cifar10(accelerator)
     else:
         train, test = stl10_train_test(cfg, accelerator, note)
-    if cfg.max_images and cfg.max_images < len(train):
-        train = Subset(train, range(cfg.max_images))
+    if 0 < cfg.max_images < len(train):  # CIFAR-10 class folders are read class by class: draw, do not cut
+        _, train = holdout_split(train, cfg.max_images, cfg.seed)
     if cfg.dataset == "cifar10" or cfg.max_images:
         accelerator.print(f"data: {cfg.dataset} labelled train {len(train)}, test {len(test)}; {note}")
     return train, test

@@ -9,8 +9,9 @@ comparison is meant to catch.
 
 import json
 import subprocess
-import sys
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -114,6 +115,13 @@ def test_cifar10_pretrain_then_probe_and_random_control(recipes, cifar, tmp_path
     keys = [k for k in pretrained if k.startswith("encoder.")]
     assert keys and all(torch.equal(pretrained[k], trained[k]) for k in keys)  # loaded and left frozen
     assert not torch.equal(control["encoder.0.0.weight"], trained["encoder.0.0.weight"])
+
+    quick = probe.parse_config(probe.STL10ProbeConfig, [*cifar, "--max-images", "30"])
+    assert quick.crop_padding == 4  # an eighth of 32 pixels (STL-10: 12 of 96)
+    accelerator = SimpleNamespace(local_main_process_first=nullcontext, print=print)
+    train, test = probe.labelled_train_test(quick, accelerator, "")
+    labels = [int(train[i][1]) for i in range(len(train))]
+    assert len(train) == 30 and len(test) == 20 and len(set(labels)) >= 5  # drawn, not the first (class-sorted) 30
 
     with pytest.raises(ConfigError, match="pretrained on cifar10.*pass --dataset cifar10"):  # 32x32 encoder, 96x96 data
         probe.main(["--encoder", str(pre), "--output-dir", str(runs), *TINY])
