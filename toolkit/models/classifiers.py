@@ -27,7 +27,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["ConvBNReLU", "ResidualBlock", "CIFARResNet", "build_classifier", "predict_proba"]
+__all__ = ["ConvBNReLU", "ResidualBlock", "CIFARResNet", "CIFARFastNet", "build_classifier", "cifar_classifier",
+           "predict_proba"]
 
 
 class ConvBNReLU(nn.Sequential):
@@ -108,11 +109,73 @@ class CIFARResNet(nn.Module):
         return self.classifier(self.dropout(self.features(x)))
 
 
+class CIFARFastNet(nn.Module):
+    """Plain (non-residual) CNN for 32x32 images, built for throughput: (N, in_channels, H, W) float → (N, K) logits.
+
+    Three stages, each two Conv-BN-ReLU blocks with a 2x2 max pool between the first conv and its
+    BatchNorm (Conv → MaxPool → BN → ReLU, as airbench: the BN and ReLU then run on a quarter of the
+    pixels), then a global max pool, dropout and one linear layer::
+
+        stage k: Conv3x3 c -> w_k, MaxPool 2, BN, ReLU;  Conv3x3 w_k -> w_k, BN, ReLU   (N, w_k, H/2^k, W/2^k)
+        head:    global max pool, Dropout(p), Linear w_3 -> K                             (N, K) logits
+
+    Widths (32, 64, 128): 288,746 parameters for 10 classes; at batch 256 in fp32 on a 2-core AVX2 CPU it
+    trains about 2.5x faster than the ResNet-20 (``python -m bench.run --only cifar10``).
+
+    Args:
+        num_classes: classes K. widths: channels of the three stages. dropout: before the classifier, [0, 1).
+        in_channels: input channels (3 for RGB). Inputs: float images normalised per channel, H, W >= 8.
+    """
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.1,
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        if len(widths) != 3 or min(widths) < 1 or num_classes < 2 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"need three widths >= 1, num_classes >= 2 and 0 <= dropout < 1; got widths={widths}, "
+                             f"num_classes={num_classes}, dropout={dropout}")
+        layers, channels = [], in_channels
+        for w in widths:
+            layers += [nn.Conv2d(channels, w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(w),
+                       nn.ReLU(inplace=True), ConvBNReLU(w, w)]
+            channels = w
+        self.blocks = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float → (N, widths[2]) pooled features (>= 0)."""
+        return self.pool(self.blocks(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float, normalised → (N, num_classes) logits."""
+        return self.classifier(self.dropout(self.features(x)))
+
+
+CLASSIFIERS = {"resnet": CIFARResNet, "fast": CIFARFastNet}
+
+
 def build_classifier(name: str = "resnet", num_classes: int = 10, **kwargs) -> nn.Module:
-    """Classifier by name: ``"resnet"`` → :class:`CIFARResNet` (``width``, ``depth``, ``dropout``, ``in_channels``)."""
-    if name != "resnet":
-        raise ValueError(f"unknown classifier {name!r}; valid: resnet")
-    return CIFARResNet(num_classes=num_classes, **kwargs)
+    """Classifier by name: ``"resnet"`` → :class:`CIFARResNet` (``width``, ``depth``, ``dropout``, ``in_channels``);
+    ``"fast"`` → :class:`CIFARFastNet` (``widths``, ``dropout``, ``in_channels``)."""
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; valid: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[name](num_classes=num_classes, **kwargs)
+
+
+def cifar_classifier(model: str = "resnet", width: int = 16, depth: int = 3, widths: str = "32,64,128",
+                     dropout: float = 0.1, num_classes: int = 10) -> nn.Module:
+    """The CIFAR-10 recipe's classifier from its settings: ``model`` "resnet" uses ``width`` and ``depth``,
+    "fast" the comma-separated ``widths`` (three stage widths). (N, 3, 32, 32) normalised → (N, K) logits."""
+    if model == "fast":
+        parts = [p.strip() for p in str(widths).split(",")]
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"widths must be three comma-separated positive ints such as '32,64,128', got {widths!r}")
+        return build_classifier("fast", num_classes, widths=tuple(int(p) for p in parts), dropout=dropout)
+    return build_classifier(model, num_classes, width=width, depth=depth, dropout=dropout)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..checkpoint import load_weights
 from .autoencoders import build_autoencoder
 from .segmentation import build_segmentation_model, parse_widths
-from .classifiers import build_classifier
+from .classifiers import build_classifier, cifar_classifier
 from .stl10 import STL10CNN, STL10AutoEncoder, frozen_resnet18, probe_classifier
 
 __all__ = ["ModelEntry", "MODEL_BUILDERS", "recipe_key", "run_config", "build_run_model", "WEIGHT_NAMES"]
@@ -45,7 +45,8 @@ class ModelEntry:
 UNIT = "x / 255 (uint8 0..255 -> float32 [0, 1])"
 MODEL_BUILDERS: dict[str, ModelEntry] = {
     "cifar10": ModelEntry(
-        lambda c: build_classifier("resnet", num_classes=10, width=c["width"], depth=c["depth"], dropout=c["dropout"]),
+        lambda c: cifar_classifier(c.get("model", "resnet"), c["width"], c["depth"], c.get("widths", "32,64,128"),
+                                   c["dropout"]),
         lambda c: (3, 32, 32), "classifier", "(x / 255 - CIFAR10_MEAN) / CIFAR10_STD per channel"),
     "mnist": ModelEntry(lambda c: build_autoencoder(c["model"], c["cnn_channels"]), lambda c: (1, 28, 28),
                         "autoencoder", UNIT),
