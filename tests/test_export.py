@@ -111,6 +111,9 @@ RECIPES = {  # config.json fields as the recipes write them (small widths: secon
     "stl10_probe": {"channels": [24, 48, 64, 96], "dropout": 0.0},  # encoder.json's widths win
     "stl10_resnet18": {"image_size": 64, "weights": "IMAGENET1K_V1"},
     "brain_mri_pretrain": {"model": "unet", "in_channels": 1, "image_size": 32, "widths": "8,16,32"},
+    # "<recipe>:<variant>": the same recipe with other settings
+    "cifar10:fast": {"model": "fast", "widths": "8,16,32", "width": 16, "depth": 3, "dropout": 0.1},
+    "stl10_probe:cifar10": {"channels": [24, 48, 64, 96], "dropout": 0.0, "dataset": "cifar10"},
 }
 
 
@@ -118,10 +121,12 @@ RECIPES = {  # config.json fields as the recipes write them (small widths: secon
                                          ("mnist_cnn_denoising", "onnx"), ("mnist_cnn_denoising", "torchscript"),
                                          ("mnist_linear_reconstruction", "onnx"), ("stl10_probe", "onnx"),
                                          ("stl10_supervised", "torchscript"), ("stl10_pretrain", "onnx"),
-                                         ("stl10_resnet18", "torchscript"), ("brain_mri_pretrain", "onnx")])
+                                         ("stl10_resnet18", "torchscript"), ("brain_mri_pretrain", "onnx"),
+                                         ("cifar10:fast", "onnx"), ("stl10_probe:cifar10", "torchscript")])
 def test_classifier_and_autoencoder_exports_match_pytorch(tmp_path, recipe, fmt):
+    variant, recipe = recipe, recipe.split(":")[0]
     run = tmp_path / recipe
-    cfg = {"recipe": recipe, **RECIPES[recipe]}
+    cfg = {"recipe": recipe, **RECIPES[variant]}
     save_json(run / "config.json", cfg)
     built = dict(cfg)
     if recipe == "stl10_probe":
@@ -135,6 +140,7 @@ def test_classifier_and_autoencoder_exports_match_pytorch(tmp_path, recipe, fmt)
     assert out.suffix == (".onnx" if fmt == "onnx" else ".pt") and diff < TOLERANCE
     assert meta["kind"] == entry.kind and read_metadata(out)["recipe"] == recipe
     shape = tuple(meta["input_shape"])
+    assert shape[1:] == ((32, 32) if variant in ("cifar10:fast", "stl10_probe:cifar10") else shape[1:])
     images = torch.randint(0, 256, (3, *shape), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     x = to_unit_range(images)  # random images; the recipe's normalisation does not change the graph
     _compare(out, model, x, f"{recipe} {fmt}")

@@ -43,6 +43,11 @@ class ModelEntry:
 
 
 UNIT = "x / 255 (uint8 0..255 -> float32 [0, 1])"
+
+
+def _side(config: dict) -> int:
+    """Image side of an STL-10 pretraining/probe run: 32 when it ran on CIFAR-10 (``--dataset cifar10``), else 96."""
+    return 32 if config.get("dataset") == "cifar10" else 96
 MODEL_BUILDERS: dict[str, ModelEntry] = {
     "cifar10": ModelEntry(
         lambda c: cifar_classifier(c.get("model", "resnet"), c["width"], c["depth"], c.get("widths", "32,64,128"),
@@ -56,14 +61,15 @@ MODEL_BUILDERS: dict[str, ModelEntry] = {
     "stl10_resnet18": ModelEntry(lambda c: frozen_resnet18(None, num_classes=10),
                                  lambda c: (3, c["image_size"], c["image_size"]), "classifier",
                                  "bilinear resize to image_size, (x / 255 - IMAGENET_MEAN) / IMAGENET_STD"),
-    "stl10_pretrain": ModelEntry(lambda c: STL10AutoEncoder(c["channels"]), lambda c: (3, 96, 96), "autoencoder", UNIT),
+    "stl10_pretrain": ModelEntry(lambda c: STL10AutoEncoder(c["channels"]), lambda c: (3, _side(c), _side(c)),
+                                 "autoencoder", UNIT),
     "brain_mri_pretrain": ModelEntry(
         lambda c: build_segmentation_model(c["model"], in_channels=c["in_channels"], out_channels=1,
                                            widths=parse_widths(c.get("widths", ""))),
         lambda c: (c["in_channels"], c["image_size"], c["image_size"]), "restoration",
         "as the brain-MRI segmentation runs: per-image standardisation (2D images) or from_zscore_uint8 (NIfTI)"),
-    "stl10_probe": ModelEntry(lambda c: probe_classifier(c["channels"], 10, c["dropout"]), lambda c: (3, 96, 96),
-                              "classifier", UNIT),
+    "stl10_probe": ModelEntry(lambda c: probe_classifier(c["channels"], 10, c["dropout"], size=_side(c)),
+                              lambda c: (3, _side(c), _side(c)), "classifier", UNIT),
 }
 
 
