@@ -21,7 +21,8 @@ from toolkit.data.batch_transforms import Normalize, RandomCropFlip
 from toolkit.data.cifar import (
     CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, find_cifar10_source, load_cifar10, read_class_folders,
 )
-from toolkit.models.classifiers import CIFARResNet, ConvBNReLU, build_classifier, predict_proba
+from toolkit.models.classifiers import CIFARFastNet, CIFARResNet, ConvBNReLU, build_classifier, cifar_classifier
+from toolkit.models.classifiers import predict_proba
 from toolkit.models.utils import count_parameters
 
 from .utils import ACCELERATE, ROOT, run_env
@@ -178,6 +179,23 @@ def test_model_budget_shape_and_layers():
         CIFARResNet(width=0)
 
 
+def test_fast_model_budget_shape_and_blocks():
+    model = build_classifier("fast")
+    assert isinstance(model, CIFARFastNet) and count_parameters(model) == 288_746 <= 500_000
+    out = model(torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    assert out.shape == (4, 10) and out.dtype == torch.float32
+    # three stages of Conv -> MaxPool -> BN -> ReLU, then a Conv-BN-ReLU block; one linear layer at the end
+    layers = list(model.blocks)
+    assert [type(m) for m in layers[:5]] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU, ConvBNReLU]
+    assert sum(isinstance(m, ConvBNReLU) for m in layers) == 3 and isinstance(list(model.children())[-1], nn.Linear)
+    assert model.features(torch.randn(2, 3, 32, 32)).shape == (2, 128)
+    assert count_parameters(cifar_classifier("fast", widths="8,16,32")) < count_parameters(model)
+    with pytest.raises(ValueError, match="three comma-separated positive ints"):
+        cifar_classifier("fast", widths="8,16")
+    with pytest.raises(ValueError, match="unknown classifier 'vgg'; valid: resnet, fast"):
+        build_classifier("vgg")
+
+
 # --------------------------------------------------------------------------- augmentation
 def test_objective_augments_in_training_only():
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
@@ -232,18 +250,22 @@ def test_recipe_validation_from_train_in_process(tmp_path, capsys):
     write_fake_folders(tmp_path / "data", counts=counts, ext="png")
     history = _recipe().main(["--data-dir", str(tmp_path / "data"), "--download", "false", "--val-from-train", "6",
                               "--output-dir", str(tmp_path / "runs"), "--run-name", "v", "--epochs", "1",
-                              "--batch-size", "8", "--width", "8", "--wandb-mode", "disabled"])
+                              "--batch-size", "8", "--model", "fast", "--widths", "8,16,32",
+                              "--wandb-mode", "disabled"])
     assert "train 14, validation = 6 images held out of train (6)" in capsys.readouterr().out
     assert history[0]["num_samples"] == 6
+    weights = torch.load(tmp_path / "runs" / "v" / "best.pth", weights_only=True)
+    cifar_classifier("fast", widths="8,16,32").load_state_dict(weights)  # the fast model was trained
 
 
 def test_recipe_help_and_bad_values():
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "cifar10.py"), "--help"], cwd=ROOT, env=run_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--val_from_train" in proc.stdout and "--crop_padding" in proc.stdout
-    with pytest.raises(SystemExit) as err:
-        _recipe().main(["--dropout", "1.5"])
-    assert err.value.code == 2
+    for bad in (["--dropout", "1.5"], ["--model", "fast", "--widths", "8,x,32"], ["--model", "vgg"]):
+        with pytest.raises(SystemExit) as err:
+            _recipe().main(bad)
+        assert err.value.code == 2
 
 
 # --------------------------------------------------------------------------- the real copy

@@ -66,7 +66,28 @@ class ResidualBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(self.conv1(x))) + self.shortcut(x))
 
 
-class CIFARResNet(nn.Module):
+class _PooledClassifier(nn.Module):
+    """stem → blocks → global pool → Dropout → Linear; a subclass builds ``stem`` and ``blocks``, then
+    calls :meth:`_add_head`. (N, C, H, W) float, normalised → (N, K) logits."""
+
+    def _add_head(self, channels: int, num_classes: int, dropout: float, pool: nn.Module) -> None:
+        self.pool = nn.Sequential(pool, nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float → (N, channels of the last stage) pooled features (>= 0)."""
+        return self.pool(self.blocks(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float, normalised → (N, num_classes) logits."""
+        return self.classifier(self.dropout(self.features(x)))
+
+
+class CIFARResNet(_PooledClassifier):
     """Residual CNN for 32x32 images: (N, in_channels, 32, 32) float → (N, num_classes) logits.
 
     Args:
@@ -93,23 +114,10 @@ class CIFARResNet(nn.Module):
                 blocks.append(ResidualBlock(channels, out, stride=2 if stage > 0 and i == 0 else 1))
                 channels = out
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) float → (N, 4·width) pooled features (>= 0)."""
-        return self.pool(self.blocks(self.stem(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) float, normalised → (N, num_classes) logits."""
-        return self.classifier(self.dropout(self.features(x)))
+        self._add_head(channels, num_classes, dropout, nn.AdaptiveAvgPool2d(1))
 
 
-class CIFARFastNet(nn.Module):
+class CIFARFastNet(_PooledClassifier):
     """Plain (non-residual) CNN for 32x32 images, built for throughput: (N, in_channels, H, W) float → (N, K) logits.
 
     Three stages, each two Conv-BN-ReLU blocks with a 2x2 max pool between the first conv and its
@@ -138,21 +146,8 @@ class CIFARFastNet(nn.Module):
             layers += [nn.Conv2d(channels, w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(w),
                        nn.ReLU(inplace=True), ConvBNReLU(w, w)]
             channels = w
-        self.blocks = nn.Sequential(*layers)
-        self.pool = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) float → (N, widths[2]) pooled features (>= 0)."""
-        return self.pool(self.blocks(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) float, normalised → (N, num_classes) logits."""
-        return self.classifier(self.dropout(self.features(x)))
+        self.stem, self.blocks = nn.Identity(), nn.Sequential(*layers)
+        self._add_head(channels, num_classes, dropout, nn.AdaptiveMaxPool2d(1))
 
 
 CLASSIFIERS = {"resnet": CIFARResNet, "fast": CIFARFastNet}
