@@ -26,9 +26,8 @@ from typing import Callable
 
 from brain_mri import BrainMRIConfig  # the recipes beside this script
 from brain_mri_pretrain import BrainMRIPretrainConfig
-from toolkit import ConfigError, command_line, parse_config, train_run
-from toolkit.config import config_help
-from toolkit.ssl_curve import ARMS, curve_summary, curve_table, run_name, score_run, write_curve
+from toolkit import SSL_ARMS, ConfigError, command_line, config_help, curve_summary, curve_table, parse_config, run_name
+from toolkit import score_run, train_run, write_curve
 
 HERE = Path(__file__).resolve().parent
 FINETUNE, PRETRAIN = HERE / "brain_mri.py", HERE / "brain_mri_pretrain.py"
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
     scores, cache = {}, {}
     for f in cfg.fraction_list:
         for s in cfg.seed_list:
-            for arm in ARMS:
+            for arm in SSL_ARMS:
                 extra = ["--init-from", str(weights)] if arm == "pretrained" else []
                 args = [*(common if arm == "pretrained" else pick(common, PRETRAINED_ONLY, keep=False)), *extra,
                         "--label-fraction", str(f), "--seed", str(s), "--max-minutes", str(cfg.finetune_minutes),

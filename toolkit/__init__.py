@@ -5,7 +5,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 (``tests/test_public_api.py`` checks it; ``docs/architecture.md`` says what goes where).
 ``toolkit`` exports:
 
-- configuration: ``TrainConfig``, ``parse_config``, ``ConfigError``; ``ClassificationConfig`` and
+- configuration: ``TrainConfig``, ``parse_config``, ``config_help``, ``ConfigError``; ``ClassificationConfig`` and
   ``classification_objective``, ``stl10_train_test`` (what the classification recipes share);
 - training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
   ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``, ``ChooseVolumePostprocess``, ``FreezeEncoder``;
@@ -19,6 +19,8 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``count_parameters``, ``init_from``
   (the other architectures are in :mod:`toolkit.models`);
 - segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``;
+- the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
+  ``write_curve``;
 - comparison scripts: ``Column``, ``Comparison``, ``ComparisonError``, ``RunResult``, ``command_line``,
   ``refuse_flags``, ``train_run``, ``write_comparison``;
 - data names used by most recipes (the full lists are in :mod:`toolkit.data` and :mod:`toolkit.data.mri`):
@@ -44,8 +46,9 @@ _EXPORTS = {
     "classification": ["ClassificationConfig", "classification_objective", "stl10_train_test"],
     "compare": ["RunResult", "command_line", "refuse_flags", "train_run", "write_comparison"],
     "comparison": ["Column", "Comparison", "ComparisonError"],
-    "config": ["ConfigError", "TrainConfig", "parse_config"],
+    "config": ["ConfigError", "TrainConfig", "config_help", "parse_config"],
     "crossval": ["out_of_fold", "train_folds"],
+    "ssl_curve": ["SSL_ARMS", "curve_summary", "curve_table", "run_name", "score_run", "write_curve"],
     "data.batch_transforms": ["add_gaussian_noise"],
     "data.mri.augment": ["mri_train_transforms"],
     "data.mri.dataset": ["MRISegmentationDataset"],

@@ -22,10 +22,10 @@ from .inference import load_ensemble, run_dataset, run_slices
 from .postprocess import PostProcess
 from .seg_eval import EMPTY_RULE, collect_probs, image_records, slice_meta, summarise
 
-__all__ = ["ARMS", "CURVE_FILE", "SCORE_FILE", "run_name", "score_run", "curve_summary", "curve_table", "plot_curve",
+__all__ = ["SSL_ARMS", "CURVE_FILE", "SCORE_FILE", "run_name", "score_run", "curve_summary", "curve_table", "plot_curve",
            "write_curve"]
 
-ARMS = ("pretrained", "scratch")
+SSL_ARMS = ("pretrained", "scratch")
 CURVE_FILE = "ssl_curve.json"
 SCORE_FILE = "ssl_score.json"  # a run's cached score, beside its best.pth
 COLUMNS = [Column("fraction", "labelled patients", format=".0%"),
@@ -39,9 +39,9 @@ COLUMNS = [Column("fraction", "labelled patients", format=".0%"),
 
 
 def run_name(fraction: float, seed: int, arm: str) -> str:
-    """The run folder name of one curve point, e.g. ``f0.05-s0-pretrained`` (fraction in (0, 1], arm in ARMS)."""
-    if arm not in ARMS:
-        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    """The run folder name of one curve point, e.g. ``f0.05-s0-pretrained`` (fraction in (0, 1], arm in SSL_ARMS)."""
+    if arm not in SSL_ARMS:
+        raise ValueError(f"arm must be one of {SSL_ARMS}, got {arm!r}")
     return f"f{fraction:g}-s{seed}-{arm}"
 
 
@@ -112,7 +112,7 @@ def curve_summary(scores: dict[tuple[float, int, str], dict], fractions: Sequenc
     rows, splits = [], set()
     for f in fractions:
         row: dict = {"fraction": f, "seeds": list(seeds)}
-        for arm in ARMS:
+        for arm in SSL_ARMS:
             missing = [s for s in seeds if (f, s, arm) not in scores]
             if missing:
                 raise ValueError(f"no score for fraction {f}, seed {missing[0]}, arm {arm}")
@@ -149,7 +149,7 @@ def plot_curve(summary: dict) -> "plt.Figure":
     """Dice (y, [0, 1]) against the label fraction (x, log scale): one line per arm, seed std as error bars."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     x = [r["fraction"] for r in summary["fractions"]]
-    for arm, marker in zip(ARMS, ("o", "s")):
+    for arm, marker in zip(SSL_ARMS, ("o", "s")):
         means, stds = ([r[arm][k] for r in summary["fractions"]] for k in ("mean", "std"))
         ax.errorbar(x, means, yerr=stds, marker=marker, capsize=3, label=arm)
     ax.set_xscale("log")
