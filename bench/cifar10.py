@@ -1,7 +1,7 @@
 """CIFAR-10 recipe against a plain loop: ``recipes/cifar10.py`` end to end beside a hand-written loop.
 
 Both train the same model (same builder, same initial weights) on the same images for the same
-number of steps: batch 256, SGD with Nesterov momentum and OneCycle, label smoothing, random
+number of steps: the documented 20-CPU-minute settings (batch 128, peak LR 0.08), SGD with Nesterov momentum and OneCycle, label smoothing, random
 crop (4-pixel padding) and horizontal flip on every batch, channels_last, and bf16 autocast
 where this machine has bf16 (else fp32) for both. The recipe runs as a user runs it: it reads
 the images from class folders on disk (PNG, lossless: the same pixels) through its own loader,
@@ -9,7 +9,7 @@ and its Trainer evaluates, writes best.pth, state/, history.json and figures eve
 plain loop holds the uint8 images as one tensor, indexes a shuffled batch, normalises, crops,
 flips, steps, then evaluates and saves its weights once per epoch.
 
-Images: the first ``steps x 256`` training and 2,000 test images of the real CIFAR-10 when a copy
+Images: the first ``steps x 128`` training and 2,000 test images of the real CIFAR-10 when a copy
 is found (``$TOOLKIT_CIFAR10_DIR``, else ``../shared/data/cifar10``), random images otherwise
 (``--quick`` always: no decode). Two epochs each; the second epoch's training images/s is the
 figure (the first pays one-off kernel set-up), and the epoch wall time (training + evaluation +
@@ -36,8 +36,8 @@ from .trainer_overhead import _bf16_supported, _reset_accelerate
 
 SECTION = "cifar10"
 ROOT = Path(__file__).resolve().parents[1]
-BATCH, TEST_IMAGES, EPOCHS = 256, 2000, 2
-SETTINGS = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.2, "dropout": 0.1}
+BATCH, TEST_IMAGES, EPOCHS = 128, 2000, 2  # the documented 20-CPU-minute command's batch (docs/cifar10.md)
+SETTINGS = {"lr": 0.08, "momentum": 0.9, "weight_decay": 5e-4, "label_smoothing": 0.2, "dropout": 0.1}
 
 
 def _real_cifar(n_train: int, n_test: int):
@@ -74,7 +74,7 @@ def _recipe_main():
 
 class Bench:
     def __init__(self, quick: bool, tmp: Path) -> None:
-        self.steps = 3 if quick else 30
+        self.steps = 3 if quick else 40
         n_train, n_test = self.steps * BATCH, 64 if quick else TEST_IMAGES
         real = None if quick else _real_cifar(n_train, n_test)
         if real is None:
@@ -91,8 +91,9 @@ class Bench:
         self.tmp, self.run = tmp, 0
         self.precision = "bf16" if _bf16_supported() else "no"
         # the classifier settings of each model (recipe flags = cifar_classifier arguments)
-        self.models = {"fast": {"model": "fast", "widths": "8,16,32" if quick else "32,64,128"},
-                       "resnet": {"model": "resnet", "width": 8 if quick else 16, "depth": 1 if quick else 3}}
+        self.models = {"fast": {"model": "fast", "widths": "8,16,32" if quick else "32,64,128"}}
+        if not quick:  # the smoke run keeps to one model (the test suite runs it)
+            self.models["resnet"] = {"model": "resnet", "width": 16, "depth": 3}
         self.main = _recipe_main()
         self.rates: dict[str, list[float]] = {}
         self.epoch_s: dict[str, list[float]] = {}

@@ -26,7 +26,8 @@ def test_quick_suite_writes_every_section(tmp_path):
                 assert math.isfinite(row[key]) and row[key] > 0, (name, row["name"], key, row[key])
             assert abs(row["ratio"] - row["value"] / row["baseline_value"]) < 1e-6 * row["ratio"]
     names = {r["name"] for s in result["sections"].values() for r in s["rows"]}
-    assert {"training steps", "1 vs 2 processes: training"} <= names
+    assert {"training steps", "1 vs 2 processes: training", "recipe training (fast)",
+            "recipe epoch wall (fast)"} <= names
     assert any(n.startswith("brain MRI") for n in names) and any(n.startswith("bottleneck") for n in names)
     # every recipe's model is in the precision section, each in three variants against fp32
     precision = result["sections"]["precision"]["rows"]
