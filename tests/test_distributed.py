@@ -1,4 +1,5 @@
-"""Two processes on the CPU: gathered validation metrics count every sample exactly once."""
+"""Two processes on the CPU: gathered validation metrics count every sample exactly once, and the per-patient
+(3D) evaluation at fit end counts every patient once."""
 
 import json
 import os
@@ -9,9 +10,15 @@ from pathlib import Path
 import torch
 
 from toolkit import Accuracy, ClassificationObjective, SegmentationMetrics, SegmentationObjective, SoftDiceLoss
-from toolkit import TrainConfig, Trainer
+from toolkit import ChooseVolumePostprocess, TargetMetrics, TrainConfig, Trainer, build_segmentation_model
+from toolkit import resolve_target, save_weights, segmentation_loss
+from toolkit.data.batch_transforms import input_preprocess
+from toolkit.data.mri import MRISegmentationDataset, discover_folders
 
+from .mri_fake import make_raw
 from .utils import ACCELERATE, ROOT, TinyImages, TinyNet, free_port, run_env
+
+RAW_CASES = 3  # fake BraTS-like patients (2 channels, regions) in the per-patient check
 
 
 class TinySeg(torch.utils.data.Dataset):
@@ -41,13 +48,43 @@ def evaluate_fixed_models(out: Path) -> None:
     cls = trainer.evaluate_dataset(classifier, ClassificationObjective(), TinyImages(37, seed=2), [Accuracy()])
     seg = trainer.evaluate_dataset(seg_model, SegmentationObjective(SoftDiceLoss()), TinySeg(),
                                    [SegmentationMetrics()])
+    volumes = _per_patient(trainer, out / "raw")
     if trainer.accelerator.is_main_process:
-        result = {"processes": trainer.accelerator.num_processes, "cls": cls, "seg": seg}
+        result = {"processes": trainer.accelerator.num_processes, "cls": cls, "seg": seg, **volumes}
         (out / f"result{trainer.accelerator.num_processes}.json").write_text(json.dumps(result))
     trainer.close()  # every rank leaves the process group together
 
 
+def _per_patient(trainer: Trainer, raw: Path) -> dict:
+    """Gathered slice metrics and the fit-end 3D choice (per-patient Dice/HD95) of a fixed regions model on the
+    fake raw-layout patients under ``raw``: {"volume_slices", "volume_records", "volume_dice_global", "volume_patients",
+    "volume_dice"}."""
+    found = discover_folders(str(raw), channels=2)
+    target = resolve_target("", labels=found.labels, regions=found.regions)
+    val = MRISegmentationDataset(found.slices, size=32, labels=True)
+    preprocess = input_preprocess(found.intensity)
+
+    def build():
+        torch.manual_seed(0)  # the same weights in every process
+        return build_segmentation_model("unet", in_channels=2, out_channels=target.out_channels, widths=(8, 16, 32))
+
+    objective = SegmentationObjective(segmentation_loss(target.kind, "dice_bce", 1.0), preprocess, target=target)
+    metrics = trainer.evaluate_dataset(build(), objective,
+                                       val, [TargetMetrics(target, 0.5)])
+    if trainer.accelerator.is_main_process:
+        save_weights(trainer.run_dir / "best.pth", build().state_dict())
+    trainer.accelerator.wait_for_everyone()
+    ChooseVolumePostprocess(build, val, preprocess, target, 0.5).on_fit_end(trainer, None)
+    if not trainer.accelerator.is_main_process:
+        return {}
+    report = json.loads((trainer.run_dir / "postprocess.json").read_text())["volume"]["report"]
+    return {"volume_slices": metrics["val_samples"], "volume_records": len(found.slices),
+            "volume_dice_global": metrics["dice_global"],
+            "volume_patients": sorted(report["patients"]), "volume_dice": report}
+
+
 def test_two_processes_count_each_sample_once(tmp_path):
+    make_raw(tmp_path / "raw", cases=RAW_CASES)  # written once, before either run reads it
     evaluate_fixed_models(tmp_path)
     cmd = [*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(free_port()),
@@ -66,6 +103,11 @@ def test_two_processes_count_each_sample_once(tmp_path):
         assert abs(two["seg"][key] - one["seg"][key]) < 1e-6, key
     # val_loss is the sample-weighted mean of batch losses; a padded last batch shifts it slightly
     assert abs(two["seg"]["val_loss"] - one["seg"]["val_loss"]) < 1e-2
+    # volumes: every slice once in the gathered metrics, every patient once in the per-patient (3D) choice
+    assert one["volume_slices"] == two["volume_slices"] == two["volume_records"] > RAW_CASES
+    assert abs(one["volume_dice_global"] - two["volume_dice_global"]) < 1e-6
+    assert one["volume_patients"] == two["volume_patients"] and len(two["volume_patients"]) == RAW_CASES
+    assert one["volume_dice"] == two["volume_dice"]
 
 
 if __name__ == "__main__":
