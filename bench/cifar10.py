@@ -159,7 +159,7 @@ class Bench:
         self._note(f"plain {model}", self.steps * BATCH / train_s, epoch_s)
 
 
-def run(quick: bool = False, repeats: int = 2) -> tuple[list[Row], dict]:
+def run(quick: bool = False, repeats: int = 3) -> tuple[list[Row], dict]:
     with tempfile.TemporaryDirectory(prefix="bench-cifar10-") as tmp:
         b = Bench(quick, Path(tmp))
         variants = {f"{kind} {m}": (lambda kind=kind, m=m: getattr(b, kind)(m))
