@@ -27,7 +27,7 @@ endif
 # Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
 
-.PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv ssl-curve cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe ssl-cifar10 stl10 report bench kill-harness slurm-check
+.PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv ssl-curve cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe ssl-cifar10 stl10 report bench kill-harness slurm-check pretrain-throughput
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
@@ -121,6 +121,11 @@ bench: $(STAMP)
 TRIALS ?= 20
 kill-harness: $(STAMP)
 	$(BIN)/python tools/kill_harness.py --trials $(TRIALS) --seed 0 --workdir /tmp/kill-harness
+
+# STL-10 pretraining images/s in bf16 and fp16 on 1 and all GPUs, and the 100-epoch estimate (docs/stl10.md);
+# fake data unless STL10_DIR names a real copy; ARGS="--dry-run" lists the commands. Writes runs/pretrain-throughput/.
+pretrain-throughput: $(STAMP)
+	PYTHON=$(BIN)/python tools/pretrain_throughput.sh $(ARGS)
 
 # Real SLURM on this machine (examples/slurm/local_check.sh, about 4 minutes; root, apt-get install slurm-wlm munge):
 # one node on localhost, single_node.sbatch on the CPU, USR1, requeue, resume; exit 77 = cannot run here.
