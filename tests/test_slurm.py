@@ -114,10 +114,11 @@ def test_launch_sh_passes_slurm_args_to_accelerate(tmp_path):
 @pytest.mark.skipif(os.environ.get("TOOLKIT_SLURM_CHECK") != "1",
                     reason="real SLURM (about 4 minutes): TOOLKIT_SLURM_CHECK=1, or make slurm-check")
 def test_real_slurm_usr1_requeue_resume(tmp_path):
-    """examples/slurm/local_check.sh: a one-node SLURM on localhost, USR1, requeue, resume, completed."""
+    """examples/slurm/local_check.sh: a one-node SLURM on localhost, USR1, requeue, resume, completed, and bit-identical
+    to the same command run without interruption."""
     out = subprocess.run([str(SLURM_DIR / "local_check.sh")], cwd=ROOT, capture_output=True, text=True,
                          env=run_env(WORK=str(tmp_path / "slurm"), EPOCHS="10"), timeout=1200)
     if out.returncode == 77:
         pytest.skip(out.stderr.strip().splitlines()[-1])
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "COMPLETED after 1 requeue(s)" in out.stdout
+    assert "COMPLETED after 1 requeue(s)" in out.stdout and "bit-identical:" in out.stdout

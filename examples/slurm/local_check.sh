@@ -49,13 +49,13 @@ slurmd -f "$SLURM_CONF" || skip "slurmd did not start ($WORK/log/slurmd.log)"
 for _ in $(seq 30); do sinfo -h -o %t 2>/dev/null | grep -q idle && break; sleep 1; done
 sinfo -h -o %t | grep -q idle || skip "the node did not come up ($WORK/log/)"
 
-export LAUNCH_EXTRA="--cpu --mixed_precision no" PROCS_PER_NODE=1 RUN_DIR="$WORK/runs" WANDB_MODE=disabled \
+export LAUNCH_EXTRA="--cpu --mixed_precision no --num_cpu_threads_per_process 1" PROCS_PER_NODE=1 RUN_DIR="$WORK/runs" WANDB_MODE=disabled \
     NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHON=${PYTHON:-$PWD/.venv/bin/python}
 RUN="$WORK/runs/slurmcheck"
+ARGS=(--image-size 32 --widths 8,16,32 --num-workers 0 --synthetic-images 64 --synthetic-dir "$WORK/synthetic"
+      --epochs "${EPOCHS:-10}" --batch-size 4 --checkpoint-every 2 --wandb-mode disabled)
 JOB=$(sbatch --parsable --gpus-per-node=0 --cpus-per-task="$(nproc)" --job-name=slurmcheck \
-    --output="$WORK/job-%j.out" examples/slurm/single_node.sbatch --image-size 32 --widths 8,16,32 \
-    --num-workers 0 --synthetic-images 64 --synthetic-dir "$WORK/synthetic" --epochs "${EPOCHS:-10}" \
-    --batch-size 4 --checkpoint-every 2 --wandb-mode disabled) || fail "sbatch refused the script"
+    --output="$WORK/job-%j.out" examples/slurm/single_node.sbatch "${ARGS[@]}") || fail "sbatch refused the script"
 echo "job $JOB submitted"
 for _ in $(seq 300); do [ -e "$RUN/state/latest" ] && break; sleep 1; done
 [ -e "$RUN/state/latest" ] || fail "no state after 300 s"
@@ -73,4 +73,22 @@ echo "job $JOB: $state after $restarts requeue(s)"
 grep -q "received signal 10: saved" "$WORK"/job-"$JOB".out || fail "no state saved on USR1 in the job output"
 grep -q "^resumed $RUN" "$WORK"/job-"$JOB".out || fail "the requeued job did not resume"
 [ -f "$RUN/summary.json" ] || fail "no summary.json"
-echo "slurm-check passed: USR1 saved a state, the job requeued itself, resumed and completed"
+# the same command without SLURM and without interruption (one thread in both: float sums in another thread count
+# differ in the last bits) must end bit-identical
+"$PYTHON" -m accelerate.commands.launch --cpu --mixed_precision no --num_cpu_threads_per_process 1 --num_processes 1 --num_machines 1 \
+    --dynamo_backend no recipes/brain_mri.py --run-name straight --output-dir "$WORK/runs" "${ARGS[@]}" \
+    > "$WORK/straight.out" 2>&1 || fail "the uninterrupted run failed ($WORK/straight.out)"
+"$PYTHON" - "$RUN" "$WORK/runs/straight" <<'PY' || fail "the requeued run differs from the uninterrupted one"
+import json, sys
+import torch
+a, b = sys.argv[1], sys.argv[2]
+wa, wb = (torch.load(f"{r}/best.pth", weights_only=True) for r in (a, b))
+bad = [k for k in wa if not torch.equal(wa[k], wb[k])]
+ha, hb = (json.load(open(f"{r}/history.json")) for r in (a, b))
+keep = lambda h: [{k: v for k, v in e.items() if "time" not in k and "per_s" not in k} for e in h]
+if bad or keep(ha) != keep(hb):
+    sys.exit(f"best.pth tensors that differ: {bad[:5]}; histories equal: {keep(ha) == keep(hb)}")
+print(f"bit-identical: {len(wa)} tensors of best.pth and {len(ha)} epochs of history (losses, metrics, lr)")
+PY
+echo "slurm-check passed: USR1 saved a state, the job requeued itself, resumed, completed, and ended bit-identical" \
+    "to an uninterrupted run"
