@@ -14,6 +14,8 @@
 # JSON fields: tools/gpu_check_report.py. Peak memory: tools/gpu_peak.py (torch.cuda.max_memory_allocated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TOOL=gpu_check.sh
+. tools/gpu_common.sh
 PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 DRY=0; OUT=runs/gpu-check/gpu_check.json; WORK=runs/gpu-check; GPUS=""; TOL=0.15; ASSUMED=""
@@ -29,13 +31,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-if [ -z "$GPUS" ]; then
-    GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-    if [ "$GPUS" = 0 ]; then
-        [ "$DRY" = 1 ] || { echo "gpu_check.sh: nvidia-smi lists no GPU (use --dry-run to see the commands)" >&2; exit 2; }
-        GPUS=2; ASSUMED=--assumed
-    fi
-fi
+default_gpus
 case "$GPUS" in ''|*[!0-9]*|0) echo "gpu_check.sh: --gpus: expected a whole number >= 1, got '$GPUS'" >&2; exit 2 ;; esac
 PER_GPU_BATCH=${PER_GPU_BATCH:-16}
 
@@ -56,13 +52,6 @@ mkdir -p "$WORK"
 COMMANDS="$WORK/commands.txt"
 : > "$COMMANDS"
 FAILED=0
-step() {  # print the command (shell-quoted), keep it for the JSON, run it unless --dry-run; a failure is reported
-    local line; line=$(printf '%q ' "$@"); line=${line% }
-    echo "+ $line"
-    echo "$line" >> "$COMMANDS"
-    [ "$DRY" = 1 ] && return 0
-    "$@" || { echo "gpu_check.sh: failed with status $?: $line" >&2; FAILED=1; }
-}
 
 step rm -rf "$WORK/runs" "$WORK/peak" "$WORK/bench.json"   # fresh runs (same names every time)
 

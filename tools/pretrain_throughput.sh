@@ -17,6 +17,8 @@
 # JSON fields: tools/pretrain_throughput_report.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TOOL=pretrain_throughput.sh
+. tools/gpu_common.sh
 PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 DRY=0; WORK=runs/pretrain-throughput; OUT=""; GPUS=""; IMAGES=20000; BATCH=256; ASSUMED=""; VAL=1000
@@ -40,13 +42,7 @@ whole() {  # whole() NAME VALUE MIN: refuse VALUE unless it is a whole number >=
 }
 whole --images "$IMAGES" $((VAL + 1))
 whole --batch "$BATCH" 1
-if [ -z "$GPUS" ]; then
-    GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-    if [ "$GPUS" = 0 ]; then
-        [ "$DRY" = 1 ] || { echo "pretrain_throughput.sh: nvidia-smi lists no GPU (use --dry-run to see the commands)" >&2; exit 2; }
-        GPUS=2; ASSUMED=--assumed
-    fi
-fi
+default_gpus
 whole --gpus "$GPUS" 1
 if [ -n "${STL10_DIR:-}" ]; then
     [ -f "$STL10_DIR/stl10_binary/unlabeled_X.bin" ] || {
@@ -61,13 +57,6 @@ mkdir -p "$WORK"
 COMMANDS="$WORK/commands.txt"
 : > "$COMMANDS"
 FAILED=0
-step() {  # print the command (shell-quoted), keep it for the JSON, run it unless --dry-run; a failure is reported
-    local line; line=$(printf '%q ' "$@"); line=${line% }
-    echo "+ $line"
-    echo "$line" >> "$COMMANDS"
-    [ "$DRY" = 1 ] && return 0
-    "$@" || { echo "pretrain_throughput.sh: failed with status $?: $line" >&2; FAILED=1; }
-}
 
 step rm -rf "$WORK/runs"   # fresh runs (same names every time)
 if [ -z "${STL10_DIR:-}" ]; then
