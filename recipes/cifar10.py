@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
 from toolkit import parse_config
 from toolkit.data import CIFAR10_MEAN, CIFAR10_STD, Normalize, holdout_split, load_cifar10
-from toolkit.models import cifar_classifier
+from toolkit.models import cifar_classifier, whiten_init_
 
 
 @dataclass
@@ -37,6 +39,7 @@ class CIFAR10Config(ClassificationConfig):
     depth: int = 3  # resnet: residual blocks per stage (network depth 6*depth+2: 3 = ResNet-20)
     widths: str = "32,64,128"  # fast: channels of its three stages, comma-separated; 32,64,128 = 288,746 parameters
     dropout: float = 0.1  # dropout probability before the classifier
+    whiten: bool = False  # initialise the first conv by patch whitening of the first 2,000 training images (airbench)
     label_smoothing: float = 0.1  # cross-entropy label smoothing, 0 = none
     epochs: int = 120  # passes over the training set
     batch_size: int = 256  # images per process per step
@@ -84,7 +87,11 @@ def main(argv=None) -> list[dict]:
     trainer = Trainer(cfg, recipe="cifar10")
     train, val = build_data(cfg, trainer)
     model = cifar_classifier(cfg.model, cfg.width, cfg.depth, cfg.widths, cfg.dropout)
-    objective = classification_objective(cfg, preprocess=Normalize(CIFAR10_MEAN, CIFAR10_STD))
+    normalize = Normalize(CIFAR10_MEAN, CIFAR10_STD)
+    if cfg.whiten:  # the same first 2,000 training images on every process: the same initial weights
+        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        whiten_init_(first_conv, normalize(torch.stack([train[i][0] for i in range(min(2000, len(train)))])))
+    objective = classification_objective(cfg, preprocess=normalize)
     return trainer.fit(model, objective, train, val, metrics=[Accuracy()], monitor="accuracy", mode="max",
                        param_budget=cfg.param_budget, callbacks=[SaveCurve(["accuracy"], "accuracy")])
 

@@ -22,7 +22,8 @@ from toolkit.data.cifar import (
     CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, find_cifar10_source, load_cifar10, read_class_folders,
 )
 from toolkit.models.classifiers import CIFARFastNet, CIFARResNet, ConvBNReLU, build_classifier, cifar_classifier
-from toolkit.models.classifiers import predict_proba
+from toolkit.models.classifiers import predict_proba, whiten_init_
+from toolkit.objectives import tta_logits
 from toolkit.models.utils import count_parameters
 
 from .utils import ACCELERATE, ROOT, run_env
@@ -209,6 +210,58 @@ def test_objective_augments_in_training_only():
     assert torch.equal(out.inputs, clean) and out.preds.shape == (16, 10)
 
 
+class _Linear(nn.Module):
+    """A fixed, position-dependent classifier: logits = flattened image @ W."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3 * 8 * 8, 10, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w
+
+
+def test_tta_averages_the_views_in_evaluation_only():
+    x = torch.rand(4, 3, 8, 8)
+    model = _Linear()
+    assert torch.equal(tta_logits(model, x, "none"), model(x))
+    assert torch.allclose(tta_logits(model, x, "flip"), (model(x) + model(x.flip(3))) / 2)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[:, :, :8, :8], padded[:, :, 2:, 2:]
+    by_hand = (model(x) + model(x.flip(3)) + 0.5 * sum(model(v) + model(v.flip(3)) for v in (up_left, down_right))) / 4
+    assert torch.allclose(tta_logits(model, x, "flip-translate"), by_hand, atol=1e-5)
+    objective = ClassificationObjective(tta="flip", preprocess=lambda t: t)
+    y = torch.zeros(4, dtype=torch.long)
+    assert torch.equal(objective(model.train(), (x, y)).preds, model(x).detach())  # training: no TTA
+    assert torch.allclose(objective(model.eval(), (x, y)).preds, tta_logits(model, x, "flip"))
+    for bad in ("flips", "hflip"):
+        with pytest.raises(ValueError, match="tta must be one of none, flip, flip-translate"):
+            ClassificationObjective(tta=bad)
+        with pytest.raises(ValueError, match="tta must be one of"):
+            tta_logits(model, x, bad)
+
+
+def test_whiten_init_decorrelates_the_first_conv_and_keeps_extra_filters():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(200, 3, 12, 12, generator=g) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    images = images + 0.8 * images.roll(1, 3)  # neighbouring pixels correlate
+    conv = nn.Conv2d(3, 60, 3, padding=1, bias=False)
+    before = conv.weight.detach().clone()
+    whiten_init_(conv, images, eps=1e-6, chunk=64)
+    w = conv.weight.detach()
+    assert torch.allclose(w[1:54:2], -w[0:54:2])  # +v, -v pairs
+    assert torch.equal(w[54:], before[54:])  # 2 * 27 filters are whitening ones; the rest stay random
+    out = torch.nn.functional.conv2d(images, w[0:54:2])  # valid positions only: the patches themselves
+    feats = out.permute(0, 2, 3, 1).reshape(-1, 27).double()
+    cov = feats.T @ feats / feats.shape[0]
+    assert torch.allclose(cov, torch.eye(27, dtype=torch.float64), atol=1e-3)
+    assert (w[0:54:2].flatten(1).norm(dim=1).diff() >= -1e-4).all()  # strongest direction first: smallest gain
+    with pytest.raises(ValueError, match=r"needs images \(N >= 1, 3, H, W\)"):
+        whiten_init_(conv, images[:, :2])
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        whiten_init_(conv, images, eps=0)
+
+
 # --------------------------------------------------------------------------- recipe
 def test_recipe_end_to_end(tmp_path):
     counts = {"train": {name: 7 for name in CIFAR10_CLASSES[:8]}, "test": {name: 3 for name in CIFAR10_CLASSES}}
@@ -251,7 +304,7 @@ def test_recipe_validation_from_train_in_process(tmp_path, capsys):
     history = _recipe().main(["--data-dir", str(tmp_path / "data"), "--download", "false", "--val-from-train", "6",
                               "--output-dir", str(tmp_path / "runs"), "--run-name", "v", "--epochs", "1",
                               "--batch-size", "8", "--model", "fast", "--widths", "8,16,32",
-                              "--wandb-mode", "disabled"])
+                              "--whiten", "true", "--tta", "flip", "--wandb-mode", "disabled"])
     assert "train 14, validation = 6 images held out of train (6)" in capsys.readouterr().out
     assert history[0]["num_samples"] == 6
     weights = torch.load(tmp_path / "runs" / "v" / "best.pth", weights_only=True)

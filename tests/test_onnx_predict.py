@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from tests.test_export import _fake_mri, _segmentation_run
 from tests.utils import ROOT
@@ -16,6 +17,7 @@ from toolkit.cli import main
 from toolkit.data.mri.io import read_image
 from toolkit.inference import load_ensemble, predict_probs
 from toolkit.onnx_predict import OnnxSegmenter
+from toolkit.seg_images import tumour_map
 from toolkit.postprocess import POSTPROCESS_FILE, PostProcess
 from toolkit.targets import TargetSpec
 
@@ -149,3 +151,34 @@ def test_onnx_predict_refuses_files_it_cannot_use(exported, tmp_path, capsys, mo
     assert main(["predict", "--weights", str(onnx_file), *args]) == 2
     assert "pip install onnxruntime" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written by any refused call
+
+
+def test_tumour_map_of_each_target_kind():
+    p = np.array([[[0.7, 0.1]], [[0.2, 0.6]], [[0.1, 0.3]]], dtype=np.float32)  # (K=3, H=1, W=2)
+    assert np.allclose(tumour_map(p[:1], "binary"), [[0.7, 0.1]])
+    assert np.allclose(tumour_map(p, "regions"), [[0.7, 0.6]])  # any region: the largest
+    assert np.allclose(tumour_map(p, "classes"), [[0.3, 0.9]])  # any foreground class: 1 - background
+    assert tumour_map(np.stack([p, p]), "classes").shape == (2, 1, 2)  # leading dims kept
+    with pytest.raises(ValueError, match="binary, regions or classes, got 'labels'"):
+        tumour_map(p, "labels")
+
+
+def test_classes_run_masks_tumour_not_background_in_both_predicts(tmp_path):
+    """A 3-class run (background + 2 types): both predicts threshold 1 - p(background), and agree."""
+    spec = TargetSpec.classes({"background": 0, "glioma": 1, "meningioma": 2})
+    run, _ = _segmentation_run(tmp_path, intensity="per_slice", spec=spec, channels="", in_channels=1)
+    images = _images(tmp_path / "images")
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(run / "best.pth"), "--format", "onnx", "--output", str(onnx_file),
+                 "--no-check"]) == 0
+    ensemble, _, _, _ = load_ensemble([run / "best.pth"])
+    model = OnnxSegmenter(onnx_file)
+    for path in images:
+        image = read_image(path)
+        x = ensemble.preprocess(torch.from_numpy(cv2.resize(image, (32, 32))[..., None]).permute(2, 0, 1)[None]) \
+            if image.shape[:2] == (32, 32) else None
+        p_torch = predict_probs(ensemble, image, 32)[0]
+        assert np.abs(p_torch - model.tumour_probs(image)).max() < PROB_TOLERANCE
+        if x is not None:  # at the run's own size: exactly 1 - the background channel of the model
+            background = ensemble(x)[0, 0].numpy()
+            assert np.allclose(p_torch, 1.0 - background, atol=1e-6)

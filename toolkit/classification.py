@@ -18,7 +18,7 @@ from .config import ConfigError, TrainConfig
 from .data.batch_transforms import RandomCropFlip
 from .data.errors import DataError
 from .data.stl10 import open_stl10
-from .objectives import ClassificationObjective
+from .objectives import TTA_MODES, ClassificationObjective
 
 __all__ = ["ClassificationConfig", "classification_objective", "stl10_train_test"]
 
@@ -31,9 +31,12 @@ class ClassificationConfig(TrainConfig):
     crop_padding: int = 4  # random-crop padding in pixels for training batches; 0 = no crop
     flip_p: float = 0.5  # probability of a horizontal flip per training image
     param_budget: int = 500_000  # most trainable parameters the model may have
+    tta: str = "none"  # test-time augmentation in evaluation: none | flip (2 passes) | flip-translate (6 passes)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.tta not in TTA_MODES:
+            raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}; got {self.tta!r}")
         if self.crop_padding < 0:
             raise ConfigError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.flip_p <= 1:
@@ -43,9 +46,10 @@ class ClassificationConfig(TrainConfig):
 
 def classification_objective(cfg: ClassificationConfig, preprocess: Callable) -> ClassificationObjective:
     """Cross-entropy with ``cfg.label_smoothing`` on ``preprocess(uint8 batch)``; training batches are first
-    cropped and flipped on the device (``RandomCropFlip(cfg.crop_padding, cfg.flip_p)``, none when both are 0)."""
+    cropped and flipped on the device (``RandomCropFlip(cfg.crop_padding, cfg.flip_p)``, none when both are 0);
+    evaluation averages the logits over ``cfg.tta``'s views."""
     augment = RandomCropFlip(cfg.crop_padding, cfg.flip_p) if cfg.crop_padding or cfg.flip_p else None
-    return ClassificationObjective(cfg.label_smoothing, preprocess=preprocess, augment=augment)
+    return ClassificationObjective(cfg.label_smoothing, preprocess=preprocess, augment=augment, tta=cfg.tta)
 
 
 def stl10_train_test(cfg, accelerator, note: str = "") -> tuple:

@@ -18,6 +18,7 @@ from .data.mri.folders import discover_folders
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model, parse_widths
 from .postprocess import PostProcess, load_postprocess
+from .seg_images import tumour_map
 from .targets import TARGET_FILE, TargetSpec
 
 __all__ = ["load_segmentation_run", "load_ensemble", "predict_probs", "pick_postprocess", "run_slices", "run_dataset",
@@ -123,7 +124,7 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
                   threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray | None]:
     """Tumour probabilities and member disagreement for one scan, at the image's own size.
 
-    image: uint8 (H, W, C). The scan is resized to ``size`` x ``size`` as in training,
+    image: uint8 (H, W, C). Tumour is any tumour class or region (:func:`~toolkit.seg_images.tumour_map`). The scan is resized to ``size`` x ``size`` as in training,
     standardised per image, and the maps are resized back (bilinear). ``flips`` averages with the
     horizontally flipped prediction. Returns ((H, W) float32 probabilities in [0, 1], (H, W)
     float32 disagreement in [0, 1] at ``threshold`` (None for a single model)).
@@ -133,7 +134,8 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
     if resized.ndim == 2:
         resized = resized[..., None]
     x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
-    members = ensemble.member_probs(x, flips=flips)  # (M, 1, 1, S, S)
+    members = ensemble.member_probs(x, flips=flips)  # (M, 1, K, S, S)
+    members = torch.from_numpy(np.ascontiguousarray(tumour_map(members.numpy(), ensemble.target.kind)))[:, :, None]
     probs = cv2.resize(members.mean(0)[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
     if len(ensemble.members) < 2:
         return probs, None

@@ -27,6 +27,8 @@ __all__ = [
     "StepOutput",
     "Objective",
     "ClassificationObjective",
+    "TTA_MODES",
+    "tta_logits",
     "ReconstructionObjective",
     "DenoisingObjective",
     "RestorationObjective",
@@ -82,20 +84,55 @@ class Objective:
         raise NotImplementedError
 
 
+TTA_MODES = ("none", "flip", "flip-translate")
+
+
+def tta_logits(model: nn.Module, inputs: torch.Tensor, mode: str = "flip") -> torch.Tensor:
+    """Test-time augmentation of a classifier: (N, C, H, W) model input → (N, K) float32 logits averaged over views.
+
+    ``"none"``: the image only. ``"flip"``: the image and its horizontal mirror (2 forward passes).
+    ``"flip-translate"``: also both of them shifted by one pixel up-left and down-right (reflect padding), the
+    shifted views weighted half as much (6 passes). A horizontally symmetric model gives equal views.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+    views = [(inputs, 1.0)]
+    if mode != "none":
+        views.append((inputs.flip(3), 1.0))
+    if mode == "flip-translate":
+        h, w = inputs.shape[2:]
+        padded = F.pad(inputs, (1, 1, 1, 1), mode="reflect")
+        for dy, dx in ((0, 0), (2, 2)):
+            shifted = padded[:, :, dy:dy + h, dx:dx + w]
+            views += [(shifted, 0.5), (shifted.flip(3), 0.5)]
+    channels_last = inputs.dim() == 4 and inputs.is_contiguous(memory_format=torch.channels_last)
+    total = sum(weight * model(_layout(view, channels_last)).float() for view, weight in views)
+    return total / sum(weight for _, weight in views)
+
+
 class ClassificationObjective(Objective):
-    """batch = (images (N,C,H,W), labels (N,) int64 in [0, K)); preds = logits (N, K) float32."""
+    """batch = (images (N,C,H,W), labels (N,) int64 in [0, K)); preds = logits (N, K) float32.
+
+    ``tta`` (one of :data:`TTA_MODES`): test-time augmentation in evaluation (model in eval mode) only;
+    the logits are averaged over the views of :func:`tta_logits`. Training steps never use it.
+    """
 
     def __init__(self, label_smoothing: float = 0.0, preprocess: Callable = to_unit_range,
-                 augment: Callable | None = None) -> None:
+                 augment: Callable | None = None, tta: str = "none") -> None:
         super().__init__(preprocess, augment)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.label_smoothing = label_smoothing
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
+        self.label_smoothing, self.tta = label_smoothing, tta
 
     def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = batch[0], batch[1]
         inputs = self.model_input(x, model.training)
-        logits = model(inputs).float()
+        if model.training or self.tta == "none":
+            logits = model(inputs).float()
+        else:
+            logits = tta_logits(model, inputs, self.tta)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return StepOutput(loss, logits.detach(), y, inputs)
 

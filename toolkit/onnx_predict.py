@@ -23,7 +23,7 @@ import numpy as np
 from .data.mri.channels import resolve_channels
 from .data.mri.nifti import ZSCORE_CLIP
 from .postprocess import PostProcess
-from .seg_images import channel_names, input_files, overlay, read_input, write_png
+from .seg_images import channel_names, input_files, overlay, read_input, tumour_map, write_png
 
 __all__ = ["OnnxSegmenter", "REQUIRED_KEYS", "predict", "read_onnx_metadata"]
 
@@ -165,8 +165,7 @@ class OnnxSegmenter:
                              interpolation=cv2.INTER_AREA if h > self.size else cv2.INTER_LINEAR)
         resized = resized[..., None] if resized.ndim == 2 else resized
         p = self.probs(self.preprocess(resized[None]), flips=flips)[0]
-        kind = self.target["kind"]
-        tumour = p[0] if kind == "binary" else p.max(0) if kind == "regions" else 1.0 - p[0]
+        tumour = tumour_map(p, self.target["kind"])
         return cv2.resize(np.ascontiguousarray(tumour), (w, h), interpolation=cv2.INTER_LINEAR)
 
 

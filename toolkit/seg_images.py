@@ -13,7 +13,24 @@ from .checkpoint import atomic_write
 from .data.errors import MRIDataError
 from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image
 
-__all__ = ["channel_names", "input_files", "overlay", "read_input", "write_png"]
+__all__ = ["channel_names", "input_files", "overlay", "read_input", "tumour_map", "write_png"]
+
+
+def tumour_map(probs: np.ndarray, kind: str) -> np.ndarray:
+    """Per-channel probabilities (..., K, H, W) in [0, 1] → (..., H, W) probability of any tumour in [0, 1].
+
+    ``kind`` is the run's target kind: ``"binary"`` the one channel; ``"regions"`` (overlapping sigmoids, e.g.
+    BraTS whole tumour / core / enhancing) the largest region probability; ``"classes"`` (softmax, channel 0 =
+    background) one minus the background probability. The 2D masks of ``toolkit predict`` are this map,
+    thresholded, for every kind and both the PyTorch and the ONNX path.
+    """
+    if kind == "binary":
+        return probs[..., 0, :, :]
+    if kind == "regions":
+        return probs.max(axis=-3)
+    if kind == "classes":
+        return 1.0 - probs[..., 0, :, :]
+    raise ValueError(f"target kind must be binary, regions or classes, got {kind!r}")
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

@@ -26,9 +26,10 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ["ConvBNReLU", "ResidualBlock", "CIFARResNet", "CIFARFastNet", "build_classifier", "cifar_classifier",
-           "predict_proba"]
+           "predict_proba", "whiten_init_"]
 
 
 class ConvBNReLU(nn.Sequential):
@@ -171,6 +172,42 @@ def cifar_classifier(model: str = "resnet", width: int = 16, depth: int = 3, wid
             raise ValueError(f"widths must be three comma-separated positive ints such as '32,64,128', got {widths!r}")
         return build_classifier("fast", num_classes, widths=tuple(int(p) for p in parts), dropout=dropout)
     return build_classifier(model, num_classes, width=width, depth=depth, dropout=dropout)
+
+
+@torch.no_grad()
+def whiten_init_(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4, chunk: int = 500) -> nn.Conv2d:
+    """Patch-whitening initialisation of a first convolution (as airbench's whitening layer), in place.
+
+    The weights become the eigenvectors of the (uncentred) covariance of all ``k x k`` patches of
+    ``images``, each divided by ``sqrt(eigenvalue + eps)``, strongest first and each followed by its
+    negation (``+v1, -v1, +v2, -v2, ...``): the layer starts out decorrelating the input patches. Filters
+    beyond twice the patch size (2·C·k·k) keep their random initialisation. The weights stay trainable.
+
+    Args:
+        conv: an ungrouped Conv2d, weight (out, C, k, k).
+        images: (N, C, H, W) float, the model's normalised inputs (a few thousand training images), H, W >= k.
+        eps: added to each eigenvalue (> 0). chunk: images per step of the covariance sum (memory only).
+
+    Returns ``conv``.
+    """
+    if images.dim() != 4 or images.shape[1] != conv.in_channels or conv.groups != 1 or len(images) == 0:
+        raise ValueError(f"whiten_init_ needs images (N >= 1, {conv.in_channels}, H, W) and an ungrouped conv, "
+                         f"got images of shape {tuple(images.shape)}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    kh, kw = conv.kernel_size
+    dim = conv.in_channels * kh * kw
+    cov, count = torch.zeros(dim, dim, dtype=torch.float64), 0
+    for start in range(0, len(images), chunk):
+        patches = F.unfold(images[start:start + chunk].float(), (kh, kw))  # (n, C·kh·kw, positions)
+        cov += torch.bmm(patches, patches.transpose(1, 2)).sum(0).double()
+        count += patches.shape[0] * patches.shape[2]
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov / count)
+    filters = eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + eps)[:, None]  # strongest first
+    filters = torch.stack((filters, -filters), 1).reshape(-1, conv.in_channels, kh, kw)
+    n = min(conv.out_channels, filters.shape[0])
+    conv.weight[:n] = filters[:n].to(conv.weight)
+    return conv
 
 
 @torch.no_grad()
