@@ -124,8 +124,8 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
                   threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray | None]:
     """Tumour probabilities and member disagreement for one scan, at the image's own size.
 
-    image: uint8 (H, W, C). Tumour is any tumour class or region (:func:`~toolkit.seg_images.tumour_map`). The scan is resized to ``size`` x ``size`` as in training,
-    standardised per image, and the maps are resized back (bilinear). ``flips`` averages with the
+    image: uint8 (H, W, C). Tumour: any tumour class or region (:func:`~toolkit.seg_images.tumour_map`).
+    The scan is resized to ``size`` x ``size`` as in training, standardised per image, and the maps are resized back (bilinear). ``flips`` averages with the
     horizontally flipped prediction. Returns ((H, W) float32 probabilities in [0, 1], (H, W)
     float32 disagreement in [0, 1] at ``threshold`` (None for a single model)).
     """

@@ -1,6 +1,7 @@
 """The model families; a recipe builds its model from the names exported here (lazily, on first use).
 
-- :mod:`.classifiers`: ``CIFARResNet``, ``CIFARFastNet``, ``build_classifier``, ``cifar_classifier``, ``predict_proba``, ``whiten_init_`` (CIFAR-10);
+- :mod:`.classifiers`: ``CIFARResNet``, ``CIFARFastNet``, ``build_classifier``, ``cifar_classifier``,
+  ``predict_proba``, ``whiten_init_`` (CIFAR-10);
 - :mod:`.stl10`: ``STL10CNN``, ``STL10AutoEncoder``, ``FrozenEncoderClassifier``, ``freeze``,
   ``frozen_resnet18``, ``linear_probe_head``, ``load_encoder``, ``probe_classifier``
   (STL-10 supervised, pretraining, probes);
@@ -17,7 +18,8 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "autoencoders": ["AutoEncoder_CNN", "LinearAutoEncoder", "build_autoencoder"],
-    "classifiers": ["CIFARResNet", "CIFARFastNet", "build_classifier", "cifar_classifier", "predict_proba", "whiten_init_"],
+    "classifiers": ["CIFARResNet", "CIFARFastNet", "build_classifier", "cifar_classifier", "predict_proba",
+                    "whiten_init_"],
     "segmentation": ["SMPUnet", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "stl10": ["FrozenEncoderClassifier", "STL10AutoEncoder", "STL10CNN", "freeze", "frozen_resnet18",
               "linear_probe_head", "load_encoder", "probe_classifier"],
