@@ -315,7 +315,8 @@ def test_recipe_help_and_bad_values():
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "cifar10.py"), "--help"], cwd=ROOT, env=run_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--val_from_train" in proc.stdout and "--crop_padding" in proc.stdout
-    for bad in (["--dropout", "1.5"], ["--model", "fast", "--widths", "8,x,32"], ["--model", "vgg"]):
+    for bad in (["--dropout", "1.5"], ["--model", "fast", "--widths", "8,x,32"], ["--model", "vgg"],
+                ["--tta", "mirror"]):
         with pytest.raises(SystemExit) as err:
             _recipe().main(bad)
         assert err.value.code == 2
