@@ -145,3 +145,38 @@ def test_resume_inside_a_patience_count_stops_at_the_same_epoch(tmp_path):
 def test_stopping_early_within_a_time_budget(tmp_path):
     _, history, summary = fit(cfg_for(tmp_path, epochs=500, max_minutes=1.0, patience=1), [0.5])
     assert len(history) == 2 and summary["stopped_epoch"] == 2
+
+
+def test_eval_every_validates_every_nth_epoch_and_the_last(tmp_path):
+    """--eval-every 3 over 7 epochs validates after epochs 3, 6 and 7 (the last): only those records hold the
+    metrics, best.pth follows them, and patience counts validations."""
+    trainer, history, summary = fit(cfg_for(tmp_path, "e", epochs=7, eval_every=3), [0.2, 0.9, 0.4])
+    assert [h["epoch"] for h in history] == list(range(1, 8))
+    assert [h["epoch"] for h in history if "score" in h] == [3, 6, 7]
+    assert [h["score"] for h in history if "score" in h] == [0.2, 0.9, 0.4]
+    assert all("val_loss" not in h and "train_loss" in h for h in history if h["epoch"] not in (3, 6, 7))
+    assert summary["best_epoch"] == 6 and summary["best_value"] == 0.9 and summary["epochs_completed"] == 7
+    assert (trainer.run_dir / "figures" / "history.png").is_file()
+
+    _, history, summary = fit(cfg_for(tmp_path, "ep", epochs=20, eval_every=2, patience=2), [0.5])
+    assert [h["epoch"] for h in history if "score" in h] == [2, 4, 6]  # 2 validations without improvement
+    assert summary["stopped_epoch"] == 6 and "--patience 2" in summary["stop_reason"]
+
+
+def test_eval_every_validates_the_epoch_the_time_budget_ends_on(tmp_path):
+    _, history, summary = fit(cfg_for(tmp_path, "eb", epochs=500, max_minutes=0.1, eval_every=1000), [0.3])
+    assert 1 <= len(history) < 500
+    assert [h["epoch"] for h in history if "score" in h] == [len(history)]  # only the last, never epoch 1000
+    assert summary["best_epoch"] == len(history)
+
+
+def test_eval_every_validates_late_when_the_budget_cuts_the_plan_short(tmp_path, monkeypatch):
+    """The plan (10 epochs) is cut to 3 after epoch 3, which was not due: it is validated before the run ends."""
+    import toolkit.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "plan_epochs", lambda state, max_epochs, budget_s: max(state.epoch, 3))
+    trainer, history, summary = fit(cfg_for(tmp_path, "late", epochs=10, max_minutes=5.0, eval_every=4), [0.7])
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["epoch"] for h in history if "score" in h] == [3]
+    assert summary["best_epoch"] == 3 and (trainer.run_dir / "best.pth").is_file()
+    assert json.loads((trainer.run_dir / "history.json").read_text())[-1]["score"] == 0.7

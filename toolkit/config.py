@@ -58,14 +58,15 @@ class TrainConfig:
     log_every: int = 10  # optimizer steps between step-level W&B logs
     checkpoint_every: int = 0  # optimizer steps between resumable states inside an epoch; 0 = only at epoch ends
     keep_states: int = 2  # newest resumable states kept under state/ (older ones deleted), >= 1
-    patience: int = 0  # stop after this many epochs without improvement of the monitored metric; 0 = never
+    eval_every: int = 1  # validate every N epochs and after the last (best.pth and patience follow it); 1 = every epoch
+    patience: int = 0  # stop after this many validations without improvement of the monitored metric; 0 = never
     min_delta: float = 0.0  # smallest change of the monitored metric that counts as an improvement (its units)
     wandb_mode: str = ""  # online | offline | disabled; empty = $WANDB_MODE when set, else offline
     wandb_project: str = "toolkit"  # W&B project name
 
     def __post_init__(self) -> None:
         _check_types(self)
-        positive = ("batch_size", "grad_accum_steps", "log_every", "keep_states")
+        positive = ("batch_size", "grad_accum_steps", "log_every", "keep_states", "eval_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

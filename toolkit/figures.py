@@ -35,14 +35,15 @@ def save_figure(fig: "plt.Figure", path: str | Path, dpi: int = 100) -> Path:
 def plot_history(history: Sequence[dict], keys: Sequence[str] | None = None) -> "plt.Figure":
     """One panel per numeric history key (train_loss, val_loss, each metric) against epoch."""
     skip = {"epoch", "time_s", "train_images_per_s", "lr"}
-    if keys is None:
-        keys = [k for k in history[0] if k not in skip and isinstance(history[0][k], (int, float))]
+    if keys is None:  # every numeric key of any record (with --eval-every > 1 some records lack the metrics)
+        keys = list(dict.fromkeys(k for h in history for k, v in h.items()
+                                  if k not in skip and isinstance(v, (int, float))))
     cols = min(3, max(1, len(keys)))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    epochs = [h["epoch"] for h in history]
     for ax, key in zip(axes.flat, keys):
-        ax.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", ms=3)
+        points = [(h["epoch"], h[key]) for h in history if key in h]  # the epochs that have it
+        ax.plot([e for e, _ in points], [v for _, v in points], marker="o", ms=3)
         ax.set_title(key)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

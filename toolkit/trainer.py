@@ -181,25 +181,19 @@ class Trainer:
         while state.more_epochs:
             epoch, epoch_start = state.epoch, time.perf_counter()
             record = self._train_epoch(state)
-            results, sample = self.evaluate(loop.model, loop.objective, loop.val_dl, loop.metrics)
-            if loop.monitor not in results:
-                raise KeyError(f"monitor {loop.monitor!r} is not among the validation results: {sorted(results)}")
-            record.update(results)
             state.history.append(record)
             state.epoch = epoch + 1
-            if loop.better(record[loop.monitor], state.best):
-                state.best, state.best_epoch = record[loop.monitor], epoch + 1
-                state_dict = acc.get_state_dict(loop.model)
-                if acc.is_main_process:
-                    save_weights(self.run_dir / "best.pth", state_dict)
-                    save_safetensors(self.run_dir / "best.safetensors", state_dict)
-            note_patience(state, record[loop.monitor], loop.monitor, loop.mode, cfg.patience, cfg.min_delta)
-            acc.log({f"val/{k.removeprefix('val_')}": v for k, v in results.items()}
-                    | {"train/epoch_loss": record["train_loss"], "epoch": epoch + 1}, step=state.global_step)
+            due = cfg.eval_every <= 1 or state.epoch % cfg.eval_every == 0 or state.epoch >= state.planned_epochs
+            sample = self._validate(state, record) if due else None
+            acc.log({"train/epoch_loss": record["train_loss"], "epoch": state.epoch}, step=state.global_step)
             self._write_epoch_outputs(state, sample)
             call_hook(loop.callbacks, "on_epoch_end", self, state, record, sample)
             state.wall_time_s += time.perf_counter() - epoch_start
             self._fit_budget(state)
+            if not due and not state.more_epochs:  # the time budget ended the plan here: validate the last weights
+                late = time.perf_counter()
+                self._write_epoch_outputs(state, self._validate(state, record))
+                state.wall_time_s += time.perf_counter() - late
             self._save(state)
             acc.print(f"epoch {epoch + 1}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float))
@@ -208,6 +202,24 @@ class Trainer:
             signum = loop.guard.stop_requested()
             if signum and state.more_epochs:
                 self._stop(state, signum, save=False)
+
+    def _validate(self, state: TrainState, record: dict) -> StepOutput | None:
+        """Evaluate on the validation set after epoch ``state.epoch``: its results go into ``record``; a better
+        monitored value saves best.pth; early stopping counts it. Returns the figures' sample."""
+        acc, loop = self.accelerator, self.loop
+        results, sample = self.evaluate(loop.model, loop.objective, loop.val_dl, loop.metrics)
+        if loop.monitor not in results:
+            raise KeyError(f"monitor {loop.monitor!r} is not among the validation results: {sorted(results)}")
+        record.update(results)
+        if loop.better(record[loop.monitor], state.best):
+            state.best, state.best_epoch = record[loop.monitor], state.epoch
+            state_dict = acc.get_state_dict(loop.model)
+            if acc.is_main_process:
+                save_weights(self.run_dir / "best.pth", state_dict)
+                save_safetensors(self.run_dir / "best.safetensors", state_dict)
+        note_patience(state, record[loop.monitor], loop.monitor, loop.mode, self.cfg.patience, self.cfg.min_delta)
+        acc.log({f"val/{k.removeprefix('val_')}": v for k, v in results.items()}, step=state.global_step)
+        return sample
 
     def _train_epoch(self, state: TrainState) -> dict:
         cfg, acc, loop = self.cfg, self.accelerator, self.loop
