@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,10 +123,31 @@ def read_records(path: str | Path) -> list:
     return records
 
 
+def finished_records(path: str | Path, timeout_s: float = 60.0) -> list:
+    """:func:`read_records` of a run file once W&B has finished writing it (its ``exit`` record is there).
+
+    W&B's service may still be flushing the file when ``end_training()`` returns: a record cut short reads as
+    corrupt protobuf, and the last ones may be missing. Re-read until the file is whole, for ``timeout_s``."""
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = read_records(path)
+            if records and records[-1].WhichOneof("record_type") == "exit":
+                return records
+        except DecodeError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def logged(path: str | Path) -> tuple[list[dict], dict]:
-    """(history rows as dicts, final summary dict) of an offline run file."""
+    """(history rows as dicts, final summary dict) of an offline run file, once it is completely written."""
     history, summary = [], {}
-    for record in read_records(path):
+    for record in finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
