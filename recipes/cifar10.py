@@ -4,7 +4,7 @@
     accelerate launch recipes/cifar10.py --data-dir ../shared/data/cifar10 --download false   # JPEG class folders (.tar.gz)
     accelerate launch --cpu --num_processes 1 --mixed_precision no recipes/cifar10.py \\
         --data-dir ../shared/data/cifar10 --max-minutes 20 --epochs 100 \\
-        --model fast --batch-size 128 --lr 0.08 --label-smoothing 0.2 --crop-padding 2 --dropout 0 \
+        --model fast --batch-size 128 --lr 0.08 --label-smoothing 0.2 --crop-padding 2 --dropout 0 \\
         --whiten true --tta flip-translate --eval-every 4                 # a 20-minute CPU run: 87.4% (docs/cifar10.md)
     python recipes/cifar10.py --help                                      # every setting, default and unit
 

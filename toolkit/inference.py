@@ -125,9 +125,10 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
     """Tumour probabilities and member disagreement for one scan, at the image's own size.
 
     image: uint8 (H, W, C). Tumour: any tumour class or region (:func:`~toolkit.seg_images.tumour_map`).
-    The scan is resized to ``size`` x ``size`` as in training, standardised per image, and the maps are resized back (bilinear). ``flips`` averages with the
-    horizontally flipped prediction. Returns ((H, W) float32 probabilities in [0, 1], (H, W)
-    float32 disagreement in [0, 1] at ``threshold`` (None for a single model)).
+    The scan is resized to ``size`` x ``size`` as in training, standardised per image, and the maps are
+    resized back (bilinear). ``flips`` averages with the horizontally flipped prediction. Returns ((H, W)
+    float32 probabilities in [0, 1], (H, W) float32 disagreement in [0, 1] at ``threshold`` (None for a
+    single model)).
     """
     h, w = image.shape[:2]
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR)
