@@ -132,15 +132,15 @@ def finished_records(path: str | Path, timeout_s: float = 60.0) -> list:
 
     deadline = time.monotonic() + timeout_s
     while True:
+        late = time.monotonic() > deadline
         try:
             records = read_records(path)
-            if records and records[-1].WhichOneof("record_type") == "exit":
-                return records
         except DecodeError:
-            if time.monotonic() > deadline:
+            if late:
                 raise
-        if time.monotonic() > deadline:
-            return records
+        else:
+            if late or (records and records[-1].WhichOneof("record_type") == "exit"):
+                return records
         time.sleep(0.5)
 
 

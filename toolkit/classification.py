@@ -18,7 +18,7 @@ from .config import ConfigError, TrainConfig
 from .data.batch_transforms import RandomCropFlip
 from .data.errors import DataError
 from .data.stl10 import open_stl10
-from .objectives import TTA_MODES, ClassificationObjective
+from .objectives import ClassificationObjective, check_tta
 
 __all__ = ["ClassificationConfig", "classification_objective", "stl10_train_test"]
 
@@ -35,8 +35,10 @@ class ClassificationConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.tta not in TTA_MODES:
-            raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}; got {self.tta!r}")
+        try:
+            check_tta(self.tta)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.crop_padding < 0:
             raise ConfigError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.flip_p <= 1:

@@ -28,6 +28,7 @@ __all__ = [
     "Objective",
     "ClassificationObjective",
     "TTA_MODES",
+    "check_tta",
     "tta_logits",
     "ReconstructionObjective",
     "DenoisingObjective",
@@ -87,6 +88,13 @@ class Objective:
 TTA_MODES = ("none", "flip", "flip-translate")
 
 
+def check_tta(mode: str) -> str:
+    """``mode`` when it is one of :data:`TTA_MODES`; else ValueError naming the valid ones."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+    return mode
+
+
 def tta_logits(model: nn.Module, inputs: torch.Tensor, mode: str = "flip") -> torch.Tensor:
     """Test-time augmentation of a classifier: (N, C, H, W) model input → (N, K) float32 logits averaged over views.
 
@@ -94,8 +102,7 @@ def tta_logits(model: nn.Module, inputs: torch.Tensor, mode: str = "flip") -> to
     ``"flip-translate"``: also both of them shifted by one pixel up-left and down-right (reflect padding), the
     shifted views weighted half as much (6 passes). A horizontally symmetric model gives equal views.
     """
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {mode!r}")
+    check_tta(mode)
     views = [(inputs, 1.0)]
     if mode != "none":
         views.append((inputs.flip(3), 1.0))
@@ -122,9 +129,7 @@ class ClassificationObjective(Objective):
         super().__init__(preprocess, augment)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}; got {tta!r}")
-        self.label_smoothing, self.tta = label_smoothing, tta
+        self.label_smoothing, self.tta = label_smoothing, check_tta(tta)
 
     def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
         x, y = batch[0], batch[1]

@@ -183,7 +183,7 @@ class Trainer:
             record = self._train_epoch(state)
             state.history.append(record)
             state.epoch = epoch + 1
-            due = cfg.eval_every <= 1 or state.epoch % cfg.eval_every == 0 or state.epoch >= state.planned_epochs
+            due = state.epoch % cfg.eval_every == 0 or state.epoch >= state.planned_epochs  # eval_every >= 1
             sample = self._validate(state, record) if due else None
             acc.log({"train/epoch_loss": record["train_loss"], "epoch": state.epoch}, step=state.global_step)
             self._write_epoch_outputs(state, sample)
