@@ -15,9 +15,9 @@ from tests.utils import ROOT
 from toolkit.checkpoint import save_json
 from toolkit.cli import main
 from toolkit.data.mri.io import read_image
-from toolkit.inference import load_ensemble, predict_probs
+from toolkit.inference import load_ensemble, pick_postprocess, predict_probs
 from toolkit.onnx_predict import OnnxSegmenter
-from toolkit.seg_images import tumour_map
+from toolkit.seg_images import read_input, tumour_map
 from toolkit.postprocess import POSTPROCESS_FILE, PostProcess
 from toolkit.targets import TargetSpec
 
@@ -110,7 +110,8 @@ def test_onnx_postprocess_comes_from_the_metadata_with_command_line_overrides(ex
     _, onnx_file, _, post = exported
     model = OnnxSegmenter(onnx_file)
     assert model.postprocess()[0] == post  # the run's postprocess.json, carried by the export
-    assert model.postprocess("none")[0] == PostProcess(threshold=post.threshold)
+    run_cfg = {"threshold": 0.5}  # the config of _segmentation_run
+    assert model.postprocess("none")[0] == pick_postprocess(None, run_cfg, "none")[0] == PostProcess(threshold=0.5)
     assert model.postprocess(threshold=0.7)[0] == PostProcess(**{**post.to_dict(), "threshold": 0.7})
     assert (model.size, model.in_channels, model.channels) == (32, 1, ())
 
@@ -182,3 +183,38 @@ def test_classes_run_masks_tumour_not_background_in_both_predicts(tmp_path):
         if x is not None:  # at the run's own size: exactly 1 - the background channel of the model
             background = ensemble(x)[0, 0].numpy()
             assert np.allclose(p_torch, 1.0 - background, atol=1e-6)
+
+
+def test_onnx_reads_the_channel_the_run_trained_on(tmp_path):
+    """An LGG run (split.json source "lgg") with the default channel reads FLAIR, the green channel of
+    an LGG .tif, not the grey of a folder run: in the PyTorch predict and, from the export's ``layout``,
+    in the ONNX predict; exports without ``layout`` (older ones) keep the first file layout that fits."""
+    run, _ = _segmentation_run(tmp_path, intensity="per_slice", spec=TargetSpec.binary(), channels="", in_channels=1)
+    save_json(run / "split.json", {"source": "lgg", "train": [], "val": []})
+    rgb = _fake_mri(1, 3, 32, seed=3)[0].numpy().transpose(1, 2, 0).copy()
+    rgb[..., 0] = np.rot90(rgb[..., 1])  # grey is not an affine map of flair: standardised, they differ
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "scan.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(run / "best.pth"), "--format", "onnx", "--output", str(onnx_file),
+                 "--no-check"]) == 0
+    model = OnnxSegmenter(onnx_file)
+    assert model.meta["layout"] == "lgg" and model.channels == (1,) and model.channel_names == "flair of lgg data"
+
+    ensemble, _, _, _ = load_ensemble([run / "best.pth"])
+    p_torch = predict_probs(ensemble, rgb[..., 1:2], 32)[0]  # what the PyTorch predict feeds: FLAIR alone
+    p_grey = predict_probs(ensemble, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 32)[0]
+    assert np.abs(p_torch - p_grey).max() > 10 * PROB_TOLERANCE  # the test can tell the two channels apart
+    image = read_input(tmp_path / "in" / "scan.png", model.channels, 1, model.channel_names)
+    assert np.abs(model.tumour_probs(image) - p_torch).max() < PROB_TOLERANCE
+    for name in ("pth", "onnx"):
+        weights = run / "best.pth" if name == "pth" else onnx_file
+        assert main(["predict", "--weights", str(weights), "--input", str(tmp_path / "in"),
+                     "--output", str(tmp_path / name), "--postprocess", "none"]) == 0
+    a, b = (cv2.imread(str(tmp_path / n / "scan_mask.png"), 0) for n in ("pth", "onnx"))
+    assert (a != b).mean() <= MASK_TOLERANCE
+
+    old = _edited(onnx_file, tmp_path / "old.onnx", lambda props: {k: v for k, v in props.items()
+                                                                  if k not in ("layout", "run_threshold")})
+    old = OnnxSegmenter(old)  # an export from before ``layout`` and ``run_threshold`` were stored
+    assert old.channels == () and old.postprocess("none")[0].threshold == model.meta["threshold"]  # as before

@@ -5,8 +5,9 @@ its raw output (logits for classifiers and segmentation, [0, 1] reconstructions 
 The uint8 → float preprocessing of the run is NOT in the graph; the file's metadata says what it is
 (ONNX ``metadata_props``, TorchScript ``_extra_files["metadata.json"]``; every value JSON text),
 with, for segmentation runs, ``intensity`` (``per_slice`` or ``zscore``), ``image_size``,
-``in_channels``, ``channels``, ``target_spec`` and the post-processing ``threshold`` (the run's
-``postprocess.json``, else its config threshold). :func:`read_metadata` reads either format back.
+``in_channels``, ``channels``, ``layout`` (the data layout the channels refer to), ``target_spec`` and
+the post-processing ``threshold`` (the run's ``postprocess.json``, else its config threshold; the config's
+alone is ``run_threshold``, what ``--postprocess none`` uses). :func:`read_metadata` reads either format back.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _weights_file(weights: str | Path) -> Path:
 
 
 def _segmentation(weights: Path) -> tuple[nn.Module, tuple[int, int, int], dict[str, Any]]:
-    from .inference import load_segmentation_run, pick_postprocess
+    from .inference import load_segmentation_run, pick_postprocess, run_layout
     from .postprocess import POSTPROCESS_FILE
 
     model, cfg = load_segmentation_run(weights)
@@ -52,7 +53,9 @@ def _segmentation(weights: Path) -> tuple[nn.Module, tuple[int, int, int], dict[
     size, c = int(cfg["image_size"]), int(cfg.get("in_channels", 1))
     meta = {"kind": "segmentation", "preprocess": cfg["intensity"], "intensity": cfg["intensity"],
             "image_size": size, "in_channels": c, "channels": cfg.get("channels") or "",
+            "layout": run_layout(weights.parent),
             "target_spec": cfg["target_spec"], "threshold": post.threshold, "threshold_from": source,
+            "run_threshold": float(cfg.get("threshold", 0.5)),
             "postprocess": post.to_dict(),
             "output": f"logits (N, out_channels, {size}, {size}); probabilities: the target_spec's sigmoid "
                       f"(binary, regions) or softmax (classes)"}

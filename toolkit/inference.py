@@ -22,7 +22,7 @@ from .seg_images import tumour_map
 from .targets import TARGET_FILE, TargetSpec
 
 __all__ = ["load_segmentation_run", "load_ensemble", "predict_probs", "pick_postprocess", "run_slices", "run_dataset",
-           "IMAGE_SUFFIXES"]
+           "run_layout", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SAME_INPUT = ("image_size", "in_channels", "channels", "intensity", "target_spec")  # config keys every member of an ensemble must share
@@ -56,6 +56,15 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as err:
         raise ValueError(f"{weights} does not match the model {cfg['model']!r} of {config_path}: {err}") from err
     return model.eval(), cfg
+
+
+def run_layout(run_dir: str | Path) -> str:
+    """The data layout a run trained on ("folder", "lgg", "figshare_mat", "brats"), from its ``split.json``
+    ``source`` (several folders: the first one's); "folder" for a run folder without one. It decides which
+    channels ``channels``/``in_channels`` of the run's config name (:func:`~toolkit.data.mri.channels.resolve_channels`)."""
+    split_file = Path(run_dir) / "split.json"
+    source = json.loads(split_file.read_text()).get("source", "folder") if split_file.is_file() else "folder"
+    return str(source).split("+")[0]
 
 
 def run_slices(data_dir: str, cfg: dict) -> list:

@@ -3,8 +3,8 @@
 
 Everything the PyTorch path takes from the run folder comes from the file's ``metadata_props``
 (written by :mod:`toolkit.export`, each value JSON text): ``kind`` (must be ``segmentation``),
-``image_size``, ``in_channels``, ``channels``, ``intensity`` (``per_slice`` or ``zscore``),
-``target_spec`` and ``threshold``, and the stored 2D ``postprocess`` (threshold, flip TTA,
+``image_size``, ``in_channels``, ``channels`` (of the data ``layout``, when the export names it),
+``intensity`` (``per_slice`` or ``zscore``), ``target_spec`` and ``threshold``, and the stored 2D ``postprocess`` (threshold, flip TTA,
 connected-component rule) when the export carries it. This module imports NumPy, OpenCV,
 onnxruntime and torch-free toolkit helpers only; ``tests/test_onnx_predict.py`` checks that it runs
 with torch blocked.
@@ -81,10 +81,12 @@ def read_onnx_metadata(session, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _file_channels(channels: str, in_channels: int) -> tuple[tuple[int, ...], str]:
+def _file_channels(channels: str, in_channels: int, layout: str = "") -> tuple[tuple[int, ...], str]:
     """The channels of a 2D file to read for a model trained on ``channels`` (names or "") and
-    ``in_channels``: indices into the file's RGB channels (() = grey) and their names for messages."""
-    for layout in FILE_LAYOUTS:
+    ``in_channels`` of the data ``layout`` (the export's; older exports have none: the first file layout
+    that accepts the channels): indices into the file's RGB channels (() = grey) and their names."""
+    layouts = (layout,) if layout in FILE_LAYOUTS else FILE_LAYOUTS
+    for layout in layouts:
         try:
             picked = resolve_channels(layout, channels or in_channels)
         except (ValueError, KeyError):
@@ -111,17 +113,20 @@ class OnnxSegmenter:
         if len(shape) != 4 or list(shape[1:]) != [self.in_channels, self.size, self.size]:
             raise ValueError(f"{self.path}: the graph takes input {shape} but the metadata says "
                              f"(N, {self.in_channels}, {self.size}, {self.size})")
-        self.channels, self.channel_names = _file_channels(str(self.meta["channels"] or ""), self.in_channels)
+        self.channels, self.channel_names = _file_channels(str(self.meta["channels"] or ""), self.in_channels,
+                                                                str(self.meta.get("layout") or ""))
 
     def postprocess(self, mode: str = "auto", threshold: float | None = None) -> tuple[PostProcess, str]:
-        """The stored post-processing (``mode`` "auto"; "none": the stored threshold alone), ``threshold``
-        overriding the stored one. Returns (PostProcess, where it came from)."""
+        """The stored post-processing (``mode`` "auto"; "none": the run's own threshold alone, as the PyTorch
+        predict's ``--postprocess none``), ``threshold`` overriding the threshold. Returns (PostProcess, where
+        it came from)."""
         stored = self.meta.get("postprocess")
         if mode == "auto" and isinstance(stored, dict):
             post, source = PostProcess.from_dict(stored, where=f"{self.path} metadata 'postprocess'"), \
                 f"{self.path} metadata 'postprocess'"
         else:
-            post, source = PostProcess(threshold=float(self.meta["threshold"])), f"{self.path} metadata 'threshold'"
+            key = "run_threshold" if "run_threshold" in self.meta else "threshold"  # older exports: the stored one
+            post, source = PostProcess(threshold=float(self.meta[key])), f"{self.path} metadata {key!r}"
         if threshold is not None:
             post = PostProcess(**{**post.to_dict(), "threshold": threshold})
             source += f" with threshold={threshold} from the command line"

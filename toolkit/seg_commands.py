@@ -12,7 +12,7 @@ import numpy as np
 from .checkpoint import save_json
 from .data.mri.channels import resolve_channels
 from .data.splits import load_split
-from .inference import load_ensemble, pick_postprocess, predict_probs, run_dataset, run_slices
+from .inference import load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices
 from .postprocess import PostProcess
 from .seg_images import channel_names as _channel_names, input_files as _input_files, overlay as _overlay
 from .seg_images import read_input as _read_input, write_png as _write_png
@@ -34,10 +34,9 @@ def predict(args: argparse.Namespace) -> int:
     if is_nifti_input(Path(args.input)):  # NIfTI volumes: a label volume and an overlay per case
         print(f"{len(files)} model(s); threshold {post.threshold}, flips {post.flips} ({source})")
         return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output), post_source=source)
-    split_file = files[0].parent / "split.json"
-    layout = json.loads(split_file.read_text()).get("source", "folder") if split_file.is_file() else "folder"
-    channels = resolve_channels(layout.split("+")[0], cfg.get("channels") or cfg.get("in_channels", 1))
-    in_channels, names = int(cfg.get("in_channels", 1)), _channel_names(layout.split("+")[0], channels)
+    layout = run_layout(files[0].parent)
+    channels = resolve_channels(layout, cfg.get("channels") or cfg.get("in_channels", 1))
+    in_channels, names = int(cfg.get("in_channels", 1)), _channel_names(layout, channels)
     out, size = Path(args.output), cfg["image_size"]
     print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
     images = _input_files(Path(args.input))
