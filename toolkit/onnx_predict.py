@@ -4,8 +4,8 @@
 Everything the PyTorch path takes from the run folder comes from the file's ``metadata_props``
 (written by :mod:`toolkit.export`, each value JSON text): ``kind`` (must be ``segmentation``),
 ``image_size``, ``in_channels``, ``channels`` (of the data ``layout``, when the export names it),
-``intensity`` (``per_slice`` or ``zscore``), ``target_spec`` and ``threshold``, and the stored 2D ``postprocess`` (threshold, flip TTA,
-connected-component rule) when the export carries it. This module imports NumPy, OpenCV,
+``intensity`` (``per_slice`` or ``zscore``), ``target_spec`` and ``threshold``, and the stored 2D
+``postprocess`` (threshold, flip TTA, connected-component rule) when the export carries it. This module imports NumPy, OpenCV,
 onnxruntime and torch-free toolkit helpers only; ``tests/test_onnx_predict.py`` checks that it runs
 with torch blocked.
 """
@@ -113,8 +113,8 @@ class OnnxSegmenter:
         if len(shape) != 4 or list(shape[1:]) != [self.in_channels, self.size, self.size]:
             raise ValueError(f"{self.path}: the graph takes input {shape} but the metadata says "
                              f"(N, {self.in_channels}, {self.size}, {self.size})")
-        self.channels, self.channel_names = _file_channels(str(self.meta["channels"] or ""), self.in_channels,
-                                                                str(self.meta.get("layout") or ""))
+        self.channels, self.channel_names = _file_channels(
+            str(self.meta["channels"] or ""), self.in_channels, str(self.meta.get("layout") or ""))
 
     def postprocess(self, mode: str = "auto", threshold: float | None = None) -> tuple[PostProcess, str]:
         """The stored post-processing (``mode`` "auto"; "none": the run's own threshold alone, as the PyTorch
