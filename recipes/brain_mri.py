@@ -20,7 +20,6 @@ from toolkit import (
     SegmentationMedia,
     SegmentationMetrics,
     SegmentationObjective,
-    TARGET_FILE,
     TARGET_KINDS,
     TargetMetrics,
     TrainConfig,
@@ -30,20 +29,11 @@ from toolkit import (
     parse_config,
     parse_regions,
     parse_widths,
-    resolve_target,
-    save_json,
     segmentation_loss,
+    segmentation_data,
     segmentation_overlays,
 )
-from toolkit.data import DataError, ForegroundCrop, input_preprocess, label_fraction, save_split, split_records
-from toolkit.data.mri import (
-    AttributeClasses,
-    MRISegmentationDataset,
-    attribute_classes,
-    discover_folders,
-    generate_synthetic_mri,
-    mri_train_transforms,
-)
+from toolkit.data import ForegroundCrop
 
 
 @dataclass
@@ -122,58 +112,6 @@ class BrainMRIConfig(TrainConfig):
                               f"got {self.widths!r}") from None
 
 
-def build_data(cfg: BrainMRIConfig, trainer: Trainer):
-    """Train and validation datasets of (uint8 image (C,S,S), uint8 label map (1,S,S)) pairs, and the target."""
-    acc = trainer.accelerator
-    data_dir = cfg.data_dir or cfg.synthetic_dir
-    if not cfg.data_dir:
-        with acc.local_main_process_first():  # one writer per machine
-            if acc.is_local_main_process:
-                generate_synthetic_mri(data_dir, num_images=cfg.synthetic_images, seed=cfg.seed)
-    try:
-        found = discover_folders(data_dir, channels=cfg.channels or cfg.in_channels,
-                                 slice_rule=cfg.slice_rule or None, skip_bad_files=cfg.skip_bad_files)
-        names = attribute_classes(found.slices, cfg.class_column) if cfg.class_column else None
-        target = resolve_target(cfg.target, labels=found.labels, regions=found.regions, regions_text=cfg.regions,
-                                class_names=names)
-        input_preprocess(found.intensity)  # 2D images and NIfTI volumes cannot share a run
-    except (DataError, ValueError) as err:
-        raise ConfigError(f"data_dir: {err}") from None
-    if found.slices[0].num_channels != cfg.in_channels:
-        raise ConfigError(f"channels={cfg.channels!r} reads {found.slices[0].num_channels} channel(s) of the "
-                          f"{found.source} data; set --in-channels {found.slices[0].num_channels}")
-    split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
-                          block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
-    if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
-        split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
-    unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
-    if acc.is_main_process:
-        save_split(trainer.run_dir / "split.json", split, data_dir=",".join(str(r.resolve()) for r in found.roots),
-                   source=found.source, unit=unit, folds=cfg.folds, fold=cfg.fold)
-        save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
-    common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files}
-    if target.kind != "binary" and not names:
-        common["labels"] = True  # label maps as stored, not tumour = label > 0
-    train = MRISegmentationDataset(split["train"], transform=mri_train_transforms(), **common)
-    val = MRISegmentationDataset(split["val"], **common)
-    skipped = found.skipped + train.skipped + val.skipped
-    if names:
-        train, val = (AttributeClasses(d, cfg.class_column, names) for d in (train, val))
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in split.items())
-    where = ", ".join(str(r) for r in found.roots)
-    units = f"{len(found.patients)} patients" if found.patients else "no patient ids"
-    acc.print(f"data: {found.source} at {where}: {len(found.slices)} slices, {units}; split by {unit}: {sizes}"
-              + (f" (fold {cfg.fold} of {cfg.folds} validates)" if cfg.folds else "")
-              + (f"; target {target.kind}: {', '.join(target.names)}" if target.kind != "binary" else ""))
-    if not found.patients:
-        acc.print("note: the data name no patients, so the split is by id: slices of one patient may sit on both "
-                  "sides and validation may overstate what unseen patients get (give a metadata.csv with "
-                  "id,patient_id)")
-    if skipped:
-        acc.print(f"skipped {len(skipped)} bad file(s): " + "; ".join(f"{p} ({why})" for p, why in skipped[:10]))
-    return train, val, target, input_preprocess(found.intensity)
-
-
 def build_model(cfg: BrainMRIConfig, out_channels: int = 1):
     """The configured segmentation model: (N, in_channels, S, S) float → (N, out_channels, S, S) logits."""
     return build_segmentation_model(cfg.model, in_channels=cfg.in_channels, out_channels=out_channels,
@@ -183,7 +121,8 @@ def build_model(cfg: BrainMRIConfig, out_channels: int = 1):
 def main(argv=None) -> list[dict]:
     cfg = parse_config(BrainMRIConfig, argv)
     trainer = Trainer(cfg, recipe="brain_mri")
-    train, val, target, preprocess = build_data(cfg, trainer)
+    # split by patient; split.json and target.json in the run folder
+    train, val, target, preprocess = segmentation_data(cfg, trainer)
     model = build_model(cfg, target.out_channels)
     if cfg.init_from:
         try:

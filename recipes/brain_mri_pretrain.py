@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import (ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective, TrainConfig,
-                     Trainer, build_segmentation_model, parse_config, parse_widths, reconstruction_pairs)
-from toolkit.data import (Corrupt, DataError, MRIImageDataset, exclude_split, input_preprocess, save_split,
-                          split_records, unit_input_scale)
-from toolkit.data.mri import discover_folders, generate_synthetic_mri
+                     Trainer, build_segmentation_model, parse_config, parse_widths, pretraining_data,
+                     reconstruction_pairs)
+from toolkit.data import Corrupt, unit_input_scale
 
 
 @dataclass
@@ -79,37 +78,10 @@ class BrainMRIPretrainConfig(TrainConfig):
                        seed=self.seed)
 
 
-def build_data(cfg: BrainMRIPretrainConfig, trainer: Trainer):
-    """(train, val) image-only datasets of uint8 (C, S, S) slices, and the data's intensity kind."""
-    acc = trainer.accelerator
-    data_dir = cfg.data_dir or cfg.synthetic_dir
-    if not cfg.data_dir:
-        with acc.local_main_process_first():
-            if acc.is_local_main_process:
-                generate_synthetic_mri(data_dir, num_images=cfg.synthetic_images, seed=cfg.seed)
-    try:
-        found = discover_folders(data_dir, channels=cfg.channels or cfg.in_channels,
-                                 slice_rule=cfg.slice_rule or None, skip_bad_files=cfg.skip_bad_files)
-        input_preprocess(found.intensity)
-        slices, dropped = exclude_split(found.slices, cfg.exclude_split) if cfg.exclude_split else (found.slices, 0)
-        split = split_records(slices, cfg.val_fraction, seed=cfg.seed)
-    except (DataError, ValueError, FileNotFoundError) as err:
-        raise ConfigError(f"data_dir / exclude_split: {err}") from None
-    if slices[0].num_channels != cfg.in_channels:
-        raise ConfigError(f"the {found.source} data have {slices[0].num_channels} channel(s); set --in-channels")
-    if acc.is_main_process:
-        save_split(trainer.run_dir / "split.json", split, data_dir=",".join(str(r.resolve()) for r in found.roots),
-                   source=found.source, excluded_split=cfg.exclude_split, excluded_slices=dropped)
-    train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
-    acc.print(f"data: {found.source}: {len(found.slices)} slices, {dropped} left out by --exclude-split; "
-              f"unlabelled train {len(train)}, val {len(val)}")
-    return train, val, found.intensity
-
-
 def main(argv=None) -> list[dict]:
     cfg = parse_config(BrainMRIPretrainConfig, argv)
     trainer = Trainer(cfg, recipe="brain_mri_pretrain")
-    train, val, intensity = build_data(cfg, trainer)
+    train, val, intensity = pretraining_data(cfg, trainer)  # masks unused; split.json in the run folder
     model = build_segmentation_model(cfg.model, in_channels=cfg.in_channels, out_channels=1,
                                      widths=parse_widths(cfg.widths))
     objective = RestorationObjective(cfg.corruption(), model_scale=unit_input_scale(intensity))

@@ -22,11 +22,12 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
   ``write_curve``;
 - comparison scripts: ``Column``, ``Comparison``, ``ComparisonError``, ``RunResult``, ``command_line``,
-  ``refuse_flags``, ``train_run``, ``write_comparison``;
+  ``refuse_flags``, ``split_args``, ``train_run``, ``write_comparison``;
 - data names used by most recipes (the full lists are in :mod:`toolkit.data` and :mod:`toolkit.data.mri`):
   ``add_gaussian_noise``, ``load_split``, ``save_split``, ``split_ids``, ``split_records``,
   ``MRISegmentationDataset``, ``MRISlice``, ``read_slice``, ``discover_mri_slices``,
-  ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``.
+  ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``; the brain-MRI recipes' data
+  (read, split by patient, saved): ``segmentation_data``, ``SegmentationData``, ``pretraining_data``.
 
 Names are imported lazily (PEP 562), so ``import toolkit`` stays cheap and a submodule's heavy
 dependencies load only when one of its names is used.
@@ -44,7 +45,7 @@ _EXPORTS = {
     "callbacks": ["Callback", "SaveCurve"],
     "checkpoint": ["atomic_write", "load_weights", "save_json", "save_weights"],
     "classification": ["ClassificationConfig", "classification_objective", "stl10_train_test"],
-    "compare": ["RunResult", "command_line", "refuse_flags", "train_run", "write_comparison"],
+    "compare": ["RunResult", "command_line", "refuse_flags", "split_args", "train_run", "write_comparison"],
     "comparison": ["Column", "Comparison", "ComparisonError"],
     "config": ["ConfigError", "TrainConfig", "config_help", "parse_config"],
     "crossval": ["out_of_fold", "train_folds"],
@@ -61,6 +62,7 @@ _EXPORTS = {
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
+    "mri_data": ["SegmentationData", "pretraining_data", "segmentation_data"],
     "models.segmentation": ["SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["count_parameters", "init_from"],
     "objectives": [

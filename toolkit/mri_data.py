@@ -1,0 +1,126 @@
+"""The data of the brain-MRI recipes: MRI folders (or the built-in synthetic slices) read, split by patient, saved.
+
+:func:`segmentation_data` serves ``recipes/brain_mri.py`` (labelled slices and their target) and
+:func:`pretraining_data` ``recipes/brain_mri_pretrain.py`` (the same slices, masks unused). Both take the
+recipe's config (the fields named below) and the Trainer, write the run's ``split.json`` on the main
+process and print what was read. Bad data or settings raise :class:`~toolkit.config.ConfigError` naming
+the setting and the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from torch.utils.data import Dataset
+
+from .checkpoint import save_json
+from .config import ConfigError
+from .data import (DataError, MRIImageDataset, exclude_split, input_preprocess, label_fraction, save_split,
+                   split_records)
+from .data.mri import (AttributeClasses, MRISegmentationDataset, attribute_classes, discover_folders,
+                       generate_synthetic_mri, mri_train_transforms)
+from .targets import TARGET_FILE, TargetSpec, resolve_target
+
+__all__ = ["SegmentationData", "pretraining_data", "segmentation_data"]
+
+
+class SegmentationData(NamedTuple):
+    """What a segmentation run trains on (a named tuple: ``train, val, target, preprocess = ...`` unpacks it).
+
+    train, val: datasets of (uint8 image (C, S, S), uint8 label map (1, S, S)) pairs, S = ``image_size``
+    (binary: 0/1 tumour; classes/regions: the stored label values, or 0/k for a metadata class column);
+    target: the :class:`TargetSpec`; preprocess: uint8 (N, C, S, S) batch → float model input.
+    """
+
+    train: Dataset
+    val: Dataset
+    target: TargetSpec
+    preprocess: Callable
+
+
+def _read(cfg: Any, trainer):
+    """The slices of ``cfg.data_dir`` (comma-separated folders), or of ``cfg.synthetic_dir`` after writing
+    ``cfg.synthetic_images`` synthetic slices there (once per machine) when no data_dir is given."""
+    acc = trainer.accelerator
+    data_dir = cfg.data_dir or cfg.synthetic_dir
+    if not cfg.data_dir:
+        with acc.local_main_process_first():  # one writer per machine
+            if acc.is_local_main_process:
+                generate_synthetic_mri(data_dir, num_images=cfg.synthetic_images, seed=cfg.seed)
+    found = discover_folders(data_dir, channels=cfg.channels or cfg.in_channels,
+                             slice_rule=cfg.slice_rule or None, skip_bad_files=cfg.skip_bad_files)
+    input_preprocess(found.intensity)  # 2D images and NIfTI volumes cannot share a run
+    return found
+
+
+def _roots(found) -> str:
+    return ",".join(str(r.resolve()) for r in found.roots)
+
+
+def segmentation_data(cfg: Any, trainer) -> SegmentationData:
+    """Labelled slices split by patient (``val_fraction``, ``test_fraction``, ``split_block``, ``folds``/``fold``,
+    ``seed``), ``label_fraction`` of the training patients kept, the target resolved (``target``, ``regions``,
+    ``class_column``); writes ``split.json`` and ``target.json`` into the run folder."""
+    acc = trainer.accelerator
+    try:
+        found = _read(cfg, trainer)
+        names = attribute_classes(found.slices, cfg.class_column) if cfg.class_column else None
+        target = resolve_target(cfg.target, labels=found.labels, regions=found.regions, regions_text=cfg.regions,
+                                class_names=names)
+    except (DataError, ValueError) as err:
+        raise ConfigError(f"data_dir: {err}") from None
+    if found.slices[0].num_channels != cfg.in_channels:
+        raise ConfigError(f"channels={cfg.channels!r} reads {found.slices[0].num_channels} channel(s) of the "
+                          f"{found.source} data; set --in-channels {found.slices[0].num_channels}")
+    split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
+                          block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
+    if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
+        split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
+    unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
+    if acc.is_main_process:
+        save_split(trainer.run_dir / "split.json", split, data_dir=_roots(found), source=found.source, unit=unit,
+                   folds=cfg.folds, fold=cfg.fold)
+        save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
+    common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files}
+    if target.kind != "binary" and not names:
+        common["labels"] = True  # label maps as stored, not tumour = label > 0
+    train = MRISegmentationDataset(split["train"], transform=mri_train_transforms(), **common)
+    val = MRISegmentationDataset(split["val"], **common)
+    skipped = found.skipped + train.skipped + val.skipped
+    if names:
+        train, val = (AttributeClasses(d, cfg.class_column, names) for d in (train, val))
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in split.items())
+    where = ", ".join(str(r) for r in found.roots)
+    units = f"{len(found.patients)} patients" if found.patients else "no patient ids"
+    acc.print(f"data: {found.source} at {where}: {len(found.slices)} slices, {units}; split by {unit}: {sizes}"
+              + (f" (fold {cfg.fold} of {cfg.folds} validates)" if cfg.folds else "")
+              + (f"; target {target.kind}: {', '.join(target.names)}" if target.kind != "binary" else ""))
+    if not found.patients:
+        acc.print("note: the data name no patients, so the split is by id: slices of one patient may sit on both "
+                  "sides and validation may overstate what unseen patients get (give a metadata.csv with "
+                  "id,patient_id)")
+    if skipped:
+        acc.print(f"skipped {len(skipped)} bad file(s): " + "; ".join(f"{p} ({why})" for p, why in skipped[:10]))
+    return SegmentationData(train, val, target, input_preprocess(found.intensity))
+
+
+def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
+    """Unlabelled slices, minus every patient of ``cfg.exclude_split``'s val and test lists when given, split by
+    patient (``val_fraction``, ``seed``): (train, val) datasets of uint8 (C, S, S) slices and the intensity kind
+    ("per_slice" or "zscore"); writes ``split.json`` into the run folder."""
+    acc = trainer.accelerator
+    try:
+        found = _read(cfg, trainer)
+        slices, dropped = exclude_split(found.slices, cfg.exclude_split) if cfg.exclude_split else (found.slices, 0)
+        split = split_records(slices, cfg.val_fraction, seed=cfg.seed)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"data_dir / exclude_split: {err}") from None
+    if slices[0].num_channels != cfg.in_channels:
+        raise ConfigError(f"the {found.source} data have {slices[0].num_channels} channel(s); set --in-channels")
+    if acc.is_main_process:
+        save_split(trainer.run_dir / "split.json", split, data_dir=_roots(found), source=found.source,
+                   excluded_split=cfg.exclude_split, excluded_slices=dropped)
+    train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
+    acc.print(f"data: {found.source}: {len(found.slices)} slices, {dropped} left out by --exclude-split; "
+              f"unlabelled train {len(train)}, val {len(val)}")
+    return train, val, found.intensity
