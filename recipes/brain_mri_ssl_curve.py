@@ -27,7 +27,7 @@ from typing import Callable
 from brain_mri import BrainMRIConfig  # the recipes beside this script
 from brain_mri_pretrain import BrainMRIPretrainConfig
 from toolkit import SSL_ARMS, ConfigError, command_line, config_help, curve_summary, curve_table, parse_config, run_name
-from toolkit import score_run, train_run, write_curve
+from toolkit import score_run, split_args, train_run, write_curve
 
 HERE = Path(__file__).resolve().parent
 FINETUNE, PRETRAIN = HERE / "brain_mri.py", HERE / "brain_mri_pretrain.py"
@@ -84,32 +84,7 @@ class SSLCurveConfig:
         return sorted(fractions), seeds
 
 
-OWN = {f.replace("_", "-") for f in SSLCurveConfig.__dataclass_fields__}
-
-
-def _key(token: str) -> str:
-    return token[2:].split("=")[0].replace("_", "-")
-
-
-def groups(argv: list[str]):
-    """``argv`` as its ``--key value`` / ``--key=value`` / bare ``--flag`` groups (lists of 1 or 2 tokens); this
-    script's own keys always take the next token (``--pretrain-args "--epochs 200"``)."""
-    i = 0
-    while i < len(argv):
-        value = i + 1 < len(argv) and (not argv[i + 1].startswith("--") or _key(argv[i]) in OWN)
-        j = i + 2 if value and "=" not in argv[i] else i + 1
-        yield argv[i:j]
-        i = j
-
-
-def pick(argv: list[str], keys: set[str], keep: bool = True) -> list[str]:
-    """The groups of ``argv`` whose key is (``keep``) or is not in ``keys`` (dashed names, e.g. ``image-size``)."""
-    return [t for g in groups(argv) if (_key(g[0]) in keys) == keep for t in g]
-
-
-def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(this script's arguments, the rest for brain_mri.py), each group kept whole."""
-    return pick(argv, OWN), pick(argv, OWN, keep=False)
+OWN = {f.replace("_", "-") for f in SSLCurveConfig.__dataclass_fields__}  # this script's keys, dashed
 
 
 Runner = Callable[[Path, list, str, Path], Path]  # (script, argv, run name, output dir) -> run folder
@@ -154,15 +129,15 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
         print(config_help(SSLCurveConfig, "brain_mri_ssl_curve.py") + "\n\nEvery other --key value goes to each "
               "recipes/brain_mri.py run (python recipes/brain_mri.py --help lists them).")
         raise SystemExit(0)
-    ours, rest = split_args(argv)
+    ours, rest = split_args(argv, OWN, takes_value=OWN)
     cfg = parse_config(SSLCurveConfig, ours)
-    keys = {_key(a) for a in rest if a.startswith("--")}
-    if keys & SET_HERE:
-        raise SystemExit(f"error: {sorted(keys & SET_HERE)} are set by the curve itself; leave them out")
+    clash = [t.split("=")[0] for t in split_args(rest, SET_HERE)[0] if t.startswith("--")]
+    if clash:
+        raise SystemExit(f"error: {clash} are set by the curve itself; leave them out")
     data = ["--data-dir", cfg.data_dir] if cfg.data_dir else []
-    common = [*data, *rest, *(["--postprocess", "false"] if "postprocess" not in keys else [])]
+    common = [*data, *rest, *([] if split_args(rest, {"postprocess"})[0] else ["--postprocess", "false"])]
     run_cfg = parse_config(BrainMRIConfig, common)  # refuses bad brain_mri.py arguments before any training
-    pre_argv = [*data, *pick(rest, TO_PRETRAIN), *shlex.split(cfg.pretrain_args), "--max-minutes",
+    pre_argv = [*data, *split_args(rest, TO_PRETRAIN)[0], *shlex.split(cfg.pretrain_args), "--max-minutes",
                 str(cfg.pretrain_minutes), "--output-dir"]
     root = Path(cfg.output_dir) / cfg.name
     parse_config(BrainMRIPretrainConfig, [*pre_argv, str(root)])
@@ -173,7 +148,7 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
         for s in cfg.seed_list:
             for arm in SSL_ARMS:
                 extra = ["--init-from", str(weights)] if arm == "pretrained" else []
-                args = [*(common if arm == "pretrained" else pick(common, PRETRAINED_ONLY, keep=False)), *extra,
+                args = [*(common if arm == "pretrained" else split_args(common, PRETRAINED_ONLY)[1]), *extra,
                         "--label-fraction", str(f), "--seed", str(s), "--max-minutes", str(cfg.finetune_minutes),
                         "--output-dir", str(root)]
                 run_dir = ensure_run(runner, FINETUNE, args, run_name(f, s, arm), root)

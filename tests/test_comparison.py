@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from toolkit.compare import RunResult, command_line, refuse_flags, train_run, write_comparison
+from toolkit.compare import RunResult, command_line, refuse_flags, split_args, train_run, write_comparison
 from toolkit.comparison import Column, Comparison, ComparisonError, best_rows
 
 COLUMNS = [Column("model"), Column("params", "parameters", format=","),
@@ -116,3 +116,14 @@ def test_compare_helper_trains_reuses_and_writes(tmp_path, monkeypatch, capsys):
         RunResult(out / "done", {"best_epoch": 3}, [{}]).best
     with pytest.raises(SystemExit, match="error: sets --model itself"):
         refuse_flags(["--lr", "1", "--model=cnn"], {"--model"}, "sets --model itself")
+
+
+def test_split_args_keeps_each_group_whole():
+    argv = ["--fractions", "0.1,1", "--image_size", "64", "--pretrain-args", "--epochs 3", "--flips", "--seed=2",
+            "--widths", "8,16"]
+    ours, rest = split_args(argv, {"fractions", "pretrain-args", "image-size"}, takes_value={"pretrain-args"})
+    assert ours == ["--fractions", "0.1,1", "--image_size", "64", "--pretrain-args", "--epochs 3"]
+    assert rest == ["--flips", "--seed=2", "--widths", "8,16"]
+    # without takes_value, a value that starts with -- is the next group, and a bare flag stands alone
+    assert split_args(["--pretrain-args", "--epochs 3", "--flips"], {"pretrain-args"}) == (
+        ["--pretrain-args"], ["--epochs 3", "--flips"])

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from toolkit.compare import split_args
 from toolkit.comparison import Comparison
 from toolkit.ssl_curve import curve_summary, run_name, score_run
 
@@ -90,8 +91,8 @@ def test_summary_aggregates_seeds_and_names_a_missing_score():
 
 def test_arguments_are_split_and_refused_before_training(capsys):
     driver = _driver()
-    ours, rest = driver.split_args(["--fractions", "0.1,1", "--widths", "8,16", "--pretrain-args", "--epochs 3",
-                                    "--skip-bad-files", "--seeds=0"])
+    ours, rest = split_args(["--fractions", "0.1,1", "--widths", "8,16", "--pretrain-args", "--epochs 3",
+                             "--skip-bad-files", "--seeds=0"], driver.OWN, takes_value=driver.OWN)
     assert ours == ["--fractions", "0.1,1", "--pretrain-args", "--epochs 3", "--seeds=0"]
     assert rest == ["--widths", "8,16", "--skip-bad-files"]
     for argv, message in ((["--seed", "1"], "set by the curve"), (["--fractions", "0,1"], "fractions"),

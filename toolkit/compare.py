@@ -22,8 +22,8 @@ from typing import Any
 from .checkpoint import atomic_write, find_state, save_json
 from .comparison import Comparison
 
-__all__ = ["DEFAULT_LAUNCH", "launch_prefix", "given_flags", "refuse_flags", "train_run", "read_json", "RunResult",
-           "command_line", "write_comparison"]
+__all__ = ["DEFAULT_LAUNCH", "launch_prefix", "given_flags", "refuse_flags", "split_args", "train_run", "read_json",
+           "RunResult", "command_line", "write_comparison"]
 
 DEFAULT_LAUNCH = "accelerate launch --cpu --mixed_precision bf16"
 
@@ -36,6 +36,25 @@ def launch_prefix(default: str = DEFAULT_LAUNCH) -> str:
 def given_flags(argv: list[str], flags: set[str]) -> set[str]:
     """Which of ``flags`` ``argv`` holds (also as ``--flag=value``)."""
     return set(flags) & {a.split("=")[0] for a in argv}
+
+
+def _key(token: str) -> str:
+    return token[2:].split("=")[0].replace("_", "-")
+
+
+def split_args(argv: list[str], keys: set[str], takes_value: set[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """``argv`` split into (the groups whose key is in ``keys``, the other groups), each ``--key value`` /
+    ``--key=value`` / bare ``--flag`` group kept whole and in order. Keys are dashed names (``image-size``; an
+    ``--image_size`` in argv matches it too). A key in ``takes_value`` always takes the next token, even one
+    starting with ``--`` (``--pretrain-args "--epochs 200"``); any other takes it unless it starts with ``--``."""
+    picked: tuple[list[str], list[str]] = ([], [])
+    i = 0
+    while i < len(argv):
+        value = i + 1 < len(argv) and (not argv[i + 1].startswith("--") or _key(argv[i]) in takes_value)
+        j = i + 2 if value and "=" not in argv[i] else i + 1
+        picked[_key(argv[i]) not in keys].extend(argv[i:j])
+        i = j
+    return picked
 
 
 def refuse_flags(argv: list[str], flags: set[str], message: str) -> None:

@@ -55,7 +55,7 @@ def _segmentation(weights: Path) -> tuple[nn.Module, tuple[int, int, int], dict[
             "image_size": size, "in_channels": c, "channels": cfg.get("channels") or "",
             "layout": run_layout(weights.parent),
             "target_spec": cfg["target_spec"], "threshold": post.threshold, "threshold_from": source,
-            "run_threshold": float(cfg.get("threshold", 0.5)),
+            "run_threshold": pick_postprocess(None, cfg, mode="none")[0].threshold,  # what --postprocess none uses
             "postprocess": post.to_dict(),
             "output": f"logits (N, out_channels, {size}, {size}); probabilities: the target_spec's sigmoid "
                       f"(binary, regions) or softmax (classes)"}
