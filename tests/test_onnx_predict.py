@@ -17,7 +17,7 @@ from toolkit.cli import main
 from toolkit.data.mri.io import read_image
 from toolkit.inference import load_ensemble, pick_postprocess, predict_probs
 from toolkit.onnx_predict import OnnxSegmenter
-from toolkit.seg_images import read_input, tumour_map
+from toolkit.seg_images import class_labels, read_input, tumour_map
 from toolkit.postprocess import POSTPROCESS_FILE, PostProcess
 from toolkit.targets import TargetSpec
 
@@ -164,8 +164,9 @@ def test_tumour_map_of_each_target_kind():
         tumour_map(p, "labels")
 
 
-def test_classes_run_masks_tumour_not_background_in_both_predicts(tmp_path):
-    """A 3-class run (background + 2 types): both predicts threshold 1 - p(background), and agree."""
+def test_classes_run_masks_tumour_not_background_in_both_predicts(tmp_path, capsys):
+    """A 3-class run (background + 2 types): both predicts threshold 1 - p(background), and agree; both write
+    the same class label map."""
     spec = TargetSpec.classes({"background": 0, "glioma": 1, "meningioma": 2})
     run, _ = _segmentation_run(tmp_path, intensity="per_slice", spec=spec, channels="", in_channels=1)
     images = _images(tmp_path / "images")
@@ -183,6 +184,28 @@ def test_classes_run_masks_tumour_not_background_in_both_predicts(tmp_path):
         if x is not None:  # at the run's own size: exactly 1 - the background channel of the model
             background = ensemble(x)[0, 0].numpy()
             assert np.allclose(p_torch, 1.0 - background, atol=1e-6)
+    # both predicts also write the class label map (argmax, the data's label values) and name the slice's class
+    for name, weights in (("pth", run / "best.pth"), ("onnx", onnx_file)):
+        assert main(["predict", "--weights", str(weights), "--input", str(tmp_path / "images"),
+                     "--output", str(tmp_path / name), "--postprocess", "none"]) == 0
+        assert ", class " in capsys.readouterr().out
+    for path in images:
+        image = read_input(path, model.channels, 1, model.channel_names)
+        a, b = (cv2.imread(str(tmp_path / n / f"{path.stem}_classes.png"), cv2.IMREAD_UNCHANGED)
+                for n in ("pth", "onnx"))
+        expected, _ = class_labels(predict_probs(ensemble, image, 32).channels, spec.values, spec.names)
+        assert a.shape == image.shape[:2] and np.array_equal(a, expected)
+        assert (a != b).mean() <= MASK_TOLERANCE
+
+
+def test_class_labels_by_hand():
+    p = np.array([[[0.6, 0.1, 0.2, 0.1]], [[0.3, 0.5, 0.1, 0.2]], [[0.1, 0.4, 0.7, 0.7]]], dtype=np.float32)
+    labels, name = class_labels(p, (0, 1, 4), ("core", "enhancing"))  # (K=3, H=1, W=4), label values 0, 1, 4
+    assert labels.dtype == np.uint8 and labels.tolist() == [[0, 1, 4, 4]] and name == "enhancing"
+    background = np.zeros_like(p)
+    background[0] = 1.0
+    labels, name = class_labels(background, (0, 1, 4), ("core", "enhancing"))
+    assert not labels.any() and name == ""  # no foreground pixel: no class
 
 
 def test_onnx_reads_the_channel_the_run_trained_on(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -18,11 +18,11 @@ from .data.mri.folders import discover_folders
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model, parse_widths
 from .postprocess import PostProcess, load_postprocess
-from .seg_images import tumour_map
+from .seg_images import resize_maps, tumour_map
 from .targets import TARGET_FILE, TargetSpec
 
-__all__ = ["load_segmentation_run", "load_ensemble", "predict_probs", "pick_postprocess", "run_slices", "run_dataset",
-           "run_layout", "IMAGE_SUFFIXES"]
+__all__ = ["load_segmentation_run", "load_ensemble", "ScanProbs", "predict_probs", "pick_postprocess", "run_slices",
+           "run_dataset", "run_layout", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SAME_INPUT = ("image_size", "in_channels", "channels", "intensity", "target_spec")  # config keys every member of an ensemble must share
@@ -128,26 +128,39 @@ def pick_postprocess(post_file: Path | None, cfg: dict, mode: str = "auto", thre
     return post, source
 
 
+class ScanProbs(NamedTuple):
+    """What :func:`predict_probs` returns for one scan of H x W pixels.
+
+    tumour: float32 (H, W) probability of any tumour in [0, 1]; disagreement: float32 (H, W) in [0, 1] at the
+    threshold, None for a single model; channels: float32 (K, H, W) the members' mean probability per output
+    channel (K = the target's out_channels: sigmoid per channel, or softmax for classes) in [0, 1].
+    """
+
+    tumour: np.ndarray
+    disagreement: np.ndarray | None
+    channels: np.ndarray
+
+
 @torch.no_grad()
 def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, flips: bool = False,
-                  threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray | None]:
-    """Tumour probabilities and member disagreement for one scan, at the image's own size.
+                  threshold: float = 0.5) -> ScanProbs:
+    """Tumour probabilities, member disagreement and per-channel probabilities for one scan, at its own size.
 
     image: uint8 (H, W, C). Tumour: any tumour class or region (:func:`~toolkit.seg_images.tumour_map`).
     The scan is resized to ``size`` x ``size`` as in training, standardised per image, and the maps are
-    resized back (bilinear). ``flips`` averages with the horizontally flipped prediction. Returns ((H, W)
-    float32 probabilities in [0, 1], (H, W) float32 disagreement in [0, 1] at ``threshold`` (None for a
-    single model)).
+    resized back (bilinear). ``flips`` averages with the horizontally flipped prediction; the disagreement
+    is taken at ``threshold``. Returns a :class:`ScanProbs`.
     """
     h, w = image.shape[:2]
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR)
     if resized.ndim == 2:
         resized = resized[..., None]
     x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
-    members = ensemble.member_probs(x, flips=flips)  # (M, 1, K, S, S)
-    members = torch.from_numpy(np.ascontiguousarray(tumour_map(members.numpy(), ensemble.target.kind)))[:, :, None]
+    all_probs = ensemble.member_probs(x, flips=flips)  # (M, 1, K, S, S)
+    channels = resize_maps(all_probs.mean(0)[0].numpy(), w, h)
+    members = torch.from_numpy(np.ascontiguousarray(tumour_map(all_probs.numpy(), ensemble.target.kind)))[:, :, None]
     probs = cv2.resize(members.mean(0)[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
     if len(ensemble.members) < 2:
-        return probs, None
+        return ScanProbs(probs, None, channels)
     dispute = disagreement(members, threshold)[0, 0].numpy()
-    return probs, cv2.resize(dispute, (w, h), interpolation=cv2.INTER_LINEAR)
+    return ScanProbs(probs, cv2.resize(dispute, (w, h), interpolation=cv2.INTER_LINEAR), channels)

@@ -23,7 +23,8 @@ import numpy as np
 from .data.mri.channels import resolve_channels
 from .data.mri.nifti import ZSCORE_CLIP
 from .postprocess import PostProcess
-from .seg_images import channel_names, input_files, overlay, read_input, tumour_map, write_png
+from .seg_images import (channel_names, input_files, overlay, read_input, resize_maps, tumour_map, write_class_map,
+                         write_png)
 
 __all__ = ["OnnxSegmenter", "REQUIRED_KEYS", "predict", "read_onnx_metadata"]
 
@@ -165,13 +166,18 @@ class OnnxSegmenter:
         resized back bilinearly. Tumour: binary the one channel; regions any region (the largest probability);
         classes any foreground class (1 - background probability).
         """
+        return self.scan_probs(image, flips)[0]
+
+    def scan_probs(self, image: np.ndarray, flips: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (H, W, C) scan → (float32 (H, W) tumour probability as :meth:`tumour_probs`, float32 (K, H, W)
+        probability per output channel), both in [0, 1] at the scan's own size."""
         h, w = image.shape[:2]
         resized = cv2.resize(image, (self.size, self.size),
                              interpolation=cv2.INTER_AREA if h > self.size else cv2.INTER_LINEAR)
         resized = resized[..., None] if resized.ndim == 2 else resized
         p = self.probs(self.preprocess(resized[None]), flips=flips)[0]
         tumour = tumour_map(p, self.target["kind"])
-        return cv2.resize(np.ascontiguousarray(tumour), (w, h), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(np.ascontiguousarray(tumour), (w, h), interpolation=cv2.INTER_LINEAR), resize_maps(p, w, h)
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -194,10 +200,11 @@ def predict(args: argparse.Namespace) -> int:
     images = input_files(source_path)
     for path in images:
         image = read_input(path, model.channels, model.in_channels, model.channel_names)
-        probs = model.tumour_probs(image, flips=post.flips)
+        probs, maps = model.scan_probs(image, flips=post.flips)
         mask = post.at_scale(probs.size / size**2).binarize(probs)
         write_png(out / f"{path.stem}_mask.png", mask * 255)
         write_png(out / f"{path.stem}_overlay.png", overlay(image, mask))
-        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}")
+        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}"
+              + write_class_map(out / f"{path.stem}_classes.png", maps, model.target))
     print(f"wrote {len(images)} masks and overlays to {out}/")
     return 0

@@ -15,7 +15,7 @@ from .data.splits import load_split
 from .inference import load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices
 from .postprocess import PostProcess
 from .seg_images import channel_names as _channel_names, input_files as _input_files, overlay as _overlay
-from .seg_images import read_input as _read_input, write_png as _write_png
+from .seg_images import read_input as _read_input, write_class_map, write_png as _write_png
 from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
 
 __all__ = ["evaluate", "predict"]
@@ -24,7 +24,8 @@ SUMMARY_KEYS = ("dice", "iou", "dice_global", "iou_global", "dice_tumour", "empt
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Masks and overlays at each image's own size; an ensemble also writes ``<name>_disagreement.png``.
+    """Masks and overlays at each image's own size; an ensemble also writes ``<name>_disagreement.png``, a
+    classes run ``<name>_classes.png`` (:func:`~toolkit.seg_images.write_class_map`).
     NIfTI input (a volume, a case's channel files, a raw-layout or NIfTI folder) goes to
     :func:`~toolkit.volume_predict.predict_volumes`: ``<case>_seg.nii.gz`` and ``<case>_seg.png``."""
     ensemble, cfg, post_file, files = load_ensemble(args.weights)
@@ -42,13 +43,14 @@ def predict(args: argparse.Namespace) -> int:
     images = _input_files(Path(args.input))
     for path in images:
         image = _read_input(path, channels, in_channels, names)
-        probs, dispute = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold)
+        probs, dispute, maps = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold)
         mask = post.at_scale(probs.size / size**2).binarize(probs)
         _write_png(out / f"{path.stem}_mask.png", mask * 255)
         _write_png(out / f"{path.stem}_overlay.png", _overlay(image, mask))
         if dispute is not None:
             _write_png(out / f"{path.stem}_disagreement.png", (dispute * 255).round().astype(np.uint8))
-        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}")
+        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}"
+              + write_class_map(out / f"{path.stem}_classes.png", maps, ensemble.target.to_dict()))
     extra = " and disagreement maps (0 = all models agree, 255 = half against half)" if len(files) > 1 else ""
     print(f"wrote {len(images)} masks and overlays{extra} to {out}/")
     return 0

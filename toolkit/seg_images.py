@@ -5,6 +5,7 @@ mask / overlay PNGs written. NumPy and OpenCV only (no torch), shared by the PyT
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -13,7 +14,8 @@ from .checkpoint import atomic_write
 from .data.errors import MRIDataError
 from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image
 
-__all__ = ["channel_names", "input_files", "overlay", "read_input", "tumour_map", "write_png"]
+__all__ = ["channel_names", "class_labels", "input_files", "overlay", "read_input", "resize_maps", "tumour_map",
+           "write_class_map", "write_png"]
 
 
 def tumour_map(probs: np.ndarray, kind: str) -> np.ndarray:
@@ -31,6 +33,33 @@ def tumour_map(probs: np.ndarray, kind: str) -> np.ndarray:
     if kind == "classes":
         return 1.0 - probs[..., 0, :, :]
     raise ValueError(f"target kind must be binary, regions or classes, got {kind!r}")
+
+
+def resize_maps(maps: np.ndarray, width: int, height: int) -> np.ndarray:
+    """float32 (K, S, S) maps → float32 (K, height, width), each resized bilinearly (as the tumour map)."""
+    return np.stack([cv2.resize(np.ascontiguousarray(m, dtype=np.float32), (width, height),
+                                interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
+def class_labels(probs: np.ndarray, values: Sequence[int], names: Sequence[str]) -> tuple[np.ndarray, str]:
+    """Classes runs: softmax probabilities (K, H, W) in [0, 1], channel 0 background → (uint8 (H, W) label map:
+    each pixel the label value ``values[k]`` of its most probable class k, the rule ``toolkit evaluate`` scores
+    classes by; the name (of ``names``, foreground classes in order) of the foreground class with the most
+    pixels, the slice-level class of ``evaluate``'s ``class_accuracy``, or "" when no pixel is foreground)."""
+    idx = probs.argmax(0)
+    counts = np.bincount(idx.ravel(), minlength=len(values))[1:]
+    return np.asarray(values, dtype=np.uint8)[idx], (names[int(counts.argmax())] if counts.any() else "")
+
+
+def write_class_map(path: Path, channels: np.ndarray, target: Mapping) -> str:
+    """Classes runs (``target``: the run's ``target_spec`` dict, kind "classes"): write the label map of
+    :func:`class_labels` (channels: float32 (K, H, W) softmax probabilities) as a PNG at ``path`` and return
+    ", class <name> (label map <file>)" for the printed line. Other targets: nothing written, "" returned."""
+    if target["kind"] != "classes":
+        return ""
+    labels, name = class_labels(channels, target["values"], target["names"])
+    write_png(path, labels)
+    return f", class {name or 'none'} (label map {path.name})"
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
