@@ -5,9 +5,10 @@ Everything the PyTorch path takes from the run folder comes from the file's ``me
 (written by :mod:`toolkit.export`, each value JSON text): ``kind`` (must be ``segmentation``),
 ``image_size``, ``in_channels``, ``channels`` (of the data ``layout``, when the export names it),
 ``intensity`` (``per_slice`` or ``zscore``), ``target_spec`` and ``threshold``, and the stored 2D
-``postprocess`` (threshold, flip TTA, connected-component rule) when the export carries it. This module imports NumPy, OpenCV,
-onnxruntime and torch-free toolkit helpers only; ``tests/test_onnx_predict.py`` checks that it runs
-with torch blocked.
+``postprocess`` (threshold, flip TTA, connected-component rule) when the export carries it. A classes
+run also gets its label map (:func:`~toolkit.seg_images.write_class_map`, as the PyTorch path). This
+module imports NumPy, OpenCV, onnxruntime and torch-free toolkit helpers only;
+``tests/test_onnx_predict.py`` checks that it runs with torch blocked.
 """
 
 from __future__ import annotations
