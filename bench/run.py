@@ -4,7 +4,7 @@
     make bench ARGS="--quick"                   # a smoke run on tiny sizes (about a minute)
     python -m bench.run --only precision,compile --out runs/bench/bench.json
 
-Sections (one module each): trainer_overhead, precision, pipelines, processes, compile, cifar10.
+Sections (one module each): trainer_overhead, precision, seg_models, pipelines, processes, compile, cifar10.
 Prints a markdown table and writes ``--out`` (JSON): the machine, the command, and per
 section its rows (candidate, baseline, both values, unit, ratio) and its findings.
 """
@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import machine_info  # noqa: E402
 
-SECTIONS = ("trainer_overhead", "precision", "pipelines", "processes", "compile", "cifar10")
+SECTIONS = ("trainer_overhead", "precision", "seg_models", "pipelines", "processes", "compile", "cifar10")
 
 
 def _fmt(x: float) -> str:

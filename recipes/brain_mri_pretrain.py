@@ -41,8 +41,8 @@ class BrainMRIPretrainConfig(TrainConfig):
     image_size: int = 240  # side of the square slices fed to the model, pixels
     in_channels: int = 1  # image channels read (1 = grey, 3 = RGB)
     val_fraction: float = 0.1  # share of patients (or ids) held out to score restoration (picks best.pth)
-    model: str = "unet"  # unet | autoencoder | smp_unet, as recipes/brain_mri.py
-    widths: str = ""  # stage widths of unet/autoencoder, as recipes/brain_mri.py; "" = that default
+    model: str = "unet_s2d"  # unet_s2d | unet | autoencoder | smp_unet, as recipes/brain_mri.py (same default)
+    widths: str = ""  # stage widths of unet/unet_s2d/autoencoder, as recipes/brain_mri.py; "" = that model's default
     shuffle_p: float = 0.5  # probability per slice of local pixel shuffling (probability, 0..1)
     shuffle_block: float = 0.05  # side of the shuffled tiles (fraction of the image side)
     nonlinear_p: float = 0.9  # probability per slice of the Bezier intensity curve (probability, 0..1)

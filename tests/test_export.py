@@ -1,7 +1,6 @@
 """`toolkit export`: ONNX (onnxruntime) and TorchScript files of every recipe's model match PyTorch
 on a batch size other than the export's, carry the run's input contract as metadata, and refuse bad input."""
 
-import json
 
 import numpy as np
 import pytest
@@ -55,14 +54,15 @@ def _fake_mri(n, channels, size, seed=0):
     return torch.from_numpy(np.clip(out, 0, 255).astype(np.uint8))
 
 
-def _segmentation_run(root, intensity="zscore", threshold=0.35, spec=None, channels="flair,t1ce", in_channels=2):
-    """A run folder (config.json, target.json, postprocess.json, best.pth) of a random unet 8,16,32 at 32x32;
-    default: BraTS regions on flair,t1ce."""
+def _segmentation_run(root, intensity="zscore", threshold=0.35, spec=None, channels="flair,t1ce", in_channels=2,
+                      arch="unet"):
+    """A run folder (config.json, target.json, postprocess.json, best.pth) of a random ``arch`` 8,16,32 at
+    32x32; default: BraTS regions on flair,t1ce."""
     run = root / "seg"
     spec = spec or TargetSpec.regions_of(BRATS_REGIONS)
-    cfg = {"recipe": "brain_mri", "model": "unet", "widths": "8,16,32", "image_size": 32,
+    cfg = {"recipe": "brain_mri", "model": arch, "widths": "8,16,32", "image_size": 32,
            "in_channels": in_channels, "channels": channels, "threshold": 0.5}
-    model = _randomise_batchnorm(build_segmentation_model("unet", in_channels, spec.out_channels,
+    model = _randomise_batchnorm(build_segmentation_model(arch, in_channels, spec.out_channels,
                                                           parse_widths("8,16,32")))
     save_json(run / "config.json", cfg)
     save_json(run / TARGET_FILE, {**spec.to_dict(), "intensity": intensity})
@@ -71,9 +71,10 @@ def _segmentation_run(root, intensity="zscore", threshold=0.35, spec=None, chann
     return run, spec
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_segmentation_export_matches_pytorch_and_carries_the_input_contract(tmp_path, capsys, fmt):
-    run, spec = _segmentation_run(tmp_path)
+@pytest.mark.parametrize("fmt, arch", [("onnx", "unet"), ("torchscript", "unet"), ("onnx", "unet_s2d"),
+                                       ("torchscript", "unet_s2d")])
+def test_segmentation_export_matches_pytorch_and_carries_the_input_contract(tmp_path, capsys, fmt, arch):
+    run, spec = _segmentation_run(tmp_path, arch=arch)
     out = tmp_path / f"model.{fmt}"
     assert main(["export", "--weights", str(run / "best.pth"), "--format", fmt, "--output", str(out)]) == 0
     printed = capsys.readouterr().out

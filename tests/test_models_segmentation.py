@@ -5,7 +5,7 @@ import torch.nn as nn
 from toolkit.models.segmentation import SegAutoEncoder, build_segmentation_model
 from toolkit.models.utils import count_parameters
 
-NAMES = ["autoencoder", "unet"]
+NAMES = ["autoencoder", "unet", "unet_s2d"]
 
 
 @pytest.mark.parametrize("name", [*NAMES, "smp_unet"])
@@ -30,6 +30,7 @@ def test_parameter_budget(name):
 def test_default_parameter_counts():
     assert count_parameters(build_segmentation_model("unet")) == 486_409
     assert count_parameters(build_segmentation_model("autoencoder")) == 437_449
+    assert count_parameters(build_segmentation_model("unet_s2d")) == 482_932
     assert count_parameters(build_segmentation_model("smp_unet")) == 390_473  # smp baseline, same budget
 
 
@@ -116,7 +117,7 @@ def test_unknown_name():
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"widths": (8,)}, "widths"), ({"widths": (8, 0)}, "widths"), ({"in_channels": 0}, "in_channels"),
-     ({"skip": "yes"}, "skip")],
+     ({"skip": "yes"}, "skip"), ({"space_to_depth": 0}, "space_to_depth"), ({"space_to_depth": 1.5}, "space_to_depth")],
 )
 def test_bad_options(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -127,3 +128,32 @@ def test_logits_no_sigmoid():
     model = build_segmentation_model("unet").eval()
     assert not any(isinstance(m, nn.Sigmoid) for m in model.modules())
     assert isinstance(model.head, nn.Conv2d) and model.head.kernel_size == (1, 1)
+
+
+def test_space_to_depth_is_a_lossless_stem():
+    """unet_s2d: the first stage reads the 2x2 pixel-unshuffled scan (4x the channels at half the side), and
+    the head's 4 logit channels per output go back to full resolution by the pixel shuffle: each output
+    pixel depends on its own input pixel, not only on its 2x2 block's average."""
+    model = build_segmentation_model("unet_s2d").eval()
+    assert model.space_to_depth == 2 and model.widths == (16, 32, 64, 128) and model.skip
+    assert model.encoder[0][0].in_channels == 4 and model.head.out_channels == 4
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["side"] = inputs[0].shape[-2:]
+
+    model.encoder[0].register_forward_hook(hook)
+    x = torch.randn(1, 1, 240, 240)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == x.shape and tuple(captured["side"]) == (120, 120)
+    # moving one pixel inside its 2x2 block changes the output: the stem keeps every pixel
+    y = x.clone()
+    y[0, 0, 100, 100], y[0, 0, 100, 101] = x[0, 0, 100, 101], x[0, 0, 100, 100]
+    with torch.no_grad():
+        assert not torch.allclose(model(y), out)
+    # more channels in and out, odd sides: padded to a multiple of 2 * 2**depth and cropped back
+    multi = SegAutoEncoder(in_channels=3, out_channels=2, widths=(8, 16, 32), skip=True, space_to_depth=2).eval()
+    with torch.no_grad():
+        assert multi(torch.randn(2, 3, 37, 61)).shape == (2, 2, 37, 61)
+    assert "space_to_depth=2" in repr(multi)

@@ -137,7 +137,8 @@ def test_init_from_refuses_weights_of_another_architecture(tmp_path):
     init_from(build_segmentation_model("unet", 1, 1, (8, 16, 32)), path)  # the same model loads
     for other in (build_segmentation_model("unet", 1, 1, (8, 16, 32, 64)),
                   build_segmentation_model("autoencoder", 1, 1, (8, 16, 32)),
-                  build_segmentation_model("unet", 1, 3, (8, 16, 32))):
+                  build_segmentation_model("unet", 1, 3, (8, 16, 32)),
+                  build_segmentation_model("unet_s2d", 1, 1, (8, 16, 32))):  # same keys, 4x the stem channels
         with pytest.raises(ValueError, match=r"best\.pth: these weights are of another model"):
             init_from(other, path)
 

@@ -41,7 +41,7 @@ def test_recipe_trains_then_resumes(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["mixed_precision"] == "bf16" and summary["epochs_completed"] == 2
     assert summary["trainable_params"] <= 500_000
-    model = build_segmentation_model("unet")
+    model = build_segmentation_model("unet_s2d")  # the default model
     model.load_state_dict(torch.load(run / "best.pth", weights_only=True))
 
     proc = launch([*common, "--epochs", "3", "--resume"])
@@ -70,7 +70,7 @@ def test_recipe_refuses_bad_config_before_training(tmp_path):
     assert "unknown config key --epochz" in proc.stderr and "synthetic_images" in proc.stderr
     proc = subprocess.run([sys_python(), str(ROOT / "recipes" / "brain_mri.py"), "--model", "resnet"],
                           cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "model must be unet, autoencoder or smp_unet, got 'resnet'" in proc.stderr
+    assert proc.returncode == 2 and "model must be one of autoencoder, unet, unet_s2d, smp_unet; got 'resnet'" in proc.stderr
 
 
 def sys_python():

@@ -16,7 +16,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``resolve_target``, ``TargetMetrics``, ``segmentation_loss``;
 - files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,
   ``plot_history``, ``reconstruction_pairs``, ``save_figure``, ``segmentation_overlays``;
-- models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``count_parameters``, ``init_from``
+- models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``SEGMENTATION_MODELS``, ``count_parameters``, ``init_from``
   (the other architectures are in :mod:`toolkit.models`);
 - segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``;
 - the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
@@ -63,7 +63,7 @@ _EXPORTS = {
     "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
     "mri_data": ["SegmentationData", "pretraining_data", "segmentation_data"],
-    "models.segmentation": ["SegAutoEncoder", "build_segmentation_model", "parse_widths"],
+    "models.segmentation": ["SEGMENTATION_MODELS", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["count_parameters", "init_from"],
     "objectives": [
         "ClassificationObjective", "DenoisingObjective", "Objective", "ReconstructionObjective", "RestorationObjective",

@@ -16,6 +16,11 @@ Layout for ``widths = (w0, w1, ..., wD)`` (depth ``D = len(widths) - 1``)::
                                   [conv3x3-BN-ReLU] x2 to w_i
     head: conv1x1 w_0 -> out_channels LOGITS --crop back to H, W-->
 
+``space_to_depth=2`` (the ``unet_s2d`` model) replaces the full-resolution stage by a lossless
+2x2 pixel unshuffle in front of the encoder and a pixel shuffle after the head: the network runs
+at half resolution on 4x the channels and still maps 240x240 in to 240x240 out, about 1.9x
+faster to train on a 2-core CPU at the same parameter count.
+
 Downsampling is a 2x2 max pool (no parameters, cheap on the CPU; the stride-2
 alternative would add parameters for little gain). Convolutions that feed a
 BatchNorm have no bias.
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "DEFAULT_WIDTHS",
+    "S2D_WIDTHS",
     "SEGMENTATION_MODELS",
     "SMPUnet",
     "SegAutoEncoder",
@@ -42,6 +48,9 @@ __all__ = [
 #: Default stage widths (encoder stages ..., bottleneck): depth 4, so 240 -> 15 at the
 #: bottleneck with no padding. See ``SegAutoEncoder`` for parameter counts and speed.
 DEFAULT_WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 128)
+#: Default widths of ``unet_s2d``: the U-Net's widths without its full-resolution stage (240 -> 120 by
+#: the pixel unshuffle -> 15 at the bottleneck); 482,932 parameters for one channel in and out.
+S2D_WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int):
@@ -81,6 +90,10 @@ class SegAutoEncoder(nn.Module):
             the encoder. At least 2 entries, all positive ints.
         skip: if True, concatenate each encoder stage's output to the input of the
             mirrored decoder stage (U-Net); if False, the plain autoencoder.
+        space_to_depth: 1 (default) or a factor f > 1: the input is zero-padded to a multiple of
+            ``f * 2**depth``, pixel-unshuffled to (N, in_channels*f*f, H/f, W/f) before the first
+            stage, and the head's (N, out_channels*f*f, H/f, W/f) output pixel-shuffled back to
+            full resolution; no information is dropped on the way in.
 
     Parameters with the default widths (8, 16, 32, 64, 128), in=out=1:
     ``skip=True`` 486,409 and ``skip=False`` 437,449 trainable parameters,
@@ -107,6 +120,7 @@ class SegAutoEncoder(nn.Module):
         out_channels: int = 1,
         widths: Sequence[int] = DEFAULT_WIDTHS,
         skip: bool = False,
+        space_to_depth: int = 1,
     ) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -117,15 +131,19 @@ class SegAutoEncoder(nn.Module):
             raise ValueError(f"widths must hold at least 2 positive ints, got {widths!r}")
         if not isinstance(skip, bool):
             raise ValueError(f"skip must be a bool, got {skip!r}")
+        if isinstance(space_to_depth, bool) or not isinstance(space_to_depth, int) or space_to_depth < 1:
+            raise ValueError(f"space_to_depth must be a positive int, got {space_to_depth!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.widths = widths
         self.skip = skip
         self.depth = len(widths) - 1
+        self.space_to_depth = space_to_depth
+        f2 = space_to_depth * space_to_depth
 
         enc_widths = widths[:-1]
         self.encoder = nn.ModuleList()
-        ch = in_channels
+        ch = in_channels * f2
         for w in enc_widths:
             self.encoder.append(_double_conv(ch, w))
             ch = w
@@ -140,7 +158,7 @@ class SegAutoEncoder(nn.Module):
             self.upsample.append(nn.ConvTranspose2d(ch, w, kernel_size=2, stride=2))
             self.decoder.append(_double_conv(2 * w if skip else w, w))
             ch = w
-        self.head = nn.Conv2d(ch, out_channels, kernel_size=1)
+        self.head = nn.Conv2d(ch, out_channels * f2, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map scans (N, in_channels, H, W) to mask logits (N, out_channels, H, W)."""
@@ -148,7 +166,10 @@ class SegAutoEncoder(nn.Module):
             raise ValueError(
                 f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        x, crop = pad_to_multiple(x, 2**self.depth)
+        f = self.space_to_depth
+        x, crop = pad_to_multiple(x, f * 2**self.depth)
+        if f > 1:
+            x = F.pixel_unshuffle(x, f)
 
         skips = []
         for stage in self.encoder:
@@ -162,16 +183,18 @@ class SegAutoEncoder(nn.Module):
                 x = torch.cat([x, s], dim=1)
             x = stage(x)
         x = self.head(x)
-
+        if f > 1:
+            x = F.pixel_shuffle(x, f)
         return crop(x)
 
     def extra_repr(self) -> str:
-        return f"widths={self.widths}, skip={self.skip}, depth={self.depth}"
+        s2d = f", space_to_depth={self.space_to_depth}" if self.space_to_depth > 1 else ""
+        return f"widths={self.widths}, skip={self.skip}, depth={self.depth}{s2d}"
 
 
-#: name -> whether the variant has skip connections; "smp_unet" is the
-#: segmentation-models-pytorch baseline (see :class:`SMPUnet`).
-SEGMENTATION_MODELS: dict[str, bool] = {"autoencoder": False, "unet": True, "smp_unet": True}
+#: name -> whether the variant has skip connections; "unet_s2d" is the U-Net behind a 2x2
+#: space-to-depth stem, "smp_unet" the segmentation-models-pytorch baseline (see :class:`SMPUnet`).
+SEGMENTATION_MODELS: dict[str, bool] = {"autoencoder": False, "unet": True, "unet_s2d": True, "smp_unet": True}
 
 
 class SMPUnet(nn.Module):
@@ -209,10 +232,11 @@ def parse_widths(text: str) -> tuple[int, ...]:
 def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int = 1,
                              widths: Sequence[int] | None = None) -> nn.Module:
     """Build a segmentation model by name: ``autoencoder`` (plain symmetric, no skips),
-    ``unet`` (symmetric with skips) or ``smp_unet`` (the smp baseline).
+    ``unet`` (symmetric with skips), ``unet_s2d`` (the U-Net behind a 2x2 space-to-depth stem) or
+    ``smp_unet`` (the smp baseline).
 
     ``widths``: stage widths of the symmetric models (see :class:`SegAutoEncoder`); None or empty =
-    :data:`DEFAULT_WIDTHS`. The smp baseline has its own layout and refuses other widths.
+    :data:`DEFAULT_WIDTHS` (:data:`S2D_WIDTHS` for ``unet_s2d``). The smp baseline has its own layout and refuses other widths.
     Returns a model mapping (N, in_channels, H, W) float scans to (N, out_channels, H, W)
     logits. Raises ValueError for an unknown name (the message lists the valid names).
     """
@@ -224,5 +248,8 @@ def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int 
         if widths:
             raise ValueError("widths apply to the unet and autoencoder models, not to smp_unet")
         return SMPUnet(in_channels, out_channels)
+    if name == "unet_s2d":
+        return SegAutoEncoder(in_channels, out_channels, widths=tuple(widths or S2D_WIDTHS), skip=True,
+                              space_to_depth=2)
     return SegAutoEncoder(in_channels, out_channels, widths=tuple(widths or DEFAULT_WIDTHS),
                           skip=SEGMENTATION_MODELS[name])
