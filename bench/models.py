@@ -65,7 +65,7 @@ def recipe_models(quick: bool = False) -> list[Spec]:
         Spec("cifar10", "ResNet-20", lambda: CIFARResNet(), (3, 32, 32), "cls", 256, 128),
         Spec("mnist", "linear AE", LinearAutoEncoder, (1, 28, 28), "recon", 128, 128),
         Spec("mnist", "CNN AE", AutoEncoder_CNN, (1, 28, 28), "recon", 128, 128),
-        Spec("brain_mri", "U-Net", lambda: build_segmentation_model("unet"), (1, 240, 240), "seg", 16, 16),
+        Spec("brain_mri", "U-Net s2d", lambda: build_segmentation_model("unet_s2d"), (1, 240, 240), "seg", 16, 16),
         Spec("stl10_supervised", "STL10CNN", STL10CNN, (3, 96, 96), "cls", 128, 64),
         Spec("stl10_resnet18", "frozen ResNet-18 @224", _resnet18_frozen, (3, 224, 224), "cls", 128, 16),
         Spec("stl10_pretrain", "conv AE", STL10AutoEncoder, (3, 96, 96), "recon", 256, 64),

@@ -57,7 +57,7 @@ class BrainMRIConfig(TrainConfig):
     target: str = ""  # binary | classes | regions; "" = what the data declares (dataset.json regions, else labels, else binary)
     regions: str = ""  # with target regions: "name=1+2+3+4,name=1+3+4,..." label values per region; "" = the data's
     class_column: str = ""  # with target classes on binary masks: metadata column naming each slice's class, e.g. tumour_type
-    model: str = "unet_s2d"  # unet_s2d (U-Net behind a lossless 2x2 space-to-depth stem: ~1.9x faster; chosen on validation, docs/brain-mri.md) | unet (symmetric, with skips, full-resolution first stage) | autoencoder (symmetric, no skips) | smp_unet (baseline)
+    model: str = "unet_s2d"  # unet_s2d (U-Net behind a lossless 2x2 space-to-depth stem: 1.8x faster training; chosen on validation, docs/brain-mri.md) | unet (symmetric, with skips, full-resolution first stage) | autoencoder (symmetric, no skips) | smp_unet (baseline)
     widths: str = ""  # stage widths of unet/unet_s2d/autoencoder, comma-separated channels, e.g. "8,16,32,64,128"; "" = that model's default (unet_s2d: 16,32,64,128)
     init_from: str = ""  # start from these weights (a best.pth of the same model, widths and channels); "" = random init
     label_fraction: float = 1.0  # share of the TRAINING patients kept (0 < F <= 1; whole patients, drawn by seed); val/test unchanged

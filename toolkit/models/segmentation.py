@@ -18,8 +18,8 @@ Layout for ``widths = (w0, w1, ..., wD)`` (depth ``D = len(widths) - 1``)::
 
 ``space_to_depth=2`` (the ``unet_s2d`` model) replaces the full-resolution stage by a lossless
 2x2 pixel unshuffle in front of the encoder and a pixel shuffle after the head: the network runs
-at half resolution on 4x the channels and still maps 240x240 in to 240x240 out, about 1.9x
-faster to train on a 2-core CPU at the same parameter count.
+at half resolution on 4x the channels and still maps 240x240 in to 240x240 out: 1.84x faster to
+train and 2.11x faster to predict on a 2-core CPU at the same parameter count (bench/seg_models.py).
 
 Downsampling is a 2x2 max pool (no parameters, cheap on the CPU; the stride-2
 alternative would add parameters for little gain). Convolutions that feed a
