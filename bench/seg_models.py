@@ -33,12 +33,11 @@ def run(quick: bool = False, repeats: int = 5) -> tuple[list[Row], dict]:
         torch.manual_seed(0)
         spec = Spec("brain_mri", name, lambda n=name: build_segmentation_model(n), (1, patch, patch), "seg", 16, batch)
         steps[name] = TrainStep(spec.build(), spec, batch, bf16, True)
-    models = {n: s.model.eval() for n, s in steps.items()}
-    x = torch.rand(batch, 1, side, side).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(batch, 1, side, side).contiguous(memory_format=torch.channels_last).to(steps[BASELINE].device)
     train = interleaved({n: (lambda s=s: (s.model.train(), s.run(1), None)[2]) for n, s in steps.items()},
                         warmup=1, repeats=repeats)
-    pred = interleaved({n: (lambda m=m: (m.eval(), _predict(m, x.to(next(m.parameters()).device), bf16))[1])
-                        for n, m in models.items()}, warmup=1, repeats=repeats)
+    pred = interleaved({n: (lambda m=s.model: (m.eval(), _predict(m, x, bf16))[1]) for n, s in steps.items()},
+                       warmup=1, repeats=repeats)
     for n in steps:
         train_rate[n], predict_rate[n] = batch / median(train[n]), batch / median(pred[n])
     rows = []

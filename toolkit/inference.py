@@ -157,9 +157,10 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
         resized = resized[..., None]
     x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
     all_probs = ensemble.member_probs(x, flips=flips)  # (M, 1, K, S, S)
-    channels = resize_maps(all_probs.mean(0)[0].numpy(), w, h)
     members = torch.from_numpy(np.ascontiguousarray(tumour_map(all_probs.numpy(), ensemble.target.kind)))[:, :, None]
     probs = cv2.resize(members.mean(0)[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+    # binary: the one channel is the tumour map, already resized
+    channels = probs[None] if ensemble.target.kind == "binary" else resize_maps(all_probs.mean(0)[0].numpy(), w, h)
     if len(ensemble.members) < 2:
         return ScanProbs(probs, None, channels)
     dispute = disagreement(members, threshold)[0, 0].numpy()

@@ -177,8 +177,9 @@ class OnnxSegmenter:
                              interpolation=cv2.INTER_AREA if h > self.size else cv2.INTER_LINEAR)
         resized = resized[..., None] if resized.ndim == 2 else resized
         p = self.probs(self.preprocess(resized[None]), flips=flips)[0]
-        tumour = tumour_map(p, self.target["kind"])
-        return cv2.resize(np.ascontiguousarray(tumour), (w, h), interpolation=cv2.INTER_LINEAR), resize_maps(p, w, h)
+        kind = self.target["kind"]
+        tumour = cv2.resize(np.ascontiguousarray(tumour_map(p, kind)), (w, h), interpolation=cv2.INTER_LINEAR)
+        return tumour, (tumour[None] if kind == "binary" else resize_maps(p, w, h))  # binary: one channel, resized
 
 
 def predict(args: argparse.Namespace) -> int:

@@ -246,7 +246,7 @@ def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int 
         )
     if name == "smp_unet":
         if widths:
-            raise ValueError("widths apply to the unet and autoencoder models, not to smp_unet")
+            raise ValueError("widths apply to the unet, unet_s2d and autoencoder models, not to smp_unet")
         return SMPUnet(in_channels, out_channels)
     if name == "unet_s2d":
         return SegAutoEncoder(in_channels, out_channels, widths=tuple(widths or S2D_WIDTHS), skip=True,
