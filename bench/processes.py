@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,24 +63,39 @@ def launch_commands(kind: str, out: Path, job_args: list[str], precision: str) -
 
 
 def run_variant(kind: str, out: Path, job_args: list[str], precision: str, timeout: int = 300) -> dict:
-    """Run one variant to the end; returns wall seconds, the rank records and the run folders made."""
+    """Run one variant to the end; returns wall seconds, the rank records and the run folders made.
+
+    Each command's output goes to ``out/launch<k>.log``, not to a pipe: a pipe that is read only after
+    another command ends fills up and blocks its writer, and a blocked machine stalls the other in its
+    collectives. On failure or after ``timeout`` seconds (all commands together) every command is killed
+    and the error carries the end of each log.
+    """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(kind != "one"), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for cmd in launch_commands(kind, out, job_args, precision)]
-    logs = []
+    commands = launch_commands(kind, out, job_args, precision)
+    logs = [out / f"launch{k}.log" for k in range(len(commands))]
+    procs = []
+    for cmd, log in zip(commands, logs):
+        with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(kind != "one"), stdout=handle,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=timeout)[0])
+            p.wait(timeout=max(1.0, timeout - (time.perf_counter() - start)))
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         for p in procs:
             if p.poll() is None:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)  # the launcher and the workers it started
+                p.wait()
     wall = time.perf_counter() - start
-    failed = [(p.returncode, log[-3000:]) for p, log in zip(procs, logs) if p.returncode != 0]
+    failed = [f"command {k} (exit {p.returncode}{', killed after the timeout' if wall >= timeout else ''}):\n"
+              + log.read_text(errors="replace")[-3000:]
+              for k, (p, log) in enumerate(zip(procs, logs)) if p.returncode != 0]
     if failed:
-        raise RuntimeError(f"{kind}: accelerate launch failed: {failed}")
+        raise RuntimeError(f"{kind}: accelerate launch failed or hung ({wall:.0f} s, timeout {timeout} s):\n"
+                           + "\n".join(failed))
     ranks = [json.loads(f.read_text()) for f in sorted(out.glob("rank*.json"))]
     return {"wall_s": wall, "ranks": ranks, "run_dirs": sorted(p.name for p in (out / "runs").iterdir())}
 

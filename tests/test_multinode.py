@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from bench.processes import run_variant
@@ -21,3 +22,11 @@ def test_two_machines_train_one_run(tmp_path):
     assert summary["num_processes"] == 2 and summary["epochs_completed"] == 1
     best = torch.load(run_dir / "best.pth", map_location="cpu", weights_only=True)
     assert weights_digest(best) == ranks[0]["weights_sha256"]  # one epoch: the best weights are the final ones
+
+
+def test_a_hung_launch_is_killed_and_reported(tmp_path):
+    # one command that cannot finish in time: killed with its workers, the error names the timeout and the log
+    job = ["--images", "96", "--epochs", "1", "--global-batch", "32", "--width", "8", "--depth", "1"]
+    with pytest.raises(RuntimeError, match=r"(?s)hung.*timeout 1 s.*killed after the timeout"):
+        run_variant("one", tmp_path, job, precision="no", timeout=1)
+    assert (tmp_path / "launch0.log").is_file()

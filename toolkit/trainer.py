@@ -173,6 +173,7 @@ class Trainer:
         if acc.is_main_process:
             save_json(self.run_dir / "summary.json", summary)
         tracking.set_summary(acc, summary)
+        acc.wait_for_everyone()  # no process tears the process group down while another still writes or talks
         acc.end_training()
         return state.history
 
