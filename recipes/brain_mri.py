@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import (
+    MAX_AUGMENT_STRENGTH,
     SEGMENTATION_MODELS,
     ChoosePostprocess,
     ChooseVolumePostprocess,
@@ -68,6 +69,7 @@ class BrainMRIConfig(TrainConfig):
     threshold: float = 0.5  # probability above which a pixel counts as tumour
     crop_size: int = 96  # side of the training patches, pixels (evaluation uses whole slices); 0 or >= image_size = whole slices
     foreground_p: float = 0.5  # with crop_size: share of patches centred on a tumour pixel (slices with tumour)
+    augment: float = 1.0  # training augmentation strength, 0 (none) to 4: scales the zoom/rotation/shift/brightness/contrast/elastic ranges and their probabilities (toolkit.mri_augmentation)
     param_budget: int = 500_000  # most trainable parameters the model may have
     epochs: int = 100  # passes over the training set (an upper bound with --max-minutes, which fits the epochs to the budget)
     batch_size: int = 16  # slices per process per step
@@ -93,6 +95,9 @@ class BrainMRIConfig(TrainConfig):
             raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
         if self.crop_size and self.crop_size < 16:
             raise ConfigError(f"crop_size must be 0 (whole slices) or at least 16 pixels, got {self.crop_size}")
+        if not 0 <= self.augment <= MAX_AUGMENT_STRENGTH:
+            raise ConfigError(f"augment must be in [0, {MAX_AUGMENT_STRENGTH:g}] (0 = none, 1 = the default), "
+                              f"got {self.augment}")
         if not 0 <= self.foreground_p <= 1:
             raise ConfigError(f"foreground_p must be in [0, 1], got {self.foreground_p}")
         for folder in filter(None, (d.strip() for d in self.data_dir.split(","))):

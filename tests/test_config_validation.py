@@ -60,6 +60,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
     (["--data-dir", "/nonexistent/mri"], "data_dir '/nonexistent/mri' is not a folder"),
+    (["--augment", "5"], "augment must be in [0, 4] (0 = none, 1 = the default), got 5.0"),
     (["--output-dir", "/proc/toolkit-runs"], "cannot create or write the run folder"),
 ])
 def test_the_recipe_refuses_bad_config_before_training(tmp_path, args, message):

@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from toolkit.data.mri.augment import mri_eval_transforms, mri_train_transforms, reseed_transform  # noqa: E402
+from toolkit.data.mri.augment import (mri_augmentation, mri_eval_transforms, mri_train_transforms,  # noqa: E402
+                                     reseed_transform)
 from toolkit.data.mri.dataset import MRISegmentationDataset  # noqa: E402
 from toolkit.data.mri.pairs import find_image_mask_pairs  # noqa: E402
 from toolkit.data.mri.io import natural_key  # noqa: E402
@@ -186,6 +187,33 @@ def test_transform_applied_jointly(tmp_path):
     assert mri_eval_transforms() is None
 
 
+def test_augmentation_strength():
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (64, 64), dtype=np.uint8), (7, 7), 2)[:, :, None]
+    mask = (img[:, :, 0] > 128).astype(np.uint8)
+
+    def apply(transform, seed=3, n=20):
+        reseed_transform(transform, seed)
+        return [transform(image=img, mask=mask) for _ in range(n)]
+
+    # strength 1 is exactly the default preset; 0 is no augmentation; outside [0, 4] is refused
+    for a, b in zip(apply(mri_augmentation(1.0)), apply(mri_train_transforms())):
+        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
+    assert mri_augmentation(0) is None
+    for bad in (-0.5, 4.5):
+        with pytest.raises(ValueError, match=r"augmentation strength must be in \[0, 4\], got"):
+            mri_augmentation(bad)
+
+    def change(strength):  # mean absolute change of the image, averaged over seeded draws
+        outs = apply(mri_augmentation(strength))
+        for out in outs:  # shapes, dtypes and value sets are kept at every strength
+            assert out["image"].shape == img.shape and out["image"].dtype == np.uint8
+            assert out["mask"].shape == mask.shape and set(np.unique(out["mask"])) <= {0, 1}
+        return np.mean([np.abs(o["image"].astype(float) - img).mean() for o in outs])
+
+    assert change(0.25) < change(1.0) < change(4.0)
+
+
 def test_reseed_reproducible(tmp_path):
     for k in range(4):
         img, mask = _threshold_pair(seed=k)
@@ -235,3 +263,31 @@ def test_real_figshare_folder():
         image, mask = ds[i]
         _check_item(image, mask, 1, 240)
         assert mask.sum() > 0
+
+
+@pytest.mark.parametrize("strength", [0.0, 2.0])
+def test_the_recipe_trains_with_the_augmentation_strength_given(tmp_path, strength):
+    import importlib.util
+    import sys
+
+    from toolkit import Trainer, generate_synthetic_mri, parse_config, segmentation_data
+
+    from .utils import ROOT
+
+    spec = importlib.util.spec_from_file_location("recipe_brain_mri_aug", ROOT / "recipes" / "brain_mri.py")
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # dataclasses look their module up there
+    spec.loader.exec_module(recipe)
+    data = generate_synthetic_mri(tmp_path / "data", num_images=10, size=64, seed=0)
+    cfg = parse_config(recipe.BrainMRIConfig, ["--data-dir", str(data), "--output-dir", str(tmp_path / "runs"),
+                                               "--image-size", "32", "--wandb-mode", "disabled",
+                                               "--augment", str(strength)])
+    trainer = Trainer(cfg, recipe="brain_mri")
+    train, val = segmentation_data(cfg, trainer)[:2]
+    assert val.transform is None
+    if strength == 0:
+        assert train.transform is None
+    else:  # the preset at that strength: its rotation range is 10 degrees times the strength
+        affine = next(t for t in train.transform.transforms if type(t).__name__ == "Affine")
+        assert affine.rotate == (-20.0, 20.0)
+    trainer.close()

@@ -26,8 +26,9 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - data names used by most recipes (the full lists are in :mod:`toolkit.data` and :mod:`toolkit.data.mri`):
   ``add_gaussian_noise``, ``load_split``, ``save_split``, ``split_ids``, ``split_records``,
   ``MRISegmentationDataset``, ``MRISlice``, ``read_slice``, ``discover_mri_slices``,
-  ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``; the brain-MRI recipes' data
-  (read, split by patient, saved): ``segmentation_data``, ``SegmentationData``, ``pretraining_data``.
+  ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``, ``mri_augmentation``
+  (its strength up to ``MAX_AUGMENT_STRENGTH``); the brain-MRI recipes' data (read, split by patient, saved):
+  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``.
 
 Names are imported lazily (PEP 562), so ``import toolkit`` stays cheap and a submodule's heavy
 dependencies load only when one of its names is used.
@@ -51,7 +52,7 @@ _EXPORTS = {
     "crossval": ["out_of_fold", "train_folds"],
     "ssl_curve": ["SSL_ARMS", "curve_summary", "curve_table", "run_name", "score_run", "write_curve"],
     "data.batch_transforms": ["add_gaussian_noise"],
-    "data.mri.augment": ["mri_train_transforms"],
+    "data.mri.augment": ["mri_train_transforms", "mri_augmentation", "MAX_AUGMENT_STRENGTH"],
     "data.mri.dataset": ["MRISegmentationDataset"],
     "data.mri.discover": ["discover_mri_slices"],
     "data.mri.pairs": ["find_image_mask_pairs"],

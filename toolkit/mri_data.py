@@ -18,7 +18,7 @@ from .config import ConfigError
 from .data import (DataError, MRIImageDataset, exclude_split, input_preprocess, label_fraction, save_split,
                    split_records)
 from .data.mri import (AttributeClasses, MRISegmentationDataset, attribute_classes, discover_folders,
-                       generate_synthetic_mri, mri_train_transforms)
+                       generate_synthetic_mri, mri_augmentation)
 from .targets import TARGET_FILE, TargetSpec, resolve_target
 
 __all__ = ["SegmentationData", "pretraining_data", "segmentation_data"]
@@ -84,7 +84,7 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files}
     if target.kind != "binary" and not names:
         common["labels"] = True  # label maps as stored, not tumour = label > 0
-    train = MRISegmentationDataset(split["train"], transform=mri_train_transforms(), **common)
+    train = MRISegmentationDataset(split["train"], transform=mri_augmentation(cfg.augment), **common)
     val = MRISegmentationDataset(split["val"], **common)
     skipped = found.skipped + train.skipped + val.skipped
     if names:

@@ -14,14 +14,14 @@ Splits are :mod:`toolkit.data.splits`; on-device normalisation :mod:`toolkit.dat
 Exported here (lazily, on first use): ``discover_folders`` (one or several data folders, each
 auto-detected), ``discover_mri_slices``, ``find_image_mask_pairs``, ``Discovery``, ``parse_data_dirs``,
 ``read_metadata``; ``AttributeClasses``, ``attribute_classes`` (classes from a metadata column); ``MRISlice``, ``read_slice``; ``MRISegmentationDataset``; ``mri_train_transforms``,
-``mri_eval_transforms``; ``generate_synthetic_mri``, ``generate_synthetic_volumes``; ``ZSCORE_CLIP``; ``RawCase``, ``RawSpec``, ``raw_cases``,
+``mri_augmentation``, ``mri_eval_transforms``; ``generate_synthetic_mri``, ``generate_synthetic_volumes``; ``ZSCORE_CLIP``; ``RawCase``, ``RawSpec``, ``raw_cases``,
 ``raw_case_slices``, ``read_dataset_json``.
 """
 
 from ...lazy import lazy_exports
 
 _EXPORTS = {
-    "augment": ["mri_eval_transforms", "mri_train_transforms"],
+    "augment": ["mri_augmentation", "mri_eval_transforms", "mri_train_transforms"],
     "classes": ["AttributeClasses", "attribute_classes"],
     "dataset": ["MRISegmentationDataset"],
     "discover": ["Discovery", "discover_mri_slices"],

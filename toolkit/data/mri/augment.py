@@ -21,7 +21,10 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["mri_train_transforms", "mri_eval_transforms", "reseed_transform"]
+__all__ = ["mri_augmentation", "mri_train_transforms", "mri_eval_transforms", "reseed_transform",
+           "MAX_AUGMENT_STRENGTH"]
+
+MAX_AUGMENT_STRENGTH = 4.0  # above this the zoom range would reach 0.6x and contrast could invert
 
 
 def mri_train_transforms(
@@ -69,6 +72,27 @@ def mri_train_transforms(
                                fill=0, fill_mask=0, p=p_elastic),
         ]
     )
+
+
+def mri_augmentation(strength: float = 1.0) -> A.Compose | None:
+    """The training augmentation of :func:`mri_train_transforms` at ``strength`` (0..``MAX_AUGMENT_STRENGTH``).
+
+    ``strength`` scales every range (zoom 1 ± 0.1·s, rotation ±10·s degrees, shift ±0.05·s of the
+    side, brightness and contrast ±0.2·s) and the probabilities of the affine warp (0.5·s), the
+    brightness/contrast change (0.5·s) and the elastic deformation (0.1·s, displacement 20·s px),
+    each capped at 1; the left-right flip keeps p = 0.5. 1 gives :func:`mri_train_transforms`'
+    defaults exactly; 0 returns None (no augmentation). Same inputs and outputs as
+    :func:`mri_train_transforms`. Raises ValueError outside 0..``MAX_AUGMENT_STRENGTH``.
+    """
+    if not 0 <= strength <= MAX_AUGMENT_STRENGTH:
+        raise ValueError(f"augmentation strength must be in [0, {MAX_AUGMENT_STRENGTH:g}], got {strength}")
+    if strength == 0:
+        return None
+    s = float(strength)
+    return mri_train_transforms(p_affine=min(1.0, 0.5 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s), rotate_deg=10.0 * s,
+                                translate_fraction=0.05 * s, p_brightness_contrast=min(1.0, 0.5 * s),
+                                brightness=0.2 * s, contrast=0.2 * s, p_elastic=min(1.0, 0.1 * s),
+                                elastic_alpha=20.0 * s)
 
 
 def mri_eval_transforms() -> None:
