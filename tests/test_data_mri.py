@@ -266,7 +266,7 @@ def test_real_figshare_folder():
 
 
 @pytest.mark.parametrize("strength", [0.0, 2.0])
-def test_the_recipe_trains_with_the_augmentation_strength_given(tmp_path, strength):
+def test_the_recipe_builds_the_augmentation_at_the_strength_given(tmp_path, strength):
     import importlib.util
     import sys
 
