@@ -85,14 +85,15 @@ def run_variant(kind: str, out: Path, job_args: list[str], precision: str, timeo
     except subprocess.TimeoutExpired:
         pass
     finally:
-        for p in procs:
-            if p.poll() is None:
+        killed = [p.poll() is None for p in procs]
+        for p, kill in zip(procs, killed):
+            if kill:
                 os.killpg(p.pid, signal.SIGKILL)  # the launcher and the workers it started
                 p.wait()
     wall = time.perf_counter() - start
-    failed = [f"command {k} (exit {p.returncode}{', killed after the timeout' if wall >= timeout else ''}):\n"
+    failed = [f"command {k} (exit {p.returncode}{', killed after the timeout' if kill else ''}):\n"
               + log.read_text(errors="replace")[-3000:]
-              for k, (p, log) in enumerate(zip(procs, logs)) if p.returncode != 0]
+              for k, (p, log, kill) in enumerate(zip(procs, logs, killed)) if p.returncode != 0]
     if failed:
         raise RuntimeError(f"{kind}: accelerate launch failed or hung ({wall:.0f} s, timeout {timeout} s):\n"
                            + "\n".join(failed))

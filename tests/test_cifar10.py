@@ -26,7 +26,7 @@ from toolkit.models.classifiers import predict_proba, whiten_init_
 from toolkit.objectives import tta_logits
 from toolkit.models.utils import count_parameters
 
-from .utils import ACCELERATE, ROOT, run_env
+from .utils import ACCELERATE, ROOT, load_recipe, run_env
 
 REAL_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
@@ -289,13 +289,7 @@ def test_recipe_end_to_end(tmp_path):
 
 
 def _recipe():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("recipe_cifar10", ROOT / "recipes" / "cifar10.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("cifar10")
 
 
 def test_recipe_validation_from_train_in_process(tmp_path, capsys):

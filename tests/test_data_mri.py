@@ -267,17 +267,11 @@ def test_real_figshare_folder():
 
 @pytest.mark.parametrize("strength", [0.0, 2.0])
 def test_the_recipe_builds_the_augmentation_at_the_strength_given(tmp_path, strength):
-    import importlib.util
-    import sys
-
     from toolkit import Trainer, generate_synthetic_mri, parse_config, segmentation_data
 
-    from .utils import ROOT
+    from .utils import load_recipe
 
-    spec = importlib.util.spec_from_file_location("recipe_brain_mri_aug", ROOT / "recipes" / "brain_mri.py")
-    recipe = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = recipe  # dataclasses look their module up there
-    spec.loader.exec_module(recipe)
+    recipe = load_recipe("brain_mri")
     data = generate_synthetic_mri(tmp_path / "data", num_images=10, size=64, seed=0)
     cfg = parse_config(recipe.BrainMRIConfig, ["--data-dir", str(data), "--output-dir", str(tmp_path / "runs"),
                                                "--image-size", "32", "--wandb-mode", "disabled",

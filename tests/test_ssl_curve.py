@@ -1,7 +1,6 @@
 """The label-efficiency curve (issue 14 item 3): folders, JSON fields, plot, comparison file, resume; and the
 aggregation and argument handling on their own."""
 
-import importlib.util
 import json
 import sys
 
@@ -12,17 +11,12 @@ from toolkit.comparison import Comparison
 from toolkit.ssl_curve import curve_summary, run_name, score_run
 
 from .mri_fake import make_lgg
-from .utils import ROOT
+from .utils import ROOT, load_recipe
 
 
 def _driver():
     sys.path.insert(0, str(ROOT / "recipes"))  # the driver imports the recipes beside it
-    path = ROOT / "recipes" / "brain_mri_ssl_curve.py"
-    spec = importlib.util.spec_from_file_location("recipe_brain_mri_ssl_curve", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("brain_mri_ssl_curve")
 
 
 def test_curve_trains_both_arms_per_fraction_writes_the_results_and_resumes(tmp_path):

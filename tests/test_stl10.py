@@ -1,6 +1,5 @@
 """STL-10: memory-mapped binaries against torchvision, models and budgets, frozen encoders, the four recipes."""
 
-import importlib.util
 import json
 import os
 import pickle
@@ -29,7 +28,7 @@ from toolkit.models.utils import count_parameters
 from toolkit.optim import build_optimizer
 from toolkit.trainer import ParameterBudgetError
 
-from .utils import ACCELERATE, ROOT, SHARED_DATA, free_port, run_env
+from .utils import ACCELERATE, ROOT, SHARED_DATA, free_port, load_recipe, run_env
 from .stl10_fake import write_fake_stl10
 
 CPU1 = [*ACCELERATE, "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "bf16",
@@ -43,11 +42,7 @@ def _run(cmd, timeout=240, **env):
 
 
 def _recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe(name)
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
 """Synthetic multi-class volumes (raw layout) and ``toolkit predict`` on NIfTI cases, after a tiny recipe run."""
 
-import importlib.util
 import json
 import shutil
-import sys
 
 import cv2
 import nibabel as nib
@@ -16,7 +14,7 @@ from toolkit.data.mri import discover_mri_slices, generate_synthetic_volumes, ra
 from toolkit.data.mri import read_dataset_json, read_slice
 from toolkit.volume_predict import find_volume_cases, normalise_channels
 
-from .utils import ROOT, SHARED_DATA
+from .utils import SHARED_DATA, load_recipe
 
 TINY = ["--epochs", "1", "--image-size", "32", "--widths", "8,16,32", "--num-workers", "0", "--batch-size", "8",
         "--wandb-mode", "disabled", "--postprocess", "false"]
@@ -24,11 +22,7 @@ SHAPE = (48, 40, 8)
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("recipe_brain_mri_vp", ROOT / "recipes" / "brain_mri.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("brain_mri")
 
 
 def _volume(path):

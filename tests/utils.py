@@ -1,6 +1,7 @@
 """What the tests share (the fixtures stay in conftest.py; fake data-set writers in mri_fake.py, stl10_fake.py).
 
 - paths and subprocesses: ``ROOT``, ``SHARED_DATA``, ``ACCELERATE``, ``run_env``, ``free_port``;
+- a recipe file imported in-process: ``load_recipe``;
 - tiny data and model for Trainer tests (seconds on a CPU): ``TinyImages``, ``TinyNet``;
 - the offline W&B run file read back: ``read_records``, ``logged``.
 
@@ -9,6 +10,7 @@ Test modules import from here, never from conftest.py or from another ``test_*.p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -34,6 +36,16 @@ def run_env(**extra):
                 "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
+
+
+def load_recipe(name: str):
+    """Import ``recipes/<name>.py`` as the module ``recipe_<name>`` (registered in ``sys.modules``, where
+    dataclasses look their module up) and return it."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:
