@@ -35,6 +35,7 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 
 
 def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now (for torch.distributed rendezvous)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

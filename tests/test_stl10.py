@@ -1,7 +1,6 @@
 """STL-10: memory-mapped binaries against torchvision, models and budgets, frozen encoders, the four recipes."""
 
 import json
-import os
 import pickle
 import subprocess
 import sys

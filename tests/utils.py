@@ -1,6 +1,6 @@
 """What the tests share (the fixtures stay in conftest.py; fake data-set writers in mri_fake.py, stl10_fake.py).
 
-- paths and subprocesses: ``ROOT``, ``SHARED_DATA``, ``ACCELERATE``, ``run_env``, ``free_port``;
+- paths and subprocesses: ``ROOT``, ``SHARED_DATA``, ``ACCELERATE``, ``run_env``, ``free_port`` (from bench/processes.py);
 - a recipe file imported in-process: ``load_recipe``;
 - tiny data and model for Trainer tests (seconds on a CPU): ``TinyImages``, ``TinyNet``;
 - the offline W&B run file read back: ``read_records``, ``logged``.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import struct
 import sys
 import time
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
+
+from bench.processes import free_port  # noqa: F401  (re-exported for the launch tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -46,13 +47,6 @@ def load_recipe(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that is free right now (for torch.distributed rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- tiny data and model

@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
 from .config import TrainConfig
+from .ema import WeightEMA
 from .interrupts import RunGuard
 from .optim import StepSchedule
 
@@ -77,6 +78,12 @@ class FitLoop:
     callbacks: Sequence[Any]
     steps_per_epoch: int
     guard: RunGuard
+    ema: WeightEMA | None = None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that validation, ``best.pth`` and figures use: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether ``value`` of the monitored result beats ``best`` (None: nothing to beat yet)."""

@@ -22,6 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from .checkpoint import STATE_MARKER, check_state_files, find_state, load_state_file, save_training_state
 from .config import ConfigError, TrainConfig
+from .ema import WeightEMA
 from .optim import StepSchedule
 from .state import TrainState
 
@@ -75,14 +76,17 @@ def resumes(cfg: TrainConfig, run_dir: Path) -> bool:
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,
-               keep: int) -> Path:
-    """Save a resumable state now (call on every process); the newest ``keep`` are kept. Returns its folder."""
-    return save_training_state(accelerator, run_dir, state.to_json(), extra={"scheduler": scheduler.state_dict()},
-                               keep=keep)
+               keep: int, ema: WeightEMA | None = None) -> Path:
+    """Save a resumable state now (call on every process); the newest ``keep`` are kept. Returns its folder.
+    The scheduler's state goes into ``scheduler.pt``, the weight average's (when there is one) into ``ema.pt``."""
+    extra = {"scheduler": scheduler.state_dict()}
+    if ema is not None and accelerator.is_main_process:  # only the main process writes the extra files
+        extra["ema"] = ema.state_dict()
+    return save_training_state(accelerator, run_dir, state.to_json(), extra=extra, keep=keep)
 
 
 def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, scheduler: LRScheduler,
-                  schedule: StepSchedule, steps_per_epoch: int) -> TrainState:
+                  schedule: StepSchedule, steps_per_epoch: int, ema: WeightEMA | None = None) -> TrainState:
     """Load the newest state of ``run_dir`` into the prepared objects and return its :class:`TrainState`.
 
     Model, optimizer, grad scaler and RNG states go through ``accelerator.load_state``;
@@ -90,6 +94,8 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     ``cfg.epochs`` differs from the saved plan and no time budget is set, ``schedule`` is
     refitted to the new number of epochs (a finished warm-up stays finished). A run that stopped
     early continues when ``cfg.patience`` no longer stops it (0, or more than its epochs without improvement).
+    ``ema`` (the run's weight average, or None) gets the saved ``ema.pt``; a state saved without one
+    (``--ema-decay`` added on resume) starts the average from the restored weights.
     """
     state_dir = find_state(run_dir)
     check_state_files(state_dir)  # refuses pickles that carry code before anything else reads them
@@ -98,6 +104,12 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     accelerator.load_state(str(state_dir))
     if (state_dir / "scheduler.pt").is_file():
         scheduler.load_state_dict(load_state_file(state_dir / "scheduler.pt"))
+    if ema is not None:
+        if (state_dir / "ema.pt").is_file():
+            ema.load_state_dict(load_state_file(state_dir / "ema.pt"))
+        else:
+            accelerator.print(f"{state_dir} holds no weight average (ema.pt): the average starts from its weights")
+            ema.module.load_state_dict(ema.source.state_dict())
     state = TrainState.from_json(json.loads((state_dir / STATE_MARKER).read_text()))
     if cfg.max_minutes <= 0 and state.planned_epochs != cfg.epochs:  # --epochs changed: refit the schedule
         state.planned_epochs = cfg.epochs

@@ -23,6 +23,7 @@ from .artifacts import ModelArtifact
 from .callbacks import call_hook
 from .checkpoint import find_state, save_json, save_safetensors, save_weights
 from .config import TrainConfig
+from .ema import WeightEMA
 from .figures import plot_history, save_figure
 from .interrupts import RunGuard
 from .loop import FigureFn, FitLoop, make_loader, reseed
@@ -153,10 +154,11 @@ class Trainer:
         model, optimizer, train_dl, val_dl = acc.prepare(model, optimizer, *loaders)
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
         scheduler, schedule = build_scheduler(optimizer, cfg, steps_per_epoch * max(cfg.epochs, 1))
+        ema = WeightEMA(acc.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.loop = loop = FitLoop(model, objective, optimizer, scheduler, schedule, train_dl, val_dl, train_data,
                                    val_data, metrics, monitor, mode, figures, [*callbacks, ModelArtifact()],
-                                   steps_per_epoch, RunGuard(acc, cfg.log_every))
-        state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch)
+                                   steps_per_epoch, RunGuard(acc, cfg.log_every), ema)
+        state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch, ema)
                  if self.resuming else TrainState(planned_epochs=cfg.epochs))
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
@@ -208,13 +210,13 @@ class Trainer:
         """Evaluate on the validation set after epoch ``state.epoch``: its results go into ``record``; a better
         monitored value saves best.pth; early stopping counts it. Returns the figures' sample."""
         acc, loop = self.accelerator, self.loop
-        results, sample = self.evaluate(loop.model, loop.objective, loop.val_dl, loop.metrics)
+        results, sample = self.evaluate(loop.eval_model, loop.objective, loop.val_dl, loop.metrics)
         if loop.monitor not in results:
             raise KeyError(f"monitor {loop.monitor!r} is not among the validation results: {sorted(results)}")
         record.update(results)
         if loop.better(record[loop.monitor], state.best):
             state.best, state.best_epoch = record[loop.monitor], state.epoch
-            state_dict = acc.get_state_dict(loop.model)
+            state_dict = loop.ema.module.state_dict() if loop.ema else acc.get_state_dict(loop.model)
             if acc.is_main_process:
                 save_weights(self.run_dir / "best.pth", state_dict)
                 save_safetensors(self.run_dir / "best.safetensors", state_dict)
@@ -250,6 +252,8 @@ class Trainer:
                     state.skipped_steps += 1  # fp16: the grad scaler found inf/NaN gradients and skipped the step
                 elif acc.sync_gradients:
                     scheduler.step()
+                    if loop.ema is not None:
+                        loop.ema.update()
                     state.global_step += 1
                     if state.global_step % cfg.log_every == 0:
                         self._log_step(out.loss, state)
@@ -294,7 +298,8 @@ class Trainer:
         self._save(state)
 
     def _save(self, state: TrainState) -> Path:
-        return save_state(self.accelerator, self.run_dir, state, self.loop.scheduler, self.cfg.keep_states)
+        return save_state(self.accelerator, self.run_dir, state, self.loop.scheduler, self.cfg.keep_states,
+                          self.loop.ema)
 
     def _stop(self, state: TrainState, signum: int, save: bool = True) -> None:
         """Save a state at this step boundary (unless just saved) and leave with the signal's exit code."""

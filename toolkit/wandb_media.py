@@ -131,7 +131,7 @@ class SegmentationMedia(Callback):
         if trainer.cfg.wandb_mode == "disabled":
             return []
         acc, loop = trainer.accelerator, trainer.loop
-        model, objective, val_data = loop.model, loop.objective, loop.val_data
+        model, objective, val_data = loop.eval_model, loop.objective, loop.val_data
         model.eval()
         metric = SegmentationMetrics(self.threshold)
         for batch in loop.val_dl:
