@@ -101,3 +101,16 @@ def test_resume_continues_the_average_exactly(tmp_path):
     assert ema_a["updates"] == ema_b["updates"] == 18
     for key in ema_a["weights"]:
         torch.testing.assert_close(ema_a["weights"][key], ema_b["weights"][key], rtol=0, atol=0)
+
+
+def test_build_ema_is_off_at_zero_and_refuses_sharded_weights():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from toolkit.ema import build_ema
+
+    assert build_ema(SimpleNamespace(distributed_type=DistributedType.NO), nn.Linear(1, 1), 0.0) is None
+    for sharded in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ValueError, match="needs the whole model on every process"):
+            build_ema(SimpleNamespace(distributed_type=sharded), nn.Linear(1, 1), 0.99)

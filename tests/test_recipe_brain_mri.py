@@ -54,9 +54,15 @@ def test_recipe_trains_then_resumes(tmp_path):
 
 def test_recipe_with_two_processes(tmp_path):
     launch([*TINY, "--output-dir", str(tmp_path / "runs"), "--synthetic-dir", str(tmp_path / "data"),
-            "--run-name", "ddp", "--epochs", "1", "--model", "autoencoder"], processes=2)
-    summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
+            "--run-name", "ddp", "--epochs", "1", "--model", "autoencoder", "--ema-decay", "0.9"], processes=2)
+    run = tmp_path / "runs" / "ddp"
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["num_processes"] == 2
+    # the weight average under DDP: plain keys in best.pth (no "module." prefix), saved once in the state
+    ema = torch.load(run / "state" / (run / "state" / "latest").read_text().strip() / "ema.pt", weights_only=True)
+    best = torch.load(run / "best.pth", weights_only=True)
+    build_segmentation_model("autoencoder").load_state_dict(best)
+    assert ema["updates"] > 0 and all(torch.equal(best[k], ema["weights"][k]) for k in best)
     pairs = find_image_mask_pairs(tmp_path / "data")
     _, val_ids = split_ids([p[0] for p in pairs], 0.2, seed=0)
     assert summary["final"]["num_images"] == summary["final"]["val_samples"] == len(val_ids)  # each counted once

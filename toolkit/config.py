@@ -50,7 +50,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD momentum (Nesterov); unused by AdamW
     scheduler: str = "onecycle"  # onecycle | cosine | constant, stepped once per optimizer step
     warmup_fraction: float = 0.1  # fraction of all optimizer steps spent warming the LR up
-    ema_decay: float = 0.0  # weight EMA per optimizer step, e.g. 0.999 (~1,000 steps); validation, best.pth use it; 0 = off
+    ema_decay: float = 0.0  # weight average per optimizer step, e.g. 0.999 (~1,000 steps); validation uses it; 0 = off
     max_grad_norm: float = 1.0  # clip the global gradient L2 norm to this; 0 = no clipping
     seed: int = 0  # base random seed (each process adds its rank)
     num_workers: int = 2  # DataLoader worker processes per training process
@@ -79,7 +79,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in [0, 1) (0 = no weight averaging; e.g. 0.999), got {self.ema_decay}")
+            raise ConfigError(f"ema_decay must be in [0, 1) (0 = no weight average; e.g. 0.999), got {self.ema_decay}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         _check_choice("optimizer", self.optimizer, ("adamw", "sgd"))

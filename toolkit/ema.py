@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["WeightEMA"]
+__all__ = ["WeightEMA", "build_ema"]
 
 
 class WeightEMA:
@@ -76,3 +76,19 @@ class WeightEMA:
         except (KeyError, RuntimeError) as err:
             raise ValueError(f"the saved EMA weights do not fit this model: {err}") from None
         self.updates = int(state.get("updates", 0))
+
+
+def build_ema(accelerator, model: nn.Module, decay: float) -> WeightEMA | None:
+    """The weight average of a prepared ``model`` (None when ``decay`` is 0): it follows the plain module
+    under any DDP or ``torch.compile`` wrapper, so ``best.pth`` keys are the model's own.
+
+    Raises ValueError under FSDP or DeepSpeed, whose processes hold only shards of the weights.
+    """
+    if decay <= 0:
+        return None
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError(f"--ema-decay needs the whole model on every process (CPU, GPUs with DDP); "
+                         f"{accelerator.distributed_type.value} shards it: drop --ema-decay")
+    return WeightEMA(accelerator.unwrap_model(model, keep_torch_compile=False), decay)

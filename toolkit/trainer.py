@@ -23,7 +23,7 @@ from .artifacts import ModelArtifact
 from .callbacks import call_hook
 from .checkpoint import find_state, save_json, save_safetensors, save_weights
 from .config import TrainConfig
-from .ema import WeightEMA
+from .ema import build_ema
 from .figures import plot_history, save_figure
 from .interrupts import RunGuard
 from .loop import FigureFn, FitLoop, make_loader, reseed
@@ -154,7 +154,7 @@ class Trainer:
         model, optimizer, train_dl, val_dl = acc.prepare(model, optimizer, *loaders)
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
         scheduler, schedule = build_scheduler(optimizer, cfg, steps_per_epoch * max(cfg.epochs, 1))
-        ema = WeightEMA(acc.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay > 0 else None
+        ema = build_ema(acc, model, cfg.ema_decay)
         self.loop = loop = FitLoop(model, objective, optimizer, scheduler, schedule, train_dl, val_dl, train_data,
                                    val_data, metrics, monitor, mode, figures, [*callbacks, ModelArtifact()],
                                    steps_per_epoch, RunGuard(acc, cfg.log_every), ema)
