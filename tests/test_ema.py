@@ -114,3 +114,20 @@ def test_build_ema_is_off_at_zero_and_refuses_sharded_weights():
     for sharded in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         with pytest.raises(ValueError, match="needs the whole model on every process"):
             build_ema(SimpleNamespace(distributed_type=sharded), nn.Linear(1, 1), 0.99)
+
+
+def test_resume_with_the_average_newly_on_starts_it_from_the_saved_weights(tmp_path, capsys):
+    cfg = make_cfg(tmp_path, run_name="late", epochs=2)
+    fit(cfg)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer, model, _ = fit(replace(cfg, resume=True, ema_decay=0.9))  # finished: nothing left to train
+    assert "holds no weight average" in capsys.readouterr().out
+    saved = load_file(list_states(trainer.run_dir)[-1] / "model.safetensors")
+    average = trainer.loop.ema.module.state_dict()
+    assert trainer.loop.ema.updates == 0
+    for key in saved:
+        torch.testing.assert_close(average[key], saved[key], rtol=0, atol=0)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer, _, history = fit(replace(cfg, epochs=3, resume=True, ema_decay=0.9))
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert torch.load(list_states(trainer.run_dir)[-1] / "ema.pt", weights_only=True)["updates"] == 6  # epoch 3's

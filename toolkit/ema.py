@@ -25,7 +25,8 @@ class WeightEMA:
     ``source``: the (unwrapped) model being trained, on its device; the average starts as a copy of it
     and lives on the same device (``module``, in eval mode, no gradients). ``decay``: the largest
     weight the old average keeps per update, in (0, 1); e.g. 0.999 averages over about 1,000 optimizer
-    steps. Integer buffers (BatchNorm's ``num_batches_tracked``) are copied, not averaged.
+    steps once the ramp (:meth:`current_decay`) has reached it, after about 9 / (1 - decay) updates
+    (9,000 for 0.999); before that the average spans about the last ninth of the steps. Integer buffers (BatchNorm's ``num_batches_tracked``) are copied, not averaged.
     Raises ValueError for a decay outside (0, 1).
     """
 
