@@ -9,13 +9,14 @@ import torch.nn as nn
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from toolkit.checkpoint import list_states
 from toolkit import Accuracy, ClassificationObjective, Trainer
+from toolkit.checkpoint import list_states
 from toolkit.config import ConfigError, TrainConfig
 from toolkit.ema import WeightEMA
 
-from .test_trainer import Interrupt, fit, make_cfg
-from .utils import TinyImages, TinyNet
+from .utils import Interrupt, TinyImages, TinyNet
+from .utils import fit_tiny as fit
+from .utils import tiny_cfg as make_cfg
 
 
 def test_update_is_the_hand_computed_average_with_the_warm_up_ramp():

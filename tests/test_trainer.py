@@ -6,27 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from toolkit import Accuracy, ClassificationObjective, ParameterBudgetError, TrainConfig, Trainer
+from toolkit import Accuracy, ClassificationObjective, ParameterBudgetError, Trainer
 from toolkit.checkpoint import find_state
 from toolkit.config import ConfigError
 from toolkit.state import TrainState, plan_epochs
 
-from .utils import TinyImages, TinyNet, logged
-
-
-def make_cfg(tmp_path, **kw):
-    base = TrainConfig(output_dir=str(tmp_path / "runs"), run_name="t", epochs=4, batch_size=8, lr=0.05,
-                       num_workers=0, wandb_mode="disabled", warmup_fraction=0.0)
-    return replace(base, **kw)
-
-
-def fit(cfg, model=None, figures=None, train=None):
-    trainer = Trainer(cfg, recipe="tiny")
-    model = model or TinyNet()
-    history = trainer.fit(model, ClassificationObjective(), train or TinyImages(48, augment=True),
-                          TinyImages(20, seed=1), metrics=[Accuracy()], monitor="accuracy", figures=figures,
-                          param_budget=500_000)
-    return trainer, model, history
+from .utils import Interrupt, TinyImages, TinyNet, logged
+from .utils import fit_tiny as fit
+from .utils import tiny_cfg as make_cfg
 
 
 def test_fit_learns_and_writes_the_run_folder(tmp_path):
@@ -64,10 +51,6 @@ def test_existing_run_needs_resume_and_resume_needs_a_state(tmp_path):
         Trainer(make_cfg(tmp_path, epochs=1), recipe="tiny")
     with pytest.raises(ConfigError, match="no complete state"):
         Trainer(make_cfg(tmp_path, run_name="other", resume=True), recipe="tiny")
-
-
-class Interrupt(Exception):
-    pass
 
 
 def test_resume_continues_at_next_epoch_with_identical_weights(tmp_path):

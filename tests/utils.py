@@ -2,7 +2,8 @@
 
 - paths and subprocesses: ``ROOT``, ``SHARED_DATA``, ``ACCELERATE``, ``run_env``, ``free_port`` (from bench/processes.py);
 - a recipe file imported in-process: ``load_recipe``;
-- tiny data and model for Trainer tests (seconds on a CPU): ``TinyImages``, ``TinyNet``;
+- tiny data and model for Trainer tests (seconds on a CPU): ``TinyImages``, ``TinyNet``, and a whole tiny fit:
+  ``tiny_cfg``, ``fit_tiny``, ``Interrupt``;
 - the offline W&B run file read back: ``read_records``, ``logged``.
 
 Test modules import from here, never from conftest.py or from another ``test_*.py``.
@@ -90,6 +91,35 @@ class TinyNet(nn.Module):
         h = torch.relu(self.bn(h))
         left, right = h[..., :4].mean(dim=(2, 3)), h[..., 4:].mean(dim=(2, 3))
         return self.head(torch.cat([left, right], dim=1))
+
+
+# --------------------------------------------------------------------------- a tiny Trainer run
+class Interrupt(Exception):
+    """Raised from a test's hook to crash a fit where the test wants it (resume tests)."""
+
+
+def tiny_cfg(tmp_path, **kw):
+    """A TrainConfig for :func:`fit_tiny`: run ``t`` under ``tmp_path/runs``, 4 epochs of batch 8, no W&B."""
+    from dataclasses import replace
+
+    from toolkit import TrainConfig
+
+    base = TrainConfig(output_dir=str(tmp_path / "runs"), run_name="t", epochs=4, batch_size=8, lr=0.05,
+                       num_workers=0, wandb_mode="disabled", warmup_fraction=0.0)
+    return replace(base, **kw)
+
+
+def fit_tiny(cfg, model=None, figures=None, train=None):
+    """Fit ``TinyNet`` on 48 augmented ``TinyImages`` (validation: 20 others, accuracy monitored).
+    Returns (trainer, model, history)."""
+    from toolkit import Accuracy, ClassificationObjective, Trainer
+
+    trainer = Trainer(cfg, recipe="tiny")
+    model = model or TinyNet()
+    history = trainer.fit(model, ClassificationObjective(), train or TinyImages(48, augment=True),
+                          TinyImages(20, seed=1), metrics=[Accuracy()], monitor="accuracy", figures=figures,
+                          param_budget=500_000)
+    return trainer, model, history
 
 
 # --------------------------------------------------------------------------- offline W&B run files
