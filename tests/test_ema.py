@@ -14,7 +14,7 @@ from toolkit.checkpoint import list_states
 from toolkit.config import ConfigError, TrainConfig
 from toolkit.ema import WeightEMA
 
-from .utils import Interrupt, TinyImages, TinyNet
+from .utils import Interrupt, TinyImages, TinyNet, crash_in_epoch
 from .utils import fit_tiny as fit
 from .utils import tiny_cfg as make_cfg
 
@@ -84,16 +84,9 @@ def test_resume_continues_the_average_exactly(tmp_path):
     cfg_a = make_cfg(tmp_path, run_name="a", epochs=3, ema_decay=0.8)
     trainer_a, _, history_a = fit(cfg_a)
 
-    def crash_in_epoch_2(sample):
-        if crash_in_epoch_2.calls == 1:
-            raise Interrupt()
-        crash_in_epoch_2.calls += 1
-        return {}
-
-    crash_in_epoch_2.calls = 0
     cfg_b = make_cfg(tmp_path, run_name="b", epochs=3, ema_decay=0.8)
     with pytest.raises(Interrupt):
-        fit(cfg_b, figures=crash_in_epoch_2)
+        fit(cfg_b, figures=crash_in_epoch(2))
     AcceleratorState._reset_state(reset_partial_state=True)
     trainer_b, _, history_b = fit(replace(cfg_b, resume=True))
     assert [h["accuracy"] for h in history_b] == [h["accuracy"] for h in history_a]

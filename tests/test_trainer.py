@@ -11,7 +11,7 @@ from toolkit.checkpoint import find_state
 from toolkit.config import ConfigError
 from toolkit.state import TrainState, plan_epochs
 
-from .utils import Interrupt, TinyImages, TinyNet, logged
+from .utils import Interrupt, TinyImages, TinyNet, crash_in_epoch, logged
 from .utils import fit_tiny as fit
 from .utils import tiny_cfg as make_cfg
 
@@ -57,16 +57,9 @@ def test_resume_continues_at_next_epoch_with_identical_weights(tmp_path):
     cfg_a = make_cfg(tmp_path, run_name="a", epochs=4)
     trainer_a, _, history_a = fit(cfg_a)
 
-    def crash_in_epoch_3(sample):
-        if crash_in_epoch_3.calls == 2:
-            raise Interrupt()
-        crash_in_epoch_3.calls += 1
-        return {}
-
-    crash_in_epoch_3.calls = 0
     cfg_b = make_cfg(tmp_path, run_name="b", epochs=4)
     with pytest.raises(Interrupt):
-        fit(cfg_b, figures=crash_in_epoch_3)
+        fit(cfg_b, figures=crash_in_epoch(3))
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)
     state = json.loads((find_state(tmp_path / "runs/b") / "trainer_state.json").read_text())
@@ -96,15 +89,8 @@ def test_resume_auto_starts_fresh_when_there_is_no_state(tmp_path):
 
 
 def test_resume_auto_continues_an_interrupted_run_and_leaves_a_finished_one_as_resume_does(tmp_path):
-    def crash_in_epoch_2(sample):
-        crash_in_epoch_2.calls += 1
-        if crash_in_epoch_2.calls == 2:
-            raise Interrupt()
-        return {}
-
-    crash_in_epoch_2.calls = 0
     with pytest.raises(Interrupt):
-        fit(make_cfg(tmp_path, epochs=3), figures=crash_in_epoch_2)
+        fit(make_cfg(tmp_path, epochs=3), figures=crash_in_epoch(2))
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)
     first = json.loads((tmp_path / "runs/t/history.json").read_text())[0]

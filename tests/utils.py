@@ -3,7 +3,7 @@
 - paths and subprocesses: ``ROOT``, ``SHARED_DATA``, ``ACCELERATE``, ``run_env``, ``free_port`` (from bench/processes.py);
 - a recipe file imported in-process: ``load_recipe``;
 - tiny data and model for Trainer tests (seconds on a CPU): ``TinyImages``, ``TinyNet``, and a whole tiny fit:
-  ``tiny_cfg``, ``fit_tiny``, ``Interrupt``;
+  ``tiny_cfg``, ``fit_tiny``, ``Interrupt``, ``crash_in_epoch``;
 - the offline W&B run file read back: ``read_records``, ``logged``.
 
 Test modules import from here, never from conftest.py or from another ``test_*.py``.
@@ -17,6 +17,7 @@ import os
 import struct
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from bench.processes import free_port  # noqa: F401  (re-exported for the launch tests)
+from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -98,12 +100,21 @@ class Interrupt(Exception):
     """Raised from a test's hook to crash a fit where the test wants it (resume tests)."""
 
 
+def crash_in_epoch(epoch: int):
+    """A ``figures`` hook for :func:`fit_tiny` that raises :class:`Interrupt` at the validation of ``epoch``
+    (1-based; every epoch validates), before that epoch's state is saved."""
+    def hook(sample):
+        hook.calls += 1
+        if hook.calls == epoch:
+            raise Interrupt()
+        return {}
+
+    hook.calls = 0
+    return hook
+
+
 def tiny_cfg(tmp_path, **kw):
     """A TrainConfig for :func:`fit_tiny`: run ``t`` under ``tmp_path/runs``, 4 epochs of batch 8, no W&B."""
-    from dataclasses import replace
-
-    from toolkit import TrainConfig
-
     base = TrainConfig(output_dir=str(tmp_path / "runs"), run_name="t", epochs=4, batch_size=8, lr=0.05,
                        num_workers=0, wandb_mode="disabled", warmup_fraction=0.0)
     return replace(base, **kw)
@@ -112,8 +123,6 @@ def tiny_cfg(tmp_path, **kw):
 def fit_tiny(cfg, model=None, figures=None, train=None):
     """Fit ``TinyNet`` on 48 augmented ``TinyImages`` (validation: 20 others, accuracy monitored).
     Returns (trainer, model, history)."""
-    from toolkit import Accuracy, ClassificationObjective, Trainer
-
     trainer = Trainer(cfg, recipe="tiny")
     model = model or TinyNet()
     history = trainer.fit(model, ClassificationObjective(), train or TinyImages(48, augment=True),

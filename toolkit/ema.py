@@ -26,7 +26,8 @@ class WeightEMA:
     and lives on the same device (``module``, in eval mode, no gradients). ``decay``: the largest
     weight the old average keeps per update, in (0, 1); e.g. 0.999 averages over about 1,000 optimizer
     steps once the ramp (:meth:`current_decay`) has reached it, after about 9 / (1 - decay) updates
-    (9,000 for 0.999); before that the average spans about the last ninth of the steps. Integer buffers (BatchNorm's ``num_batches_tracked``) are copied, not averaged.
+    (9,000 for 0.999); before that the average spans about the last ninth of the steps. Integer buffers
+    (BatchNorm's ``num_batches_tracked``) are copied, not averaged.
     Raises ValueError for a decay outside (0, 1).
     """
 
@@ -63,12 +64,12 @@ class WeightEMA:
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"updates": n, "decay": D, "weights": the averaged state dict}`` (tensors on the CPU)."""
+        """``{"updates": n, "weights": the averaged state dict}`` (tensors on the CPU)."""
         weights = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-        return {"updates": self.updates, "decay": self.decay, "weights": weights}
+        return {"updates": self.updates, "weights": weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (the decay in use stays the configured one).
+        """Restore what :meth:`state_dict` returned (the decay is the configured one, not saved).
 
         Raises ValueError when the saved weights do not fit the model (another architecture).
         """
