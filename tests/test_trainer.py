@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from toolkit import Accuracy, ClassificationObjective, ParameterBudgetError, Trainer
-from toolkit.checkpoint import find_state
+from toolkit.checkpoint import find_state, load_weights
 from toolkit.config import ConfigError
 from toolkit.state import TrainState, plan_epochs
 
@@ -114,6 +114,23 @@ def test_bf16_autocast_from_the_launch_environment(tmp_path, monkeypatch):
     assert model.seen_dtype == torch.bfloat16  # inside the model the convolution ran in bf16
     assert all(math.isfinite(h["train_loss"]) for h in history)
     assert json.loads((trainer.run_dir / "summary.json").read_text())["mixed_precision"] == "bf16"
+
+
+def test_a_compiled_model_writes_weights_that_load_into_the_plain_model(tmp_path, monkeypatch):
+    # `accelerate launch --dynamo_backend X` wraps the model in torch.compile, whose state dict prefixes every key
+    # with "_orig_mod."; best.pth must still load into the plain model (`toolkit evaluate`, `--init-from`)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "eager")
+    trainer, model, _ = fit(make_cfg(tmp_path, epochs=1))
+    assert isinstance(trainer.loop.model, torch._dynamo.eval_frame.OptimizedModule)  # it really was compiled
+    plain = TinyNet().state_dict()
+    for name in ("best.pth", "best.safetensors"):
+        saved = load_file(trainer.run_dir / name) if name.endswith("safetensors") else torch.load(
+            trainer.run_dir / name, weights_only=True)
+        assert sorted(saved) == sorted(plain)
+        TinyNet().load_state_dict(saved)
+    prefixed = {"_orig_mod." + k: v for k, v in plain.items()}  # such a file written by torch.save elsewhere
+    torch.save(prefixed, tmp_path / "compiled.pth")
+    assert sorted(load_weights(tmp_path / "compiled.pth")) == sorted(plain)
 
 
 def test_gradient_accumulation_and_cosine_schedule(tmp_path):

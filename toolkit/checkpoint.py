@@ -38,10 +38,21 @@ __all__ = [
     "load_state_file",
     "UnsafeFileError",
     "STATE_MARKER",
+    "plain_keys",
 ]
 
 STATE_MARKER = "trainer_state.json"  # written last: a state folder without it is incomplete
 LATEST = "latest"  # state/latest: name of the newest complete state folder
+
+
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper puts it before every key of the module it wraps
+
+
+def plain_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The state dict with torch.compile's ``_orig_mod.`` prefix dropped from its keys (a compiled model's
+    weights, as ``Accelerator.get_state_dict`` returns them under ``--dynamo_backend``, load into the plain
+    model); other keys and the values are unchanged."""
+    return {k.removeprefix(COMPILED_PREFIX): v for k, v in state_dict.items()}
 
 
 class UnsafeFileError(ValueError):
@@ -97,15 +108,17 @@ def _json_default(obj: Any) -> Any:
 
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> Path:
-    """Save a plain state dict (tensors moved to CPU) atomically, loadable with ``weights_only=True``."""
+    """Save a plain state dict (tensors moved to CPU; keys of a torch.compile'd model written as the plain
+    model's, see :func:`plain_keys`) atomically, loadable with ``weights_only=True``."""
     import torch
 
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in plain_keys(state_dict).items()}
     return atomic_write(path, lambda f: torch.save(cpu, f))
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict written by :func:`save_weights`; refuses pickled code (``weights_only=True``)."""
+    """Load a state dict written by :func:`save_weights` (or by ``torch.save`` of a torch.compile'd model's
+    state dict: its ``_orig_mod.`` prefixes are dropped); refuses pickled code (``weights_only=True``)."""
     import torch
 
     path = Path(path)
@@ -115,23 +128,23 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return plain_keys(load_file(str(path)))
         except Exception as err:  # noqa: BLE001 - re-raised with the file name
             raise ValueError(f"cannot load weights from {path}: {err}") from err
     obj = load_state_file(path, what="weights")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    return obj
+    return plain_keys(obj)
 
 
 def save_safetensors(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> Path:
     """Save a state dict of tensors as safetensors (no pickle, no code), atomically.
 
-    Tensors sharing storage are cloned so each key holds its own data.
+    Tensors sharing storage are cloned so each key holds its own data; keys as :func:`save_weights` writes them.
     """
     from safetensors.torch import save
 
-    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in plain_keys(state_dict).items()}
     blob = save(cpu)
     return atomic_write(path, lambda f: f.write(blob))
 
