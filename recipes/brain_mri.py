@@ -66,6 +66,7 @@ class BrainMRIConfig(TrainConfig):
     postprocess: bool = True  # after training, choose threshold / flip TTA / component rule on validation (postprocess.json)
     loss: str = "dice_bce"  # dice_bce (the spec's soft Dice + binary cross-entropy; chosen on validation, docs/brain-mri.md) | dice (soft Dice alone)
     bce_weight: float = 1.0  # weight of the BCE term with loss=dice_bce
+    batch_dice: bool = False  # binary: soft Dice summed over each process's batch (one Dice per batch) instead of per image; classes/regions always
     threshold: float = 0.5  # probability above which a pixel counts as tumour
     crop_size: int = 96  # side of the training patches, pixels (evaluation uses whole slices); 0 or >= image_size = whole slices
     foreground_p: float = 0.5  # with crop_size: share of patches centred on a tumour pixel (slices with tumour)
@@ -147,8 +148,8 @@ def main(argv=None) -> list[dict]:
                                                  target, cfg.threshold))
     metric = SegmentationMetrics(threshold=cfg.threshold) if binary else TargetMetrics(target, cfg.threshold)
     return trainer.fit(
-        model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight), preprocess,
-                                     crop=crop, target=target), train, val,
+        model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight, cfg.batch_dice),
+                                     preprocess, crop=crop, target=target), train, val,
         # classes/regions: pixel-pooled Dice picks the best epoch (per image, an all-background model scores 1
         # on every slice that lacks a class, so the mean per-image Dice rewards predicting nothing)
         metrics=[metric], monitor="dice" if binary else "dice_global", mode="max", param_budget=cfg.param_budget,

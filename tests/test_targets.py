@@ -93,6 +93,18 @@ def test_dice_ce_matches_monai():
     # multi-output targets use batch Dice: a class absent from one slice does not push the others to zero
     assert segmentation_loss("classes", "dice").dice.batch and segmentation_loss("regions", "dice_bce").dice.batch
     assert not segmentation_loss("binary", "dice").batch  # the spec's per-image soft Dice
+    # --batch-dice: one Dice over the batch. Hand-computed on logits +/-20 (p = 1 or 0 to float precision):
+    # image 0 right (4 pixels), image 1 without tumour but 2 false-positive pixels. Per image: (0 + 1) / 2 = 0.5,
+    # whatever image 1 predicts; over the batch: 1 - 2*4 / (6 + 4) = 0.2, lower when the false positives go
+    logits, mask = torch.full((2, 1, 4, 4), -20.0), torch.zeros(2, 1, 4, 4)
+    logits[0, 0, :2, :2], mask[0, 0, :2, :2], logits[1, 0, 0, :2] = 20.0, 1.0, 20.0
+    batch_loss = segmentation_loss("binary", "dice", batch_dice=True)
+    assert batch_loss.batch and segmentation_loss("regions", "dice", batch_dice=False).batch  # regions: always
+    assert segmentation_loss("binary", "dice")(logits, mask).item() == pytest.approx(0.5, abs=1e-5)
+    assert batch_loss(logits, mask).item() == pytest.approx(0.2, abs=1e-5)
+    assert segmentation_loss("binary", "dice_bce", batch_dice=True).dice.batch
+    with pytest.raises(ValueError, match="batch_dice"):
+        segmentation_loss("binary", "dice", batch_dice="yes")
     one_slice_each = torch.zeros(2, 3, 4, 4)
     one_slice_each[0, 1], one_slice_each[1, 2] = 8.0, 8.0  # confident, correct class per slice
     target = torch.zeros(2, 4, 4, dtype=torch.long)

@@ -219,7 +219,8 @@ class DiceCELoss(nn.Module):
         return f"dice_weight={self.dice_weight}, ce_weight={self.ce_weight}"
 
 
-def segmentation_loss(kind: str, loss: str = "dice", bce_weight: float = 1.0) -> nn.Module:
+def segmentation_loss(kind: str, loss: str = "dice", bce_weight: float = 1.0,
+                      batch_dice: bool = False) -> nn.Module:
     """The training loss of a target kind (see :mod:`toolkit.targets`).
 
     kind "binary" or "regions" (sigmoid outputs): ``loss="dice"`` → :class:`SoftDiceLoss`,
@@ -227,8 +228,10 @@ def segmentation_loss(kind: str, loss: str = "dice", bce_weight: float = 1.0) ->
     :class:`DiceCELoss`, with the cross-entropy weighted ``bce_weight`` for ``"dice_bce"`` and
     ``0.1 * bce_weight`` for ``"dice"`` (a little CE keeps the background class trained).
 
-    Binary: the spec's per-image soft Dice. Classes and regions: batch Dice (one Dice per class or
-    region over the whole batch, as nnU-Net's ``batch_dice``): per image, every class or region
+    Binary: the spec's per-image soft Dice, or with ``batch_dice`` the same formula summed over the whole
+    batch (one Dice per batch: patches without tumour then pay for their false positives through the shared
+    denominator, where per image their Dice is ~0 whatever they predict). Classes and regions: batch Dice (one
+    Dice per class or region over the whole batch, as nnU-Net's ``batch_dice``): per image, every class or region
     absent from a slice scores a loss near 1 for any non-zero probability, which on slices holding
     one tumour type out of three pushed a classes model to predict background everywhere
     (docs/volumes.md).
@@ -239,5 +242,5 @@ def segmentation_loss(kind: str, loss: str = "dice", bce_weight: float = 1.0) ->
         return DiceCELoss(ce_weight=bce_weight if loss == "dice_bce" else 0.1 * bce_weight, batch=True)
     if kind not in ("binary", "regions"):
         raise ValueError(f"kind must be binary, classes or regions, got {kind!r}")
-    batch = kind == "regions"
+    batch = kind == "regions" or _check_bool("batch_dice", batch_dice)
     return SoftDiceLoss(batch=batch) if loss == "dice" else DiceBCELoss(bce_weight=bce_weight, batch=batch)
