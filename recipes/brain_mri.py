@@ -27,6 +27,7 @@ from toolkit import (
     TrainConfig,
     Trainer,
     build_segmentation_model,
+    choose_monitor,
     init_from,
     parse_config,
     parse_regions,
@@ -43,13 +44,13 @@ class BrainMRIConfig(TrainConfig):
     """Brain-MRI tumour segmentation (spec task 5)."""
 
     data_dir: str = ""  # MRI data folder(s), comma-separated, each auto-detected: images/+masks/ (+metadata.csv), LGG kaggle_3m, figshare .mat, BraTS NIfTI; "" = synthetic
-    channels: str = ""  # channels read: "" = in_channels of the source (1: grey, LGG/BraTS FLAIR; 3/4: all); or names/indices, e.g. "flair,t1ce"
+    channels: str = ""  # channels read: "" = as in_channels says (0: all; 1: grey, LGG/BraTS FLAIR; 3/4: all); or names/indices, e.g. "flair,t1ce"
     slice_rule: str = ""  # BraTS volumes only: "" = nonempty (slices with brain) | tumour | tumour+N | all
     skip_bad_files: bool = False  # leave out unreadable or inconsistent files (listed in the log) instead of stopping
     synthetic_dir: str = "data/synthetic-mri"  # where the built-in synthetic slices are written
     synthetic_images: int = 400  # number of synthetic slices (10% without tumour)
     image_size: int = 240  # side of the square slices fed to the model, pixels
-    in_channels: int = 1  # image channels read (1 = grey, 3 = RGB)
+    in_channels: int = 0  # image channels: 0 = what the data has (every channel of LGG/BraTS/nnU-Net volumes, chosen on LGG validation; 1 grey for image folders); or a count
     val_fraction: float = 0.2  # share of patients (or id blocks) held out for validation (picks the best epoch)
     test_fraction: float = 0.0  # share of patients held out for a final test (`toolkit evaluate --split test`)
     split_block: int = 1  # data without patient ids only: consecutive ids kept on one side of a split
@@ -68,6 +69,7 @@ class BrainMRIConfig(TrainConfig):
     bce_weight: float = 1.0  # weight of the BCE term with loss=dice_bce
     batch_dice: bool = False  # binary: soft Dice summed over each process's batch (one Dice per batch) instead of per image; classes/regions always
     threshold: float = 0.5  # probability above which a pixel counts as tumour
+    monitor: str = ""  # validation figure that picks best.pth (and --patience): dice | iou (per image) | dice_global | iou_global (pixels pooled) | dice_tumour; "" = dice_global when >= 25% of the validation slices hold no tumour (LGG) or for classes/regions, else dice
     crop_size: int = 96  # side of the training patches, pixels (evaluation uses whole slices); 0 or >= image_size = whole slices
     foreground_p: float = 0.5  # with crop_size: share of patches centred on a tumour pixel (slices with tumour)
     augment: float = 1.0  # training augmentation strength, 0 (none) to 4: scales the zoom/rotation/shift/brightness/contrast/elastic ranges and their probabilities (toolkit.mri_augmentation)
@@ -92,6 +94,8 @@ class BrainMRIConfig(TrainConfig):
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 - self.val_fraction:
             raise ConfigError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
                               f"got {self.val_fraction} and {self.test_fraction}")
+        if self.in_channels < 0:
+            raise ConfigError(f"in_channels must be 0 (what the data has) or a channel count, got {self.in_channels}")
         if self.image_size < 16:
             raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
         if self.crop_size and self.crop_size < 16:
@@ -141,8 +145,10 @@ def main(argv=None) -> list[dict]:
     callbacks = [SegmentationMedia(cfg.threshold, target=target)]
     if cfg.freeze_encoder_epochs:  # the optimizer holds the encoder; it gets no gradient until then
         callbacks.append(FreezeEncoder(model, cfg.freeze_encoder_epochs))
+    monitor = choose_monitor(cfg.monitor, target, val, trainer.accelerator.print)
     if cfg.postprocess and binary:  # the post-processing search is binary (threshold, components)
-        callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess))
+        callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess,
+                                           pooled=monitor.endswith("_global")))
     if cfg.postprocess:  # volume data: 3D component rules per channel on the validation patients (after the 2D)
         callbacks.append(ChooseVolumePostprocess(lambda: build_model(cfg, target.out_channels), val, preprocess,
                                                  target, cfg.threshold))
@@ -150,9 +156,7 @@ def main(argv=None) -> list[dict]:
     return trainer.fit(
         model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight, cfg.batch_dice),
                                      preprocess, crop=crop, target=target), train, val,
-        # classes/regions: pixel-pooled Dice picks the best epoch (per image, an all-background model scores 1
-        # on every slice that lacks a class, so the mean per-image Dice rewards predicting nothing)
-        metrics=[metric], monitor="dice" if binary else "dice_global", mode="max", param_budget=cfg.param_budget,
+        metrics=[metric], monitor=monitor, mode="max", param_budget=cfg.param_budget,
         callbacks=callbacks,
         figures=lambda s: {"overlays": segmentation_overlays(
             s.inputs, *target.foreground(s.preds, s.targets, cfg.threshold), cfg.threshold)},

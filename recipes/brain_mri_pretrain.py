@@ -39,7 +39,7 @@ class BrainMRIPretrainConfig(TrainConfig):
     synthetic_dir: str = "data/synthetic-mri"  # where the built-in synthetic slices are written
     synthetic_images: int = 400  # number of synthetic slices
     image_size: int = 240  # side of the square slices fed to the model, pixels
-    in_channels: int = 1  # image channels read (1 = grey, 3 = RGB)
+    in_channels: int = 0  # image channels: 0 = what the data has (every channel of LGG/BraTS/nnU-Net volumes, chosen on LGG validation; 1 grey for image folders); or a count
     val_fraction: float = 0.1  # share of patients (or ids) held out to score restoration (picks best.pth)
     model: str = "unet_s2d"  # unet_s2d | unet | autoencoder | smp_unet, as recipes/brain_mri.py (same default)
     widths: str = ""  # stage widths of unet/unet_s2d/autoencoder, as recipes/brain_mri.py; "" = that model's default
@@ -60,6 +60,8 @@ class BrainMRIPretrainConfig(TrainConfig):
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.image_size < 16:
             raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        if self.in_channels < 0:
+            raise ConfigError(f"in_channels must be 0 (what the data has) or a channel count, got {self.in_channels}")
         for folder in filter(None, (d.strip() for d in self.data_dir.split(","))):
             if not Path(folder).is_dir():
                 raise ConfigError(f"data_dir {folder!r} is not a folder")

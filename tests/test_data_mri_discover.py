@@ -71,12 +71,15 @@ def test_lgg_layout_and_channels(tmp_path):
     assert [s.id.rsplit("_", 1)[1] for s in found.slices[:6]] == ["1", "2", "3", "4", "5", "6"]
     img, mask = read_slice(found.slices[1])  # default: FLAIR only
     assert img.shape == (32, 32, 1) and int(img[0, 0, 0]) == 102 and mask.max() == 0
-    expect = {"all": [10, 102, 200], 3: [10, 102, 200], "pre,post": [10, 200], (2, 1): [200, 102],
+    expect = {"all": [10, 102, 200], 3: [10, 102, 200], 0: [10, 102, 200], "pre,post": [10, 200], (2, 1): [200, 102],
               "flair": [102], 1: [102], "1": [102], "post-contrast": [200]}
     for choice, values in expect.items():
         rec = discover_mri_slices(tmp_path, channels=choice).slices[1]
         assert read_slice(rec)[0][0, 0].tolist() == values, choice
     assert resolve_channels("lgg", "post,flair") == (2, 1) and resolve_channels("brats", 4) == (0, 1, 2, 3)
+    # 0: what the data has (the recipes' in_channels default): every channel, one grey channel for a folder
+    assert resolve_channels("brats", 0) == (0, 1, 2, 3) and resolve_channels("folder", 0) == ()
+    assert resolve_channels("figshare_mat", 0) == (0,)
     assert read_image(found.slices[1].image_path, (1,))[0, 0].tolist() == [102]  # e.g. for predict
     masks = [read_slice(s)[1] for s in found.slices]
     assert sum(m.max() == 0 for m in masks) == 16  # two thirds empty

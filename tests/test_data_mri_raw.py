@@ -73,7 +73,8 @@ def test_raw_layout_reads_back(tmp_path):
     z = _z(img)[0]
     assert z[0][truth > 0].mean() > z[0][inside & (truth == 0)].mean() + 2  # the bright FLAIR tumour stays bright
 
-    for choice, want in {"t1c": (1,), "FLAIR,T1C": (0, 1), (1, 0): (1, 0), "1": (1,), 2: (0, 1), "all": (0, 1)}.items():
+    for choice, want in {"t1c": (1,), "FLAIR,T1C": (0, 1), (1, 0): (1, 0), "1": (1,), 2: (0, 1), 0: (0, 1),
+                         "all": (0, 1)}.items():
         got = discover_mri_slices(root, channels=choice).slices[0]
         assert got.channels == want and len(got.channel_paths) == len(want), choice
     swapped = read_slice(discover_mri_slices(root, channels="t1c,flair").slices[2])[0]

@@ -2,12 +2,16 @@
 
 import json
 import subprocess
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
-from toolkit import build_segmentation_model, find_image_mask_pairs, split_ids
+from toolkit import ConfigError, build_segmentation_model, choose_monitor, find_image_mask_pairs, split_ids
+from toolkit.targets import resolve_target
 
+from .mri_fake import make_lgg
 from .utils import ACCELERATE, ROOT, free_port, run_env
 
 TINY = ["--synthetic-images", "12", "--image-size", "64", "--batch-size", "4", "--num-workers", "1",
@@ -66,6 +70,39 @@ def test_recipe_with_two_processes(tmp_path):
     pairs = find_image_mask_pairs(tmp_path / "data")
     _, val_ids = split_ids([p[0] for p in pairs], 0.2, seed=0)
     assert summary["final"]["num_images"] == summary["final"]["val_samples"] == len(val_ids)  # each counted once
+
+
+def test_mostly_empty_validation_picks_best_and_post_processing_by_pooled_dice(tmp_path):
+    # LGG-like data, two thirds of the slices without tumour: per-image Dice would reward predicting nothing
+    data = make_lgg(tmp_path / "lgg", patients=5)
+    proc = launch(["--data-dir", str(data), "--image-size", "32", "--batch-size", "4", "--num-workers", "0",
+                   "--wandb-mode", "disabled", "--output-dir", str(tmp_path / "runs"), "--run-name", "lgg",
+                   "--epochs", "1", "--crop-size", "0", "--val-fraction", "0.4"])
+    assert "monitor: dice_global (pixels pooled), since" in proc.stdout
+    run = tmp_path / "runs" / "lgg"
+    # --in-channels left at 0: every LGG channel (pre, FLAIR, post), recorded for evaluate / predict
+    assert "in_channels: 3, what the lgg data give" in proc.stdout
+    assert json.loads((run / "config.json").read_text())["in_channels"] == 3
+    build_segmentation_model("unet_s2d", in_channels=3).load_state_dict(torch.load(run / "best.pth", weights_only=True))
+    assert json.loads((run / "summary.json").read_text())["monitor"] == "dice_global"
+    steps = json.loads((run / "postprocess.json").read_text())["steps"]
+    assert {s["figure"] for s in steps} == {"dice_global"} and "pooled Dice" in proc.stdout
+
+
+def test_choose_monitor_rules():
+    binary = resolve_target("", labels=None, regions=None, regions_text="", class_names=None)
+    val = SimpleNamespace(masks=np.zeros((4, 8, 8), np.uint8))
+    val.masks[:3, 2, 2] = 1  # 1 of 4 slices empty: the 25% share
+    said = []
+    assert choose_monitor("", binary, val, said.append) == "dice_global" and "1 of 4" in said[0]
+    val.masks[3, 2, 2] = 1  # every slice holds tumour (figshare): per-image Dice
+    assert choose_monitor("", binary, val, said.append) == "dice" and len(said) == 1
+    assert choose_monitor("dice_tumour", binary, val) == "dice_tumour"  # asked for: kept
+    with pytest.raises(ConfigError, match="monitor must be one of dice, iou, dice_global.*'dicee'"):
+        choose_monitor("dicee", binary, val)
+    classes = resolve_target("classes", labels=None, regions=None, regions_text="",
+                             class_names=["glioma", "meningioma"])
+    assert choose_monitor("", classes, val, said.append) == "dice_global"
 
 
 def test_recipe_refuses_bad_config_before_training(tmp_path):

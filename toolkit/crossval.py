@@ -50,6 +50,14 @@ def _fold_records(fold_dir: Path, cache: dict):
     return load_split(split_file, cache[data_dir], names=["val"])["val"], cfg
 
 
+def _monitor(fold_dir: Path) -> str:
+    """The figure a finished fold run monitored (its summary.json; "dice" for runs that predate the field)."""
+    summary = fold_dir / "summary.json"
+    if not summary.is_file():
+        return "dice"
+    return json.loads(summary.read_text()).get("monitor") or "dice"
+
+
 def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     """Score every fold on its validation slices, choose the post-processing on all of them, write
     ``root/postprocess.json`` and ``root/cv.json``; returns the cv.json content."""
@@ -68,7 +76,8 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     probs, flipped, targets = np.concatenate(probs), np.concatenate(flipped), np.concatenate(targets)
     if len(set(ids)) != len(ids):
         raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
-    choice, steps = choose_postprocess(Predictions(probs, flipped, targets), root / POSTPROCESS_FILE,
+    pooled = _monitor(fold_dirs[0]).endswith("_global")  # the figure the folds picked their best.pth by
+    choice, steps = choose_postprocess(Predictions(probs, flipped, targets), root / POSTPROCESS_FILE, pooled=pooled,
                                        chosen_on=f"out-of-fold predictions of {len(fold_dirs)} folds")
     source = flipped if choice.flips else probs
     result = {

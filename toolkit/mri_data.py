@@ -1,7 +1,8 @@
 """The data of the brain-MRI recipes: MRI folders (or the built-in synthetic slices) read, split by patient, saved.
 
 :func:`segmentation_data` serves ``recipes/brain_mri.py`` (labelled slices and their target) and
-:func:`pretraining_data` ``recipes/brain_mri_pretrain.py`` (the same slices, masks unused). Both take the
+:func:`pretraining_data` ``recipes/brain_mri_pretrain.py`` (the same slices, masks unused); :func:`choose_monitor`
+picks the validation figure that selects ``best.pth`` for those slices. The first two take the
 recipe's config (the fields named below) and the Trainer, write the run's ``split.json`` on the main
 process and print what was read. Bad data or settings raise :class:`~toolkit.config.ConfigError` naming
 the setting and the problem.
@@ -21,7 +22,11 @@ from .data.mri import (AttributeClasses, MRISegmentationDataset, attribute_class
                        generate_synthetic_mri, mri_augmentation)
 from .targets import TARGET_FILE, TargetSpec, resolve_target
 
-__all__ = ["SegmentationData", "pretraining_data", "segmentation_data"]
+__all__ = ["SegmentationData", "choose_monitor", "pretraining_data", "segmentation_data"]
+
+BINARY_MONITORS = ("dice", "iou", "dice_global", "iou_global", "dice_tumour")  # SegmentationMetrics figures
+POOLED_FROM_EMPTY_SHARE = 0.25  # share of tumour-free validation slices from which dice_global picks (LGG 0.64,
+# the synthetic demo 0.10, figshare 0)
 
 
 class SegmentationData(NamedTuple):
@@ -53,6 +58,19 @@ def _read(cfg: Any, trainer):
     return found
 
 
+def _settle_in_channels(cfg: Any, trainer, read: int, source: str) -> None:
+    """``cfg.in_channels`` 0 (what the data has) becomes the ``read`` channel count, recorded in config.json;
+    any other value must equal it (ConfigError naming both)."""
+    if cfg.in_channels == 0:
+        cfg.in_channels = read
+        trainer.save_config()
+        trainer.accelerator.print(f"in_channels: {read}, what the {source} data give (--channels or --in-channels "
+                                  "choose others)")
+    elif read != cfg.in_channels:
+        raise ConfigError(f"channels={cfg.channels!r} reads {read} channel(s) of the {source} data; set "
+                          f"--in-channels {read} (or 0: what the data has)")
+
+
 def _roots(found) -> str:
     return ",".join(str(r.resolve()) for r in found.roots)
 
@@ -69,9 +87,7 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
                                 class_names=names)
     except (DataError, ValueError) as err:
         raise ConfigError(f"data_dir: {err}") from None
-    if found.slices[0].num_channels != cfg.in_channels:
-        raise ConfigError(f"channels={cfg.channels!r} reads {found.slices[0].num_channels} channel(s) of the "
-                          f"{found.source} data; set --in-channels {found.slices[0].num_channels}")
+    _settle_in_channels(cfg, trainer, found.slices[0].num_channels, found.source)
     split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
                           block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
     if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
@@ -104,6 +120,38 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     return SegmentationData(train, val, target, input_preprocess(found.intensity))
 
 
+def choose_monitor(requested: str, target: TargetSpec, val: Dataset, say: Callable[[str], None] = print) -> str:
+    """The validation figure that picks ``best.pth``: ``requested`` when given (binary targets: one of
+    :data:`BINARY_MONITORS`, else ConfigError), else pixel-pooled ``dice_global`` for classes and regions and
+    for binary data whose validation slices are at least :data:`POOLED_FROM_EMPTY_SHARE` tumour-free, per-image
+    ``dice`` otherwise; a pooled choice is told, with its reason, through ``say``.
+
+    Why: a slice without tumour scores 1 per image when predicted empty, so where many validation slices are empty
+    (LGG: about two thirds) the mean per-image Dice rewards a model that predicts nothing (on LGG the best epoch by
+    it found no tumour at all, docs/volumes.md); per class or region the same holds for every class a slice lacks.
+    ``val``: the validation dataset (binary: its ``masks`` array (N, S, S), when read, is checked for empty ones).
+    """
+    binary = target.kind == "binary"
+    if requested:
+        if binary and requested not in BINARY_MONITORS:
+            raise ConfigError(f"monitor must be one of {', '.join(BINARY_MONITORS)} for binary masks, "
+                              f"got {requested!r}")
+        return requested
+    if not binary:
+        say(f"monitor: dice_global (pixels pooled; {target.kind}: per image, each slice lacking a class or region "
+            "would reward predicting nothing)")
+        return "dice_global"
+    masks = getattr(val, "masks", None)
+    if masks is None or not len(masks):
+        return "dice"
+    empty = int((masks.reshape(len(masks), -1).max(axis=1) == 0).sum())
+    if empty < POOLED_FROM_EMPTY_SHARE * len(masks):
+        return "dice"
+    say(f"monitor: dice_global (pixels pooled), since {empty} of {len(masks)} validation slices hold no tumour and "
+        "per-image Dice would reward predicting nothing (--monitor dice to pick by it anyway)")
+    return "dice_global"
+
+
 def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
     """Unlabelled slices, minus every patient of ``cfg.exclude_split``'s val and test lists when given, split by
     patient (``val_fraction``, ``seed``): (train, val) datasets of uint8 (C, S, S) slices and the intensity kind
@@ -115,8 +163,7 @@ def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
         split = split_records(slices, cfg.val_fraction, seed=cfg.seed)
     except (DataError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"data_dir / exclude_split: {err}") from None
-    if slices[0].num_channels != cfg.in_channels:
-        raise ConfigError(f"the {found.source} data have {slices[0].num_channels} channel(s); set --in-channels")
+    _settle_in_channels(cfg, trainer, slices[0].num_channels, found.source)
     if acc.is_main_process:
         save_split(trainer.run_dir / "split.json", split, data_dir=_roots(found), source=found.source,
                    excluded_split=cfg.exclude_split, excluded_slices=dropped)

@@ -5,8 +5,10 @@ mask: flip test-time augmentation (applied when the probabilities are computed),
 probability threshold, and a connected-component rule (keep the largest region only, or
 drop regions smaller than ``min_size`` pixels). :func:`search_postprocess` picks it on
 validation or out-of-fold predictions, one part at a time, keeping a part only when it
-raises the mean per-image Dice; what each part bought is returned and stored beside the
-choice in ``postprocess.json``. ``toolkit evaluate`` and ``toolkit predict`` apply it.
+raises the mean per-image Dice (or, with ``pooled=True``, the Dice of all pixels pooled: the
+figure a run whose validation holds empty slices monitors); what each part bought is returned
+and stored beside the choice in ``postprocess.json``. ``toolkit evaluate`` and ``toolkit
+predict`` apply it.
 
 Per-image Dice counts empty masks as :class:`~toolkit.metrics.SegmentationMetrics` does:
 a slice whose true and predicted masks are both empty scores 1, one with only one of them
@@ -25,8 +27,8 @@ import numpy as np
 
 from .checkpoint import save_json
 
-__all__ = ["PostProcess", "search_postprocess", "per_image_dice", "largest_component", "remove_small_components",
-           "POSTPROCESS_FILE", "load_postprocess", "VOLUME_KEY", "save_volume_key", "load_volume_key"]
+__all__ = ["PostProcess", "search_postprocess", "per_image_dice", "pooled_dice", "largest_component",
+           "remove_small_components", "POSTPROCESS_FILE", "load_postprocess", "VOLUME_KEY", "save_volume_key", "load_volume_key"]
 
 POSTPROCESS_FILE = "postprocess.json"
 VOLUME_KEY = "volume"  # postprocess.json: the 3D per-patient choice (toolkit.volume_postprocess), beside "choice"
@@ -177,14 +179,27 @@ def per_image_dice(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return metric.per_image_scores()["dice"].numpy()
 
 
-def _score(choice: PostProcess, probs: np.ndarray, targets: np.ndarray) -> float:
-    return float(per_image_dice(choice.binarize(probs), targets).mean())
+def pooled_dice(masks: np.ndarray, targets: np.ndarray) -> float:
+    """Dice of all pixels of the (N, H, W) binary masks against their targets (N, H, W) {0, 1} pooled, in
+    [0, 1]; 1 when both are empty everywhere (the ``dice_global`` of :class:`~toolkit.metrics.SegmentationMetrics`).
+    """
+    if masks.shape != targets.shape:
+        raise ValueError(f"masks {masks.shape} and targets {targets.shape} differ in shape")
+    m, t = np.asarray(masks) != 0, np.asarray(targets) != 0
+    tp, total = np.count_nonzero(m & t), np.count_nonzero(m) + np.count_nonzero(t)
+    return 2 * tp / total if total else 1.0
+
+
+def _score(choice: PostProcess, probs: np.ndarray, targets: np.ndarray, pooled: bool = False) -> float:
+    masks = choice.binarize(probs)
+    return pooled_dice(masks, targets) if pooled else float(per_image_dice(masks, targets).mean())
 
 
 def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np.ndarray | None = None,
                        thresholds: Sequence[float] = THRESHOLDS, min_sizes: Sequence[int] = MIN_SIZES,
-                       ) -> tuple[PostProcess, list[dict]]:
-    """Choose the post-processing that maximises mean per-image Dice on held-out predictions.
+                       pooled: bool = False) -> tuple[PostProcess, list[dict]]:
+    """Choose the post-processing that maximises mean per-image Dice on held-out predictions (``pooled``:
+    the Dice of all pixels pooled, see :func:`pooled_dice`).
 
     probs: (N, H, W) float tumour probabilities in [0, 1] without test-time augmentation;
     targets: (N, H, W) true masks in {0, 1}; flipped_probs: the same scans' probabilities averaged
@@ -192,7 +207,8 @@ def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np
     Parts are decided in turn, each kept only when it gains more than ``MIN_GAIN``: flip TTA
     (at threshold 0.5), then the threshold, then the component rule (none, largest region only,
     or each of ``min_sizes``). Returns (the choice, one step record per part:
-    ``{"step", "choice", "dice", "gain"}``).
+    ``{"step", "choice", "dice", "gain", "figure"}``; ``dice`` is the figure named by ``figure``,
+    ``"dice"`` per image or ``"dice_global"`` pooled).
     """
     probs, targets = np.asarray(probs, dtype=np.float32), np.asarray(targets)
     if probs.ndim != 3 or probs.shape != targets.shape:
@@ -200,18 +216,19 @@ def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np
     if flipped_probs is not None and np.shape(flipped_probs) != probs.shape:
         raise ValueError(f"flipped_probs must match probs {probs.shape}, got {np.shape(flipped_probs)}")
     best = PostProcess()
-    best_dice = _score(best, probs, targets)
-    steps = [{"step": "baseline", "choice": best.describe(), "dice": best_dice, "gain": 0.0}]
+    best_dice = _score(best, probs, targets, pooled)
+    figure = "dice_global" if pooled else "dice"
+    steps = [{"step": "baseline", "choice": best.describe(), "dice": best_dice, "gain": 0.0, "figure": figure}]
 
     def consider(step: str, candidates: list[tuple[PostProcess, np.ndarray]]) -> None:
         nonlocal best, best_dice
-        scored = [(_score(c, p, targets), c) for c, p in candidates]
+        scored = [(_score(c, p, targets, pooled), c) for c, p in candidates]
         dice, choice = max(scored, key=lambda sc: sc[0])  # the first of equals: the simpler option comes first
         gain = dice - best_dice
         if gain > MIN_GAIN:
             best, best_dice = choice, dice
         steps.append({"step": step, "choice": best.describe(), "dice": best_dice, "gain": max(gain, 0.0),
-                      "kept": gain > MIN_GAIN})
+                      "kept": gain > MIN_GAIN, "figure": figure})
 
     if flipped_probs is not None:
         flipped_probs = np.asarray(flipped_probs, dtype=np.float32)

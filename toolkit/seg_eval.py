@@ -188,14 +188,16 @@ def describe_steps(steps: Sequence[dict]) -> str:
     """One line on what each post-processing part bought, from :func:`~toolkit.postprocess.search_postprocess`."""
     first, last = steps[0]["dice"], steps[-1]["dice"]
     parts = ", ".join(f"{s['step']} {'+' if s.get('kept') else 'not kept, '}{s['gain']:.4f}" for s in steps[1:])
-    return f"{steps[-1]['choice']}: per-image Dice {first:.4f} -> {last:.4f} ({parts})"
+    figure = "pooled Dice" if steps[0].get("figure") == "dice_global" else "per-image Dice"
+    return f"{steps[-1]['choice']}: {figure} {first:.4f} -> {last:.4f} ({parts})"
 
 
-def choose_postprocess(preds: Predictions, path, **info) -> tuple[PostProcess, list[dict]]:
-    """Search the post-processing on held-out ``preds`` (flipped probabilities included) and write it to ``path``
-    (``postprocess.json``: ``{"choice": {...}, "steps": [...], "num_images": N, **info}``); returns (choice, steps).
+def choose_postprocess(preds: Predictions, path, pooled: bool = False, **info) -> tuple[PostProcess, list[dict]]:
+    """Search the post-processing on held-out ``preds`` (flipped probabilities included; ``pooled``: for the
+    pixel-pooled Dice instead of the mean per-image Dice) and write it to ``path`` (``postprocess.json``:
+    ``{"choice": {...}, "steps": [...], "num_images": N, **info}``); returns (choice, steps).
     """
-    choice, steps = search_postprocess(preds.probs, preds.targets, preds.flipped)
+    choice, steps = search_postprocess(preds.probs, preds.targets, preds.flipped, pooled=pooled)
     save_json(path, {"choice": choice.to_dict(), "steps": steps, "num_images": len(preds.targets), **info})
     return choice, steps
 
@@ -206,11 +208,12 @@ class ChoosePostprocess(Callback):
 
     build_model: returns a fresh model of the run's architecture (its weights are replaced by ``best.pth``);
     val_data: the validation dataset (uint8 image (C, S, S), uint8 mask (1, S, S));
-    preprocess: the run's uint8 → float input map (its objective's ``preprocess``).
+    preprocess: the run's uint8 → float input map (its objective's ``preprocess``);
+    pooled: choose for the pixel-pooled Dice (a run that monitors ``dice_global``) instead of per-image Dice.
     """
 
-    def __init__(self, build_model, val_data, preprocess=standardize_per_image) -> None:
-        self.build_model, self.val_data, self.preprocess = build_model, val_data, preprocess
+    def __init__(self, build_model, val_data, preprocess=standardize_per_image, pooled: bool = False) -> None:
+        self.build_model, self.val_data, self.preprocess, self.pooled = build_model, val_data, preprocess, pooled
 
     def on_fit_end(self, trainer, state) -> None:
         best = trainer.run_dir / "best.pth"
@@ -218,7 +221,7 @@ class ChoosePostprocess(Callback):
             return
         model = init_from(self.build_model(), best).eval()
         preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True)
-        _, steps = choose_postprocess(preds, trainer.run_dir / POSTPROCESS_FILE,
+        _, steps = choose_postprocess(preds, trainer.run_dir / POSTPROCESS_FILE, pooled=self.pooled,
                                       chosen_on=f"validation split of {trainer.run_dir.name}")
         trainer.accelerator.print(f"post-processing chosen on {len(self.val_data)} validation slices: "
                                   f"{describe_steps(steps)}")

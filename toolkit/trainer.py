@@ -68,9 +68,15 @@ class Trainer:
         self.figures_dir = self.run_dir / "figures"
         if self.accelerator.is_main_process:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
-            save_json(self.run_dir / "config.json", {"recipe": recipe, **cfg.__dict__})
+        self.save_config()
         self.accelerator.wait_for_everyone()
         tracking.start_tracking(self.accelerator, cfg, recipe, self.run_dir)
+
+    def save_config(self) -> None:
+        """Write ``config.json`` from ``self.cfg`` (main process); a recipe that settles a setting from its data
+        (brain_mri's ``in_channels`` 0) calls it again, so evaluate and predict read the value the run used."""
+        if self.accelerator.is_main_process:
+            save_json(self.run_dir / "config.json", {"recipe": self.recipe, **self.cfg.__dict__})
 
     # ------------------------------------------------------------------ checks
     def _check_budget(self, model: torch.nn.Module, budget: int | None) -> None:

@@ -24,13 +24,15 @@ SLICE_RULES = ("all", "nonempty", "tumour", "tumour+N")
 
 def resolve_channels(source: str, channels) -> tuple[int, ...]:
     """Resolve a ``channels`` choice (see :func:`~toolkit.data.mri.discover.discover_mri_slices`) to indices into
-    ``CHANNEL_NAMES[source]``, e.g. ("lgg", "flair") → (1,), ("brats", "all") → (0, 1, 2, 3);
-    () means one grey channel (folder only). Raises ValueError for an unknown or repeated channel."""
+    ``CHANNEL_NAMES[source]``, e.g. ("lgg", "flair") → (1,), ("brats", "all") → (0, 1, 2, 3), ("lgg", 0) →
+    (0, 1, 2) (0: what the data has; a folder: grey); () means one grey channel (folder only). Raises ValueError for an unknown or repeated channel."""
     names = CHANNEL_NAMES[source]
     default = () if source == "folder" else (names.index(DEFAULT_CHANNEL[source]),)
     if channels is None or (isinstance(channels, str) and channels.strip().lower() in ("", "default")):
         return default
     if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool):  # a count, as in_channels
+        if channels == 0:  # what the data has: every channel of a multi-channel source, grey for a folder
+            return () if source == "folder" else tuple(range(len(names)))
         if channels in (1, len(names)):
             return default if channels == 1 else tuple(range(len(names)))
         raise ValueError(f"{source} images have {len(names)} channel(s) ({', '.join(names)}): a channel count "

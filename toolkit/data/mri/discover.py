@@ -265,7 +265,8 @@ def discover_mri_slices(data_dir: str | os.PathLike, *, source: str = "auto", ch
             channel; brats: flair; raw: ALL of dataset.json's channel_names, as nnU-Net);
             "all" (or "rgb"); "grey" (folder); names (raw: case-insensitive channel_names) or
             indices as a list or comma-separated string ("flair,t1ce", "0,1"); an int is a
-            channel *count* (1 = default, all = every channel), as the ``in_channels`` setting.
+            channel *count* (1 = default, all = every channel), as the ``in_channels`` setting;
+            0 = what the data has: every channel (lgg, brats, raw), one grey channel (folder).
         slice_rule: NIfTI volumes only (other layouts accept None or "all"): "nonempty" (default)
             keeps slices with brain (raw: the brain mask when there is one; else the first channel
             differs from its voxel (0, 0, 0)), "tumour" those whose mask

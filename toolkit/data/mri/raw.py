@@ -159,14 +159,14 @@ def _one_case(root: Path, split: str, spec: RawSpec, case: str, chans: dict[int,
 
 
 def resolve_raw_channels(names: tuple[str, ...], channels) -> tuple[int, ...]:
-    """A ``channels`` choice → indices into ``names`` (dataset.json channel_names). None, "all", "default" or
-    the count len(names) = every channel (as nnU-Net); else names (case-insensitive) or indices, as a list
+    """A ``channels`` choice → indices into ``names`` (dataset.json channel_names). None, "all", "default", 0
+    (what the data has) or the count len(names) = every channel (as nnU-Net); else names (case-insensitive) or indices, as a list
     or comma-separated string. Raises ValueError for an unknown or repeated channel."""
     every = tuple(range(len(names)))
     if channels is None or (isinstance(channels, str) and channels.strip().lower() in ("", "all", "default")):
         return every
     if _is_int(channels) or isinstance(channels, np.integer):
-        if int(channels) == len(names):
+        if int(channels) in (0, len(names)):
             return every
         raise ValueError(f"this data set has {len(names)} channel(s) ({', '.join(names)}); a channel count must "
                          f"be {len(names)}, got {channels}; or name the channels")
