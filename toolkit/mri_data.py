@@ -128,7 +128,8 @@ def choose_monitor(requested: str, target: TargetSpec, val: Dataset, say: Callab
 
     Why: a slice without tumour scores 1 per image when predicted empty, so where many validation slices are empty
     (LGG: about two thirds) the mean per-image Dice rewards a model that predicts nothing (on LGG the best epoch by
-    it found no tumour at all, docs/volumes.md); per class or region the same holds for every class a slice lacks.
+    it found no tumour at all: docs/brain-mri.md, LGG); per class or region the same holds for every class a
+    slice lacks.
     ``val``: the validation dataset (binary: its ``masks`` array (N, S, S), when read, is checked for empty ones).
     """
     binary = target.kind == "binary"
