@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["tracker_kwargs", "start_tracking", "log_images", "set_summary", "wandb_run"]
+__all__ = ["tracker_kwargs", "start_tracking", "update_config", "log_images", "set_summary", "wandb_run"]
 
 
 def tracker_kwargs(cfg) -> dict[str, Any]:
@@ -41,6 +41,14 @@ def wandb_run(accelerator):
         return accelerator.get_tracker("wandb", unwrap=True)
     except (ValueError, KeyError):
         return None
+
+
+def update_config(accelerator, cfg) -> None:
+    """Bring the W&B run's config up to date with ``cfg`` (a setting a recipe settled from its data after the
+    run started, e.g. brain_mri's ``in_channels`` 0); nothing without a live run."""
+    run = wandb_run(accelerator)
+    if run is not None:
+        run.config.update(asdict(cfg), allow_val_change=True)
 
 
 def log_images(accelerator, images: dict[str, Path], step: int) -> None:

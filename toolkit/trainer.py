@@ -77,6 +77,7 @@ class Trainer:
         (brain_mri's ``in_channels`` 0) calls it again, so evaluate and predict read the value the run used."""
         if self.accelerator.is_main_process:
             save_json(self.run_dir / "config.json", {"recipe": self.recipe, **self.cfg.__dict__})
+        tracking.update_config(self.accelerator, self.cfg)  # before start_tracking (in __init__): nothing yet
 
     # ------------------------------------------------------------------ checks
     def _check_budget(self, model: torch.nn.Module, budget: int | None) -> None:
