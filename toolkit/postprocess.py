@@ -28,7 +28,8 @@ import numpy as np
 from .checkpoint import save_json
 
 __all__ = ["PostProcess", "search_postprocess", "per_image_dice", "pooled_dice", "largest_component",
-           "remove_small_components", "POSTPROCESS_FILE", "load_postprocess", "VOLUME_KEY", "save_volume_key", "load_volume_key"]
+           "remove_small_components", "POSTPROCESS_FILE", "load_postprocess", "VOLUME_KEY", "save_volume_key",
+           "load_volume_key"]
 
 POSTPROCESS_FILE = "postprocess.json"
 VOLUME_KEY = "volume"  # postprocess.json: the 3D per-patient choice (toolkit.volume_postprocess), beside "choice"

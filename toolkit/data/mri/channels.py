@@ -25,7 +25,8 @@ SLICE_RULES = ("all", "nonempty", "tumour", "tumour+N")
 def resolve_channels(source: str, channels) -> tuple[int, ...]:
     """Resolve a ``channels`` choice (see :func:`~toolkit.data.mri.discover.discover_mri_slices`) to indices into
     ``CHANNEL_NAMES[source]``, e.g. ("lgg", "flair") → (1,), ("brats", "all") → (0, 1, 2, 3), ("lgg", 0) →
-    (0, 1, 2) (0: what the data has; a folder: grey); () means one grey channel (folder only). Raises ValueError for an unknown or repeated channel."""
+    (0, 1, 2) (0: what the data has; a folder: grey); () means one grey channel (folder only). Raises
+    ValueError for an unknown or repeated channel."""
     names = CHANNEL_NAMES[source]
     default = () if source == "folder" else (names.index(DEFAULT_CHANNEL[source]),)
     if channels is None or (isinstance(channels, str) and channels.strip().lower() in ("", "default")):

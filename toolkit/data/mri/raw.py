@@ -160,8 +160,8 @@ def _one_case(root: Path, split: str, spec: RawSpec, case: str, chans: dict[int,
 
 def resolve_raw_channels(names: tuple[str, ...], channels) -> tuple[int, ...]:
     """A ``channels`` choice → indices into ``names`` (dataset.json channel_names). None, "all", "default", 0
-    (what the data has) or the count len(names) = every channel (as nnU-Net); else names (case-insensitive) or indices, as a list
-    or comma-separated string. Raises ValueError for an unknown or repeated channel."""
+    (what the data has) or the count len(names) = every channel (as nnU-Net); else names (case-insensitive) or
+    indices, as a list or comma-separated string. Raises ValueError for an unknown or repeated channel."""
     every = tuple(range(len(names)))
     if channels is None or (isinstance(channels, str) and channels.strip().lower() in ("", "all", "default")):
         return every
