@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit import ConfigError, build_segmentation_model, choose_monitor, find_image_mask_pairs, split_ids
+from toolkit import (ConfigError, build_segmentation_model, choose_monitor, find_image_mask_pairs, settle_epochs,
+                     split_ids)
 from toolkit.targets import resolve_target
 
 from .mri_fake import make_lgg
@@ -103,6 +104,19 @@ def test_choose_monitor_rules():
     classes = resolve_target("classes", labels=None, regions=None, regions_text="",
                              class_names=["glioma", "meningioma"])
     assert choose_monitor("", classes, val, said.append) == "dice_global"
+
+
+def test_default_epochs_show_the_same_number_of_training_slices():
+    saved, said = [], []
+    trainer = SimpleNamespace(save_config=lambda: saved.append(True), accelerator=SimpleNamespace(print=said.append))
+    for train_size, epochs in ((1545, 100), (305, 508), (400_000, 1)):  # figshare (where 100 was chosen), LGG, huge
+        cfg = SimpleNamespace(epochs=0)
+        settle_epochs(cfg, trainer, train_size)
+        assert cfg.epochs == epochs and f"/ {train_size}" in said[-1]
+    assert len(saved) == 3  # config.json records the number
+    cfg = SimpleNamespace(epochs=7)  # given: kept, nothing written
+    settle_epochs(cfg, trainer, 305)
+    assert cfg.epochs == 7 and len(saved) == 3
 
 
 def test_recipe_refuses_bad_config_before_training(tmp_path):

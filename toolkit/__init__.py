@@ -28,7 +28,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``MRISegmentationDataset``, ``MRISlice``, ``read_slice``, ``discover_mri_slices``,
   ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``, ``mri_augmentation``
   (its strength up to ``MAX_AUGMENT_STRENGTH``); the brain-MRI recipes' data (read, split by patient, saved):
-  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``, ``choose_monitor``.
+  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``, ``choose_monitor``, ``settle_epochs``.
 
 Names are imported lazily (PEP 562), so ``import toolkit`` stays cheap and a submodule's heavy
 dependencies load only when one of its names is used.
@@ -63,7 +63,7 @@ _EXPORTS = {
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
-    "mri_data": ["SegmentationData", "choose_monitor", "pretraining_data", "segmentation_data"],
+    "mri_data": ["SegmentationData", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"],
     "models.segmentation": ["SEGMENTATION_MODELS", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["count_parameters", "init_from"],
     "objectives": [
