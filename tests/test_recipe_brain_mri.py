@@ -84,7 +84,8 @@ def test_mostly_empty_validation_picks_best_and_post_processing_by_pooled_dice(t
     # --in-channels left at 0: every LGG channel (pre, FLAIR, post), recorded for evaluate / predict
     assert "in_channels: 3, what the lgg data give" in proc.stdout
     assert json.loads((run / "config.json").read_text())["in_channels"] == 3
-    build_segmentation_model("unet_s2d", in_channels=3).load_state_dict(torch.load(run / "best.pth", weights_only=True))
+    best = torch.load(run / "best.pth", weights_only=True)
+    build_segmentation_model("unet_s2d", in_channels=3).load_state_dict(best)
     assert json.loads((run / "summary.json").read_text())["monitor"] == "dice_global"
     steps = json.loads((run / "postprocess.json").read_text())["steps"]
     assert {s["figure"] for s in steps} == {"dice_global"} and "pooled Dice" in proc.stdout

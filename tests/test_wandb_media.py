@@ -46,9 +46,9 @@ def test_two_process_segmentation_launch_logs_one_grouped_run(tmp_path):
     (run_record,) = [r.run for r in read_records(run_file) if r.WhichOneof("record_type") == "run"]
     assert run_record.run_group == "brain_mri" and run_record.display_name == "seg"
     config = {}  # the run's config, then its updates in order: --in-channels 0 becomes what the data gave (1, grey)
-    for r in [run_record, *(r.config for r in read_records(run_file) if r.WhichOneof("record_type") == "config")]:
-        config.update({i.key: json.loads(i.value_json) for i in r.config.update} if r is run_record else
-                      {i.key: json.loads(i.value_json) for i in r.update})
+    updates = [r.config for r in read_records(run_file) if r.WhichOneof("record_type") == "config"]
+    for c in [run_record.config, *updates]:
+        config.update({i.key: json.loads(i.value_json) for i in c.update})
     assert config["in_channels"] == 1 == json.loads((run_dir / "config.json").read_text())["in_channels"]
     rows, summary = logged(run_file)
     best = f"best_{summary_json['monitor']}"  # dice, or dice_global when the validation slices are mostly empty
