@@ -163,11 +163,8 @@ def load_volume_key(path: str | Path) -> dict | None:
     return volume
 
 
-def per_image_dice(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Dice of each (N, H, W) binary mask against its target (N, H, W) {0, 1}: (N,) float64 in [0, 1].
-
-    Both empty: 1; one empty: 0 (the rule of :class:`~toolkit.metrics.SegmentationMetrics`).
-    """
+def _scored(masks: np.ndarray, targets: np.ndarray):
+    """A :class:`~toolkit.metrics.SegmentationMetrics` holding the (N, H, W) binary masks against their targets."""
     if masks.shape != targets.shape:
         raise ValueError(f"masks {masks.shape} and targets {targets.shape} differ in shape")
     import torch  # here: PostProcess.binarize serves torch-free code (toolkit.onnx_predict)
@@ -177,18 +174,22 @@ def per_image_dice(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
     metric = SegmentationMetrics()
     metric.update(torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
                   torch.from_numpy(np.ascontiguousarray(targets, dtype=np.uint8)))
-    return metric.per_image_scores()["dice"].numpy()
+    return metric
+
+
+def per_image_dice(masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Dice of each (N, H, W) binary mask against its target (N, H, W) {0, 1}: (N,) float64 in [0, 1].
+
+    Both empty: 1; one empty: 0 (the rule of :class:`~toolkit.metrics.SegmentationMetrics`).
+    """
+    return _scored(masks, targets).per_image_scores()["dice"].numpy()
 
 
 def pooled_dice(masks: np.ndarray, targets: np.ndarray) -> float:
     """Dice of all pixels of the (N, H, W) binary masks against their targets (N, H, W) {0, 1} pooled, in
     [0, 1]; 1 when both are empty everywhere (the ``dice_global`` of :class:`~toolkit.metrics.SegmentationMetrics`).
     """
-    if masks.shape != targets.shape:
-        raise ValueError(f"masks {masks.shape} and targets {targets.shape} differ in shape")
-    m, t = np.asarray(masks) != 0, np.asarray(targets) != 0
-    tp, total = np.count_nonzero(m & t), np.count_nonzero(m) + np.count_nonzero(t)
-    return 2 * tp / total if total else 1.0
+    return float(_scored(masks, targets).compute()["dice_global"])
 
 
 def _score(choice: PostProcess, probs: np.ndarray, targets: np.ndarray, pooled: bool = False) -> float:
