@@ -148,7 +148,7 @@ def main(argv=None) -> list[dict]:
         callbacks.append(FreezeEncoder(model, cfg.freeze_encoder_epochs))
     monitor = choose_monitor(cfg.monitor, target, val, trainer.accelerator.print)
     settle_epochs(cfg, trainer, len(train))
-    if cfg.postprocess and binary:  # the post-processing search is binary (threshold, components)
+    if cfg.postprocess and binary:  # the 2D search is binary: threshold, flips, components (volumes: in 3D)
         callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess,
                                            pooled=monitor.endswith("_global")))
     if cfg.postprocess:  # volume data: 3D component rules per channel on the validation patients (after the 2D)

@@ -85,6 +85,10 @@ def test_search_finds_the_known_best_on_a_constructed_case():
     assert steps[0]["step"] == "baseline" and steps[0]["dice"] < 0.1  # at 0.5 only the specks are left
     assert [s["step"] for s in steps] == ["baseline", "threshold", "components"]
     assert all(s["gain"] >= 0 for s in steps)
+    # volume data leaves the components to the 3D rules: the speck stays, the threshold is still chosen
+    choice, steps = search_postprocess(probs, targets, components=False)
+    assert [s["step"] for s in steps] == ["baseline", "threshold"] and choice.threshold <= 0.42
+    assert not choice.largest_only and choice.min_size == 0 and steps[-1]["dice"] < 1.0
 
 
 def test_pooled_search_keeps_the_tumour_that_the_per_image_search_gives_up():

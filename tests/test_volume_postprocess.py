@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.mri_fake import RAW_REGIONS, make_raw
+from tests.mri_fake import RAW_REGIONS, make_lgg, make_raw
 from tests.utils import ROOT, run_env
 from toolkit.cli import main
 from toolkit.data.mri.nifti import load_nifti
@@ -172,11 +172,23 @@ def test_recipe_chooses_and_evaluate_and_predict_apply_it(tmp_path, capsys):
     assert not np.asarray(load_nifti(tmp_path / "pred" / "case_t005_seg.nii.gz")).any()
 
 
-def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path):
-    run = train(tmp_path, make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8)), "b", "--target", "binary")
+@pytest.mark.parametrize("layout", ["raw", "lgg"])
+def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path, layout):
+    # NIfTI cases and LGG patient folders alike: the 2D search leaves components to the 3D rule chosen after it
+    data = make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8)) if layout == "raw" else make_lgg(tmp_path / "lgg")
+    run = train(tmp_path, data, "b", *(("--target", "binary") if layout == "raw" else ("--in-channels", "0")))
     post, data = load_postprocess(run / POSTPROCESS_FILE)
-    assert data["steps"][0]["step"] == "baseline" and list(data["volume"]["rules"]) == ["tumour"]
-    assert data["volume"]["after_2d"] == post.describe()
+    assert [s["step"] for s in data["steps"]] == ["baseline", "flip TTA", "threshold"]
+    assert not post.largest_only and post.min_size == 0
+    assert list(data["volume"]["rules"]) == ["tumour"] and data["volume"]["after_2d"] == post.describe()
     assert main(["evaluate", "--weights", str(run / "best.pth"), "--split", "val"]) == 0
     result = json.loads((run / "eval_val.json").read_text())
     assert str(run / POSTPROCESS_FILE) in result["postprocess"]["volume"] and "without_volume_postprocess" in result
+    # the per-slice scores are those of the masks after the 3D rule: one that removes everything empties them all
+    data["volume"]["rules"]["tumour"] = {"rule": "min_voxels", "min_voxels": 10**9}
+    (run / POSTPROCESS_FILE).write_text(json.dumps(data))
+    assert main(["evaluate", "--weights", str(run / "best.pth"), "--split", "val"]) == 0
+    result = json.loads((run / "eval_val.json").read_text())
+    assert result["per_image"] and all(r["pred_pixels"] == 0 for r in result["per_image"])
+    assert result["summary"]["per_patient"]["tumour"]["dice"] == pytest.approx(
+        np.mean([float(r["tumour"]["true_volume_ml"] == 0) for r in result["patients"]]))

@@ -199,7 +199,7 @@ def _score(choice: PostProcess, probs: np.ndarray, targets: np.ndarray, pooled: 
 
 def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np.ndarray | None = None,
                        thresholds: Sequence[float] = THRESHOLDS, min_sizes: Sequence[int] = MIN_SIZES,
-                       pooled: bool = False) -> tuple[PostProcess, list[dict]]:
+                       pooled: bool = False, components: bool = True) -> tuple[PostProcess, list[dict]]:
     """Choose the post-processing that maximises mean per-image Dice on held-out predictions (``pooled``:
     the Dice of all pixels pooled, see :func:`pooled_dice`).
 
@@ -208,7 +208,8 @@ def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np
     with their horizontally flipped prediction (None: flips are not tried).
     Parts are decided in turn, each kept only when it gains more than ``MIN_GAIN``: flip TTA
     (at threshold 0.5), then the threshold, then the component rule (none, largest region only,
-    or each of ``min_sizes``). Returns (the choice, one step record per part:
+    or each of ``min_sizes``; ``components=False`` leaves it out: volume data, where 3D rules decide per patient,
+    see :mod:`toolkit.volume_postprocess`). Returns (the choice, one step record per part:
     ``{"step", "choice", "dice", "gain", "figure"}``; ``dice`` is the figure named by ``figure``,
     ``"dice"`` per image or ``"dice_global"`` pooled).
     """
@@ -237,6 +238,7 @@ def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np
         consider("flip TTA", [(replace(best, flips=True), flipped_probs)])
     source = flipped_probs if best.flips else probs
     consider("threshold", [(replace(best, threshold=float(t)), source) for t in thresholds])
-    rules = [replace(best, largest_only=True)] + [replace(best, min_size=int(s)) for s in min_sizes]
-    consider("components", [(r, source) for r in rules])
+    if components:
+        rules = [replace(best, largest_only=True)] + [replace(best, min_size=int(s)) for s in min_sizes]
+        consider("components", [(r, source) for r in rules])
     return best, steps

@@ -80,7 +80,10 @@ def evaluate(args: argparse.Namespace) -> int:
         return volume_eval.evaluate_volumes(args, ensemble, cfg, post, source, files, records, data_dir)
     dataset = run_dataset(records, cfg)
     preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold)
-    scored = image_records(dataset.ids, post.binarize(preds.chosen(post)), preds.targets, slice_meta(records))
+    masks = post.binarize(preds.chosen(post))
+    volumes = volume_eval.wants_volume_eval(ensemble.target, dataset.records)
+    final, in_3d = volume_eval.volume_masks(source, dataset.records, masks) if volumes else (masks, False)
+    scored = image_records(dataset.ids, final, preds.targets, slice_meta(records))
     summary = summarise(scored)
     bare = PostProcess(threshold=float(cfg.get("threshold", 0.5)))  # the run's threshold, no TTA, all regions
     plain = summarise(image_records(dataset.ids, bare.binarize(preds.probs), preds.targets))
@@ -93,16 +96,16 @@ def evaluate(args: argparse.Namespace) -> int:
         for r, d in zip(scored, preds.disagreement):
             r["disagreement"] = float(d)
         result["disagreement"] = disagreement_report(scored, preds.disagreement)
-    if volume_eval.wants_volume_eval(ensemble.target, dataset.records):  # binary runs on volumes: + per patient
-        volume_eval.add_volumes(result, dataset.records, post.binarize(preds.chosen(post)), preds.targets,
-                                cfg["image_size"])
+    if volumes:  # binary runs on volumes: + per patient (the 3D rule applied there, its effect reported)
+        volume_eval.add_volumes(result, dataset.records, masks, preds.targets, cfg["image_size"])
     out = volume_eval.eval_output(args)  # default: beside the weights (a run or CV folder, or a best.pth's folder)
     save_json(out, result)
     print(f"{'id':>12} {'dice':>6} {'iou':>6} {'true px':>8} {'pred px':>8}")
     for r in sorted(scored, key=lambda r: r["dice"])[: args.show]:
         print(f"{r['id']:>12} {r['dice']:6.3f} {r['iou']:6.3f} {r['true_pixels']:8d} {r['pred_pixels']:8d}")
     print(f"{len(scored)} slices ({args.split} split of {data_dir}), worst {min(args.show, len(scored))} shown; "
-          f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
+          f"{len(files)} model(s); post-processing: {post.describe()} ({source})"
+          + (f"; then per patient volume: {result['postprocess']['volume']}" if in_3d else ""))
     for key in SUMMARY_KEYS:
         print(f"  {key:<14} {summary[key]:.4f}   (without post-processing {plain[key]:.4f})")
     if "per_patient" in summary:

@@ -25,6 +25,7 @@ from .ensemble import SegmentationEnsemble, slice_disagreement
 from .metrics import SegmentationMetrics
 from .models.utils import init_from
 from .postprocess import POSTPROCESS_FILE, PostProcess, search_postprocess
+from .volume_metrics import are_volumes
 
 __all__ = ["Predictions", "collect_probs", "image_records", "slice_meta", "summarise", "disagreement_report",
            "EMPTY_RULE", "GROUP_COLUMNS", "choose_postprocess", "ChoosePostprocess", "describe_steps"]
@@ -192,12 +193,15 @@ def describe_steps(steps: Sequence[dict]) -> str:
     return f"{steps[-1]['choice']}: {figure} {first:.4f} -> {last:.4f} ({parts})"
 
 
-def choose_postprocess(preds: Predictions, path, pooled: bool = False, **info) -> tuple[PostProcess, list[dict]]:
+def choose_postprocess(preds: Predictions, path, pooled: bool = False, components: bool = True,
+                       **info) -> tuple[PostProcess, list[dict]]:
     """Search the post-processing on held-out ``preds`` (flipped probabilities included; ``pooled``: for the
-    pixel-pooled Dice instead of the mean per-image Dice) and write it to ``path`` (``postprocess.json``:
-    ``{"choice": {...}, "steps": [...], "num_images": N, **info}``); returns (choice, steps).
+    pixel-pooled Dice instead of the mean per-image Dice; ``components=False``: no 2D component rule) and write
+    it to ``path`` (``postprocess.json``: ``{"choice": {...}, "steps": [...], "num_images": N, **info}``);
+    returns (choice, steps).
     """
-    choice, steps = search_postprocess(preds.probs, preds.targets, preds.flipped, pooled=pooled)
+    choice, steps = search_postprocess(preds.probs, preds.targets, preds.flipped, pooled=pooled,
+                                       components=components)
     save_json(path, {"choice": choice.to_dict(), "steps": steps, "num_images": len(preds.targets), **info})
     return choice, steps
 
@@ -209,11 +213,17 @@ class ChoosePostprocess(Callback):
     build_model: returns a fresh model of the run's architecture (its weights are replaced by ``best.pth``);
     val_data: the validation dataset (uint8 image (C, S, S), uint8 mask (1, S, S));
     preprocess: the run's uint8 → float input map (its objective's ``preprocess``);
-    pooled: choose for the pixel-pooled Dice (a run that monitors ``dice_global``) instead of per-image Dice.
+    pooled: choose for the pixel-pooled Dice (a run that monitors ``dice_global``) instead of per-image Dice;
+    components: try the 2D component rules; None (default): unless the validation records are volumes (NIfTI
+    cases, LGG patient folders), where :class:`~toolkit.volume_postprocess_run.ChooseVolumePostprocess` chooses
+    3D ones per patient afterwards (on LGG validation patients the 2D rule dropped the small true tumour at
+    the top and bottom of a volume that the 3D rule keeps, see docs/brain-mri.md).
     """
 
-    def __init__(self, build_model, val_data, preprocess=standardize_per_image, pooled: bool = False) -> None:
+    def __init__(self, build_model, val_data, preprocess=standardize_per_image, pooled: bool = False,
+                 components: bool | None = None) -> None:
         self.build_model, self.val_data, self.preprocess, self.pooled = build_model, val_data, preprocess, pooled
+        self.components = (not are_volumes(getattr(val_data, "records", []))) if components is None else components
 
     def on_fit_end(self, trainer, state) -> None:
         best = trainer.run_dir / "best.pth"
@@ -222,6 +232,7 @@ class ChoosePostprocess(Callback):
         model = init_from(self.build_model(), best).eval()
         preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True)
         _, steps = choose_postprocess(preds, trainer.run_dir / POSTPROCESS_FILE, pooled=self.pooled,
+                                      components=self.components,
                                       chosen_on=f"validation split of {trainer.run_dir.name}")
         trainer.accelerator.print(f"post-processing chosen on {len(self.val_data)} validation slices: "
                                   f"{describe_steps(steps)}")

@@ -32,11 +32,12 @@ from .seg_eval import EMPTY_RULE as SLICE_EMPTY_RULE
 from .target_metrics import TargetMetrics
 from .targets import TargetSpec
 from .volume_postprocess_run import stored_volume_postprocess
-from .volume_metrics import EMPTY_RULE, HD95_DEFINITION, case_scores, json_safe, lgg_case_and_index, stack_slices, \
-    summarise_cases
+from .volume_metrics import (EMPTY_RULE, HD95_DEFINITION, are_volumes, case_scores, json_safe, lgg_case_and_index,
+                             stack_slices, summarise_cases)
 
 __all__ = ["wants_volume_eval", "case_keys", "case_spacings", "pack_masks", "score_cases", "score_packed",
-           "class_accuracy", "predict_packed", "add_volumes", "evaluate_volumes", "eval_output", "UNKNOWN_SPACING"]
+           "class_accuracy", "predict_packed", "volume_masks", "add_volumes", "evaluate_volumes", "eval_output",
+           "UNKNOWN_SPACING"]
 
 UNKNOWN_SPACING = "unknown (voxels)"
 NO_VOLUME = "2D slices, not volumes: HD95 not computed; Dice/IoU/volumes pool each patient's slices"
@@ -47,7 +48,7 @@ CLASS_RULE = ("on slices whose truth has tumour, the predicted class is the one 
 def wants_volume_eval(spec: TargetSpec, records: Sequence) -> bool:
     """True when a run of target ``spec`` on ``records`` (MRISlice) is scored here: a classes/regions target,
     or volume data (a slice ``index`` set, or LGG patient folders)."""
-    return spec.kind != "binary" or any(r.index is not None or r.source == "lgg" for r in records)
+    return spec.kind != "binary" or are_volumes(records)
 
 
 def case_keys(records: Sequence) -> tuple[list[tuple[str, int]], bool]:
@@ -56,7 +57,7 @@ def case_keys(records: Sequence) -> tuple[list[tuple[str, int]], bool]:
     NIfTI slices: (patient, index); LGG: :func:`~toolkit.volume_metrics.lgg_case_and_index` of the id; other 2D
     slices: (patient or id, running number within the patient) and ``False``.
     """
-    volumes = any(r.index is not None or r.source == "lgg" for r in records)
+    volumes = are_volumes(records)
     keys, counts = [], {}
     for r in records:
         if r.source == "lgg":
@@ -204,15 +205,29 @@ def _volumes(records: Sequence, packed: np.ndarray, names: Sequence[str], size: 
             "per_patient": json_safe(summarise_cases(per_case)), "patients": rows, **extra}
 
 
+def volume_masks(source: str | None, records: Sequence, masks: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Binary runs: the (N, S, S) {0, 1} ``masks`` of ``records`` (MRISlice, in order) after the 3D rule of the
+    applied postprocess.json (``source``: :func:`~toolkit.inference.pick_postprocess`'s), per patient volume, and
+    whether a rule applied; unchanged (and False) for 2D slices or without a stored ``"volume"`` choice. So the
+    per-slice scores of ``toolkit evaluate`` are those of the masks that ``toolkit predict`` writes for a volume."""
+    keys, volumes = case_keys(records)
+    vpost = stored_volume_postprocess(source, TargetSpec.binary())[0] if volumes else None
+    if vpost is None:
+        return masks, False
+    masks = np.asarray(masks)
+    packed = vpost.apply_packed(keys, pack_masks(masks[:, None], np.zeros_like(masks, bool)[:, None]))
+    return (packed & 1).astype(masks.dtype), True
+
+
 def add_volumes(result: dict, records: Sequence, masks: np.ndarray, targets: np.ndarray, size: int) -> None:
     """Binary runs on volume data: add per-patient volume scores to today's evaluate ``result`` (in place).
 
     records: the scored MRISlice records in order; masks, targets: (N, S, S) {0, 1} post-processed prediction
-    and truth. Adds ``spacing``, ``empty_volumes``, ``hd95_definition``, ``patients`` and, beside today's
+    and truth before the stored 3D rule, which applies here (the scores without it kept apart). Adds ``spacing``, ``empty_volumes``, ``hd95_definition``, ``patients`` and, beside today's
     pooled-slice keys of ``summary.per_patient``, ``summary.per_patient.tumour`` and ``.mean``; prints them.
     """
     vpost, line = stored_volume_postprocess(result.get("postprocess", {}).get("from"), TargetSpec.binary())
-    result.setdefault("postprocess", {})["volume"] = line  # the 3D choice applies to the per-patient scores only
+    result.setdefault("postprocess", {})["volume"] = line  # applied here per patient; to slices by volume_masks
     part = _volumes(records, pack_masks(np.asarray(masks)[:, None], np.asarray(targets)[:, None]), ("tumour",), size,
                     vpost)
     result["summary"].setdefault("per_patient", {}).update(part.pop("per_patient"))

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["EMPTY_RULE", "HD95_DEFINITION", "surface_distances", "hd95", "case_scores", "stack_slices",
-           "lgg_case_and_index", "summarise_cases", "json_safe"]
+           "lgg_case_and_index", "are_volumes", "summarise_cases", "json_safe"]
 
 EMPTY_RULE = (
     "A patient with no voxel of the class/region in the ground truth scores Dice = IoU = 1 if the "
@@ -121,6 +121,12 @@ def case_scores(pred, truth, spacing: Sequence[float]) -> dict[str, float]:
     ml = float(np.prod(sp)) / 1000.0
     return {"dice": dice, "iou": iou, "hd95_mm": hd95(p, t, sp), "abs_volume_diff_ml": abs(n_p - n_t) * ml,
             "true_volume_ml": n_t * ml, "pred_volume_ml": n_p * ml}
+
+
+def are_volumes(records: Sequence) -> bool:
+    """True when slice records (MRISlice) come from volumes: NIfTI slices (an ``index`` set) or LGG patient
+    folders (one folder = one volume); False for 2D slices, e.g. figshare."""
+    return any(getattr(r, "index", None) is not None or getattr(r, "source", "") == "lgg" for r in records)
 
 
 def lgg_case_and_index(slice_id: str) -> tuple[str, int]:

@@ -11,6 +11,7 @@ from .ensemble import SegmentationEnsemble
 from .models.utils import init_from
 from .postprocess import POSTPROCESS_FILE, PostProcess, load_postprocess, load_volume_key, save_volume_key
 from .targets import TargetSpec
+from .volume_metrics import are_volumes
 from .volume_postprocess import CONNECTIVITY, MIN_VOXELS, VolumePostprocess, choose_volume_postprocess
 
 __all__ = ["stored_volume_postprocess", "report_lines", "ChooseVolumePostprocess"]
@@ -42,9 +43,9 @@ def report_lines(report: Mapping) -> list[str]:
 
 
 class ChooseVolumePostprocess(Callback):
-    """At the end of fit, on volume data (validation records with a slice ``index``), the main process predicts
-    the validation split with ``best.pth`` (after the run's 2D post-processing when ``postprocess.json`` holds
-    one: binary runs), chooses the 3D rules per channel and adds them to ``<run>/postprocess.json`` as
+    """At the end of fit, on volume data (validation records with a slice ``index``, or LGG patient folders), the
+    main process predicts the validation split with ``best.pth`` (after the run's 2D post-processing when
+    ``postprocess.json`` holds one: binary runs), chooses the 3D rules per channel and adds them to ``<run>/postprocess.json`` as
     ``"volume"`` (a classes/regions run's file gets the identity 2D choice at ``threshold``).
 
     build_model: returns a fresh model of the run (out_channels = ``target.out_channels``); val_data: the
@@ -63,8 +64,7 @@ class ChooseVolumePostprocess(Callback):
 
         best, path = trainer.run_dir / "best.pth", trainer.run_dir / POSTPROCESS_FILE
         records = list(getattr(self.val_data, "records", []))
-        if not trainer.accelerator.is_main_process or not best.is_file() or not any(r.index is not None
-                                                                                    for r in records):
+        if not trainer.accelerator.is_main_process or not best.is_file() or not are_volumes(records):
             return
         post = load_postprocess(path)[0] if path.is_file() else PostProcess(threshold=self.threshold)
         ensemble = SegmentationEnsemble([init_from(self.build_model(), best).eval()], self.preprocess, self.target)
