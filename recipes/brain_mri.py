@@ -14,6 +14,7 @@ from pathlib import Path
 
 from toolkit import (
     MAX_AUGMENT_STRENGTH,
+    MAX_CONTEXT,
     SEGMENTATION_MODELS,
     ChoosePostprocess,
     ChooseVolumePostprocess,
@@ -28,6 +29,7 @@ from toolkit import (
     Trainer,
     build_segmentation_model,
     choose_monitor,
+    context_channels,
     settle_epochs,
     init_from,
     parse_config,
@@ -52,6 +54,7 @@ class BrainMRIConfig(TrainConfig):
     synthetic_images: int = 400  # number of synthetic slices (10% without tumour)
     image_size: int = 240  # side of the square slices fed to the model, pixels
     in_channels: int = 0  # image channels: 0 = what the data has (every channel of LGG/BraTS/nnU-Net volumes, chosen on LGG validation; 1 grey for image folders); or a count
+    context_slices: int = 0  # 2.5D: neighbouring slices on each side of a volume's slice (NIfTI cases, LGG folders) stacked as extra input channels; 0 = none
     val_fraction: float = 0.2  # share of patients (or id blocks) held out for validation (picks the best epoch)
     test_fraction: float = 0.0  # share of patients held out for a final test (`toolkit evaluate --split test`)
     split_block: int = 1  # data without patient ids only: consecutive ids kept on one side of a split
@@ -95,6 +98,9 @@ class BrainMRIConfig(TrainConfig):
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 - self.val_fraction:
             raise ConfigError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
                               f"got {self.val_fraction} and {self.test_fraction}")
+        if not 0 <= self.context_slices <= MAX_CONTEXT:
+            raise ConfigError(f"context_slices must be in [0, {MAX_CONTEXT}] (neighbours on each side), "
+                              f"got {self.context_slices}")
         if self.in_channels < 0:
             raise ConfigError(f"in_channels must be 0 (what the data has) or a channel count, got {self.in_channels}")
         if self.image_size < 16:
@@ -125,8 +131,10 @@ class BrainMRIConfig(TrainConfig):
 
 
 def build_model(cfg: BrainMRIConfig, out_channels: int = 1):
-    """The configured segmentation model: (N, in_channels, S, S) float → (N, out_channels, S, S) logits."""
-    return build_segmentation_model(cfg.model, in_channels=cfg.in_channels, out_channels=out_channels,
+    """The configured segmentation model: (N, in_channels x (2 context_slices + 1), S, S) float → (N, out_channels,
+    S, S) logits."""
+    return build_segmentation_model(cfg.model, in_channels=context_channels(cfg.in_channels, cfg.context_slices),
+                                    out_channels=out_channels,
                                     widths=parse_widths(cfg.widths))
 
 

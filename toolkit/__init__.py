@@ -28,7 +28,8 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``MRISegmentationDataset``, ``MRISlice``, ``read_slice``, ``discover_mri_slices``,
   ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``, ``mri_augmentation``
   (its strength up to ``MAX_AUGMENT_STRENGTH``); the brain-MRI recipes' data (read, split by patient, saved):
-  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``, ``choose_monitor``, ``settle_epochs``.
+  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``, ``choose_monitor``, ``settle_epochs``;
+  2.5D input (``--context-slices``): ``context_channels``, ``MAX_CONTEXT``.
 
 Names are imported lazily (PEP 562), so ``import toolkit`` stays cheap and a submodule's heavy
 dependencies load only when one of its names is used.
@@ -53,6 +54,7 @@ _EXPORTS = {
     "ssl_curve": ["SSL_ARMS", "curve_summary", "curve_table", "run_name", "score_run", "write_curve"],
     "data.batch_transforms": ["add_gaussian_noise"],
     "data.mri.augment": ["mri_train_transforms", "mri_augmentation", "MAX_AUGMENT_STRENGTH"],
+    "data.mri.context": ["MAX_CONTEXT", "context_channels"],
     "data.mri.dataset": ["MRISegmentationDataset"],
     "data.mri.discover": ["discover_mri_slices"],
     "data.mri.pairs": ["find_image_mask_pairs"],

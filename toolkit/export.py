@@ -48,6 +48,9 @@ def _segmentation(weights: Path) -> tuple[nn.Module, tuple[int, int, int], dict[
     from .postprocess import POSTPROCESS_FILE
 
     model, cfg = load_segmentation_run(weights)
+    if int(cfg.get("context_slices", 0)):
+        raise ValueError(f"{weights}: a 2.5D run (context_slices {cfg['context_slices']}) needs a slice's neighbours, "
+                         f"which the exported single-image model cannot be given; predict with toolkit predict")
     post_file = weights.parent / POSTPROCESS_FILE
     post, source = pick_postprocess(post_file if post_file.is_file() else None, cfg)
     size, c = int(cfg["image_size"]), int(cfg.get("in_channels", 1))

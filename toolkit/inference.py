@@ -13,6 +13,7 @@ import torch
 
 from .checkpoint import load_weights
 from .data.batch_transforms import input_preprocess
+from .data.mri.context import context_channels
 from .data.mri.dataset import MRISegmentationDataset
 from .data.mri.folders import discover_folders
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
@@ -47,7 +48,8 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     stored = json.loads(target_path.read_text()) if target_path.is_file() else {}
     target = TargetSpec.from_dict(stored)
     cfg = {**cfg, "target_spec": target.to_dict(), "intensity": stored.get("intensity", "per_slice")}
-    model = build_segmentation_model(cfg["model"], in_channels=cfg.get("in_channels", 1),
+    model = build_segmentation_model(cfg["model"], in_channels=context_channels(cfg.get("in_channels", 1),
+                                                                               cfg.get("context_slices", 0)),
                                      out_channels=target.out_channels,
                                      widths=parse_widths(cfg.get("widths", "")))
     state = load_weights(weights)
@@ -75,9 +77,11 @@ def run_slices(data_dir: str, cfg: dict) -> list:
                             skip_bad_files=cfg.get("skip_bad_files", False)).slices
 
 
-def run_dataset(records, cfg: dict) -> MRISegmentationDataset:
-    """``records`` at the run's resolution: (uint8 image (C, S, S), uint8 mask (1, S, S)) pairs, S = image_size."""
-    return MRISegmentationDataset(records, size=cfg["image_size"], skip_bad_files=cfg.get("skip_bad_files", False))
+def run_dataset(records, cfg: dict, **kwargs) -> MRISegmentationDataset:
+    """``records`` at the run's resolution: (uint8 image (C, S, S), uint8 mask (1, S, S)) pairs, S = image_size,
+    C = in_channels x (2 context_slices + 1) (the run's 2.5D neighbours stacked); ``kwargs`` go to the dataset."""
+    return MRISegmentationDataset(records, size=cfg["image_size"], skip_bad_files=cfg.get("skip_bad_files", False),
+                                  context=int(cfg.get("context_slices", 0)), **kwargs)
 
 
 def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, dict, Path | None, list[Path]]:

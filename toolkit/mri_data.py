@@ -22,6 +22,7 @@ from .data import (DataError, MRIImageDataset, exclude_split, input_preprocess, 
 from .data.mri import (AttributeClasses, MRISegmentationDataset, attribute_classes, discover_folders,
                        generate_synthetic_mri, mri_augmentation)
 from .targets import TARGET_FILE, TargetSpec, resolve_target
+from .volume_metrics import are_volumes
 
 __all__ = ["SegmentationData", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"]
 
@@ -99,7 +100,11 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
         save_split(trainer.run_dir / "split.json", split, data_dir=_roots(found), source=found.source, unit=unit,
                    folds=cfg.folds, fold=cfg.fold)
         save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
-    common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files}
+    context = int(getattr(cfg, "context_slices", 0))
+    if context and not are_volumes(found.slices):
+        raise ConfigError(f"context_slices {context}: the data at {', '.join(str(r) for r in found.roots)} are 2D "
+                          f"slices of no volume ({found.source}); 2.5D needs NIfTI cases or LGG patient folders")
+    common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files, "context": context}
     if target.kind != "binary" and not names:
         common["labels"] = True  # label maps as stored, not tumour = label > 0
     train = MRISegmentationDataset(split["train"], transform=mri_augmentation(cfg.augment), **common)

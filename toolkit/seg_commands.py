@@ -35,6 +35,10 @@ def predict(args: argparse.Namespace) -> int:
     if is_nifti_input(Path(args.input)):  # NIfTI volumes: a label volume and an overlay per case
         print(f"{len(files)} model(s); threshold {post.threshold}, flips {post.flips} ({source})")
         return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output), post_source=source)
+    if int(cfg.get("context_slices", 0)):
+        raise ValueError(f"{files[0]} was trained with context_slices {cfg['context_slices']} (2.5D: each slice with "
+                         f"its neighbours), so it predicts volumes: give a .nii.gz case, a case's channel files or a "
+                         f"raw-layout folder as --input (got {args.input}), or score LGG folders with toolkit evaluate")
     layout = run_layout(files[0].parent)
     channels = resolve_channels(layout, cfg.get("channels") or cfg.get("in_channels", 1))
     in_channels, names = int(cfg.get("in_channels", 1)), _channel_names(layout, channels)

@@ -25,7 +25,7 @@ import torch
 
 from .checkpoint import save_json
 from .data.mri.classes import AttributeClasses
-from .data.mri.dataset import MRISegmentationDataset
+from .inference import run_dataset
 from .data.mri.nifti import load_nifti
 from .postprocess import PostProcess
 from .seg_eval import EMPTY_RULE as SLICE_EMPTY_RULE
@@ -242,7 +242,7 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
     choice of the applied postprocess.json, if any, is applied per patient)."""
     spec, size, column = ensemble.target, int(cfg["image_size"]), cfg.get("class_column") or ""
     records = list({r.id: r for r in records}.values())  # a record listed twice is scored once
-    dataset = MRISegmentationDataset(records, size=size, labels=True, skip_bad_files=cfg.get("skip_bad_files", False))
+    dataset = run_dataset(records, cfg, labels=True)
     if column and spec.kind == "classes":
         dataset = AttributeClasses(dataset, column, spec.names)
     records = dataset.records

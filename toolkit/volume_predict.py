@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.errors import MRIDataError
+from .data.mri.context import volume_context
 from .data.mri.io import to_uint8
 from .data.mri.nifti import brain_region, load_nifti, save_nifti, zscore_uint8
 from .data.mri.raw import DATASET_JSON, raw_cases, read_dataset_json, resolve_raw_channels
@@ -126,14 +127,17 @@ def normalise_channels(volumes: list[np.ndarray], intensity: str, brain_mask: np
 
 @torch.no_grad()
 def predict_volume(ensemble, volume: np.ndarray, size: int, threshold: float = 0.5, flips: bool = False,
-                   batch_size: int = 16) -> np.ndarray:
+                   batch_size: int = 16, context: int = 0) -> np.ndarray:
     """Label volume of one case: ``volume`` uint8 (X, Y, Z, C) from :func:`normalise_channels` → uint8
     (X, Y, Z) label values of the ensemble's target (:meth:`~toolkit.targets.TargetSpec.to_labels`).
+    ``context``: the run's 2.5D neighbours on each side, stacked per slice as in training
+    (:func:`~toolkit.data.mri.context.volume_context`: the model sees C x (2 context + 1) channels).
 
     Each slice (X, Y, C) is resized to ``size`` x ``size`` as in training (INTER_AREA when shrinking,
     INTER_LINEAR when growing), predicted in batches of ``batch_size`` with ``ensemble.preprocess`` and
     ``ensemble(x, flips)``, and its probabilities resized back to (X, Y) (bilinear) before ``to_labels``.
     """
+    volume = volume_context(volume, context)
     x_size, y_size, depth = volume.shape[:3]
     interp = cv2.INTER_AREA if max(x_size, y_size) > size else cv2.INTER_LINEAR
     device = next(ensemble.parameters()).device
@@ -224,7 +228,8 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
                                                 f"{tuple(ref.shape)}")
         volume = normalise_channels([np.asarray(load_nifti(p), dtype=np.float32) for p in chans], cfg["intensity"],
                                     brain)
-        labels = predict_volume(ensemble, volume, size, post.threshold, post.flips, batch_size)
+        labels = predict_volume(ensemble, volume, size, post.threshold, post.flips, batch_size,
+                                int(cfg.get("context_slices", 0)))
         if vpost is not None:
             labels = vpost.apply_labels(labels, labels.shape[0] * labels.shape[1] / size**2)
         seg, png, k = write_case(Path(out_dir), case.case, labels, ref, volume[..., 0])

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import MRIDataError
+from .context import context_channels, context_rows, stack_context
 from .io import MRISlice, read_slice
 
 __all__ = ["MRISegmentationDataset"]
@@ -78,6 +79,8 @@ class MRISegmentationDataset(Dataset):
         skip_bad_files: drop slices whose files cannot be read or whose mask is bad (wrong size,
             not binary), listing them in ``skipped``; with ``cache=False`` every slice is read
             once here to find them. False: the first bad file raises MRIDataError naming it.
+        context: 2.5D input (:mod:`~toolkit.data.mri.context`): each slice with the ``context``
+            slices on each side of its volume stacked as extra channels (needs ``cache``); 0 = none.
         labels: False (default): masks are binary {0, 1} (label > 0). True: NIfTI masks hold the
             label map's values (e.g. 0..4 for BraTS; the cache ``masks`` then holds label values,
             and ``transform`` must treat masks as labels: nearest-neighbour only); 2D layouts
@@ -85,7 +88,7 @@ class MRISegmentationDataset(Dataset):
 
     ``dataset[i]`` is ``(image, mask)``: image ``torch.uint8`` (C, size, size) with values
     0..255, mask ``torch.uint8`` (1, size, size) with values {0, 1} (or label values with
-    ``labels=True``); C = ``in_channels``. NIfTI images are z-scored per volume (see
+    ``labels=True``); C = ``in_channels`` x (2 ``context`` + 1) (``input_channels``). NIfTI images are z-scored per volume (see
     :mod:`toolkit.data.mri.nifti`), 2D ones scaled per slice.
     ``ids`` (list of str) and ``records`` follow the dataset order; ``skipped`` is a list of
     (path, reason) of the slices left out.
@@ -104,9 +107,12 @@ class MRISegmentationDataset(Dataset):
         num_threads: int | None = None,
         skip_bad_files: bool = False,
         labels: bool = False,
+        context: int = 0,
     ):
         if int(size) < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
+        if context and not cache:
+            raise ValueError("context slices need cache=True (neighbours are gathered from the cache)")
         self.records: list[MRISlice] = [_as_record(r, in_channels) for r in records]
         counts = sorted({r.num_channels for r in self.records})
         if len(counts) > 1 or (counts and in_channels is not None and counts[0] != in_channels):
@@ -121,6 +127,9 @@ class MRISegmentationDataset(Dataset):
         self.masks: np.ndarray | None = None
         if cache or skip_bad_files:
             self._read_all(cache, skip_bad_files, num_threads)
+        self.context = int(context)
+        self.input_channels = context_channels(self.in_channels, self.context)
+        self._rows = context_rows(self.records, self.context) if self.context else None
 
     def _read_all(self, store: bool, skip: bool, num_threads: int | None) -> None:
         n, s = len(self.records), self.size
@@ -175,7 +184,9 @@ class MRISegmentationDataset(Dataset):
         return _resize(img, self.size, nearest=False), _resize(mask, self.size, nearest=True)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.images is not None:
+        if self._rows is not None:  # a new array: the slice and its neighbours along the channel axis
+            img, mask = stack_context(self.images, self._rows[i]), self.masks[i].copy()
+        elif self.images is not None:
             img, mask = self.images[i], self.masks[i]
             if self.transform is not None:  # a transform must never write into the shared cache
                 img, mask = img.copy(), mask.copy()
