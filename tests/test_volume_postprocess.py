@@ -192,3 +192,19 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
     assert result["per_image"] and all(r["pred_pixels"] == 0 for r in result["per_image"])
     assert result["summary"]["per_patient"]["tumour"]["dice"] == pytest.approx(
         np.mean([float(r["tumour"]["true_volume_ml"] == 0) for r in result["patients"]]))
+
+
+def test_postprocess_command_gives_an_older_run_the_choice_of_today(tmp_path, capsys):
+    # a run without post-processing (as an LGG run trained before LGG folders had the 3D choice): the command
+    # chooses the 2D part and the 3D rule on its validation patients; a second call keeps the file it replaces
+    run = train(tmp_path, make_lgg(tmp_path / "lgg"), "old", "--in-channels", "0", "--postprocess", "false")
+    assert not (run / POSTPROCESS_FILE).exists()
+    assert main(["postprocess", "--weights", str(run)]) == 0
+    post, data = load_postprocess(run / POSTPROCESS_FILE)
+    assert data["chosen_on"] == "validation split of old" and list(data["volume"]["rules"]) == ["tumour"]
+    assert "3D post-processing chosen on 2 validation patient(s)" in capsys.readouterr().out
+    assert main(["postprocess", "--weights", str(run / "best.pth")]) == 0
+    assert json.loads((run / "postprocess.previous.json").read_text()) == data
+    assert load_postprocess(run / POSTPROCESS_FILE)[1]["volume"]["rules"] == data["volume"]["rules"]  # same choice
+    with pytest.raises(SystemExit):  # one run only
+        main(["postprocess", "--weights", str(run), str(run)])

@@ -1,4 +1,4 @@
-"""`toolkit evaluate | predict | report`: use the weights of any segmentation run; report on runs.
+"""`toolkit evaluate | predict | postprocess | export | report`: use the weights of a segmentation run; report.
 
     toolkit evaluate --weights runs/<run>/best.pth [--data-dir DIR] [--split test|val|train|all]
     toolkit evaluate --weights runs/<cv-run> --data-dir DIR --split all      # the folds' ensemble
@@ -6,6 +6,7 @@
     toolkit predict  --weights runs/<run>/best.pth --input FILE_OR_DIR --output DIR
     toolkit predict  --weights runs/<run>/best.pth --input <case>_0000.nii.gz --output DIR   # a NIfTI case
     toolkit predict  --weights model.onnx --input FILE_OR_DIR --output DIR   # an exported model, onnxruntime, no torch
+    toolkit postprocess --weights runs/<run>   # choose its post-processing again with today's rules (validation)
     toolkit report   [runs/]   # runs/<run>/report.html per run and runs/index.html comparing them
     toolkit export   --weights runs/<run>/best.pth --format onnx|torchscript [--output FILE]   # any recipe's model
 """
@@ -83,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for <name>_mask.png and <name>_overlay.png "
                    "(NIfTI: <case>_seg.nii.gz label volume and <case>_seg.png)")
     p.set_defaults(func=_seg_command("predict"))
+    c = sub.add_parser("postprocess", help="choose a finished run's post-processing again on its validation split "
+                                           "with today's rules (2D search; 3D rules on volumes); the old file is "
+                                           "kept as postprocess.previous.json")
+    c.add_argument("--weights", nargs=1, required=True, help="a segmentation run folder or its best.pth")
+    c.set_defaults(func=_seg_command("postprocess"))
     x = sub.add_parser("export", help="a run's model as ONNX or TorchScript (dynamic batch; the input preprocessing, "
                                       "image size, channels, target and threshold in the file's metadata)")
     x.add_argument("--weights", required=True, help="best.pth (or best.safetensors) of a run, config.json beside it")

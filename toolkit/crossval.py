@@ -24,7 +24,7 @@ from .postprocess import POSTPROCESS_FILE, PostProcess
 from .seg_eval import (Predictions, choose_postprocess, collect_probs, describe_steps, image_records, slice_meta,
                        summarise)
 
-__all__ = ["train_folds", "out_of_fold", "CV_FILE"]
+__all__ = ["train_folds", "out_of_fold", "run_monitor", "CV_FILE"]
 
 CV_FILE = "cv.json"
 RECIPE = "recipes/brain_mri.py"
@@ -50,8 +50,8 @@ def _fold_records(fold_dir: Path, cache: dict):
     return load_split(split_file, cache[data_dir], names=["val"])["val"], cfg
 
 
-def _monitor(fold_dir: Path) -> str:
-    """The figure a finished fold run monitored (its summary.json; "dice" for runs that predate the field)."""
+def run_monitor(fold_dir: Path) -> str:
+    """The figure a finished run (a fold) monitored (its summary.json; "dice" for runs that predate the field)."""
     summary = fold_dir / "summary.json"
     if not summary.is_file():
         return "dice"
@@ -76,7 +76,7 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     probs, flipped, targets = np.concatenate(probs), np.concatenate(flipped), np.concatenate(targets)
     if len(set(ids)) != len(ids):
         raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
-    pooled = _monitor(fold_dirs[0]).endswith("_global")  # the figure the folds picked their best.pth by
+    pooled = run_monitor(fold_dirs[0]).endswith("_global")  # the figure the folds picked their best.pth by
     choice, steps = choose_postprocess(Predictions(probs, flipped, targets), root / POSTPROCESS_FILE, pooled=pooled,
                                        chosen_on=f"out-of-fold predictions of {len(fold_dirs)} folds")
     source = flipped if choice.flips else probs

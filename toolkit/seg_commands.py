@@ -1,5 +1,6 @@
 """``toolkit evaluate`` and ``toolkit predict``: a segmentation run, several, or a cross-validation's folds
-(an ensemble), with the post-processing stored in the run applied unless ``--postprocess none``."""
+(an ensemble), with the post-processing stored in the run applied unless ``--postprocess none``;
+``toolkit postprocess``: choose a finished run's post-processing again, as its fit end does today."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .seg_images import channel_names as _channel_names, input_files as _input_f
 from .seg_images import read_input as _read_input, write_class_map, write_png as _write_png
 from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "predict", "postprocess"]
 
 SUMMARY_KEYS = ("dice", "iou", "dice_global", "iou_global", "dice_tumour", "empty_correct")
 
@@ -123,4 +124,47 @@ def evaluate(args: argparse.Namespace) -> int:
               f"among the lowest-Dice {d['top_share']:.0%} (chance {d['chance']:.0%}); Spearman with Dice "
               f"{d['spearman_dice_vs_disagreement']:.3f}")
     print(f"empty masks: {EMPTY_RULE}\nwrote {out}")
+    return 0
+
+
+def postprocess(args: argparse.Namespace) -> int:
+    """Choose the post-processing of one finished run again on its validation split, with the rules of the
+    code installed now (a run trained before a rule existed gets it: e.g. the 3D per-patient choice on LGG
+    folders): the 2D search (binary runs; for the figure the run monitored) and, on volume data, the 3D
+    component rules after it, as the recipe's fit-end callbacks do. The run's ``postprocess.json`` is
+    rewritten; the file it replaces is kept as ``postprocess.previous.json``."""
+    import copy
+    import shutil
+    from types import SimpleNamespace
+
+    from .crossval import run_monitor
+    from .inference import load_segmentation_run
+    from .postprocess import POSTPROCESS_FILE
+    from .seg_eval import ChoosePostprocess
+    from .volume_postprocess_run import ChooseVolumePostprocess
+
+    ensemble, cfg, _, files = load_ensemble(args.weights)
+    if len(files) != 1:
+        raise ValueError(f"--weights: give one run (its folder or best.pth), got {len(files)} models")
+    run_dir, (model, _) = files[0].parent, load_segmentation_run(files[0])
+    args.split, args.data_dir = "val", None
+    records, _ = _records_to_score(args, cfg, files)
+    target, labels = ensemble.target, ensemble.target.kind != "binary" and not cfg.get("class_column")
+    val = run_dataset(records, cfg, labels=labels)
+    if cfg.get("class_column") and target.kind == "classes":
+        from .data.mri.classes import AttributeClasses
+
+        val = AttributeClasses(val, cfg["class_column"], target.names)
+    old = run_dir / POSTPROCESS_FILE
+    if old.is_file():  # each callback below rewrites it atomically
+        shutil.copyfile(old, run_dir / "postprocess.previous.json")
+    fake = SimpleNamespace(run_dir=run_dir, accelerator=SimpleNamespace(is_main_process=True, print=print))
+    build = lambda: copy.deepcopy(model)  # noqa: E731  the callbacks load best.pth into it
+    threshold = float(cfg.get("threshold", 0.5))
+    if target.kind == "binary":
+        ChoosePostprocess(build, val, ensemble.preprocess, pooled=run_monitor(run_dir).endswith("_global")
+                          ).on_fit_end(fake, None)
+    ChooseVolumePostprocess(build, val, ensemble.preprocess, target, threshold).on_fit_end(fake, None)
+    print(f"wrote {old}" + (" (the previous one: postprocess.previous.json)"
+                            if (run_dir / "postprocess.previous.json").is_file() else ""))
     return 0
