@@ -223,8 +223,9 @@ def add_volumes(result: dict, records: Sequence, masks: np.ndarray, targets: np.
     """Binary runs on volume data: add per-patient volume scores to today's evaluate ``result`` (in place).
 
     records: the scored MRISlice records in order; masks, targets: (N, S, S) {0, 1} post-processed prediction
-    and truth before the stored 3D rule, which applies here (the scores without it kept apart). Adds ``spacing``, ``empty_volumes``, ``hd95_definition``, ``patients`` and, beside today's
-    pooled-slice keys of ``summary.per_patient``, ``summary.per_patient.tumour`` and ``.mean``; prints them.
+    (2D) and truth; the stored 3D rule applies here (the scores without it kept apart). Adds ``spacing``,
+    ``empty_volumes``, ``hd95_definition``, ``patients`` and, beside today's pooled-slice keys of
+    ``summary.per_patient``, ``summary.per_patient.tumour`` and ``.mean``; prints them.
     """
     vpost, line = stored_volume_postprocess(result.get("postprocess", {}).get("from"), TargetSpec.binary())
     result.setdefault("postprocess", {})["volume"] = line  # applied here per patient; to slices by volume_masks

@@ -45,8 +45,9 @@ def report_lines(report: Mapping) -> list[str]:
 class ChooseVolumePostprocess(Callback):
     """At the end of fit, on volume data (validation records with a slice ``index``, or LGG patient folders), the
     main process predicts the validation split with ``best.pth`` (after the run's 2D post-processing when
-    ``postprocess.json`` holds one: binary runs), chooses the 3D rules per channel and adds them to ``<run>/postprocess.json`` as
-    ``"volume"`` (a classes/regions run's file gets the identity 2D choice at ``threshold``).
+    ``postprocess.json`` holds one: binary runs), chooses the 3D rules per channel and adds them to
+    ``<run>/postprocess.json`` as ``"volume"`` (a classes/regions run's file gets the identity 2D choice at
+    ``threshold``).
 
     build_model: returns a fresh model of the run (out_channels = ``target.out_channels``); val_data: the
     validation MRISegmentationDataset (uint8 image (C, S, S), uint8 label map or mask (1, S, S)); preprocess:

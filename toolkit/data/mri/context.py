@@ -3,8 +3,8 @@
 A 2D model sees one slice; a tumour's extent across slices (where it starts, what continues above and
 below) is in the neighbours. With ``--context-slices n`` the brain-MRI recipe feeds each slice together with
 the slices at offsets ``-n .. n`` of the same volume (a NIfTI case or an LGG patient folder), so a model of
-C channels per slice takes C x (2n + 1) input channels: the slice's own C channels first (so channel 0 is what figures show), then
-those of the neighbours in offset order ``-n .. -1, 1 .. n`` (:func:`offsets`).
+C channels per slice takes C x (2n + 1) input channels: the slice's own C channels first (so channel 0 is
+what figures show), then those of the neighbours in offset order ``-n .. -1, 1 .. n`` (:func:`offsets`).
 
 Missing neighbours (the volume's first and last slices, or slices a slice rule left out) are replaced by the
 nearest slice that is there between the neighbour and the slice itself: at the edge of a volume this repeats
@@ -51,8 +51,8 @@ def slice_key(record) -> tuple[str, int] | None:
 
 def context_rows(records: Sequence, context: int) -> np.ndarray:
     """int64 (N, 2 * context + 1): for each record (row i), the rows of ``records`` that hold the slices at
-    :func:`offsets` of its volume (column 0 is i itself). A neighbour not among the
-    records gives the nearest one between it and the slice; a record of no volume gives i in every column."""
+    :func:`offsets` of its volume (column 0 is i itself). A neighbour not among the records gives the nearest
+    one between it and the slice; a record of no volume gives i in every column."""
     keys = [slice_key(r) for r in records]
     where = {k: i for i, k in enumerate(keys) if k is not None}
     rows = np.empty((len(keys), 2 * context + 1), np.int64)

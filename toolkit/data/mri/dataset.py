@@ -88,8 +88,8 @@ class MRISegmentationDataset(Dataset):
 
     ``dataset[i]`` is ``(image, mask)``: image ``torch.uint8`` (C, size, size) with values
     0..255, mask ``torch.uint8`` (1, size, size) with values {0, 1} (or label values with
-    ``labels=True``); C = ``in_channels`` x (2 ``context`` + 1) (``input_channels``). NIfTI images are z-scored per volume (see
-    :mod:`toolkit.data.mri.nifti`), 2D ones scaled per slice.
+    ``labels=True``); C = ``in_channels`` x (2 ``context`` + 1) (``input_channels``). NIfTI images
+    are z-scored per volume (see :mod:`toolkit.data.mri.nifti`), 2D ones scaled per slice.
     ``ids`` (list of str) and ``records`` follow the dataset order; ``skipped`` is a list of
     (path, reason) of the slices left out.
 
