@@ -9,6 +9,7 @@ import time
 
 from toolkit.cli import main as toolkit_main
 
+from .mri_fake import make_lgg
 from .utils import ROOT, run_env
 
 TINY = ["--synthetic-images", "12", "--image-size", "32", "--batch-size", "4", "--num-workers", "0",
@@ -60,3 +61,23 @@ def test_cv_refuses_arguments_it_sets_itself(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--name", "x", "--",
                            "--fold", "1"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--fold" in proc.stderr
+
+
+def test_cv_on_volumes_chooses_the_3d_rule_out_of_fold(tmp_path):
+    # LGG patient folders: the out-of-fold search leaves components to the 3D rule, stored beside the 2D choice,
+    # and the folds' ensemble applies it in evaluate (slices and patients)
+    data = make_lgg(tmp_path / "lgg", patients=4, slices=6)
+    args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", "2", "--name", "cv",
+            "--output-dir", str(tmp_path / "runs"), "--", *TINY, "--data-dir", str(data)]
+    proc = subprocess.run(args, cwd=ROOT, env=run_env(LAUNCH=sys.executable), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    root = tmp_path / "runs" / "cv"
+    stored = json.loads((root / "postprocess.json").read_text())
+    assert "components" not in [s["step"] for s in stored["steps"]]
+    assert stored["volume"]["chosen_on"] == "out-of-fold predictions of 2 folds: 4 patient(s)"
+    cv = json.loads((root / "cv.json").read_text())
+    assert cv["num_images"] == 24 and cv["volume_postprocess"]["patients"] == 4
+    assert toolkit_main(["evaluate", "--weights", str(root), "--split", "all"]) == 0
+    result = json.loads((root / "eval_all.json").read_text())
+    assert str(root / "postprocess.json") in result["postprocess"]["volume"] and "without_volume_postprocess" in result

@@ -3,9 +3,10 @@
 ``runs/<name>/fold<k>/`` holds fold k's run (validation = fold k's patients). When every fold is
 trained, each fold's ``best.pth`` predicts its own validation slices: together these out-of-fold
 predictions cover every slice once, by a model that never saw its patient. The post-processing is
-chosen on them (``runs/<name>/postprocess.json``) and ``runs/<name>/cv.json`` holds the per-fold and
-out-of-fold scores (per image, pooled, per patient, per tumour type), before and after it. The CV
-folder then works as ``toolkit evaluate|predict --weights runs/<name>``: the folds' ensemble.
+chosen on them (``runs/<name>/postprocess.json``; on volumes the component rule is 3D, per patient) and
+``runs/<name>/cv.json`` holds the per-fold and out-of-fold scores (per image, pooled, per patient, per
+tumour type), before and after it. The CV folder then works as ``toolkit evaluate|predict --weights
+runs/<name>``: the folds' ensemble.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from .compare import given_flags, train_run
 from .data.splits import load_split
 from .inference import load_ensemble, run_dataset, run_slices
 from .postprocess import POSTPROCESS_FILE, PostProcess
+from .targets import TargetSpec
+from .volume_eval import pack_masks
+from .volume_metrics import are_volumes
+from .volume_postprocess_run import choose_and_store, report_lines
 from .seg_eval import (Predictions, choose_postprocess, collect_probs, describe_steps, image_records, slice_meta,
                        summarise)
 
@@ -61,7 +66,7 @@ def run_monitor(fold_dir: Path) -> str:
 def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     """Score every fold on its validation slices, choose the post-processing on all of them, write
     ``root/postprocess.json`` and ``root/cv.json``; returns the cv.json content."""
-    probs, flipped, targets, ids, meta, per_fold, cache = [], [], [], [], [], [], {}
+    probs, flipped, targets, ids, meta, per_fold, cache, scored = [], [], [], [], [], [], {}, []
     for k, fold_dir in enumerate(fold_dirs):
         records, cfg = _fold_records(fold_dir, cache)
         ensemble, _, _, _ = load_ensemble([fold_dir / "best.pth"])
@@ -73,12 +78,15 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
         probs.append(preds.probs), flipped.append(preds.flipped), targets.append(preds.targets)
         ids += data.ids
         meta += fold_meta
+        scored += data.records
     probs, flipped, targets = np.concatenate(probs), np.concatenate(flipped), np.concatenate(targets)
     if len(set(ids)) != len(ids):
         raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
     pooled = run_monitor(fold_dirs[0]).endswith("_global")  # the figure the folds picked their best.pth by
+    volumes = are_volumes(scored)  # then the component rule is 3D, per patient, as in each fold's own run
+    chosen_on = f"out-of-fold predictions of {len(fold_dirs)} folds"
     choice, steps = choose_postprocess(Predictions(probs, flipped, targets), root / POSTPROCESS_FILE, pooled=pooled,
-                                       chosen_on=f"out-of-fold predictions of {len(fold_dirs)} folds")
+                                       components=not volumes, chosen_on=chosen_on)
     source = flipped if choice.flips else probs
     result = {
         "folds": len(fold_dirs), "num_images": len(ids), "per_fold": per_fold,
@@ -88,5 +96,11 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
         "note": "out-of-fold: every slice is scored once, by the fold model that did not train on its patient; "
                 "the post-processing is chosen on these same predictions, so its figure is slightly optimistic",
     }
+    if volumes:
+        packed = pack_masks(choice.binarize(source)[:, None], targets[:, None])
+        report = choose_and_store(root / POSTPROCESS_FILE, TargetSpec.binary(), scored, packed, int(cfg["image_size"]),
+                                  choice, chosen_on)
+        result["volume_postprocess"] = {"patients": len(report["patients"]), "channels": report["channels"],
+                                        "summary": report_lines(report)}
     save_json(root / CV_FILE, result)
     return result

@@ -14,7 +14,7 @@ from .targets import TargetSpec
 from .volume_metrics import are_volumes
 from .volume_postprocess import CONNECTIVITY, MIN_VOXELS, VolumePostprocess, choose_volume_postprocess
 
-__all__ = ["stored_volume_postprocess", "report_lines", "ChooseVolumePostprocess"]
+__all__ = ["stored_volume_postprocess", "report_lines", "ChooseVolumePostprocess", "choose_and_store"]
 
 
 def stored_volume_postprocess(post_source: str | None, spec: TargetSpec) -> tuple[VolumePostprocess | None, str]:
@@ -61,7 +61,7 @@ class ChooseVolumePostprocess(Callback):
 
     def on_fit_end(self, trainer, state) -> None:
         from .seg_eval import collect_probs  # here: seg_eval and volume_eval import the modules above
-        from .volume_eval import case_keys, case_spacings, pack_masks, predict_packed
+        from .volume_eval import pack_masks, predict_packed
 
         best, path = trainer.run_dir / "best.pth", trainer.run_dir / POSTPROCESS_FILE
         records = list(getattr(self.val_data, "records", []))
@@ -74,14 +74,27 @@ class ChooseVolumePostprocess(Callback):
             packed = pack_masks(post.binarize(preds.chosen(post))[:, None], preds.targets[:, None])
         else:
             packed = predict_packed(ensemble, self.val_data, post.threshold, post.flips)[0]
-        keys, _ = case_keys(records)
-        size = int(self.val_data.size)
-        choice, report = choose_volume_postprocess(self.target, keys, packed, case_spacings(records, keys, size),
-                                                   self.min_voxels)
-        save_volume_key(path, {**choice.to_dict(), "image_size": size, "after_2d": post.describe(),
-                               "min_voxels_unit": f"voxels at the model's input resolution ({size} x {size} in-plane)",
-                               "chosen_on": f"validation split of {trainer.run_dir.name}: "
-                                            f"{len(report['patients'])} patient(s)", "report": report},
-                        self.threshold)
+        report = choose_and_store(path, self.target, records, packed, int(self.val_data.size), post,
+                                  f"validation split of {trainer.run_dir.name}", self.min_voxels)
         trainer.accelerator.print(f"3D post-processing chosen on {len(report['patients'])} validation patient(s):\n  "
                                   + "\n  ".join(report_lines(report)))
+
+
+def choose_and_store(path: Path, target: TargetSpec, records: Sequence, packed, size: int, post: PostProcess,
+                     chosen_on: str, min_voxels: Sequence[int] = MIN_VOXELS) -> dict:
+    """Choose the 3D rules on held-out volume predictions and add them as ``"volume"`` to ``postprocess.json``
+    at ``path``; returns the :func:`choose_volume_postprocess` report.
+
+    records: the MRISlice records predicted, in order; packed: their predictions after the 2D ``post`` and
+    truths, (N, S, S) as :func:`~toolkit.volume_eval.pack_masks`, S = ``size``; chosen_on: what the predictions
+    are (validation patients of a run, out-of-fold predictions of a CV).
+    """
+    from .volume_eval import case_keys, case_spacings  # here: volume_eval imports this module
+
+    keys, _ = case_keys(records)
+    choice, report = choose_volume_postprocess(target, keys, packed, case_spacings(records, keys, size), min_voxels)
+    save_volume_key(path, {**choice.to_dict(), "image_size": size, "after_2d": post.describe(),
+                           "min_voxels_unit": f"voxels at the model's input resolution ({size} x {size} in-plane)",
+                           "chosen_on": f"{chosen_on}: {len(report['patients'])} patient(s)", "report": report},
+                    post.threshold)
+    return report
