@@ -81,3 +81,8 @@ def test_cv_on_volumes_chooses_the_3d_rule_out_of_fold(tmp_path):
     assert toolkit_main(["evaluate", "--weights", str(root), "--split", "all"]) == 0
     result = json.loads((root / "eval_all.json").read_text())
     assert str(root / "postprocess.json") in result["postprocess"]["volume"] and "without_volume_postprocess" in result
+    # a CV made before the 3D rule existed: `toolkit postprocess` chooses it again out of fold, keeping the old file
+    (root / "postprocess.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "volume"}))
+    assert toolkit_main(["postprocess", "--weights", str(root)]) == 0
+    assert "volume" not in json.loads((root / "postprocess.previous.json").read_text())
+    assert json.loads((root / "postprocess.json").read_text())["volume"]["rules"] == stored["volume"]["rules"]

@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("postprocess", help="choose a finished run's post-processing again on its validation split "
                                            "with today's rules (2D search; 3D rules on volumes); the old file is "
                                            "kept as postprocess.previous.json")
-    c.add_argument("--weights", nargs=1, required=True, help="a segmentation run folder or its best.pth")
+    c.add_argument("--weights", nargs=1, required=True, help="a segmentation run folder or its best.pth, or a "
+                   "cross-validation folder (chosen again out of fold; cv.json rewritten)")
     c.set_defaults(func=_seg_command("postprocess"))
     x = sub.add_parser("export", help="a run's model as ONNX or TorchScript (dynamic batch; the input preprocessing, "
                                       "image size, channels, target and threshold in the file's metadata)")

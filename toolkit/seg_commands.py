@@ -131,21 +131,34 @@ def postprocess(args: argparse.Namespace) -> int:
     """Choose the post-processing of one finished run again on its validation split, with the rules of the
     code installed now (a run trained before a rule existed gets it: e.g. the 3D per-patient choice on LGG
     folders): the 2D search (binary runs; for the figure the run monitored) and, on volume data, the 3D
-    component rules after it, as the recipe's fit-end callbacks do. The run's ``postprocess.json`` is
-    rewritten; the file it replaces is kept as ``postprocess.previous.json``."""
+    component rules after it, as the recipe's fit-end callbacks do. A cross-validation folder (``cv.json``
+    beside ``fold*/``) chooses again on its out-of-fold predictions and rewrites ``cv.json``, as
+    ``make brain-mri-cv`` does at its end. The ``postprocess.json`` replaced is kept as
+    ``postprocess.previous.json``."""
     import copy
     import shutil
     from types import SimpleNamespace
 
-    from .crossval import run_monitor
+    from .crossval import CV_FILE, out_of_fold, run_monitor
     from .inference import load_segmentation_run
     from .postprocess import POSTPROCESS_FILE
     from .seg_eval import ChoosePostprocess
     from .volume_postprocess_run import ChooseVolumePostprocess
 
     ensemble, cfg, _, files = load_ensemble(args.weights)
+    root = Path(args.weights[0])
+    if (root / CV_FILE).is_file() and len(files) > 1:  # a CV folder: its folds' out-of-fold predictions
+        if (root / POSTPROCESS_FILE).is_file():
+            shutil.copyfile(root / POSTPROCESS_FILE, root / "postprocess.previous.json")
+        result = out_of_fold(root, [f.parent for f in files])
+        print(f"post-processing chosen out of fold ({result['num_images']} slices): "
+              f"{result['postprocess']['summary']}"
+              + "".join(f"\n  3D {line}" for line in result.get("volume_postprocess", {}).get("summary", [])))
+        print(f"wrote {root / POSTPROCESS_FILE} and {root / CV_FILE}")
+        return 0
     if len(files) != 1:
-        raise ValueError(f"--weights: give one run (its folder or best.pth), got {len(files)} models")
+        raise ValueError(f"--weights: give one run (its folder or best.pth) or a cross-validation folder, "
+                         f"got {len(files)} models")
     run_dir, (model, _) = files[0].parent, load_segmentation_run(files[0])
     args.split, args.data_dir = "val", None
     records, _ = _records_to_score(args, cfg, files)
