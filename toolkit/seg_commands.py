@@ -169,7 +169,8 @@ def postprocess(args: argparse.Namespace) -> int:
 
         val = AttributeClasses(val, cfg["class_column"], target.names)
     old = run_dir / POSTPROCESS_FILE
-    if old.is_file():  # each callback below rewrites it atomically
+    kept = old.is_file()
+    if kept:  # each callback below rewrites it atomically
         shutil.copyfile(old, run_dir / "postprocess.previous.json")
     fake = SimpleNamespace(run_dir=run_dir, accelerator=SimpleNamespace(is_main_process=True, print=print))
     build = lambda: copy.deepcopy(model)  # noqa: E731  the callbacks load best.pth into it
@@ -178,6 +179,5 @@ def postprocess(args: argparse.Namespace) -> int:
         ChoosePostprocess(build, val, ensemble.preprocess, pooled=run_monitor(run_dir).endswith("_global")
                           ).on_fit_end(fake, None)
     ChooseVolumePostprocess(build, val, ensemble.preprocess, target, threshold).on_fit_end(fake, None)
-    print(f"wrote {old}" + (" (the previous one: postprocess.previous.json)"
-                            if (run_dir / "postprocess.previous.json").is_file() else ""))
+    print(f"wrote {old}" + (" (the previous one: postprocess.previous.json)" if kept else ""))
     return 0
