@@ -84,6 +84,19 @@ def run_dataset(records, cfg: dict, **kwargs) -> MRISegmentationDataset:
                                   context=int(cfg.get("context_slices", 0)), **kwargs)
 
 
+def run_target_dataset(records, cfg: dict, target: TargetSpec):
+    """``records`` as the run read them for its ``target`` (:func:`run_dataset`): label maps for classes/regions
+    of the data's labels; binary masks whose tumour takes the slice's class for ``class_column`` classes
+    (:class:`~toolkit.data.mri.classes.AttributeClasses`)."""
+    column = cfg.get("class_column") or ""
+    dataset = run_dataset(records, cfg, labels=target.kind != "binary" and not column)
+    if column and target.kind == "classes":
+        from .data.mri.classes import AttributeClasses
+
+        dataset = AttributeClasses(dataset, column, target.names)
+    return dataset
+
+
 def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, dict, Path | None, list[Path]]:
     """Every model named by ``weights`` (files, run folders, cross-validation folders; see
     :func:`~toolkit.ensemble.resolve_weights`) as one ensemble.

@@ -140,7 +140,7 @@ def postprocess(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
     from .crossval import CV_FILE, out_of_fold, run_monitor
-    from .inference import load_segmentation_run
+    from .inference import run_target_dataset
     from .postprocess import POSTPROCESS_FILE
     from .seg_eval import ChoosePostprocess
     from .volume_postprocess_run import ChooseVolumePostprocess
@@ -159,15 +159,9 @@ def postprocess(args: argparse.Namespace) -> int:
     if len(files) != 1:
         raise ValueError(f"--weights: give one run (its folder or best.pth) or a cross-validation folder, "
                          f"got {len(files)} models")
-    run_dir, (model, _) = files[0].parent, load_segmentation_run(files[0])
+    run_dir, model, target = files[0].parent, ensemble.members[0], ensemble.target
     args.split, args.data_dir = "val", None
-    records, _ = _records_to_score(args, cfg, files)
-    target, labels = ensemble.target, ensemble.target.kind != "binary" and not cfg.get("class_column")
-    val = run_dataset(records, cfg, labels=labels)
-    if cfg.get("class_column") and target.kind == "classes":
-        from .data.mri.classes import AttributeClasses
-
-        val = AttributeClasses(val, cfg["class_column"], target.names)
+    val = run_target_dataset(_records_to_score(args, cfg, files)[0], cfg, target)
     old = run_dir / POSTPROCESS_FILE
     kept = old.is_file()
     if kept:  # each callback below rewrites it atomically

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 
 from .checkpoint import save_json
-from .data.mri.classes import AttributeClasses
-from .inference import run_dataset
+from .data.mri.context import slice_key
+from .inference import run_target_dataset
 from .data.mri.nifti import load_nifti
 from .postprocess import PostProcess
 from .seg_eval import EMPTY_RULE as SLICE_EMPTY_RULE
 from .target_metrics import TargetMetrics
 from .targets import TargetSpec
 from .volume_postprocess_run import stored_volume_postprocess
-from .volume_metrics import (EMPTY_RULE, HD95_DEFINITION, are_volumes, case_scores, json_safe, lgg_case_and_index,
+from .volume_metrics import (EMPTY_RULE, HD95_DEFINITION, are_volumes, case_scores, json_safe,
                              stack_slices, summarise_cases)
 
 __all__ = ["wants_volume_eval", "case_keys", "case_spacings", "pack_masks", "score_cases", "score_packed",
@@ -54,20 +54,18 @@ def wants_volume_eval(spec: TargetSpec, records: Sequence) -> bool:
 def case_keys(records: Sequence) -> tuple[list[tuple[str, int]], bool]:
     """(case, slice index) per record and whether the records are volumes.
 
-    NIfTI slices: (patient, index); LGG: :func:`~toolkit.volume_metrics.lgg_case_and_index` of the id; other 2D
-    slices: (patient or id, running number within the patient) and ``False``.
+    NIfTI and LGG slices: :func:`~toolkit.data.mri.context.slice_key` ((patient, index); LGG: the patient folder
+    and the number in the id); other 2D slices: (patient or id, running number within the patient) and ``False``.
     """
     volumes = are_volumes(records)
     keys, counts = [], {}
     for r in records:
-        if r.source == "lgg":
-            keys.append(lgg_case_and_index(r.id))
-        elif r.index is not None:
-            keys.append((str(r.patient or Path(r.image_path).name), int(r.index)))
-        else:
+        key = slice_key(r)  # volumes: the key the 2.5D neighbours are found by
+        if key is None:
             case = str(r.patient or r.id)
             counts[case] = counts.get(case, -1) + 1
-            keys.append((case, counts[case]))
+            key = (case, counts[case])
+        keys.append(key)
     return keys, volumes
 
 
@@ -243,9 +241,7 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
     choice of the applied postprocess.json, if any, is applied per patient)."""
     spec, size, column = ensemble.target, int(cfg["image_size"]), cfg.get("class_column") or ""
     records = list({r.id: r for r in records}.values())  # a record listed twice is scored once
-    dataset = run_dataset(records, cfg, labels=True)
-    if column and spec.kind == "classes":
-        dataset = AttributeClasses(dataset, column, spec.names)
+    dataset = run_target_dataset(records, cfg, spec)
     records = dataset.records
     packed, pred_px, true_px, slices = predict_packed(ensemble, dataset, post.threshold, post.flips)
     vpost, line = stored_volume_postprocess(source, spec)
