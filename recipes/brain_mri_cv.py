@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from toolkit import out_of_fold, train_folds
+from toolkit import cv_lines, out_of_fold, train_folds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,15 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     result = out_of_fold(root, folds)
-    for f in result["per_fold"]:
-        print(f"fold {f['fold']}: {f['num_images']} validation slices, per-image Dice {f['dice']:.4f}, "
-              f"per patient {f.get('per_patient', {}).get('dice', float('nan')):.4f}")
-    plain, post = result["out_of_fold"], result["out_of_fold_postprocessed"]
-    print(f"out-of-fold ({result['num_images']} slices): per-image Dice {plain['dice']:.4f}, pooled "
-          f"{plain['dice_global']:.4f}; post-processed {post['dice']:.4f} ({result['postprocess']['summary']})")
-    for value, s in post.get("per_tumour_type", {}).items():
-        print(f"  {value}: Dice {s['dice']:.4f} ({s['num_images']} slices)")
-    print(f"wrote {root / 'cv.json'} and {root / 'postprocess.json'}")
+    print("\n".join(cv_lines(result)))
+    post = result["postprocess"].get("file")
+    print(f"wrote {root / 'cv.json'}" + (f" and {post}" if post else ""))
     return 0
 
 

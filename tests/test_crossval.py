@@ -9,7 +9,7 @@ import time
 
 from toolkit.cli import main as toolkit_main
 
-from .mri_fake import make_lgg
+from .mri_fake import make_folder, make_lgg, make_raw
 from .utils import ROOT, run_env
 
 TINY = ["--synthetic-images", "12", "--image-size", "32", "--batch-size", "4", "--num-workers", "0",
@@ -86,3 +86,55 @@ def test_cv_on_volumes_chooses_the_3d_rule_out_of_fold(tmp_path):
     assert toolkit_main(["postprocess", "--weights", str(root)]) == 0
     assert "volume" not in json.loads((root / "postprocess.previous.json").read_text())
     assert json.loads((root / "postprocess.json").read_text())["volume"]["rules"] == stored["volume"]["rules"]
+
+
+def _cv_on(tmp_path, data, *extra):
+    args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", "2", "--name", "cv",
+            "--output-dir", str(tmp_path / "runs"), "--", *TINY, "--data-dir", str(data), *extra]
+    proc = subprocess.run(args, cwd=ROOT, env=run_env(LAUNCH=sys.executable), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return tmp_path / "runs" / "cv", proc.stdout
+
+
+def test_cv_of_a_regions_run_scores_every_region_out_of_fold_and_chooses_3d_rules(tmp_path):
+    # BraTS-style regions (dataset.json): no binary 2D search; slice and per-patient Dice per region out of fold,
+    # the 3D rules chosen on the out-of-fold volumes and applied by the folds' ensemble
+    data = make_raw(tmp_path / "raw", cases=4)
+    root, out = _cv_on(tmp_path, data, "--in-channels", "2")
+    cv = json.loads((root / "cv.json").read_text())
+    names = cv["target"]["names"]
+    assert cv["target"]["kind"] == "regions" and len(names) == 3
+    assert cv["num_images"] == sum(f["num_images"] for f in cv["per_fold"])
+    assert [f["per_patient"]["mean"]["n_cases"] for f in cv["per_fold"]] == [2, 2]  # 2 cases a fold
+    oof = cv["out_of_fold"]
+    assert oof["slices"]["num_images"] == cv["num_images"] and oof["per_patient"]["mean"]["n_cases"] == 4
+    for name in names:
+        assert 0 <= oof["slices"][f"dice_{name}"] <= 1 and 0 <= oof["per_patient"][name]["dice"] <= 1
+    assert cv["volume_postprocess"]["patients"] == 4 and set(cv["volume_postprocess"]["channels"]) == set(names)
+    assert set(cv["out_of_fold_postprocessed"]["per_patient"]) == {*names, "mean"}
+    stored = json.loads((root / "postprocess.json").read_text())
+    assert stored["volume"]["chosen_on"] == "out-of-fold predictions of 2 folds: 4 patient(s)"
+    assert "out-of-fold (" in out and f"per patient {names[0]}" in out
+    assert toolkit_main(["evaluate", "--weights", str(root), "--split", "all"]) == 0
+    result = json.loads((root / "eval_all.json").read_text())
+    assert str(root / "postprocess.json") in result["postprocess"]["volume"]
+    assert result["summary"]["num_patients"] == 4
+    assert toolkit_main(["postprocess", "--weights", str(root)]) == 0  # chosen again out of fold: the same rules
+    assert json.loads((root / "postprocess.json").read_text())["volume"]["rules"] == stored["volume"]["rules"]
+
+
+def test_cv_of_types_from_a_metadata_column_reports_class_accuracy(tmp_path):
+    # figshare-style 2D slices whose class is a metadata column: per-type Dice and type accuracy out of fold,
+    # no postprocess.json (no 2D search for classes, no volumes for a 3D rule)
+    data = make_folder(tmp_path / "fig", n=8, size=(32, 32))
+    rows = ["id,patient_id,tumour_type"] + [f"{p.stem},P{i // 2},{'glioma' if i % 2 else 'pituitary'}"
+                                             for i, p in enumerate(sorted((data / "images").iterdir()))]
+    (data / "metadata.csv").write_text("\n".join(rows) + "\n")
+    root, out = _cv_on(tmp_path, data, "--target", "classes", "--class-column", "tumour_type")
+    cv = json.loads((root / "cv.json").read_text())
+    assert cv["target"]["names"] == ["glioma", "pituitary"] and cv["num_images"] == 8
+    acc = cv["out_of_fold"]["class_accuracy"]
+    assert acc["num_slices"] == 8 and acc["correct"] == sum(e["correct"] for e in acc["per_class"].values())
+    assert "volume_postprocess" not in cv and not (root / "postprocess.json").exists()
+    assert cv["out_of_fold"]["spacing"].startswith("2D slices") and "class accuracy" in out

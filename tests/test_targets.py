@@ -126,6 +126,11 @@ def test_target_metrics_per_class_hand_computed():
     assert out["dice"] == pytest.approx(2 / 3) and out["num_images"] == 1
     with pytest.raises(ValueError, match="channels"):
         m.update(probs[:, :2], lab)
+    masks = TargetMetrics(spec)  # the same figures from masks made beforehand (out-of-fold scoring)
+    masks.update_masks(spec.hard(probs), spec.truth(lab))
+    assert masks.compute() == out
+    with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
+        masks.update_masks(spec.hard(probs)[:, :1], spec.truth(lab)[:, :1])
     m.reset()
     assert math.isnan(m.compute()["dice"])
 

@@ -23,7 +23,7 @@ from toolkit.cli import main
 from toolkit.data.mri.folders import discover_folders
 from toolkit.models.segmentation import parse_widths
 from toolkit.targets import TARGET_FILE, TargetSpec
-from toolkit.volume_eval import case_keys, case_spacings, class_accuracy, pack_masks, score_cases
+from toolkit.volume_eval import case_keys, case_spacings, class_accuracy, pack_masks, score_cases, unpack_masks
 
 NAMES = ("whole_tumour", "enhancing_tumour")
 SPACING = (3.0, 0.9, 1.1)  # mm per (D, H, W)
@@ -102,6 +102,8 @@ def test_pack_masks_keeps_every_channel_and_refuses_bad_shapes():
         assert np.array_equal((packed >> c) & 1, p[:, c]) and np.array_equal((packed >> (5 + c)) & 1, t[:, c])
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         pack_masks(p[0], t[0])
+    back_p, back_t = unpack_masks(packed, 5)
+    assert back_p.dtype == bool and np.array_equal(back_p, p) and np.array_equal(back_t, t)
 
 
 def test_class_accuracy_counts_tumour_slices_only():

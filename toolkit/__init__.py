@@ -18,7 +18,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``plot_history``, ``reconstruction_pairs``, ``save_figure``, ``segmentation_overlays``;
 - models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``SEGMENTATION_MODELS``, ``count_parameters``, ``init_from``
   (the other architectures are in :mod:`toolkit.models`);
-- segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``;
+- segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``, ``cv_lines``;
 - the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
   ``write_curve``;
 - comparison scripts: ``Column``, ``Comparison``, ``ComparisonError``, ``RunResult``, ``command_line``,
@@ -50,7 +50,7 @@ _EXPORTS = {
     "compare": ["RunResult", "command_line", "refuse_flags", "split_args", "train_run", "write_comparison"],
     "comparison": ["Column", "Comparison", "ComparisonError"],
     "config": ["ConfigError", "TrainConfig", "config_help", "parse_config"],
-    "crossval": ["out_of_fold", "train_folds"],
+    "crossval": ["cv_lines", "out_of_fold", "train_folds"],
     "ssl_curve": ["SSL_ARMS", "curve_summary", "curve_table", "run_name", "score_run", "write_curve"],
     "data.batch_transforms": ["add_gaussian_noise"],
     "data.mri.augment": ["mri_train_transforms", "mri_augmentation", "MAX_AUGMENT_STRENGTH"],

@@ -16,20 +16,22 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .checkpoint import save_json
 from .compare import given_flags, train_run
 from .data.splits import load_split
-from .inference import load_ensemble, run_dataset, run_slices
+from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset
 from .postprocess import POSTPROCESS_FILE, PostProcess
+from .target_metrics import TargetMetrics
 from .targets import TargetSpec
-from .volume_eval import pack_masks
-from .volume_metrics import are_volumes
-from .volume_postprocess_run import choose_and_store, report_lines
+from .volume_eval import class_accuracy, pack_masks, predict_packed, unpack_masks, volume_scores
+from .volume_metrics import are_volumes, json_safe
+from .volume_postprocess_run import choose_and_store, report_lines, stored_volume_postprocess
 from .seg_eval import (Predictions, choose_postprocess, collect_probs, describe_steps, image_records, slice_meta,
                        summarise)
 
-__all__ = ["train_folds", "out_of_fold", "run_monitor", "CV_FILE"]
+__all__ = ["train_folds", "out_of_fold", "cv_lines", "run_monitor", "CV_FILE"]
 
 CV_FILE = "cv.json"
 RECIPE = "recipes/brain_mri.py"
@@ -65,7 +67,11 @@ def run_monitor(fold_dir: Path) -> str:
 
 def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     """Score every fold on its validation slices, choose the post-processing on all of them, write
-    ``root/postprocess.json`` and ``root/cv.json``; returns the cv.json content."""
+    ``root/postprocess.json`` and ``root/cv.json``; returns the cv.json content. Binary runs: the 2D search
+    (threshold, flips, components) and on volumes the 3D rule; classes/regions runs: :func:`_out_of_fold_targets`."""
+    spec = load_ensemble([fold_dirs[0] / "best.pth"])[0].target
+    if spec.kind != "binary":
+        return _out_of_fold_targets(root, fold_dirs, spec)
     probs, flipped, targets, ids, meta, per_fold, cache, scored = [], [], [], [], [], [], {}, []
     for k, fold_dir in enumerate(fold_dirs):
         records, cfg = _fold_records(fold_dir, cache)
@@ -92,7 +98,8 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
         "folds": len(fold_dirs), "num_images": len(ids), "per_fold": per_fold,
         "out_of_fold": summarise(image_records(ids, PostProcess().binarize(probs), targets, meta)),
         "out_of_fold_postprocessed": summarise(image_records(ids, choice.binarize(source), targets, meta)),
-        "postprocess": {"choice": choice.to_dict(), "steps": steps, "summary": describe_steps(steps)},
+        "postprocess": {"choice": choice.to_dict(), "steps": steps, "summary": describe_steps(steps),
+                        "file": str(root / POSTPROCESS_FILE)},
         "note": "out-of-fold: every slice is scored once, by the fold model that did not train on its patient; "
                 "the post-processing is chosen on these same predictions, so its figure is slightly optimistic",
     }
@@ -104,3 +111,85 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
                                         "summary": report_lines(report)}
     save_json(root / CV_FILE, result)
     return result
+
+
+def _out_of_fold_targets(root: Path, fold_dirs: Sequence[Path], spec: TargetSpec) -> dict:
+    """Classes/regions folds: each fold's best.pth predicts its validation slices at the run's threshold (no 2D
+    search: as a single classes/regions run); slice and per-patient scores per fold and out of fold, the type
+    accuracy for ``class_column`` classes; on volumes the 3D rules are chosen on the out-of-fold predictions
+    (``root/postprocess.json``, the identity 2D choice at the threshold) and the per-patient scores after them
+    added. Writes ``root/cv.json``; returns its content."""
+    slices, packed, scored, per_fold, cache = TargetMetrics(spec), [], [], [], {}
+    pred_px, true_px = [], []
+    for k, fold_dir in enumerate(fold_dirs):
+        records, cfg = _fold_records(fold_dir, cache)
+        ensemble = load_ensemble([fold_dir / "best.pth"])[0]
+        data = run_target_dataset(records, cfg, spec)
+        fold_packed, fold_pred, fold_true, fold_slices = predict_packed(ensemble, data, float(cfg["threshold"]))
+        slices.update_masks(*(torch.from_numpy(m) for m in unpack_masks(fold_packed, len(spec.names))))
+        size = int(cfg["image_size"])
+        per_fold.append({"fold": k, "run": fold_dir.name, "num_images": len(data.records), "slices": fold_slices,
+                         "per_patient": volume_scores(data.records, fold_packed, spec.names, size)["per_patient"]})
+        packed.append(fold_packed), pred_px.append(fold_pred), true_px.append(fold_true)
+        scored += data.records
+    if len({r.id for r in scored}) != len(scored):
+        raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
+    packed, threshold, column = np.concatenate(packed), float(cfg["threshold"]), cfg.get("class_column") or ""
+    plain = volume_scores(scored, packed, spec.names, size)
+    oof = {"slices": json_safe(slices.compute()), "per_patient": plain["per_patient"], "spacing": plain["spacing"]}
+    if column and spec.kind == "classes":
+        oof["class_accuracy"] = class_accuracy(np.concatenate(pred_px), np.concatenate(true_px),
+                                               [r.attrs.get(column) for r in scored], spec.names)
+    result = {"folds": len(fold_dirs), "target": spec.to_dict(), "num_images": len(scored), "per_fold": per_fold,
+              "out_of_fold": oof,
+              "postprocess": {"summary": f"threshold {threshold:g}, no flips, no 2D component rule "
+                                         f"({spec.kind} target: the 2D search is for binary runs)"},
+              "note": "out-of-fold: every slice is scored once, by the fold model that did not train on its patient"}
+    if are_volumes(scored):
+        post_file = root / POSTPROCESS_FILE
+        report = choose_and_store(post_file, spec, scored, packed, size, PostProcess(threshold=threshold),
+                                  f"out-of-fold predictions of {len(fold_dirs)} folds")
+        vpost = stored_volume_postprocess(str(post_file), spec)[0]
+        result["postprocess"]["file"] = str(post_file)
+        result["out_of_fold_postprocessed"] = {
+            "per_patient": volume_scores(scored, packed, spec.names, size, vpost)["per_patient"]}
+        result["volume_postprocess"] = {"patients": len(report["patients"]), "channels": report["channels"],
+                                        "summary": report_lines(report)}
+    save_json(root / CV_FILE, result)
+    return result
+
+
+def cv_lines(result: dict) -> list[str]:
+    """What a :func:`out_of_fold` result says, as lines to print: per fold, out of fold, post-processing."""
+    def dice(scores: dict | None) -> str:
+        value = (scores or {}).get("dice")
+        return "n/a" if value is None else f"{value:.4f}"
+
+    n, lines = result["num_images"], []
+    if "target" not in result:  # binary
+        post = result["out_of_fold_postprocessed"]
+        lines += [f"fold {f['fold']}: {f['num_images']} validation slices, per-image Dice {dice(f)}, per patient "
+                  f"{dice(f.get('per_patient'))}" for f in result["per_fold"]]
+        lines.append(f"out-of-fold ({n} slices): per-image Dice {dice(result['out_of_fold'])}, pooled "
+                     f"{result['out_of_fold']['dice_global']:.4f}; post-processed {dice(post)} "
+                     f"({result['postprocess']['summary']})")
+        lines += [f"  {value}: Dice {s['dice']:.4f} ({s['num_images']} slices)"
+                  for value, s in post.get("per_tumour_type", {}).items()]
+    else:
+        names = result["target"]["names"]
+        lines += [f"fold {f['fold']}: {f['num_images']} validation slices, slice Dice {dice(f['slices'])}, per "
+                  f"patient {dice(f['per_patient']['mean'])}" for f in result["per_fold"]]
+        oof = result["out_of_fold"]
+        lines.append(f"out-of-fold ({n} slices, {result['postprocess']['summary']}): slice Dice "
+                     f"{dice(oof['slices'])}; per patient " + ", ".join(
+                         f"{name} {dice(oof['per_patient'][name])}" for name in [*names, "mean"]))
+        after = result.get("out_of_fold_postprocessed")
+        if after:
+            lines.append("  after the 3D post-processing, per patient: " + ", ".join(
+                f"{name} {dice(after['per_patient'][name])}" for name in [*names, "mean"]))
+        acc = oof.get("class_accuracy")
+        if acc:
+            lines.append(f"  class accuracy {acc['accuracy']:.4f} ({acc['correct']}/{acc['num_slices']} tumour "
+                         "slices)")
+    lines += [f"  3D {line}" for line in result.get("volume_postprocess", {}).get("summary", [])]
+    return lines

@@ -139,7 +139,7 @@ def postprocess(args: argparse.Namespace) -> int:
     import shutil
     from types import SimpleNamespace
 
-    from .crossval import CV_FILE, out_of_fold, run_monitor
+    from .crossval import CV_FILE, cv_lines, out_of_fold, run_monitor
     from .inference import run_target_dataset
     from .postprocess import POSTPROCESS_FILE
     from .seg_eval import ChoosePostprocess
@@ -151,10 +151,9 @@ def postprocess(args: argparse.Namespace) -> int:
         if (root / POSTPROCESS_FILE).is_file():
             shutil.copyfile(root / POSTPROCESS_FILE, root / "postprocess.previous.json")
         result = out_of_fold(root, [f.parent for f in files])
-        print(f"post-processing chosen out of fold ({result['num_images']} slices): "
-              f"{result['postprocess']['summary']}"
-              + "".join(f"\n  3D {line}" for line in result.get("volume_postprocess", {}).get("summary", [])))
-        print(f"wrote {root / POSTPROCESS_FILE} and {root / CV_FILE}")
+        print("post-processing chosen out of fold:\n" + "\n".join(cv_lines(result)))
+        print(f"wrote {root / CV_FILE}" + (f" and {result['postprocess']['file']}" if "file" in result["postprocess"]
+                                          else ""))
         return 0
     if len(files) != 1:
         raise ValueError(f"--weights: give one run (its folder or best.pth) or a cross-validation folder, "

@@ -56,7 +56,15 @@ class TargetMetrics:
         if preds.shape[1] != self.spec.out_channels:
             raise ValueError(f"preds have {preds.shape[1]} channels; the {self.spec.kind} target has "
                              f"{self.spec.out_channels}")
-        hard, truth = self.spec.hard(preds, self.threshold), self.spec.truth(targets)
+        self.update_masks(self.spec.hard(preds, self.threshold), self.spec.truth(targets))
+
+    @torch.no_grad()
+    def update_masks(self, hard: torch.Tensor, truth: torch.Tensor) -> None:
+        """Add a batch of masks already made: hard and truth bool (N, len(spec.names), H, W), channel for channel
+        as :meth:`~toolkit.targets.TargetSpec.hard` and :meth:`~toolkit.targets.TargetSpec.truth` give them."""
+        if hard.shape != truth.shape or hard.ndim != 4 or hard.shape[1] != len(self.channels):
+            raise ValueError(f"hard and truth must be bool (N, {len(self.channels)}, H, W) of one shape; got "
+                             f"{tuple(hard.shape)} and {tuple(truth.shape)}")
         for c, m in enumerate(self.channels):
             m.update(hard[:, c:c + 1], truth[:, c:c + 1])
 

@@ -35,9 +35,9 @@ from .volume_postprocess_run import stored_volume_postprocess
 from .volume_metrics import (EMPTY_RULE, HD95_DEFINITION, are_volumes, case_scores, json_safe,
                              stack_slices, summarise_cases)
 
-__all__ = ["wants_volume_eval", "case_keys", "case_spacings", "pack_masks", "score_cases", "score_packed",
-           "class_accuracy", "predict_packed", "volume_masks", "add_volumes", "evaluate_volumes", "eval_output",
-           "UNKNOWN_SPACING"]
+__all__ = ["wants_volume_eval", "case_keys", "case_spacings", "pack_masks", "unpack_masks", "score_cases",
+           "score_packed", "class_accuracy", "predict_packed", "volume_masks", "volume_scores", "add_volumes",
+           "evaluate_volumes", "eval_output", "UNKNOWN_SPACING"]
 
 UNKNOWN_SPACING = "unknown (voxels)"
 NO_VOLUME = "2D slices, not volumes: HD95 not computed; Dice/IoU/volumes pool each patient's slices"
@@ -98,6 +98,13 @@ def pack_masks(pred, truth) -> np.ndarray:
         out |= pred[:, k].astype(dtype) << dtype(k)
         out |= truth[:, k].astype(dtype) << dtype(c + k)
     return out
+
+
+def unpack_masks(packed: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`pack_masks`: (N, H, W) packed → (pred, truth) bool (N, channels, H, W)."""
+    packed = np.asarray(packed)
+    bits = [((packed >> k) & 1).astype(bool) for k in range(2 * channels)]
+    return np.stack(bits[:channels], 1), np.stack(bits[channels:], 1)
 
 
 def score_packed(keys: Sequence[tuple[str, int]], packed: np.ndarray, names: Sequence[str],
@@ -168,8 +175,9 @@ def predict_packed(ensemble, dataset, threshold: float, flips: bool = False,
     ensemble.eval()
     for images, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
         probs = ensemble(ensemble.preprocess(images), flips=flips)
-        metric.update(probs, labels)
-        hard, truth = spec.hard(probs, threshold).numpy(), spec.truth(labels).numpy()
+        hard, truth = spec.hard(probs, threshold), spec.truth(labels)
+        metric.update_masks(hard, truth)
+        hard, truth = hard.numpy(), truth.numpy()
         packed.append(pack_masks(hard, truth))
         pred_px.append(hard.sum((2, 3)))
         true_px.append(truth.sum((2, 3)))
@@ -184,9 +192,12 @@ def eval_output(args: argparse.Namespace) -> Path:
     return Path(args.output) if args.output else (first if first.is_dir() else first.parent) / f"eval_{args.split}.json"
 
 
-def _volumes(records: Sequence, packed: np.ndarray, names: Sequence[str], size: int, volume_post=None) -> dict:
-    """The per-patient part of an evaluate JSON: spacing, rules, ``per_patient`` summary and ``patients`` rows;
-    ``volume_post`` (a VolumePostprocess, volumes only) is applied first, the scores without it kept apart."""
+def volume_scores(records: Sequence, packed: np.ndarray, names: Sequence[str], size: int, volume_post=None) -> dict:
+    """The per-patient part of an evaluate JSON: spacing, rules, ``per_patient`` summary and ``patients`` rows.
+
+    records: the scored MRISlice records in order; packed: their (N, S, S) predictions and truths as
+    :func:`pack_masks`, channels ``names``, S = ``size``; ``volume_post`` (a VolumePostprocess, volumes only) is
+    applied first, the scores without it kept apart as ``without_volume_postprocess``."""
     keys, volumes = case_keys(records)
     spacings = case_spacings(records, keys, size)
     extra = {}
@@ -227,7 +238,7 @@ def add_volumes(result: dict, records: Sequence, masks: np.ndarray, targets: np.
     """
     vpost, line = stored_volume_postprocess(result.get("postprocess", {}).get("from"), TargetSpec.binary())
     result.setdefault("postprocess", {})["volume"] = line  # applied here per patient; to slices by volume_masks
-    part = _volumes(records, pack_masks(np.asarray(masks)[:, None], np.asarray(targets)[:, None]), ("tumour",), size,
+    part = volume_scores(records, pack_masks(np.asarray(masks)[:, None], np.asarray(targets)[:, None]), ("tumour",), size,
                     vpost)
     result["summary"].setdefault("per_patient", {}).update(part.pop("per_patient"))
     result.update(part)
@@ -245,7 +256,7 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
     records = dataset.records
     packed, pred_px, true_px, slices = predict_packed(ensemble, dataset, post.threshold, post.flips)
     vpost, line = stored_volume_postprocess(source, spec)
-    part = _volumes(records, packed, spec.names, size, vpost)
+    part = volume_scores(records, packed, spec.names, size, vpost)
     summary = {"per_patient": part.pop("per_patient"), "slices": slices, "num_patients": len(part["patients"]),
                "num_slices": len(records)}
     if column and spec.kind == "classes":
