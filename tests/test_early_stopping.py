@@ -52,12 +52,12 @@ def reset_accelerate():
     GradientState._reset_state()
 
 
-def fit(cfg, values, mode="max", start=0, figures=None):
+def fit(cfg, values, mode="max", start=0, figures=None, callbacks=()):
     """Train TinyNet monitoring the scripted ``score``; returns (trainer, history, summary.json)."""
     trainer = Trainer(cfg, recipe="tiny")
     history = trainer.fit(TinyNet(), ClassificationObjective(), TinyImages(32), TinyImages(16, seed=1),
                           metrics=[Scripted(values, start), Accuracy()], monitor="score", mode=mode,
-                          param_budget=500_000, figures=figures)
+                          param_budget=500_000, figures=figures, callbacks=callbacks)
     reset_accelerate()
     return trainer, history, json.loads((trainer.run_dir / "summary.json").read_text())
 
@@ -115,15 +115,13 @@ def test_resume_inside_a_patience_count_stops_at_the_same_epoch(tmp_path):
     ref, ref_history, ref_summary = fit(cfg_for(tmp_path, "ref", patience=3), values)
     assert ref_summary["stopped_epoch"] == 5
 
-    def crash_in_epoch_4(sample):
-        crash_in_epoch_4.calls += 1
-        if crash_in_epoch_4.calls == 4:
-            raise Crash()  # before epoch 4's state is saved: the newest is epoch 3's, one epoch into the count
-        return {}
+    class CrashInEpoch4:
+        def on_epoch_end(self, trainer, state, record, sample):
+            if state.epoch == 4:
+                raise Crash()  # before epoch 4's state is saved: the newest is epoch 3's, one epoch into the count
 
-    crash_in_epoch_4.calls = 0
     with pytest.raises(Crash):
-        fit(cfg_for(tmp_path, "b", patience=3), values, figures=crash_in_epoch_4)
+        fit(cfg_for(tmp_path, "b", patience=3), values, callbacks=[CrashInEpoch4()])
     reset_accelerate()
     state = saved_state(tmp_path / "runs/b")
     assert (state["epoch"], state["epochs_without_improvement"], state["stop_reason"]) == (3, 1, None)
@@ -180,3 +178,21 @@ def test_eval_every_validates_late_when_the_budget_cuts_the_plan_short(tmp_path,
     assert [h["epoch"] for h in history if "score" in h] == [3]
     assert summary["best_epoch"] == 3 and (trainer.run_dir / "best.pth").is_file()
     assert json.loads((trainer.run_dir / "history.json").read_text())[-1]["score"] == 0.7
+
+
+def test_sample_figures_are_drawn_at_each_new_best_and_at_the_end(tmp_path):
+    """The recipe's figures (slow to draw: matplotlib, PNG) come at validations that save a new best.pth and at
+    the last epoch, also when patience ends the run; history.png after every epoch."""
+    import matplotlib.pyplot as plt
+
+    def figures(sample):
+        return {"sample": plt.figure(figsize=(1, 1))}
+
+    def drawn(trainer):
+        return sorted(int(p.stem.split("epoch")[1]) for p in (trainer.run_dir / "figures").glob("sample_epoch*.png"))
+
+    trainer, _, summary = fit(cfg_for(tmp_path, "f", epochs=6), [0.3, 0.5, 0.4, 0.6, 0.2, 0.1], figures=figures)
+    assert summary["best_epoch"] == 4 and drawn(trainer) == [1, 2, 4, 6]
+    assert (trainer.run_dir / "figures" / "history.png").is_file()
+    trainer, _, summary = fit(cfg_for(tmp_path, "g", epochs=10, patience=2), [0.3, 0.5, 0.4, 0.2], figures=figures)
+    assert summary["stopped_epoch"] == 4 and drawn(trainer) == [1, 2, 4]

@@ -86,7 +86,7 @@ def test_resume_continues_the_average_exactly(tmp_path):
 
     cfg_b = make_cfg(tmp_path, run_name="b", epochs=3, ema_decay=0.8)
     with pytest.raises(Interrupt):
-        fit(cfg_b, figures=crash_in_epoch(2))
+        fit(cfg_b, callbacks=[crash_in_epoch(2)])
     AcceleratorState._reset_state(reset_partial_state=True)
     trainer_b, _, history_b = fit(replace(cfg_b, resume=True))
     assert [h["accuracy"] for h in history_b] == [h["accuracy"] for h in history_a]

@@ -59,7 +59,7 @@ def test_resume_continues_at_next_epoch_with_identical_weights(tmp_path):
 
     cfg_b = make_cfg(tmp_path, run_name="b", epochs=4)
     with pytest.raises(Interrupt):
-        fit(cfg_b, figures=crash_in_epoch(3))
+        fit(cfg_b, callbacks=[crash_in_epoch(3)])
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)
     state = json.loads((find_state(tmp_path / "runs/b") / "trainer_state.json").read_text())
@@ -90,7 +90,7 @@ def test_resume_auto_starts_fresh_when_there_is_no_state(tmp_path):
 
 def test_resume_auto_continues_an_interrupted_run_and_leaves_a_finished_one_as_resume_does(tmp_path):
     with pytest.raises(Interrupt):
-        fit(make_cfg(tmp_path, epochs=3), figures=crash_in_epoch(2))
+        fit(make_cfg(tmp_path, epochs=3), callbacks=[crash_in_epoch(2)])
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)
     first = json.loads((tmp_path / "runs/t/history.json").read_text())[0]

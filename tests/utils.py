@@ -101,16 +101,14 @@ class Interrupt(Exception):
 
 
 def crash_in_epoch(epoch: int):
-    """A ``figures`` hook for :func:`fit_tiny` that raises :class:`Interrupt` at the validation of ``epoch``
-    (1-based; every epoch validates), before that epoch's state is saved."""
-    def hook(sample):
-        hook.calls += 1
-        if hook.calls == epoch:
-            raise Interrupt()
-        return {}
+    """A callback for :func:`fit_tiny` (``callbacks=[...]``) that raises :class:`Interrupt` at the end of
+    ``epoch`` (1-based), after its validation and before that epoch's state is saved."""
+    class Crash:
+        def on_epoch_end(self, trainer, state, record, sample):
+            if state.epoch == epoch:
+                raise Interrupt()
 
-    hook.calls = 0
-    return hook
+    return Crash()
 
 
 def tiny_cfg(tmp_path, **kw):
@@ -120,14 +118,14 @@ def tiny_cfg(tmp_path, **kw):
     return replace(base, **kw)
 
 
-def fit_tiny(cfg, model=None, figures=None, train=None):
+def fit_tiny(cfg, model=None, figures=None, train=None, callbacks=()):
     """Fit ``TinyNet`` on 48 augmented ``TinyImages`` (validation: 20 others, accuracy monitored).
     Returns (trainer, model, history)."""
     trainer = Trainer(cfg, recipe="tiny")
     model = model or TinyNet()
     history = trainer.fit(model, ClassificationObjective(), train or TinyImages(48, augment=True),
                           TinyImages(20, seed=1), metrics=[Accuracy()], monitor="accuracy", figures=figures,
-                          param_budget=500_000)
+                          param_budget=500_000, callbacks=callbacks)
     return trainer, model, history
 
 

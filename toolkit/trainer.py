@@ -48,7 +48,10 @@ class Trainer:
     ``runs/<run-name>/``: ``config.json``, ``history.json`` (one record per epoch),
     ``summary.json``, ``best.pth`` and ``best.safetensors`` (state dict of the best epoch
     by ``monitor``), ``state/step-*/`` (resumable, newest ``keep_states`` kept, saved every
-    epoch and every ``checkpoint_every`` steps), ``figures/`` and the W&B run in ``wandb/``.
+    epoch and every ``checkpoint_every`` steps), ``figures/`` (``history.png`` after every epoch; the recipe's
+    sample figures, ``<name>_epochNNN.png``, at each validation that saves a new ``best.pth`` and at the last
+    epoch: matplotlib figures are slow to draw, and a time-bounded run spends its budget on them) and the W&B run
+    in ``wandb/``.
     SIGTERM, SIGUSR1 / Ctrl-C save a state and exit (0 / 130); a NaN/inf loss stops the run; ``patience``
     ends it early (:func:`~toolkit.state.note_patience`). Its progress is a :class:`~toolkit.state.TrainState`;
     ``loop`` holds the prepared objects of the current (or last) fit, None before the first.
@@ -196,13 +199,14 @@ class Trainer:
             due = state.epoch % cfg.eval_every == 0 or state.epoch >= state.planned_epochs  # eval_every >= 1
             sample = self._validate(state, record) if due else None
             acc.log({"train/epoch_loss": record["train_loss"], "epoch": state.epoch}, step=state.global_step)
-            self._write_epoch_outputs(state, sample)
+            drawn = due and (state.best_epoch == state.epoch or not state.more_epochs)  # a new best.pth, or the end
+            self._write_epoch_outputs(state, sample if drawn else None)
             call_hook(loop.callbacks, "on_epoch_end", self, state, record, sample)
             state.wall_time_s += time.perf_counter() - epoch_start
             self._fit_budget(state)
-            if not due and not state.more_epochs:  # the time budget ended the plan here: validate the last weights
+            if not drawn and not state.more_epochs:  # the time budget ended the plan here: the last weights' figures
                 late = time.perf_counter()
-                self._write_epoch_outputs(state, self._validate(state, record))
+                self._write_epoch_outputs(state, sample if due else self._validate(state, record))
                 state.wall_time_s += time.perf_counter() - late
             self._save(state)
             acc.print(f"epoch {epoch + 1}: " + ", ".join(
