@@ -57,6 +57,11 @@ def _fold_records(fold_dir: Path, cache: dict):
     return load_split(split_file, cache[data_dir], names=["val"])["val"], cfg
 
 
+def _check_disjoint(root: Path, ids: Sequence[str]) -> None:
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
+
+
 def run_monitor(fold_dir: Path) -> str:
     """The figure a finished run (a fold) monitored (its summary.json; "dice" for runs that predate the field)."""
     summary = fold_dir / "summary.json"
@@ -86,8 +91,7 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
         meta += fold_meta
         scored += data.records
     probs, flipped, targets = np.concatenate(probs), np.concatenate(flipped), np.concatenate(targets)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
+    _check_disjoint(root, ids)
     pooled = run_monitor(fold_dirs[0]).endswith("_global")  # the figure the folds picked their best.pth by
     volumes = are_volumes(scored)  # then the component rule is 3D, per patient, as in each fold's own run
     chosen_on = f"out-of-fold predictions of {len(fold_dirs)} folds"
@@ -132,8 +136,7 @@ def _out_of_fold_targets(root: Path, fold_dirs: Sequence[Path], spec: TargetSpec
                          "per_patient": volume_scores(data.records, fold_packed, spec.names, size)["per_patient"]})
         packed.append(fold_packed), pred_px.append(fold_pred), true_px.append(fold_true)
         scored += data.records
-    if len({r.id for r in scored}) != len(scored):
-        raise ValueError(f"{root}: the folds' validation splits overlap; they were not made by one --folds run")
+    _check_disjoint(root, [r.id for r in scored])
     packed, threshold, column = np.concatenate(packed), float(cfg["threshold"]), cfg.get("class_column") or ""
     plain = volume_scores(scored, packed, spec.names, size)
     oof = {"slices": json_safe(slices.compute()), "per_patient": plain["per_patient"], "spacing": plain["spacing"]}
