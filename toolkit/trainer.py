@@ -36,6 +36,7 @@ from .state import TrainState, note_patience, plan_epochs
 __all__ = ["Trainer", "ParameterBudgetError"]
 
 FIGURE_SAMPLES = 16  # samples of the first validation batch handed to a recipe's figures()
+HISTORY_EVERY = 10  # epochs between redraws of figures/history.png (also drawn with the sample figures)
 
 
 class ParameterBudgetError(ValueError):
@@ -48,10 +49,10 @@ class Trainer:
     ``runs/<run-name>/``: ``config.json``, ``history.json`` (one record per epoch),
     ``summary.json``, ``best.pth`` and ``best.safetensors`` (state dict of the best epoch
     by ``monitor``), ``state/step-*/`` (resumable, newest ``keep_states`` kept, saved every
-    epoch and every ``checkpoint_every`` steps), ``figures/`` (``history.png`` after every epoch; the recipe's
-    sample figures, ``<name>_epochNNN.png``, at each validation that saves a new ``best.pth`` and at the last
-    epoch: matplotlib figures are slow to draw, and a time-bounded run spends its budget on them) and the W&B run
-    in ``wandb/``.
+    epoch and every ``checkpoint_every`` steps), ``figures/`` (the recipe's sample figures,
+    ``<name>_epochNNN.png``, at each validation that saves a new ``best.pth`` and at the last epoch;
+    ``history.png`` then too and every ``HISTORY_EVERY`` epochs: matplotlib figures are slow to draw, and a
+    time-bounded run spends its budget on them) and the W&B run in ``wandb/``.
     SIGTERM, SIGUSR1 / Ctrl-C save a state and exit (0 / 130); a NaN/inf loss stops the run; ``patience``
     ends it early (:func:`~toolkit.state.note_patience`). Its progress is a :class:`~toolkit.state.TrainState`;
     ``loop`` holds the prepared objects of the current (or last) fit, None before the first.
@@ -200,13 +201,13 @@ class Trainer:
             sample = self._validate(state, record) if due else None
             acc.log({"train/epoch_loss": record["train_loss"], "epoch": state.epoch}, step=state.global_step)
             drawn = due and (state.best_epoch == state.epoch or not state.more_epochs)  # a new best.pth, or the end
-            self._write_epoch_outputs(state, sample if drawn else None)
+            self._write_epoch_outputs(state, sample if drawn else None, drawn or state.epoch % HISTORY_EVERY == 0)
             call_hook(loop.callbacks, "on_epoch_end", self, state, record, sample)
             state.wall_time_s += time.perf_counter() - epoch_start
             self._fit_budget(state)
             if not drawn and not state.more_epochs:  # the time budget ended the plan here: the last weights' figures
                 late = time.perf_counter()
-                self._write_epoch_outputs(state, sample if due else self._validate(state, record))
+                self._write_epoch_outputs(state, sample if due else self._validate(state, record), True)
                 state.wall_time_s += time.perf_counter() - late
             self._save(state)
             acc.print(f"epoch {epoch + 1}: " + ", ".join(
@@ -328,13 +329,17 @@ class Trainer:
             state.planned_epochs = fit
             self.loop.schedule.refit(fit * self.loop.steps_per_epoch, self.loop.scheduler.last_epoch)
 
-    def _write_epoch_outputs(self, state: TrainState, sample: StepOutput | None) -> None:
+    def _write_epoch_outputs(self, state: TrainState, sample: StepOutput | None, draw_history: bool) -> None:
+        """history.json; history.png when ``draw_history``; the recipe's figures of ``sample`` unless None."""
         acc, figures = self.accelerator, self.loop.figures
         if not acc.is_main_process:
             return
         save_json(self.run_dir / "history.json", state.history)
-        paths = {"history": save_figure(plot_history(state.history), self.figures_dir / "history.png")}
+        paths = {}
+        if draw_history:
+            paths["history"] = save_figure(plot_history(state.history), self.figures_dir / "history.png")
         if figures is not None and sample is not None:
             for name, fig in figures(sample).items():
                 paths[name] = save_figure(fig, self.figures_dir / f"{name}_epoch{state.epoch:03d}.png")
-        tracking.log_images(acc, paths, state.global_step)
+        if paths:
+            tracking.log_images(acc, paths, state.global_step)
