@@ -42,12 +42,15 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, accelerator: Accelerator, tr
 
     Batch size ``cfg.batch_size`` for training, ``cfg.eval_batch_size`` (or twice the batch size)
     for evaluation; the last incomplete training batch is dropped when the data allow one per process.
+    Evaluation workers persist from one validation to the next (they draw no random numbers); training
+    workers start afresh each epoch, so that each epoch's augmentation follows the dataset's reseed.
     """
     batch = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
     return DataLoader(
         dataset, batch_size=batch, shuffle=train, num_workers=cfg.num_workers,
         drop_last=train and len(dataset) >= batch * accelerator.num_processes,
         pin_memory=accelerator.device.type == "cuda", worker_init_fn=_seed_worker,
+        persistent_workers=not train and cfg.num_workers > 0,
         # own generator: creating an iterator draws nothing from the global RNG (exact mid-epoch resume)
         generator=torch.Generator().manual_seed(cfg.seed) if train else None,
     )
