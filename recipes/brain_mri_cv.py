@@ -32,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     result = out_of_fold(root, folds)
-    print("\n".join(cv_lines(result)))
-    post = result["postprocess"].get("file")
-    print(f"wrote {root / 'cv.json'}" + (f" and {post}" if post else ""))
+    print("\n".join(cv_lines(result, root)))
     return 0
 
 

@@ -162,8 +162,9 @@ def _out_of_fold_targets(root: Path, fold_dirs: Sequence[Path], spec: TargetSpec
     return result
 
 
-def cv_lines(result: dict) -> list[str]:
-    """What a :func:`out_of_fold` result says, as lines to print: per fold, out of fold, post-processing."""
+def cv_lines(result: dict, root: Path | None = None) -> list[str]:
+    """What a :func:`out_of_fold` result says, as lines to print: per fold, out of fold, post-processing; with the
+    CV folder ``root``, last the files written."""
     def dice(scores: dict | None) -> str:
         value = (scores or {}).get("dice")
         return "n/a" if value is None else f"{value:.4f}"
@@ -195,4 +196,7 @@ def cv_lines(result: dict) -> list[str]:
             lines.append(f"  class accuracy {acc['accuracy']:.4f} ({acc['correct']}/{acc['num_slices']} tumour "
                          "slices)")
     lines += [f"  3D {line}" for line in result.get("volume_postprocess", {}).get("summary", [])]
+    if root is not None:
+        post = result["postprocess"].get("file")
+        lines.append(f"wrote {Path(root) / CV_FILE}" + (f" and {post}" if post else ""))
     return lines

@@ -151,9 +151,7 @@ def postprocess(args: argparse.Namespace) -> int:
         if (root / POSTPROCESS_FILE).is_file():
             shutil.copyfile(root / POSTPROCESS_FILE, root / "postprocess.previous.json")
         result = out_of_fold(root, [f.parent for f in files])
-        print("post-processing chosen out of fold:\n" + "\n".join(cv_lines(result)))
-        print(f"wrote {root / CV_FILE}" + (f" and {result['postprocess']['file']}" if "file" in result["postprocess"]
-                                          else ""))
+        print("post-processing chosen out of fold:\n" + "\n".join(cv_lines(result, root)))
         return 0
     if len(files) != 1:
         raise ValueError(f"--weights: give one run (its folder or best.pth) or a cross-validation folder, "
