@@ -21,7 +21,7 @@ import torch
 from .checkpoint import save_json
 from .compare import given_flags, train_run
 from .data.splits import load_split
-from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset
+from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset, stored_target
 from .postprocess import POSTPROCESS_FILE, PostProcess
 from .target_metrics import TargetMetrics
 from .targets import TargetSpec
@@ -74,7 +74,7 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     """Score every fold on its validation slices, choose the post-processing on all of them, write
     ``root/postprocess.json`` and ``root/cv.json``; returns the cv.json content. Binary runs: the 2D search
     (threshold, flips, components) and on volumes the 3D rule; classes/regions runs: :func:`_out_of_fold_targets`."""
-    spec = load_ensemble([fold_dirs[0] / "best.pth"])[0].target
+    spec = TargetSpec.from_dict(stored_target(fold_dirs[0]))
     if spec.kind != "binary":
         return _out_of_fold_targets(root, fold_dirs, spec)
     probs, flipped, targets, ids, meta, per_fold, cache, scored = [], [], [], [], [], [], {}, []

@@ -22,7 +22,7 @@ from .postprocess import PostProcess, load_postprocess
 from .seg_images import resize_maps, tumour_map
 from .targets import TARGET_FILE, TargetSpec
 
-__all__ = ["load_segmentation_run", "load_ensemble", "ScanProbs", "predict_probs", "pick_postprocess", "run_slices",
+__all__ = ["load_segmentation_run", "stored_target", "load_ensemble", "ScanProbs", "predict_probs", "pick_postprocess", "run_slices",
            "run_dataset", "run_layout", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -44,8 +44,7 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     cfg = json.loads(config_path.read_text())
     if "model" not in cfg or "image_size" not in cfg:
         raise ValueError(f"{config_path} is not the config of a segmentation run (recipe {cfg.get('recipe')!r})")
-    target_path = weights.parent / TARGET_FILE
-    stored = json.loads(target_path.read_text()) if target_path.is_file() else {}
+    stored = stored_target(weights.parent)
     target = TargetSpec.from_dict(stored)
     cfg = {**cfg, "target_spec": target.to_dict(), "intensity": stored.get("intensity", "per_slice")}
     model = build_segmentation_model(cfg["model"], in_channels=context_channels(cfg.get("in_channels", 1),
@@ -58,6 +57,13 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     except RuntimeError as err:
         raise ValueError(f"{weights} does not match the model {cfg['model']!r} of {config_path}: {err}") from err
     return model.eval(), cfg
+
+
+def stored_target(run_dir: str | Path) -> dict:
+    """A run's ``target.json`` (its :meth:`TargetSpec.to_dict` and ``intensity``); {} (binary, per-slice scaling)
+    for a run written before the file existed."""
+    path = Path(run_dir) / TARGET_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_layout(run_dir: str | Path) -> str:

@@ -140,19 +140,21 @@ def postprocess(args: argparse.Namespace) -> int:
     from types import SimpleNamespace
 
     from .crossval import CV_FILE, cv_lines, out_of_fold, run_monitor
+    from .ensemble import resolve_weights
     from .inference import run_target_dataset
     from .postprocess import POSTPROCESS_FILE
     from .seg_eval import ChoosePostprocess
     from .volume_postprocess_run import ChooseVolumePostprocess
 
-    ensemble, cfg, _, files = load_ensemble(args.weights)
     root = Path(args.weights[0])
-    if (root / CV_FILE).is_file() and len(files) > 1:  # a CV folder: its folds' out-of-fold predictions
+    folds = resolve_weights(args.weights)[0] if (root / CV_FILE).is_file() else []
+    if len(folds) > 1:  # a CV folder: its folds' out-of-fold predictions (out_of_fold loads each fold)
         if (root / POSTPROCESS_FILE).is_file():
             shutil.copyfile(root / POSTPROCESS_FILE, root / "postprocess.previous.json")
-        result = out_of_fold(root, [f.parent for f in files])
+        result = out_of_fold(root, [f.parent for f in folds])
         print("post-processing chosen out of fold:\n" + "\n".join(cv_lines(result, root)))
         return 0
+    ensemble, cfg, _, files = load_ensemble(args.weights)
     if len(files) != 1:
         raise ValueError(f"--weights: give one run (its folder or best.pth) or a cross-validation folder, "
                          f"got {len(files)} models")

@@ -238,8 +238,8 @@ def add_volumes(result: dict, records: Sequence, masks: np.ndarray, targets: np.
     """
     vpost, line = stored_volume_postprocess(result.get("postprocess", {}).get("from"), TargetSpec.binary())
     result.setdefault("postprocess", {})["volume"] = line  # applied here per patient; to slices by volume_masks
-    part = volume_scores(records, pack_masks(np.asarray(masks)[:, None], np.asarray(targets)[:, None]), ("tumour",), size,
-                    vpost)
+    packed = pack_masks(np.asarray(masks)[:, None], np.asarray(targets)[:, None])
+    part = volume_scores(records, packed, ("tumour",), size, vpost)
     result["summary"].setdefault("per_patient", {}).update(part.pop("per_patient"))
     result.update(part)
     _print_volumes(result, ("tumour",), {}, 0)
