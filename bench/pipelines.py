@@ -103,14 +103,16 @@ def mri_rows(quick: bool, repeats: int, tmp: Path) -> list[Row]:
 
 
 def worker_start_rows(quick: bool, repeats: int, tmp: Path) -> list[Row]:
-    """Time to the first batch of a new epoch of the MRI training set (cached, augmented) with 2 workers:
-    fresh workers every epoch (the Trainer's default) against persistent ones."""
+    """Time to the first batch of a new epoch of the MRI training set (cached, augmented, each sample reseeded from
+    its epoch by :class:`~toolkit.loop.EpochSeeded`) with 2 workers: persistent ones (the Trainer's since 2 Dec
+    2026) against fresh workers every epoch (before)."""
     from toolkit.data.mri.augment import mri_train_transforms
     from toolkit.data.mri.dataset import MRISegmentationDataset
     from toolkit.data.mri.discover import discover_mri_slices
+    from toolkit.loop import EpochSeeded
 
-    data = MRISegmentationDataset(discover_mri_slices(tmp / "mri", channels=1).slices, size=240,
-                                  transform=mri_train_transforms())
+    data = EpochSeeded(MRISegmentationDataset(discover_mri_slices(tmp / "mri", channels=1).slices, size=240,
+                                              transform=mri_train_transforms()), seed=0)
     loaders = {p: DataLoader(data, batch_size=4 if quick else 16, shuffle=True, num_workers=2, persistent_workers=p)
                for p in (False, True)}
     for dl in loaders.values():

@@ -84,20 +84,22 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_mid_epoch_resume_skips_exactly_the_batches_done(tmp_path):
-    ref, ref_data = fit(cfg_for(tmp_path, "ref"))
+@pytest.mark.parametrize("augment", [False, True])
+def test_mid_epoch_resume_skips_exactly_the_batches_done(tmp_path, augment):
+    # augment: the batches left after the resume get the augmentation they would have had (EpochSeeded)
+    ref, ref_data = fit(cfg_for(tmp_path, "ref"), train=Recording(48, augment=augment))
     reset_accelerate()
 
     def crash(model, out):
         raise Crash()
 
     with pytest.raises(Crash):  # 5th step of epoch 1: the state of step 4 is the newest
-        fit(cfg_for(tmp_path, "b"), model=lambda: Faulty(5, crash))
+        fit(cfg_for(tmp_path, "b"), model=lambda: Faulty(5, crash), train=Recording(48, augment=augment))
     reset_accelerate()
     state = json.loads((find_state(tmp_path / "runs/b") / "trainer_state.json").read_text())
     assert (state["epoch"], state["batch_in_epoch"], state["global_step"]) == (0, 4, 4)
 
-    resumed, data = fit(cfg_for(tmp_path, "b", resume=True))
+    resumed, data = fit(cfg_for(tmp_path, "b", resume=True), train=Recording(48, augment=augment))
     assert data.served == ref_data.served[4 * 8:]  # the rest of epoch 1, then all of epoch 2: none twice, none lost
     assert_same_weights(final_weights(ref.run_dir), final_weights(resumed.run_dir))
     history = json.loads((resumed.run_dir / "history.json").read_text())

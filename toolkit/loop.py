@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.optim.lr_scheduler import LRScheduler
@@ -18,23 +19,53 @@ from .optim import StepSchedule
 if TYPE_CHECKING:
     from .objectives import Objective
 
-__all__ = ["FitLoop", "FigureFn", "make_loader", "reseed"]
+__all__ = ["EpochSeeded", "FitLoop", "FigureFn", "make_loader", "reseed"]
 
 FigureFn = Callable[[Any], dict]  # StepOutput of the first validation batch -> {name: matplotlib Figure}
 
 
 def reseed(dataset, seed: int) -> None:
     """Call ``reseed(seed)`` on the dataset (or the dataset it wraps) so augmentation is reproducible."""
-    while dataset is not None:
-        if hasattr(dataset, "reseed"):
-            dataset.reseed(seed)
-            return
+    target = _reseedable(dataset)
+    if target is not None:
+        target.reseed(seed)
+
+
+def _reseedable(dataset):
+    """``dataset`` or the first dataset it wraps (``.dataset``, as Subset) that has ``reseed``; None if none."""
+    while dataset is not None and not hasattr(dataset, "reseed"):
         dataset = getattr(dataset, "dataset", None)
+    return dataset
 
 
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    reseed(info.dataset, info.seed % 2**32)
+class EpochSeeded(Dataset):
+    """The training set as the Trainer loads it: sample ``i`` of epoch ``e`` is augmented from ``(seed, e, i)``
+    alone, whichever DataLoader worker or process reads it.
+
+    Before each item it calls the wrapped dataset's ``reseed(s)`` (found as :func:`reseed` finds it; none: the
+    items pass through unchanged) with ``s`` derived from ``(seed, epoch, i)``. The epoch lives in shared memory,
+    so :meth:`set_epoch` in the main process reaches workers that persist from one epoch to the next (no worker
+    start-up each epoch), and a run resumed inside an epoch draws the same augmentation for the batches it has
+    left. Items are what the wrapped dataset returns.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._target = _reseedable(dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augment the items read from now on as those of ``epoch`` (call it before the epoch's iterator)."""
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        if self._target is not None:
+            seed = np.random.SeedSequence([self.seed, int(self._epoch), int(i)]).generate_state(1)[0]
+            self._target.reseed(int(seed))
+        return self.dataset[i]
 
 
 def make_loader(dataset: Dataset, cfg: TrainConfig, accelerator: Accelerator, train: bool) -> DataLoader:
@@ -42,15 +73,14 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, accelerator: Accelerator, tr
 
     Batch size ``cfg.batch_size`` for training, ``cfg.eval_batch_size`` (or twice the batch size)
     for evaluation; the last incomplete training batch is dropped when the data allow one per process.
-    Evaluation workers persist from one validation to the next (they draw no random numbers); training
-    workers start afresh each epoch, so that each epoch's augmentation follows the dataset's reseed.
+    Workers persist from one epoch (or validation) to the next: starting them costs a noticeable share of a
+    short epoch. Training augmentation follows the epoch through :class:`EpochSeeded`, not the worker.
     """
     batch = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
     return DataLoader(
         dataset, batch_size=batch, shuffle=train, num_workers=cfg.num_workers,
         drop_last=train and len(dataset) >= batch * accelerator.num_processes,
-        pin_memory=accelerator.device.type == "cuda", worker_init_fn=_seed_worker,
-        persistent_workers=not train and cfg.num_workers > 0,
+        pin_memory=accelerator.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
         # own generator: creating an iterator draws nothing from the global RNG (exact mid-epoch resume)
         generator=torch.Generator().manual_seed(cfg.seed) if train else None,
     )
@@ -60,8 +90,8 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, accelerator: Accelerator, tr
 class FitLoop:
     """The prepared objects of one :meth:`Trainer.fit` (``trainer.loop`` from its start on).
 
-    model, optimizer, train_dl and val_dl are Accelerate-prepared; train_data and val_data
-    the datasets as the recipe gave them; schedule the LR multiplier that drives scheduler;
+    model, optimizer, train_dl and val_dl are Accelerate-prepared; train_data the recipe's training set
+    wrapped in :class:`EpochSeeded`, val_data the validation set as the recipe gave it; schedule the LR multiplier that drives scheduler;
     guard the run's signal and NaN/inf watch; callbacks the fit hooks in calling order.
     """
 
@@ -72,7 +102,7 @@ class FitLoop:
     schedule: StepSchedule
     train_dl: DataLoader
     val_dl: DataLoader
-    train_data: Dataset
+    train_data: EpochSeeded
     val_data: Dataset
     metrics: Sequence
     monitor: str

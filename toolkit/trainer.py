@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .ema import build_ema
 from .figures import plot_history, save_figure
 from .interrupts import RunGuard
-from .loop import FigureFn, FitLoop, make_loader, reseed
+from .loop import EpochSeeded, FigureFn, FitLoop, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
@@ -161,6 +161,7 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         objective.channels_last = cfg.channels_last
         optimizer = build_optimizer(model, cfg)
+        train_data = EpochSeeded(train_data, cfg.seed)
         loaders = make_loader(train_data, cfg, acc, train=True), make_loader(val_data, cfg, acc, train=False)
         model, optimizer, train_dl, val_dl = acc.prepare(model, optimizer, *loaders)
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
@@ -241,13 +242,11 @@ class Trainer:
         model, optimizer, scheduler, train_dl = loop.model, loop.optimizer, loop.scheduler, loop.train_dl
         epoch, skip, partial = state.epoch, state.batch_in_epoch, state.partial or {}
         train_dl.set_epoch(epoch)  # the order of epoch e is a function of (seed, e) alone
+        loop.train_data.set_epoch(epoch)  # and so is each sample's augmentation
         loader = train_dl
-        if skip:  # resumed inside this epoch: the same order, without the batches already trained on
+        if skip:  # resumed inside this epoch: the same order and augmentation, without the batches already done
             loader = acc.skip_first_batches(train_dl, skip)
             loader.set_epoch(epoch)
-            reseed(loop.train_data, (cfg.seed * 1_000_003 + epoch * 10_007 + skip) % 2**31)
-        else:
-            reseed(loop.train_data, int(torch.randint(0, 2**31 - 1, ())))  # used when num_workers == 0
         model.train()
         loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=acc.device)
         batches, seen, start = skip, partial.get("seen", 0), time.perf_counter() - partial.get("time_s", 0.0)

@@ -212,8 +212,9 @@ class MRISegmentationDataset(Dataset):
 
         Calls ``transform.set_random_seed(seed)`` and gives every transform inside it its
         own seed derived from ``seed`` (see :func:`toolkit.data.mri.augment.reseed_transform`).
-        Call it per epoch and per DataLoader worker (e.g. in ``worker_init_fn``): forked
-        workers otherwise inherit identical generator states.
+        The Trainer calls it before every training item, with a seed made of (run seed, epoch, index)
+        (:class:`toolkit.loop.EpochSeeded`): each item's augmentation is then the same whichever
+        DataLoader worker reads it, and forked workers never share a generator state.
         """
         if self.transform is not None:
             from .augment import reseed_transform  # albumentations is imported only when used
