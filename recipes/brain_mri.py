@@ -79,6 +79,7 @@ class BrainMRIConfig(TrainConfig):
     augment: float = 1.0  # training augmentation strength, 0 (none) to 4: scales the zoom/rotation/shift/brightness/contrast/elastic ranges and their probabilities (toolkit.mri_augmentation)
     param_budget: int = 500_000  # most trainable parameters the model may have
     epochs: int = 0  # passes over the training set (an upper bound with --max-minutes); 0 = 155,000 training slices' worth (100 on figshare's 1,545 slices, where chosen; 508 on LGG's 305)
+    eval_every: int = 3  # validate every N epochs and after the last (best.pth and patience follow it); 3 = as in the figshare runs that chose the other defaults (docs/brain-mri.md): more epochs inside --max-minutes
     batch_size: int = 16  # slices per process per step
     lr: float = 3e-3  # peak AdamW learning rate
 
