@@ -91,8 +91,9 @@ class FitLoop:
     """The prepared objects of one :meth:`Trainer.fit` (``trainer.loop`` from its start on).
 
     model, optimizer, train_dl and val_dl are Accelerate-prepared; train_data the recipe's training set
-    wrapped in :class:`EpochSeeded`, val_data the validation set as the recipe gave it; schedule the LR multiplier that drives scheduler;
-    guard the run's signal and NaN/inf watch; callbacks the fit hooks in calling order.
+    wrapped in :class:`EpochSeeded`, val_data the validation set as the recipe gave it; schedule the LR
+    multiplier that drives scheduler; guard the run's signal and NaN/inf watch; callbacks the fit hooks in
+    calling order.
     """
 
     model: torch.nn.Module
