@@ -28,7 +28,7 @@ def test_two_process_segmentation_launch_logs_one_grouped_run(tmp_path):
     runs, data = tmp_path / "runs", tmp_path / "data"
     args = ["--synthetic-images", "20", "--image-size", "48", "--batch-size", "4", "--num-workers", "0",
             "--wandb-mode", "offline", "--output-dir", str(runs), "--synthetic-dir", str(data), "--run-name", "seg",
-            "--epochs", "2", "--model", "autoencoder"]
+            "--epochs", "2", "--model", "autoencoder", "--eval-every", "1"]  # a validation and its media each epoch
     cmd = [*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(ROOT / "recipes" / "brain_mri.py")]
     env = run_env(ACCELERATE_USE_CPU="true", WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-env"),
