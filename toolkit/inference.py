@@ -22,8 +22,8 @@ from .postprocess import PostProcess, load_postprocess
 from .seg_images import resize_maps, tumour_map
 from .targets import TARGET_FILE, TargetSpec
 
-__all__ = ["load_segmentation_run", "stored_target", "load_ensemble", "ScanProbs", "predict_probs", "pick_postprocess", "run_slices",
-           "run_dataset", "run_layout", "IMAGE_SUFFIXES"]
+__all__ = ["load_segmentation_run", "stored_target", "load_ensemble", "ScanProbs", "predict_probs",
+           "pick_postprocess", "run_slices", "run_dataset", "run_layout", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SAME_INPUT = ("image_size", "in_channels", "channels", "intensity", "target_spec")  # config keys every member of an ensemble must share

@@ -19,16 +19,9 @@ from .optim import StepSchedule
 if TYPE_CHECKING:
     from .objectives import Objective
 
-__all__ = ["EpochSeeded", "FitLoop", "FigureFn", "make_loader", "reseed"]
+__all__ = ["EpochSeeded", "FitLoop", "FigureFn", "make_loader"]
 
 FigureFn = Callable[[Any], dict]  # StepOutput of the first validation batch -> {name: matplotlib Figure}
-
-
-def reseed(dataset, seed: int) -> None:
-    """Call ``reseed(seed)`` on the dataset (or the dataset it wraps) so augmentation is reproducible."""
-    target = _reseedable(dataset)
-    if target is not None:
-        target.reseed(seed)
 
 
 def _reseedable(dataset):
@@ -42,11 +35,11 @@ class EpochSeeded(Dataset):
     """The training set as the Trainer loads it: sample ``i`` of epoch ``e`` is augmented from ``(seed, e, i)``
     alone, whichever DataLoader worker or process reads it.
 
-    Before each item it calls the wrapped dataset's ``reseed(s)`` (found as :func:`reseed` finds it; none: the
-    items pass through unchanged) with ``s`` derived from ``(seed, epoch, i)``. The epoch lives in shared memory,
-    so :meth:`set_epoch` in the main process reaches workers that persist from one epoch to the next (no worker
-    start-up each epoch), and a run resumed inside an epoch draws the same augmentation for the batches it has
-    left. Items are what the wrapped dataset returns.
+    Before each item it calls ``reseed(s)`` of the wrapped dataset, or of the first dataset it wraps that has one
+    (``.dataset``, as Subset; none: the items pass through unchanged), with ``s`` derived from ``(seed, epoch, i)``.
+    The epoch lives in shared memory, so :meth:`set_epoch` in the main process reaches workers that persist from
+    one epoch to the next (no worker start-up each epoch), and a run resumed inside an epoch draws the same
+    augmentation for the batches it has left. Items are what the wrapped dataset returns.
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
