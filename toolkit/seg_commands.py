@@ -137,7 +137,6 @@ def postprocess(args: argparse.Namespace) -> int:
     ``postprocess.previous.json``."""
     import copy
     import shutil
-    from types import SimpleNamespace
 
     from .crossval import CV_FILE, cv_lines, out_of_fold, run_monitor
     from .ensemble import resolve_weights
@@ -165,12 +164,11 @@ def postprocess(args: argparse.Namespace) -> int:
     kept = old.is_file()
     if kept:  # each callback below rewrites it atomically
         shutil.copyfile(old, run_dir / "postprocess.previous.json")
-    fake = SimpleNamespace(run_dir=run_dir, accelerator=SimpleNamespace(is_main_process=True, print=print))
     build = lambda: copy.deepcopy(model)  # noqa: E731  the callbacks load best.pth into it
     threshold = float(cfg.get("threshold", 0.5))
     if target.kind == "binary":
         ChoosePostprocess(build, val, ensemble.preprocess, pooled=run_monitor(run_dir).endswith("_global")
-                          ).on_fit_end(fake, None)
-    ChooseVolumePostprocess(build, val, ensemble.preprocess, target, threshold).on_fit_end(fake, None)
+                          ).choose(run_dir)
+    ChooseVolumePostprocess(build, val, ensemble.preprocess, target, threshold).choose(run_dir)
     print(f"wrote {old}" + (" (the previous one: postprocess.previous.json)" if kept else ""))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -226,13 +227,17 @@ class ChoosePostprocess(Callback):
         self.components = (not are_volumes(getattr(val_data, "records", []))) if components is None else components
 
     def on_fit_end(self, trainer, state) -> None:
-        best = trainer.run_dir / "best.pth"
-        if not trainer.accelerator.is_main_process or not best.is_file() or len(self.val_data) == 0:
+        if trainer.accelerator.is_main_process:
+            self.choose(trainer.run_dir, trainer.accelerator.print)
+
+    def choose(self, run_dir: Path, print_fn=print) -> None:
+        """Choose with ``<run_dir>/best.pth`` and write ``<run_dir>/postprocess.json`` (nothing without
+        ``best.pth`` or validation slices); ``toolkit postprocess`` calls it on a finished run."""
+        best = run_dir / "best.pth"
+        if not best.is_file() or len(self.val_data) == 0:
             return
         model = init_from(self.build_model(), best).eval()
         preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True)
-        _, steps = choose_postprocess(preds, trainer.run_dir / POSTPROCESS_FILE, pooled=self.pooled,
-                                      components=self.components,
-                                      chosen_on=f"validation split of {trainer.run_dir.name}")
-        trainer.accelerator.print(f"post-processing chosen on {len(self.val_data)} validation slices: "
-                                  f"{describe_steps(steps)}")
+        _, steps = choose_postprocess(preds, run_dir / POSTPROCESS_FILE, pooled=self.pooled,
+                                      components=self.components, chosen_on=f"validation split of {run_dir.name}")
+        print_fn(f"post-processing chosen on {len(self.val_data)} validation slices: {describe_steps(steps)}")

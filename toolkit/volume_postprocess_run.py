@@ -60,12 +60,18 @@ class ChooseVolumePostprocess(Callback):
         self.target, self.threshold, self.min_voxels = target, float(threshold), tuple(min_voxels)
 
     def on_fit_end(self, trainer, state) -> None:
+        if trainer.accelerator.is_main_process:
+            self.choose(trainer.run_dir, trainer.accelerator.print)
+
+    def choose(self, run_dir: Path, print_fn=print) -> None:
+        """Choose with ``<run_dir>/best.pth`` and add the 3D rules to ``<run_dir>/postprocess.json`` (nothing
+        without ``best.pth`` or unless the validation records are volumes); ``toolkit postprocess`` calls it."""
         from .seg_eval import collect_probs  # here: seg_eval and volume_eval import the modules above
         from .volume_eval import pack_masks, predict_packed
 
-        best, path = trainer.run_dir / "best.pth", trainer.run_dir / POSTPROCESS_FILE
+        best, path = run_dir / "best.pth", run_dir / POSTPROCESS_FILE
         records = list(getattr(self.val_data, "records", []))
-        if not trainer.accelerator.is_main_process or not best.is_file() or not are_volumes(records):
+        if not best.is_file() or not are_volumes(records):
             return
         post = load_postprocess(path)[0] if path.is_file() else PostProcess(threshold=self.threshold)
         ensemble = SegmentationEnsemble([init_from(self.build_model(), best).eval()], self.preprocess, self.target)
@@ -75,9 +81,9 @@ class ChooseVolumePostprocess(Callback):
         else:
             packed = predict_packed(ensemble, self.val_data, post.threshold, post.flips)[0]
         report = choose_and_store(path, self.target, records, packed, int(self.val_data.size), post,
-                                  f"validation split of {trainer.run_dir.name}", self.min_voxels)
-        trainer.accelerator.print(f"3D post-processing chosen on {len(report['patients'])} validation patient(s):\n  "
-                                  + "\n  ".join(report_lines(report)))
+                                  f"validation split of {run_dir.name}", self.min_voxels)
+        print_fn(f"3D post-processing chosen on {len(report['patients'])} validation patient(s):\n  "
+                 + "\n  ".join(report_lines(report)))
 
 
 def choose_and_store(path: Path, target: TargetSpec, records: Sequence, packed, size: int, post: PostProcess,
