@@ -131,7 +131,9 @@ def settle_epochs(cfg: Any, trainer, train_size: int) -> None:
     """``cfg.epochs`` 0 becomes ``round(SLICES_SEEN / train_size)`` (at least 1), recorded in config.json: the same
     number of training slices whatever the data's size. Chosen on validation: 100 epochs were the best on figshare's
     1,545 training slices (142 validated lower), while on LGG's 305 they left 9 of 15 minutes unused and training
-    on until the budget ran out (227 epochs) scored better on every figure (docs/brain-mri.md, LGG). With
+    on until the budget ran out (227 epochs) scored better on every figure (docs/brain-mri.md, LGG); shorter
+    schedules scored lower out of fold (LGG ``--epochs 250``: 0.753 per patient against 0.793; BRATS ``--epochs
+    100``: 0.743 against 0.804, docs/volumes.md). With
     ``--max-minutes`` the Trainer still fits fewer epochs when they do not fit."""
     if cfg.epochs == 0:
         cfg.epochs = max(1, round(SLICES_SEEN / max(train_size, 1)))
