@@ -133,8 +133,8 @@ def settle_epochs(cfg: Any, trainer, train_size: int) -> None:
     1,545 training slices (142 validated lower), while on LGG's 305 they left 9 of 15 minutes unused and training
     on until the budget ran out (227 epochs) scored better on every figure (docs/brain-mri.md, LGG); shorter
     schedules scored lower out of fold (LGG ``--epochs 250``: 0.753 per patient against 0.793; BRATS ``--epochs
-    100``: 0.743 against 0.804, docs/volumes.md). With
-    ``--max-minutes`` the Trainer still fits fewer epochs when they do not fit."""
+    100``: 0.743 against 0.804, docs/volumes.md). With ``--max-minutes`` the Trainer still fits fewer epochs when
+    they do not fit."""
     if cfg.epochs == 0:
         cfg.epochs = max(1, round(SLICES_SEEN / max(train_size, 1)))
         trainer.save_config()

@@ -162,7 +162,7 @@ def postprocess(args: argparse.Namespace) -> int:
     val = run_target_dataset(_records_to_score(args, cfg, files)[0], cfg, target)
     old = run_dir / POSTPROCESS_FILE
     kept = old.is_file()
-    if kept:  # each callback below rewrites it atomically
+    if kept:  # each chooser below rewrites it atomically
         shutil.copyfile(old, run_dir / "postprocess.previous.json")
     build = lambda: copy.deepcopy(model)  # noqa: E731  the callbacks load best.pth into it
     threshold = float(cfg.get("threshold", 0.5))
