@@ -43,6 +43,7 @@ def test_cv_resumes_after_a_kill_between_folds_and_scores_out_of_fold(tmp_path):
     assert (root / "fold0" / "summary.json").stat().st_mtime_ns == stamp
     cv = json.loads((root / "cv.json").read_text())
     assert cv["folds"] == 2 and cv["num_images"] == 12  # every slice scored once, out of fold
+    assert cv["target"]["kind"] == "binary"
     assert [f["fold"] for f in cv["per_fold"]] == [0, 1]
     assert sum(f["num_images"] for f in cv["per_fold"]) == 12
     for key in ("out_of_fold", "out_of_fold_postprocessed"):
@@ -138,3 +139,17 @@ def test_cv_of_types_from_a_metadata_column_reports_class_accuracy(tmp_path):
     assert acc["num_slices"] == 8 and acc["correct"] == sum(e["correct"] for e in acc["per_class"].values())
     assert "volume_postprocess" not in cv and not (root / "postprocess.json").exists()
     assert cv["out_of_fold"]["spacing"].startswith("2D slices") and "class accuracy" in out
+
+
+def test_cv_lines_reads_binary_results_with_and_without_their_target():
+    from toolkit.crossval import cv_lines
+
+    scores = {"dice": 0.5, "dice_global": 0.6, "per_patient": {"dice": 0.7}}
+    result = {"folds": 1, "num_images": 3, "per_fold": [{"fold": 0, "num_images": 3, **scores}],
+              "out_of_fold": scores, "out_of_fold_postprocessed": {**scores, "dice": 0.55},
+              "postprocess": {"summary": "threshold 0.5"}, "target": {"kind": "binary", "names": ["tumour"]}}
+    legacy = {k: v for k, v in result.items() if k != "target"}  # cv.json written before 2 Dec 2026
+    for r in (result, legacy):
+        lines = cv_lines(r)
+        assert lines[0] == "fold 0: 3 validation slices, per-image Dice 0.5000, per patient 0.7000"
+        assert "post-processed 0.5500" in lines[1]

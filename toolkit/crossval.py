@@ -99,7 +99,7 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
                                        components=not volumes, chosen_on=chosen_on)
     source = flipped if choice.flips else probs
     result = {
-        "folds": len(fold_dirs), "num_images": len(ids), "per_fold": per_fold,
+        "folds": len(fold_dirs), "target": spec.to_dict(), "num_images": len(ids), "per_fold": per_fold,
         "out_of_fold": summarise(image_records(ids, PostProcess().binarize(probs), targets, meta)),
         "out_of_fold_postprocessed": summarise(image_records(ids, choice.binarize(source), targets, meta)),
         "postprocess": {"choice": choice.to_dict(), "steps": steps, "summary": describe_steps(steps),
@@ -170,7 +170,7 @@ def cv_lines(result: dict, root: Path | None = None) -> list[str]:
         return "n/a" if value is None else f"{value:.4f}"
 
     n, lines = result["num_images"], []
-    if "target" not in result:  # binary
+    if TargetSpec.from_dict(result.get("target")).kind == "binary":  # cv.json before 2 Dec 2026: no "target"
         post = result["out_of_fold_postprocessed"]
         lines += [f"fold {f['fold']}: {f['num_images']} validation slices, per-image Dice {dice(f)}, per patient "
                   f"{dice(f.get('per_patient'))}" for f in result["per_fold"]]
