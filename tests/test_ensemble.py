@@ -95,3 +95,14 @@ def test_disagreement_report_flags_the_worst():
     assert report["flagged_among_lowest_dice"] == 1.0 and report["spearman_dice_vs_disagreement"] == pytest.approx(-1)
     report = disagreement_report(records, np.linspace(0, 1, 20))
     assert report["flagged_among_lowest_dice"] == 0.0
+
+
+def test_summary_counts_tumour_missed_and_found_elsewhere():
+    t = np.zeros((4, 4, 4), np.uint8)
+    p = np.zeros_like(t)
+    t[0, :2, :2] = 1                         # slice 0: tumour predicted empty
+    t[1, :2, :2] = 1; p[1, 3, 3] = 1         # slice 1: a region, but none of it on the tumour
+    t[2, :2, :2] = 1; p[2, 0, 0] = 1; p[2, 3, 3] = 1   # slice 2: partly right: neither count
+    p[3, 3, 3] = 1                           # slice 3: no tumour, a false pixel: neither count
+    s = summarise(image_records(["a", "b", "c", "d"], p, t))
+    assert (s["tumour_missed"], s["tumour_elsewhere"]) == (1, 1)
