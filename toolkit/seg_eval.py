@@ -133,7 +133,8 @@ def summarise(records: Sequence[dict]) -> dict:
 
     Returns ``{"dice", "iou", "dice_global", "iou_global", "dice_tumour", "empty_correct", "num_images",
     "tumour_missed" (slices with tumour predicted empty), "tumour_elsewhere" (slices with tumour whose predicted
-    pixels all lie outside it: Dice 0 although something was found), "per_patient": {"dice", "iou", "num_patients"} (when records carry a patient),
+    pixels all lie outside it: Dice 0 although something was found),
+    "per_patient": {"dice", "iou", "num_patients"} (when records carry a patient),
     "per_<column>": {value: {"dice", "num_images"}} for each of :data:`GROUP_COLUMNS` present}``.
     """
     pooled = _pooled(records)
