@@ -113,9 +113,8 @@ def evaluate(args: argparse.Namespace) -> int:
           + (f"; then per patient volume: {result['postprocess']['volume']}" if in_3d else ""))
     for key in SUMMARY_KEYS:
         print(f"  {key:<14} {summary[key]:.4f}   (without post-processing {plain[key]:.4f})")
-    tumour = sum(r["true_pixels"] > 0 for r in scored)
-    print(f"  {tumour} slices with tumour: {summary['tumour_missed']} predicted empty, {summary['tumour_elsewhere']} "
-          f"with every predicted pixel outside the tumour (Dice 0)")
+    print(f"  {summary['tumour_images']} slices with tumour: {summary['tumour_missed']} predicted empty, "
+          f"{summary['tumour_elsewhere']} with every predicted pixel outside the tumour (Dice 0)")
     if "per_patient" in summary:
         pp = summary["per_patient"]
         print(f"  per patient    dice {pp['dice']:.4f}, iou {pp['iou']:.4f} over {pp['num_patients']} patients")

@@ -132,8 +132,8 @@ def summarise(records: Sequence[dict]) -> dict:
     """Summary of :func:`image_records`: means per image, pooled, per patient and per group column.
 
     Returns ``{"dice", "iou", "dice_global", "iou_global", "dice_tumour", "empty_correct", "num_images",
-    "tumour_missed" (slices with tumour predicted empty), "tumour_elsewhere" (slices with tumour whose predicted
-    pixels all lie outside it: Dice 0 although something was found),
+    "tumour_images" (slices with tumour), of them "tumour_missed" (predicted empty) and "tumour_elsewhere" (every
+    predicted pixel outside the tumour: Dice 0 although something was found),
     "per_patient": {"dice", "iou", "num_patients"} (when records carry a patient),
     "per_<column>": {value: {"dice", "num_images"}} for each of :data:`GROUP_COLUMNS` present}``.
     """
@@ -144,7 +144,7 @@ def summarise(records: Sequence[dict]) -> dict:
            "dice_global": pooled["dice"], "iou_global": pooled["iou"],
            "dice_tumour": _mean([r["dice"] for r in tumour]),
            "empty_correct": _mean([float(r["pred_pixels"] == 0) for r in empty]), "num_images": len(records),
-           "tumour_missed": sum(r["pred_pixels"] == 0 for r in tumour),
+           "tumour_images": len(tumour), "tumour_missed": sum(r["pred_pixels"] == 0 for r in tumour),
            "tumour_elsewhere": sum(r["tp"] == 0 < r["pred_pixels"] for r in tumour)}
     by_patient = defaultdict(list)
     for r in records:
