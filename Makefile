@@ -133,7 +133,7 @@ slurm-check: $(STAMP)
 	examples/slurm/local_check.sh
 
 # Tests in TEST_WORKERS processes (pytest-xdist; 0 = in this process), one torch thread each unless OMP_NUM_THREADS
-# says otherwise: on 2 cores, 13 min 20 s instead of 21 min 53 s (docs/testing.md).
+# says otherwise (measured in docs/testing.md).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-disabled} OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q \
