@@ -26,7 +26,7 @@ from .figures import plot_history, save_figure
 if TYPE_CHECKING:
     from .state import TrainState
 
-__all__ = ["Callback", "SaveCurve", "call_hook"]
+__all__ = ["Callback", "ChooseOnRun", "SaveCurve", "call_hook"]
 
 
 class Callback:
@@ -37,6 +37,18 @@ class Callback:
 
     def on_fit_end(self, trainer, state: "TrainState") -> None:
         """After the last epoch, while the trackers are still open."""
+
+
+class ChooseOnRun(Callback):
+    """A callback whose work is ``choose(run_dir, print_fn)`` on the finished run folder: at fit end the main
+    process calls it; ``toolkit postprocess`` calls it on a run trained earlier."""
+
+    def on_fit_end(self, trainer, state: "TrainState") -> None:
+        if trainer.accelerator.is_main_process:
+            self.choose(trainer.run_dir, trainer.accelerator.print)
+
+    def choose(self, run_dir, print_fn=print) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define choose(run_dir, print_fn)")
 
 
 def call_hook(callbacks: Sequence[Any], hook: str, *args) -> None:

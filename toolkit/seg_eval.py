@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .callbacks import Callback
+from .callbacks import ChooseOnRun
 from .checkpoint import save_json
 from .data.batch_transforms import standardize_per_image
 from .ensemble import SegmentationEnsemble, slice_disagreement
@@ -211,7 +211,7 @@ def choose_postprocess(preds: Predictions, path, pooled: bool = False, component
     return choice, steps
 
 
-class ChoosePostprocess(Callback):
+class ChoosePostprocess(ChooseOnRun):
     """At the end of fit the main process picks the post-processing on the validation split with ``best.pth``
     and writes ``<run>/postprocess.json``, which ``toolkit evaluate`` and ``predict`` then apply.
 
@@ -229,10 +229,6 @@ class ChoosePostprocess(Callback):
                  components: bool | None = None) -> None:
         self.build_model, self.val_data, self.preprocess, self.pooled = build_model, val_data, preprocess, pooled
         self.components = (not are_volumes(getattr(val_data, "records", []))) if components is None else components
-
-    def on_fit_end(self, trainer, state) -> None:
-        if trainer.accelerator.is_main_process:
-            self.choose(trainer.run_dir, trainer.accelerator.print)
 
     def choose(self, run_dir: Path, print_fn=print) -> None:
         """Choose with ``<run_dir>/best.pth`` and write ``<run_dir>/postprocess.json`` (nothing without

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .callbacks import Callback
+from .callbacks import ChooseOnRun
 from .ensemble import SegmentationEnsemble
 from .models.utils import init_from
 from .postprocess import POSTPROCESS_FILE, PostProcess, load_postprocess, load_volume_key, save_volume_key
@@ -42,7 +42,7 @@ def report_lines(report: Mapping) -> list[str]:
             f"{hd(r['before']['hd95_mm'])} -> {hd(r['after']['hd95_mm'])} mm" for name, r in report["channels"].items()]
 
 
-class ChooseVolumePostprocess(Callback):
+class ChooseVolumePostprocess(ChooseOnRun):
     """At the end of fit, on volume data (validation records with a slice ``index``, or LGG patient folders), the
     main process predicts the validation split with ``best.pth`` (after the run's 2D post-processing when
     ``postprocess.json`` holds one: binary runs), chooses the 3D rules per channel and adds them to
@@ -58,10 +58,6 @@ class ChooseVolumePostprocess(Callback):
                  min_voxels: Sequence[int] = MIN_VOXELS) -> None:
         self.build_model, self.val_data, self.preprocess = build_model, val_data, preprocess
         self.target, self.threshold, self.min_voxels = target, float(threshold), tuple(min_voxels)
-
-    def on_fit_end(self, trainer, state) -> None:
-        if trainer.accelerator.is_main_process:
-            self.choose(trainer.run_dir, trainer.accelerator.print)
 
     def choose(self, run_dir: Path, print_fn=print) -> None:
         """Choose with ``<run_dir>/best.pth`` and add the 3D rules to ``<run_dir>/postprocess.json`` (nothing
