@@ -19,7 +19,7 @@ TINY = ["--synthetic-images", "12", "--image-size", "64", "--batch-size", "4", "
         "--wandb-mode", "disabled"]
 
 
-def launch(args, *, processes=1, timeout=300):
+def launch(args, *, processes=1, timeout=300, ok=True):
     if processes == 1:
         cmd = [*ACCELERATE, "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "bf16",
                "--dynamo_backend", "no"]
@@ -30,7 +30,7 @@ def launch(args, *, processes=1, timeout=300):
         env = run_env(ACCELERATE_USE_CPU="true")
     proc = subprocess.run([*cmd, str(ROOT / "recipes" / "brain_mri.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -55,6 +55,12 @@ def test_recipe_trains_then_resumes(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert (run / "figures/overlays_epoch003.png").is_file()
     assert {"dice", "iou", "dice_global", "iou_global", "val_loss", "train_loss"} <= set(history[-1])
+
+    split, config = ((run / f).read_text() for f in ("split.json", "config.json"))  # another split on resume:
+    proc = launch([*common, "--epochs", "4", "--resume", "--val-fraction", "0.5"], ok=False)
+    assert "holds another split" in proc.stderr and "val_fraction 0.2 -> 0.5" in proc.stderr
+    assert (run / "split.json").read_text() == split and (run / "config.json").read_text() == config  # refused
+    assert len(json.loads((run / "history.json").read_text())) == 3
 
 
 def test_recipe_with_two_processes(tmp_path):

@@ -11,6 +11,7 @@ the setting and the problem.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, NamedTuple
 
 from torch.utils.data import Dataset
@@ -78,6 +79,38 @@ def _roots(found) -> str:
     return ",".join(str(r.resolve()) for r in found.roots)
 
 
+SPLIT_SETTINGS = ("data_dir", "channels", "slice_rule", "skip_bad_files", "synthetic_images", "val_fraction",
+                  "test_fraction", "split_block", "folds", "fold", "seed", "label_fraction", "exclude_split")
+
+
+def _save_run_split(cfg: Any, trainer, split: dict, **info: Any) -> None:
+    """Write the run's ``split.json`` (main process). A resumed run must train on the split it started with: when
+    its saved ``split.json`` lists other ids, raise ConfigError naming the settings (``SPLIT_SETTINGS``) that
+    differ from the run's saved config (and put that config back), instead of re-splitting it silently. Call on
+    every process."""
+    path = trainer.run_dir / "split.json"
+    if trainer.resuming and path.is_file():
+        try:
+            saved = {k: v for k, v in json.loads(path.read_text()).items() if isinstance(v, list)}
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--resume: cannot read the run's {path}: {err}") from None
+        now = {k: [r.id for r in v] for k, v in split.items()}
+        if any(sorted(saved.get(k, [])) != sorted(now.get(k, [])) for k in set(saved) | set(now)):
+            old = trainer.saved_config
+            changed = [f"{k} {old[k]!r} -> {getattr(cfg, k)!r}" for k in SPLIT_SETTINGS
+                       if k in old and hasattr(cfg, k) and old[k] != getattr(cfg, k)]
+            if trainer.accelerator.is_main_process:  # the refused settings do not stay in the run's config.json
+                save_json(trainer.run_dir / "config.json", old)
+            sizes = "; ".join(f"{k}: {len(saved.get(k, []))} saved, {len(now.get(k, []))} now"
+                              for k in sorted(set(saved) | set(now)))
+            raise ConfigError(f"--resume: {path} holds another split than these settings give ({sizes}); "
+                              + (f"changed: {', '.join(changed)}" if changed else "the data read differ")
+                              + ". A resumed run keeps the data and split it started with: resume with its "
+                              "settings (config.json) or train the new split under another --run-name")
+    if trainer.accelerator.is_main_process:
+        save_split(path, split, **info)
+
+
 def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     """Labelled slices split by patient (``val_fraction``, ``test_fraction``, ``split_block``, ``folds``/``fold``,
     ``seed``), ``label_fraction`` of the training patients kept, the target resolved (``target``, ``regions``,
@@ -96,9 +129,9 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
         split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
     unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
+    _save_run_split(cfg, trainer, split, data_dir=_roots(found), source=found.source, unit=unit, folds=cfg.folds,
+                    fold=cfg.fold)
     if acc.is_main_process:
-        save_split(trainer.run_dir / "split.json", split, data_dir=_roots(found), source=found.source, unit=unit,
-                   folds=cfg.folds, fold=cfg.fold)
         save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
     context = int(getattr(cfg, "context_slices", 0))
     if context and not are_volumes(found.slices):
@@ -187,9 +220,8 @@ def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
     except (DataError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"data_dir / exclude_split: {err}") from None
     _settle_in_channels(cfg, trainer, slices[0].num_channels, found.source)
-    if acc.is_main_process:
-        save_split(trainer.run_dir / "split.json", split, data_dir=_roots(found), source=found.source,
-                   excluded_split=cfg.exclude_split, excluded_slices=dropped)
+    _save_run_split(cfg, trainer, split, data_dir=_roots(found), source=found.source,
+                    excluded_split=cfg.exclude_split, excluded_slices=dropped)
     train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
     acc.print(f"data: {found.source}: {len(found.slices)} slices, {dropped} left out by --exclude-split; "
               f"unlabelled train {len(train)}, val {len(val)}")

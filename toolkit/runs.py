@@ -26,7 +26,7 @@ from .ema import WeightEMA
 from .optim import StepSchedule
 from .state import TrainState
 
-__all__ = ["resolve_run_dir", "resumes", "save_state", "restore_state"]
+__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "restore_state"]
 
 
 def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
@@ -73,6 +73,16 @@ def resumes(cfg: TrainConfig, run_dir: Path) -> bool:
     """Whether a fit in ``run_dir`` (from :func:`resolve_run_dir`) continues its newest state: with
     ``--resume`` always, with ``--resume auto`` when the folder holds a complete state."""
     return bool(cfg.resume) and find_state(run_dir) is not None
+
+
+def saved_config(run_dir: Path) -> dict:
+    """The settings in ``run_dir``'s ``config.json`` (what a resumed run last started with); {} when it has none
+    or it is unreadable (then nothing can be compared with it)."""
+    try:
+        data = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,

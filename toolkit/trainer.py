@@ -30,7 +30,7 @@ from .loop import EpochSeeded, FigureFn, FitLoop, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import resolve_run_dir, restore_state, resumes, save_state
+from .runs import resolve_run_dir, restore_state, resumes, save_state, saved_config
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -68,6 +68,7 @@ class Trainer:
         set_seed(cfg.seed, device_specific=True)
         self.run_dir = resolve_run_dir(cfg, recipe, self.accelerator)
         self.resuming = resumes(cfg, self.run_dir)  # --resume, or --resume auto with a saved state
+        self.saved_config = saved_config(self.run_dir) if self.resuming else {}  # what the run last started with
         self.loop: FitLoop | None = None
         self.figures_dir = self.run_dir / "figures"
         if self.accelerator.is_main_process:
