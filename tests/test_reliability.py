@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
-from toolkit.checkpoint import UnsafeFileError, find_state, list_states, load_weights
+from toolkit.checkpoint import UnsafeFileError, find_state, list_states, load_weights, save_json
 
 from .utils import ROOT, TinyImages, TinyNet, run_env
 
@@ -105,6 +105,21 @@ def test_mid_epoch_resume_skips_exactly_the_batches_done(tmp_path, augment):
     history = json.loads((resumed.run_dir / "history.json").read_text())
     ref_history = json.loads((ref.run_dir / "history.json").read_text())
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in ref_history], rel=1e-6)
+
+
+def test_atomic_files_get_the_umask_permissions_or_keep_the_replaced_ones(tmp_path):
+    old = os.umask(0o027)
+    try:
+        new = save_json(tmp_path / "new.json", {"a": 1})  # not the temporary file's 0o600
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        kept.chmod(0o644)
+        save_json(kept, {"a": 2})
+    finally:
+        os.umask(old)
+    assert new.stat().st_mode & 0o777 == 0o640 and json.loads(new.read_text()) == {"a": 1}
+    assert kept.stat().st_mode & 0o777 == 0o644 and json.loads(kept.read_text()) == {"a": 2}
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_keeps_the_newest_states_and_points_latest_at_the_last(tmp_path):

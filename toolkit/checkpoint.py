@@ -73,15 +73,25 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
+
+    The file gets the permissions of the one it replaces, or those a plain ``open`` would give (0o666 less the
+    umask) rather than the temporary file's 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        perms = path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        perms = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, perms)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
