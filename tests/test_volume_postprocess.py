@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.mri_fake import RAW_REGIONS, make_lgg, make_raw
 from tests.utils import ROOT, run_env
@@ -177,6 +178,7 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
     # NIfTI cases and LGG patient folders alike: the 2D search leaves components to the 3D rule chosen after it
     data = make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8)) if layout == "raw" else make_lgg(tmp_path / "lgg")
     run = train(tmp_path, data, "b", *(("--target", "binary") if layout == "raw" else ("--in-channels", "0")))
+    folder = data
     post, data = load_postprocess(run / POSTPROCESS_FILE)
     assert [s["step"] for s in data["steps"]] == ["baseline", "flip TTA", "threshold"]
     assert not post.largest_only and post.min_size == 0
@@ -192,6 +194,14 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
     assert result["per_image"] and all(r["pred_pixels"] == 0 for r in result["per_image"])
     assert result["summary"]["per_patient"]["tumour"]["dice"] == pytest.approx(
         np.mean([float(r["tumour"]["true_volume_ml"] == 0) for r in result["patients"]]))
+    if layout == "lgg":  # predict on patient folders applies the same rule to their stacked slices
+        def predicted(name, *extra):
+            args = ["predict", "--weights", str(run / "best.pth"), "--input", str(folder), "--threshold", "1e-6"]
+            assert main([*args, "--output", str(tmp_path / name), *extra]) == 0
+            return [np.asarray(Image.open(p)) for p in sorted((tmp_path / name).glob("*_mask.png"))]
+        assert any(m.any() for m in predicted("plain", "--postprocess", "none"))
+        masks = predicted("rule")
+        assert len(masks) == len(list(folder.rglob("*_mask.tif"))) and not any(m.any() for m in masks)
 
 
 def test_postprocess_command_gives_an_older_run_the_choice_of_today(tmp_path, capsys):

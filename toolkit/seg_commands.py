@@ -26,7 +26,8 @@ SUMMARY_KEYS = ("dice", "iou", "dice_global", "iou_global", "dice_tumour", "empt
 
 def predict(args: argparse.Namespace) -> int:
     """Masks and overlays at each image's own size; an ensemble also writes ``<name>_disagreement.png``, a
-    classes run ``<name>_classes.png`` (:func:`~toolkit.seg_images.write_class_map`).
+    classes run ``<name>_classes.png`` (:func:`~toolkit.seg_images.write_class_map`); a run on LGG patient
+    folders applies its stored 3D rule to each patient's stacked slice masks (:func:`_per_volume`).
     NIfTI input (a volume, a case's channel files, a raw-layout or NIfTI folder) goes to
     :func:`~toolkit.volume_predict.predict_volumes`: ``<case>_seg.nii.gz`` and ``<case>_seg.png``."""
     ensemble, cfg, post_file, files = load_ensemble(args.weights)
@@ -46,10 +47,14 @@ def predict(args: argparse.Namespace) -> int:
     out, size = Path(args.output), cfg["image_size"]
     print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
     images = _input_files(Path(args.input))
-    for path in images:
+    vpost = _lgg_volume_rule(layout, ensemble.target, source)
+
+    def predicted(path):
         image = _read_input(path, channels, in_channels, names)
         probs, dispute, maps = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold)
-        mask = post.at_scale(probs.size / size**2).binarize(probs)
+        return image, post.at_scale(probs.size / size**2).binarize(probs), dispute, maps
+
+    for path, (image, mask, dispute, maps) in _per_volume(images, predicted, vpost, size):
         _write_png(out / f"{path.stem}_mask.png", mask * 255)
         _write_png(out / f"{path.stem}_overlay.png", _overlay(image, mask))
         if dispute is not None:
@@ -59,6 +64,53 @@ def predict(args: argparse.Namespace) -> int:
     extra = " and disagreement maps (0 = all models agree, 255 = half against half)" if len(files) > 1 else ""
     print(f"wrote {len(images)} masks and overlays{extra} to {out}/")
     return 0
+
+
+def _lgg_volume_rule(layout: str | None, target, post_source: str):
+    """The stored 3D rule (:class:`~toolkit.volume_postprocess.VolumePostprocess`) that ``predict`` applies to the
+    slices of each LGG patient folder, as ``evaluate`` does; None for other layouts, other targets or none stored."""
+    if layout != "lgg" or target.kind != "binary":
+        return None
+    from .volume_postprocess_run import stored_volume_postprocess
+
+    vpost, line = stored_volume_postprocess(post_source, target)
+    if vpost is not None:
+        print(f"then per patient folder (LGG slices stacked by the number in their names): {line}")
+    return vpost
+
+
+def _per_volume(images: list[Path], predicted, vpost, size: int):
+    """Yield ``(path, predicted(path))`` per image (``predicted`` → (image, mask (H, W) uint8 {0, 1}, dispute,
+    maps)); with ``vpost``, the images of each LGG patient (folder and name, ``<patient>_<n>.tif``) are predicted
+    together and their masks stacked by ``n`` into a volume that ``vpost`` post-processes first (an image whose
+    name gives no slice number, or of another size than its patient's, is yielded as predicted)."""
+    if vpost is None:
+        yield from ((path, predicted(path)) for path in images)
+        return
+    from .volume_metrics import lgg_case_and_index
+
+    groups: dict[tuple, list[tuple[int, Path]]] = {}
+    for path in images:
+        try:
+            case, index = lgg_case_and_index(path.name)
+            key: tuple = (path.parent, case)
+        except ValueError:
+            key, index = (path,), 0  # no slice number: an image of its own
+        groups.setdefault(key, []).append((index, path))
+    for key, members in groups.items():
+        results = {path: predicted(path) for _, path in members}
+        shapes = {results[p][1].shape for _, p in members}
+        if len(key) == 2 and len(shapes) == 1:
+            depth = max(i for i, _ in members) + 1
+            (h, w), = shapes
+            volume = np.zeros((1, depth, h, w), bool)
+            for i, p in members:
+                volume[0, i] |= results[p][1].astype(bool)
+            kept = vpost.apply(volume, h * w / size**2)[0]
+            for i, p in members:
+                image, mask, dispute, maps = results[p]
+                results[p] = (image, (mask.astype(bool) & kept[i]).astype(mask.dtype), dispute, maps)
+        yield from ((p, results[p]) for _, p in members)
 
 
 def _records_to_score(args, cfg: dict, files: list[Path]):
