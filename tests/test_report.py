@@ -126,6 +126,21 @@ def test_index_compares_runs_by_task(runs):
     assert "<th>lr</th>" not in brain  # the same in every run
 
 
+def test_cross_validation_folds_are_runs_one_folder_deeper(tmp_path):
+    root = tmp_path / "runs"
+    _run(root, "single", "brain_mri", "dice", [0.5, 0.6])
+    for k, values in enumerate(([0.61, 0.7711], [0.65, 0.7422])):
+        _run(root / "cv", f"fold{k}", "brain_mri", "dice", values)
+    (root / "cv" / "cv.json").write_text("{}")
+    written = write_report(root)
+    assert {p.relative_to(root).as_posix() for p in written} == {
+        "single/report.html", "cv/fold0/report.html", "cv/fold1/report.html", "index.html"}
+    index = (root / "index.html").read_text()
+    assert 'href="cv/fold0/report.html"' in index and "0.7711" in index and "0.7422" in index
+    assert "href='../../index.html'" in (root / "cv" / "fold1" / "report.html").read_text()
+    assert "href='../index.html'" in (root / "single" / "report.html").read_text()
+
+
 def test_report_renders_a_comparison_of_a_recipe_it_never_saw(tmp_path):
     root = tmp_path / "runs"
     _run(root, "zebra-7", "zebra_counting", "count_error", [3.0, 1.25], mode="min", figures=())

@@ -34,10 +34,9 @@ def write_report(root: str | Path) -> list[Path]:
     written = []
     for run in runs:
         own = [(f"{run.name}/{path.name}", c) for path, c in comparisons if path.parent == run.path]
-        text = run_page(run, own, lambda name: run_link(name, "../") if name in names else None)
+        up = "../" * (run.name.count("/") + 1)  # a fold's page sits one folder deeper
+        text = run_page(run, own, lambda name, up=up: run_link(name, up) if name in names else None)
         written.append(atomic_write(run.path / "report.html", lambda f, t=text: f.write(t), mode="w"))
     text = index_page(root, runs, bad, time.strftime("%Y-%m-%d %H:%M:%S %Z"), comparisons, bad_comparisons)
     written.append(atomic_write(root / "index.html", lambda f: f.write(text), mode="w"))
-    for path in written:
-        path.chmod(0o644)  # atomic_write's temporary file is owner-only; pages are meant to be shared
     return written

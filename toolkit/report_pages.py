@@ -157,8 +157,9 @@ def run_page(run: Run, comparisons: list[tuple[str, Comparison]] = (),
              link: Callable[[str], str | None] = lambda name: None) -> str:
     """The HTML page of one run; ``comparisons`` are (source, comparison) found in its folder."""
     status = "complete" if run.complete else "unfinished (no summary.json)"
+    up = "../" * (run.name.count("/") + 1)  # from the run's folder back to the runs folder (folds sit deeper)
     body = [f"<h1>{esc(run.name)}</h1><p class='muted'>recipe <b>{esc(run.recipe)}</b> · {status} · "
-            f"{len(run.history)} epoch(s) in history.json · <a href='../index.html'>all runs</a></p>",
+            f"{len(run.history)} epoch(s) in history.json · <a href='{up}index.html'>all runs</a></p>",
             "<h2>Summary</h2>", _summary_html(run), _extras_html(run)]
     if comparisons:
         body += ["<h2>Comparison</h2>", *(comparison_html(c, src, link) for src, c in comparisons)]

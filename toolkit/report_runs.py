@@ -84,17 +84,25 @@ def load_run(path: Path) -> Run:
     return Run(path.name, path, config, history, summary, extras)
 
 
+def _is_run(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / "history.json").is_file()
+
+
 def find_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
-    """Run folders directly under ``root`` (those with config.json or history.json), sorted by name,
-    and the (folder, reason) of those that could not be read."""
+    """Run folders under ``root`` (those with config.json or history.json), sorted by name, and the (folder,
+    reason) of those that could not be read. A folder that is no run itself is searched one level deeper, so
+    the folds of a cross-validation (``<root>/<cv>/fold<k>/``) are runs named ``<cv>/fold<k>``."""
     runs, bad = [], []
-    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        if not ((folder / "config.json").is_file() or (folder / "history.json").is_file()):
-            continue
-        try:
-            runs.append(load_run(folder))
-        except ValueError as err:
-            bad.append((folder, str(err)))
+    root = Path(root)
+    for top in sorted(p for p in root.iterdir() if p.is_dir()):
+        for folder in [top] if _is_run(top) else sorted(p for p in top.iterdir() if p.is_dir() and _is_run(p)):
+            try:
+                run = load_run(folder)
+            except ValueError as err:
+                bad.append((folder, str(err)))
+                continue
+            run.name = folder.relative_to(root).as_posix()
+            runs.append(run)
     return runs, bad
 
 
