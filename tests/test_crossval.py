@@ -146,10 +146,10 @@ def test_cv_lines_reads_binary_results_with_and_without_their_target():
 
     scores = {"dice": 0.5, "dice_global": 0.6, "per_patient": {"dice": 0.7}}
     result = {"folds": 1, "num_images": 3, "per_fold": [{"fold": 0, "num_images": 3, **scores}],
-              "out_of_fold": scores, "out_of_fold_postprocessed": {**scores, "dice": 0.55},
+              "out_of_fold": scores, "out_of_fold_postprocessed": {**scores, "dice": 0.55, "dice_global": 0.65},
               "postprocess": {"summary": "threshold 0.5"}, "target": {"kind": "binary", "names": ["tumour"]}}
     legacy = {k: v for k, v in result.items() if k != "target"}  # cv.json written before 2 Dec 2026
     for r in (result, legacy):
         lines = cv_lines(r)
         assert lines[0] == "fold 0: 3 validation slices, per-image Dice 0.5000, per patient 0.7000"
-        assert "post-processed 0.5500" in lines[1]
+        assert "pooled 0.6000; post-processed: per-image 0.5500, pooled 0.6500" in lines[1]

@@ -175,8 +175,8 @@ def cv_lines(result: dict, root: Path | None = None) -> list[str]:
         lines += [f"fold {f['fold']}: {f['num_images']} validation slices, per-image Dice {dice(f)}, per patient "
                   f"{dice(f.get('per_patient'))}" for f in result["per_fold"]]
         lines.append(f"out-of-fold ({n} slices): per-image Dice {dice(result['out_of_fold'])}, pooled "
-                     f"{result['out_of_fold']['dice_global']:.4f}; post-processed {dice(post)} "
-                     f"({result['postprocess']['summary']})")
+                     f"{result['out_of_fold']['dice_global']:.4f}; post-processed: per-image {dice(post)}, pooled "
+                     f"{post['dice_global']:.4f} ({result['postprocess']['summary']})")
         lines += [f"  {value}: Dice {s['dice']:.4f} ({s['num_images']} slices)"
                   for value, s in post.get("per_tumour_type", {}).items()]
     else:
