@@ -139,10 +139,12 @@ def test_gradient_accumulation_and_cosine_schedule(tmp_path):
     assert history[-1]["lr"] < 0.05 * 0.6  # cosine decays towards 0 over the 2 epochs
 
 
-def test_time_budget_plans_epochs_that_fit(tmp_path):
+def test_time_budget_plans_epochs_that_fit(tmp_path, capsys):
     trainer, _, history = fit(make_cfg(tmp_path, epochs=500, max_minutes=0.25))
     summary = json.loads((trainer.run_dir / "summary.json").read_text())
     assert 2 <= len(history) < 500  # a tiny epoch takes well under a second; 500 of them do not fit in 15 s
+    assert summary["epochs_planned"] == summary["epochs_completed"] == len(history) and summary["epochs_asked"] == 500
+    assert f"fitted {len(history)} of the 500 epochs" in capsys.readouterr().out
     assert summary["wall_time_s"] < 0.25 * 60 * 1.5  # the 15-second budget, with the epoch in flight
 
 

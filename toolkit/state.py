@@ -88,11 +88,13 @@ class TrainState:
 
     def summary(self, **run: Any) -> dict:
         """``summary.json`` of a finished fit: ``run`` (recipe, run folder, monitor, parameters, processes, …)
-        first, then the best value and epoch, epochs completed, whether, after which epoch and why it
-        stopped early, timings, mean training images/s, skipped steps and the final epoch's record."""
+        first, then the best value and epoch, epochs completed and planned (a time budget lowers the plan),
+        whether, after which epoch and why it stopped early, timings, mean training images/s, skipped steps and
+        the final epoch's record."""
         history, stopped = self.history, self.stop_reason is not None
         return {
             **run, "best_value": self.best, "best_epoch": self.best_epoch, "epochs_completed": self.epoch,
+            "epochs_planned": self.planned_epochs,  # below the epochs asked for when a time budget cut the plan
             "stopped_early": stopped, "stopped_epoch": self.epoch if stopped else None, "stop_reason": self.stop_reason,
             "wall_time_s": self.wall_time_s, "train_time_s": self.train_time_s,
             "train_images_per_s": (sum(h["train_images_per_s"] for h in history) / len(history)) if history else None,

@@ -180,10 +180,13 @@ class Trainer:
             self._epochs(state)
         if state.stop_reason:
             acc.print(f"stopped early after epoch {state.epoch}: {state.stop_reason}")
+        elif state.planned_epochs < cfg.epochs:
+            acc.print(f"the time budget (--max-minutes {cfg.max_minutes:g}) fitted {state.planned_epochs} of the "
+                      f"{cfg.epochs} epochs asked for; the LR schedule was fitted to them")
         call_hook(loop.callbacks, "on_fit_end", self, state)
         summary = state.summary(
             recipe=self.recipe, run_dir=str(self.run_dir), monitor=self.loop.monitor, mode=self.loop.mode,
-            trainable_params=trainable, total_params=total, param_budget=param_budget,
+            trainable_params=trainable, total_params=total, param_budget=param_budget, epochs_asked=cfg.epochs,
             num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
         if acc.is_main_process:
             save_json(self.run_dir / "summary.json", summary)
