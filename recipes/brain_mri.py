@@ -35,6 +35,7 @@ from toolkit import (
     parse_config,
     parse_regions,
     parse_widths,
+    run_recipe,
     segmentation_loss,
     segmentation_data,
     segmentation_overlays,
@@ -175,4 +176,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from toolkit import (ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective, TrainConfig,
                      Trainer, build_segmentation_model, parse_config, parse_widths, pretraining_data,
-                     reconstruction_pairs)
+                     reconstruction_pairs, run_recipe)
 from toolkit.data import Corrupt, unit_input_scale
 
 
@@ -93,4 +93,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

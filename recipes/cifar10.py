@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
-from toolkit import parse_config
+from toolkit import parse_config, run_recipe
 from toolkit.data import CIFAR10_MEAN, CIFAR10_STD, Normalize, holdout_split, load_cifar10
 from toolkit.models import cifar_classifier, whiten_init_
 
@@ -98,4 +98,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolkit import ConfigError, DenoisingObjective, ReconstructionMedia, ReconstructionMetrics, ReconstructionObjective
-from toolkit import TrainConfig, Trainer, image_grid, parse_config
+from toolkit import TrainConfig, Trainer, image_grid, parse_config, run_recipe
 from toolkit.data import DEFAULT_NOISE_STD, holdout_split, load_mnist
 from toolkit.models import build_autoencoder
 
@@ -82,4 +82,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from toolkit import ConfigError, DenoisingObjective, ReconstructionMedia, ReconstructionMetrics, ReconstructionObjective
 from toolkit import RestorationObjective, TrainConfig, Trainer, atomic_write, parse_config, reconstruction_pairs
+from toolkit import run_recipe
 from toolkit.data import DEFAULT_NOISE_STD, Corrupt, DataError, holdout_split, load_cifar10, open_stl10
 from toolkit.models import STL10AutoEncoder
 
@@ -154,4 +155,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from stl10_pretrain import ImageSourceConfig  # the recipe beside this script
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
-from toolkit import parse_config, save_json, stl10_train_test
+from toolkit import parse_config, run_recipe, save_json, stl10_train_test
 from toolkit.data import holdout_split, to_unit_range
 from toolkit.models import STL10AutoEncoder, load_encoder, probe_classifier
 
@@ -135,4 +135,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
-from toolkit import parse_config, stl10_train_test
+from toolkit import parse_config, run_recipe, stl10_train_test
 from toolkit.data import IMAGENET_MEAN, IMAGENET_STD, ResizeNormalize
 from toolkit.models import frozen_resnet18
 
@@ -59,4 +59,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
-from toolkit import parse_config, stl10_train_test
+from toolkit import parse_config, run_recipe, stl10_train_test
 from toolkit.data import STL10_MEAN, STL10_STD, ResizeNormalize
 from toolkit.models import STL10CNN
 
@@ -55,4 +55,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -27,6 +27,8 @@ def run(tmp_path):
 def test_evaluate_scores_the_saved_test_split(run, capsys):
     run_dir, _ = run
     assert main(["evaluate", "--weights", str(run_dir / "best.pth")]) == 0
+    strict = json.loads((run_dir / "eval_test.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert strict["summary"]["empty_correct"] is None  # no test slice without tumour: undefined, null in JSON
     result = json.loads((run_dir / "eval_test.json").read_text())
     assert [r["id"] for r in result["per_image"]] == ["5", "6"]
     assert result["summary"]["num_images"] == 2

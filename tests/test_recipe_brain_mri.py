@@ -59,6 +59,8 @@ def test_recipe_trains_then_resumes(tmp_path):
     split, config = ((run / f).read_text() for f in ("split.json", "config.json"))  # another split on resume:
     proc = launch([*common, "--epochs", "4", "--resume", "--val-fraction", "0.5"], ok=False)
     assert "holds another split" in proc.stderr and "val_fraction 0.2 -> 0.5" in proc.stderr
+    assert proc.stderr.count("error: --resume:") == 1  # said once as a settings error, not the recipe's traceback
+    assert 'brain_mri.py", line' not in proc.stderr and "exit status 2" in proc.stderr  # (accelerate adds its own)
     assert (run / "split.json").read_text() == split and (run / "config.json").read_text() == config  # refused
     assert len(json.loads((run / "history.json").read_text())) == 3
 

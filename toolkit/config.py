@@ -18,9 +18,9 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
-__all__ = ["ConfigError", "TrainConfig", "parse_config", "config_help"]
+__all__ = ["ConfigError", "TrainConfig", "parse_config", "config_help", "run_recipe"]
 
 C = TypeVar("C")
 
@@ -217,6 +217,18 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, exit_on_err
         if not exit_on_error:
             raise
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_recipe(main: Callable[[], Any]) -> None:
+    """A recipe's entry point: call ``main()``; a :class:`ConfigError` raised after parsing (data that do not
+    fit the settings, a refused resume) ends the process as a parse error does: ``error: <message>`` on stderr
+    (from the process of rank 0 only, not once per process) and exit status 2, no traceback."""
+    try:
+        main()
+    except ConfigError as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

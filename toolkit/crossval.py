@@ -113,7 +113,7 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
                                   choice, chosen_on)
         result["volume_postprocess"] = {"patients": len(report["patients"]), "channels": report["channels"],
                                         "summary": report_lines(report)}
-    save_json(root / CV_FILE, result)
+    save_json(root / CV_FILE, json_safe(result))  # NaN (undefined) as null
     return result
 
 
@@ -158,15 +158,15 @@ def _out_of_fold_targets(root: Path, fold_dirs: Sequence[Path], spec: TargetSpec
             "per_patient": volume_scores(scored, packed, spec.names, size, vpost)["per_patient"]}
         result["volume_postprocess"] = {"patients": len(report["patients"]), "channels": report["channels"],
                                         "summary": report_lines(report)}
-    save_json(root / CV_FILE, result)
+    save_json(root / CV_FILE, json_safe(result))  # NaN (undefined) as null
     return result
 
 
 def cv_lines(result: dict, root: Path | None = None) -> list[str]:
     """What a :func:`out_of_fold` result says, as lines to print: per fold, out of fold, post-processing; with the
     CV folder ``root``, last the files written."""
-    def dice(scores: dict | None) -> str:
-        value = (scores or {}).get("dice")
+    def dice(scores: dict | None, key: str = "dice") -> str:  # None: undefined (NaN before cv.json was written)
+        value = (scores or {}).get(key)
         return "n/a" if value is None else f"{value:.4f}"
 
     n, lines = result["num_images"], []
@@ -175,8 +175,8 @@ def cv_lines(result: dict, root: Path | None = None) -> list[str]:
         lines += [f"fold {f['fold']}: {f['num_images']} validation slices, per-image Dice {dice(f)}, per patient "
                   f"{dice(f.get('per_patient'))}" for f in result["per_fold"]]
         lines.append(f"out-of-fold ({n} slices): per-image Dice {dice(result['out_of_fold'])}, pooled "
-                     f"{result['out_of_fold']['dice_global']:.4f}; post-processed: per-image {dice(post)}, pooled "
-                     f"{post['dice_global']:.4f} ({result['postprocess']['summary']})")
+                     f"{dice(result['out_of_fold'], 'dice_global')}; post-processed: per-image {dice(post)}, pooled "
+                     f"{dice(post, 'dice_global')} ({result['postprocess']['summary']})")
         lines += [f"  {value}: Dice {s['dice']:.4f} ({s['num_images']} slices)"
                   for value, s in post.get("per_tumour_type", {}).items()]
     else:

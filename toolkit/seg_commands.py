@@ -17,6 +17,7 @@ from .inference import load_ensemble, pick_postprocess, predict_probs, run_datas
 from .postprocess import PostProcess
 from .seg_images import channel_names as _channel_names, input_files as _input_files, overlay as _overlay
 from .seg_images import read_input as _read_input, write_class_map, write_png as _write_png
+from .volume_metrics import json_safe
 from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
 
 __all__ = ["evaluate", "predict", "postprocess"]
@@ -156,7 +157,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if volumes:  # binary runs on volumes: + per patient (the 3D rule applied there, its effect reported)
         volume_eval.add_volumes(result, dataset.records, masks, preds.targets, cfg["image_size"])
     out = volume_eval.eval_output(args)  # default: beside the weights (a run or CV folder, or a best.pth's folder)
-    save_json(out, result)
+    save_json(out, json_safe(result))  # NaN (undefined, e.g. no empty slice) as null
     print(f"{'id':>12} {'dice':>6} {'iou':>6} {'true px':>8} {'pred px':>8}")
     for r in sorted(scored, key=lambda r: r["dice"])[: args.show]:
         print(f"{r['id']:>12} {r['dice']:6.3f} {r['iou']:6.3f} {r['true_pixels']:8d} {r['pred_pixels']:8d}")

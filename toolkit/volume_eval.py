@@ -268,7 +268,7 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
                               "from": source, "volume": line},
               "empty_masks": SLICE_EMPTY_RULE, **part, "summary": summary}
     out = eval_output(args)
-    save_json(out, result)
+    save_json(out, json_safe(result))  # NaN (undefined, e.g. no empty slice) as null
     print(f"{summary['num_patients']} patients, {len(records)} slices ({args.split} split of {data_dir}); "
           f"{len(files)} model(s); {spec.kind} target; {result['postprocess']['applied']}")
     _print_volumes(result, spec.names, slices, args.show)
