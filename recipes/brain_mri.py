@@ -151,6 +151,8 @@ def main(argv=None) -> list[dict]:
             init_from(model, cfg.init_from)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        trainer.accelerator.print(f"init_from: started from the weights of {cfg.init_from}"
+                                  + (" (resumed runs continue from their state)" if trainer.resuming else ""))
     crop = ForegroundCrop(cfg.crop_size, cfg.foreground_p) if 0 < cfg.crop_size < cfg.image_size else None
     binary = target.kind == "binary"
     callbacks = [SegmentationMedia(cfg.threshold, target=target)]

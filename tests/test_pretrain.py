@@ -184,9 +184,10 @@ def test_pretrain_then_fine_tune_with_few_labels(tmp_path):
     assert not held & set(used["train"] + used["val"]) and used["excluded_slices"] == len(held)
     assert json.loads((pre / "summary.json").read_text())["epochs_completed"] == 1
 
-    run_recipe("brain_mri.py", [*common, "--run-name", "ft", "--init-from", str(pre / "best.pth"),
-                                "--val-fraction", "0.25", "--test-fraction", "0.25", "--label-fraction", "0.5",
-                                "--freeze-encoder-epochs", "1", "--postprocess", "false"])
+    proc = run_recipe("brain_mri.py", [*common, "--run-name", "ft", "--init-from", str(pre / "best.pth"),
+                                       "--val-fraction", "0.25", "--test-fraction", "0.25", "--label-fraction", "0.5",
+                                       "--freeze-encoder-epochs", "1", "--postprocess", "false"])
+    assert f"init_from: started from the weights of {pre / 'best.pth'}" in proc.stdout
     ft = json.loads((tmp_path / "runs" / "ft" / "split.json").read_text())
     assert ft["val"] == [r.id for r in planned["val"]] and ft["test"] == [r.id for r in planned["test"]]
     train_patients = {r.patient for r in planned["train"]}
