@@ -283,7 +283,8 @@ def _fmt(v) -> str:
 def _print_volumes(result: dict, names: Sequence[str], slices: dict, show: int) -> None:
     s = result["summary"]
     print(f"per patient (spacing: {result['spacing']}); 3D post-processing: {result['postprocess'].get('volume')}")
-    print(f"  {'channel':<20} {'dice':>6} {'iou':>6} {'hd95':>7} {'|dV| ml':>8} {'hd95 undef':>10}"
+    hd, dv = ("hd95 vx", "|dV| kvx") if result["spacing"] == UNKNOWN_SPACING else ("hd95", "|dV| ml")  # LGG: voxels
+    print(f"  {'channel':<20} {'dice':>6} {'iou':>6} {hd:>7} {dv:>8} {'hd95 undef':>10}"
           + (f" {'slice dice':>10}" if slices else ""))
     for name in [*names, "mean"]:
         p = s["per_patient"][name]
