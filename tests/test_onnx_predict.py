@@ -17,7 +17,7 @@ from toolkit.cli import main
 from toolkit.data.mri.io import read_image
 from toolkit.inference import load_ensemble, pick_postprocess, predict_probs
 from toolkit.onnx_predict import OnnxSegmenter
-from toolkit.seg_images import class_labels, read_input, tumour_map
+from toolkit.seg_images import class_labels, read_input, tumour_map, write_class_map
 from toolkit.postprocess import POSTPROCESS_FILE, PostProcess
 from toolkit.targets import TargetSpec
 
@@ -188,7 +188,8 @@ def test_classes_run_masks_tumour_not_background_in_both_predicts(tmp_path, caps
     for name, weights in (("pth", run / "best.pth"), ("onnx", onnx_file)):
         assert main(["predict", "--weights", str(weights), "--input", str(tmp_path / "images"),
                      "--output", str(tmp_path / name), "--postprocess", "none"]) == 0
-        assert ", class " in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert ", class " in out or ", no tumour class (nothing predicted)" in out
     for path in images:
         image = read_input(path, model.channels, 1, model.channel_names)
         a, b = (cv2.imread(str(tmp_path / n / f"{path.stem}_classes.png"), cv2.IMREAD_UNCHANGED)
@@ -198,7 +199,7 @@ def test_classes_run_masks_tumour_not_background_in_both_predicts(tmp_path, caps
         assert (a != b).mean() <= MASK_TOLERANCE
 
 
-def test_class_labels_by_hand():
+def test_class_labels_by_hand(tmp_path):
     p = np.array([[[0.6, 0.1, 0.2, 0.1]], [[0.3, 0.5, 0.1, 0.2]], [[0.1, 0.4, 0.7, 0.7]]], dtype=np.float32)
     labels, name = class_labels(p, (0, 1, 4), ("core", "enhancing"))  # (K=3, H=1, W=4), label values 0, 1, 4
     assert labels.dtype == np.uint8 and labels.tolist() == [[0, 1, 4, 4]] and name == "enhancing"
@@ -206,6 +207,10 @@ def test_class_labels_by_hand():
     background[0] = 1.0
     labels, name = class_labels(background, (0, 1, 4), ("core", "enhancing"))
     assert not labels.any() and name == ""  # no foreground pixel: no class
+    spec = {"kind": "classes", "values": [0, 1, 4], "names": ["core", "enhancing"]}
+    assert write_class_map(tmp_path / "a.png", p, spec) == ", class enhancing (label map a.png)"
+    assert write_class_map(tmp_path / "b.png", background, spec).startswith(", no tumour class (nothing predicted)")
+    assert (tmp_path / "b.png").is_file() and write_class_map(tmp_path / "c.png", p, {"kind": "binary"}) == ""
 
 
 def test_onnx_reads_the_channel_the_run_trained_on(tmp_path):

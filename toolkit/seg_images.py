@@ -54,12 +54,13 @@ def class_labels(probs: np.ndarray, values: Sequence[int], names: Sequence[str])
 def write_class_map(path: Path, channels: np.ndarray, target: Mapping) -> str:
     """Classes runs (``target``: the run's ``target_spec`` dict, kind "classes"): write the label map of
     :func:`class_labels` (channels: float32 (K, H, W) softmax probabilities) as a PNG at ``path`` and return
-    ", class <name> (label map <file>)" for the printed line. Other targets: nothing written, "" returned."""
+    ", class <name> (label map <file>)" for the printed line (", no tumour class (nothing predicted) ..." when
+    no pixel is foreground). Other targets: nothing written, "" returned."""
     if target["kind"] != "classes":
         return ""
     labels, name = class_labels(channels, target["values"], target["names"])
     write_png(path, labels)
-    return f", class {name or 'none'} (label map {path.name})"
+    return f", {f'class {name}' if name else 'no tumour class (nothing predicted)'} (label map {path.name})"
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
