@@ -285,3 +285,24 @@ def test_the_recipe_builds_the_augmentation_at_the_strength_given(tmp_path, stre
         affine = next(t for t in train.transform.transforms if type(t).__name__ == "Affine")
         assert affine.rotate == (-20.0, 20.0)
     trainer.close()
+
+
+def test_the_recipe_counts_the_slices_left_after_skipping_bad_files(tmp_path, capsys):
+    from toolkit import Trainer, parse_config, segmentation_data
+
+    from .mri_fake import make_folder
+    from .utils import load_recipe
+
+    recipe = load_recipe("brain_mri")
+    data = make_folder(tmp_path / "data", n=10)
+    good = (data / "images" / "1.png").read_bytes()
+    for i in (2, 5):  # truncated images whose masks are fine: found, then dropped when read
+        (data / "images" / f"{i}.png").write_bytes(good[: len(good) // 2])
+    cfg = parse_config(recipe.BrainMRIConfig, ["--data-dir", str(data), "--output-dir", str(tmp_path / "runs"),
+                                               "--image-size", "32", "--wandb-mode", "disabled",
+                                               "--val-fraction", "0.3", "--skip-bad-files", "true"])
+    trainer = Trainer(cfg, recipe="brain_mri")
+    train, val = segmentation_data(cfg, trainer)[:2]
+    out = capsys.readouterr().out
+    assert len(train) + len(val) == 8 and f"train {len(train)}, val {len(val)}" in out and "skipped 2 bad" in out
+    trainer.close()

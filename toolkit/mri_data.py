@@ -145,7 +145,8 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     skipped = found.skipped + train.skipped + val.skipped
     if names:
         train, val = (AttributeClasses(d, cfg.class_column, names) for d in (train, val))
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in split.items())
+    used = {"train": len(train), "val": len(val)}  # after --skip-bad-files dropped what it could not read
+    sizes = ", ".join(f"{k} {used.get(k, len(v))}" for k, v in split.items())
     where = ", ".join(str(r) for r in found.roots)
     units = f"{len(found.patients)} patients" if found.patients else "no patient ids"
     acc.print(f"data: {found.source} at {where}: {len(found.slices)} slices, {units}; split by {unit}: {sizes}"
