@@ -79,6 +79,10 @@ def _roots(found) -> str:
     return ",".join(str(r.resolve()) for r in found.roots)
 
 
+def _where(found) -> str:
+    return ", ".join(str(r) for r in found.roots)
+
+
 SPLIT_SETTINGS = ("data_dir", "channels", "slice_rule", "skip_bad_files", "synthetic_images", "val_fraction",
                   "test_fraction", "split_block", "folds", "fold", "seed", "label_fraction", "exclude_split")
 
@@ -135,7 +139,7 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
         save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
     context = int(getattr(cfg, "context_slices", 0))
     if context and not are_volumes(found.slices):
-        raise ConfigError(f"context_slices {context}: the data at {', '.join(str(r) for r in found.roots)} are 2D "
+        raise ConfigError(f"context_slices {context}: the data at {_where(found)} are 2D "
                           f"slices of no volume ({found.source}); 2.5D needs NIfTI cases or LGG patient folders")
     common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files, "context": context}
     if target.kind != "binary" and not names:
@@ -147,7 +151,7 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
         train, val = (AttributeClasses(d, cfg.class_column, names) for d in (train, val))
     used = {"train": len(train), "val": len(val)}  # after --skip-bad-files dropped what it could not read
     sizes = ", ".join(f"{k} {used.get(k, len(v))}" for k, v in split.items())
-    where = ", ".join(str(r) for r in found.roots)
+    where = _where(found)
     units = f"{len(found.patients)} patients" if found.patients else "no patient ids"
     acc.print(f"data: {found.source} at {where}: {len(found.slices)} slices, {units}; split by {unit}: {sizes}"
               + (f" (fold {cfg.fold} of {cfg.folds} validates)" if cfg.folds else "")
@@ -224,6 +228,6 @@ def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
     _save_run_split(cfg, trainer, split, data_dir=_roots(found), source=found.source,
                     excluded_split=cfg.exclude_split, excluded_slices=dropped)
     train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
-    acc.print(f"data: {found.source}: {len(found.slices)} slices, {dropped} left out by --exclude-split; "
-              f"unlabelled train {len(train)}, val {len(val)}")
+    acc.print(f"data: {found.source} at {_where(found)}: {len(found.slices)} slices, {dropped} left out by "
+              f"--exclude-split; unlabelled train {len(train)}, val {len(val)}")
     return train, val, found.intensity
