@@ -202,6 +202,19 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
         assert any(m.any() for m in predicted("plain", "--postprocess", "none"))
         masks = predicted("rule")
         assert len(masks) == len(list(folder.rglob("*_mask.tif"))) and not any(m.any() for m in masks)
+        # the ONNX export carries the rule, and its predict (torch blocked) applies it the same way
+        onnx_file = tmp_path / "b.onnx"
+        assert main(["export", "--weights", str(run / "best.pth"), "--format", "onnx", "--output", str(onnx_file),
+                     "--no-check"]) == 0
+        code = ("import sys; sys.modules['torch'] = None\n"
+                "from toolkit.cli import main\n"
+                f"sys.exit(main(['predict', '--weights', {str(onnx_file)!r}, '--input', {str(folder)!r}, "
+                f"'--output', {str(tmp_path / 'onnx')!r}, '--threshold', '1e-6']))\n")
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0 and "then per patient folder" in done.stdout, done.stderr[-2000:]
+        onnx_masks = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "onnx").glob("*_mask.png"))]
+        assert len(onnx_masks) == len(masks) and not any(m.any() for m in onnx_masks)
 
 
 def test_postprocess_command_gives_an_older_run_the_choice_of_today(tmp_path, capsys):

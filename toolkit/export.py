@@ -7,7 +7,9 @@ The uint8 → float preprocessing of the run is NOT in the graph; the file's met
 with, for segmentation runs, ``intensity`` (``per_slice`` or ``zscore``), ``image_size``,
 ``in_channels``, ``channels``, ``layout`` (the data layout the channels refer to), ``target_spec`` and
 the post-processing ``threshold`` (the run's ``postprocess.json``, else its config threshold; the config's
-alone is ``run_threshold``, what ``--postprocess none`` uses). :func:`read_metadata` reads either format back.
+alone is ``run_threshold``, what ``--postprocess none`` uses), and ``postprocess_volume``, the 3D rule of
+``postprocess.json`` when it has one (the ONNX predict applies it to LGG patient folders). :func:`read_metadata`
+reads either format back.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _weights_file(weights: str | Path) -> Path:
 
 def _segmentation(weights: Path) -> tuple[nn.Module, tuple[int, int, int], dict[str, Any]]:
     from .inference import load_segmentation_run, pick_postprocess, run_layout
-    from .postprocess import POSTPROCESS_FILE
+    from .postprocess import POSTPROCESS_FILE, load_volume_key
 
     model, cfg = load_segmentation_run(weights)
     if int(cfg.get("context_slices", 0)):
@@ -53,13 +55,14 @@ def _segmentation(weights: Path) -> tuple[nn.Module, tuple[int, int, int], dict[
                          f"which the exported single-image model cannot be given; predict with toolkit predict")
     post_file = weights.parent / POSTPROCESS_FILE
     post, source = pick_postprocess(post_file if post_file.is_file() else None, cfg)
+    volume = load_volume_key(post_file) if post_file.is_file() else None  # the 3D rule (LGG folders: predict's)
     size, c = int(cfg["image_size"]), int(cfg.get("in_channels", 1))
     meta = {"kind": "segmentation", "preprocess": cfg["intensity"], "intensity": cfg["intensity"],
             "image_size": size, "in_channels": c, "channels": cfg.get("channels") or "",
             "layout": run_layout(weights.parent),
             "target_spec": cfg["target_spec"], "threshold": post.threshold, "threshold_from": source,
             "run_threshold": pick_postprocess(None, cfg, mode="none")[0].threshold,  # what --postprocess none uses
-            "postprocess": post.to_dict(),
+            "postprocess": post.to_dict(), **({"postprocess_volume": volume} if volume else {}),
             "output": f"logits (N, out_channels, {size}, {size}); probabilities: the target_spec's sigmoid "
                       f"(binary, regions) or softmax (classes)"}
     return model, (c, size, size), meta

@@ -5,7 +5,8 @@ Everything the PyTorch path takes from the run folder comes from the file's ``me
 (written by :mod:`toolkit.export`, each value JSON text): ``kind`` (must be ``segmentation``),
 ``image_size``, ``in_channels``, ``channels`` (of the data ``layout``, when the export names it),
 ``intensity`` (``per_slice`` or ``zscore``), ``target_spec`` and ``threshold``, and the stored 2D
-``postprocess`` (threshold, flip TTA, connected-component rule) when the export carries it. A classes
+``postprocess`` (threshold, flip TTA, connected-component rule) when the export carries it, and on LGG
+patient folders its 3D rule ``postprocess_volume`` per patient, as the PyTorch path. A classes
 run also gets its label map (:func:`~toolkit.seg_images.write_class_map`, as the PyTorch path). This
 module imports NumPy, OpenCV, onnxruntime and torch-free toolkit helpers only;
 ``tests/test_onnx_predict.py`` checks that it runs with torch blocked.
@@ -24,8 +25,8 @@ import numpy as np
 from .data.mri.channels import resolve_channels
 from .data.mri.nifti import ZSCORE_CLIP
 from .postprocess import PostProcess
-from .seg_images import (channel_names, input_files, overlay, read_input, resize_maps, tumour_map, write_class_map,
-                         write_png)
+from .seg_images import (channel_names, input_files, overlay, per_volume, read_input, resize_maps, tumour_map,
+                         write_class_map, write_png)
 
 __all__ = ["OnnxSegmenter", "REQUIRED_KEYS", "predict", "read_onnx_metadata"]
 
@@ -134,6 +135,19 @@ class OnnxSegmenter:
             source += f" with threshold={threshold} from the command line"
         return post, source
 
+    def volume_rule(self, mode: str = "auto"):
+        """The stored 3D rule (a binary :class:`~toolkit.volume_postprocess.VolumePostprocess`) that predict
+        applies to each LGG patient folder's stacked masks, as the PyTorch path; None for other layouts or
+        targets, ``mode`` "none", or an export without one (``postprocess_volume``)."""
+        stored = self.meta.get("postprocess_volume")
+        if mode != "auto" or not stored or self.meta.get("layout") != "lgg" or self.target.get("kind") != "binary":
+            return None
+        from .targets import TargetSpec
+        from .volume_postprocess import VolumePostprocess
+
+        return VolumePostprocess.from_dict(stored, TargetSpec.binary(), where=f"{self.path} metadata "
+                                                                              "'postprocess_volume'")
+
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, C) → float32 (N, C, S, S) model input: per-image standardisation (``per_slice``,
         unbiased std as torch) or the z-score decoding ``x * 2 * ZSCORE_CLIP / 255 - ZSCORE_CLIP`` (``zscore``)."""
@@ -199,11 +213,17 @@ def predict(args: argparse.Namespace) -> int:
     out, size = Path(args.output), model.size
     print(f"{model.path} (onnxruntime, CPU); input {model.channel_names}, {size}x{size}, {model.meta['intensity']}; "
           f"post-processing: {post.describe()} ({source})")
-    images = input_files(source_path)
-    for path in images:
+    vpost = model.volume_rule(args.postprocess)
+    if vpost is not None:
+        print(f"then per patient folder (LGG slices stacked by the number in their names): {vpost.describe()}")
+
+    def predicted(path):
         image = read_input(path, model.channels, model.in_channels, model.channel_names)
         probs, maps = model.scan_probs(image, flips=post.flips)
-        mask = post.at_scale(probs.size / size**2).binarize(probs)
+        return image, post.at_scale(probs.size / size**2).binarize(probs), maps
+
+    images = input_files(source_path)
+    for path, (image, mask, maps) in per_volume(images, predicted, vpost, size):
         write_png(out / f"{path.stem}_mask.png", mask * 255)
         write_png(out / f"{path.stem}_overlay.png", overlay(image, mask))
         print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}"

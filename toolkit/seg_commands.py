@@ -16,7 +16,7 @@ from .data.splits import load_split
 from .inference import load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices
 from .postprocess import PostProcess
 from .seg_images import channel_names as _channel_names, input_files as _input_files, overlay as _overlay
-from .seg_images import read_input as _read_input, write_class_map, write_png as _write_png
+from .seg_images import per_volume, read_input as _read_input, write_class_map, write_png as _write_png
 from .volume_metrics import json_safe
 from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
 
@@ -28,7 +28,8 @@ SUMMARY_KEYS = ("dice", "iou", "dice_global", "iou_global", "dice_tumour", "empt
 def predict(args: argparse.Namespace) -> int:
     """Masks and overlays at each image's own size; an ensemble also writes ``<name>_disagreement.png``, a
     classes run ``<name>_classes.png`` (:func:`~toolkit.seg_images.write_class_map`); a run on LGG patient
-    folders applies its stored 3D rule to each patient's stacked slice masks (:func:`_per_volume`).
+    folders applies its stored 3D rule to each patient's stacked slice masks
+    (:func:`~toolkit.seg_images.per_volume`).
     NIfTI input (a volume, a case's channel files, a raw-layout or NIfTI folder) goes to
     :func:`~toolkit.volume_predict.predict_volumes`: ``<case>_seg.nii.gz`` and ``<case>_seg.png``."""
     ensemble, cfg, post_file, files = load_ensemble(args.weights)
@@ -55,7 +56,7 @@ def predict(args: argparse.Namespace) -> int:
         probs, dispute, maps = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold)
         return image, post.at_scale(probs.size / size**2).binarize(probs), dispute, maps
 
-    for path, (image, mask, dispute, maps) in _per_volume(images, predicted, vpost, size):
+    for path, (image, mask, dispute, maps) in per_volume(images, predicted, vpost, size):
         _write_png(out / f"{path.stem}_mask.png", mask * 255)
         _write_png(out / f"{path.stem}_overlay.png", _overlay(image, mask))
         if dispute is not None:
@@ -78,40 +79,6 @@ def _lgg_volume_rule(layout: str | None, target, post_source: str):
     if vpost is not None:
         print(f"then per patient folder (LGG slices stacked by the number in their names): {line}")
     return vpost
-
-
-def _per_volume(images: list[Path], predicted, vpost, size: int):
-    """Yield ``(path, predicted(path))`` per image (``predicted`` → (image, mask (H, W) uint8 {0, 1}, dispute,
-    maps)); with ``vpost``, the images of each LGG patient (folder and name, ``<patient>_<n>.tif``) are predicted
-    together and their masks stacked by ``n`` into a volume that ``vpost`` post-processes first (an image whose
-    name gives no slice number, or of another size than its patient's, is yielded as predicted)."""
-    if vpost is None:
-        yield from ((path, predicted(path)) for path in images)
-        return
-    from .volume_metrics import lgg_case_and_index
-
-    groups: dict[tuple, list[tuple[int, Path]]] = {}
-    for path in images:
-        try:
-            case, index = lgg_case_and_index(path.name)
-            key: tuple = (path.parent, case)
-        except ValueError:
-            key, index = (path,), 0  # no slice number: an image of its own
-        groups.setdefault(key, []).append((index, path))
-    for key, members in groups.items():
-        results = {path: predicted(path) for _, path in members}
-        shapes = {results[p][1].shape for _, p in members}
-        if len(key) == 2 and len(shapes) == 1:
-            depth = max(i for i, _ in members) + 1
-            (h, w), = shapes
-            volume = np.zeros((1, depth, h, w), bool)
-            for i, p in members:
-                volume[0, i] |= results[p][1].astype(bool)
-            kept = vpost.apply(volume, h * w / size**2)[0]
-            for i, p in members:
-                image, mask, dispute, maps = results[p]
-                results[p] = (image, (mask.astype(bool) & kept[i]).astype(mask.dtype), dispute, maps)
-        yield from ((p, results[p]) for _, p in members)
 
 
 def _records_to_score(args, cfg: dict, files: list[Path]):

@@ -5,7 +5,7 @@ mask / overlay PNGs written. NumPy and OpenCV only (no torch), shared by the PyT
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -14,8 +14,8 @@ from .checkpoint import atomic_write
 from .data.errors import MRIDataError
 from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image
 
-__all__ = ["channel_names", "class_labels", "input_files", "overlay", "read_input", "resize_maps", "tumour_map",
-           "write_class_map", "write_png"]
+__all__ = ["channel_names", "class_labels", "input_files", "overlay", "per_volume", "read_input", "resize_maps",
+           "tumour_map", "write_class_map", "write_png"]
 
 
 def tumour_map(probs: np.ndarray, kind: str) -> np.ndarray:
@@ -127,3 +127,39 @@ def input_files(source: Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"--input {source} holds no PNG/JPEG/TIFF images")
     return files
+
+
+def per_volume(images: Sequence[Path], predicted: Callable[[Path], tuple], vpost, size: int) -> Iterator[tuple]:
+    """Yield ``(path, predicted(path))`` per image; ``predicted(path)`` is a tuple whose item 1 is the image's
+    mask, uint8 (H, W) {0, 1} (the other items pass through). With ``vpost`` (a binary
+    :class:`~toolkit.volume_postprocess.VolumePostprocess`, or None), the images of each LGG patient (same folder,
+    ``<patient>_<n>.tif``) are predicted together and their masks stacked by ``n`` into a volume that ``vpost``
+    post-processes first, its minimum sizes scaled from the model's ``size`` x ``size`` to the images' own (an
+    image whose name gives no slice number, or of another size than its patient's, is yielded as predicted)."""
+    if vpost is None:
+        yield from ((path, predicted(path)) for path in images)
+        return
+    from .volume_metrics import lgg_case_and_index
+
+    groups: dict[tuple, list[tuple[int, Path]]] = {}
+    for path in images:
+        try:
+            case, index = lgg_case_and_index(path.name)
+            key: tuple = (path.parent, case)
+        except ValueError:
+            key, index = (path,), 0  # no slice number: an image of its own
+        groups.setdefault(key, []).append((index, path))
+    for key, members in groups.items():
+        results = {path: predicted(path) for _, path in members}
+        shapes = {results[p][1].shape for _, p in members}
+        if len(key) == 2 and len(shapes) == 1:
+            depth = max(i for i, _ in members) + 1
+            (h, w), = shapes
+            volume = np.zeros((1, depth, h, w), bool)
+            for i, p in members:
+                volume[0, i] |= results[p][1].astype(bool)
+            kept = vpost.apply(volume, h * w / size**2)[0]
+            for i, p in members:
+                mask = results[p][1]
+                results[p] = (results[p][0], (mask.astype(bool) & kept[i]).astype(mask.dtype), *results[p][2:])
+        yield from ((p, results[p]) for _, p in members)

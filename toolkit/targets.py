@@ -21,9 +21,10 @@ regions; the round trip labels → regions → labels is exact when no two label
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch  # imported where tensors are used: the ONNX predict reads a TargetSpec without torch
 
 __all__ = ["TARGET_FILE", "TARGET_KINDS", "TargetSpec", "BRATS_REGIONS", "parse_regions", "resolve_target"]
 
@@ -122,6 +123,7 @@ class TargetSpec:
         return {"binary": 1, "classes": len(self.values), "regions": len(self.regions)}[self.kind]
 
     def _lut(self, device) -> torch.Tensor:
+        import torch
         lut = torch.zeros(256, dtype=torch.long, device=device)
         lut[torch.tensor(self.values, device=device)] = torch.arange(len(self.values), device=device)
         return lut
@@ -142,12 +144,14 @@ class TargetSpec:
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (N, out_channels, H, W) → float32 probabilities of the same shape in [0, 1]
         (softmax over channels for classes, sigmoid per channel otherwise)."""
+        import torch
         logits = logits.float()
         return torch.softmax(logits, 1) if self.kind == "classes" else torch.sigmoid(logits)
 
     def hard(self, probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
         """Probabilities (N, out_channels, H, W) → bool masks (N, len(names), H, W) of the scored channels:
         binary/regions ``p >= threshold``; classes the argmax's one-hot, foreground classes only."""
+        import torch
         if self.kind == "classes":
             arg = probs.argmax(1, keepdim=True)
             return arg == torch.arange(1, len(self.values), device=probs.device).view(1, -1, 1, 1)
@@ -155,6 +159,7 @@ class TargetSpec:
 
     def truth(self, labels: torch.Tensor) -> torch.Tensor:
         """Label maps (N, 1, H, W) → bool masks (N, len(names), H, W), channel for channel as :meth:`hard`."""
+        import torch
         lab = labels.long()
         if self.kind == "binary":
             return lab > 0
@@ -169,6 +174,7 @@ class TargetSpec:
         binary: {0, 1}; classes: ``values[argmax]``; regions: painted largest region first (see the
         module docstring).
         """
+        import torch
         if self.kind == "binary":
             return (probs[:, 0] >= threshold).to(torch.uint8)
         if self.kind == "classes":
@@ -182,6 +188,7 @@ class TargetSpec:
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Any-tumour views for figures: (probs (N, out, H, W), labels (N, 1, H, W)) → (float (N, 1, H, W)
         {0, 1} predicted tumour of any class/region, uint8 (N, 1, H, W) {0, 1} true tumour)."""
+        import torch
         if self.kind == "binary":
             return probs, (labels > 0).to(torch.uint8)
         return (self.hard(probs, threshold).any(1, keepdim=True).float(),
