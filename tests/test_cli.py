@@ -120,3 +120,21 @@ def test_evaluate_and_predict_an_ensemble_of_folds(run, tmp_path, capsys):
     assert main(["predict", "--weights", str(cv), "--input", str(data / "images" / "1.png"),
                  "--output", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"1_mask.png", "1_overlay.png", "1_disagreement.png"}
+
+
+def test_predict_input_files_follow_linked_folders_once(tmp_path):
+    from toolkit.seg_images import input_files
+
+    real = tmp_path / "real" / "TCGA_XX_1000_20000100"
+    real.mkdir(parents=True)
+    for name in ("TCGA_XX_1000_20000100_1.tif", "TCGA_XX_1000_20000100_1_mask.tif", "notes.txt"):
+        (real / name).write_bytes(b"")
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "a.png").write_bytes(b"")
+    (source / "patient").symlink_to(real, target_is_directory=True)  # a patient folder linked in
+    (source / "sub" / "loop").symlink_to(source, target_is_directory=True)  # a link back up: read once
+    assert input_files(source) == [source / "patient" / "TCGA_XX_1000_20000100_1.tif", source / "sub" / "a.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no PNG/JPEG/TIFF"):
+        input_files(tmp_path / "empty")

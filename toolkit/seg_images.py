@@ -4,6 +4,7 @@ mask / overlay PNGs written. NumPy and OpenCV only (no torch), shared by the PyT
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -116,10 +117,19 @@ def channel_names(layout: str, channels: tuple[int, ...]) -> str:
 
 def input_files(source: Path) -> list[Path]:
     """The images to predict: ``source`` itself, or every PNG/JPEG/TIFF under the folder ``source`` (sorted,
-    ``*_mask`` files skipped). Raises FileNotFoundError when it does not exist or holds none."""
+    ``*_mask`` files skipped; linked folders followed, each real folder once). Raises FileNotFoundError when it
+    does not exist or holds none."""
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
-                       and not p.stem.endswith("_mask"))
+        files, seen = [], set()
+        for folder, subfolders, names in os.walk(source, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:  # a link back to a folder already read
+                subfolders.clear()
+                continue
+            seen.add(real)
+            files += [Path(folder) / n for n in names
+                      if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not Path(n).stem.endswith("_mask")]
+        files.sort()
     elif source.is_file():
         files = [source]
     else:
