@@ -5,8 +5,9 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 (``tests/test_public_api.py`` checks it; ``docs/architecture.md`` says what goes where).
 ``toolkit`` exports:
 
-- configuration: ``TrainConfig``, ``parse_config``, ``config_help``, ``ConfigError``, ``run_recipe``; ``ClassificationConfig`` and
-  ``classification_objective``, ``stl10_train_test`` (what the classification recipes share);
+- configuration: ``TrainConfig``, ``parse_config``, ``config_help``, ``ConfigError``, ``run_recipe``;
+  ``ClassificationConfig`` and ``classification_objective``, ``stl10_train_test`` (what the classification recipes
+  share);
 - training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
   ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``, ``ChooseVolumePostprocess``, ``FreezeEncoder``;
 - objectives, losses, metrics: ``Objective``, ``StepOutput``, ``ClassificationObjective``,

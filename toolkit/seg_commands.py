@@ -17,8 +17,8 @@ from .inference import load_ensemble, pick_postprocess, predict_probs, run_datas
 from .postprocess import PostProcess
 from .seg_images import channel_names as _channel_names, input_files as _input_files, overlay as _overlay
 from .seg_images import per_volume, read_input as _read_input, write_class_map, write_png as _write_png
-from .volume_metrics import json_safe
 from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
+from .volume_metrics import json_safe
 
 __all__ = ["evaluate", "predict", "postprocess"]
 
