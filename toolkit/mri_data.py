@@ -52,6 +52,10 @@ def _read(cfg: Any, trainer):
     ``cfg.synthetic_images`` synthetic slices there (once per machine) when no data_dir is given."""
     acc = trainer.accelerator
     data_dir = cfg.data_dir or cfg.synthetic_dir
+    synthetic = ("data_dir", "synthetic_dir", "synthetic_images", "seed")  # what writes the synthetic slices
+    if not cfg.data_dir and trainer.resuming and any(
+            k in trainer.saved_config and trainer.saved_config[k] != getattr(cfg, k) for k in synthetic):
+        raise trainer.refuse_resume("the synthetic slices it trained on would be written anew", keys=synthetic)
     if not cfg.data_dir:
         with acc.local_main_process_first():  # one writer per machine
             if acc.is_local_main_process:
@@ -90,7 +94,7 @@ SPLIT_SETTINGS = ("data_dir", "channels", "slice_rule", "skip_bad_files", "synth
 def _save_run_split(cfg: Any, trainer, split: dict, **info: Any) -> None:
     """Write the run's ``split.json`` (main process). A resumed run must train on the split it started with: when
     its saved ``split.json`` lists other ids, raise ConfigError naming the settings (``SPLIT_SETTINGS``) that
-    differ from the run's saved config (and put that config back), instead of re-splitting it silently. Call on
+    differ from the run's saved config (``Trainer.refuse_resume``), instead of re-splitting it silently. Call on
     every process."""
     path = trainer.run_dir / "split.json"
     if trainer.resuming and path.is_file():
@@ -100,17 +104,10 @@ def _save_run_split(cfg: Any, trainer, split: dict, **info: Any) -> None:
             raise ConfigError(f"--resume: cannot read the run's {path}: {err}") from None
         now = {k: [r.id for r in v] for k, v in split.items()}
         if any(sorted(saved.get(k, [])) != sorted(now.get(k, [])) for k in set(saved) | set(now)):
-            old = trainer.saved_config
-            changed = [f"{k} {old[k]!r} -> {getattr(cfg, k)!r}" for k in SPLIT_SETTINGS
-                       if k in old and hasattr(cfg, k) and old[k] != getattr(cfg, k)]
-            if trainer.accelerator.is_main_process:  # the refused settings do not stay in the run's config.json
-                save_json(trainer.run_dir / "config.json", old)
             sizes = "; ".join(f"{k}: {len(saved.get(k, []))} saved, {len(now.get(k, []))} now"
                               for k in sorted(set(saved) | set(now)))
-            raise ConfigError(f"--resume: {path} holds another split than these settings give ({sizes}); "
-                              + (f"changed: {', '.join(changed)}" if changed else "the data read differ")
-                              + ". A resumed run keeps the data and split it started with: resume with its "
-                              "settings (config.json) or train the new split under another --run-name")
+            raise trainer.refuse_resume(f"{path} holds another split than these settings give ({sizes})",
+                                        keys=SPLIT_SETTINGS)
     if trainer.accelerator.is_main_process:
         save_split(path, split, **info)
 

@@ -20,13 +20,13 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.optim.lr_scheduler import LRScheduler
 
-from .checkpoint import STATE_MARKER, check_state_files, find_state, load_state_file, save_training_state
+from .checkpoint import STATE_MARKER, check_state_files, find_state, load_state_file, save_json, save_training_state
 from .config import ConfigError, TrainConfig
 from .ema import WeightEMA
 from .optim import StepSchedule
 from .state import TrainState
 
-__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "restore_state"]
+__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "refuse_resume", "restore_state"]
 
 
 def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
@@ -83,6 +83,22 @@ def saved_config(run_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def refuse_resume(accelerator: Accelerator, run_dir: Path, saved: dict, cfg: TrainConfig, what: str,
+                  keys=None) -> ConfigError:
+    """The error for a resume that cannot continue ``run_dir`` with these settings (``what`` says why), naming
+    the settings of ``cfg`` that differ from ``saved`` (:func:`saved_config`; only ``keys`` when given). Puts
+    ``saved`` back as ``config.json`` (main process), so the run folder stays as it was; call on every process."""
+    if saved and accelerator.is_main_process:
+        save_json(Path(run_dir) / "config.json", saved)
+    now = vars(cfg)
+    names = [k for k in now if k not in ("resume", "run_name")] if keys is None else keys
+    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in names if k in saved and k in now and saved[k] != now[k]]
+    return ConfigError(f"--resume: {what}; " + (f"changed: {', '.join(changed)}" if changed else
+                                               "no setting changed since it started (the data read differ)")
+                       + ". A resumed run keeps the settings and data it started with: resume with those "
+                       f"({Path(run_dir) / 'config.json'}) or train the new ones under another --run-name")
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,

@@ -22,7 +22,7 @@ from . import tracking
 from .artifacts import ModelArtifact
 from .callbacks import call_hook
 from .checkpoint import find_state, save_json, save_safetensors, save_weights
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .ema import build_ema
 from .figures import plot_history, save_figure
 from .interrupts import RunGuard
@@ -30,7 +30,7 @@ from .loop import EpochSeeded, FigureFn, FitLoop, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import resolve_run_dir, restore_state, resumes, save_state, saved_config
+from .runs import refuse_resume, resolve_run_dir, restore_state, resumes, save_state, saved_config
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -76,6 +76,11 @@ class Trainer:
         self.save_config()
         self.accelerator.wait_for_everyone()
         tracking.start_tracking(self.accelerator, cfg, recipe, self.run_dir)
+
+    def refuse_resume(self, what: str, keys=None) -> ConfigError:
+        """The ConfigError to raise when this resume cannot continue the run (:func:`~toolkit.runs.refuse_resume`:
+        names the changed settings, puts the run's config.json back)."""
+        return refuse_resume(self.accelerator, self.run_dir, self.saved_config, self.cfg, what, keys)
 
     def save_config(self) -> None:
         """Write ``config.json`` from ``self.cfg`` (main process); a recipe that settles a setting from its data
@@ -171,8 +176,13 @@ class Trainer:
         self.loop = loop = FitLoop(model, objective, optimizer, scheduler, schedule, train_dl, val_dl, train_data,
                                    val_data, metrics, monitor, mode, figures, [*callbacks, ModelArtifact()],
                                    steps_per_epoch, RunGuard(acc, cfg.log_every), ema)
-        state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch, ema)
-                 if self.resuming else TrainState(planned_epochs=cfg.epochs))
+        try:
+            state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch, ema)
+                     if self.resuming else TrainState(planned_epochs=cfg.epochs))
+        except RuntimeError as err:  # e.g. "size mismatch": the state is of another model than configured now
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [""]
+            why = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0])[:160]
+            raise self.refuse_resume(f"its saved state does not fit the model as configured now ({why})") from None
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
