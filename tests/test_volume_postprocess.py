@@ -174,7 +174,7 @@ def test_recipe_chooses_and_evaluate_and_predict_apply_it(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("layout", ["raw", "lgg"])
-def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path, layout):
+def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path, layout, capsys):
     # NIfTI cases and LGG patient folders alike: the 2D search leaves components to the 3D rule chosen after it
     data = make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8)) if layout == "raw" else make_lgg(tmp_path / "lgg")
     run = train(tmp_path, data, "b", *(("--target", "binary") if layout == "raw" else ("--in-channels", "0")))
@@ -202,6 +202,11 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
         assert any(m.any() for m in predicted("plain", "--postprocess", "none"))
         masks = predicted("rule")
         assert len(masks) == len(list(folder.rglob("*_mask.tif"))) and not any(m.any() for m in masks)
+        one = sorted(p for p in folder.rglob("*.tif") if not p.stem.endswith("_mask"))[0]  # part of a patient:
+        assert main(["predict", "--weights", str(run / "best.pth"), "--input", str(one), "--threshold", "1e-6",
+                     "--output", str(tmp_path / "one")]) == 0  # the 3D rule is not judged on one slice
+        assert "3D rule not applied to 1 patient(s) given in part" in capsys.readouterr().out
+        assert np.asarray(Image.open(tmp_path / "one" / f"{one.stem}_mask.png")).any()
         # the ONNX export carries the rule, and its predict (torch blocked) applies it the same way
         onnx_file = tmp_path / "b.onnx"
         assert main(["export", "--weights", str(run / "best.pth"), "--format", "onnx", "--output", str(onnx_file),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -139,13 +139,16 @@ def input_files(source: Path) -> list[Path]:
     return files
 
 
-def per_volume(images: Sequence[Path], predicted: Callable[[Path], tuple], vpost, size: int) -> Iterator[tuple]:
+def per_volume(images: Sequence[Path], predicted: Callable[[Path], tuple], vpost, size: int,
+               say: Callable[[str], Any] = print) -> Iterator[tuple]:
     """Yield ``(path, predicted(path))`` per image; ``predicted(path)`` is a tuple whose item 1 is the image's
     mask, uint8 (H, W) {0, 1} (the other items pass through). With ``vpost`` (a binary
     :class:`~toolkit.volume_postprocess.VolumePostprocess`, or None), the images of each LGG patient (same folder,
     ``<patient>_<n>.tif``) are predicted together and their masks stacked by ``n`` into a volume that ``vpost``
-    post-processes first, its minimum sizes scaled from the model's ``size`` x ``size`` to the images' own (an
-    image whose name gives no slice number, or of another size than its patient's, is yielded as predicted)."""
+    post-processes first, its minimum sizes scaled from the model's ``size`` x ``size`` to the images' own. A
+    patient whose folder holds slices not given (one file, part of a folder) is yielded as predicted, and ``say``
+    tells so: a 3D rule on part of a volume would judge other components than on the whole. So is an image whose
+    name gives no slice number, or of another size than its patient's."""
     if vpost is None:
         yield from ((path, predicted(path)) for path in images)
         return
@@ -159,10 +162,14 @@ def per_volume(images: Sequence[Path], predicted: Callable[[Path], tuple], vpost
         except ValueError:
             key, index = (path,), 0  # no slice number: an image of its own
         groups.setdefault(key, []).append((index, path))
+    partial = []
     for key, members in groups.items():
         results = {path: predicted(path) for _, path in members}
         shapes = {results[p][1].shape for _, p in members}
-        if len(key) == 2 and len(shapes) == 1:
+        whole = len(key) == 2 and len(_patient_slices(*key)) == len({p for _, p in members})
+        if len(key) == 2 and not whole:
+            partial.append(key[1])
+        if whole and len(shapes) == 1:
             depth = max(i for i, _ in members) + 1
             (h, w), = shapes
             volume = np.zeros((1, depth, h, w), bool)
@@ -173,3 +180,21 @@ def per_volume(images: Sequence[Path], predicted: Callable[[Path], tuple], vpost
                 mask = results[p][1]
                 results[p] = (results[p][0], (mask.astype(bool) & kept[i]).astype(mask.dtype), *results[p][2:])
         yield from ((p, results[p]) for _, p in members)
+    if partial:
+        say(f"3D rule not applied to {len(partial)} patient(s) given in part (it needs every slice of the patient "
+            f"folder): {', '.join(partial[:5])}{' ...' if len(partial) > 5 else ''}")
+
+
+def _patient_slices(folder: Path, case: str) -> list[Path]:
+    """The image files of LGG patient ``case`` in ``folder`` (``<case>_<n>.<ext>``, masks left out)."""
+    from .volume_metrics import lgg_case_and_index
+
+    out = []
+    for p in folder.iterdir():
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.stem.endswith("_mask"):
+            try:
+                if lgg_case_and_index(p.name)[0] == case:
+                    out.append(p)
+            except ValueError:
+                pass
+    return out
