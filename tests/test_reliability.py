@@ -123,7 +123,13 @@ def test_atomic_files_get_the_umask_permissions_or_keep_the_replaced_ones(tmp_pa
 
 
 def test_keeps_the_newest_states_and_points_latest_at_the_last(tmp_path):
-    trainer, _ = fit(cfg_for(tmp_path, "k", checkpoint_every=1, keep_states=3))
+    old = os.umask(0o022)
+    try:
+        trainer, _ = fit(cfg_for(tmp_path, "k", checkpoint_every=1, keep_states=3))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in trainer.run_dir.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o644}, modes  # safetensors writes the state's model 0o600 itself
     names = [p.name for p in list_states(trainer.run_dir)]
     assert names == [f"step-{s:08d}" for s in (10, 11, 12)]
     assert (trainer.run_dir / "state/latest").read_text().strip() == "step-00000012"

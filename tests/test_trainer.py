@@ -153,7 +153,8 @@ def test_non_finite_loss_stops_with_the_step_and_last_state(tmp_path):
         def forward(self, x):
             return super().forward(x) * float("nan")
 
-    with pytest.raises(FloatingPointError, match=r"loss became nan at optimizer step \d+ \(epoch 1\)"):
+    with pytest.raises(FloatingPointError, match=r"loss became nan at optimizer step \d+ \(epoch 1\); no state was "
+                                                 r"saved yet, so nothing can be resumed"):
         fit(make_cfg(tmp_path, epochs=1), model=Exploding())
 
 

@@ -82,9 +82,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     try:
         perms = path.stat().st_mode & 0o7777
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        perms = 0o666 & ~umask
+        perms = _open_perms()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as handle:
@@ -240,9 +238,20 @@ def find_state(run_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def _fsync_tree(folder: Path) -> None:
+def _open_perms() -> int:
+    """The permissions a plain ``open`` gives a new file: 0o666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _settle_tree(folder: Path) -> None:
+    """Give every file under ``folder`` the permissions of a plain ``open`` (safetensors writes the model 0o600)
+    and fsync it, then the folder."""
+    perms = _open_perms()
     for file in folder.rglob("*"):
         if file.is_file():
+            os.chmod(file, perms)
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
     _fsync_dir(folder)
@@ -255,8 +264,8 @@ def save_training_state(accelerator, run_dir: str | os.PathLike, trainer_state: 
     ``accelerator.save_state`` writes model (safetensors), optimizer, grad scaler and every
     process's RNG states into a hidden temporary folder; the main process adds ``extra``
     state dicts (e.g. ``{"scheduler": ...}`` as ``scheduler.pt``) and ``trainer_state.json``
-    last, fsyncs everything, renames the folder into place, points ``state/latest`` at it
-    (atomic write) and deletes all but the newest ``keep`` complete states.
+    last, gives every file the umask's permissions and fsyncs it, renames the folder into place, points
+    ``state/latest`` at it (atomic write) and deletes all but the newest ``keep`` complete states.
     """
     root = Path(run_dir) / "state"
     name = f"step-{int(trainer_state['global_step']):08d}"
@@ -274,7 +283,7 @@ def save_training_state(accelerator, run_dir: str | os.PathLike, trainer_state: 
         for key, state in (extra or {}).items():
             torch.save(state, tmp / f"{key}.pt")
         save_json(tmp / STATE_MARKER, trainer_state)
-        _fsync_tree(tmp)
+        _settle_tree(tmp)
         if final.exists():  # the same step saved again (epoch end right after a step checkpoint)
             old = root / f".old-{name}"
             os.replace(final, old)

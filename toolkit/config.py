@@ -216,7 +216,8 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, exit_on_err
     except ConfigError as err:
         if not exit_on_error:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process of a multi-process launch
+            print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -115,10 +115,11 @@ class RunGuard:
         if step < 0:
             return
         last = find_state(run_dir)
+        where = (f"the last good state is {last} and was kept intact; lower --lr or check the data, then continue "
+                 "from it with --resume" if last else "no state was saved yet, so nothing can be resumed: lower "
+                 "--lr or check the data, then start again (another --run-name, or delete the run folder)")
         raise FloatingPointError(
-            f"training loss became {value} at optimizer step {int(step)} (epoch {state.epoch + 1}); "
-            f"the last good state is {last or 'none (no state saved yet)'} and was kept intact; "
-            f"lower --lr or check the data, then continue from it with --resume")
+            f"training loss became {value} at optimizer step {int(step)} (epoch {state.epoch + 1}); {where}")
 
     def leave(self, signum: int, saved: Path | None, global_step: int) -> None:
         """After a state was saved (``saved``) on signal ``signum``: end training, raise :class:`TrainingStopped`."""
