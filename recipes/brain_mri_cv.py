@@ -12,6 +12,7 @@ A killed run continues where it stopped when started again with the same command
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         folds = train_folds(args.folds, recipe_args, root)
     except ValueError as err:
         parser.error(str(err))
+    except subprocess.CalledProcessError as err:  # the fold run said why above
+        print(f"error: a fold run stopped (exit status {err.returncode}; its message is above); the folds finished "
+              f"under {root} are kept: run the same command again once the cause is fixed", file=sys.stderr)
+        return err.returncode or 1
     result = out_of_fold(root, folds)
     print("\n".join(cv_lines(result, root)))
     return 0

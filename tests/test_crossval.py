@@ -16,9 +16,9 @@ TINY = ["--synthetic-images", "12", "--image-size", "32", "--batch-size", "4", "
         "--widths", "4,8", "--epochs", "1", "--wandb-mode", "disabled"]
 
 
-def _cv(tmp_path, **popen):
-    args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", "2", "--name", "cv",
-            "--output-dir", str(tmp_path / "runs"), "--", *TINY, "--synthetic-dir", str(tmp_path / "data")]
+def _cv(tmp_path, folds=2, name="cv", extra=(), **popen):
+    args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", str(folds), "--name", name,
+            "--output-dir", str(tmp_path / "runs"), "--", *TINY, "--synthetic-dir", str(tmp_path / "data"), *extra]
     env = run_env(LAUNCH=sys.executable)
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
@@ -56,6 +56,13 @@ def test_cv_resumes_after_a_kill_between_folds_and_scores_out_of_fold(tmp_path):
     assert toolkit_main(["evaluate", "--weights", str(root), "--split", "all"]) == 0  # the folds' ensemble
     result = json.loads((root / "eval_all.json").read_text())
     assert len(result["weights"]) == 2 and result["postprocess"]["from"].endswith("postprocess.json")
+
+    for folds, extra in ((3, ()), (2, ("--seed", "7"))):  # other settings would keep folds trained on others
+        out, _ = _cv(tmp_path, folds, extra=extra).communicate(timeout=120)
+        assert "was started with --folds 2" in out and "training fold" not in out, out[-2000:]
+    out, _ = (proc := _cv(tmp_path, name="bad", extra=("--context-slices", "1"))).communicate(timeout=120)
+    assert proc.returncode == 2 and "error: a fold run stopped (exit status 2" in out  # the fold said why:
+    assert out.count("2.5D needs NIfTI cases") == 1 and "Traceback" not in out  # once, no driver traceback
 
 
 def test_cv_refuses_arguments_it_sets_itself(tmp_path):

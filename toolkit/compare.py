@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from .comparison import Comparison
 __all__ = ["DEFAULT_LAUNCH", "launch_prefix", "given_flags", "refuse_flags", "split_args", "train_run", "read_json",
            "RunResult", "command_line", "write_comparison"]
 
-DEFAULT_LAUNCH = "accelerate launch --cpu --mixed_precision bf16"
+#: accelerate of the running Python, so that it is found without the virtual environment activated
+DEFAULT_LAUNCH = f"{shlex.quote(sys.executable)} -m accelerate.commands.launch --cpu --mixed_precision bf16"
 
 
 def launch_prefix(default: str = DEFAULT_LAUNCH) -> str:

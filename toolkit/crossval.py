@@ -12,13 +12,14 @@ runs/<name>``: the folds' ensemble.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .checkpoint import save_json
+from .checkpoint import find_state, save_json
 from .compare import given_flags, train_run
 from .data.splits import load_split
 from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset, stored_target
@@ -31,19 +32,34 @@ from .volume_postprocess_run import choose_and_store, report_lines, stored_volum
 from .seg_eval import (Predictions, choose_postprocess, collect_probs, describe_steps, image_records, slice_meta,
                        summarise)
 
-__all__ = ["train_folds", "out_of_fold", "cv_lines", "run_monitor", "CV_FILE"]
+__all__ = ["train_folds", "out_of_fold", "cv_lines", "run_monitor", "CV_FILE", "CV_ARGS_FILE"]
 
 CV_FILE = "cv.json"
+CV_ARGS_FILE = "cv_args.json"  # the --folds and recipe arguments a CV folder was started with
 RECIPE = "recipes/brain_mri.py"
 
 
 def train_folds(folds: int, argv: Sequence[str], root: Path, recipe: str = RECIPE) -> list[Path]:
-    """Train fold 0..folds-1 in turn into ``root/fold<k>``: finished folds are kept, interrupted ones resumed."""
+    """Train fold 0..folds-1 in turn into ``root/fold<k>``: finished folds are kept, interrupted ones resumed.
+
+    ``root/cv_args.json`` records ``folds`` and the recipe arguments ``argv``; once a fold has trained (a state or
+    a summary), a start with others raises ValueError naming both (its folds would otherwise be kept from other
+    settings)."""
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     clash = given_flags(argv, {"--folds", "--fold", "--run-name", "--output-dir", "--resume"})
     if clash:
         raise ValueError(f"{sorted(clash)} are set by the cross-validation itself; leave them out of ARGS")
+    asked, record = {"folds": folds, "args": list(argv)}, root / CV_ARGS_FILE
+    trained = any((d / "summary.json").is_file() or find_state(d) for d in root.glob("fold*") if d.is_dir())
+    if record.is_file() and trained:
+        started = json.loads(record.read_text())
+        if started != asked:
+            raise ValueError(f"{root} was started with --folds {started.get('folds')} and the recipe arguments "
+                             f"{shlex.join(started.get('args', []))!r}, now --folds {folds} and {shlex.join(argv)!r}; "
+                             "continue it with those, or give the new ones another --name")
+    else:
+        save_json(record, asked)
     return [train_run(recipe, [*argv, "--folds", str(folds), "--fold", str(k), "--output-dir", str(root)],
                       f"fold{k}", root) for k in range(folds)]
 
