@@ -20,7 +20,7 @@ from toolkit.targets import TargetSpec
 from toolkit.volume_eval import pack_masks
 from toolkit.volume_postprocess import (ComponentRule, VolumePostprocess, choose_volume_postprocess,
                                         largest_component_3d, remove_small_components_3d)
-from toolkit.volume_postprocess_run import stored_volume_postprocess
+from toolkit.volume_postprocess_run import report_lines, stored_volume_postprocess
 
 BINARY = TargetSpec.binary()
 REGIONS = TargetSpec.regions_of(RAW_REGIONS)  # whole_tumour ⊃ tumour_core ⊃ enhancing_tumour
@@ -66,6 +66,8 @@ def test_tumour_plus_distant_island_chooses_the_largest_component():
     r = report["channels"]["tumour"]
     assert r["after"]["dice"] > r["before"]["dice"] and r["after"]["hd95_mm"] < r["before"]["hd95_mm"]
     assert report["patients"] == ["p1", "p2", "p3"] and len(r["options"]) == 2 + 4
+    assert report_lines(report)[0].endswith(" mm")  # spacing known; without it (LGG TIFFs) HD95 is in voxels
+    assert report_lines(choose_volume_postprocess(BINARY, keys, packed)[1])[0].endswith(" voxels")
 
 
 def test_two_real_lesions_choose_none():

@@ -231,8 +231,8 @@ def choose_volume_postprocess(spec: TargetSpec, keys: Sequence[tuple[str, int]],
     keys: (case, slice index) per slice; packed: (N, H, W) :func:`~toolkit.volume_eval.pack_masks` of the
     predicted and true bool masks of ``spec.names``; spacings: {case: (D, H, W) mm or None (voxels)}.
     Returns (the choice, report ``{"patients": [case], "channels": {name: {"choice", "before", "after",
-    "options": [{"rule", "dice", "hd95_mm", ...}]}}}``; before = the raw prediction, scores = mean over
-    patients, HD95 over those where it is defined).
+    "options": [{"rule", "dice", "hd95_mm", ...}]}}, "hd95_unit": "mm" or "voxels" (a case without spacing)}``;
+    before = the raw prediction, scores = mean over patients, HD95 over those where it is defined).
     """
     n = len(spec.names)
     cases = stack_packed(keys, np.asarray(packed))
@@ -259,5 +259,6 @@ def choose_volume_postprocess(spec: TargetSpec, keys: Sequence[tuple[str, int]],
         choice = replace(choice, rules=choice.rules[:c] + (best,) + choice.rules[c + 1:])
         report[spec.names[c]] = {"choice": best.describe(), "before": before, "after": best_s,
                                  "options": [{"rule": o.describe(), **s} for o, s in scored]}
-    return choice, json_safe({"patients": list(cases), "channels": report})
+    unit = "mm" if all((spacings or {}).get(c) for c in cases) else "voxels"  # no spacing (LGG TIFFs): voxels
+    return choice, json_safe({"patients": list(cases), "channels": report, "hd95_unit": unit})
 

@@ -39,7 +39,8 @@ def report_lines(report: Mapping) -> list[str]:
     def hd(v):
         return "n/a" if v is None else f"{v:.1f}"
     return [f"{name}: {r['choice']}: Dice {r['before']['dice']:.4f} -> {r['after']['dice']:.4f}, HD95 "
-            f"{hd(r['before']['hd95_mm'])} -> {hd(r['after']['hd95_mm'])} mm" for name, r in report["channels"].items()]
+            f"{hd(r['before']['hd95_mm'])} -> {hd(r['after']['hd95_mm'])} {report.get('hd95_unit', 'mm')}"
+            for name, r in report["channels"].items()]
 
 
 class ChooseVolumePostprocess(ChooseOnRun):
