@@ -126,6 +126,18 @@ def test_index_compares_runs_by_task(runs):
     assert "<th>lr</th>" not in brain  # the same in every run
 
 
+def test_eval_tables_flatten_per_patient_figures_and_name_the_3d_rule(tmp_path):
+    root = tmp_path / "runs"
+    summary = {"dice": 0.61, "per_patient": {"dice": 0.52, "tumour": {"dice": 0.7312, "hd95_mm": None}}}
+    _run(root, "lgg", "brain_mri", "dice", [0.5, 0.6], extras={"eval_val.json": {
+        "split": "val", "threshold": 0.25, "summary": summary,
+        "postprocess": {"volume": "tumour: largest component only"}}})
+    write_report(root)
+    page = (root / "lgg" / "report.html").read_text()
+    assert "per_patient.tumour.dice" in page and "0.7312" in page and "{&#x27;" not in page and "{'" not in page
+    assert "3D: tumour: largest component only" in page
+
+
 def test_cross_validation_folds_are_runs_one_folder_deeper(tmp_path):
     root = tmp_path / "runs"
     _run(root, "single", "brain_mri", "dice", [0.5, 0.6])

@@ -100,13 +100,29 @@ def _summary_html(run: Run) -> str:
     return out
 
 
+def _flat(summary: dict, prefix: str = "") -> dict:
+    """Nested figures of an eval summary as one level: ``{"per_patient": {"tumour": {"dice": x}}}`` →
+    ``{"per_patient.tumour.dice": x}`` (lists left out)."""
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif not isinstance(value, list):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _extras_html(run: Run) -> str:
     out = []
     for name, data in run.extras.items():
         if name.startswith("eval_") and isinstance(data, dict) and isinstance(data.get("summary"), dict):
             opts = ", ".join(f"{k} {data[k]}" for k in ("split", "threshold", "flips", "one_region") if k in data)
+            post = data.get("postprocess")
+            volume = post.get("volume") if isinstance(post, dict) else None
+            opts += f"; 3D: {volume}" if volume else ""
+            flat = _flat(data["summary"])
             out.append(f"<h3>{esc(name)}.json <span class='muted'>({esc(opts)})</span></h3>"
-                       + table(list(data["summary"]), [list(data["summary"].values())]))
+                       + table(list(flat), [list(flat.values())]))
     if isinstance(run.extras.get("encoder"), dict):
         out.append(f"<p>Frozen encoder: <code>{esc(run.extras['encoder'].get('encoder'))}</code></p>")
     split = run.extras.get("split")
