@@ -191,8 +191,8 @@ class Trainer:
         if state.stop_reason:
             acc.print(f"stopped early after epoch {state.epoch}: {state.stop_reason}")
         elif state.planned_epochs < cfg.epochs:
-            acc.print(f"the time budget (--max-minutes {cfg.max_minutes:g}) fitted {state.planned_epochs} of the "
-                      f"{cfg.epochs} epochs asked for; the LR schedule was fitted to them")
+            acc.print(f"the --max-minutes budget fitted {state.planned_epochs} of the {cfg.epochs} epochs asked for; "
+                      "the LR schedule was fitted to them")
         call_hook(loop.callbacks, "on_fit_end", self, state)
         summary = state.summary(
             recipe=self.recipe, run_dir=str(self.run_dir), monitor=self.loop.monitor, mode=self.loop.mode,
