@@ -64,7 +64,7 @@ def test_recipe_trains_then_resumes(tmp_path):
     assert (run / "split.json").read_text() == split and (run / "config.json").read_text() == config  # refused
     assert len(json.loads((run / "history.json").read_text())) == 3
     proc = launch([*common, "--epochs", "4", "--resume", "--widths", "8,16,32,64"], ok=False)  # another model
-    assert "saved state does not fit the model" in proc.stderr and "widths '' -> '8,16,32,64'" in proc.stderr
+    assert "saved state does not load into the model" in proc.stderr and "widths '' -> '8,16,32,64'" in proc.stderr
     proc = launch([*common, "--epochs", "4", "--resume", "--synthetic-images", "20"], ok=False)  # other data
     assert "synthetic_images 12 -> 20" in proc.stderr and "split.json" not in proc.stderr.split("error:")[1]
     assert len(list((tmp_path / "data" / "images").glob("*.png"))) == 12  # refused before writing them anew

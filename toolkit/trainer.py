@@ -182,7 +182,8 @@ class Trainer:
         except RuntimeError as err:  # e.g. "size mismatch": the state is of another model than configured now
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [""]
             why = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0])[:160]
-            raise self.refuse_resume(f"its saved state does not fit the model as configured now ({why})") from None
+            raise self.refuse_resume(
+                f"its saved state does not load into the model as configured now ({why})") from None
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
