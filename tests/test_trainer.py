@@ -198,3 +198,19 @@ def test_time_budget_plan_ignores_one_slow_epoch():
     assert plans[4] == 5 + (600 - 50) // 10, plans  # 60 epochs in 10 minutes at 10 s each
     assert plans[5] == 5 + 1 + (600 - 110) // 10  # the slow epoch costs its own time, not a shrunken plan
     assert plans[-1] == 8 + (600 - 130) // 10
+
+
+def test_undefined_metrics_are_null_in_history_and_summary(tmp_path):
+    class WithUndefined(Accuracy):  # a figure with nothing to measure, as empty_correct without empty slices
+        def compute(self):
+            return {**super().compute(), "undefined": math.nan}
+
+    trainer = Trainer(make_cfg(tmp_path, epochs=2), recipe="tiny")
+    history = trainer.fit(TinyNet(), ClassificationObjective(), TinyImages(16), TinyImages(8, seed=1),
+                          metrics=[WithUndefined()], monitor="accuracy", param_budget=500_000)
+    assert math.isnan(history[-1]["undefined"])  # in memory (and the resumable state) it stays NaN
+
+    def strict(name):
+        return json.loads((trainer.run_dir / name).read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert [h["undefined"] for h in strict("history.json")] == [None, None]
+    assert strict("summary.json")["final"]["undefined"] is None

@@ -14,11 +14,13 @@ carries code (a ``__reduce__`` that calls a function) is refused before it can r
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,6 +98,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def json_safe(obj: Any) -> Any:
+    """Copy of nested dicts/lists/tuples with NaN/inf floats as None (``null`` in JSON, which every parser reads;
+    a bare ``NaN`` only Python's does) and NumPy/torch scalars as Python numbers; other values unchanged."""
+    if isinstance(obj, Mapping):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):  # numpy scalar, 0-d array or tensor
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:

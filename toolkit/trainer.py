@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import tracking
 from .artifacts import ModelArtifact
 from .callbacks import call_hook
-from .checkpoint import find_state, save_json, save_safetensors, save_weights
+from .checkpoint import find_state, json_safe, save_json, save_safetensors, save_weights
 from .config import ConfigError, TrainConfig
 from .ema import build_ema
 from .figures import plot_history, save_figure
@@ -200,7 +200,7 @@ class Trainer:
             trainable_params=trainable, total_params=total, param_budget=param_budget, epochs_asked=cfg.epochs,
             num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
         if acc.is_main_process:
-            save_json(self.run_dir / "summary.json", summary)
+            save_json(self.run_dir / "summary.json", json_safe(summary))  # undefined figures (NaN) as null
         tracking.set_summary(acc, summary)
         acc.wait_for_everyone()  # no process tears the process group down while another still writes or talks
         acc.end_training()
@@ -348,7 +348,7 @@ class Trainer:
         acc, figures = self.accelerator, self.loop.figures
         if not acc.is_main_process:
             return
-        save_json(self.run_dir / "history.json", state.history)
+        save_json(self.run_dir / "history.json", json_safe(state.history))  # the state keeps NaN (resume reads it)
         paths = {}
         if draw_history:
             paths["history"] = save_figure(plot_history(state.history), self.figures_dir / "history.png")

@@ -22,6 +22,8 @@ from pathlib import PurePath
 import numpy as np
 from scipy import ndimage
 
+from .checkpoint import json_safe  # re-exported: NaN/inf as null in the JSON files
+
 __all__ = ["EMPTY_RULE", "HD95_DEFINITION", "surface_distances", "hd95", "case_scores", "stack_slices",
            "lgg_case_and_index", "are_volumes", "summarise_cases", "json_safe"]
 
@@ -234,19 +236,3 @@ def summarise_cases(per_case: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     mean["hd95_undefined"] = sum(e["hd95_undefined"] for e in out.values())
     out["mean"] = mean
     return out
-
-
-def json_safe(obj):
-    """Copy of nested dicts/lists/tuples of numbers with NaN/inf floats (and numpy scalars) as None/float.
-
-    For per-case listings in an evaluate JSON (``json.dumps(..., allow_nan=False)`` then succeeds).
-    """
-    if isinstance(obj, Mapping):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
