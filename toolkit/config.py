@@ -216,9 +216,7 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, exit_on_err
     except ConfigError as err:
         if not exit_on_error:
             raise
-        if os.environ.get("RANK", "0") == "0":  # once, not once per process of a multi-process launch
-            print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit_with(err)
 
 
 def run_recipe(main: Callable[[], Any]) -> None:
@@ -228,9 +226,14 @@ def run_recipe(main: Callable[[], Any]) -> None:
     try:
         main()
     except ConfigError as err:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit_with(err)
+
+
+def _exit_with(err: ConfigError) -> None:
+    """``error: <err>`` on stderr, once (rank 0 of a multi-process launch), then exit status 2."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def _parse(cls: type[C], argv: list[str]) -> C:

@@ -91,7 +91,7 @@ SPLIT_SETTINGS = ("data_dir", "channels", "slice_rule", "skip_bad_files", "synth
                   "test_fraction", "split_block", "folds", "fold", "seed", "label_fraction", "exclude_split")
 
 
-def _save_run_split(cfg: Any, trainer, split: dict, **info: Any) -> None:
+def _save_run_split(trainer, split: dict, **info: Any) -> None:
     """Write the run's ``split.json`` (main process). A resumed run must train on the split it started with: when
     its saved ``split.json`` lists other ids, raise ConfigError naming the settings (``SPLIT_SETTINGS``) that
     differ from the run's saved config (``Trainer.refuse_resume``), instead of re-splitting it silently. Call on
@@ -130,7 +130,7 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
         split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
     unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
-    _save_run_split(cfg, trainer, split, data_dir=_roots(found), source=found.source, unit=unit, folds=cfg.folds,
+    _save_run_split(trainer, split, data_dir=_roots(found), source=found.source, unit=unit, folds=cfg.folds,
                     fold=cfg.fold)
     if acc.is_main_process:
         save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
@@ -222,7 +222,7 @@ def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
     except (DataError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"data_dir / exclude_split: {err}") from None
     _settle_in_channels(cfg, trainer, slices[0].num_channels, found.source)
-    _save_run_split(cfg, trainer, split, data_dir=_roots(found), source=found.source,
+    _save_run_split(trainer, split, data_dir=_roots(found), source=found.source,
                     excluded_split=cfg.exclude_split, excluded_slices=dropped)
     train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
     acc.print(f"data: {found.source} at {_where(found)}: {len(found.slices)} slices, {dropped} left out by "

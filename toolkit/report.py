@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .checkpoint import atomic_write
 from .report_index import index_page
-from .report_pages import run_link, run_page
+from .report_pages import run_link, run_page, up_to_runs
 from .report_runs import find_comparisons, find_runs
 
 __all__ = ["write_report"]
@@ -34,7 +34,7 @@ def write_report(root: str | Path) -> list[Path]:
     written = []
     for run in runs:
         own = [(f"{run.name}/{path.name}", c) for path, c in comparisons if path.parent == run.path]
-        up = "../" * (run.name.count("/") + 1)  # a fold's page sits one folder deeper
+        up = up_to_runs(run.name)
         text = run_page(run, own, lambda name, up=up: run_link(name, up) if name in names else None)
         written.append(atomic_write(run.path / "report.html", lambda f, t=text: f.write(t), mode="w"))
     text = index_page(root, runs, bad, time.strftime("%Y-%m-%d %H:%M:%S %Z"), comparisons, bad_comparisons)

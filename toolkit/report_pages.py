@@ -17,10 +17,16 @@ from .comparison import Comparison, best_rows
 from .report_html import esc, fmt, img_data_uri, line_chart, page, table
 from .report_runs import Run, curve, curve_keys
 
-__all__ = ["run_charts", "pick_figures", "run_page", "comparison_html", "run_link"]
+__all__ = ["run_charts", "pick_figures", "run_page", "comparison_html", "run_link", "up_to_runs"]
 
 EPOCH_FIGURE = re.compile(r"^(?P<kind>.+)_epoch(?P<epoch>\d+)\.png$")
 ARROWS = {"higher": " ↑", "lower": " ↓", "none": ""}
+
+
+def up_to_runs(name: str) -> str:
+    """The relative way from run ``name``'s folder back to the runs folder: ``../``, or ``../../`` for a fold
+    (``<cv>/fold<k>``)."""
+    return "../" * (name.count("/") + 1)
 
 
 def run_link(name: str, prefix: str = "") -> str:
@@ -173,7 +179,7 @@ def run_page(run: Run, comparisons: list[tuple[str, Comparison]] = (),
              link: Callable[[str], str | None] = lambda name: None) -> str:
     """The HTML page of one run; ``comparisons`` are (source, comparison) found in its folder."""
     status = "complete" if run.complete else "unfinished (no summary.json)"
-    up = "../" * (run.name.count("/") + 1)  # from the run's folder back to the runs folder (folds sit deeper)
+    up = up_to_runs(run.name)
     body = [f"<h1>{esc(run.name)}</h1><p class='muted'>recipe <b>{esc(run.recipe)}</b> · {status} · "
             f"{len(run.history)} epoch(s) in history.json · <a href='{up}index.html'>all runs</a></p>",
             "<h2>Summary</h2>", _summary_html(run), _extras_html(run)]

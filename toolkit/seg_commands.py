@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import save_json
+from .checkpoint import json_safe, save_json
 from .data.mri.channels import resolve_channels
 from .data.splits import load_split
 from .inference import load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices
@@ -18,7 +18,6 @@ from .postprocess import PostProcess
 from .seg_images import channel_names as _channel_names, input_files as _input_files, overlay as _overlay
 from .seg_images import per_volume, read_input as _read_input, write_class_map, write_png as _write_png
 from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
-from .volume_metrics import json_safe
 
 __all__ = ["evaluate", "predict", "postprocess"]
 
