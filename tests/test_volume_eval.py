@@ -162,6 +162,7 @@ def test_regions_run_is_scored_per_patient_and_region(tmp_path, capsys):
     assert rows[0]["whole_tumour"]["true_volume_ml"] == pytest.approx(25 * 2 * 3.0 * 2.0 * 2.4 / 1000)  # 10x10 → 5x5
     assert {"dice_whole_tumour", "dice_enhancing_tumour", "dice"} <= set(result["summary"]["slices"])
     assert result["summary"]["num_slices"] == 3 * kept and "mm from the NIfTI headers" in result["spacing"]
+    assert result["units"] == {"hd95_mm": "mm", "abs_volume_diff_ml": "ml"}
     assert "95th percentile" in result["hd95_definition"] and "HD95 is undefined" in result["empty_volumes"]
     out = capsys.readouterr().out
     assert "whole_tumour" in out and f"3 patients, {3 * kept} slices" in out
@@ -174,6 +175,7 @@ def test_binary_lgg_run_adds_volumes_in_voxels(tmp_path, capsys):
     result = json.loads((run / "eval_all.json").read_text())
     assert len(result["per_image"]) == 15 and result["summary"]["num_images"] == 15  # today's keys stay
     assert result["spacing"] == "unknown (voxels)"
+    assert result["units"] == {"hd95_mm": "voxels", "abs_volume_diff_ml": "thousands of voxels"}
     assert [r["num_slices"] for r in result["patients"]] == [5, 5, 5]
     assert all(r["spacing_mm"] is None for r in result["patients"])
     tumour = result["summary"]["per_patient"]["tumour"]
@@ -202,6 +204,7 @@ def test_classes_from_a_metadata_column_report_class_accuracy(tmp_path):
     assert acc["num_slices"] == 6 and acc["per_class"]["glioma"]["num_slices"] == 3
     assert acc["correct"] == acc["per_class"]["glioma"]["correct"] + acc["per_class"]["meningioma"]["correct"]
     assert result["spacing"].startswith("2D slices") and len(result["patients"]) == 3
+    assert result["units"]["hd95_mm"].startswith("not computed")
     for r in result["patients"]:  # each patient: one glioma and one meningioma slice
         assert r["num_slices"] == 2 and r["glioma"]["hd95_mm"] is None
         assert r["glioma"]["true_volume_ml"] == pytest.approx((square_mask((32, 32)) > 0).sum() / 1000)

@@ -155,7 +155,8 @@ def _out_of_fold_targets(root: Path, fold_dirs: Sequence[Path], spec: TargetSpec
     _check_disjoint(root, [r.id for r in scored])
     packed, threshold, column = np.concatenate(packed), float(cfg["threshold"]), cfg.get("class_column") or ""
     plain = volume_scores(scored, packed, spec.names, size)
-    oof = {"slices": json_safe(slices.compute()), "per_patient": plain["per_patient"], "spacing": plain["spacing"]}
+    oof = {"slices": json_safe(slices.compute()), "per_patient": plain["per_patient"], "spacing": plain["spacing"],
+           "units": plain["units"]}
     if column and spec.kind == "classes":
         oof["class_accuracy"] = class_accuracy(np.concatenate(pred_px), np.concatenate(true_px),
                                                [r.attrs.get(column) for r in scored], spec.names)

@@ -192,8 +192,20 @@ def eval_output(args: argparse.Namespace) -> Path:
     return Path(args.output) if args.output else (first if first.is_dir() else first.parent) / f"eval_{args.split}.json"
 
 
+def score_units(volumes: bool, unknown: int, cases: int) -> dict[str, str]:
+    """The units of the ``hd95_mm`` and ``abs_volume_diff_ml`` scores, whose keys keep their names whatever the
+    spacing: mm and ml from NIfTI spacing; voxels and thousands of voxels of the resized slices without it (LGG
+    TIFFs; ``unknown`` of ``cases`` cases); 2D slices that are no volume: HD95 not computed, pixels pooled."""
+    if not volumes:
+        return {"hd95_mm": "not computed (2D slices)", "abs_volume_diff_ml": "thousands of pixels"}
+    if unknown == cases:
+        return {"hd95_mm": "voxels", "abs_volume_diff_ml": "thousands of voxels"}
+    mixed = f" (voxels / thousands of voxels for the {unknown} case(s) without spacing)" if unknown else ""
+    return {"hd95_mm": "mm" + mixed, "abs_volume_diff_ml": "ml" + mixed}
+
+
 def volume_scores(records: Sequence, packed: np.ndarray, names: Sequence[str], size: int, volume_post=None) -> dict:
-    """The per-patient part of an evaluate JSON: spacing, rules, ``per_patient`` summary and ``patients`` rows.
+    """The per-patient part of an evaluate JSON: spacing, units, rules, ``per_patient`` summary and ``patients`` rows.
 
     records: the scored MRISlice records in order; packed: their (N, S, S) predictions and truths as
     :func:`pack_masks`, channels ``names``, S = ``size``; ``volume_post`` (a VolumePostprocess, volumes only) is
@@ -210,8 +222,8 @@ def volume_scores(records: Sequence, packed: np.ndarray, names: Sequence[str], s
     spacing = (NO_VOLUME if not volumes else UNKNOWN_SPACING if len(unknown) == len(spacings) else
                f"mm from the NIfTI headers, in-plane scaled by (original size / {size})"
                + (f"; unknown (voxels) for {len(unknown)} case(s)" if unknown else ""))
-    return {"spacing": spacing, "empty_volumes": EMPTY_RULE, "hd95_definition": HD95_DEFINITION,
-            "per_patient": json_safe(summarise_cases(per_case)), "patients": rows, **extra}
+    return {"spacing": spacing, "units": score_units(volumes, len(unknown), len(spacings)),
+            "empty_volumes": EMPTY_RULE, "hd95_definition": HD95_DEFINITION, "per_patient": json_safe(summarise_cases(per_case)), "patients": rows, **extra}
 
 
 def volume_masks(source: str | None, records: Sequence, masks: np.ndarray) -> tuple[np.ndarray, bool]:
