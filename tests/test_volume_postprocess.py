@@ -202,7 +202,9 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
             assert main([*args, "--output", str(tmp_path / name), *extra]) == 0
             return [np.asarray(Image.open(p)) for p in sorted((tmp_path / name).glob("*_mask.png"))]
         assert any(m.any() for m in predicted("plain", "--postprocess", "none"))
+        assert "then per patient folder" not in capsys.readouterr().out
         masks = predicted("rule")
+        assert "then per patient folder" in capsys.readouterr().out  # the rule named once, as the ONNX path below
         assert len(masks) == len(list(folder.rglob("*_mask.tif"))) and not any(m.any() for m in masks)
         one = sorted(p for p in folder.rglob("*.tif") if not p.stem.endswith("_mask"))[0]  # part of a patient:
         assert main(["predict", "--weights", str(run / "best.pth"), "--input", str(one), "--threshold", "1e-6",

@@ -214,8 +214,6 @@ def predict(args: argparse.Namespace) -> int:
     print(f"{model.path} (onnxruntime, CPU); input {model.channel_names}, {size}x{size}, {model.meta['intensity']}; "
           f"post-processing: {post.describe()} ({source})")
     vpost = model.volume_rule(args.postprocess)
-    if vpost is not None:
-        print(f"then per patient folder (LGG slices stacked by the number in their names): {vpost.describe()}")
 
     def predicted(path):
         image = read_input(path, model.channels, model.in_channels, model.channel_names)

@@ -48,14 +48,14 @@ def predict(args: argparse.Namespace) -> int:
     out, size = Path(args.output), cfg["image_size"]
     print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
     images = _input_files(Path(args.input))
-    vpost = _lgg_volume_rule(layout, ensemble.target, source)
+    vpost, rule = _lgg_volume_rule(layout, ensemble.target, source)
 
     def predicted(path):
         image = _read_input(path, channels, in_channels, names)
         probs, dispute, maps = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold)
         return image, post.at_scale(probs.size / size**2).binarize(probs), dispute, maps
 
-    for path, (image, mask, dispute, maps) in per_volume(images, predicted, vpost, size):
+    for path, (image, mask, dispute, maps) in per_volume(images, predicted, vpost, size, rule=rule):
         _write_png(out / f"{path.stem}_mask.png", mask * 255)
         _write_png(out / f"{path.stem}_overlay.png", _overlay(image, mask))
         if dispute is not None:
@@ -69,15 +69,13 @@ def predict(args: argparse.Namespace) -> int:
 
 def _lgg_volume_rule(layout: str | None, target, post_source: str):
     """The stored 3D rule (:class:`~toolkit.volume_postprocess.VolumePostprocess`) that ``predict`` applies to the
-    slices of each LGG patient folder, as ``evaluate`` does; None for other layouts, other targets or none stored."""
+    slices of each LGG patient folder, as ``evaluate`` does, and the line naming it; (None, "") for other
+    layouts, other targets or none stored."""
     if layout != "lgg" or target.kind != "binary":
-        return None
+        return None, ""
     from .volume_postprocess_run import stored_volume_postprocess
 
-    vpost, line = stored_volume_postprocess(post_source, target)
-    if vpost is not None:
-        print(f"then per patient folder (LGG slices stacked by the number in their names): {line}")
-    return vpost
+    return stored_volume_postprocess(post_source, target)
 
 
 def _records_to_score(args, cfg: dict, files: list[Path]):

@@ -140,7 +140,7 @@ def input_files(source: Path) -> list[Path]:
 
 
 def per_volume(images: Sequence[Path], predicted: Callable[[Path], tuple], vpost, size: int,
-               say: Callable[[str], Any] = print) -> Iterator[tuple]:
+               say: Callable[[str], Any] = print, rule: str = "") -> Iterator[tuple]:
     """Yield ``(path, predicted(path))`` per image; ``predicted(path)`` is a tuple whose item 1 is the image's
     mask, uint8 (H, W) {0, 1} (the other items pass through). With ``vpost`` (a binary
     :class:`~toolkit.volume_postprocess.VolumePostprocess`, or None), the images of each LGG patient (same folder,
@@ -148,10 +148,12 @@ def per_volume(images: Sequence[Path], predicted: Callable[[Path], tuple], vpost
     post-processes first, its minimum sizes scaled from the model's ``size`` x ``size`` to the images' own. A
     patient whose folder holds slices not given (one file, part of a folder) is yielded as predicted, and ``say``
     tells so: a 3D rule on part of a volume would judge other components than on the whole. So is an image whose
-    name gives no slice number, or of another size than its patient's."""
+    name gives no slice number, or of another size than its patient's. With ``vpost``, ``say`` first names the
+    rule: ``rule``, or ``vpost.describe()``."""
     if vpost is None:
         yield from ((path, predicted(path)) for path in images)
         return
+    say(f"then per patient folder (LGG slices stacked by the number in their names): {rule or vpost.describe()}")
     from .volume_metrics import lgg_case_and_index
 
     groups: dict[tuple, list[tuple[int, Path]]] = {}
