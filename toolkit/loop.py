@@ -19,7 +19,7 @@ from .optim import StepSchedule
 if TYPE_CHECKING:
     from .objectives import Objective
 
-__all__ = ["EpochSeeded", "FitLoop", "FigureFn", "make_loader"]
+__all__ = ["EpochSeeded", "FitLoop", "FigureFn", "evaluate_loader", "make_loader"]
 
 FigureFn = Callable[[Any], dict]  # StepOutput of the first validation batch -> {name: matplotlib Figure}
 
@@ -115,3 +115,36 @@ class FitLoop:
     def better(self, value: float, best: float | None) -> bool:
         """Whether ``value`` of the monitored result beats ``best`` (None: nothing to beat yet)."""
         return best is None or (value > best if self.mode == "max" else value < best)
+
+
+@torch.no_grad()
+def evaluate_loader(acc: Accelerator, model, objective: "Objective", loader, metrics: Sequence,
+                    sample_size: int) -> tuple[dict, Any]:
+    """Mean loss and every metric over ``loader`` (a prepared DataLoader), each sample counted once.
+
+    Metrics see each sample exactly once (``gather_for_metrics`` drops the padding of the last batch);
+    ``val_loss`` is the sample-weighted mean of batch losses, ``val_samples`` their number. Returns (results,
+    the first batch of the main process as a StepOutput of up to ``sample_size`` samples on the CPU, or None
+    for an empty loader).
+    """
+    from .objectives import StepOutput
+
+    model.eval()
+    for metric in metrics:
+        metric.reset()
+    loss_sum, count, sample = 0.0, 0, None
+    for batch in loader:
+        out = objective(model, batch)
+        per_sample = out.loss.detach().float().reshape(1).expand(out.preds.shape[0])
+        preds, targets, losses = acc.gather_for_metrics((out.preds, out.targets, per_sample))
+        loss_sum += losses.sum().item()
+        count += losses.numel()
+        for metric in metrics:
+            metric.update(preds, targets)
+        if sample is None:
+            k = sample_size
+            sample = StepOutput(out.loss, out.preds[:k].cpu(), out.targets[:k].cpu(), out.inputs[:k].cpu())
+    results = {"val_loss": loss_sum / max(count, 1), "val_samples": count}
+    for metric in metrics:
+        results.update(metric.compute())
+    return results, sample

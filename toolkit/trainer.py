@@ -26,7 +26,7 @@ from .config import ConfigError, TrainConfig
 from .ema import build_ema
 from .figures import plot_history, save_figure
 from .interrupts import RunGuard
-from .loop import EpochSeeded, FigureFn, FitLoop, make_loader
+from .loop import EpochSeeded, FigureFn, FitLoop, evaluate_loader, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
@@ -98,35 +98,10 @@ class Trainer:
                 f"over the recipe's budget of {budget:,}; make the model smaller")
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def evaluate(self, model, objective: Objective, loader, metrics: Sequence) -> tuple[dict, StepOutput | None]:
-        """Mean loss and every metric over ``loader`` (a prepared DataLoader), each sample counted once.
-
-        Metrics see each sample exactly once (``gather_for_metrics`` drops the padding
-        of the last batch); ``val_loss`` is the sample-weighted mean of batch losses.
-
-        Returns (results, first batch of the main process for figures).
-        """
-        acc = self.accelerator
-        model.eval()
-        for metric in metrics:
-            metric.reset()
-        loss_sum, count, sample = 0.0, 0, None
-        for batch in loader:
-            out = objective(model, batch)
-            per_sample = out.loss.detach().float().reshape(1).expand(out.preds.shape[0])
-            preds, targets, losses = acc.gather_for_metrics((out.preds, out.targets, per_sample))
-            loss_sum += losses.sum().item()
-            count += losses.numel()
-            for metric in metrics:
-                metric.update(preds, targets)
-            if sample is None:
-                k = FIGURE_SAMPLES
-                sample = StepOutput(out.loss, out.preds[:k].cpu(), out.targets[:k].cpu(), out.inputs[:k].cpu())
-        results = {"val_loss": loss_sum / max(count, 1), "val_samples": count}
-        for metric in metrics:
-            results.update(metric.compute())
-        return results, sample
+        """Mean loss and every metric over ``loader`` (a prepared DataLoader), each sample counted once
+        (:func:`~toolkit.loop.evaluate_loader`). Returns (results, first batch of the main process for figures)."""
+        return evaluate_loader(self.accelerator, model, objective, loader, metrics, FIGURE_SAMPLES)
 
     def evaluate_dataset(self, model, objective: Objective, dataset: Dataset, metrics: Sequence) -> dict:
         """Evaluate ``model`` on ``dataset`` outside of :meth:`fit` (same gathering rules)."""
