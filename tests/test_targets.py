@@ -36,6 +36,18 @@ def test_regions_truth_and_round_trip():
     assert BRATS.to_labels(BRATS.truth(labels_of([[3]])).float())[0].item() == 1
 
 
+def test_written_regions_are_those_the_label_map_holds():
+    # pixel 0: enhancing alone (no whole tumour, no core): painted 4, so in all three regions as written;
+    # pixel 1: core without whole tumour; pixel 2: nothing; pixel 3: whole tumour alone
+    probs = torch.tensor([[0.1, 0.2, 0.1, 0.9], [0.3, 0.8, 0.1, 0.2], [0.7, 0.1, 0.2, 0.1]]).view(1, 3, 1, 4)
+    hard, written = BRATS.hard(probs)[0, :, 0], BRATS.written(probs)[0, :, 0]
+    assert hard.tolist() == [[False, False, False, True], [False, True, False, False], [True, False, False, False]]
+    assert written.tolist() == [[True, True, False, True], [True, True, False, False], [True, False, False, False]]
+    assert torch.equal(BRATS.truth(BRATS.to_labels(probs)[:, None]), BRATS.written(probs))
+    assert torch.equal(CLASSES.written(probs.softmax(1).repeat(1, 2, 1, 1)[:, :4]),
+                       CLASSES.hard(probs.softmax(1).repeat(1, 2, 1, 1)[:, :4]))  # classes: as hard
+
+
 def test_classes_encode_hard_and_labels_with_gaps():
     lab = labels_of([[0, 1, 2, 4, 7]])  # 7 is not a class: background
     assert CLASSES.out_channels == 4

@@ -240,3 +240,27 @@ def test_postprocess_command_gives_an_older_run_the_choice_of_today(tmp_path, ca
     assert load_postprocess(run / POSTPROCESS_FILE)[1]["volume"]["rules"] == data["volume"]["rules"]  # same choice
     with pytest.raises(SystemExit):  # one run only
         main(["postprocess", "--weights", str(run), str(run)])
+
+
+def test_a_region_rule_is_judged_with_the_regions_it_contains():
+    # the whole tumour predicted as the true tumour, a false island of 12 voxels and a one-voxel piece that holds
+    # the predicted core and enhancing part (both right). "largest" alone gains whole-tumour Dice (it drops the
+    # island) but throws the core and enhancing voxels away with the piece: judged with them, it loses
+    shape = (12, 32, 32)
+    tumour, piece = box(shape, np.s_[2:9], np.s_[4:16], np.s_[4:16]), box(shape, 4, 23, 23)
+    island = box(shape, np.s_[10:12], np.s_[28:31], np.s_[0:2])
+    truth = np.stack([tumour | piece, piece, piece])
+    pred = np.stack([tumour | island | piece, piece, piece])
+    keys, packed = as_slices({"b": (pred, truth)})
+    choice, report = choose_volume_postprocess(REGIONS, keys, packed)
+    wt = report["channels"]["whole_tumour"]
+    by_rule = {o["rule"]: o for o in wt["options"]}
+    largest, none = by_rule["largest component only"], by_rule["all components kept"]
+    assert largest["dice"] > none["dice"]  # the whole tumour alone would take "largest" ...
+    assert largest["dice_with_contained"] < none["dice_with_contained"]  # ... which empties core and enhancing
+    assert choice.rules[0].rule == "none" and wt["judged_with"] == ["tumour_core", "enhancing_tumour"]
+    assert report["channels"]["tumour_core"]["after"]["dice"] == 1.0 and "within" not in report["channels"][
+        "tumour_core"]
+    # a rule that does restrict the contained regions is named in their line
+    _, report = choose_volume_postprocess(REGIONS, *as_slices({"a": regions_case()}))
+    assert "(inside the kept whole_tumour" in report_lines(report)[1]

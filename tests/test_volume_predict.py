@@ -166,3 +166,31 @@ def test_predict_a_real_brats_case(tmp_path):
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
     assert seg.get_data_dtype() == np.uint8
     assert set(np.unique(np.asarray(seg.dataobj))) <= set(read_dataset_json(real).labels.values())
+
+
+def _dice(p, t):
+    return 1.0 if not p.any() and not t.any() else 2 * (p & t).sum() / (p.sum() + t.sum())
+
+
+def test_evaluate_scores_the_label_volumes_that_predict_writes(tmp_path):
+    # model resolution = the volumes' in-plane size and every slice scored, so that evaluate and the written
+    # files see the same voxels; regions read back from the written labels as BraTS does; the stored 3D rule
+    # (chosen again by `toolkit postprocess`) applied by both
+    data = generate_synthetic_volumes(tmp_path / "data", cases=4, shape=(32, 32, 8), seed=3)
+    _recipe().main(["--data-dir", str(data), "--in-channels", "2", "--output-dir", str(tmp_path / "runs"),
+                    "--run-name", "sq", "--slice-rule", "all", *TINY])
+    run = tmp_path / "runs" / "sq"
+    assert toolkit_main(["postprocess", "--weights", str(run)]) == 0
+    assert toolkit_main(["evaluate", "--weights", str(run / "best.pth"), "--split", "all"]) == 0
+    assert toolkit_main(["predict", "--weights", str(run / "best.pth"), "--input", str(data),
+                         "--output", str(tmp_path / "out")]) == 0
+    result = json.loads((run / "eval_all.json").read_text())
+    spec = read_dataset_json(data)
+    regions = result["target"]["regions"]
+    assert len(result["patients"]) == 4
+    for row in result["patients"]:
+        written = _volume(tmp_path / "out" / f"{row['case']}_seg.nii.gz")
+        truth = _volume(data / "labelsTr" / f"{row['case']}{spec.file_ending}")
+        for name, values in zip(result["target"]["names"], regions):
+            got = _dice(np.isin(written, values), np.isin(truth, values))
+            assert got == pytest.approx(row[name]["dice"], abs=1e-6), (row["case"], name)

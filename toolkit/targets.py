@@ -157,6 +157,16 @@ class TargetSpec:
             return arg == torch.arange(1, len(self.values), device=probs.device).view(1, -1, 1, 1)
         return probs >= threshold
 
+    def written(self, probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+        """Probabilities (N, out_channels, H, W) → bool masks (N, len(names), H, W) as the label map of
+        :meth:`to_labels` holds them: :meth:`hard`, but regions read back from the painted labels (a pixel
+        painted with a smaller region's label counts in every region holding that label, so a child region
+        predicted where its parent is not lies in the parent too). What ``toolkit evaluate`` scores, so that
+        its figures are those of the label volumes ``toolkit predict`` writes."""
+        if self.kind != "regions":
+            return self.hard(probs, threshold)
+        return self.truth(self.to_labels(probs, threshold)[:, None])
+
     def truth(self, labels: torch.Tensor) -> torch.Tensor:
         """Label maps (N, 1, H, W) → bool masks (N, len(names), H, W), channel for channel as :meth:`hard`."""
         import torch

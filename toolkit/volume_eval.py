@@ -167,15 +167,16 @@ def predict_packed(ensemble, dataset, threshold: float, flips: bool = False,
                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Predict every slice of ``dataset`` ((uint8 image (C, S, S), uint8 label map (1, S, S)) pairs) in order.
 
-    Returns (packed masks (N, S, S) as :func:`pack_masks`, predicted and true pixels per channel int64 (N, C),
-    the slice-level :class:`~toolkit.target_metrics.TargetMetrics` scores (``dice_<name>`` ...), JSON-safe).
+    Predicted masks are :meth:`~toolkit.targets.TargetSpec.written` (regions as read back from the label map that
+    ``toolkit predict`` writes). Returns (packed masks (N, S, S) as :func:`pack_masks`, predicted and true pixels
+    per channel int64 (N, C), the slice-level :class:`~toolkit.target_metrics.TargetMetrics` scores (``dice_<name>`` ...), JSON-safe).
     """
     spec, metric = ensemble.target, TargetMetrics(ensemble.target, threshold)
     packed, pred_px, true_px = [], [], []
     ensemble.eval()
     for images, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
         probs = ensemble(ensemble.preprocess(images), flips=flips)
-        hard, truth = spec.hard(probs, threshold), spec.truth(labels)
+        hard, truth = spec.written(probs, threshold), spec.truth(labels)  # regions as predict writes them
         metric.update_masks(hard, truth)
         hard, truth = hard.numpy(), truth.numpy()
         packed.append(pack_masks(hard, truth))

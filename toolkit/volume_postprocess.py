@@ -16,7 +16,10 @@ own rule applies. So a whole-tumour island that is removed takes its core/enhanc
 
 :func:`choose_volume_postprocess` picks per channel, in that order, the rule with the best mean per-patient
 Dice (``min_voxels`` tried from :data:`MIN_VOXELS`; ties within ``MIN_GAIN``: the simpler one, in the order
-none, largest, smallest ``min_voxels`` first), and reports Dice and HD95 before/after and per option.
+none, largest, smallest ``min_voxels`` first), and reports Dice and HD95 before/after and per option. A region
+that contains others is judged by the mean Dice of itself and the regions it contains (their rules still
+"none"), since its rule removes their voxels too; each contained region's report names the regions whose kept
+voxels restrict it (``within``), so a Dice lost there is not read as its own rule's.
 ``min_voxels`` counts voxels at the model's input resolution (``image_size`` S in-plane);
 :meth:`VolumePostprocess.apply_labels` scales it to other in-plane sizes. Storage in ``postprocess.json``,
 the fit-end callback and what ``toolkit evaluate`` / ``predict`` apply: :mod:`toolkit.volume_postprocess_run`.
@@ -231,8 +234,9 @@ def choose_volume_postprocess(spec: TargetSpec, keys: Sequence[tuple[str, int]],
     keys: (case, slice index) per slice; packed: (N, H, W) :func:`~toolkit.volume_eval.pack_masks` of the
     predicted and true bool masks of ``spec.names``; spacings: {case: (D, H, W) mm or None (voxels)}.
     Returns (the choice, report ``{"patients": [case], "channels": {name: {"choice", "before", "after",
-    "options": [{"rule", "dice", "hd95_mm", ...}]}}, "hd95_unit": "mm" or "voxels" (a case without spacing)}``;
-    before = the raw prediction, scores = mean over patients, HD95 over those where it is defined).
+    "options": [{"rule", "dice", "hd95_mm", ...}], ["judged_with", "within"]}}, "hd95_unit": "mm" or "voxels" (a
+    case without spacing)}``; before = the raw prediction, scores = mean over patients, HD95 over those where it
+    is defined; regions: see the module docstring).
     """
     n = len(spec.names)
     cases = stack_packed(keys, np.asarray(packed))
@@ -243,22 +247,32 @@ def choose_volume_postprocess(spec: TargetSpec, keys: Sequence[tuple[str, int]],
     sp = [tuple((spacings or {}).get(c) or (1.0, 1.0, 1.0)) for c in cases]
     options = [ComponentRule(), ComponentRule("largest")] + [ComponentRule("min_voxels", int(k)) for k in min_voxels]
     choice = VolumePostprocess(spec, tuple(ComponentRule() for _ in range(n)))
-    order, _ = channel_parents(spec)
+    order, parents = channel_parents(spec)
     report = {}
     for c in order:
-        truths = [truth[k][c] for k in cases]
-        before = _scores([pred[k][c] for k in cases], truths, sp)
+        judged = [c] + [d for d in range(n) if c in parents[d]]  # itself and the regions it contains
+        before = _scores([pred[k][c] for k in cases], [truth[k][c] for k in cases], sp)
         scored = []
         for option in options:
             trial = replace(choice, rules=choice.rules[:c] + (option,) + choice.rules[c + 1:])
-            scored.append((option, _scores([trial.apply(pred[k])[c] for k in cases], truths, sp)))
-        best, best_s = scored[0]
-        for option, s in scored[1:]:  # simpler options come first: a later one must gain more than MIN_GAIN
-            if s["dice"] > best_s["dice"] + MIN_GAIN:
-                best, best_s = option, s
+            kept = [trial.apply(pred[k]) for k in cases]
+            each = [_scores([m[d] for m in kept], [truth[k][d] for k in cases], sp) for d in judged]
+            scored.append((option, each[0], float(np.mean([e["dice"] for e in each]))))
+        best, best_s, best_j = scored[0]
+        for option, s, j in scored[1:]:  # simpler options come first: a later one must gain more than MIN_GAIN
+            if j > best_j + MIN_GAIN:
+                best, best_s, best_j = option, s, j
         choice = replace(choice, rules=choice.rules[:c] + (best,) + choice.rules[c + 1:])
-        report[spec.names[c]] = {"choice": best.describe(), "before": before, "after": best_s,
-                                 "options": [{"rule": o.describe(), **s} for o, s in scored]}
+        entry = {"choice": best.describe(), "before": before, "after": best_s,
+                 "options": [{"rule": o.describe(), **s} for o, s, _ in scored]}
+        if len(judged) > 1:
+            entry["judged_with"] = [spec.names[d] for d in judged[1:]]
+            for (o, _, j), row in zip(scored, entry["options"]):
+                row["dice_with_contained"] = j
+        within = [spec.names[p] for p in parents[c] if choice.rules[p].rule != "none"]
+        if within:
+            entry["within"] = within
+        report[spec.names[c]] = entry
     unit = "mm" if all((spacings or {}).get(c) for c in cases) else "voxels"  # no spacing (LGG TIFFs): voxels
     return choice, json_safe({"patients": list(cases), "channels": report, "hd95_unit": unit})
 

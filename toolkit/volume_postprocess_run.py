@@ -38,7 +38,10 @@ def report_lines(report: Mapping) -> list[str]:
     """One line per channel of a :func:`choose_volume_postprocess` report: choice, Dice and HD95 before → after."""
     def hd(v):
         return "n/a" if v is None else f"{v:.1f}"
-    return [f"{name}: {r['choice']}: Dice {r['before']['dice']:.4f} -> {r['after']['dice']:.4f}, HD95 "
+
+    def within(r):
+        return f" (inside the kept {', '.join(r['within'])})" if r.get("within") else ""
+    return [f"{name}: {r['choice']}{within(r)}: Dice {r['before']['dice']:.4f} -> {r['after']['dice']:.4f}, HD95 "
             f"{hd(r['before']['hd95_mm'])} -> {hd(r['after']['hd95_mm'])} {report.get('hd95_unit', 'mm')}"
             for name, r in report["channels"].items()]
 
