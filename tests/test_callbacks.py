@@ -28,6 +28,9 @@ class Recorder(Callback):
     def __init__(self, name, calls):
         self.name, self.calls = name, calls
 
+    def on_fit_start(self, trainer, state):
+        self.calls.append((self.name, "start", state.epoch))
+
     def on_epoch_end(self, trainer, state, record, sample):
         assert state.epoch == record["epoch"] and state.history[-1] is record
         assert sample.preds.shape[0] <= 16 and sample.preds.device.type == "cpu"
@@ -50,8 +53,15 @@ def test_hooks_run_once_per_epoch_and_at_the_end_in_list_order(tmp_path):
     calls = []
     _, history = fit(make_cfg(tmp_path), [Recorder("a", calls), Recorder("b", calls), OnlyEnd(calls)])
     assert len(history) == 3
-    assert calls == [("a", "epoch", 1), ("b", "epoch", 1), ("a", "epoch", 2), ("b", "epoch", 2),
+    assert calls == [("a", "start", 0), ("b", "start", 0), ("a", "epoch", 1), ("b", "epoch", 1), ("a", "epoch", 2), ("b", "epoch", 2),
                      ("a", "epoch", 3), ("b", "epoch", 3), ("a", "end", 3), ("b", "end", 3), ("plain", "end", 3)]
+
+
+def test_fit_start_sees_the_restored_epoch(tmp_path):
+    fit(make_cfg(tmp_path), [])
+    calls = []
+    fit(make_cfg(tmp_path, resume="auto"), [Recorder("a", calls)])  # the finished run: nothing left to train
+    assert calls == [("a", "start", 3), ("a", "end", 3)]
 
 
 def test_save_curve_writes_its_png(tmp_path):

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,19 @@ def test_freeze_encoder_keeps_encoder_weights_until_released():
     objective(model, x).loss.backward()
     optimizer.step()
     assert not torch.equal(model.encoder[0][0].weight, before["encoder.0.0.weight"])
+
+
+def test_freeze_encoder_follows_the_epoch_a_resumed_run_starts_at():
+    class Stub:  # what the callback reads of the Trainer
+        class accelerator:
+            print = staticmethod(print)
+
+    for done, frozen in ((0, True), (1, True), (2, False), (5, False)):
+        freeze = FreezeEncoder(build_segmentation_model("unet", 1, 1, (8, 16, 32)), 2)
+        freeze.on_fit_start(Stub, types.SimpleNamespace(epoch=done))
+        assert freeze.frozen == frozen, done  # a run resumed after epoch 2 trains its encoder, as it did before
+        freeze.on_epoch_end(Stub, types.SimpleNamespace(epoch=max(done, 1) + 1), {}, None)
+        assert freeze.frozen == (max(done, 1) + 1 < 2), done
 
 
 def run_recipe(name, args, timeout=300):

@@ -3,6 +3,9 @@
 A callback is any object with some of these methods (all optional; :class:`Callback`
 provides no-op versions to subclass):
 
+``on_fit_start(trainer, state)``
+    once the state is fresh or restored (``state.epoch`` epochs already done on a resume), before the first
+    epoch trains: a callback whose behaviour depends on the epoch sets itself from it here.
 ``on_epoch_end(trainer, state, record, sample)``
     after each epoch's validation, best weights, history and figures, before the state
     is saved. ``state`` is the :class:`~toolkit.state.TrainState`, ``record`` the epoch's
@@ -31,6 +34,9 @@ __all__ = ["Callback", "ChooseOnRun", "SaveCurve", "call_hook"]
 
 class Callback:
     """Base class of fit hooks; override the methods you need (see the module docstring)."""
+
+    def on_fit_start(self, trainer, state: "TrainState") -> None:
+        """Before the first epoch of this fit; ``state.epoch``: epochs already done (a resumed run: > 0)."""
 
     def on_epoch_end(self, trainer, state: "TrainState", record: dict[str, Any], sample) -> None:
         """After epoch ``state.epoch`` (1-based, just completed); ``sample``: first validation batch or None."""

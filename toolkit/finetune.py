@@ -40,8 +40,9 @@ class FreezeEncoder(Callback):
     """Freeze ``model``'s encoder (:func:`encoder_parameters`) from now until ``epochs`` epochs have ended.
 
     Create it before ``Trainer.fit`` with the unwrapped model and pass it in ``callbacks``; ``epochs``
-    0 freezes nothing. After epoch ``epochs`` (``on_epoch_end``) the encoder trains with the rest.
-    A run resumed after that epoch should pass ``epochs`` 0 (the callback counts from its creation).
+    0 freezes nothing. After epoch ``epochs`` of the run (``on_epoch_end``) the encoder trains with the rest;
+    a run resumed after that epoch starts unfrozen (``on_fit_start``), so a resume with the same setting
+    trains as the run it continues.
     """
 
     def __init__(self, model: nn.Module, epochs: int) -> None:
@@ -65,6 +66,12 @@ class FreezeEncoder(Callback):
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+    def on_fit_start(self, trainer, state) -> None:
+        if self.frozen and state.epoch >= self.epochs:
+            self.release()
+            trainer.accelerator.print(f"encoder not frozen: the resumed run is past epoch {self.epochs}, "
+                                      f"when --freeze-encoder-epochs released it")
 
     def on_epoch_end(self, trainer, state, record, sample) -> None:
         if self.frozen and state.epoch >= self.epochs:

@@ -162,6 +162,7 @@ class Trainer:
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
+        call_hook(loop.callbacks, "on_fit_start", self, state)
         with loop.guard:
             self._epochs(state)
         if state.stop_reason:
