@@ -19,7 +19,7 @@ import torch
 
 from mnist_autoencoder import MNISTConfig  # the recipe beside this script
 from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
-from toolkit import write_comparison
+from toolkit import run_recipe, write_comparison
 from toolkit.data import add_gaussian_noise, load_mnist, to_unit_range
 
 RECIPE = Path(__file__).resolve().with_name("mnist_autoencoder.py")
@@ -85,4 +85,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from stl10_probe import STL10ProbeConfig, resolve_encoder  # the recipe beside this script
 from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
-from toolkit import write_comparison
+from toolkit import run_recipe, write_comparison
 
 RECIPE = Path(__file__).resolve().with_name("stl10_probe.py")
 LAUNCH = "accelerate launch --cpu --num_processes 1 --mixed_precision bf16"
@@ -68,4 +68,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_recipe(main)

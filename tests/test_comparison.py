@@ -8,6 +8,7 @@ import pytest
 
 from toolkit.compare import RunResult, command_line, refuse_flags, split_args, train_run, write_comparison
 from toolkit.comparison import Column, Comparison, ComparisonError, best_rows
+from toolkit.config import ConfigError
 
 COLUMNS = [Column("model"), Column("params", "parameters", format=","),
            Column("mse", "MSE", better="lower", format=".4f"), Column("psnr", "PSNR", "dB", better="higher", format=".2f")]
@@ -110,6 +111,12 @@ def test_compare_helper_trains_reuses_and_writes(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == text + "\n"
     assert (out / "fake_comparison.md").read_text() == text + "\n\n`cmd`\n"
     assert json.loads((out / "fake_comparison.json").read_text()) == {"runs": {"a": {"score": 0.5}, "done": {"score": 0.25}}}
+    # the run of other arguments is not reused (the table would mix settings); the same arguments reuse it
+    with pytest.raises(ConfigError, match=r"runs/a was trained with the arguments .*--value 0.5'.*--value 2"):
+        train_run(script, [*argv, "--value", "2"], "a", out)
+    assert train_run(script, [*argv, "--value", "0.5"], "a", out) == out / "a"
+    assert "training " not in capsys.readouterr().out
+    assert json.loads((out / "a" / "launch_args.json").read_text()) == {"args": [*argv, "--value", "0.5"]}
     saved = Comparison.load(out / "fake.comparison.json")
     assert saved.rows == table.rows and saved.notes == ["higher is better", "`cmd`"]
     with pytest.raises(ValueError, match=r"summary.json: best_epoch is 3, expected 1 to 1"):

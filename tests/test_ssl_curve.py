@@ -94,3 +94,20 @@ def test_arguments_are_split_and_refused_before_training(capsys):
         with pytest.raises(SystemExit) as err:
             driver.main(argv, runner=lambda *a: pytest.fail("nothing may train"))
         assert message in f"{err.value.code} {capsys.readouterr().err}"
+
+
+def test_a_run_of_other_arguments_is_neither_reused_nor_resumed(tmp_path):
+    driver = _driver()
+    calls = []
+
+    def runner(script, argv, name, root):
+        calls.append(list(argv))
+        (root / name / "summary.json").write_text("{}")
+        return root / name
+
+    first = driver.ensure_run(runner, driver.FINETUNE, ["--epochs", "1"], "f1-s0-scratch", tmp_path)
+    assert driver.ensure_run(runner, driver.FINETUNE, ["--epochs", "1"], "f1-s0-scratch", tmp_path) == first
+    with pytest.raises(driver.ConfigError, match=r"f1-s0-scratch was trained with the arguments '--epochs 1', "
+                                                 r"now '--epochs 2'"):
+        driver.ensure_run(runner, driver.FINETUNE, ["--epochs", "2"], "f1-s0-scratch", tmp_path)
+    assert calls == [["--epochs", "1"]]  # trained once, reused once, refused once

@@ -22,8 +22,10 @@ from typing import Any
 
 from .checkpoint import atomic_write, find_state, save_json
 from .comparison import Comparison
+from .config import ConfigError
 
-__all__ = ["DEFAULT_LAUNCH", "launch_prefix", "given_flags", "refuse_flags", "split_args", "train_run", "read_json",
+__all__ = ["DEFAULT_LAUNCH", "LAUNCH_ARGS_FILE", "has_trained", "started_with", "launch_prefix", "given_flags",
+           "refuse_flags", "split_args", "train_run", "read_json",
            "RunResult", "command_line", "write_comparison"]
 
 #: accelerate of the running Python, so that it is found without the virtual environment activated
@@ -65,14 +67,44 @@ def refuse_flags(argv: list[str], flags: set[str], message: str) -> None:
         raise SystemExit(f"error: {message}")
 
 
+LAUNCH_ARGS_FILE = "launch_args.json"  # the recipe arguments a driver started a run with (train_run)
+
+
+def has_trained(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a finished run (summary.json) or a saved state."""
+    return (Path(run_dir) / "summary.json").is_file() or find_state(Path(run_dir)) is not None
+
+
+def started_with(record: Path, asked: dict, trained: bool) -> dict | None:
+    """What the JSON file ``record`` says a run (or CV folder) was started with, when that differs from ``asked``
+    and ``trained`` (results of it exist, so reusing or resuming them would mix settings); else None, after
+    writing ``asked`` to ``record`` (atomically, its folder created)."""
+    if trained and record.is_file():
+        started = read_json(record)
+        if started != asked:
+            return started if isinstance(started, dict) else {"args": started}
+        return None
+    record.parent.mkdir(parents=True, exist_ok=True)
+    save_json(record, asked)
+    return None
+
+
 def train_run(script: str | Path, argv: list[str], run_name: str, output_dir: str | Path, *, reuse: bool = True,
               default_launch: str = DEFAULT_LAUNCH) -> Path:
     """Run ``<launch> script *argv --run-name run_name`` unless ``reuse`` and the run has ``summary.json``.
 
-    An interrupted run (a saved state, no summary) is resumed with ``--resume``. Prints the command;
-    raises ``subprocess.CalledProcessError`` when the recipe fails. Returns the run folder.
+    An interrupted run (a saved state, no summary) is resumed with ``--resume``. ``<run>/launch_args.json``
+    records ``argv``: a run that has trained (a summary or a state) with other arguments is neither reused nor
+    resumed (ConfigError naming both), since the comparison would then mix settings; runs without the file
+    (trained before 3 Dec 2026) are taken as they are. Prints the command; raises
+    ``subprocess.CalledProcessError`` when the recipe fails. Returns the run folder.
     """
     run_dir = Path(output_dir) / run_name
+    old = started_with(run_dir / LAUNCH_ARGS_FILE, {"args": list(argv)}, has_trained(run_dir))
+    if old is not None:
+        raise ConfigError(f"{run_dir} was trained with the arguments {shlex.join(map(str, old.get('args', [])))!r}, "
+                         f"now {shlex.join(argv)!r}; reusing it would mix settings: give the arguments it was "
+                         f"trained with, another output folder or name, or remove {run_dir}")
     if reuse and (run_dir / "summary.json").is_file():
         return run_dir
     launch = launch_prefix(default_launch)

@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .checkpoint import find_state, save_json
-from .compare import given_flags, train_run
+from .checkpoint import save_json
+from .compare import given_flags, has_trained, started_with, train_run
 from .data.splits import load_split
 from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset, stored_target
 from .postprocess import POSTPROCESS_FILE, PostProcess
@@ -50,16 +50,12 @@ def train_folds(folds: int, argv: Sequence[str], root: Path, recipe: str = RECIP
     clash = given_flags(argv, {"--folds", "--fold", "--run-name", "--output-dir", "--resume"})
     if clash:
         raise ValueError(f"{sorted(clash)} are set by the cross-validation itself; leave them out of ARGS")
-    asked, record = {"folds": folds, "args": list(argv)}, root / CV_ARGS_FILE
-    trained = any((d / "summary.json").is_file() or find_state(d) for d in root.glob("fold*") if d.is_dir())
-    if record.is_file() and trained:
-        started = json.loads(record.read_text())
-        if started != asked:
-            raise ValueError(f"{root} was started with --folds {started.get('folds')} and the recipe arguments "
-                             f"{shlex.join(started.get('args', []))!r}, now --folds {folds} and {shlex.join(argv)!r}; "
-                             "continue it with those, or give the new ones another --name")
-    else:
-        save_json(record, asked)
+    trained = any(has_trained(d) for d in root.glob("fold*") if d.is_dir())
+    started = started_with(root / CV_ARGS_FILE, {"folds": folds, "args": list(argv)}, trained)
+    if started is not None:
+        raise ValueError(f"{root} was started with --folds {started.get('folds')} and the recipe arguments "
+                         f"{shlex.join(started.get('args', []))!r}, now --folds {folds} and {shlex.join(argv)!r}; "
+                         "continue it with those, or give the new ones another --name")
     return [train_run(recipe, [*argv, "--folds", str(folds), "--fold", str(k), "--output-dir", str(root)],
                       f"fold{k}", root) for k in range(folds)]
 
