@@ -194,3 +194,19 @@ def test_evaluate_scores_the_label_volumes_that_predict_writes(tmp_path):
         for name, values in zip(result["target"]["names"], regions):
             got = _dice(np.isin(written, values), np.isin(truth, values))
             assert got == pytest.approx(row[name]["dice"], abs=1e-6), (row["case"], name)
+
+
+def test_predict_refuses_a_channel_with_nan_voxels(tiny_run, tmp_path, capsys):
+    data, run = tiny_run
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for k in range(2):
+        shutil.copy(data / "imagesTr" / f"synth_001_000{k}.nii.gz", bad)
+    img = nib.load(str(bad / "synth_001_0001.nii.gz"))
+    vol = np.asarray(img.dataobj, dtype=np.float32)
+    vol[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(vol, img.affine, img.header), str(bad / "synth_001_0001.nii.gz"))
+    assert toolkit_main(["predict", "--weights", str(run / "best.pth"), "--input", str(bad / "synth_001_0000.nii.gz"),
+                         "--output", str(tmp_path / "out")]) == 2
+    assert "synth_001_0001.nii.gz: holds 1 NaN or infinite voxel values" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "synth_001_seg.nii.gz").exists()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .data.errors import MRIDataError
 from .data.mri.context import volume_context
 from .data.mri.io import to_uint8
-from .data.mri.nifti import brain_region, load_nifti, save_nifti, zscore_uint8
+from .data.mri.nifti import brain_region, check_finite, load_nifti, save_nifti, zscore_uint8
 from .data.mri.raw import DATASET_JSON, raw_cases, read_dataset_json, resolve_raw_channels
 from .seg_commands import _write_png
 from .volume_postprocess_run import stored_volume_postprocess
@@ -196,6 +196,13 @@ def _case_channels(case: VolumeCase, cfg: dict, source: Path) -> tuple[Path, ...
     return chans
 
 
+def _intensities(path: Path) -> np.ndarray:
+    """float32 (X, Y, Z) voxels of a channel file; MRIDataError naming it for NaN/inf voxels, as training does."""
+    volume = np.asarray(load_nifti(path), dtype=np.float32)
+    check_finite(volume, path)
+    return volume
+
+
 def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batch_size: int = 16,
                     post_source: str | None = None) -> int:
     """``toolkit predict`` on NIfTI input ``source`` (see :func:`find_volume_cases`) into ``out_dir``.
@@ -226,8 +233,7 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
         if brain is not None and brain.shape != tuple(ref.shape):
             raise MRIDataError(case.brain_mask, f"brain mask of shape {brain.shape} but case {case.case} is "
                                                 f"{tuple(ref.shape)}")
-        volume = normalise_channels([np.asarray(load_nifti(p), dtype=np.float32) for p in chans], cfg["intensity"],
-                                    brain)
+        volume = normalise_channels([_intensities(p) for p in chans], cfg["intensity"], brain)
         labels = predict_volume(ensemble, volume, size, post.threshold, post.flips, batch_size,
                                 int(cfg.get("context_slices", 0)))
         if vpost is not None:

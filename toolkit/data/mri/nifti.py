@@ -29,8 +29,8 @@ import numpy as np
 from ...checkpoint import atomic_write
 from ..errors import MRIDataError
 
-__all__ = ["MAX_VOXELS", "NIFTI_SOURCES", "ZSCORE_CLIP", "brain_region", "label_volume", "load_nifti", "save_nifti",
-           "read_volume_slice", "zscore_uint8"]
+__all__ = ["MAX_VOXELS", "NIFTI_SOURCES", "ZSCORE_CLIP", "brain_region", "check_finite", "label_volume", "load_nifti",
+           "save_nifti", "read_volume_slice", "zscore_uint8"]
 
 #: Largest NIfTI volume (X x Y x Z voxels) accepted (BraTS: 240 x 240 x 155 = 8.9 M).
 MAX_VOXELS = 1 << 28
@@ -84,7 +84,8 @@ def zscore_uint8(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_finite(a: np.ndarray, path: Path) -> None:
+def check_finite(a: np.ndarray, path: Path) -> None:
+    """MRIDataError naming ``path`` when float array ``a`` (any shape) holds NaN or infinite values."""
     if a.dtype.kind == "f":
         bad = int(a.size - np.count_nonzero(np.isfinite(a)))
         if bad:
@@ -100,7 +101,7 @@ def label_volume(volume: np.ndarray, path: Path, declared: tuple[int, ...] = ())
     """
     a = np.asarray(volume)
     if a.dtype.kind == "f":
-        _check_finite(a, path)
+        check_finite(a, path)
         if not np.array_equal(a, np.rint(a)):
             raise MRIDataError(path, "holds non-integer labels; expected a label map of integers")
     elif a.dtype.kind not in "iub":
@@ -131,7 +132,7 @@ def _cached(vols: dict, key, make: Callable[[], np.ndarray]) -> np.ndarray:
 
 def _channel(path: Path, brain_mask: np.ndarray | None, loader) -> np.ndarray:
     vol = loader(path)
-    _check_finite(vol, path)
+    check_finite(vol, path)
     if brain_mask is not None and brain_mask.shape != vol.shape:
         raise MRIDataError(path, f"volume of shape {vol.shape} but its brain mask is {brain_mask.shape}")
     return zscore_uint8(vol, brain_region(vol, brain_mask))
