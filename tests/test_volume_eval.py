@@ -230,3 +230,39 @@ def test_recipe_run_on_raw_layout_evaluates_its_validation_patients(tmp_path):
         assert key in result["summary"]["per_patient"]["whole_tumour"]
     hd = result["summary"]["per_patient"]["whole_tumour"]["hd95_mm"]
     assert hd is None or hd >= 0
+
+
+def test_same_named_cases_of_two_folders_stay_two_volumes(tmp_path, capsys):
+    from toolkit.data.mri.context import context_rows
+    from toolkit.mri_data import _note_shared
+
+    a, b = (make_raw(tmp_path / name, cases=2, shape=(32, 32, 8)) for name in ("synA", "synB"))  # case_001, 002
+    found = discover_folders(f"{a},{b}", channels=2)
+    keys, volumes = case_keys(found.slices)
+    assert volumes and {k[0] for k in keys} == {"synA/case_001", "synA/case_002", "synB/case_001", "synB/case_002"}
+    assert len(set(keys)) == len(keys) and len(found.patients) == 2  # patients stay merged for the split
+    rows = context_rows(found.slices, 2)  # neighbours come from the slice's own folder
+    assert all(keys[j][0] == keys[i][0] for i, row in enumerate(rows) for j in row)
+    said = []
+    _note_shared(found, said.append)
+    assert len(said) == 1 and "2 patient name(s) sit in several data folders" in said[0]
+    assert "case_001 (synA + synB)" in said[0] and "volumes stay apart" in said[0]
+
+    run = _hand_run(tmp_path / "run", f"{a},{b}", TargetSpec.regions_of(RAW_REGIONS), 2, "zscore", 16)
+    assert main(["evaluate", "--weights", str(run), "--split", "all"]) == 0
+    result = json.loads((run / "eval_all.json").read_text())
+    assert sorted(r["case"] for r in result["patients"]) == sorted({k[0] for k in keys})
+    assert result["summary"]["num_patients"] == 4 and result["summary"]["per_patient"]["mean"]["n_cases"] == 4
+
+
+def test_lgg_folders_of_one_name_stay_apart(tmp_path):
+    x, y = (make_lgg(tmp_path / name, patients=2, slices=5) / "kaggle_3m" for name in ("x", "y"))
+    found = discover_folders(f"{x},{y}")
+    cases = {k[0] for k in case_keys(found.slices)[0]}
+    assert len(cases) == 4 and {c.split("/")[0] for c in cases} == {"kaggle_3m", "kaggle_3m-2"}
+    run = _hand_run(tmp_path / "run", f"{x},{y}", TargetSpec.binary(), 1, "per_slice", 32)
+    assert main(["evaluate", "--weights", str(run / "best.pth"), "--split", "all"]) == 0
+    result = json.loads((run / "eval_all.json").read_text())
+    assert [r["num_slices"] for r in result["patients"]] == [5] * 4
+    pp = result["summary"]["per_patient"]
+    assert pp["tumour"]["n_cases"] == 4 and pp["num_patients"] == 4  # pooled slices per volume too

@@ -21,7 +21,8 @@ from .config import ConfigError
 from .data import (DataError, MRIImageDataset, exclude_split, input_preprocess, label_fraction, save_split,
                    split_records)
 from .data.mri import (AttributeClasses, MRISegmentationDataset, attribute_classes, discover_folders,
-                       generate_synthetic_mri, mri_augmentation)
+                       generate_synthetic_mri, mri_augmentation, shared_patients)
+from .data.mri.context import slice_key
 from .targets import TARGET_FILE, TargetSpec, resolve_target
 from .volume_metrics import are_volumes
 
@@ -77,6 +78,18 @@ def _settle_in_channels(cfg: Any, trainer, read: int, source: str) -> None:
     elif read != cfg.in_channels:
         raise ConfigError(f"channels={cfg.channels!r} reads {read} channel(s) of the {source} data; set "
                           f"--in-channels {read} (or 0: what the data has)")
+
+
+def _note_shared(found, say: Callable[[str], None]) -> None:
+    """Say once when several folders hold the same patient (case) names: one patient for the split, while
+    volumes stay apart per folder (:func:`~toolkit.data.mri.context.slice_key`)."""
+    shared = shared_patients(found.slices)
+    if shared:
+        names = ", ".join(f"{p} ({' + '.join(t)})" for p, t in list(shared.items())[:4]) + (", ..." if len(
+            shared) > 4 else "")
+        volumes = "; its volumes stay apart, one per folder" if are_volumes(found.slices) else ""
+        say(f"note: {len(shared)} patient name(s) sit in several data folders ({names}): each is one patient for "
+            f"the split (its slices on one side){volumes}")
 
 
 def _roots(found) -> str:
@@ -150,9 +163,13 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     sizes = ", ".join(f"{k} {used.get(k, len(v))}" for k, v in split.items())
     where = _where(found)
     units = f"{len(found.patients)} patients" if found.patients else "no patient ids"
+    volumes = {key[0] for key in map(slice_key, found.slices) if key is not None}
+    if volumes and len(volumes) != len(found.patients):  # several folders holding the same case names
+        units += f" in {len(volumes)} volumes"
     acc.print(f"data: {found.source} at {where}: {len(found.slices)} slices, {units}; split by {unit}: {sizes}"
               + (f" (fold {cfg.fold} of {cfg.folds} validates)" if cfg.folds else "")
               + (f"; target {target.kind}: {', '.join(target.names)}" if target.kind != "binary" else ""))
+    _note_shared(found, acc.print)
     if not found.patients:
         acc.print("note: the data name no patients, so the split is by id: slices of one patient may sit on both "
                   "sides and validation may overstate what unseen patients get (give a metadata.csv with "

@@ -22,6 +22,7 @@ import torch
 from .callbacks import ChooseOnRun
 from .checkpoint import save_json
 from .data.batch_transforms import standardize_per_image
+from .data.mri.context import slice_key
 from .ensemble import SegmentationEnsemble, slice_disagreement
 from .metrics import SegmentationMetrics
 from .models.utils import init_from
@@ -114,9 +115,14 @@ def image_records(ids: Sequence[str], masks: np.ndarray, targets: np.ndarray,
 
 
 def slice_meta(records: Sequence) -> list[dict]:
-    """What :func:`image_records` adds per slice from MRI records: ``patient`` (when known) and the metadata
-    attributes (e.g. ``tumour_type``)."""
-    return [{"patient": r.patient, **r.attrs} if r.patient else dict(r.attrs) for r in records]
+    """What :func:`image_records` adds per slice from MRI records: ``patient`` (when known; for volume slices the
+    volume of :func:`~toolkit.data.mri.context.slice_key`, so two folders' same-named cases stay apart) and the
+    metadata attributes (e.g. ``tumour_type``)."""
+    out = []
+    for r in records:
+        key = slice_key(r) if r.patient else None
+        out.append({"patient": key[0] if key else r.patient, **r.attrs} if r.patient else dict(r.attrs))
+    return out
 
 
 def _pooled(records: Sequence[dict]) -> dict:

@@ -39,14 +39,18 @@ def context_channels(channels: int, context: int) -> int:
 def slice_key(record) -> tuple[str, int] | None:
     """(volume, slice index) of an MRISlice record: NIfTI slices (patient or image file name, ``index``); LGG
     slices (patient folder, number from the id, :func:`~toolkit.volume_metrics.lgg_case_and_index`); None for 2D
-    slices that belong to no volume."""
+    slices that belong to no volume. With several data folders the volume carries the id's folder tag
+    (``synA/synth_003``), so same-named cases of two folders stay two volumes."""
     if record.index is not None:
-        return str(record.patient or Path(record.image_path).name), int(record.index)
-    if record.source == "lgg":
+        case, index = str(record.patient or Path(record.image_path).name), int(record.index)
+    elif record.source == "lgg":
         from ...volume_metrics import lgg_case_and_index  # numpy + scipy only
 
-        return lgg_case_and_index(record.id)
-    return None
+        case, index = lgg_case_and_index(record.id)
+    else:
+        return None
+    tag = str(record.id).rpartition("/")[0]  # toolkit.data.mri.folders: "<folder tag>/<id>" with several folders
+    return (f"{tag}/{case}" if tag else case), index
 
 
 def context_rows(records: Sequence, context: int) -> np.ndarray:

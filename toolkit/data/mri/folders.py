@@ -4,7 +4,9 @@ Each folder is auto-detected on its own (:func:`~toolkit.data.mri.discover.disco
 Slice ids are kept apart per folder: with more than one folder every id gets its folder's
 name as a prefix (``brain-mri-figshare/17``), so two folders may both hold an id ``17``. Patient
 ids are not prefixed: a patient whose slices sit in two folders (the two figshare folders share
-79 patients) is one unit for every split.
+79 patients) is one unit for every split. Volumes are not merged: a NIfTI case or LGG patient folder is keyed
+by its folder tag and name (:func:`~toolkit.data.mri.context.slice_key`), so two folders' same-named cases
+stay two volumes; :func:`shared_patients` names such patients so a run can say so.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Sequence
 from ..errors import DataError
 from .discover import Discovery, discover_mri_slices
 
-__all__ = ["parse_data_dirs", "discover_folders", "folder_tags"]
+__all__ = ["parse_data_dirs", "discover_folders", "folder_tags", "shared_patients"]
 
 
 def parse_data_dirs(value: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -69,3 +71,14 @@ def discover_folders(data_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     sources = list(dict.fromkeys(f.source for f in found))
     return Discovery("+".join(sources), found[0].root, slices, [s for f in found for s in f.skipped],
                      tuple(f.root for f in found), found[0].labels, found[0].regions)
+
+
+def shared_patients(slices: Sequence) -> dict[str, list[str]]:
+    """{patient: folder tags, sorted} for the patients of MRISlice ``slices`` (ids ``<tag>/<id>``, as
+    :func:`discover_folders` gives for several folders) found in more than one folder; {} for one folder."""
+    tags: dict[str, set[str]] = {}
+    for s in slices:
+        tag = str(s.id).rpartition("/")[0]
+        if s.patient is not None and tag:
+            tags.setdefault(s.patient, set()).add(tag)
+    return {p: sorted(t) for p, t in sorted(tags.items()) if len(t) > 1}
