@@ -156,3 +156,34 @@ def test_recipe_help_lists_fields(flag):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "--synthetic_images" in proc.stdout and "slices" in proc.stdout and "--lr" in proc.stdout
+
+
+def test_bad_data_found_while_reading_end_in_one_error_line(tmp_path):
+    from .mri_fake import make_raw, raw_label, write_nifti
+
+    def recipe(data, name):
+        return subprocess.run([sys_python(), str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data),
+                               "--run-name", name, "--output-dir", str(tmp_path / "runs"), "--epochs", "1",
+                               "--image-size", "32", "--widths", "8,16,32", "--batch-size", "4", "--num-workers", "0",
+                               "--wandb-mode", "disabled"], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                              timeout=300)
+
+    raw = make_raw(tmp_path / "raw", cases=2, shape=(32, 32, 8))
+    label, affine = raw / "labelsTr" / "case_002.nii.gz", np.diag([1.0, 1.2, 3.0, 1.0])
+    bad = raw_label().astype(np.float32)
+    bad[bad == 2] = 7  # a label value dataset.json does not declare
+    write_nifti(label, bad, affine)
+    lgg = make_lgg(tmp_path / "lgg", patients=2, slices=3)
+    mask = next((lgg / "kaggle_3m").rglob("*_2_mask.tif"))
+    mask.unlink()  # an LGG slice without its mask
+    for data, name, what in ((raw, "raw", f"{label}: holds label values [7] not declared in dataset.json"),
+                             (lgg, "lgg", f"no mask for image {mask.with_name(mask.name.replace('_mask', ''))}")):
+        proc = recipe(data, name)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.count("error: data_dir: ") == 1 and what in proc.stderr, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "runs" / name).exists()  # no config/split/target.json of a run that never trained
+    write_nifti(label, raw_label().astype(np.float32), affine)  # fixed: the same command trains
+    proc = recipe(raw, "raw")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "runs" / "raw" / "summary.json").is_file()

@@ -92,6 +92,23 @@ def _note_shared(found, say: Callable[[str], None]) -> None:
             f"the split (its slices on one side){volumes}")
 
 
+def _data_error(trainer, err: Exception, field: str = "data_dir") -> ConfigError:
+    """The ConfigError for data that cannot be read (``<field>: <file>: <problem>``), after leaving the run folder
+    as no run: a resumed run's config.json put back, a fresh run's removed with its empty figures/ and folder (so
+    no report lists a run that never trained, and the same command runs once the data are fixed). Every process."""
+    run_dir, acc = trainer.run_dir, trainer.accelerator
+    if acc.is_main_process and trainer.saved_config:
+        save_json(run_dir / "config.json", trainer.saved_config)
+    elif acc.is_main_process:
+        (run_dir / "config.json").unlink(missing_ok=True)
+        for folder in (trainer.figures_dir, run_dir):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+    return ConfigError(f"{field}: {err}")
+
+
 def _roots(found) -> str:
     return ",".join(str(r.resolve()) for r in found.roots)
 
@@ -135,18 +152,14 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
         names = attribute_classes(found.slices, cfg.class_column) if cfg.class_column else None
         target = resolve_target(cfg.target, labels=found.labels, regions=found.regions, regions_text=cfg.regions,
                                 class_names=names)
-    except (DataError, ValueError) as err:
-        raise ConfigError(f"data_dir: {err}") from None
+    except (DataError, ValueError, FileNotFoundError) as err:  # FileNotFoundError: e.g. an image without its mask
+        raise _data_error(trainer, err) from None
     _settle_in_channels(cfg, trainer, found.slices[0].num_channels, found.source)
     split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
                           block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
     if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
         split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
     unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
-    _save_run_split(trainer, split, data_dir=_roots(found), source=found.source, unit=unit, folds=cfg.folds,
-                    fold=cfg.fold)
-    if acc.is_main_process:
-        save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
     context = int(getattr(cfg, "context_slices", 0))
     if context and not are_volumes(found.slices):
         raise ConfigError(f"context_slices {context}: the data at {_where(found)} are 2D "
@@ -154,8 +167,15 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     common = {"size": cfg.image_size, "skip_bad_files": cfg.skip_bad_files, "context": context}
     if target.kind != "binary" and not names:
         common["labels"] = True  # label maps as stored, not tumour = label > 0
-    train = MRISegmentationDataset(split["train"], transform=mri_augmentation(cfg.augment), **common)
-    val = MRISegmentationDataset(split["val"], **common)
+    try:  # every slice read here (a label not declared, a broken volume, NaN voxels: MRIDataError naming the file)
+        train = MRISegmentationDataset(split["train"], transform=mri_augmentation(cfg.augment), **common)
+        val = MRISegmentationDataset(split["val"], **common)
+    except DataError as err:
+        raise _data_error(trainer, err) from None
+    _save_run_split(trainer, split, data_dir=_roots(found), source=found.source, unit=unit, folds=cfg.folds,
+                    fold=cfg.fold)  # once the data are read: a start that fails on them writes no split.json
+    if acc.is_main_process:
+        save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
     skipped = found.skipped + train.skipped + val.skipped
     if names:
         train, val = (AttributeClasses(d, cfg.class_column, names) for d in (train, val))
@@ -237,11 +257,14 @@ def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
         slices, dropped = exclude_split(found.slices, cfg.exclude_split) if cfg.exclude_split else (found.slices, 0)
         split = split_records(slices, cfg.val_fraction, seed=cfg.seed)
     except (DataError, ValueError, FileNotFoundError) as err:
-        raise ConfigError(f"data_dir / exclude_split: {err}") from None
+        raise _data_error(trainer, err, "data_dir / exclude_split") from None
     _settle_in_channels(cfg, trainer, slices[0].num_channels, found.source)
+    try:
+        train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
+    except DataError as err:
+        raise _data_error(trainer, err) from None
     _save_run_split(trainer, split, data_dir=_roots(found), source=found.source,
                     excluded_split=cfg.exclude_split, excluded_slices=dropped)
-    train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
     acc.print(f"data: {found.source} at {_where(found)}: {len(found.slices)} slices, {dropped} left out by "
               f"--exclude-split; unlabelled train {len(train)}, val {len(val)}")
     return train, val, found.intensity
