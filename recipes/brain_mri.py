@@ -91,6 +91,9 @@ class BrainMRIConfig(TrainConfig):
         if self.target not in ("", *TARGET_KINDS):
             raise ConfigError(f"target must be '', {', '.join(TARGET_KINDS)}; got {self.target!r}")
         if self.regions:
+            if self.target not in ("", "regions"):
+                raise ConfigError(f"regions {self.regions!r} given with target {self.target!r}: --regions sets the "
+                                  "channels of target regions only; drop it, or use --target regions")
             try:
                 parse_regions(self.regions)
             except ValueError as err:

@@ -78,12 +78,41 @@ def test_parse_and_resolve():
     assert resolve_target("", labels=labels).kind == "classes"
     assert resolve_target("", labels=labels, regions={"wt": [1, 2]}).kind == "regions"
     assert resolve_target("binary", labels=labels, regions={"wt": [1, 2]}).kind == "binary"
-    assert resolve_target("regions", regions_text="a=1,b=2").names == ("a", "b")
+    assert resolve_target("regions", labels=labels, regions_text="a=1,b=2").names == ("a", "b")
     assert resolve_target("", class_names=["glioma", "meningioma"]).values == (0, 1, 2)
     with pytest.raises(ValueError, match="regions"):
         resolve_target("regions", labels=labels)
     with pytest.raises(ValueError, match="class-column"):
         resolve_target("classes")
+
+
+def test_user_regions_are_checked_against_the_target_and_the_declared_labels():
+    labels = {"background": 0, "necrosis": 1, "edema": 2, "non_enhancing": 3, "enhancing": 4}
+    assert resolve_target("", labels=labels, regions_text="wt=1+2").regions == ((1, 2),)
+    assert resolve_target("", class_names=["glioma", "meningioma"], regions_text="any=1+2").kind == "regions"
+    for kind in ("classes", "binary"):  # not silently ignored
+        with pytest.raises(ValueError, match=f"given with target '{kind}'.*--target regions"):
+            resolve_target(kind, labels=labels, regions_text="wt=1+2")
+    with pytest.raises(ValueError, match="binary masks with no declared labels"):
+        resolve_target("", regions_text="wt=1")
+    with pytest.raises(ValueError, match=r"region 'wt' holds label value\(s\) 9 that the data do not declare; "
+                                         r"valid labels: 1 \(necrosis\), 2 \(edema\), 3 \(non_enhancing\), 4 "):
+        resolve_target("regions", labels=labels, regions_text="et=4,wt=1+2+9")
+    with pytest.raises(ValueError, match=r"value\(s\) 3 that"):
+        resolve_target("", class_names=["glioma", "meningioma"], regions_text="x=3")
+
+
+def test_recipe_refuses_regions_it_would_ignore_or_not_find(tmp_path):
+    data = make_raw(tmp_path / "raw", cases=2, shape=(32, 32, 8))
+    cmd = [sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data), "--epochs", "1",
+           "--output-dir", str(tmp_path / "runs"), "--wandb-mode", "disabled"]
+    proc = subprocess.run([*cmd, "--target", "classes", "--regions", "wt=1+2"], env=run_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "error: regions 'wt=1+2' given with target 'classes'" in proc.stderr
+    proc = subprocess.run([*cmd, "--regions", "wt=1+2+9"], env=run_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("error: ") == 1, proc.stderr[-3000:]
+    assert "region 'wt' holds label value(s) 9 that the data do not declare; valid labels: 1 (necrosis)" in proc.stderr
 
 
 def test_dice_ce_matches_monai():

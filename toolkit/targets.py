@@ -228,15 +228,16 @@ def resolve_target(kind: str = "", *, labels: Mapping[str, int] | None = None,
         regions_text: user regions (:func:`parse_regions` syntax) overriding ``regions``.
         class_names: classes taken from slice metadata (e.g. tumour types), label values 1..K in order.
 
-    Raises ValueError saying what is missing (no labels or regions for that kind).
+    Raises ValueError saying what is missing (no labels or regions for that kind) or wrong in ``regions_text``
+    (given with another target than regions, on binary data, or naming a label value the data do not declare).
     """
+    if kind and kind not in TARGET_KINDS:
+        raise ValueError(f"target must be '', {', '.join(TARGET_KINDS)}; got {kind!r}")
     if regions_text:
-        regions = parse_regions(regions_text)
+        regions = _user_regions(regions_text, kind, labels, class_names)
     if not kind:
         kind = ("regions" if regions else "classes" if class_names or (labels and len(labels) > 2)
                 else "binary")
-    if kind not in TARGET_KINDS:
-        raise ValueError(f"target must be '', {', '.join(TARGET_KINDS)}; got {kind!r}")
     if kind == "binary":
         return TargetSpec.binary()
     if kind == "regions":
@@ -250,3 +251,24 @@ def resolve_target(kind: str = "", *, labels: Mapping[str, int] | None = None,
         raise ValueError("target classes needs label maps with declared labels (dataset.json 'labels') or a "
                          "metadata column naming each slice's class (--class-column, e.g. tumour_type)")
     return TargetSpec.classes(labels)
+
+
+def _user_regions(text: str, kind: str, labels: Mapping[str, int] | None,
+                  class_names: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """``--regions`` parsed (:func:`parse_regions`) and checked against the target ``kind`` ("" or "regions") and
+    the data's foreground labels (``labels`` values > 0, else 1..K of ``class_names``); ValueError otherwise."""
+    if kind not in ("", "regions"):
+        raise ValueError(f"regions {text!r} given with target {kind!r}: --regions sets the channels of target "
+                         "regions only; drop it, or use --target regions")
+    valid = ({n: int(v) for n, v in labels.items() if int(v) > 0} if labels else
+             {n: i + 1 for i, n in enumerate(class_names or ())})
+    if not valid:
+        raise ValueError(f"regions {text!r}: the data are binary masks with no declared labels (dataset.json "
+                         "'labels'); regions need label maps")
+    listed = ", ".join(f"{v} ({n})" for n, v in sorted(valid.items(), key=lambda nv: nv[1]))
+    for name, values in (regions := parse_regions(text)).items():
+        bad = [v for v in values if v not in valid.values()]
+        if bad:
+            raise ValueError(f"regions: region {name!r} holds label value(s) {', '.join(map(str, bad))} that the "
+                             f"data do not declare; valid labels: {listed}")
+    return regions
