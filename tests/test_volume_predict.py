@@ -210,3 +210,31 @@ def test_predict_refuses_a_channel_with_nan_voxels(tiny_run, tmp_path, capsys):
                          "--output", str(tmp_path / "out")]) == 2
     assert "synth_001_0001.nii.gz: holds 1 NaN or infinite voxel values" in capsys.readouterr().err
     assert not (tmp_path / "out" / "synth_001_seg.nii.gz").exists()
+
+
+def test_predict_refuses_a_2d_image_for_a_volume_run(tiny_run, tmp_path, capsys):
+    _, run = tiny_run
+    image = tmp_path / "slice.png"
+    cv2.imwrite(str(image), np.zeros((32, 32), np.uint8))
+    assert toolkit_main(["predict", "--weights", str(run / "best.pth"), "--input", str(image),
+                         "--output", str(tmp_path / "out")]) == 2
+    assert "was trained on NIfTI volumes (raw layout" in capsys.readouterr().err
+
+
+def test_a_run_of_one_named_channel_predicts_from_channel_files_and_images_folders(tiny_run, tmp_path, capsys):
+    data, _ = tiny_run
+    _recipe().main(["--data-dir", str(data), "--channels", "t1c", "--in-channels", "1", "--output-dir",
+                    str(tmp_path / "runs"), "--run-name", "t1c", *TINY])
+    weights = str(tmp_path / "runs" / "t1c" / "best.pth")
+    whole = tmp_path / "whole"
+    assert toolkit_main(["predict", "--weights", weights, "--input", str(data), "--output", str(whole)]) == 0
+    for given in (data / "imagesTr" / "synth_002_0001.nii.gz", data / "imagesTr"):  # the file, the folder
+        out = tmp_path / given.name.split(".")[0]
+        assert toolkit_main(["predict", "--weights", weights, "--input", str(given), "--output", str(out)]) == 0
+        assert np.array_equal(_volume(out / "synth_002_seg.nii.gz"), _volume(whole / "synth_002_seg.nii.gz"))
+    lone = tmp_path / "lone"  # channel files without their dataset.json: the name t1c cannot be resolved
+    lone.mkdir()
+    for k in range(2):
+        shutil.copy(data / "imagesTr" / f"synth_002_000{k}.nii.gz", lone)
+    assert toolkit_main(["predict", "--weights", weights, "--input", str(lone), "--output", str(tmp_path / "x")]) == 2
+    assert "reads the channels 't1c' of its data" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import numpy as np
 
 from .checkpoint import json_safe, save_json
 from .data.mri.channels import resolve_channels
+from .data.mri.nifti import NIFTI_SOURCES
 from .data.splits import load_split
 from .inference import load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices
 from .postprocess import PostProcess
@@ -43,6 +44,10 @@ def predict(args: argparse.Namespace) -> int:
                          f"its neighbours), so it predicts volumes: give a .nii.gz case, a case's channel files or a "
                          f"raw-layout folder as --input (got {args.input}), or score LGG folders with toolkit evaluate")
     layout = run_layout(files[0].parent)
+    if layout in NIFTI_SOURCES:  # z-scored per volume: a 2D image holds no volume to scale it by
+        raise ValueError(f"{files[0]} was trained on NIfTI volumes ({layout} layout, intensities z-scored per "
+                         f"volume), so it predicts volumes: give a .nii.gz case, a case's channel files or a "
+                         f"raw-layout folder as --input (got {args.input})")
     channels = resolve_channels(layout, cfg.get("channels") or cfg.get("in_channels", 1))
     in_channels, names = int(cfg.get("in_channels", 1)), _channel_names(layout, channels)
     out, size = Path(args.output), cfg["image_size"]

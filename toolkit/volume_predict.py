@@ -181,13 +181,35 @@ def write_case(out_dir: Path, case: str, labels: np.ndarray, reference, grey: np
     return seg, png, k
 
 
+def _raw_root(case: VolumeCase, source: Path) -> Path | None:
+    """The raw-layout folder (with ``dataset.json``) the case's files belong to: ``source`` itself, or the folder
+    of its channel files or the one above it (``<root>/imagesTr/``); None when there is none."""
+    for folder in (source, case.channels[0].parent, case.channels[0].parent.parent):
+        if folder.is_dir() and (folder / DATASET_JSON).is_file():
+            return folder
+    return None
+
+
 def _case_channels(case: VolumeCase, cfg: dict, source: Path) -> tuple[Path, ...]:
-    """The case's channel files the run reads: a raw folder's named ``channels`` subset, else every file;
-    MRIDataError naming the case and the channels found when their count is not the run's ``in_channels``."""
+    """The case's channel files the run reads: its named ``channels`` subset (by the 4-digit channel index of
+    ``<case>_XXXX.nii.gz``, the names from the ``dataset.json`` of the raw layout they belong to), else every
+    file; MRIDataError naming the case and the channels found when their count is not the run's ``in_channels``."""
     chans, want = case.channels, int(cfg.get("in_channels", 1))
     picked = cfg.get("channels")
-    if isinstance(picked, str) and picked.strip() and source.is_dir() and (source / DATASET_JSON).is_file():
-        chans = tuple(chans[k] for k in resolve_raw_channels(read_dataset_json(source).channel_names, picked))
+    root = _raw_root(case, Path(source))
+    if isinstance(picked, str) and picked.strip() and root is not None:
+        by_index = {int(m.group(2)): p for p in chans if (m := _CHANNEL_FILE.match(p.name))}
+        wanted = resolve_raw_channels(read_dataset_json(root).channel_names, picked)
+        missing = [k for k in wanted if k not in by_index]
+        if missing:
+            raise MRIDataError(chans[0], f"case {case.case} lacks channel file(s) "
+                                         f"{', '.join(f'{case.case}_{k:04d}' for k in missing)} of the run's "
+                                         f"channels {picked!r}")
+        chans = tuple(by_index[k] for k in wanted)
+    elif isinstance(picked, str) and picked.strip() and len(chans) > want:
+        raise MRIDataError(chans[0], f"the run reads the channels {picked!r} of its data, named in a raw layout's "
+                                     f"{DATASET_JSON}, but none lies beside case {case.case}'s files: give the raw-"
+                                     f"layout folder as --input, or its images folder with {DATASET_JSON} one up")
     if len(chans) != want:
         found = ", ".join(p.name for p in case.channels)
         raise MRIDataError(case.channels[0], f"case {case.case} has {len(chans)} channel file(s) ({found}) but the "
