@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def _cv(tmp_path, folds=2, name="cv", extra=(), **popen):
                             start_new_session=True, **popen)
 
 
-def test_cv_resumes_after_a_kill_between_folds_and_scores_out_of_fold(tmp_path):
+def test_cv_resumes_after_a_kill_between_folds_and_scores_out_of_fold(tmp_path, capsys):
     root = tmp_path / "runs" / "cv"
     first = _cv(tmp_path)
     deadline = time.time() + 240
@@ -56,6 +57,9 @@ def test_cv_resumes_after_a_kill_between_folds_and_scores_out_of_fold(tmp_path):
     assert toolkit_main(["evaluate", "--weights", str(root), "--split", "all"]) == 0  # the folds' ensemble
     result = json.loads((root / "eval_all.json").read_text())
     assert len(result["weights"]) == 2 and result["postprocess"]["from"].endswith("postprocess.json")
+    capsys.readouterr()
+    assert toolkit_main(["evaluate", "--weights", str(root), "--split", "val"]) == 2  # fold 1 trained on fold 0's val
+    assert re.search(r"--split val is read from .*fold0.*fold1.*best.pth trained on \d+ of", capsys.readouterr().err)
 
     for folds, extra in ((3, ()), (2, ("--seed", "7"))):  # other settings would keep folds trained on others
         out, _ = _cv(tmp_path, folds, extra=extra).communicate(timeout=120)

@@ -94,7 +94,23 @@ def _records_to_score(args, cfg: dict, files: list[Path]):
             raise ValueError(f"{split_file} has no {args.split!r} split; "
                              f"use --split all, or train with --test-fraction > 0 for a test split")
         records = splits[args.split]
+        _refuse_trained_on(records, files, args.split)
     return records, data_dir
+
+
+def _refuse_trained_on(records, files: list[Path], split: str) -> None:
+    """ValueError when a member of the ensemble trained on slices of the ``split`` read from the first member's
+    split.json (the folds of a cross-validation validate on each other's training patients): its figures
+    would be inflated."""
+    ids = {r.id for r in records}
+    for f in files[1:]:
+        split_file = f.parent / "split.json"
+        trained = set(json.loads(split_file.read_text()).get("train", [])) if split_file.is_file() else set()
+        if ids & trained:
+            raise ValueError(f"--split {split} is read from {files[0].parent / 'split.json'}, but {f} trained on "
+                             f"{len(ids & trained)} of its {len(ids)} slices, so the ensemble would be scored on "
+                             f"slices it learnt: use --split test or all on other patients, or the out-of-fold "
+                             f"figures of a cross-validation (cv.json)")
 
 
 def evaluate(args: argparse.Namespace) -> int:
