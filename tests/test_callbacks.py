@@ -57,11 +57,14 @@ def test_hooks_run_once_per_epoch_and_at_the_end_in_list_order(tmp_path):
                      ("a", "epoch", 3), ("b", "epoch", 3), ("a", "end", 3), ("b", "end", 3), ("plain", "end", 3)]
 
 
-def test_fit_start_sees_the_restored_epoch(tmp_path):
+def test_fit_start_sees_the_restored_epoch(tmp_path, capsys):
     fit(make_cfg(tmp_path), [])
+    config = (tmp_path / "runs" / "c" / "config.json").read_text()
     calls = []
-    fit(make_cfg(tmp_path, resume="auto"), [Recorder("a", calls)])  # the finished run: nothing left to train
+    fit(make_cfg(tmp_path, resume="auto", lr=0.01), [Recorder("a", calls)])  # finished: nothing left to train
     assert calls == [("a", "start", 3), ("a", "end", 3)]
+    assert "nothing left to train (epoch 3 of its plan of 3 done)" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "c" / "config.json").read_text() == config  # the settings it trained with
 
 
 def test_save_curve_writes_its_png(tmp_path):

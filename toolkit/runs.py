@@ -26,7 +26,7 @@ from .ema import WeightEMA
 from .optim import StepSchedule
 from .state import TrainState
 
-__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "refuse_resume", "restore_state"]
+__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "keep_config", "refuse_resume", "restore_state"]
 
 
 def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
@@ -85,13 +85,19 @@ def saved_config(run_dir: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def keep_config(accelerator: Accelerator, run_dir: Path, saved: dict) -> None:
+    """Put ``saved`` (:func:`saved_config`) back as ``run_dir``'s ``config.json`` (main process; nothing when
+    empty): a resume that trains nothing, or is refused, leaves the settings the run trained with."""
+    if saved and accelerator.is_main_process:
+        save_json(Path(run_dir) / "config.json", saved)
+
+
 def refuse_resume(accelerator: Accelerator, run_dir: Path, saved: dict, cfg: TrainConfig, what: str,
                   keys=None) -> ConfigError:
     """The error for a resume that cannot continue ``run_dir`` with these settings (``what`` says why), naming
     the settings of ``cfg`` that differ from ``saved`` (:func:`saved_config`; only ``keys`` when given). Puts
     ``saved`` back as ``config.json`` (main process), so the run folder stays as it was; call on every process."""
-    if saved and accelerator.is_main_process:
-        save_json(Path(run_dir) / "config.json", saved)
+    keep_config(accelerator, run_dir, saved)
     now = vars(cfg)
     names = [k for k in now if k not in ("resume", "run_name")] if keys is None else keys
     changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in names if k in saved and k in now and saved[k] != now[k]]

@@ -30,7 +30,8 @@ from .loop import EpochSeeded, FigureFn, FitLoop, evaluate_loader, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import refuse_resume, resolve_run_dir, restore_state, resumes, save_state, saved_config
+from .runs import (keep_config, refuse_resume, resolve_run_dir, restore_state, resumes, save_state,
+                   saved_config)
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -159,6 +160,11 @@ class Trainer:
             why = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0])[:160]
             raise self.refuse_resume(
                 f"its saved state does not load into the model as configured now ({why})") from None
+        if self.resuming and not state.more_epochs:
+            keep_config(acc, self.run_dir, self.saved_config)
+            acc.print(f"{self.run_dir}: nothing left to train (epoch {state.epoch} of its plan of "
+                      f"{state.planned_epochs} done{'; ' + state.stop_reason if state.stop_reason else ''}); "
+                      "its config.json stays as it trained")
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
