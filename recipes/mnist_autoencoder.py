@@ -45,14 +45,18 @@ class MNISTConfig(TrainConfig):
             raise ConfigError(f"task must be reconstruction or denoising, got {self.task!r}")
         if len(self.cnn_channels) != 3 or min(self.cnn_channels) < 1:
             raise ConfigError(f"cnn_channels must be three positive widths, got {self.cnn_channels}")
-        if self.noise_std < 0 or self.val_images < 0 or self.param_budget < 0:
-            raise ConfigError("noise_std, val_images and param_budget must be >= 0")
+        for name in ("noise_std", "val_images", "param_budget"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def build_data(cfg: MNISTConfig, trainer: Trainer):
     """(train, val) datasets of (image (1, 28, 28) uint8 0..255, label int64)."""
     with trainer.accelerator.local_main_process_first():  # one download per machine
-        train, test = (load_mnist(cfg.data_dir, train=t, download=cfg.download) for t in (True, False))
+        try:
+            train, test = (load_mnist(cfg.data_dir, train=t, download=cfg.download) for t in (True, False))
+        except (FileNotFoundError, ValueError) as err:  # no MNIST there: one error line, as cifar10
+            raise ConfigError(str(err)) from None
     if not cfg.val_images:
         return train, test
     if cfg.val_images >= len(train):

@@ -27,6 +27,8 @@ from .utils import ROOT, run_env
     ({"lr": "fast"}, "lr must be of type float, got str 'fast'"),
     ({"optimizer": "adam"}, "optimizer must be one of adamw, sgd; got 'adam'"),
     ({"run_name": "../escape"}, "run_name must be a plain folder name"),
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*31\), got -1"),
+    ({"seed": 2**32}, r"seed must be in \[0, 2\*\*31\)"),
 ])
 def test_values_are_checked_when_the_config_is_built(kw, message):
     with pytest.raises(ConfigError, match=message):
@@ -55,6 +57,26 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path):
     cfg = TrainConfig(output_dir="/proc/toolkit-runs", run_name="r", wandb_mode="disabled")  # even root cannot
     with pytest.raises(ConfigError, match="output_dir: cannot create or write the run folder /proc/toolkit-runs/r"):
         Trainer(cfg, recipe="tiny")
+
+
+def test_zero_epochs_are_refused_when_fit_would_train_nothing(tmp_path):
+    from .utils import TinyImages, TinyNet
+    from toolkit import Accuracy, ClassificationObjective
+
+    trainer = Trainer(TrainConfig(output_dir=str(tmp_path), run_name="z", epochs=0, num_workers=0,
+                                  wandb_mode="disabled"), recipe="tiny")
+    with pytest.raises(ConfigError, match="epochs must be >= 1 to train, got 0"):
+        trainer.fit(TinyNet(), ClassificationObjective(), TinyImages(8), TinyImages(4), metrics=[Accuracy()],
+                    monitor="accuracy", param_budget=None)
+
+
+def test_mnist_without_its_files_ends_in_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "mnist_autoencoder.py"), "--data-dir",
+                           str(tmp_path / "none"), "--download", "false", "--output-dir", str(tmp_path / "runs"),
+                           "--wandb-mode", "disabled"], cwd=ROOT, env=run_env(), capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "MNIST not found" in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("args, message", [

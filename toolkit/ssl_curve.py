@@ -94,10 +94,10 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
     return result
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+def _stats(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof 1; None, undefined, for a single value)."""
     a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else None
 
 
 def curve_summary(scores: dict[tuple[float, int, str], dict], fractions: Sequence[float],
@@ -106,7 +106,8 @@ def curve_summary(scores: dict[tuple[float, int, str], dict], fractions: Sequenc
 
     Returns ``{"fractions": [{"fraction", "seeds", "train_slices" (mean over seeds), "<arm>": {"mean", "std",
     "values" (per seed, in seed order)}, "gain" (pretrained mean - scratch mean), "gain_per_seed", "gain_min"}],
-    "split", "selection_split", "metric", "empty_masks"}``. Dice values are in [0, 1]; std has ddof 1.
+    "split", "selection_split", "metric", "empty_masks"}``. Dice values are in [0, 1]; std has ddof 1 (None for one
+    seed: a sample std of one value is undefined, shown as "–" and drawn without error bar).
     Raises ValueError naming the first (fraction, seed, arm) that has no score.
     """
     rows, splits = [], set()
@@ -150,7 +151,7 @@ def plot_curve(summary: dict) -> "plt.Figure":
     fig, ax = plt.subplots(figsize=(5.5, 4))
     x = [r["fraction"] for r in summary["fractions"]]
     for arm, marker in zip(SSL_ARMS, ("o", "s")):
-        means, stds = ([r[arm][k] for r in summary["fractions"]] for k in ("mean", "std"))
+        means, stds = ([r[arm][k] or 0.0 for r in summary["fractions"]] for k in ("mean", "std"))  # None: no bar
         ax.errorbar(x, means, yerr=stds, marker=marker, capsize=3, label=arm)
     ax.set_xscale("log")
     ax.set_xticks(x, [f"{f:.0%}" for f in x])

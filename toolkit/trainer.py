@@ -137,6 +137,8 @@ class Trainer:
         """
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if self.cfg.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1 to train, got {self.cfg.epochs}")
         cfg, acc = self.cfg, self.accelerator
         self._check_budget(model, param_budget)
         if cfg.channels_last:
