@@ -77,6 +77,7 @@ def test_mnist_without_its_files_ends_in_one_error_line(tmp_path):
                           timeout=180)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "MNIST not found" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run left for reports
 
 
 @pytest.mark.parametrize("args, message", [

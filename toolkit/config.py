@@ -224,10 +224,14 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, exit_on_err
 def run_recipe(main: Callable[[], Any]) -> None:
     """A recipe's entry point: call ``main()``; a :class:`ConfigError` raised after parsing (data that do not
     fit the settings, a refused resume) ends the process as a parse error does: ``error: <message>`` on stderr
-    (from the process of rank 0 only, not once per process) and exit status 2, no traceback."""
+    (from the process of rank 0 only, not once per process) and exit status 2, no traceback; the run folder of a
+    Trainer that had not started training is left as no run (:meth:`~toolkit.trainer.Trainer.abandon`)."""
     try:
         main()
     except ConfigError as err:
+        if "toolkit.trainer" in sys.modules:  # a run folder made for a run that never trained: none left
+            for trainer in list(sys.modules["toolkit.trainer"].UNSTARTED):
+                trainer.abandon()
         _exit_with(err)
 
 

@@ -96,16 +96,7 @@ def _data_error(trainer, err: Exception, field: str = "data_dir") -> ConfigError
     """The ConfigError for data that cannot be read (``<field>: <file>: <problem>``), after leaving the run folder
     as no run: a resumed run's config.json put back, a fresh run's removed with its empty figures/ and folder (so
     no report lists a run that never trained, and the same command runs once the data are fixed). Every process."""
-    run_dir, acc = trainer.run_dir, trainer.accelerator
-    if acc.is_main_process and trainer.saved_config:
-        save_json(run_dir / "config.json", trainer.saved_config)
-    elif acc.is_main_process:
-        (run_dir / "config.json").unlink(missing_ok=True)
-        for folder in (trainer.figures_dir, run_dir):
-            try:
-                folder.rmdir()  # only when empty
-            except OSError:
-                pass
+    trainer.abandon()
     return ConfigError(f"{field}: {err}")
 
 

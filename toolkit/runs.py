@@ -26,7 +26,8 @@ from .ema import WeightEMA
 from .optim import StepSchedule
 from .state import TrainState
 
-__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "keep_config", "refuse_resume", "restore_state"]
+__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "keep_config", "abandon_run", "refuse_resume",
+           "restore_state"]
 
 
 def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
@@ -90,6 +91,22 @@ def keep_config(accelerator: Accelerator, run_dir: Path, saved: dict) -> None:
     empty): a resume that trains nothing, or is refused, leaves the settings the run trained with."""
     if saved and accelerator.is_main_process:
         save_json(Path(run_dir) / "config.json", saved)
+
+
+def abandon_run(accelerator: Accelerator, run_dir: Path, saved: dict) -> None:
+    """Leave ``run_dir`` as no run (main process): with ``saved`` (a resumed run's :func:`saved_config`) its
+    config.json put back; else config.json removed, then its figures/ and the folder itself when empty."""
+    if not accelerator.is_main_process:
+        return
+    if saved:
+        keep_config(accelerator, run_dir, saved)
+        return
+    (Path(run_dir) / "config.json").unlink(missing_ok=True)
+    for folder in (Path(run_dir) / "figures", Path(run_dir)):
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def refuse_resume(accelerator: Accelerator, run_dir: Path, saved: dict, cfg: TrainConfig, what: str,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +31,7 @@ from .loop import EpochSeeded, FigureFn, FitLoop, evaluate_loader, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import (keep_config, refuse_resume, resolve_run_dir, restore_state, resumes, save_state,
+from .runs import (abandon_run, keep_config, refuse_resume, resolve_run_dir, restore_state, resumes, save_state,
                    saved_config)
 from .state import TrainState, note_patience, plan_epochs
 
@@ -38,6 +39,10 @@ __all__ = ["Trainer", "ParameterBudgetError"]
 
 FIGURE_SAMPLES = 16  # samples of the first validation batch handed to a recipe's figures()
 HISTORY_EVERY = 10  # epochs between redraws of figures/history.png (also drawn with the sample figures)
+
+
+#: Trainers whose fit has not started training (weakly held): see :meth:`Trainer.abandon`.
+UNSTARTED: "weakref.WeakSet[Trainer]" = weakref.WeakSet()
 
 
 class ParameterBudgetError(ValueError):
@@ -71,12 +76,20 @@ class Trainer:
         self.resuming = resumes(cfg, self.run_dir)  # --resume, or --resume auto with a saved state
         self.saved_config = saved_config(self.run_dir) if self.resuming else {}  # what the run last started with
         self.loop: FitLoop | None = None
+        UNSTARTED.add(self)  # until fit trains: what run_recipe abandons when a ConfigError ends the recipe
         self.figures_dir = self.run_dir / "figures"
         if self.accelerator.is_main_process:
             self.figures_dir.mkdir(parents=True, exist_ok=True)
         self.save_config()
         self.accelerator.wait_for_everyone()
         tracking.start_tracking(self.accelerator, cfg, recipe, self.run_dir)
+
+    def abandon(self) -> None:
+        """Leave the run folder as no run, after a settings or data error before training (main process): a
+        resumed run's config.json put back as it was, a fresh run's removed with its empty figures/ and folder, so
+        that no report lists a run that never trained. :func:`~toolkit.config.run_recipe` calls it for every
+        Trainer whose ``fit`` has not started training when a ConfigError ends the recipe."""
+        abandon_run(self.accelerator, self.run_dir, self.saved_config)
 
     def refuse_resume(self, what: str, keys=None) -> ConfigError:
         """The ConfigError to raise when this resume cannot continue the run (:func:`~toolkit.runs.refuse_resume`:
@@ -171,6 +184,7 @@ class Trainer:
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
         call_hook(loop.callbacks, "on_fit_start", self, state)
+        UNSTARTED.discard(self)
         with loop.guard:
             self._epochs(state)
         if state.stop_reason:
