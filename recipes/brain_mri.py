@@ -49,7 +49,7 @@ class BrainMRIConfig(TrainConfig):
 
     data_dir: str = ""  # MRI data folder(s), comma-separated, each auto-detected: images/+masks/ (+metadata.csv), LGG kaggle_3m, figshare .mat, BraTS NIfTI; "" = synthetic
     channels: str = ""  # channels read: "" = as in_channels says (0: all; 1: grey, LGG/BraTS FLAIR; 3/4: all); or names/indices, e.g. "flair,t1ce"
-    slice_rule: str = ""  # BraTS volumes only: "" = nonempty (slices with brain) | tumour | tumour+N | all
+    slice_rule: str = ""  # NIfTI volumes only (BraTS, raw layout): "" = nonempty (slices with brain) | tumour | tumour+N | all
     skip_bad_files: bool = False  # leave out unreadable or inconsistent files (listed in the log) instead of stopping
     synthetic_dir: str = "data/synthetic-mri"  # where the built-in synthetic slices are written
     synthetic_images: int = 400  # number of synthetic slices (10% without tumour)
