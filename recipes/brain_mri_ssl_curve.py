@@ -27,8 +27,7 @@ from typing import Callable
 from brain_mri import BrainMRIConfig  # the recipes beside this script
 from brain_mri_pretrain import BrainMRIPretrainConfig
 from toolkit import SSL_ARMS, ConfigError, command_line, config_help, curve_summary, curve_table, parse_config, run_name
-from toolkit import run_recipe, score_run, split_args, train_run, write_curve
-from toolkit.compare import LAUNCH_ARGS_FILE, has_trained, started_with
+from toolkit import check_run_args, run_recipe, score_run, split_args, train_run, write_curve
 
 HERE = Path(__file__).resolve().parent
 FINETUNE, PRETRAIN = HERE / "brain_mri.py", HERE / "brain_mri_pretrain.py"
@@ -104,12 +103,7 @@ def run_in_process(script: Path, argv: list[str], name: str, root: Path) -> Path
 def ensure_run(runner: Runner, script: Path, argv: list[str], name: str, root: Path) -> Path:
     """Run ``script`` into ``root/name`` unless it has summary.json (finished); returns the run folder. A run
     trained with other arguments (its ``launch_args.json``) is neither reused nor resumed: ConfigError."""
-    old = started_with(root / name / LAUNCH_ARGS_FILE, {"args": list(argv)}, has_trained(root / name))
-    if old is not None:
-        was = shlex.join(map(str, old.get("args", [])))
-        raise ConfigError(f"{root / name} was trained with the arguments {was!r}, "
-                          f"now {shlex.join(argv)!r}; the curve would mix settings: give the arguments it was "
-                          f"trained with, or another --name")
+    check_run_args(root / name, argv, where="the curve")
     if (root / name / "summary.json").is_file():
         return root / name
     return runner(script, argv, name, root)

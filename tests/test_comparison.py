@@ -112,9 +112,12 @@ def test_compare_helper_trains_reuses_and_writes(tmp_path, monkeypatch, capsys):
     assert (out / "fake_comparison.md").read_text() == text + "\n\n`cmd`\n"
     assert json.loads((out / "fake_comparison.json").read_text()) == {"runs": {"a": {"score": 0.5}, "done": {"score": 0.25}}}
     # the run of other arguments is not reused (the table would mix settings); the same arguments reuse it
-    with pytest.raises(ConfigError, match=r"runs/a was trained with the arguments .*--value 0.5'.*--value 2"):
+    with pytest.raises(ConfigError, match=r"runs/a was trained with the arguments .*--value 0.5' "
+                                          r"\(changed: value '0.5' -> '2'\)"):
         train_run(script, [*argv, "--value", "2"], "a", out)
     assert train_run(script, [*argv, "--value", "0.5"], "a", out) == out / "a"
+    # the same settings in another order or form, or other runtime-only settings: the same run
+    assert train_run(script, ["--value=0.5", *argv, "--num-workers", "3"], "a", out) == out / "a"
     assert "training " not in capsys.readouterr().out
     assert json.loads((out / "a" / "launch_args.json").read_text()) == {"args": [*argv, "--value", "0.5"]}
     saved = Comparison.load(out / "fake.comparison.json")

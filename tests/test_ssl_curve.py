@@ -108,7 +108,7 @@ def test_a_run_of_other_arguments_is_neither_reused_nor_resumed(tmp_path):
 
     first = driver.ensure_run(runner, driver.FINETUNE, ["--epochs", "1"], "f1-s0-scratch", tmp_path)
     assert driver.ensure_run(runner, driver.FINETUNE, ["--epochs", "1"], "f1-s0-scratch", tmp_path) == first
-    with pytest.raises(driver.ConfigError, match=r"f1-s0-scratch was trained with the arguments '--epochs 1', "
-                                                 r"now '--epochs 2'"):
+    with pytest.raises(driver.ConfigError, match=r"f1-s0-scratch was trained with the arguments '--epochs 1' "
+                                                 r"\(changed: epochs '1' -> '2'\); .* into the curve"):
         driver.ensure_run(runner, driver.FINETUNE, ["--epochs", "2"], "f1-s0-scratch", tmp_path)
     assert calls == [["--epochs", "1"]]  # trained once, reused once, refused once

@@ -14,7 +14,7 @@ from toolkit import DiceCELoss, TargetMetrics, TargetSpec, parse_regions, resolv
 from toolkit.data.mri import AttributeClasses, MRISlice, attribute_classes
 from toolkit.targets import BRATS_REGIONS
 
-from .mri_fake import make_raw
+from .mri_fake import make_brats, make_raw
 from .utils import ROOT, logged, run_env
 
 BRATS = TargetSpec.regions_of(BRATS_REGIONS)
@@ -93,8 +93,8 @@ def test_user_regions_are_checked_against_the_target_and_the_declared_labels():
     for kind in ("classes", "binary"):  # not silently ignored
         with pytest.raises(ValueError, match=f"given with target '{kind}'.*--target regions"):
             resolve_target(kind, labels=labels, regions_text="wt=1+2")
-    with pytest.raises(ValueError, match="binary masks with no declared labels"):
-        resolve_target("", regions_text="wt=1")
+    # data that declare no labels (BraTS case folders: label maps in their _seg files): the regions as given
+    assert resolve_target("", regions_text="wt=1+2+4,et=4").regions == ((1, 2, 4), (4,))
     with pytest.raises(ValueError, match=r"region 'wt' holds label value\(s\) 9 that the data do not declare; "
                                          r"valid labels: 1 \(necrosis\), 2 \(edema\), 3 \(non_enhancing\), 4 "):
         resolve_target("regions", labels=labels, regions_text="et=4,wt=1+2+9")
@@ -113,6 +113,13 @@ def test_recipe_refuses_regions_it_would_ignore_or_not_find(tmp_path):
                           timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("error: ") == 1, proc.stderr[-3000:]
     assert "region 'wt' holds label value(s) 9 that the data do not declare; valid labels: 1 (necrosis)" in proc.stderr
+    # BraTS case folders declare no labels but hold label maps: --regions is how they train regions
+    brats = make_brats(tmp_path / "brats", cases=2, shape=(32, 32, 8))
+    proc = subprocess.run([*cmd[:3], str(brats), *cmd[4:], "--regions", "wt=1+2+4,et=4", "--image-size", "32",
+                           "--widths", "8,16,32", "--num-workers", "0", "--postprocess", "false", "--run-name", "b"],
+                          env=run_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "runs" / "b" / "target.json").read_text())["regions"] == [[1, 2, 4], [4]]
 
 
 def test_dice_ce_matches_monai():

@@ -24,7 +24,8 @@ from .checkpoint import atomic_write, find_state, save_json
 from .comparison import Comparison
 from .config import ConfigError
 
-__all__ = ["DEFAULT_LAUNCH", "LAUNCH_ARGS_FILE", "has_trained", "started_with", "launch_prefix", "given_flags",
+__all__ = ["DEFAULT_LAUNCH", "LAUNCH_ARGS_FILE", "RUNTIME_KEYS", "has_trained", "settings_of", "started_with",
+           "check_run_args", "launch_prefix", "given_flags",
            "refuse_flags", "split_args", "train_run", "read_json",
            "RunResult", "command_line", "write_comparison"]
 
@@ -68,6 +69,9 @@ def refuse_flags(argv: list[str], flags: set[str], message: str) -> None:
 
 
 LAUNCH_ARGS_FILE = "launch_args.json"  # the recipe arguments a driver started a run with (train_run)
+#: Settings that change how a run is carried out, not what it learns: a run may be reused or resumed with others.
+RUNTIME_KEYS = frozenset({"num_workers", "wandb_mode", "wandb_project", "log_every", "resume", "run_name",
+                          "output_dir", "checkpoint_every", "keep_states", "eval_batch_size"})
 
 
 def has_trained(run_dir: Path) -> bool:
@@ -75,18 +79,54 @@ def has_trained(run_dir: Path) -> bool:
     return (Path(run_dir) / "summary.json").is_file() or find_state(Path(run_dir)) is not None
 
 
+def settings_of(argv: list[str]) -> dict[str, str]:
+    """Recipe arguments → {key: value} as a config reads them: ``--some-key v``, ``--some_key=v`` (a bare flag:
+    "true"), in any order; :data:`RUNTIME_KEYS` left out."""
+    out, i = {}, 0
+    while i < len(argv):
+        token = str(argv[i])
+        if not token.startswith("--"):
+            i += 1
+            continue
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            nxt = i + 1 < len(argv) and not str(argv[i + 1]).startswith("--")
+            value, i = (str(argv[i + 1]), i + 1) if nxt else ("true", i)
+        if key.replace("-", "_") not in RUNTIME_KEYS:
+            out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
 def started_with(record: Path, asked: dict, trained: bool) -> dict | None:
     """What the JSON file ``record`` says a run (or CV folder) was started with, when that differs from ``asked``
     and ``trained`` (results of it exist, so reusing or resuming them would mix settings); else None, after
-    writing ``asked`` to ``record`` (atomically, its folder created)."""
+    writing ``asked`` to ``record`` (atomically, its folder created). The ``args`` lists of both are compared
+    by :func:`settings_of` (order, ``--k=v`` and runtime-only settings do not count)."""
     if trained and record.is_file():
         started = read_json(record)
-        if started != asked:
-            return started if isinstance(started, dict) else {"args": started}
-        return None
+        started = started if isinstance(started, dict) else {"args": started}
+        same = ({k: v for k, v in started.items() if k != "args"} == {k: v for k, v in asked.items() if k != "args"}
+                and settings_of(started.get("args", [])) == settings_of(asked.get("args", [])))
+        return None if same else started
     record.parent.mkdir(parents=True, exist_ok=True)
     save_json(record, asked)
     return None
+
+
+def check_run_args(run_dir: str | Path, argv: list[str], where: str = "the comparison") -> None:
+    """Record ``argv`` as ``run_dir/launch_args.json``; ConfigError naming the changed settings when the run has
+    trained (a summary or a state) with others (:func:`started_with`): reusing or resuming it would mix settings
+    into ``where``. Runs without the file (trained before 3 Dec 2026) are taken as they are."""
+    run_dir = Path(run_dir)
+    old = started_with(run_dir / LAUNCH_ARGS_FILE, {"args": [str(a) for a in argv]}, has_trained(run_dir))
+    if old is not None:
+        was, now = settings_of(old.get("args", [])), settings_of(argv)
+        changed = ", ".join(f"{k} {was.get(k, '(unset)')!r} -> {now.get(k, '(unset)')!r}"
+                            for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+        raise ConfigError(f"{run_dir} was trained with the arguments {shlex.join(map(str, old.get('args', [])))!r} "
+                          f"(changed: {changed}); reusing or resuming it would mix settings into {where}: give "
+                          f"the arguments it was trained with, another output folder or name, or remove {run_dir}")
 
 
 def train_run(script: str | Path, argv: list[str], run_name: str, output_dir: str | Path, *, reuse: bool = True,
@@ -95,16 +135,12 @@ def train_run(script: str | Path, argv: list[str], run_name: str, output_dir: st
 
     An interrupted run (a saved state, no summary) is resumed with ``--resume``. ``<run>/launch_args.json``
     records ``argv``: a run that has trained (a summary or a state) with other arguments is neither reused nor
-    resumed (ConfigError naming both), since the comparison would then mix settings; runs without the file
+    resumed (:func:`check_run_args`: ConfigError naming the changed settings); runs without the file
     (trained before 3 Dec 2026) are taken as they are. Prints the command; raises
     ``subprocess.CalledProcessError`` when the recipe fails. Returns the run folder.
     """
     run_dir = Path(output_dir) / run_name
-    old = started_with(run_dir / LAUNCH_ARGS_FILE, {"args": list(argv)}, has_trained(run_dir))
-    if old is not None:
-        raise ConfigError(f"{run_dir} was trained with the arguments {shlex.join(map(str, old.get('args', [])))!r}, "
-                         f"now {shlex.join(argv)!r}; reusing it would mix settings: give the arguments it was "
-                         f"trained with, another output folder or name, or remove {run_dir}")
+    check_run_args(run_dir, argv)
     if reuse and (run_dir / "summary.json").is_file():
         return run_dir
     launch = launch_prefix(default_launch)

@@ -256,17 +256,18 @@ def resolve_target(kind: str = "", *, labels: Mapping[str, int] | None = None,
 def _user_regions(text: str, kind: str, labels: Mapping[str, int] | None,
                   class_names: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
     """``--regions`` parsed (:func:`parse_regions`) and checked against the target ``kind`` ("" or "regions") and
-    the data's foreground labels (``labels`` values > 0, else 1..K of ``class_names``); ValueError otherwise."""
+    the data's foreground labels (``labels`` values > 0, else 1..K of ``class_names``; data that declare none,
+    such as BraTS case folders whose ``_seg`` files are label maps, are not checked); ValueError otherwise."""
     if kind not in ("", "regions"):
         raise ValueError(f"regions {text!r} given with target {kind!r}: --regions sets the channels of target "
                          "regions only; drop it, or use --target regions")
     valid = ({n: int(v) for n, v in labels.items() if int(v) > 0} if labels else
              {n: i + 1 for i, n in enumerate(class_names or ())})
+    regions = parse_regions(text)
     if not valid:
-        raise ValueError(f"regions {text!r}: the data are binary masks with no declared labels (dataset.json "
-                         "'labels'); regions need label maps")
+        return regions
     listed = ", ".join(f"{v} ({n})" for n, v in sorted(valid.items(), key=lambda nv: nv[1]))
-    for name, values in (regions := parse_regions(text)).items():
+    for name, values in regions.items():
         bad = [v for v in values if v not in valid.values()]
         if bad:
             raise ValueError(f"regions: region {name!r} holds label value(s) {', '.join(map(str, bad))} that the "
