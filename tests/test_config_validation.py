@@ -1,9 +1,11 @@
 """Bad configuration is refused with a clear message before any training starts."""
 
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from toolkit import TrainConfig, Trainer
 from toolkit.config import ConfigError, parse_config
@@ -68,6 +70,31 @@ def test_zero_epochs_are_refused_when_fit_would_train_nothing(tmp_path):
     with pytest.raises(ConfigError, match="epochs must be >= 1 to train, got 0"):
         trainer.fit(TinyNet(), ClassificationObjective(), TinyImages(8), TinyImages(4), metrics=[Accuracy()],
                     monitor="accuracy", param_budget=None)
+
+
+def test_an_error_before_training_leaves_the_run_folder_as_it_found_it(tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"x.weight": torch.zeros(3)}, bad)
+    cmd = [sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--synthetic-images", "8", "--synthetic-dir",
+           str(tmp_path / "data"), "--output-dir", str(tmp_path / "runs"), "--run-name", "a", "--epochs", "1",
+           "--image-size", "32", "--widths", "8,16,32", "--num-workers", "0", "--postprocess", "false"]
+    env = {**run_env(), "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb")}
+
+    def run(*extra):
+        return subprocess.run([*cmd, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run("--wandb-mode", "offline", "--init-from", str(bad))  # refused after the data were read
+    assert proc.returncode == 2 and proc.stderr.count("error: ") == 1, proc.stderr[-2000:]
+    assert not (tmp_path / "runs" / "a").exists()  # no split.json, target.json, wandb/ or figures/ left
+    assert run().returncode == 0  # a finished run; without its state, --resume auto would start it anew
+    folder = tmp_path / "runs" / "a"
+    shutil.rmtree(folder / "state")
+    def files():  # W&B's own logs under wandb/ aside (they note every start)
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+                and p.relative_to(folder).parts[0] != "wandb"}
+    before = files()
+    proc = run("--resume", "auto", "--lr", "0.5", "--init-from", str(bad))
+    assert proc.returncode == 2 and "config.json" in {str(p) for p in before}
+    assert files() == before  # its config.json, best.pth, split.json ... as they were
 
 
 def test_mnist_without_its_files_ends_in_one_error_line(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,13 +21,14 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.optim.lr_scheduler import LRScheduler
 
-from .checkpoint import STATE_MARKER, check_state_files, find_state, load_state_file, save_json, save_training_state
+from .checkpoint import (STATE_MARKER, atomic_write, check_state_files, find_state, load_state_file, save_json,
+                         save_training_state)
 from .config import ConfigError, TrainConfig
 from .ema import WeightEMA
 from .optim import StepSchedule
 from .state import TrainState
 
-__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "keep_config", "abandon_run", "refuse_resume",
+__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "keep_config", "folder_snapshot", "abandon_run", "refuse_resume",
            "restore_state"]
 
 
@@ -93,20 +95,30 @@ def keep_config(accelerator: Accelerator, run_dir: Path, saved: dict) -> None:
         save_json(Path(run_dir) / "config.json", saved)
 
 
-def abandon_run(accelerator: Accelerator, run_dir: Path, saved: dict) -> None:
-    """Leave ``run_dir`` as no run (main process): with ``saved`` (a resumed run's :func:`saved_config`) its
-    config.json put back; else config.json removed, then its figures/ and the folder itself when empty."""
+def folder_snapshot(run_dir: Path) -> dict:
+    """What :func:`abandon_run` restores: the entry names of ``run_dir`` and the bytes of its config.json (None
+    when it has none)."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    return {"names": names, "config": config.read_bytes() if config.is_file() else None}
+
+
+def abandon_run(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
+    """Put ``run_dir`` back as :func:`folder_snapshot` ``before`` found it (main process): config.json as it was
+    (or removed), every entry made since removed, then the folder itself when empty."""
     if not accelerator.is_main_process:
         return
-    if saved:
-        keep_config(accelerator, run_dir, saved)
-        return
-    (Path(run_dir) / "config.json").unlink(missing_ok=True)
-    for folder in (Path(run_dir) / "figures", Path(run_dir)):
-        try:
-            folder.rmdir()  # only when empty
-        except OSError:
-            pass
+    run_dir = Path(run_dir)
+    if before["config"] is not None:
+        atomic_write(run_dir / "config.json", lambda f: f.write(before["config"]))
+    for entry in list(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if entry.name not in before["names"] or (entry.name == "config.json" and before["config"] is None):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 def refuse_resume(accelerator: Accelerator, run_dir: Path, saved: dict, cfg: TrainConfig, what: str,

@@ -94,7 +94,8 @@ def _records_to_score(args, cfg: dict, files: list[Path]):
             raise ValueError(f"{split_file} has no {args.split!r} split; "
                              f"use --split all, or train with --test-fraction > 0 for a test split")
         records = splits[args.split]
-        _refuse_trained_on(records, files, args.split)
+        if args.split in ("val", "test"):  # --split train asks for the training slices: nothing to refuse
+            _refuse_trained_on(records, files, args.split)
     return records, data_dir
 
 

@@ -31,7 +31,7 @@ from .loop import EpochSeeded, FigureFn, FitLoop, evaluate_loader, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import (abandon_run, keep_config, refuse_resume, resolve_run_dir, restore_state, resumes, save_state,
+from .runs import (abandon_run, folder_snapshot, keep_config, refuse_resume, resolve_run_dir, restore_state, resumes, save_state,
                    saved_config)
 from .state import TrainState, note_patience, plan_epochs
 
@@ -75,6 +75,7 @@ class Trainer:
         self.run_dir = resolve_run_dir(cfg, recipe, self.accelerator)
         self.resuming = resumes(cfg, self.run_dir)  # --resume, or --resume auto with a saved state
         self.saved_config = saved_config(self.run_dir) if self.resuming else {}  # what the run last started with
+        self._before = folder_snapshot(self.run_dir)  # what abandon() leaves: the folder as this start found it
         self.loop: FitLoop | None = None
         UNSTARTED.add(self)  # until fit trains: what run_recipe abandons when a ConfigError ends the recipe
         self.figures_dir = self.run_dir / "figures"
@@ -85,11 +86,12 @@ class Trainer:
         tracking.start_tracking(self.accelerator, cfg, recipe, self.run_dir)
 
     def abandon(self) -> None:
-        """Leave the run folder as no run, after a settings or data error before training (main process): a
-        resumed run's config.json put back as it was, a fresh run's removed with its empty figures/ and folder, so
-        that no report lists a run that never trained. :func:`~toolkit.config.run_recipe` calls it for every
+        """Leave the run folder as this start found it, after a settings or data error before training (main
+        process; :func:`~toolkit.runs.abandon_run`): its config.json as it was, what the start wrote (figures/,
+        split.json, target.json, a W&B folder) removed, a folder it created removed, so that no report lists a run
+        that never trained and a finished run keeps the settings it trained with. :func:`~toolkit.config.run_recipe` calls it for every
         Trainer whose ``fit`` has not started training when a ConfigError ends the recipe."""
-        abandon_run(self.accelerator, self.run_dir, self.saved_config)
+        abandon_run(self.accelerator, self.run_dir, self._before)
 
     def refuse_resume(self, what: str, keys=None) -> ConfigError:
         """The ConfigError to raise when this resume cannot continue the run (:func:`~toolkit.runs.refuse_resume`:
