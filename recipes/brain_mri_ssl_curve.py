@@ -79,8 +79,8 @@ class SSLCurveConfig:
                              f"{self.fractions!r} and {self.seeds!r}") from None
         if not all(0 < f <= 1 for f in fractions) or len(set(fractions)) != len(fractions):
             raise ValueError(f"fractions must be distinct and in (0, 1], got {self.fractions!r}")
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds!r}")
+        if len(set(seeds)) != len(seeds) or not all(0 <= s < 2**31 for s in seeds):
+            raise ValueError(f"seeds must be distinct and in [0, 2**31) (each run's --seed), got {self.seeds!r}")
         return sorted(fractions), seeds
 
 
