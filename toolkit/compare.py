@@ -25,8 +25,7 @@ from .comparison import Comparison
 from .config import ConfigError
 
 __all__ = ["DEFAULT_LAUNCH", "LAUNCH_ARGS_FILE", "RUNTIME_KEYS", "has_trained", "settings_of", "started_with",
-           "check_run_args", "launch_prefix", "given_flags",
-           "refuse_flags", "split_args", "train_run", "read_json",
+           "check_run_args", "launch_prefix", "given_flags", "refuse_flags", "split_args", "train_run", "read_json",
            "RunResult", "command_line", "write_comparison"]
 
 #: accelerate of the running Python, so that it is found without the virtual environment activated

@@ -92,14 +92,6 @@ def _note_shared(found, say: Callable[[str], None]) -> None:
             f"the split (its slices on one side){volumes}")
 
 
-def _data_error(trainer, err: Exception, field: str = "data_dir") -> ConfigError:
-    """The ConfigError for data that cannot be read (``<field>: <file>: <problem>``), after leaving the run folder
-    as no run: a resumed run's config.json put back, a fresh run's removed with its empty figures/ and folder (so
-    no report lists a run that never trained, and the same command runs once the data are fixed). Every process."""
-    trainer.abandon()
-    return ConfigError(f"{field}: {err}")
-
-
 def _roots(found) -> str:
     return ",".join(str(r.resolve()) for r in found.roots)
 
@@ -144,7 +136,7 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
         target = resolve_target(cfg.target, labels=found.labels, regions=found.regions, regions_text=cfg.regions,
                                 class_names=names)
     except (DataError, ValueError, FileNotFoundError) as err:  # FileNotFoundError: e.g. an image without its mask
-        raise _data_error(trainer, err) from None
+        raise ConfigError(f"data_dir: {err}") from None  # run_recipe leaves no run folder
     _settle_in_channels(cfg, trainer, found.slices[0].num_channels, found.source)
     split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
                           block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
@@ -162,7 +154,7 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
         train = MRISegmentationDataset(split["train"], transform=mri_augmentation(cfg.augment), **common)
         val = MRISegmentationDataset(split["val"], **common)
     except DataError as err:
-        raise _data_error(trainer, err) from None
+        raise ConfigError(f"data_dir: {err}") from None  # run_recipe leaves no run folder
     _save_run_split(trainer, split, data_dir=_roots(found), source=found.source, unit=unit, folds=cfg.folds,
                     fold=cfg.fold)  # once the data are read: a start that fails on them writes no split.json
     if acc.is_main_process:
@@ -248,12 +240,12 @@ def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
         slices, dropped = exclude_split(found.slices, cfg.exclude_split) if cfg.exclude_split else (found.slices, 0)
         split = split_records(slices, cfg.val_fraction, seed=cfg.seed)
     except (DataError, ValueError, FileNotFoundError) as err:
-        raise _data_error(trainer, err, "data_dir / exclude_split") from None
+        raise ConfigError(f"data_dir / exclude_split: {err}") from None
     _settle_in_channels(cfg, trainer, slices[0].num_channels, found.source)
     try:
         train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
     except DataError as err:
-        raise _data_error(trainer, err) from None
+        raise ConfigError(f"data_dir: {err}") from None  # run_recipe leaves no run folder
     _save_run_split(trainer, split, data_dir=_roots(found), source=found.source,
                     excluded_split=cfg.exclude_split, excluded_slices=dropped)
     acc.print(f"data: {found.source} at {_where(found)}: {len(found.slices)} slices, {dropped} left out by "

@@ -21,15 +21,15 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.optim.lr_scheduler import LRScheduler
 
-from .checkpoint import (STATE_MARKER, atomic_write, check_state_files, find_state, load_state_file, save_json,
+from .checkpoint import (STATE_MARKER, atomic_write, check_state_files, find_state, load_state_file,
                          save_training_state)
 from .config import ConfigError, TrainConfig
 from .ema import WeightEMA
 from .optim import StepSchedule
 from .state import TrainState
 
-__all__ = ["resolve_run_dir", "resumes", "save_state", "saved_config", "keep_config", "folder_snapshot", "abandon_run", "refuse_resume",
-           "restore_state"]
+__all__ = ["resolve_run_dir", "resumes", "save_state", "folder_snapshot", "saved_config", "restore_config",
+           "abandon_run", "refuse_resume", "restore_state"]
 
 
 def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
@@ -78,30 +78,30 @@ def resumes(cfg: TrainConfig, run_dir: Path) -> bool:
     return bool(cfg.resume) and find_state(run_dir) is not None
 
 
-def saved_config(run_dir: Path) -> dict:
-    """The settings in ``run_dir``'s ``config.json`` (what a resumed run last started with); {} when it has none
-    or it is unreadable (then nothing can be compared with it)."""
-    try:
-        data = json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def keep_config(accelerator: Accelerator, run_dir: Path, saved: dict) -> None:
-    """Put ``saved`` (:func:`saved_config`) back as ``run_dir``'s ``config.json`` (main process; nothing when
-    empty): a resume that trains nothing, or is refused, leaves the settings the run trained with."""
-    if saved and accelerator.is_main_process:
-        save_json(Path(run_dir) / "config.json", saved)
-
-
 def folder_snapshot(run_dir: Path) -> dict:
-    """What :func:`abandon_run` restores: the entry names of ``run_dir`` and the bytes of its config.json (None
-    when it has none)."""
+    """``run_dir`` as a start finds it, for :func:`restore_config` and :func:`abandon_run`: its entry names and
+    the bytes of its config.json (None when it has none)."""
     run_dir = Path(run_dir)
     config = run_dir / "config.json"
     names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
     return {"names": names, "config": config.read_bytes() if config.is_file() else None}
+
+
+def saved_config(before: dict) -> dict:
+    """The settings of the config.json in a :func:`folder_snapshot` (what a resumed run last started with); {}
+    when it had none or it is unreadable (then nothing can be compared with it)."""
+    try:
+        data = json.loads(before["config"] or b"")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def restore_config(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
+    """Put the config.json of a :func:`folder_snapshot` back, byte for byte (main process; nothing when there was
+    none): a resume that trains nothing or is refused leaves the settings the run trained with."""
+    if before["config"] is not None and accelerator.is_main_process:
+        atomic_write(Path(run_dir) / "config.json", lambda f: f.write(before["config"]))
 
 
 def abandon_run(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
@@ -110,8 +110,7 @@ def abandon_run(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
     if not accelerator.is_main_process:
         return
     run_dir = Path(run_dir)
-    if before["config"] is not None:
-        atomic_write(run_dir / "config.json", lambda f: f.write(before["config"]))
+    restore_config(accelerator, run_dir, before)
     for entry in list(run_dir.iterdir()) if run_dir.is_dir() else []:
         if entry.name not in before["names"] or (entry.name == "config.json" and before["config"] is None):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
@@ -121,13 +120,14 @@ def abandon_run(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
         pass
 
 
-def refuse_resume(accelerator: Accelerator, run_dir: Path, saved: dict, cfg: TrainConfig, what: str,
+def refuse_resume(accelerator: Accelerator, run_dir: Path, before: dict, cfg: TrainConfig, what: str,
                   keys=None) -> ConfigError:
     """The error for a resume that cannot continue ``run_dir`` with these settings (``what`` says why), naming
-    the settings of ``cfg`` that differ from ``saved`` (:func:`saved_config`; only ``keys`` when given). Puts
-    ``saved`` back as ``config.json`` (main process), so the run folder stays as it was; call on every process."""
-    keep_config(accelerator, run_dir, saved)
-    now = vars(cfg)
+    the settings of ``cfg`` that differ from those of the :func:`folder_snapshot` ``before`` (only ``keys`` when
+    given). Puts its config.json back (:func:`restore_config`), so the run folder stays as it was; call on every
+    process."""
+    restore_config(accelerator, run_dir, before)
+    saved, now = saved_config(before), vars(cfg)
     names = [k for k in now if k not in ("resume", "run_name")] if keys is None else keys
     changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in names if k in saved and k in now and saved[k] != now[k]]
     return ConfigError(f"--resume: {what}; " + (f"changed: {', '.join(changed)}" if changed else

@@ -118,11 +118,8 @@ def slice_meta(records: Sequence) -> list[dict]:
     """What :func:`image_records` adds per slice from MRI records: ``patient`` (when known; for volume slices the
     volume of :func:`~toolkit.data.mri.context.slice_key`, so two folders' same-named cases stay apart) and the
     metadata attributes (e.g. ``tumour_type``)."""
-    out = []
-    for r in records:
-        key = slice_key(r) if r.patient else None
-        out.append({"patient": key[0] if key else r.patient, **r.attrs} if r.patient else dict(r.attrs))
-    return out
+    return [{"patient": (slice_key(r) or (r.patient,))[0], **r.attrs} if r.patient else dict(r.attrs)
+            for r in records]
 
 
 def _pooled(records: Sequence[dict]) -> dict:

@@ -31,8 +31,8 @@ from .loop import EpochSeeded, FigureFn, FitLoop, evaluate_loader, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import (abandon_run, folder_snapshot, keep_config, refuse_resume, resolve_run_dir, restore_state, resumes, save_state,
-                   saved_config)
+from .runs import (abandon_run, folder_snapshot, refuse_resume, resolve_run_dir, restore_config, restore_state,
+                   resumes, save_state, saved_config)
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -74,8 +74,8 @@ class Trainer:
         set_seed(cfg.seed, device_specific=True)
         self.run_dir = resolve_run_dir(cfg, recipe, self.accelerator)
         self.resuming = resumes(cfg, self.run_dir)  # --resume, or --resume auto with a saved state
-        self.saved_config = saved_config(self.run_dir) if self.resuming else {}  # what the run last started with
-        self._before = folder_snapshot(self.run_dir)  # what abandon() leaves: the folder as this start found it
+        self._before = folder_snapshot(self.run_dir)  # the folder as this start found it: what abandon() leaves
+        self.saved_config = saved_config(self._before) if self.resuming else {}  # what the run last started with
         self.loop: FitLoop | None = None
         UNSTARTED.add(self)  # until fit trains: what run_recipe abandons when a ConfigError ends the recipe
         self.figures_dir = self.run_dir / "figures"
@@ -89,14 +89,14 @@ class Trainer:
         """Leave the run folder as this start found it, after a settings or data error before training (main
         process; :func:`~toolkit.runs.abandon_run`): its config.json as it was, what the start wrote (figures/,
         split.json, target.json, a W&B folder) removed, a folder it created removed, so that no report lists a run
-        that never trained and a finished run keeps the settings it trained with. :func:`~toolkit.config.run_recipe` calls it for every
-        Trainer whose ``fit`` has not started training when a ConfigError ends the recipe."""
+        that never trained and a finished run keeps the settings it trained with. :func:`~toolkit.config.run_recipe`
+        calls it for every Trainer whose ``fit`` has not started training when a ConfigError ends the recipe."""
         abandon_run(self.accelerator, self.run_dir, self._before)
 
     def refuse_resume(self, what: str, keys=None) -> ConfigError:
         """The ConfigError to raise when this resume cannot continue the run (:func:`~toolkit.runs.refuse_resume`:
         names the changed settings, puts the run's config.json back)."""
-        return refuse_resume(self.accelerator, self.run_dir, self.saved_config, self.cfg, what, keys)
+        return refuse_resume(self.accelerator, self.run_dir, self._before, self.cfg, what, keys)
 
     def save_config(self) -> None:
         """Write ``config.json`` from ``self.cfg`` (main process); a recipe that settles a setting from its data
@@ -152,9 +152,9 @@ class Trainer:
         """
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        if self.cfg.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1 to train, got {self.cfg.epochs}")
         cfg, acc = self.cfg, self.accelerator
+        if cfg.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1 to train, got {cfg.epochs}")
         self._check_budget(model, param_budget)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -178,7 +178,7 @@ class Trainer:
             raise self.refuse_resume(
                 f"its saved state does not load into the model as configured now ({why})") from None
         if self.resuming and not state.more_epochs:
-            keep_config(acc, self.run_dir, self.saved_config)
+            restore_config(acc, self.run_dir, self._before)
             acc.print(f"{self.run_dir}: nothing left to train (epoch {state.epoch} of its plan of "
                       f"{state.planned_epochs} done{'; ' + state.stop_reason if state.stop_reason else ''}); "
                       "its config.json stays as it trained")

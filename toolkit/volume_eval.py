@@ -169,7 +169,8 @@ def predict_packed(ensemble, dataset, threshold: float, flips: bool = False,
 
     Predicted masks are :meth:`~toolkit.targets.TargetSpec.written` (regions as read back from the label map that
     ``toolkit predict`` writes). Returns (packed masks (N, S, S) as :func:`pack_masks`, predicted and true pixels
-    per channel int64 (N, C), the slice-level :class:`~toolkit.target_metrics.TargetMetrics` scores (``dice_<name>`` ...), JSON-safe).
+    per channel int64 (N, C), the slice-level :class:`~toolkit.target_metrics.TargetMetrics` scores
+    (``dice_<name>`` ...), JSON-safe).
     """
     spec, metric = ensemble.target, TargetMetrics(ensemble.target, threshold)
     packed, pred_px, true_px = [], [], []
@@ -224,7 +225,8 @@ def volume_scores(records: Sequence, packed: np.ndarray, names: Sequence[str], s
                f"mm from the NIfTI headers, in-plane scaled by (original size / {size})"
                + (f"; unknown (voxels) for {len(unknown)} case(s)" if unknown else ""))
     return {"spacing": spacing, "units": score_units(volumes, len(unknown), len(spacings)),
-            "empty_volumes": EMPTY_RULE, "hd95_definition": HD95_DEFINITION, "per_patient": json_safe(summarise_cases(per_case)), "patients": rows, **extra}
+            "empty_volumes": EMPTY_RULE, "hd95_definition": HD95_DEFINITION,
+            "per_patient": json_safe(summarise_cases(per_case)), "patients": rows, **extra}
 
 
 def volume_masks(source: str | None, records: Sequence, masks: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -12,7 +12,8 @@
 Splits are :mod:`toolkit.data.splits`; on-device normalisation :mod:`toolkit.data.batch_transforms`.
 
 Exported here (lazily, on first use): ``discover_folders`` (one or several data folders, each
-auto-detected), ``discover_mri_slices``, ``find_image_mask_pairs``, ``Discovery``, ``parse_data_dirs``, ``shared_patients``,
+auto-detected), ``discover_mri_slices``, ``find_image_mask_pairs``, ``Discovery``, ``parse_data_dirs``,
+``shared_patients``,
 ``read_metadata``; ``AttributeClasses``, ``attribute_classes`` (classes from a metadata column); ``MRISlice``, ``read_slice``; ``MRISegmentationDataset``; ``mri_train_transforms``,
 ``mri_augmentation``, ``mri_eval_transforms``; ``generate_synthetic_mri``, ``generate_synthetic_volumes``; ``ZSCORE_CLIP``; ``RawCase``, ``RawSpec``, ``raw_cases``,
 ``raw_case_slices``, ``read_dataset_json``.
