@@ -188,7 +188,7 @@ def test_binary_lgg_run_adds_volumes_in_voxels(tmp_path, capsys):
     assert "per patient (spacing: unknown (voxels))" in out and "|dV| kvx" in header and " ml" not in header
 
 
-def test_classes_from_a_metadata_column_report_class_accuracy(tmp_path):
+def test_classes_from_a_metadata_column_report_class_accuracy(tmp_path, capsys):
     data = tmp_path / "fig"
     rows = ["id,patient_id,tumour_type"]
     for i in range(1, 7):
@@ -205,6 +205,8 @@ def test_classes_from_a_metadata_column_report_class_accuracy(tmp_path):
     assert acc["correct"] == acc["per_class"]["glioma"]["correct"] + acc["per_class"]["meningioma"]["correct"]
     assert result["spacing"].startswith("2D slices") and len(result["patients"]) == 3
     assert result["units"]["hd95_mm"].startswith("not computed")
+    header = next(line for line in capsys.readouterr().out.splitlines() if "hd95 undef" in line)
+    assert "hd95 -" in header and "|dV| kpx" in header and " ml" not in header  # pixels of 2D slices, not ml
     for r in result["patients"]:  # each patient: one glioma and one meningioma slice
         assert r["num_slices"] == 2 and r["glioma"]["hd95_mm"] is None
         assert r["glioma"]["true_volume_ml"] == pytest.approx((square_mask((32, 32)) > 0).sum() / 1000)

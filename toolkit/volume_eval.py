@@ -295,10 +295,18 @@ def _fmt(v) -> str:
     return "   n/a" if v is None else f"{v:6.3f}"
 
 
+def _headers(units: dict[str, str]) -> tuple[str, str]:
+    """The table headers of the HD95 and |dV| columns in the units of :func:`score_units`."""
+    hd = {"voxels": "hd95 vx"}.get(units["hd95_mm"], "hd95" if units["hd95_mm"].startswith("mm") else "hd95 -")
+    dv = {"thousands of voxels": "|dV| kvx", "thousands of pixels": "|dV| kpx"}.get(units["abs_volume_diff_ml"],
+                                                                                 "|dV| ml")
+    return hd, dv
+
+
 def _print_volumes(result: dict, names: Sequence[str], slices: dict, show: int) -> None:
     s = result["summary"]
     print(f"per patient (spacing: {result['spacing']}); 3D post-processing: {result['postprocess'].get('volume')}")
-    hd, dv = ("hd95 vx", "|dV| kvx") if result["spacing"] == UNKNOWN_SPACING else ("hd95", "|dV| ml")  # LGG: voxels
+    hd, dv = _headers(result["units"])
     print(f"  {'channel':<20} {'dice':>6} {'iou':>6} {hd:>7} {dv:>8} {'hd95 undef':>10}"
           + (f" {'slice dice':>10}" if slices else ""))
     for name in [*names, "mean"]:
