@@ -106,3 +106,25 @@ def test_summary_counts_tumour_missed_and_found_elsewhere():
     p[3, 3, 3] = 1                           # slice 3: no tumour, a false pixel: neither count
     s = summarise(image_records(["a", "b", "c", "d"], p, t))
     assert (s["tumour_missed"], s["tumour_elsewhere"]) == (1, 1)
+
+
+def test_members_trained_on_other_folders_are_not_refused_for_clashing_ids(tmp_path):
+    """evaluate --split val refuses a member that trained on the scored slices; slice ids are compared per data
+    folder, so numeric ids of another folder do not count, and a run on A meets a run on A,B."""
+    import json
+    from types import SimpleNamespace
+
+    from toolkit.seg_commands import _refuse_trained_on
+
+    def member(name, data_dir, train):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "split.json").write_text(json.dumps({"data_dir": data_dir, "train": train, "val": []}))
+        return tmp_path / name / "best.pth"
+
+    first = member("a", "/d/fig", ["1", "2"])
+    scored = [SimpleNamespace(id="3"), SimpleNamespace(id="4")]  # val slices of /d/fig
+    _refuse_trained_on(scored, [first, member("other", "/d/lgg", ["3", "4"])], "val", "/d/fig")  # same ids, other data
+    with pytest.raises(ValueError, match=r"--split val .*both/best.pth trained on 1 of its 2 slices"):
+        _refuse_trained_on(scored, [first, member("both", "/d/fig, /d/more", ["fig/4", "more/3"])], "val", "/d/fig")
+    with pytest.raises(ValueError, match="same/best.pth trained on 2 of its 2"):
+        _refuse_trained_on(scored, [first, member("same", "/d/fig", ["3", "4"])], "val", "/d/fig")

@@ -12,6 +12,7 @@ import numpy as np
 
 from .checkpoint import json_safe, save_json
 from .data.mri.channels import resolve_channels
+from .data.mri.folders import folder_tags, parse_data_dirs
 from .data.mri.nifti import NIFTI_SOURCES
 from .data.splits import load_split
 from .inference import load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices
@@ -95,23 +96,36 @@ def _records_to_score(args, cfg: dict, files: list[Path]):
                              f"use --split all, or train with --test-fraction > 0 for a test split")
         records = splits[args.split]
         if args.split in ("val", "test"):  # --split train asks for the training slices: nothing to refuse
-            _refuse_trained_on(records, files, args.split)
+            _refuse_trained_on(records, files, args.split, str(data_dir))
     return records, data_dir
 
 
-def _refuse_trained_on(records, files: list[Path], split: str) -> None:
+def _refuse_trained_on(records, files: list[Path], split: str, data_dir: str) -> None:
     """ValueError when a member of the ensemble trained on slices of the ``split`` read from the first member's
     split.json (the folds of a cross-validation validate on each other's training patients): its figures
-    would be inflated."""
-    ids = {r.id for r in records}
+    would be inflated. Slices are compared by data folder and id (:func:`_folder_ids`), so members trained on
+    other folders whose ids clash are not refused."""
+    scored = _folder_ids([r.id for r in records], data_dir)
     for f in files[1:]:
         split_file = f.parent / "split.json"
-        trained = set(json.loads(split_file.read_text()).get("train", [])) if split_file.is_file() else set()
-        if ids & trained:
+        info = json.loads(split_file.read_text()) if split_file.is_file() else {}
+        trained = _folder_ids(info.get("train", []), info.get("data_dir") or data_dir)
+        if scored & trained:
             raise ValueError(f"--split {split} is read from {files[0].parent / 'split.json'}, but {f} trained on "
-                             f"{len(ids & trained)} of its {len(ids)} slices, so the ensemble would be scored on "
-                             f"slices it learnt: use --split test or all on other patients, or the out-of-fold "
+                             f"{len(scored & trained)} of its {len(scored)} slices, so the ensemble would be scored "
+                             f"on slices it learnt: use --split test or all on other patients, or the out-of-fold "
                              f"figures of a cross-validation (cv.json)")
+
+
+def _folder_ids(ids, data_dir: str) -> set[tuple[str, str]]:
+    """(folder name, id in that folder) of each slice id of a run on ``data_dir`` ("A" or "A, B", as split.json
+    stores it): with several folders the ids carry their folder's tag (:func:`~toolkit.data.mri.folders.folder_tags`),
+    with one folder its name is added, so a run on A and a run on A, B meet and runs on A and C do not."""
+    dirs = parse_data_dirs(data_dir) if str(data_dir).strip() else []
+    if len(dirs) > 1:
+        return {tuple(str(i).split("/", 1)) for i in ids}
+    name = folder_tags(dirs)[0] if dirs else ""
+    return {(name, str(i)) for i in ids}
 
 
 def evaluate(args: argparse.Namespace) -> int:
