@@ -238,3 +238,21 @@ def test_a_run_of_one_named_channel_predicts_from_channel_files_and_images_folde
         shutil.copy(data / "imagesTr" / f"synth_002_000{k}.nii.gz", lone)
     assert toolkit_main(["predict", "--weights", weights, "--input", str(lone), "--output", str(tmp_path / "x")]) == 2
     assert "reads the channels 't1c' of its data" in capsys.readouterr().err
+
+
+def test_channel_indices_pick_channel_files_without_a_dataset_json(tmp_path):
+    """A run of --channels "1" (indices, not names) picks <case>_0001 from a case's files with no dataset.json to
+    read; names still need one; a lone volume given for a one-channel run is taken as it is."""
+    from toolkit.data.errors import MRIDataError
+    from toolkit.volume_predict import VolumeCase, _case_channels
+
+    files = tuple(tmp_path / f"c_000{k}.nii.gz" for k in range(3))
+    case = VolumeCase("c", files)
+    assert _case_channels(case, {"channels": "1", "in_channels": 1}, tmp_path) == (files[1],)
+    assert _case_channels(case, {"channels": "2,0", "in_channels": 2}, tmp_path) == (files[2], files[0])
+    with pytest.raises(MRIDataError, match="lacks channel file.*c_0005"):
+        _case_channels(case, {"channels": "5", "in_channels": 1}, tmp_path)
+    with pytest.raises(MRIDataError, match="reads the channels 't1c'"):
+        _case_channels(case, {"channels": "t1c", "in_channels": 1}, tmp_path)
+    lone = VolumeCase("brain", (tmp_path / "brain.nii.gz",))
+    assert _case_channels(lone, {"channels": "1", "in_channels": 1}, tmp_path) == lone.channels

@@ -190,16 +190,28 @@ def _raw_root(case: VolumeCase, source: Path) -> Path | None:
     return None
 
 
+def _picked_indices(picked, root: Path | None) -> tuple[int, ...] | None:
+    """The 4-digit channel indices (``<case>_XXXX``) of the run's ``channels`` setting: names resolved with the
+    ``dataset.json`` of the raw layout at ``root``, plain indices ("0,2") also without one; None when the run
+    chose no channels, or names them and there is no ``dataset.json`` to read the names from."""
+    if not (isinstance(picked, str) and picked.strip()):
+        return None
+    if root is not None:
+        return resolve_raw_channels(read_dataset_json(root).channel_names, picked)
+    items = [t.strip() for t in picked.split(",") if t.strip()]
+    return tuple(int(t) for t in items) if all(t.isdigit() for t in items) else None
+
+
 def _case_channels(case: VolumeCase, cfg: dict, source: Path) -> tuple[Path, ...]:
-    """The case's channel files the run reads: its named ``channels`` subset (by the 4-digit channel index of
-    ``<case>_XXXX.nii.gz``, the names from the ``dataset.json`` of the raw layout they belong to), else every
-    file; MRIDataError naming the case and the channels found when their count is not the run's ``in_channels``."""
+    """The case's channel files the run reads: its ``channels`` subset by the 4-digit channel index of
+    ``<case>_XXXX.nii.gz`` (:func:`_picked_indices`) where a ``dataset.json`` names them or the case has more files
+    than the run reads, else every file; MRIDataError naming the case and the channels found when their count is not the run's ``in_channels``."""
     chans, want = case.channels, int(cfg.get("in_channels", 1))
     picked = cfg.get("channels")
     root = _raw_root(case, Path(source))
-    if isinstance(picked, str) and picked.strip() and root is not None:
+    wanted = _picked_indices(picked, root) if root is not None or len(chans) > want else None  # else: as given
+    if wanted is not None:
         by_index = {int(m.group(2)): p for p in chans if (m := _CHANNEL_FILE.match(p.name))}
-        wanted = resolve_raw_channels(read_dataset_json(root).channel_names, picked)
         missing = [k for k in wanted if k not in by_index]
         if missing:
             raise MRIDataError(chans[0], f"case {case.case} lacks channel file(s) "
