@@ -62,9 +62,14 @@ def test_fit_start_sees_the_restored_epoch(tmp_path, capsys):
     config = (tmp_path / "runs" / "c" / "config.json").read_text()
     calls = []
     fit(make_cfg(tmp_path, resume="auto", lr=0.01), [Recorder("a", calls)])  # finished: nothing left to train
-    assert calls == [("a", "start", 3), ("a", "end", 3)]
-    assert "nothing left to train (epoch 3 of its plan of 3 done)" in capsys.readouterr().out
+    assert calls == [("a", "start", 3)]  # its fit-end steps ran when it finished: not again with other settings
+    out = capsys.readouterr().out
+    assert "nothing left to train (epoch 3 of its plan of 3 done)" in out and "fit-end steps ran then" in out
     assert (tmp_path / "runs" / "c" / "config.json").read_text() == config  # the settings it trained with
+    (tmp_path / "runs" / "c" / "summary.json").unlink()  # as if killed during its fit-end steps: they run now
+    fit(make_cfg(tmp_path, resume="auto"), [Recorder("a", calls)])
+    assert calls[1:] == [("a", "start", 3), ("a", "end", 3)] and (tmp_path / "runs" / "c" / "summary.json").is_file()
+    assert "fit-end steps ran then" not in capsys.readouterr().out
 
 
 def test_save_curve_writes_its_png(tmp_path):

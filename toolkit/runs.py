@@ -104,6 +104,18 @@ def restore_config(accelerator: Accelerator, run_dir: Path, before: dict) -> Non
         atomic_write(Path(run_dir) / "config.json", lambda f: f.write(before["config"]))
 
 
+def fit_end_done(run_dir: Path, epoch: int) -> bool:
+    """Whether the run's fit-end steps (``on_fit_end`` callbacks: the post-processing choice, figures, the model
+    artifact) finished after ``epoch``, the epoch of its newest state: its ``summary.json``, written after
+    them, counts that epoch. The main process reads it and every process gets its answer."""
+    try:
+        done = [json.loads((Path(run_dir) / "summary.json").read_text()).get("epochs_completed") == epoch]
+    except (OSError, ValueError, AttributeError):
+        done = [False]
+    broadcast_object_list(done)
+    return bool(done[0])
+
+
 def abandon_run(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
     """Put ``run_dir`` back as :func:`folder_snapshot` ``before`` found it (main process): config.json as it was
     (or removed), every entry made since removed, then the folder itself when empty."""

@@ -31,8 +31,8 @@ from .loop import EpochSeeded, FigureFn, FitLoop, evaluate_loader, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import (abandon_run, folder_snapshot, refuse_resume, resolve_run_dir, restore_config, restore_state,
-                   resumes, save_state, saved_config)
+from .runs import (abandon_run, fit_end_done, folder_snapshot, refuse_resume, resolve_run_dir, restore_config,
+                   restore_state, resumes, save_state, saved_config)
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -177,11 +177,13 @@ class Trainer:
             why = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0])[:160]
             raise self.refuse_resume(
                 f"its saved state does not load into the model as configured now ({why})") from None
+        ended = self.resuming and not state.more_epochs and fit_end_done(self.run_dir, state.epoch)
         if self.resuming and not state.more_epochs:
             restore_config(acc, self.run_dir, self._before)
             acc.print(f"{self.run_dir}: nothing left to train (epoch {state.epoch} of its plan of "
                       f"{state.planned_epochs} done{'; ' + state.stop_reason if state.stop_reason else ''}); "
-                      "its config.json stays as it trained")
+                      "its config.json stays as it trained" + ("; its fit-end steps ran then (summary.json), so "
+                                                               "its outputs stay too" if ended else ""))
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
@@ -194,7 +196,8 @@ class Trainer:
         elif state.planned_epochs < cfg.epochs:
             acc.print(f"the --max-minutes budget fitted {state.planned_epochs} of the {cfg.epochs} epochs asked for; "
                       "the LR schedule was fitted to them")
-        call_hook(loop.callbacks, "on_fit_end", self, state)
+        if not ended:  # a run killed during them finishes them now
+            call_hook(loop.callbacks, "on_fit_end", self, state)
         summary = state.summary(
             recipe=self.recipe, run_dir=str(self.run_dir), monitor=self.loop.monitor, mode=self.loop.mode,
             trainable_params=trainable, total_params=total, param_budget=param_budget, epochs_asked=cfg.epochs,
