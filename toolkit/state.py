@@ -147,7 +147,8 @@ def note_patience(state: TrainState, value: float, monitor: str, mode: str, pati
         # count is in validations (every --eval-every epochs): the epoch that improved is the validated one
         # count validations back, read from the history's validated records (they hold the monitor)
         validated = [h.get("epoch") for h in state.history if monitor in h]
-        last = validated[-1 - count] if len(validated) > count else state.epoch - count
+        last = validated[-1 - count] if len(validated) > count else None
+        last = state.epoch - count if last is None else last  # records without an epoch: every epoch validated
         since = f"{ref:.6g} at epoch {last}" if ref is not None else "none (no valid value)"
         state.stop_reason = (f"{monitor} did not improve ({mode}) by at least {min_delta:g} for {count} validations "
                              f"(--patience {patience}); last improvement: {since}")
