@@ -22,10 +22,11 @@ from toolkit import cv_lines, out_of_fold, train_folds
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, recipe_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folds", type=int, default=3, help="number of patient-safe folds (>= 2)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     usage="%(prog)s [--folds K] --name NAME [--output-dir DIR] [-- RECIPE ARGS ...]")
+    parser.add_argument("--folds", type=int, default=3, help="number of patient-safe folds (>= 2; default 3)")
     parser.add_argument("--name", required=True, help="the CV folder's name under --output-dir")
-    parser.add_argument("--output-dir", default="runs", help="where the CV folder goes")
+    parser.add_argument("--output-dir", default="runs", help="where the CV folder goes (default runs)")
     args = parser.parse_args(ours)
     root = Path(args.output_dir) / args.name
     try:

@@ -2,6 +2,7 @@
 
 import json
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from toolkit.compare import RunResult, command_line, refuse_flags, split_args, train_run, write_comparison
 from toolkit.comparison import Column, Comparison, ComparisonError, best_rows
 from toolkit.config import ConfigError
+
+from .utils import ROOT, run_env
 
 COLUMNS = [Column("model"), Column("params", "parameters", format=","),
            Column("mse", "MSE", better="lower", format=".4f"), Column("psnr", "PSNR", "dB", better="higher", format=".2f")]
@@ -137,3 +140,19 @@ def test_split_args_keeps_each_group_whole():
     # without takes_value, a value that starts with -- is the next group, and a bare flag stands alone
     assert split_args(["--pretrain-args", "--epochs 3", "--flips"], {"pretrain-args"}) == (
         ["--pretrain-args"], ["--epochs 3", "--flips"])
+
+
+@pytest.mark.parametrize("script, refused, recipe", [
+    ("mnist_compare.py", ("--model ", "--task ", "--run_name "), "recipes/mnist_autoencoder.py"),
+    ("stl10_probe_compare.py", ("--run_name ",), "recipes/stl10_probe.py"),
+])
+def test_compare_scripts_help_is_their_own(script, refused, recipe):
+    """--help of a compare script describes the script and lists the runs' settings without those it refuses
+    (it used to print the recipe's help, --run-name and --model included)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / script), "--help"], cwd=ROOT, env=run_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(("Compare the MNIST", "Run the STL-10 probe twice")) and recipe in proc.stdout
+    settings = [line for line in proc.stdout.splitlines() if line.startswith("  --")]
+    assert any(line.startswith("  --epochs ") for line in settings)
+    assert not [line for line in settings for flag in refused if line.startswith("  " + flag)]

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from toolkit.config import ConfigError, TrainConfig, config_help, parse_config
+from toolkit.config import ConfigError, TrainConfig, _field_comments, config_help, parse_config
 
 
 @dataclass
@@ -97,3 +97,15 @@ def test_a_bad_wandb_mode_in_the_environment_is_named(monkeypatch):
     with pytest.raises(ConfigError, match="environment variable WANDB_MODE='cloud' must be one of"):
         parse_config(DemoConfig, [], exit_on_error=False)
     assert parse_config(DemoConfig, ["--wandb-mode", "disabled"]).wandb_mode == "disabled"
+
+
+def test_help_columns_line_up_and_say_dashes_work():
+    """Every meaning starts in one column (a `bool | str` type or a default up to 20 characters used to push it
+    right), and the usage line says that --some-key and --some_key both work."""
+    text = config_help(DemoConfig)
+    assert "--some-key and --some_key both work" in text.splitlines()[0]
+    rows = [line for line in text.splitlines() if line.startswith("  --")]
+    comments = _field_comments(DemoConfig)
+    starts = {line.index(comments[line.split()[0][2:]]) for line in rows
+              if len(line.split(" default ", 1)[1].split("  ")[0]) <= 20}
+    assert len(starts) == 1, "\n".join(rows)

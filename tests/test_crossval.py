@@ -164,3 +164,12 @@ def test_cv_lines_reads_binary_results_with_and_without_their_target():
         lines = cv_lines(r)
         assert lines[0] == "fold 0: 3 validation slices, per-image Dice 0.5000, per patient 0.7000"
         assert "pooled 0.6000; post-processed: per-image 0.5500, pooled 0.6500" in lines[1]
+
+
+def test_help_says_where_the_recipe_arguments_go():
+    """--help shows the whole usage: arguments after -- go to recipes/brain_mri.py, launched with $LAUNCH."""
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--help"], cwd=ROOT,
+                          env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "-- RECIPE ARGS" in proc.stdout and "recipes/brain_mri.py" in proc.stdout and "$LAUNCH" in proc.stdout
+    assert "default 3" in proc.stdout

@@ -110,6 +110,19 @@ def test_note_patience_counts_as_documented(mode, values, min_delta, patience, s
     assert stopped_at == stops_after, state
 
 
+def test_stop_reason_names_the_last_improving_validation_with_eval_every():
+    """Validations after epochs 3, 6, 9 (--eval-every 3): 0.5 at epoch 3, then no gain; patience 2 stops at 9."""
+    state = TrainState(planned_epochs=20)
+    for epoch in range(1, 10):
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, "train_loss": 1.0})
+        if epoch % 3 == 0:
+            state.history[-1]["m"] = 0.5
+            note_patience(state, 0.5, "m", "max", 2, 0.0)
+    assert state.stop_reason is not None
+    assert "for 2 validations" in state.stop_reason and "0.5 at epoch 3" in state.stop_reason, state.stop_reason
+
+
 def test_resume_inside_a_patience_count_stops_at_the_same_epoch(tmp_path):
     values = [0.5, 0.6, 0.55, 0.6, 0.58, 0.59, 0.7]  # best 0.6 at epoch 2; patience 3 stops after epoch 5
     ref, ref_history, ref_summary = fit(cfg_for(tmp_path, "ref", patience=3), values)
@@ -159,6 +172,8 @@ def test_eval_every_validates_every_nth_epoch_and_the_last(tmp_path):
     _, history, summary = fit(cfg_for(tmp_path, "ep", epochs=20, eval_every=2, patience=2), [0.5])
     assert [h["epoch"] for h in history if "score" in h] == [2, 4, 6]  # 2 validations without improvement
     assert summary["stopped_epoch"] == 6 and "--patience 2" in summary["stop_reason"]
+    # the reason counts validations and names the epoch that last improved (2), not epoch 6 - 2
+    assert "for 2 validations" in summary["stop_reason"] and "at epoch 2" in summary["stop_reason"]
 
 
 def test_eval_every_validates_the_epoch_the_time_budget_ends_on(tmp_path):

@@ -196,11 +196,17 @@ def config_help(cls: type, prog: str = "") -> str:
     """The ``--help`` text: one line per field with its type, default and meaning."""
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
-    lines = [f"usage: {prog or 'recipe'} [--key value | --key=value ...]", "", (cls.__doc__ or "").strip(), ""]
+    lines = [f"usage: {prog or 'recipe'} [--key value | --key=value ...]   (--some-key and --some_key both work)",
+             "", (cls.__doc__ or "").strip(), ""]
+    rows = []
     for f in fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
-        lines.append(f"  --{f.name:<22} {tname:<6} default {default!r:<14} {comments.get(f.name, '')}")
+        rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), repr(default)))
+    # columns as wide as their longest entry (a default longer than 20 characters overflows its column alone)
+    wtype = max(len(t) for _, t, _ in rows)
+    wdefault = max([len(d) for _, _, d in rows if len(d) <= 20] or [0])
+    for name, tname, default in rows:
+        lines.append(f"  --{name:<22} {tname:<{wtype}} default {default:<{wdefault}} {comments.get(name, '')}")
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ class TrainState:
     ``wall_time_s`` at the end of each epoch (time-budget planning); skipped_steps:
     optimizer steps the fp16 grad scaler skipped; patience_best: the monitored value that
     later epochs must improve on by ``min_delta`` (early stopping; None before the first epoch);
-    epochs_without_improvement: epochs since it was last set; stop_reason: why the run stopped
+    epochs_without_improvement: validations since it was last set; stop_reason: why the run stopped
     before its planned epochs (early stopping), None while it has not.
     """
 
@@ -124,7 +124,7 @@ def plan_epochs(state: TrainState, max_epochs: int, budget_s: float) -> int:
 
 
 def note_patience(state: TrainState, value: float, monitor: str, mode: str, patience: int, min_delta: float) -> bool:
-    """Early stopping, called once after each epoch with its monitored ``value``; True when the run must stop.
+    """Early stopping, called once after each validation with its monitored ``value``; True when the run must stop.
 
     The epoch improves when ``value`` beats ``state.patience_best`` by at least ``min_delta`` (>= 0, in the
     metric's units, up to float rounding; up for ``mode`` "max", down for "min"; any change > 0 when
@@ -144,7 +144,12 @@ def note_patience(state: TrainState, value: float, monitor: str, mode: str, pati
         state.epochs_without_improvement += 1
     count = state.epochs_without_improvement
     if 0 < patience <= count:
-        since = f"{ref:.6g} at epoch {state.epoch - count}" if ref is not None else "none (no valid value)"
-        state.stop_reason = (f"{monitor} did not improve ({mode}) by at least {min_delta:g} for {count} epochs "
+        # count is in validations (every --eval-every epochs): the epoch that improved is the validated one
+        # count validations back, read from the history's validated records (they hold the monitor)
+        validated = [h.get("epoch") for h in state.history if monitor in h]
+        last = validated[-1 - count] if len(validated) > count else None
+        last = state.epoch - count if last is None else last  # records without an epoch: every epoch validated
+        since = f"{ref:.6g} at epoch {last}" if ref is not None else "none (no valid value)"
+        state.stop_reason = (f"{monitor} did not improve ({mode}) by at least {min_delta:g} for {count} validations "
                              f"(--patience {patience}); last improvement: {since}")
     return state.stop_reason is not None
