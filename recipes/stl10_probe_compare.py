@@ -20,10 +20,9 @@ from pathlib import Path
 
 from stl10_probe import STL10ProbeConfig, resolve_encoder  # the recipe beside this script
 from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
-from toolkit import config_help, run_recipe, write_comparison
+from toolkit import ConfigError, config_help, run_recipe, write_comparison
 
 RECIPE = Path(__file__).resolve().with_name("stl10_probe.py")
-LAUNCH = "accelerate launch --cpu --num_processes 1 --mixed_precision bf16"
 COLUMNS = [Column("encoder", "frozen encoder"), Column("run", link=True),
            Column("best_accuracy", "best test accuracy", better="higher", format=".4f"),
            Column("best_epoch", "best epoch"),
@@ -52,14 +51,14 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_flags(argv, {"--run-name", "--run_name"}, "stl10_probe_compare names the two runs itself; drop --run-name")
     cfg = parse_config(STL10ProbeConfig, argv)  # validates the arguments before any training
     if cfg.encoder == "random":
-        raise SystemExit("error: --encoder must name the pretrained encoder (latest or PATH); the random one is the control")
+        raise ConfigError("--encoder must name the pretrained encoder (latest or PATH); the random one is the control")
     try:
         weights, _ = resolve_encoder(cfg)
-    except ValueError as err:  # ConfigError: no pretraining run found
-        raise SystemExit(f"error: {err}") from None
+    except ValueError as err:  # no pretraining run found, an unreadable config.json: "error: ...", exit status 2
+        raise ConfigError(str(err)) from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = {kind: result(train_run(RECIPE, [*argv, "--encoder", encoder], f"stl10_probe-{stamp}-{kind}",
-                                      cfg.output_dir, reuse=False, default_launch=LAUNCH))
+                                      cfg.output_dir, reuse=False))
                for kind, encoder in (("pretrained", str(weights)), ("random", "random"))}
     gain = results["pretrained"]["final_accuracy"] - results["random"]["final_accuracy"]
     rows = [{**{c.key: r[c.key] for c in COLUMNS}, "encoder": f"{kind}: {r['encoder']}",

@@ -156,3 +156,25 @@ def test_two_cpu_processes_give_the_one_process_loss_curve(recipes, cifar, tmp_p
         assert all(abs(x - y) <= 0.01 * x for x, y in zip(a, b)), (key, curves)
     train = curves["train_loss"][0]
     assert train[1] < 0.96 * train[0], curves  # the curve moves by several times the tolerance
+
+
+def test_probe_compare_refusals_are_config_errors(recipes, tmp_path):
+    """The compare script's refusals end as every recipe's do (run_recipe: "error: ...", exit status 2)."""
+    from toolkit import ConfigError
+
+    compare = recipes[2]
+    with pytest.raises(ConfigError, match="the random one is the control"):
+        compare.main(["--encoder", "random", "--output-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="--encoder latest: no stl10_pretrain"):
+        compare.main(["--output-dir", str(tmp_path / "none")])
+
+
+def test_the_default_cpu_launch_uses_bf16_only_with_bf16_instructions(tmp_path):
+    from toolkit.compare import cpu_precision
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert cpu_precision(str(info)) == "no"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_precision(str(info)) == "bf16"
+    assert cpu_precision(str(tmp_path / "missing")) == "no"

@@ -28,8 +28,22 @@ __all__ = ["DEFAULT_LAUNCH", "LAUNCH_ARGS_FILE", "RUNTIME_KEYS", "has_trained", 
            "check_run_args", "launch_prefix", "given_flags", "refuse_flags", "split_args", "train_run", "read_json",
            "RunResult", "command_line", "write_comparison"]
 
+
+def cpu_precision(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU launch's ``--mixed_precision``, as the Makefile picks it: "bf16" where the CPU has bf16 instructions
+    (``avx512_bf16`` or ``amx_bf16`` among the flags of ``cpuinfo``), else "no" (emulated bf16 is many times
+    slower than fp32); "no" when the file cannot be read."""
+    try:
+        flags = set(next((ln for ln in Path(cpuinfo).read_text().splitlines() if ln.startswith("flags")),
+                         "").split())
+    except OSError:
+        return "no"
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "no"
+
+
 #: accelerate of the running Python, so that it is found without the virtual environment activated
-DEFAULT_LAUNCH = f"{shlex.quote(sys.executable)} -m accelerate.commands.launch --cpu --mixed_precision bf16"
+DEFAULT_LAUNCH = (f"{shlex.quote(sys.executable)} -m accelerate.commands.launch --cpu --num_processes 1 "
+                  f"--mixed_precision {cpu_precision()}")
 
 
 def launch_prefix(default: str = DEFAULT_LAUNCH) -> str:
