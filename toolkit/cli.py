@@ -73,9 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     _model_arguments(e)
     e.add_argument("--data-dir", default=None, help="data folder(s), comma-separated; default: those the run trained on")
     e.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
-                   help="which part of the run's saved split (split.json) to score; all = every slice")
+                   help="which part of the run's saved split (split.json) to score; all = every slice (default: test)")
     e.add_argument("--output", default=None, help="JSON file; default: <run>/eval_<split>.json")
-    e.add_argument("--show", type=int, default=10, help="how many of the worst slices to print")
+    e.add_argument("--show", type=int, default=10, help="how many of the worst slices (or patients) to print (default: 10)")
     e.set_defaults(func=_seg_command("evaluate"))
     p = sub.add_parser("predict", help="masks and overlays for images, at each image's own size")
     _model_arguments(p)
@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="a run's model as ONNX or TorchScript (dynamic batch; the input preprocessing, "
                                       "image size, channels, target and threshold in the file's metadata)")
     x.add_argument("--weights", required=True, help="best.pth (or best.safetensors) of a run, config.json beside it")
-    x.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    x.add_argument("--format", required=True, choices=("onnx", "torchscript"),
+                   help="onnx (torch.onnx dynamo export, dynamic batch) or torchscript (a traced module)")
     x.add_argument("--output", default=None, help="file to write; default: the weights' path as .onnx / .pt")
     x.add_argument("--no-check", action="store_true", help="skip running the exported file against PyTorch")
     x.set_defaults(func=export)
