@@ -112,7 +112,7 @@ RUNS ?= runs
 report: $(STAMP)
 	$(BIN)/python -m toolkit.cli report $(RUNS)
 
-# Benchmarks (README, Performance): prints a table, writes runs/bench/bench.json (about 10 minutes on 2 CPU cores);
+# Benchmarks (README, Performance): prints a table, writes runs/bench/bench.json (about 6 to 10 minutes on 2 CPU cores);
 # ARGS="--quick" for a smoke run on tiny sizes, ARGS="--only precision,compile" for some sections.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
@@ -127,7 +127,7 @@ kill-harness: $(STAMP)
 pretrain-throughput: $(STAMP)
 	PYTHON=$(BIN)/python tools/pretrain_throughput.sh $(ARGS)
 
-# Real SLURM on this machine (examples/slurm/local_check.sh, about 4 minutes; root, apt-get install slurm-wlm munge):
+# Real SLURM on this machine (examples/slurm/local_check.sh, about 4 to 6 minutes; root, apt-get install slurm-wlm munge):
 # one node on localhost, single_node.sbatch on the CPU, USR1, requeue, resume; exit 77 = cannot run here.
 slurm-check: $(STAMP)
 	examples/slurm/local_check.sh
