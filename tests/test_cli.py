@@ -122,6 +122,19 @@ def test_evaluate_and_predict_an_ensemble_of_folds(run, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"1_mask.png", "1_overlay.png", "1_disagreement.png"}
 
 
+def test_predict_refuses_two_inputs_whose_outputs_would_share_a_name(run, tmp_path, capsys):
+    run_dir, data = run
+    source = tmp_path / "in"
+    for patient in ("p1", "p2"):  # slice_1.png of two patients: both would write slice_1_mask.png
+        (source / patient).mkdir(parents=True)
+        (source / patient / "slice_1.png").write_bytes((data / "images" / "1.png").read_bytes())
+    out = tmp_path / "pred"
+    assert main(["predict", "--weights", str(run_dir), "--input", str(source), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "p1/slice_1.png" in err and "p2/slice_1.png" in err and "slice_1_mask.png" in err
+    assert not out.exists()  # nothing written, nothing overwritten
+
+
 def test_predict_input_files_follow_linked_folders_once(tmp_path):
     from toolkit.seg_images import input_files
 
