@@ -164,3 +164,30 @@ def test_cv_lines_reads_binary_results_with_and_without_their_target():
         lines = cv_lines(r)
         assert lines[0] == "fold 0: 3 validation slices, per-image Dice 0.5000, per patient 0.7000"
         assert "pooled 0.6000; post-processed: per-image 0.5500, pooled 0.6500" in lines[1]
+
+
+def test_out_of_fold_scores_each_fold_at_its_own_threshold(tmp_path):
+    """cv.json's per-fold and out-of-fold figures without post-processing are at the folds' --threshold: what each
+    fold validated and what `toolkit evaluate --postprocess none` gives (they were at 0.5 whatever the runs used)."""
+    import torch
+
+    from toolkit import build_segmentation_model, generate_synthetic_mri, out_of_fold, save_weights
+    from toolkit.checkpoint import save_json
+
+    data = generate_synthetic_mri(tmp_path / "data", num_images=6, seed=1)
+    root, ids = tmp_path / "cv", [str(i) for i in range(1, 7)]
+    for k in range(2):
+        fold = root / f"fold{k}"
+        torch.manual_seed(k)
+        save_weights(fold / "best.pth", build_segmentation_model("autoencoder").state_dict())
+        save_json(fold / "config.json", {"recipe": "brain_mri", "model": "autoencoder", "image_size": 64,
+                                         "in_channels": 1, "threshold": 0.42, "data_dir": str(data)})
+        val = ids[3 * k: 3 * k + 3]  # random weights: fold 0 gives ~0.43 everywhere, so 0.42 and 0.5 differ
+        save_json(fold / "split.json", {"data_dir": str(data), "train": [i for i in ids if i not in val], "val": val})
+    result = out_of_fold(root, [root / "fold0", root / "fold1"])
+    for k in range(2):
+        assert toolkit_main(["evaluate", "--weights", str(root / f"fold{k}"), "--split", "val", "--postprocess",
+                             "none", "--output", str(tmp_path / f"eval{k}.json")]) == 0
+        plain = json.loads((tmp_path / f"eval{k}.json").read_text())["summary"]
+        for key in ("dice", "dice_global"):
+            assert abs(result["per_fold"][k][key] - plain[key]) < 1e-9, (k, key)
