@@ -135,6 +135,17 @@ def test_predict_refuses_two_inputs_whose_outputs_would_share_a_name(run, tmp_pa
     assert not out.exists()  # nothing written, nothing overwritten
 
 
+def test_an_ensemble_of_runs_with_other_2_5d_context_is_refused_naming_it(run, tmp_path, capsys):
+    run_dir, _ = run
+    other = tmp_path / "runs" / "ctx"  # the same run, trained with one neighbour on each side: 3 input channels
+    save_json(other / "config.json", {**json.loads((run_dir / "config.json").read_text()), "context_slices": 1})
+    (other / "split.json").write_bytes((run_dir / "split.json").read_bytes())
+    save_weights(other / "best.pth", build_segmentation_model("autoencoder", in_channels=3).state_dict())
+    assert main(["evaluate", "--weights", str(run_dir), str(other), "--split", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "context_slices: [1] against [0]" in err and str(other / "best.pth") in err
+
+
 def test_predict_input_files_follow_linked_folders_once(tmp_path):
     from toolkit.seg_images import input_files
 

@@ -26,7 +26,8 @@ __all__ = ["load_segmentation_run", "stored_target", "load_ensemble", "ScanProbs
            "pick_postprocess", "run_slices", "run_dataset", "run_layout", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-SAME_INPUT = ("image_size", "in_channels", "channels", "intensity", "target_spec")  # config keys every member of an ensemble must share
+# config keys every member of an ensemble must share (context_slices: the 2.5D neighbours stacked as input channels)
+SAME_INPUT = ("image_size", "in_channels", "channels", "intensity", "target_spec", "context_slices")
 
 
 def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -103,6 +104,11 @@ def run_target_dataset(records, cfg: dict, target: TargetSpec):
     return dataset
 
 
+def _input_key(cfg: dict, key: str):
+    """``cfg[key]`` as an ensemble compares it: runs from before ``context_slices`` existed had none (0)."""
+    return int(cfg.get(key) or 0) if key == "context_slices" else cfg.get(key)
+
+
 def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, dict, Path | None, list[Path]]:
     """Every model named by ``weights`` (files, run folders, cross-validation folders; see
     :func:`~toolkit.ensemble.resolve_weights`) as one ensemble.
@@ -114,10 +120,10 @@ def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, 
     loaded = [load_segmentation_run(f) for f in files]
     first = loaded[0][1]
     for f, (_, cfg) in zip(files[1:], loaded[1:]):
-        differ = [k for k in SAME_INPUT if cfg.get(k) != first.get(k)]
+        differ = [k for k in SAME_INPUT if _input_key(cfg, k) != _input_key(first, k)]
         if differ:
-            raise ValueError(f"{f} takes other input than {files[0]} ({', '.join(differ)}: "
-                             f"{[cfg.get(k) for k in differ]} against {[first.get(k) for k in differ]}); "
+            theirs, ours = ([_input_key(c, k) for k in differ] for c in (cfg, first))
+            raise ValueError(f"{f} takes other input than {files[0]} ({', '.join(differ)}: {theirs} against {ours}); "
                              f"an ensemble needs members of one input size and channels")
     ensemble = SegmentationEnsemble([m for m, _ in loaded], input_preprocess(first["intensity"]),
                                     TargetSpec.from_dict(first["target_spec"]))
