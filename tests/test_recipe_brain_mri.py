@@ -187,3 +187,16 @@ def test_bad_data_found_while_reading_end_in_one_error_line(tmp_path):
     proc = recipe(raw, "raw")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "raw" / "summary.json").is_file()
+
+
+def test_more_folds_than_patients_end_in_one_error_line_and_no_run(tmp_path):
+    from .mri_fake import make_folder
+
+    data = make_folder(tmp_path / "data", n=6)  # no metadata.csv: 6 units of one slice each
+    proc = subprocess.run([sys_python(), str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data),
+                           "--folds", "8", "--fold", "0", "--run-name", "f", "--output-dir", str(tmp_path / "runs"),
+                           "--image-size", "32", "--num-workers", "0", "--wandb-mode", "disabled"],
+                          cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: split of {data}: cannot make 8 folds of 6 unit(s)" in proc.stderr
+    assert not (tmp_path / "runs" / "f").exists()

@@ -140,10 +140,13 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     except (DataError, ValueError, FileNotFoundError) as err:  # FileNotFoundError: e.g. an image without its mask
         raise ConfigError(f"data_dir: {err}") from None  # run_recipe leaves no run folder
     _settle_in_channels(cfg, trainer, found.slices[0].num_channels, found.source)
-    split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
-                          block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
-    if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
-        split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
+    try:  # too few patients (or id blocks) for the folds or fractions asked: ValueError naming both
+        split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
+                              block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
+        if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
+            split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
+    except ValueError as err:
+        raise ConfigError(f"split of {_where(found)}: {err}") from None  # run_recipe leaves no run folder
     unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
     context = int(getattr(cfg, "context_slices", 0))
     if context and not are_volumes(found.slices):
