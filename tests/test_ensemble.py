@@ -71,6 +71,23 @@ def test_resolve_weights(tmp_path):
         resolve_weights([tmp_path / "nowhere"])
 
 
+def test_resolve_weights_refuses_a_cross_validation_killed_before_its_last_fold_finished(tmp_path):
+    cv = tmp_path / "cv"
+    for k in range(3):  # fold 2 was killed mid-training: a best.pth of an early epoch, no summary.json
+        (cv / f"fold{k}").mkdir(parents=True)
+        (cv / f"fold{k}" / "best.pth").write_bytes(b"")
+        if k < 2:
+            (cv / f"fold{k}" / "summary.json").write_text("{}")
+    (cv / "cv_args.json").write_text('{"folds": 3, "args": []}')
+    with pytest.raises(ValueError, match=r"3-fold cross-validation has not finished \(fold2 without summary.json"):
+        resolve_weights([cv])
+    (cv / "fold2" / "summary.json").write_text("{}")
+    assert len(resolve_weights([cv])[0]) == 3
+    (cv / "cv_args.json").write_text('{"folds": 4, "args": []}')  # started with 4: fold3 never trained
+    with pytest.raises(ValueError, match="fold3 without"):
+        resolve_weights([cv])
+
+
 def test_summary_per_image_pooled_patient_and_type():
     t = np.zeros((3, 2, 2), np.uint8)
     p = np.zeros_like(t)
