@@ -162,3 +162,22 @@ def test_predict_input_files_follow_linked_folders_once(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no PNG/JPEG/TIFF"):
         input_files(tmp_path / "empty")
+
+
+def test_postprocess_of_a_2d_classes_run_says_there_is_nothing_to_choose(tmp_path, capsys):
+    from .mri_fake import make_folder
+
+    data = make_folder(tmp_path / "data", n=4)
+    (data / "metadata.csv").write_text("id,patient_id,tumour_type\n1,P1,glioma\n2,P2,glioma\n3,P3,meningioma\n"
+                                       "4,P4,meningioma\n")
+    run_dir = tmp_path / "runs" / "classes"
+    save_weights(run_dir / "best.pth", build_segmentation_model("autoencoder", out_channels=3).state_dict())
+    save_json(run_dir / "config.json", {"recipe": "brain_mri", "model": "autoencoder", "image_size": 32,
+                                        "in_channels": 1, "threshold": 0.5, "class_column": "tumour_type"})
+    save_json(run_dir / "target.json", {"kind": "classes", "names": ["glioma", "meningioma"], "values": [0, 1, 2],
+                                        "regions": [], "intensity": "per_slice"})
+    save_json(run_dir / "split.json", {"data_dir": str(data), "train": ["1", "3"], "val": ["2", "4"]})
+    assert main(["postprocess", "--weights", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert not (run_dir / "postprocess.json").exists() and "wrote" not in out  # it said it wrote a file it did not
+    assert "nothing to choose" in out

@@ -211,5 +211,9 @@ def postprocess(args: argparse.Namespace) -> int:
         ChoosePostprocess(build, val, ensemble.preprocess, pooled=run_monitor(run_dir).endswith("_global")
                           ).choose(run_dir)
     ChooseVolumePostprocess(build, val, ensemble.preprocess, target, threshold).choose(run_dir)
+    if not old.is_file():  # a classes/regions run on 2D slices: neither search applies
+        print(f"nothing to choose for {run_dir}: the 2D search is for binary runs and the 3D rules for volume data; "
+              f"evaluate and predict apply its threshold {threshold:g}")
+        return 0
     print(f"wrote {old}" + (" (the previous one: postprocess.previous.json)" if kept else ""))
     return 0
