@@ -114,6 +114,14 @@ def test_disagreement_report_flags_the_worst():
     assert report["flagged_among_lowest_dice"] == 0.0
 
 
+def test_disagreement_spearman_gives_tied_slices_their_mean_rank():
+    # four empty slices predicted empty (Dice 1, nobody disputes) and one disputed miss: a perfect negative relation;
+    # ranking ties by their order gave 0 (on real LGG slices, +0.081 where Spearman is -0.219)
+    records = [{"dice": d} for d in (1.0, 1.0, 1.0, 1.0, 0.5)]
+    report = disagreement_report(records, np.array([0.0, 0.0, 0.0, 0.0, 0.8]))
+    assert report["spearman_dice_vs_disagreement"] == pytest.approx(-1)
+
+
 def test_summary_counts_tumour_missed_and_found_elsewhere():
     t = np.zeros((4, 4, 4), np.uint8)
     p = np.zeros_like(t)
