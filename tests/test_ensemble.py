@@ -122,6 +122,14 @@ def test_disagreement_spearman_gives_tied_slices_their_mean_rank():
     assert report["spearman_dice_vs_disagreement"] == pytest.approx(-1)
 
 
+def test_disagreement_lowest_dice_share_counts_every_slice_tied_with_the_last():
+    # 5 slices of Dice 0 but "the lowest 10%" of 20 is 2 of them: the 2 most disputed are Dice 0 slices, which
+    # the arbitrary pick by order (slices 0 and 1) left out (0% flagged); chance is then the 5 of 20
+    records = [{"dice": d} for d in [0.0] * 5 + list(np.linspace(0.5, 1, 15))]
+    report = disagreement_report(records, np.array([0.0, 0.0, 0.0, 0.9, 0.8] + [0.1] * 15))
+    assert report["flagged_among_lowest_dice"] == 1.0 and report["chance"] == 0.25
+
+
 def test_summary_counts_tumour_missed_and_found_elsewhere():
     t = np.zeros((4, 4, 4), np.uint8)
     p = np.zeros_like(t)
