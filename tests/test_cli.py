@@ -181,3 +181,14 @@ def test_postprocess_of_a_2d_classes_run_says_there_is_nothing_to_choose(tmp_pat
     out = capsys.readouterr().out
     assert not (run_dir / "postprocess.json").exists() and "wrote" not in out  # it said it wrote a file it did not
     assert "nothing to choose" in out
+
+
+def test_an_output_path_under_a_file_is_an_error_line_not_a_traceback(run, tmp_path, capsys):
+    run_dir, data = run
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["predict", "--weights", str(run_dir), "--input", str(data / "images" / "1.png"),
+                 "--output", str(taken)]) == 2
+    assert f"--output {taken} is a file" in capsys.readouterr().err
+    assert main(["evaluate", "--weights", str(run_dir), "--output", str(taken / "eval.json")]) == 2
+    assert str(taken) in capsys.readouterr().err

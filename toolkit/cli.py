@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -40,6 +41,8 @@ def export(args: argparse.Namespace) -> int:
 
 def _seg_command(name: str):
     def run(args: argparse.Namespace) -> int:
+        if name == "predict" and Path(args.output).exists() and not Path(args.output).is_dir():
+            raise ValueError(f"--output {args.output} is a file; predict writes its masks and overlays into a folder")
         if name == "predict" and any(str(w).lower().endswith(".onnx") for w in args.weights):
             from . import onnx_predict  # onnxruntime, no torch
 
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # OSError: e.g. --output under a file, a folder without write access
         print(f"error: {err}", file=sys.stderr)
         return 2
 
