@@ -192,3 +192,23 @@ def test_an_output_path_under_a_file_is_an_error_line_not_a_traceback(run, tmp_p
     assert f"--output {taken} is a file" in capsys.readouterr().err
     assert main(["evaluate", "--weights", str(run_dir), "--output", str(taken / "eval.json")]) == 2
     assert str(taken) in capsys.readouterr().err
+
+
+def test_evaluate_gives_each_slice_its_own_patient_and_type_when_a_bad_file_is_skipped(tmp_path):
+    from .mri_fake import make_folder
+
+    data = make_folder(tmp_path / "data", n=4)
+    (data / "metadata.csv").write_text("id,patient_id,tumour_type\n1,P1,glioma\n2,P2,glioma\n3,P3,meningioma\n"
+                                       "4,P4,pituitary\n")
+    good = (data / "images" / "2.png").read_bytes()
+    (data / "images" / "2.png").write_bytes(good[: len(good) // 2])  # truncated: left out by --skip-bad-files
+    run_dir = tmp_path / "run"
+    save_weights(run_dir / "best.pth", build_segmentation_model("autoencoder").state_dict())
+    save_json(run_dir / "config.json", {"recipe": "brain_mri", "model": "autoencoder", "image_size": 32,
+                                        "in_channels": 1, "threshold": 0.5, "skip_bad_files": True})
+    save_json(run_dir / "split.json", {"data_dir": str(data), "train": ["1"], "val": ["3"], "test": ["4"]})
+    assert main(["evaluate", "--weights", str(run_dir), "--split", "all"]) == 0
+    result = json.loads((run_dir / "eval_all.json").read_text())
+    # slice 3 was scored as P2's glioma and slice 4 as P3's meningioma (the metadata of the slices before them)
+    assert [(r["id"], r["patient"], r["tumour_type"]) for r in result["per_image"]] == [
+        ("1", "P1", "glioma"), ("3", "P3", "meningioma"), ("4", "P4", "pituitary")]

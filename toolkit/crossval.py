@@ -96,10 +96,10 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
         ensemble, _, _, _ = load_ensemble([fold_dir / "best.pth"])
         data = run_dataset(records, cfg)
         preds = collect_probs(ensemble, data, flips=True)
-        fold_meta = slice_meta(records)
+        fold_meta = slice_meta(data.records)  # the slices read: --skip-bad-files may have left some out
         bare = PostProcess(threshold=float(cfg.get("threshold", 0.5)))  # the fold's own threshold, as it validated
         plain = summarise(image_records(data.ids, bare.binarize(preds.probs), preds.targets, fold_meta))
-        per_fold.append({"fold": k, "run": fold_dir.name, "num_images": len(records), **plain})
+        per_fold.append({"fold": k, "run": fold_dir.name, "num_images": len(data), **plain})
         probs.append(preds.probs), flipped.append(preds.flipped), targets.append(preds.targets)
         ids += data.ids
         meta += fold_meta

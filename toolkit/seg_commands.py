@@ -127,7 +127,7 @@ def evaluate(args: argparse.Namespace) -> int:
     masks = post.binarize(preds.chosen(post))
     volumes = volume_eval.wants_volume_eval(ensemble.target, dataset.records)
     final, in_3d = volume_eval.volume_masks(source, dataset.records, masks) if volumes else (masks, False)
-    scored = image_records(dataset.ids, final, preds.targets, slice_meta(records))
+    scored = image_records(dataset.ids, final, preds.targets, slice_meta(dataset.records))  # after skipped files
     summary = summarise(scored)
     bare = PostProcess(threshold=float(cfg.get("threshold", 0.5)))  # the run's threshold, no TTA, all regions
     plain = summarise(image_records(dataset.ids, bare.binarize(preds.probs), preds.targets))
