@@ -164,7 +164,8 @@ def test_predict_input_files_follow_linked_folders_once(tmp_path):
         input_files(tmp_path / "empty")
 
 
-def test_postprocess_of_a_2d_classes_run_says_there_is_nothing_to_choose(tmp_path, capsys):
+def _classes_run(tmp_path):
+    """A hand-made run of tumour-type classes (metadata column tumour_type) on 4 fake 2D slices."""
     from .mri_fake import make_folder
 
     data = make_folder(tmp_path / "data", n=4)
@@ -177,6 +178,11 @@ def test_postprocess_of_a_2d_classes_run_says_there_is_nothing_to_choose(tmp_pat
     save_json(run_dir / "target.json", {"kind": "classes", "names": ["glioma", "meningioma"], "values": [0, 1, 2],
                                         "regions": [], "intensity": "per_slice"})
     save_json(run_dir / "split.json", {"data_dir": str(data), "train": ["1", "3"], "val": ["2", "4"]})
+    return run_dir
+
+
+def test_postprocess_of_a_2d_classes_run_says_there_is_nothing_to_choose(tmp_path, capsys):
+    run_dir = _classes_run(tmp_path)
     assert main(["postprocess", "--weights", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert not (run_dir / "postprocess.json").exists() and "wrote" not in out  # it said it wrote a file it did not
@@ -212,3 +218,10 @@ def test_evaluate_gives_each_slice_its_own_patient_and_type_when_a_bad_file_is_s
     # slice 3 was scored as P2's glioma and slice 4 as P3's meningioma (the metadata of the slices before them)
     assert [(r["id"], r["patient"], r["tumour_type"]) for r in result["per_image"]] == [
         ("1", "P1", "glioma"), ("3", "P3", "meningioma"), ("4", "P4", "pituitary")]
+
+
+def test_evaluate_of_a_classes_run_refuses_one_region_which_it_would_not_apply(tmp_path, capsys):
+    run_dir = _classes_run(tmp_path)
+    assert main(["evaluate", "--weights", str(run_dir), "--split", "val", "--one-region"]) == 2
+    assert "--one-region: the 2D component rule is for binary runs" in capsys.readouterr().err
+    assert not (run_dir / "eval_val.json").exists()  # it wrote largest_only=True as applied, and did not apply it

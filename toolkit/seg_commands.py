@@ -121,6 +121,10 @@ def evaluate(args: argparse.Namespace) -> int:
     records, data_dir = _records_to_score(args, cfg, files)
     from . import volume_eval  # classes/regions runs and volume data: per patient, per class/region
     if ensemble.target.kind != "binary":
+        if args.one_region:  # it would be recorded as applied in the JSON, and not applied
+            raise ValueError(f"--one-region: the 2D component rule is for binary runs; {files[0]} predicts "
+                             f"{ensemble.target.kind} ({', '.join(ensemble.target.names)}), scored at its threshold "
+                             f"(--threshold and --flips apply); leave --one-region out")
         return volume_eval.evaluate_volumes(args, ensemble, cfg, post, source, files, records, data_dir)
     dataset = run_dataset(records, cfg)
     preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold)
