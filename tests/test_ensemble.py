@@ -88,6 +88,14 @@ def test_resolve_weights_refuses_a_cross_validation_killed_before_its_last_fold_
         resolve_weights([cv])
 
 
+def test_resolve_weights_refuses_a_model_given_twice(tmp_path):
+    for k in range(2):
+        (tmp_path / "cv" / f"fold{k}").mkdir(parents=True)
+        (tmp_path / "cv" / f"fold{k}" / "best.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"fold0.best.pth is given twice"):  # fold 0 would weigh double
+        resolve_weights([tmp_path / "cv", tmp_path / "cv" / "fold0"])
+
+
 def test_summary_per_image_pooled_patient_and_type():
     t = np.zeros((3, 2, 2), np.uint8)
     p = np.zeros_like(t)

@@ -27,7 +27,8 @@ def resolve_weights(paths: Sequence[str | Path]) -> tuple[list[Path], Path | Non
     (its ``best.pth``), or a cross-validation folder (every ``fold*/best.pth``, and the
     ``postprocess.json`` chosen on its out-of-fold predictions). With several paths the
     post-processing of the first one that has any is used. Raises FileNotFoundError naming
-    the path that holds no weights, ValueError for a cross-validation whose folds have not all finished.
+    the path that holds no weights, ValueError for a cross-validation whose folds have not all finished or a
+    model given twice.
     """
     files, post = [], None
     for raw in paths:
@@ -44,6 +45,10 @@ def resolve_weights(paths: Sequence[str | Path]) -> tuple[list[Path], Path | Non
         if not found:
             raise FileNotFoundError(f"--weights {path}: no best.pth there (expected a best.pth, a run folder or a "
                                     f"cross-validation folder with fold*/best.pth)")
+        twice = [f for f in found if f.resolve() in {g.resolve() for g in files}]
+        if twice:  # it would count twice in the average
+            raise ValueError(f"--weights {path}: {twice[0]} is given twice (each model is one member of the "
+                             f"ensemble's average)")
         files += found
         if post is None and (root / POSTPROCESS_FILE).is_file():
             post = root / POSTPROCESS_FILE
