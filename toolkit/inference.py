@@ -16,6 +16,7 @@ from .data.batch_transforms import input_preprocess
 from .data.mri.context import context_channels
 from .data.mri.dataset import MRISegmentationDataset
 from .data.mri.folders import discover_folders
+from .data.mri.io import resize_square
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model, parse_widths
 from .postprocess import PostProcess, load_postprocess
@@ -181,7 +182,7 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
     is taken at ``threshold``. Returns a :class:`ScanProbs`.
     """
     h, w = image.shape[:2]
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR)
+    resized = resize_square(image, size)  # as the run's slices were: area when either side shrinks
     if resized.ndim == 2:
         resized = resized[..., None]
     x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
