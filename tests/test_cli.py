@@ -225,3 +225,18 @@ def test_evaluate_of_a_classes_run_refuses_one_region_which_it_would_not_apply(t
     assert main(["evaluate", "--weights", str(run_dir), "--split", "val", "--one-region"]) == 2
     assert "--one-region: the 2D component rule is for binary runs" in capsys.readouterr().err
     assert not (run_dir / "eval_val.json").exists()  # it wrote largest_only=True as applied, and did not apply it
+
+
+def test_an_ensemble_of_runs_keeps_the_first_run_s_own_evaluation(run, tmp_path):
+    run_dir, _ = run
+    other = tmp_path / "runs" / "other"
+    for name in ("config.json", "split.json"):
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        (other / name).write_bytes((run_dir / name).read_bytes())
+    torch.manual_seed(1)
+    save_weights(other / "best.pth", build_segmentation_model("autoencoder").state_dict())
+    assert main(["evaluate", "--weights", str(run_dir)]) == 0
+    own = (run_dir / "eval_test.json").read_bytes()
+    assert main(["evaluate", "--weights", str(run_dir), str(other)]) == 0
+    assert (run_dir / "eval_test.json").read_bytes() == own  # it was overwritten, and reported as the run's
+    assert len(json.loads((run_dir / "eval_test_ensemble.json").read_text())["weights"]) == 2

@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None, help="data folder(s), comma-separated; default: those the run trained on")
     e.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
                    help="which part of the run's saved split (split.json) to score; all = every slice")
-    e.add_argument("--output", default=None, help="JSON file; default: <run>/eval_<split>.json")
+    e.add_argument("--output", default=None, help="JSON file; default: <run>/eval_<split>.json (several --weights: "
+                                                  "eval_<split>_ensemble.json in the first one's folder)")
     e.add_argument("--show", type=int, default=10, help="how many of the worst slices to print")
     e.set_defaults(func=_seg_command("evaluate"))
     p = sub.add_parser("predict", help="masks and overlays for images, at each image's own size")
