@@ -146,6 +146,16 @@ def test_an_ensemble_of_runs_with_other_2_5d_context_is_refused_naming_it(run, t
     assert "context_slices: [1] against [0]" in err and str(other / "best.pth") in err
 
 
+def test_predict_again_into_an_output_folder_inside_the_input_reads_the_scans_only(run, tmp_path):
+    run_dir, data = run
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "1.png").write_bytes((data / "images" / "1.png").read_bytes())
+    for _ in range(2):  # the second run predicted the first one's 1_overlay.png too (1_overlay_mask.png, ...)
+        assert main(["predict", "--weights", str(run_dir), "--input", str(scans), "--output", str(scans / "pred")]) == 0
+    assert sorted(p.name for p in (scans / "pred").iterdir()) == ["1_mask.png", "1_overlay.png"]
+
+
 def test_predict_input_files_follow_linked_folders_once(tmp_path):
     from toolkit.seg_images import input_files
 

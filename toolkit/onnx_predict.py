@@ -220,7 +220,7 @@ def predict(args: argparse.Namespace) -> int:
         probs, maps = model.scan_probs(image, flips=post.flips)
         return image, post.at_scale(probs.size / size**2).binarize(probs), maps
 
-    images = input_files(source_path)
+    images = input_files(source_path, out)
     for path, (image, mask, maps) in per_volume(images, predicted, vpost, size):
         write_png(out / f"{path.stem}_mask.png", mask * 255)
         write_png(out / f"{path.stem}_overlay.png", overlay(image, mask))

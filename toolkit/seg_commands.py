@@ -52,7 +52,7 @@ def predict(args: argparse.Namespace) -> int:
     in_channels, names = int(cfg.get("in_channels", 1)), _channel_names(layout, channels)
     out, size = Path(args.output), cfg["image_size"]
     print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
-    images = _input_files(Path(args.input))
+    images = _input_files(Path(args.input), out)
     vpost, rule = _lgg_volume_rule(layout, ensemble.target, source)
 
     def predicted(path):
