@@ -98,6 +98,9 @@ class BrainMRIConfig(TrainConfig):
                 parse_regions(self.regions)
             except ValueError as err:
                 raise ConfigError(f"regions: {err}") from None
+        if self.class_column and self.target not in ("", "classes"):  # binary: masks 0/k would reach a binary loss
+            raise ConfigError(f"class_column {self.class_column!r} given with target {self.target!r}: it gives each "
+                              "slice's class to target classes only; drop it, or use --target classes")
         if self.loss not in ("dice", "dice_bce"):
             raise ConfigError(f"loss must be dice or dice_bce, got {self.loss!r}")
         if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 - self.val_fraction:

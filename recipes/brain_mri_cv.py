@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: a fold run stopped (exit status {err.returncode}; its message is above); the folds finished "
               f"under {root} are kept: run the same command again once the cause is fixed", file=sys.stderr)
         return err.returncode or 1
-    result = out_of_fold(root, folds)
+    try:
+        result = out_of_fold(root, folds)
+    except ValueError as err:  # e.g. a slice the folds trained with is gone from the data: the message names it
+        print(f"error: scoring the folds of {root} out of fold: {err}; the trained folds are kept: run the same "
+              f"command again once the cause is fixed", file=sys.stderr)
+        return 2
     print("\n".join(cv_lines(result, root)))
     return 0
 

@@ -122,6 +122,40 @@ def test_evaluate_and_predict_an_ensemble_of_folds(run, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"1_mask.png", "1_overlay.png", "1_disagreement.png"}
 
 
+def test_predict_refuses_two_inputs_whose_outputs_would_share_a_name(run, tmp_path, capsys):
+    run_dir, data = run
+    source = tmp_path / "in"
+    for patient in ("p1", "p2"):  # slice_1.png of two patients: both would write slice_1_mask.png
+        (source / patient).mkdir(parents=True)
+        (source / patient / "slice_1.png").write_bytes((data / "images" / "1.png").read_bytes())
+    out = tmp_path / "pred"
+    assert main(["predict", "--weights", str(run_dir), "--input", str(source), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "p1/slice_1.png" in err and "p2/slice_1.png" in err and "slice_1_mask.png" in err
+    assert not out.exists()  # nothing written, nothing overwritten
+
+
+def test_an_ensemble_of_runs_with_other_2_5d_context_is_refused_naming_it(run, tmp_path, capsys):
+    run_dir, _ = run
+    other = tmp_path / "runs" / "ctx"  # the same run, trained with one neighbour on each side: 3 input channels
+    save_json(other / "config.json", {**json.loads((run_dir / "config.json").read_text()), "context_slices": 1})
+    (other / "split.json").write_bytes((run_dir / "split.json").read_bytes())
+    save_weights(other / "best.pth", build_segmentation_model("autoencoder", in_channels=3).state_dict())
+    assert main(["evaluate", "--weights", str(run_dir), str(other), "--split", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "context_slices: [1] against [0]" in err and str(other / "best.pth") in err
+
+
+def test_predict_again_into_an_output_folder_inside_the_input_reads_the_scans_only(run, tmp_path):
+    run_dir, data = run
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "1.png").write_bytes((data / "images" / "1.png").read_bytes())
+    for _ in range(2):  # the second run predicted the first one's 1_overlay.png too (1_overlay_mask.png, ...)
+        assert main(["predict", "--weights", str(run_dir), "--input", str(scans), "--output", str(scans / "pred")]) == 0
+    assert sorted(p.name for p in (scans / "pred").iterdir()) == ["1_mask.png", "1_overlay.png"]
+
+
 def test_predict_input_files_follow_linked_folders_once(tmp_path):
     from toolkit.seg_images import input_files
 
@@ -138,3 +172,81 @@ def test_predict_input_files_follow_linked_folders_once(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no PNG/JPEG/TIFF"):
         input_files(tmp_path / "empty")
+
+
+def _classes_run(tmp_path):
+    """A hand-made run of tumour-type classes (metadata column tumour_type) on 4 fake 2D slices."""
+    from .mri_fake import make_folder
+
+    data = make_folder(tmp_path / "data", n=4)
+    (data / "metadata.csv").write_text("id,patient_id,tumour_type\n1,P1,glioma\n2,P2,glioma\n3,P3,meningioma\n"
+                                       "4,P4,meningioma\n")
+    run_dir = tmp_path / "runs" / "classes"
+    save_weights(run_dir / "best.pth", build_segmentation_model("autoencoder", out_channels=3).state_dict())
+    save_json(run_dir / "config.json", {"recipe": "brain_mri", "model": "autoencoder", "image_size": 32,
+                                        "in_channels": 1, "threshold": 0.5, "class_column": "tumour_type"})
+    save_json(run_dir / "target.json", {"kind": "classes", "names": ["glioma", "meningioma"], "values": [0, 1, 2],
+                                        "regions": [], "intensity": "per_slice"})
+    save_json(run_dir / "split.json", {"data_dir": str(data), "train": ["1", "3"], "val": ["2", "4"]})
+    return run_dir
+
+
+def test_postprocess_of_a_2d_classes_run_says_there_is_nothing_to_choose(tmp_path, capsys):
+    run_dir = _classes_run(tmp_path)
+    assert main(["postprocess", "--weights", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert not (run_dir / "postprocess.json").exists() and "wrote" not in out  # it said it wrote a file it did not
+    assert "nothing to choose" in out
+
+
+def test_an_output_path_under_a_file_is_an_error_line_not_a_traceback(run, tmp_path, capsys):
+    run_dir, data = run
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert main(["predict", "--weights", str(run_dir), "--input", str(data / "images" / "1.png"),
+                 "--output", str(taken)]) == 2
+    assert f"--output {taken} is a file" in capsys.readouterr().err
+    assert main(["evaluate", "--weights", str(run_dir), "--output", str(taken / "eval.json")]) == 2
+    assert str(taken) in capsys.readouterr().err
+
+
+def test_evaluate_gives_each_slice_its_own_patient_and_type_when_a_bad_file_is_skipped(tmp_path):
+    from .mri_fake import make_folder
+
+    data = make_folder(tmp_path / "data", n=4)
+    (data / "metadata.csv").write_text("id,patient_id,tumour_type\n1,P1,glioma\n2,P2,glioma\n3,P3,meningioma\n"
+                                       "4,P4,pituitary\n")
+    good = (data / "images" / "2.png").read_bytes()
+    (data / "images" / "2.png").write_bytes(good[: len(good) // 2])  # truncated: left out by --skip-bad-files
+    run_dir = tmp_path / "run"
+    save_weights(run_dir / "best.pth", build_segmentation_model("autoencoder").state_dict())
+    save_json(run_dir / "config.json", {"recipe": "brain_mri", "model": "autoencoder", "image_size": 32,
+                                        "in_channels": 1, "threshold": 0.5, "skip_bad_files": True})
+    save_json(run_dir / "split.json", {"data_dir": str(data), "train": ["1"], "val": ["3"], "test": ["4"]})
+    assert main(["evaluate", "--weights", str(run_dir), "--split", "all"]) == 0
+    result = json.loads((run_dir / "eval_all.json").read_text())
+    # slice 3 was scored as P2's glioma and slice 4 as P3's meningioma (the metadata of the slices before them)
+    assert [(r["id"], r["patient"], r["tumour_type"]) for r in result["per_image"]] == [
+        ("1", "P1", "glioma"), ("3", "P3", "meningioma"), ("4", "P4", "pituitary")]
+
+
+def test_evaluate_of_a_classes_run_refuses_one_region_which_it_would_not_apply(tmp_path, capsys):
+    run_dir = _classes_run(tmp_path)
+    assert main(["evaluate", "--weights", str(run_dir), "--split", "val", "--one-region"]) == 2
+    assert "--one-region: the 2D component rule is for binary runs" in capsys.readouterr().err
+    assert not (run_dir / "eval_val.json").exists()  # it wrote largest_only=True as applied, and did not apply it
+
+
+def test_an_ensemble_of_runs_keeps_the_first_run_s_own_evaluation(run, tmp_path):
+    run_dir, _ = run
+    other = tmp_path / "runs" / "other"
+    for name in ("config.json", "split.json"):
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        (other / name).write_bytes((run_dir / name).read_bytes())
+    torch.manual_seed(1)
+    save_weights(other / "best.pth", build_segmentation_model("autoencoder").state_dict())
+    assert main(["evaluate", "--weights", str(run_dir)]) == 0
+    own = (run_dir / "eval_test.json").read_bytes()
+    assert main(["evaluate", "--weights", str(run_dir), str(other)]) == 0
+    assert (run_dir / "eval_test.json").read_bytes() == own  # it was overwritten, and reported as the run's
+    assert len(json.loads((run_dir / "eval_test_ensemble.json").read_text())["weights"]) == 2

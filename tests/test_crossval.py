@@ -173,3 +173,51 @@ def test_help_says_where_the_recipe_arguments_go():
     assert proc.returncode == 0, proc.stderr
     assert "-- RECIPE ARGS" in proc.stdout and "recipes/brain_mri.py" in proc.stdout and "$LAUNCH" in proc.stdout
     assert "default 3" in proc.stdout
+
+
+def _hand_made_folds(tmp_path, threshold=0.5):
+    """A 2-fold CV folder of random autoencoders on 6 synthetic slices, each fold finished (summary.json)."""
+    import torch
+
+    from toolkit import build_segmentation_model, generate_synthetic_mri, save_weights
+    from toolkit.checkpoint import save_json
+
+    data = generate_synthetic_mri(tmp_path / "data", num_images=6, seed=1)
+    root, ids = tmp_path / "cv", [str(i) for i in range(1, 7)]
+    for k in range(2):
+        fold = root / f"fold{k}"
+        torch.manual_seed(k)
+        save_weights(fold / "best.pth", build_segmentation_model("autoencoder").state_dict())
+        save_json(fold / "config.json", {"recipe": "brain_mri", "model": "autoencoder", "image_size": 64,
+                                         "in_channels": 1, "threshold": threshold, "data_dir": str(data)})
+        val = ids[3 * k: 3 * k + 3]
+        save_json(fold / "split.json", {"data_dir": str(data), "train": [i for i in ids if i not in val], "val": val})
+        save_json(fold / "summary.json", {"monitor": "dice"})
+    return root, data
+
+
+def test_out_of_fold_scores_each_fold_at_its_own_threshold(tmp_path):
+    """cv.json's per-fold and out-of-fold figures without post-processing are at the folds' --threshold: what each
+    fold validated and what `toolkit evaluate --postprocess none` gives (they were at 0.5 whatever the runs used)."""
+    from toolkit import out_of_fold
+
+    root, _ = _hand_made_folds(tmp_path, threshold=0.42)  # random weights: fold 0 gives ~0.43 everywhere
+    result = out_of_fold(root, [root / "fold0", root / "fold1"])
+    for k in range(2):
+        assert toolkit_main(["evaluate", "--weights", str(root / f"fold{k}"), "--split", "val", "--postprocess",
+                             "none", "--output", str(tmp_path / f"eval{k}.json")]) == 0
+        plain = json.loads((tmp_path / f"eval{k}.json").read_text())["summary"]
+        for key in ("dice", "dice_global"):
+            assert abs(result["per_fold"][k][key] - plain[key]) < 1e-9, (k, key)
+
+
+def test_cv_whose_data_lost_a_slice_after_training_ends_in_one_error_line(tmp_path, capsys):
+    from .utils import load_recipe
+
+    root, data = _hand_made_folds(tmp_path)
+    (data / "images" / "2.png").unlink()  # fold 0 validated on slice 2
+    (data / "masks" / "2_mask.png").unlink()
+    cv = load_recipe("brain_mri_cv")
+    assert cv.main(["--folds", "2", "--name", "cv", "--output-dir", str(tmp_path), "--"]) == 2  # folds reused
+    err = capsys.readouterr().err
+    assert f"error: scoring the folds of {root} out of fold: {root / 'fold0' / 'split.json'}: 1 of the 3 ids" in err

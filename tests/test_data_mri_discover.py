@@ -88,6 +88,14 @@ def test_lgg_layout_and_channels(tmp_path):
             discover_mri_slices(tmp_path, channels=bad)
 
 
+def test_mat_patients_whose_ids_differ_by_trailing_letters_are_one_person(tmp_path):
+    # figshare stores some patients under several PIDs (MR024780B, MR024780D): one person, as metadata.csv groups
+    # them, or a split by patient puts the same person on both sides
+    make_mat(tmp_path, pids=("MR024780B", "MR024780D", "MR024780", "MR2", "MR3"))
+    found = discover_mri_slices(tmp_path)
+    assert found.patients == ["MR2", "MR3", "MR024780"] and found.slices[1].patient == "MR024780"
+
+
 def test_mat_layout(tmp_path):
     make_mat(tmp_path)
     found = discover_mri_slices(tmp_path)

@@ -97,3 +97,28 @@ def test_folds_cover_every_slice_once_and_are_patient_safe(tmp_path, folds):
     assert sorted(seen) == sorted(r.id for r in records)
     with pytest.raises(ValueError, match="fold must be in"):
         split_records(records, folds=folds, fold=folds)
+
+
+def test_the_split_of_two_lgg_folders_reads_back_from_its_data_dir(tmp_path):
+    """split.json's data_dir (read by evaluate, the CV's out-of-fold scoring, postprocess, the ssl curve) gives
+    the ids the run split: the folders as given, not their kaggle_3m/ layout roots (tagged kaggle_3m, kaggle_3m-2)."""
+    import json
+
+    from toolkit import Trainer, parse_config, segmentation_data
+    from toolkit.data.splits import load_split
+
+    from .mri_fake import make_lgg
+    from .utils import load_recipe
+
+    dirs = [make_lgg(tmp_path / name, patients=2, slices=3) for name in ("lggA", "lggB")]
+    recipe = load_recipe("brain_mri")
+    cfg = parse_config(recipe.BrainMRIConfig, ["--data-dir", ",".join(map(str, dirs)), "--output-dir",
+                                               str(tmp_path / "runs"), "--image-size", "32", "--wandb-mode",
+                                               "disabled"])
+    trainer = Trainer(cfg, recipe="brain_mri")
+    segmentation_data(cfg, trainer)
+    trainer.close()
+    split_file = trainer.run_dir / "split.json"
+    again = discover_folders(json.loads(split_file.read_text())["data_dir"], channels=cfg.in_channels).slices
+    split = load_split(split_file, again)
+    assert sum(len(v) for v in split.values()) == 12 and split["val"][0].id.startswith(("lggA/", "lggB/"))

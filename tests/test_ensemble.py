@@ -71,6 +71,31 @@ def test_resolve_weights(tmp_path):
         resolve_weights([tmp_path / "nowhere"])
 
 
+def test_resolve_weights_refuses_a_cross_validation_killed_before_its_last_fold_finished(tmp_path):
+    cv = tmp_path / "cv"
+    for k in range(3):  # fold 2 was killed mid-training: a best.pth of an early epoch, no summary.json
+        (cv / f"fold{k}").mkdir(parents=True)
+        (cv / f"fold{k}" / "best.pth").write_bytes(b"")
+        if k < 2:
+            (cv / f"fold{k}" / "summary.json").write_text("{}")
+    (cv / "cv_args.json").write_text('{"folds": 3, "args": []}')
+    with pytest.raises(ValueError, match=r"3-fold cross-validation has not finished \(fold2 without summary.json"):
+        resolve_weights([cv])
+    (cv / "fold2" / "summary.json").write_text("{}")
+    assert len(resolve_weights([cv])[0]) == 3
+    (cv / "cv_args.json").write_text('{"folds": 4, "args": []}')  # started with 4: fold3 never trained
+    with pytest.raises(ValueError, match="fold3 without"):
+        resolve_weights([cv])
+
+
+def test_resolve_weights_refuses_a_model_given_twice(tmp_path):
+    for k in range(2):
+        (tmp_path / "cv" / f"fold{k}").mkdir(parents=True)
+        (tmp_path / "cv" / f"fold{k}" / "best.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"fold0.best.pth is given twice"):  # fold 0 would weigh double
+        resolve_weights([tmp_path / "cv", tmp_path / "cv" / "fold0"])
+
+
 def test_summary_per_image_pooled_patient_and_type():
     t = np.zeros((3, 2, 2), np.uint8)
     p = np.zeros_like(t)
@@ -95,6 +120,22 @@ def test_disagreement_report_flags_the_worst():
     assert report["flagged_among_lowest_dice"] == 1.0 and report["spearman_dice_vs_disagreement"] == pytest.approx(-1)
     report = disagreement_report(records, np.linspace(0, 1, 20))
     assert report["flagged_among_lowest_dice"] == 0.0
+
+
+def test_disagreement_spearman_gives_tied_slices_their_mean_rank():
+    # four empty slices predicted empty (Dice 1, nobody disputes) and one disputed miss: a perfect negative relation;
+    # ranking ties by their order gave 0 (on real LGG slices, +0.081 where Spearman is -0.219)
+    records = [{"dice": d} for d in (1.0, 1.0, 1.0, 1.0, 0.5)]
+    report = disagreement_report(records, np.array([0.0, 0.0, 0.0, 0.0, 0.8]))
+    assert report["spearman_dice_vs_disagreement"] == pytest.approx(-1)
+
+
+def test_disagreement_lowest_dice_share_counts_every_slice_tied_with_the_last():
+    # 5 slices of Dice 0 but "the lowest 10%" of 20 is 2 of them: the 2 most disputed are Dice 0 slices, which
+    # the arbitrary pick by order (slices 0 and 1) left out (0% flagged); chance is then the 5 of 20
+    records = [{"dice": d} for d in [0.0] * 5 + list(np.linspace(0.5, 1, 15))]
+    report = disagreement_report(records, np.array([0.0, 0.0, 0.0, 0.9, 0.8] + [0.1] * 15))
+    assert report["flagged_among_lowest_dice"] == 1.0 and report["chance"] == 0.25
 
 
 def test_summary_counts_tumour_missed_and_found_elsewhere():

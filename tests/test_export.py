@@ -166,3 +166,14 @@ def test_export_errors_name_the_file(tmp_path, capsys):
     assert sorted(p.name for p in lone.parent.iterdir()) == ["best.pth", "config.json"]  # nothing half-written
     with pytest.raises(SystemExit):
         main(["export", "--weights", str(lone), "--format", "tflite"])
+
+
+def test_a_torchscript_export_given_as_weights_is_named_as_such(tmp_path, capsys):
+    # torch's own message advised weights_only=False, which no toolkit command lets a user set
+    traced = torch.jit.trace(torch.nn.Conv2d(1, 1, 1).eval(), torch.zeros(1, 1, 4, 4))
+    torch.jit.save(traced, str(tmp_path / "best.pt"))
+    save_json(tmp_path / "config.json", {"recipe": "brain_mri", "model": "unet", "image_size": 32, "in_channels": 1})
+    assert main(["predict", "--weights", str(tmp_path / "best.pt"), "--input", str(tmp_path),
+                 "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt: it is a TorchScript export" in err and "weights_only" not in err

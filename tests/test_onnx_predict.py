@@ -246,3 +246,34 @@ def test_onnx_reads_the_channel_the_run_trained_on(tmp_path):
                                                                   if k not in ("layout", "run_threshold")})
     old = OnnxSegmenter(old)  # an export from before ``layout`` and ``run_threshold`` were stored
     assert old.channels == () and old.postprocess("none")[0].threshold == model.meta["threshold"]  # as before
+
+
+def test_both_predicts_resize_a_scan_as_the_run_s_slices_were_resized(tmp_path):
+    """A scan wider than the model but not taller (20 x 48 for 32 px) reaches the model with the pixels the
+    dataset gives it in training and evaluate (area resize when either side shrinks; predict took bilinear)."""
+    from toolkit.data.mri.dataset import MRISegmentationDataset
+    from toolkit.ensemble import SegmentationEnsemble
+
+    scan = np.random.default_rng(0).integers(0, 256, (20, 48), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "1.png"), scan)
+    cv2.imwrite(str(tmp_path / "1_mask.png"), np.zeros_like(scan))
+    trained = MRISegmentationDataset([("1", tmp_path / "1.png", tmp_path / "1_mask.png")], size=32)[0][0]
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(len(x), 1, *x.shape[2:])
+
+    image = read_image(tmp_path / "1.png")
+    predict_probs(SegmentationEnsemble([Probe()], preprocess=lambda x: x.float()), image, 32)
+    assert torch.equal(seen[0][0], trained.float())
+
+    onnx_seen = []
+    model = object.__new__(OnnxSegmenter)  # the ONNX path's resize, without an ONNX file
+    model.size, model.target = 32, {"kind": "binary"}
+    model.preprocess = lambda images: onnx_seen.append(images) or images.transpose(0, 3, 1, 2).astype(np.float32)
+    model.probs = lambda x, flips=False: np.zeros((len(x), 1, 32, 32), np.float32)
+    model.scan_probs(image)
+    assert np.array_equal(onnx_seen[0][0].transpose(2, 0, 1), trained.numpy())

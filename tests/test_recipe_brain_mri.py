@@ -187,3 +187,32 @@ def test_bad_data_found_while_reading_end_in_one_error_line(tmp_path):
     proc = recipe(raw, "raw")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "raw" / "summary.json").is_file()
+
+
+def test_more_folds_than_patients_end_in_one_error_line_and_no_run(tmp_path):
+    from .mri_fake import make_folder
+
+    data = make_folder(tmp_path / "data", n=6)  # no metadata.csv: 6 units of one slice each
+    proc = subprocess.run([sys_python(), str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data),
+                           "--folds", "8", "--fold", "0", "--run-name", "f", "--output-dir", str(tmp_path / "runs"),
+                           "--image-size", "32", "--num-workers", "0", "--wandb-mode", "disabled"],
+                          cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"error: split of {data}: cannot make 8 folds of 6 unit(s)" in proc.stderr
+    assert not (tmp_path / "runs" / "f").exists()
+
+
+@pytest.mark.parametrize("target", ["binary", "regions"])
+def test_a_class_column_with_another_target_than_classes_is_refused(tmp_path, target, capsys):
+    from toolkit import parse_config
+
+    from .utils import load_recipe
+
+    recipe = load_recipe("brain_mri")  # binary trained on the column's masks 0/1/2 (a BCE target of 2) before
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(recipe.BrainMRIConfig, ["--target", target, "--class-column", "tumour_type",
+                                             "--output-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert f"error: class_column 'tumour_type' given with target '{target}'" in capsys.readouterr().err
+    cfg = parse_config(recipe.BrainMRIConfig, ["--class-column", "tumour_type", "--output-dir", str(tmp_path)])
+    assert cfg.class_column == "tumour_type" and cfg.target == ""  # the target classes, as the column implies

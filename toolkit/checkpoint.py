@@ -191,6 +191,10 @@ def load_state_file(path: str | os.PathLike, what: str = "state") -> Any:
             raise UnsafeFileError(
                 f"refusing to load {path}: it names the Python object {found.group(1)}, not only tensors and "
                 f"plain containers (weights_only=True); it may carry code, so nothing in it was run") from None
+        if "TorchScript archive" in text:  # torch's own advice (weights_only=False) is no way out for a user
+            raise UnsafeFileError(f"cannot load {what} from {path}: it is a TorchScript export (toolkit export "
+                                  f"--format torchscript), not a state dict; give the run's best.pth (toolkit "
+                                  f"predict also takes an .onnx export)") from None
         lines = [ln.strip() for ln in text.split("WeightsUnpickler error:")[-1].splitlines() if ln.strip()]
         why = lines[0][:300] if lines else ""
         raise UnsafeFileError(f"cannot load {what} from {path}: not a readable torch file "

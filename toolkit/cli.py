@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -40,6 +41,8 @@ def export(args: argparse.Namespace) -> int:
 
 def _seg_command(name: str):
     def run(args: argparse.Namespace) -> int:
+        if name == "predict" and Path(args.output).exists() and not Path(args.output).is_dir():
+            raise ValueError(f"--output {args.output} is a file; predict writes its masks and overlays into a folder")
         if name == "predict" and any(str(w).lower().endswith(".onnx") for w in args.weights):
             from . import onnx_predict  # onnxruntime, no torch
 
@@ -73,9 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     _model_arguments(e)
     e.add_argument("--data-dir", default=None, help="data folder(s), comma-separated; default: those the run trained on")
     e.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
-                   help="which part of the run's saved split (split.json) to score; all = every slice (default: test)")
-    e.add_argument("--output", default=None, help="JSON file; default: <run>/eval_<split>.json")
-    e.add_argument("--show", type=int, default=10, help="how many of the worst slices (or patients) to print (default: 10)")
+                   help="which part of the run's saved split (split.json) to score; all = every slice "
+                        "(default: test)")
+    e.add_argument("--output", default=None, help="JSON file; default: <run>/eval_<split>.json (several --weights: "
+                                                  "eval_<split>_ensemble.json in the first one's folder)")
+    e.add_argument("--show", type=int, default=10,
+                   help="how many of the worst slices (or patients) to print (default: 10)")
     e.set_defaults(func=_seg_command("evaluate"))
     p = sub.add_parser("predict", help="masks and overlays for images, at each image's own size")
     _model_arguments(p)
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # OSError: e.g. --output under a file, a folder without write access
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -83,7 +83,8 @@ def run_monitor(fold_dir: Path) -> str:
 
 
 def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
-    """Score every fold on its validation slices, choose the post-processing on all of them, write
+    """Score every fold on its validation slices (at the folds' threshold: the figures each fold validated), choose
+    the post-processing on all of them, write
     ``root/postprocess.json`` and ``root/cv.json``; returns the cv.json content. Binary runs: the 2D search
     (threshold, flips, components) and on volumes the 3D rule; classes/regions runs: :func:`_out_of_fold_targets`."""
     spec = TargetSpec.from_dict(stored_target(fold_dirs[0]))
@@ -95,9 +96,10 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
         ensemble, _, _, _ = load_ensemble([fold_dir / "best.pth"])
         data = run_dataset(records, cfg)
         preds = collect_probs(ensemble, data, flips=True)
-        fold_meta = slice_meta(records)
-        plain = summarise(image_records(data.ids, PostProcess().binarize(preds.probs), preds.targets, fold_meta))
-        per_fold.append({"fold": k, "run": fold_dir.name, "num_images": len(records), **plain})
+        fold_meta = slice_meta(data.records)  # the slices read: --skip-bad-files may have left some out
+        bare = PostProcess(threshold=float(cfg.get("threshold", 0.5)))  # the fold's own threshold, as it validated
+        plain = summarise(image_records(data.ids, bare.binarize(preds.probs), preds.targets, fold_meta))
+        per_fold.append({"fold": k, "run": fold_dir.name, "num_images": len(data), **plain})
         probs.append(preds.probs), flipped.append(preds.flipped), targets.append(preds.targets)
         ids += data.ids
         meta += fold_meta
@@ -112,7 +114,7 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     source = flipped if choice.flips else probs
     result = {
         "folds": len(fold_dirs), "target": spec.to_dict(), "num_images": len(ids), "per_fold": per_fold,
-        "out_of_fold": summarise(image_records(ids, PostProcess().binarize(probs), targets, meta)),
+        "out_of_fold": summarise(image_records(ids, bare.binarize(probs), targets, meta)),
         "out_of_fold_postprocessed": summarise(image_records(ids, choice.binarize(source), targets, meta)),
         "postprocess": {"choice": choice.to_dict(), "steps": steps, "summary": describe_steps(steps),
                         "file": str(root / POSTPROCESS_FILE)},

@@ -27,7 +27,8 @@ def resolve_weights(paths: Sequence[str | Path]) -> tuple[list[Path], Path | Non
     (its ``best.pth``), or a cross-validation folder (every ``fold*/best.pth``, and the
     ``postprocess.json`` chosen on its out-of-fold predictions). With several paths the
     post-processing of the first one that has any is used. Raises FileNotFoundError naming
-    the path that holds no weights.
+    the path that holds no weights, ValueError for a cross-validation whose folds have not all finished or a
+    model given twice.
     """
     files, post = [], None
     for raw in paths:
@@ -37,16 +38,42 @@ def resolve_weights(paths: Sequence[str | Path]) -> tuple[list[Path], Path | Non
         elif (path / "best.pth").is_file():
             found, root = [path / "best.pth"], path
         elif path.is_dir():
+            _refuse_unfinished_cv(path)
             found, root = sorted(path.glob("fold*/best.pth")), path
         else:
             found, root = [], path
         if not found:
             raise FileNotFoundError(f"--weights {path}: no best.pth there (expected a best.pth, a run folder or a "
                                     f"cross-validation folder with fold*/best.pth)")
+        twice = [f for f in found if f.resolve() in {g.resolve() for g in files}]
+        if twice:  # it would count twice in the average
+            raise ValueError(f"--weights {path}: {twice[0]} is given twice (each model is one member of the "
+                             f"ensemble's average)")
         files += found
         if post is None and (root / POSTPROCESS_FILE).is_file():
             post = root / POSTPROCESS_FILE
     return files, post
+
+
+def _refuse_unfinished_cv(root: Path) -> None:
+    """ValueError when ``root`` is a cross-validation started by ``make brain-mri-cv`` (its ``cv_args.json``) whose
+    folds have not all finished (``fold<k>/summary.json``): a killed CV's last fold holds the ``best.pth`` of a run
+    cut short, and the CV's post-processing is chosen only once every fold has trained."""
+    import json
+
+    from .crossval import CV_ARGS_FILE  # here: crossval imports this module
+
+    if not (root / CV_ARGS_FILE).is_file():
+        return  # folds gathered by hand: taken as they are
+    try:
+        folds = int(json.loads((root / CV_ARGS_FILE).read_text())["folds"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{root / CV_ARGS_FILE}: not readable as the record of a cross-validation ({err})") from None
+    unfinished = [f"fold{k}" for k in range(folds) if not (root / f"fold{k}" / "summary.json").is_file()]
+    if unfinished:
+        raise ValueError(f"--weights {root}: this {folds}-fold cross-validation has not finished "
+                         f"({', '.join(unfinished)} without summary.json: not trained, or stopped): run the same "
+                         f"brain_mri_cv command again to finish it, or give the finished folds' best.pth")
 
 
 def disagreement(member_probs: torch.Tensor, threshold: float) -> torch.Tensor:

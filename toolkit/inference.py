@@ -16,6 +16,7 @@ from .data.batch_transforms import input_preprocess
 from .data.mri.context import context_channels
 from .data.mri.dataset import MRISegmentationDataset
 from .data.mri.folders import discover_folders
+from .data.mri.io import resize_square
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model, parse_widths
 from .postprocess import PostProcess, load_postprocess
@@ -26,7 +27,8 @@ __all__ = ["load_segmentation_run", "stored_target", "load_ensemble", "ScanProbs
            "pick_postprocess", "run_slices", "run_dataset", "run_layout", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-SAME_INPUT = ("image_size", "in_channels", "channels", "intensity", "target_spec")  # config keys every member of an ensemble must share
+# config keys every member of an ensemble must share (context_slices: the 2.5D neighbours stacked as input channels)
+SAME_INPUT = ("image_size", "in_channels", "channels", "intensity", "target_spec", "context_slices")
 
 
 def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -103,6 +105,11 @@ def run_target_dataset(records, cfg: dict, target: TargetSpec):
     return dataset
 
 
+def _input_key(cfg: dict, key: str):
+    """``cfg[key]`` as an ensemble compares it: runs from before ``context_slices`` existed had none (0)."""
+    return int(cfg.get(key) or 0) if key == "context_slices" else cfg.get(key)
+
+
 def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, dict, Path | None, list[Path]]:
     """Every model named by ``weights`` (files, run folders, cross-validation folders; see
     :func:`~toolkit.ensemble.resolve_weights`) as one ensemble.
@@ -114,10 +121,10 @@ def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, 
     loaded = [load_segmentation_run(f) for f in files]
     first = loaded[0][1]
     for f, (_, cfg) in zip(files[1:], loaded[1:]):
-        differ = [k for k in SAME_INPUT if cfg.get(k) != first.get(k)]
+        differ = [k for k in SAME_INPUT if _input_key(cfg, k) != _input_key(first, k)]
         if differ:
-            raise ValueError(f"{f} takes other input than {files[0]} ({', '.join(differ)}: "
-                             f"{[cfg.get(k) for k in differ]} against {[first.get(k) for k in differ]}); "
+            theirs, ours = ([_input_key(c, k) for k in differ] for c in (cfg, first))
+            raise ValueError(f"{f} takes other input than {files[0]} ({', '.join(differ)}: {theirs} against {ours}); "
                              f"an ensemble needs members of one input size and channels")
     ensemble = SegmentationEnsemble([m for m, _ in loaded], input_preprocess(first["intensity"]),
                                     TargetSpec.from_dict(first["target_spec"]))
@@ -175,7 +182,7 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
     is taken at ``threshold``. Returns a :class:`ScanProbs`.
     """
     h, w = image.shape[:2]
-    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR)
+    resized = resize_square(image, size)  # as the run's slices were: area when either side shrinks
     if resized.ndim == 2:
         resized = resized[..., None]
     x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])

@@ -21,7 +21,7 @@ from .config import ConfigError
 from .data import (DataError, MRIImageDataset, exclude_split, input_preprocess, label_fraction, save_split,
                    split_records)
 from .data.mri import (AttributeClasses, MRISegmentationDataset, attribute_classes, discover_folders,
-                       generate_synthetic_mri, mri_augmentation, shared_patients)
+                       generate_synthetic_mri, mri_augmentation, parse_data_dirs, shared_patients)
 from .data.mri.context import slice_key
 from .targets import TARGET_FILE, TargetSpec, resolve_target
 from .volume_metrics import are_volumes
@@ -92,8 +92,10 @@ def _note_shared(found, say: Callable[[str], None]) -> None:
             f"the split (its slices on one side){volumes}")
 
 
-def _roots(found) -> str:
-    return ",".join(str(r.resolve()) for r in found.roots)
+def _roots(cfg: Any) -> str:
+    """The data folders as given (resolved), for split.json: read again, they give the same slice ids. Not the
+    layouts' roots: an LGG folder's is its ``kaggle_3m/``, whose name would tag the ids of several folders."""
+    return ",".join(str(d.resolve()) for d in parse_data_dirs(cfg.data_dir or cfg.synthetic_dir))
 
 
 def _where(found) -> str:
@@ -138,10 +140,13 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
     except (DataError, ValueError, FileNotFoundError) as err:  # FileNotFoundError: e.g. an image without its mask
         raise ConfigError(f"data_dir: {err}") from None  # run_recipe leaves no run folder
     _settle_in_channels(cfg, trainer, found.slices[0].num_channels, found.source)
-    split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
-                          block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
-    if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
-        split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
+    try:  # too few patients (or id blocks) for the folds or fractions asked: ValueError naming both
+        split = split_records(found.slices, cfg.val_fraction, cfg.test_fraction, seed=cfg.seed,
+                              block_size=cfg.split_block, folds=cfg.folds, fold=cfg.fold)
+        if cfg.label_fraction < 1:  # few labels: a patient-safe share of the training patients, by seed only
+            split["train"] = label_fraction(split["train"], cfg.label_fraction, cfg.seed, cfg.split_block)
+    except ValueError as err:
+        raise ConfigError(f"split of {_where(found)}: {err}") from None  # run_recipe leaves no run folder
     unit = "patient" if found.patients else f"blocks of {cfg.split_block} ids"
     context = int(getattr(cfg, "context_slices", 0))
     if context and not are_volumes(found.slices):
@@ -155,7 +160,7 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
         val = MRISegmentationDataset(split["val"], **common)
     except DataError as err:
         raise ConfigError(f"data_dir: {err}") from None  # run_recipe leaves no run folder
-    _save_run_split(trainer, split, data_dir=_roots(found), source=found.source, unit=unit, folds=cfg.folds,
+    _save_run_split(trainer, split, data_dir=_roots(cfg), source=found.source, unit=unit, folds=cfg.folds,
                     fold=cfg.fold)  # once the data are read: a start that fails on them writes no split.json
     if acc.is_main_process:
         save_json(trainer.run_dir / TARGET_FILE, {**target.to_dict(), "intensity": found.intensity})
@@ -246,7 +251,7 @@ def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
         train, val = (MRIImageDataset(split[k], cfg.image_size, cfg.skip_bad_files) for k in ("train", "val"))
     except DataError as err:
         raise ConfigError(f"data_dir: {err}") from None  # run_recipe leaves no run folder
-    _save_run_split(trainer, split, data_dir=_roots(found), source=found.source,
+    _save_run_split(trainer, split, data_dir=_roots(cfg), source=found.source,
                     excluded_split=cfg.exclude_split, excluded_slices=dropped)
     acc.print(f"data: {found.source} at {_where(found)}: {len(found.slices)} slices, {dropped} left out by "
               f"--exclude-split; unlabelled train {len(train)}, val {len(val)}")

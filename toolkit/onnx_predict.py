@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from .data.mri.channels import resolve_channels
+from .data.mri.io import resize_square
 from .data.mri.nifti import ZSCORE_CLIP
 from .postprocess import PostProcess
 from .seg_images import (channel_names, input_files, overlay, per_volume, read_input, resize_maps, tumour_map,
@@ -177,7 +178,7 @@ class OnnxSegmenter:
     def tumour_probs(self, image: np.ndarray, flips: bool = False) -> np.ndarray:
         """uint8 (H, W, C) scan → float32 (H, W) tumour probability in [0, 1] at the scan's own size.
 
-        The scan is resized to S x S (area when shrinking, bilinear otherwise, as the PyTorch predict), the map
+        The scan is resized to S x S as the run's slices were (:func:`~toolkit.data.mri.io.resize_square`), the map
         resized back bilinearly. Tumour: binary the one channel; regions any region (the largest probability);
         classes any foreground class (1 - background probability).
         """
@@ -187,8 +188,7 @@ class OnnxSegmenter:
         """uint8 (H, W, C) scan → (float32 (H, W) tumour probability as :meth:`tumour_probs`, float32 (K, H, W)
         probability per output channel), both in [0, 1] at the scan's own size."""
         h, w = image.shape[:2]
-        resized = cv2.resize(image, (self.size, self.size),
-                             interpolation=cv2.INTER_AREA if h > self.size else cv2.INTER_LINEAR)
+        resized = resize_square(image, self.size)  # as the run's slices were: area when either side shrinks
         resized = resized[..., None] if resized.ndim == 2 else resized
         p = self.probs(self.preprocess(resized[None]), flips=flips)[0]
         kind = self.target["kind"]
@@ -220,7 +220,7 @@ def predict(args: argparse.Namespace) -> int:
         probs, maps = model.scan_probs(image, flips=post.flips)
         return image, post.at_scale(probs.size / size**2).binarize(probs), maps
 
-    images = input_files(source_path)
+    images = input_files(source_path, out)
     for path, (image, mask, maps) in per_volume(images, predicted, vpost, size):
         write_png(out / f"{path.stem}_mask.png", mask * 255)
         write_png(out / f"{path.stem}_overlay.png", overlay(image, mask))

@@ -53,7 +53,7 @@ def predict(args: argparse.Namespace) -> int:
     in_channels, names = int(cfg.get("in_channels", 1)), _channel_names(layout, channels)
     out, size = Path(args.output), cfg["image_size"]
     print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
-    images = _input_files(Path(args.input))
+    images = _input_files(Path(args.input), out)
     vpost, rule = _lgg_volume_rule(layout, ensemble.target, source)
 
     def predicted(path):
@@ -135,13 +135,17 @@ def evaluate(args: argparse.Namespace) -> int:
     records, data_dir = _records_to_score(args, cfg, files)
     from . import volume_eval  # classes/regions runs and volume data: per patient, per class/region
     if ensemble.target.kind != "binary":
+        if args.one_region:  # it would be recorded as applied in the JSON, and not applied
+            raise ValueError(f"--one-region: the 2D component rule is for binary runs; {files[0]} predicts "
+                             f"{ensemble.target.kind} ({', '.join(ensemble.target.names)}), scored at its threshold "
+                             f"(--threshold and --flips apply); leave --one-region out")
         return volume_eval.evaluate_volumes(args, ensemble, cfg, post, source, files, records, data_dir)
     dataset = run_dataset(records, cfg)
     preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold)
     masks = post.binarize(preds.chosen(post))
     volumes = volume_eval.wants_volume_eval(ensemble.target, dataset.records)
     final, in_3d = volume_eval.volume_masks(source, dataset.records, masks) if volumes else (masks, False)
-    scored = image_records(dataset.ids, final, preds.targets, slice_meta(records))
+    scored = image_records(dataset.ids, final, preds.targets, slice_meta(dataset.records))  # after skipped files
     summary = summarise(scored)
     bare = PostProcess(threshold=float(cfg.get("threshold", 0.5)))  # the run's threshold, no TTA, all regions
     plain = summarise(image_records(dataset.ids, bare.binarize(preds.probs), preds.targets))
@@ -225,5 +229,9 @@ def postprocess(args: argparse.Namespace) -> int:
         ChoosePostprocess(build, val, ensemble.preprocess, pooled=run_monitor(run_dir).endswith("_global")
                           ).choose(run_dir)
     ChooseVolumePostprocess(build, val, ensemble.preprocess, target, threshold).choose(run_dir)
+    if not old.is_file():  # a classes/regions run on 2D slices: neither search applies
+        print(f"nothing to choose for {run_dir}: the 2D search is for binary runs and the 3D rules for volume data; "
+              f"evaluate and predict apply its threshold {threshold:g}")
+        return 0
     print(f"wrote {old}" + (" (the previous one: postprocess.previous.json)" if kept else ""))
     return 0

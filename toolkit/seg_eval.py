@@ -171,8 +171,9 @@ def disagreement_report(records: Sequence[dict], disagreement: np.ndarray) -> di
     """Does ensemble disagreement flag the worst slices? ``disagreement``: (N,) per slice, records in the same order.
 
     Returns the Spearman rank correlation of disagreement with Dice (negative = disputed slices score
-    lower), and the share of the :data:`LOW_SHARE` most disputed slices that are among the
-    :data:`LOW_SHARE` lowest-Dice ones, beside the share chance would give.
+    lower; tied values, e.g. the many slices of Dice 0 or 1, take their mean rank), and the share of the
+    :data:`LOW_SHARE` most disputed slices that are among the :data:`LOW_SHARE` lowest-Dice ones (with every slice
+    tied with the last of them), beside the share chance would give (the share of all slices that are).
     """
     dice = np.array([r["dice"] for r in records], dtype=np.float64)
     n = len(dice)
@@ -180,16 +181,15 @@ def disagreement_report(records: Sequence[dict], disagreement: np.ndarray) -> di
     if n < 3:
         return {"num_images": n, "note": "too few slices to rank"}
 
-    def ranks(a):
-        return np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
+    from scipy.stats import rankdata  # tied values share their mean rank (Spearman's definition)
 
-    rd, ru = ranks(dice), ranks(disagreement)
+    rd, ru = rankdata(dice), rankdata(disagreement)
     rho = float(np.corrcoef(rd, ru)[0, 1]) if rd.std() > 0 and ru.std() > 0 else float("nan")
-    worst = set(np.argsort(dice, kind="stable")[:k].tolist())
+    lowest = dice <= np.sort(dice)[k - 1]  # the k lowest, and every slice tied with the k-th (e.g. all Dice 0)
     disputed = np.argsort(-disagreement, kind="stable")[:k].tolist()
-    hit = sum(i in worst for i in disputed) / k
+    hit = float(lowest[disputed].mean())
     return {"spearman_dice_vs_disagreement": rho, "top_share": LOW_SHARE, "slices_flagged": k,
-            "flagged_among_lowest_dice": hit, "chance": k / n,
+            "flagged_among_lowest_dice": hit, "chance": float(lowest.mean()),
             "mean_dice_flagged": float(dice[disputed].mean()), "mean_dice_all": float(dice.mean())}
 
 

@@ -115,12 +115,15 @@ def channel_names(layout: str, channels: tuple[int, ...]) -> str:
     return ", ".join(known[c] if c < len(known) else str(c) for c in channels) + f" of {layout} data"
 
 
-def input_files(source: Path) -> list[Path]:
+def input_files(source: Path, output: Path | None = None) -> list[Path]:
     """The images to predict: ``source`` itself, or every PNG/JPEG/TIFF under the folder ``source`` (sorted,
-    ``*_mask`` files skipped; linked folders followed, each real folder once). Raises FileNotFoundError when it
-    does not exist or holds none."""
+    ``*_mask`` files skipped; linked folders followed, each real folder once; the ``output`` folder, where predict
+    writes, left out, so a second run does not predict its own overlays). Raises FileNotFoundError when it
+    does not exist or holds none, ValueError naming both files when two share a name without extension (their
+    ``<name>_mask.png`` would overwrite each other)."""
     if source.is_dir():
-        files, seen = [], set()
+        inside = output is not None and os.path.realpath(output) != os.path.realpath(source)
+        files, seen = [], {os.path.realpath(output)} if inside else set()  # a folder in seen is not read
         for folder, subfolders, names in os.walk(source, followlinks=True):
             real = os.path.realpath(folder)
             if real in seen:  # a link back to a folder already read
@@ -136,6 +139,13 @@ def input_files(source: Path) -> list[Path]:
         raise FileNotFoundError(f"--input {source} does not exist")
     if not files:
         raise FileNotFoundError(f"--input {source} holds no PNG/JPEG/TIFF images")
+    by_stem: dict[str, Path] = {}
+    for f in files:  # the outputs are named <stem>_mask.png in one folder: one file would overwrite the other
+        if f.stem in by_stem:
+            raise ValueError(f"--input {source}: {by_stem[f.stem]} and {f} would both be written as "
+                             f"{f.stem}_mask.png (outputs are named by the file name, in one --output folder); "
+                             f"predict them into separate --output folders, or rename one")
+        by_stem[f.stem] = f
     return files
 
 

@@ -86,8 +86,8 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
     except ValueError as err:
         raise ValueError(f"{run_dir}: {err}") from None
     masks = PostProcess(threshold=float(cfg.get("threshold", 0.5))).binarize(preds.probs)
-    summary = summarise(image_records(data.ids, masks, preds.targets, slice_meta(records)))
-    result = {"split": name, "data_dir": source, "num_images": len(records), "dice": summary["dice"],
+    summary = summarise(image_records(data.ids, masks, preds.targets, slice_meta(data.records)))
+    result = {"split": name, "data_dir": source, "num_images": len(data), "dice": summary["dice"],
               "dice_global": summary["dice_global"], "per_patient_dice": summary.get("per_patient", {}).get("dice"),
               "train_slices": len(split.get("train", [])), "selection_split": name == "val"}
     save_json(cached, result)

@@ -189,9 +189,12 @@ def predict_packed(ensemble, dataset, threshold: float, flips: bool = False,
 
 
 def eval_output(args: argparse.Namespace) -> Path:
-    """``--output``, or ``eval_<split>.json`` beside the first ``--weights`` (a run or CV folder, or a best.pth's)."""
+    """``--output``, or ``eval_<split>.json`` beside the first ``--weights`` (a run or CV folder, or a best.pth's);
+    several ``--weights`` (an ensemble of runs) ``eval_<split>_ensemble.json`` there, so that the first run's own
+    evaluation is neither overwritten nor shown by ``toolkit report`` as that run's."""
     first = Path(args.weights[0])
-    return Path(args.output) if args.output else (first if first.is_dir() else first.parent) / f"eval_{args.split}.json"
+    name = f"eval_{args.split}{'_ensemble' if len(args.weights) > 1 else ''}.json"
+    return Path(args.output) if args.output else (first if first.is_dir() else first.parent) / name
 
 
 def score_units(volumes: bool, unknown: int, cases: int) -> dict[str, str]:

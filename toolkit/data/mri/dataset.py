@@ -10,28 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import MRIDataError
 from .context import context_channels, context_rows, stack_context
-from .io import MRISlice, read_slice
+from .io import MRISlice, read_slice, resize_square
 
 __all__ = ["MRISegmentationDataset"]
-
-
-def _resize(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    h, w = a.shape[:2]
-    if (h, w) == (size, size):
-        return a
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:
-        interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
-    out = cv2.resize(a, (size, size), interpolation=interp)
-    return out[:, :, None] if a.ndim == 3 and out.ndim == 2 else out
 
 
 def _as_record(item: MRISlice | Sequence, in_channels: int | None) -> MRISlice:
@@ -181,7 +168,7 @@ class MRISegmentationDataset(Dataset):
         with ``labels=True``). ``volumes``: see :func:`~toolkit.data.mri.io.read_slice`.
         """
         img, mask = read_slice(self.records[i], volumes, labels=self.labels)
-        return _resize(img, self.size, nearest=False), _resize(mask, self.size, nearest=True)
+        return resize_square(img, self.size), resize_square(mask, self.size, nearest=True)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._rows is not None:  # a new array: the slice and its neighbours along the channel axis

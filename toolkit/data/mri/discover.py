@@ -9,7 +9,8 @@
 ``lgg``           ``[kaggle_3m/]<patient>/<name>_<n>.tif`` + ``<name>_<n>_mask.tif``  folder name
                   (Kaggle LGG); channels pre-contrast, FLAIR, post-contrast
 ``figshare_mat``  ``**/<id>.mat``, MATLAB v7.3 = HDF5: ``cjdata/image`` (int16),     ``cjdata/PID``
-                  ``cjdata/tumorMask``, ``cjdata/PID``, stored transposed
+                  ``cjdata/tumorMask``, ``cjdata/PID``, stored transposed             (grouped as
+                                                                                    metadata.csv's)
 ``brats``         ``<case>/<case>_{flair,t1,t1ce,t2}.nii[.gz]`` + ``_seg.nii[.gz]``   case folder
                   (BraTS 2023 ``-t2f/-t1n/-t1c/-t2w/-seg`` too); 2D slices along the
                   last axis; label > 0 = tumour
@@ -43,7 +44,7 @@ import numpy as np
 from ..errors import MRIDataError
 from .channels import CHANNEL_ALIASES, parse_slice_rule, resolve_channels
 from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, natural_key, open_figshare_mat
-from .metadata import METADATA_FILE, read_metadata
+from .metadata import METADATA_FILE, patient_group, read_metadata
 from .nifti import NIFTI_SOURCES, brain_region, load_nifti
 from .pairs import EXT_PATTERN, find_image_mask_pairs, pair_files
 from .raw import DATASET_JSON, find_raw, read_dataset_json
@@ -150,7 +151,7 @@ def _find_mat(root, channels, rule, skipped):
             with open_figshare_mat(p) as f:
                 shapes = f["cjdata/image"].shape, f["cjdata/tumorMask"].shape
                 codes = f["cjdata/PID"][()].ravel() if "PID" in f["cjdata"] else []  # MATLAB char = uint16 codes
-            pid = "".join(chr(c) for c in codes if c).strip()
+            pid = patient_group("".join(chr(c) for c in codes if c))  # MR024780B, MR024780D: one person
             if shapes[0] != shapes[1] or len(shapes[0]) != 2:
                 hw = ["x".join(map(str, sh[::-1])) for sh in shapes]  # HDF5 holds the transpose
                 raise MRIDataError(p, f"cjdata/tumorMask is {hw[1]} but cjdata/image is {hw[0]}; "

@@ -32,7 +32,7 @@ from . import nifti
 from .nifti import MAX_VOXELS, NIFTI_SOURCES, load_nifti
 
 __all__ = ["CHANNEL_NAMES", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_VOXELS", "MRISlice", "load_nifti", "natural_key",
-           "open_figshare_mat", "read_image", "read_slice", "to_uint8"]
+           "open_figshare_mat", "read_image", "read_slice", "resize_square", "to_uint8"]
 
 #: File extensions recognised as 2D images or masks (compared case-insensitively).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -185,6 +185,18 @@ def _pick(img: np.ndarray, channels: tuple[int, ...], path: Path) -> np.ndarray:
     if max(channels) >= img.shape[2]:
         raise MRIDataError(path, f"has {img.shape[2]} channels; channel {max(channels)} was asked for")
     return np.stack([to_uint8(img[:, :, c]) for c in channels], axis=2)
+
+
+def resize_square(a: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """uint8 (H, W) or (H, W, C) → (size, size[, C]), the rule every slice is brought to the model's side with, in
+    training, evaluation and both predict paths: masks (``nearest``) nearest-neighbour; images by area when either
+    side shrinks, else bilinear. Unchanged when already ``size`` x ``size``."""
+    h, w = a.shape[:2]
+    if (h, w) == (size, size):
+        return a
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LINEAR
+    out = cv2.resize(a, (size, size), interpolation=interp)
+    return out[:, :, None] if a.ndim == 3 and out.ndim == 2 else out
 
 
 def read_image(path: str | os.PathLike, channels: tuple[int, ...] = ()) -> np.ndarray:
