@@ -168,7 +168,7 @@ def main(argv=None) -> list[dict]:
     settle_epochs(cfg, trainer, len(train))
     if cfg.postprocess and binary:  # the 2D search is binary: threshold, flips, components (volumes: in 3D)
         callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess,
-                                           pooled=monitor.endswith("_global")))
+                                           pooled=monitor.endswith("_global"), threshold=cfg.threshold))
     if cfg.postprocess:  # volume data: 3D component rules per channel on the validation patients (after the 2D)
         callbacks.append(ChooseVolumePostprocess(lambda: build_model(cfg, target.out_channels), val, preprocess,
                                                  target, cfg.threshold))

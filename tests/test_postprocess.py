@@ -122,6 +122,18 @@ def test_search_keeps_defaults_when_nothing_helps():
     assert not any(s.get("kept") for s in steps)
 
 
+def test_search_starts_from_the_run_s_threshold():
+    """The baseline is what the run validated (its --threshold), and a threshold that gains nothing stays it."""
+    targets = np.stack([_disk(r=8), _disk(r=9, cx=30)])
+    probs = targets * 0.45  # right at 0.4, all missed at 0.5
+    choice, steps = search_postprocess(probs, targets, threshold=0.4)
+    assert steps[0]["step"] == "baseline" and "threshold 0.4" in steps[0]["choice"] and steps[0]["dice"] == 1.0
+    assert choice.threshold == 0.4 and not any(s.get("kept") for s in steps)  # 0.25 .. 0.45 tie: 0.4 stays
+    flipped = targets * 0.9
+    choice, steps = search_postprocess(probs, targets, flipped_probs=flipped, threshold=0.4)
+    assert not choice.flips and not steps[1]["kept"]  # flips judged at 0.4, where they gain nothing
+
+
 def test_load_postprocess_names_the_file_and_key(tmp_path):
     good = tmp_path / "postprocess.json"
     good.write_text(json.dumps({"choice": {"threshold": 0.4, "flips": True, "largest_only": True, "min_size": 0}}))

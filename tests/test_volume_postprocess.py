@@ -136,6 +136,11 @@ def test_storage_next_to_a_binary_postprocess_json(tmp_path):
     assert VolumePostprocess.from_dict(load_volume_key(path), BINARY) == rule
     assert stored_volume_postprocess(f"{path} with threshold=0.3 from the command line", BINARY)[0] == rule
     assert stored_volume_postprocess("the run's threshold", BINARY)[0] is None  # --postprocess none
+    odd = tmp_path / "run with flair" / POSTPROCESS_FILE  # a run folder whose name holds " with "
+    odd.parent.mkdir()
+    odd.write_bytes(path.read_bytes())
+    assert stored_volume_postprocess(str(odd), BINARY)[0] == rule
+    assert stored_volume_postprocess(f"{odd} with flips=True from the command line", BINARY)[0] == rule
     with pytest.raises(ValueError, match="whole_tumour"):
         VolumePostprocess.from_dict(load_volume_key(path), REGIONS)
     regions = tmp_path / "r" / POSTPROCESS_FILE  # a regions run: no 2D choice, the identity one is written

@@ -110,7 +110,7 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     volumes = are_volumes(scored)  # then the component rule is 3D, per patient, as in each fold's own run
     chosen_on = f"out-of-fold predictions of {len(fold_dirs)} folds"
     choice, steps = choose_postprocess(Predictions(probs, flipped, targets), root / POSTPROCESS_FILE, pooled=pooled,
-                                       components=not volumes, chosen_on=chosen_on)
+                                       components=not volumes, threshold=bare.threshold, chosen_on=chosen_on)
     source = flipped if choice.flips else probs
     result = {
         "folds": len(fold_dirs), "target": spec.to_dict(), "num_images": len(ids), "per_fold": per_fold,

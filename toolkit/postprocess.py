@@ -199,15 +199,16 @@ def _score(choice: PostProcess, probs: np.ndarray, targets: np.ndarray, pooled: 
 
 def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np.ndarray | None = None,
                        thresholds: Sequence[float] = THRESHOLDS, min_sizes: Sequence[int] = MIN_SIZES,
-                       pooled: bool = False, components: bool = True) -> tuple[PostProcess, list[dict]]:
+                       pooled: bool = False, components: bool = True,
+                       threshold: float = 0.5) -> tuple[PostProcess, list[dict]]:
     """Choose the post-processing that maximises mean per-image Dice on held-out predictions (``pooled``:
     the Dice of all pixels pooled, see :func:`pooled_dice`).
 
     probs: (N, H, W) float tumour probabilities in [0, 1] without test-time augmentation;
     targets: (N, H, W) true masks in {0, 1}; flipped_probs: the same scans' probabilities averaged
     with their horizontally flipped prediction (None: flips are not tried).
-    Parts are decided in turn, each kept only when it gains more than ``MIN_GAIN``: flip TTA
-    (at threshold 0.5), then the threshold, then the component rule (none, largest region only,
+    Parts are decided in turn from the run's own ``threshold`` (in (0, 1); the baseline, what the run validated),
+    each kept only when it gains more than ``MIN_GAIN``: flip TTA (at that threshold), then the threshold, then the component rule (none, largest region only,
     or each of ``min_sizes``; ``components=False`` leaves it out: volume data, where 3D rules decide per patient,
     see :mod:`toolkit.volume_postprocess`). Returns (the choice, one step record per part:
     ``{"step", "choice", "dice", "gain", "figure"}``; ``dice`` is the figure named by ``figure``,
@@ -218,7 +219,7 @@ def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np
         raise ValueError(f"probs and targets must both be (N, H, W), got {probs.shape} and {targets.shape}")
     if flipped_probs is not None and np.shape(flipped_probs) != probs.shape:
         raise ValueError(f"flipped_probs must match probs {probs.shape}, got {np.shape(flipped_probs)}")
-    best = PostProcess()
+    best = PostProcess(threshold=float(threshold))
     best_dice = _score(best, probs, targets, pooled)
     figure = "dice_global" if pooled else "dice"
     steps = [{"step": "baseline", "choice": best.describe(), "dice": best_dice, "gain": 0.0, "figure": figure}]

@@ -202,14 +202,15 @@ def describe_steps(steps: Sequence[dict]) -> str:
 
 
 def choose_postprocess(preds: Predictions, path, pooled: bool = False, components: bool = True,
-                       **info) -> tuple[PostProcess, list[dict]]:
-    """Search the post-processing on held-out ``preds`` (flipped probabilities included; ``pooled``: for the
-    pixel-pooled Dice instead of the mean per-image Dice; ``components=False``: no 2D component rule) and write
+                       threshold: float = 0.5, **info) -> tuple[PostProcess, list[dict]]:
+    """Search the post-processing on held-out ``preds`` from the run's ``threshold`` (flipped probabilities
+    included; ``pooled``: for the pixel-pooled Dice instead of the mean per-image Dice; ``components=False``: no
+    2D component rule; :func:`~toolkit.postprocess.search_postprocess`) and write
     it to ``path`` (``postprocess.json``: ``{"choice": {...}, "steps": [...], "num_images": N, **info}``);
     returns (choice, steps).
     """
     choice, steps = search_postprocess(preds.probs, preds.targets, preds.flipped, pooled=pooled,
-                                       components=components)
+                                       components=components, threshold=threshold)
     save_json(path, {"choice": choice.to_dict(), "steps": steps, "num_images": len(preds.targets), **info})
     return choice, steps
 
@@ -222,6 +223,7 @@ class ChoosePostprocess(ChooseOnRun):
     val_data: the validation dataset (uint8 image (C, S, S), uint8 mask (1, S, S));
     preprocess: the run's uint8 → float input map (its objective's ``preprocess``);
     pooled: choose for the pixel-pooled Dice (a run that monitors ``dice_global``) instead of per-image Dice;
+    threshold: the run's probability threshold in (0, 1), where the search starts;
     components: try the 2D component rules; None (default): unless the validation records are volumes (NIfTI
     cases, LGG patient folders), where :class:`~toolkit.volume_postprocess_run.ChooseVolumePostprocess` chooses
     3D ones per patient afterwards (on LGG validation patients the 2D rule dropped the small true tumour at
@@ -229,8 +231,9 @@ class ChoosePostprocess(ChooseOnRun):
     """
 
     def __init__(self, build_model, val_data, preprocess=standardize_per_image, pooled: bool = False,
-                 components: bool | None = None) -> None:
+                 components: bool | None = None, threshold: float = 0.5) -> None:
         self.build_model, self.val_data, self.preprocess, self.pooled = build_model, val_data, preprocess, pooled
+        self.threshold = float(threshold)
         self.components = (not are_volumes(getattr(val_data, "records", []))) if components is None else components
 
     def choose(self, run_dir: Path, print_fn=print) -> None:
@@ -242,5 +245,5 @@ class ChoosePostprocess(ChooseOnRun):
         model = init_from(self.build_model(), best).eval()
         preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True)
         _, steps = choose_postprocess(preds, run_dir / POSTPROCESS_FILE, pooled=self.pooled,
-                                      components=self.components, chosen_on=f"validation split of {run_dir.name}")
+                                      components=self.components, threshold=self.threshold, chosen_on=f"validation split of {run_dir.name}")
         print_fn(f"post-processing chosen on {len(self.val_data)} validation slices: {describe_steps(steps)}")

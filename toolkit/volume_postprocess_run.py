@@ -24,7 +24,8 @@ def stored_volume_postprocess(post_source: str | None, spec: TargetSpec) -> tupl
     source: the file's path, perhaps followed by " with ... from the command line"; "the run's threshold"
     with ``--postprocess none`` or without a file). None when that names no file with a ``"volume"`` object.
     """
-    path = Path(str(post_source or "").split(" with ")[0])
+    source = str(post_source or "")
+    path = Path(source.rsplit(" with ", 1)[0] if source.endswith(" from the command line") else source)
     if path.name != POSTPROCESS_FILE or not path.is_file():
         return None, "none (no postprocess.json applied)"
     stored = load_volume_key(path)
