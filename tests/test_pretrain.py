@@ -223,3 +223,35 @@ def test_recipes_refuse_bad_settings_before_training(recipe, args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / recipe), *args], cwd=ROOT, env=run_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_a_resumed_restoration_run_corrupts_and_trains_as_the_uninterrupted_one(tmp_path):
+    """The training corruptions come from the RNG the resumable state saves, not from a generator that a
+    resume restarts at the seed (which repeated the first epochs' corruptions after a resume)."""
+    from dataclasses import replace
+
+    from accelerate.state import AcceleratorState
+
+    from toolkit import ReconstructionMetrics, Trainer
+
+    from .utils import Interrupt, TinyImages, crash_in_epoch, tiny_cfg
+
+    class Images(TinyImages):
+        def __getitem__(self, i):
+            return super().__getitem__(i)[0]
+
+    def fit(cfg, callbacks=()):
+        try:
+            return Trainer(cfg, recipe="tiny").fit(
+                torch.nn.Conv2d(1, 1, 3, padding=1), RestorationObjective(Corrupt(seed=0)), Images(48),
+                Images(20, seed=1), metrics=[ReconstructionMetrics()], monitor="mse", mode="min", param_budget=None,
+                callbacks=callbacks)
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+    whole = fit(tiny_cfg(tmp_path, run_name="a", epochs=3))
+    cut = tiny_cfg(tmp_path, run_name="b", epochs=3)
+    with pytest.raises(Interrupt):
+        fit(cut, callbacks=[crash_in_epoch(2)])
+    resumed = fit(replace(cut, resume=True))
+    assert [(h["train_loss"], h["mse"]) for h in resumed] == [(h["train_loss"], h["mse"]) for h in whole]
