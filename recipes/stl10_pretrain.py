@@ -23,6 +23,7 @@ then takes the encoder.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -146,8 +147,10 @@ def main(argv=None) -> list[dict]:
                           monitor="mse", mode="min", param_budget=cfg.param_budget,
                           figures=lambda s: {"reconstructions": reconstruction_pairs(s.targets, s.preds, 9)},
                           callbacks=[ReconstructionMedia()])
-    if acc.is_main_process and history:  # the figure of the best weights under a fixed name
-        best = min(history, key=lambda h: h["mse"])["epoch"]
+    # the figure of the best weights under a fixed name; best_epoch is the Trainer's (with --eval-every N
+    # only every N-th epoch's record holds an mse)
+    best = json.loads((trainer.run_dir / "summary.json").read_text())["best_epoch"] if acc.is_main_process else None
+    if best is not None:
         figures = trainer.figures_dir
         png = (figures / f"reconstructions_epoch{best:03d}.png").read_bytes()
         atomic_write(figures / "reconstructions.png", lambda f: f.write(png))
