@@ -18,6 +18,7 @@ W&B group ``<name>`` unless W&B is disabled.
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from dataclasses import dataclass
@@ -58,9 +59,9 @@ class SSLCurveConfig:
             self.fraction_list, self.seed_list = self.parse_lists()
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if self.pretrain_minutes <= 0 or self.finetune_minutes <= 0:
-            raise ConfigError(f"pretrain_minutes and finetune_minutes must be > 0, got {self.pretrain_minutes} "
-                              f"and {self.finetune_minutes}")
+        if not all(0 < m < math.inf for m in (self.pretrain_minutes, self.finetune_minutes)):  # NaN fails too
+            raise ConfigError(f"pretrain_minutes and finetune_minutes must be finite numbers > 0, got "
+                              f"{self.pretrain_minutes} and {self.finetune_minutes}")
         if self.pretrained and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained: {self.pretrained!r} is not a file (expected a pretraining run's best.pth)")
         for folder in filter(None, (d.strip() for d in self.test_data_dir.split(","))):

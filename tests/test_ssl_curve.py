@@ -91,7 +91,9 @@ def test_arguments_are_split_and_refused_before_training(capsys):
     assert ours == ["--fractions", "0.1,1", "--pretrain-args", "--epochs 3", "--seeds=0"]
     assert rest == ["--widths", "8,16", "--skip-bad-files"]
     for argv, message in ((["--seed", "1"], "set by the curve"), (["--fractions", "0,1"], "fractions"),
-                          (["--seeds", "1,1"], "seeds"), (["--seeds", "0,-1"], "in [0, 2**31)")):
+                          (["--seeds", "1,1"], "seeds"), (["--seeds", "0,-1"], "in [0, 2**31)"),
+                          (["--finetune-minutes", "nan"], "finetune_minutes must be finite"),
+                          (["--finetune-minutes", "inf"], "finetune_minutes must be finite")):
         with pytest.raises(SystemExit) as err:
             driver.main(argv, runner=lambda *a: pytest.fail("nothing may train"))
         assert message in f"{err.value.code} {capsys.readouterr().err}"
