@@ -67,8 +67,8 @@ class SSLCurveConfig:
         for folder in filter(None, (d.strip() for d in self.test_data_dir.split(","))):
             if not Path(folder).is_dir():
                 raise ConfigError(f"test_data_dir {folder!r} is not a folder")
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"name must be a folder name without '/', got {self.name!r}")
+        if not self.name or "/" in self.name or self.name in (".", ".."):  # ".." would put the runs beside output_dir
+            raise ConfigError(f"name must be a folder name without '/' (not . or ..), got {self.name!r}")
 
     def parse_lists(self) -> tuple[list[float], list[int]]:
         """(fractions, seeds) from their comma-separated text; ValueError naming the field and value."""
