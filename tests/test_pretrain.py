@@ -218,6 +218,7 @@ def test_pretrain_then_fine_tune_with_few_labels(tmp_path):
 @pytest.mark.parametrize("recipe, args, message", [
     ("brain_mri.py", ["--label-fraction", "1.5"], "label_fraction"),
     ("brain_mri_pretrain.py", ["--inpaint-p", "0.5", "--outpaint-p", "0.6"], "inpaint_p + outpaint_p"),
+    ("brain_mri_pretrain.py", ["--model", "unet3d"], "model must be one of"),
 ])
 def test_recipes_refuse_bad_settings_before_training(recipe, args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / recipe), *args], cwd=ROOT, env=run_env(),
