@@ -115,3 +115,23 @@ def test_a_run_of_other_arguments_is_neither_reused_nor_resumed(tmp_path):
                                                  r"\(changed: epochs '1' -> '2'\); .* into the curve"):
         driver.ensure_run(runner, driver.FINETUNE, ["--epochs", "2"], "f1-s0-scratch", tmp_path)
     assert calls == [["--epochs", "1"]]  # trained once, reused once, refused once
+
+
+def test_one_of_several_training_folders_given_as_test_data_is_refused(tmp_path):
+    """With two data folders the run's ids carry a folder prefix ("a/TCGA_..."); the same slices read from
+    folder a alone have plain ids, and used to be scored as "external" test data."""
+    from accelerate.state import AcceleratorState
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    a, b = make_lgg(tmp_path / "a", patients=3, slices=2), make_lgg(tmp_path / "b", patients=3, slices=2)
+    try:
+        load_recipe("brain_mri").main([
+            "--data-dir", f"{a},{b}", "--output-dir", str(tmp_path / "runs"), "--run-name", "r", "--epochs", "1",
+            "--image-size", "32", "--widths", "4,8", "--num-workers", "0", "--batch-size", "4", "--postprocess",
+            "false", "--wandb-mode", "disabled"])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert json.loads((tmp_path / "runs" / "r" / "split.json").read_text())["train"][0].startswith(("a/", "b/"))
+    with pytest.raises(ValueError, match="were trained or validated on"):
+        score_run(tmp_path / "runs" / "r", str(a))
+    assert score_run(tmp_path / "runs" / "r")["split"] == "val"  # the split read back from split.json's folders
