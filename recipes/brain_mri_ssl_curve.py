@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
     data = ["--data-dir", cfg.data_dir] if cfg.data_dir else []
     common = [*data, *rest, *([] if split_args(rest, {"postprocess"})[0] else ["--postprocess", "false"])]
     run_cfg = parse_config(BrainMRIConfig, common)  # refuses bad brain_mri.py arguments before any training
+    if run_cfg.context_slices or run_cfg.target not in ("", "binary"):  # the pretrained model: 1 slice in, 1 out
+        raise SystemExit(f"error: --context-slices {run_cfg.context_slices} / --target {run_cfg.target or '(data)'}: "
+                         "the curve pretrains a binary model on single slices (Dice of binary masks); its weights "
+                         "cannot start a 2.5D or multi-class run: leave out --context-slices and --target")
     pre_argv = [*data, *split_args(rest, TO_PRETRAIN)[0], *shlex.split(cfg.pretrain_args), "--max-minutes",
                 str(cfg.pretrain_minutes), "--output-dir"]
     root = Path(cfg.output_dir) / cfg.name
