@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from toolkit import FreezeEncoder, RestorationObjective, build_segmentation_model, init_from, save_weights
-from toolkit.data import Corrupt, exclude_split, label_fraction, save_split, split_records, unit_input_scale
+from toolkit.data import Corrupt, DataError, exclude_split, label_fraction, save_split, split_records, unit_input_scale
 from toolkit.data.corruptions import inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint
 from toolkit.data.mri import MRISlice, discover_folders
 
@@ -130,6 +130,11 @@ def test_exclude_split_drops_every_slice_of_val_and_test_patients(tmp_path):
     other = save_split(tmp_path / "other.json", {"val": [MRISlice("nope", None, "folder", Path("a"), Path("b"))]})
     with pytest.raises(ValueError, match="none of the 1"):
         exclude_split(records, other)
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "list.json").write_text('["p1_0"]')
+    for name, message in (("broken.json", "not readable as JSON"), ("list.json", "holds none of the splits")):
+        with pytest.raises(DataError, match=f"{name} .*{message}"):  # the file named, no traceback of json
+            exclude_split(records, tmp_path / name)
 
 
 def test_init_from_refuses_weights_of_another_architecture(tmp_path):
