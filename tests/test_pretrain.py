@@ -261,3 +261,22 @@ def test_a_resumed_restoration_run_corrupts_and_trains_as_the_uninterrupted_one(
         fit(cut, callbacks=[crash_in_epoch(2)])
     resumed = fit(replace(cut, resume=True))
     assert [(h["train_loss"], h["mse"]) for h in resumed] == [(h["train_loss"], h["mse"]) for h in whole]
+
+
+def test_pretraining_lists_the_files_skip_bad_files_left_out(tmp_path, capsys):
+    """As recipes/brain_mri.py does; the pretraining used to drop them without a word."""
+    from accelerate.state import AcceleratorState
+
+    from .mri_fake import make_folder
+    from .utils import load_recipe
+
+    data = make_folder(tmp_path / "d", n=8)
+    (data / "images" / "3.png").write_bytes(b"not an image")
+    try:
+        load_recipe("brain_mri_pretrain").main([
+            "--data-dir", str(data), "--skip-bad-files", "--image-size", "32", "--widths", "4,8", "--epochs", "1",
+            "--num-workers", "0", "--batch-size", "4", "--val-fraction", "0.25", "--output-dir", str(tmp_path / "runs"),
+            "--wandb-mode", "disabled"])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert f"skipped 1 bad file(s): {data / 'images' / '3.png'}" in capsys.readouterr().out
