@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import (ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective, TrainConfig,
-                     Trainer, build_segmentation_model, parse_config, parse_widths, pretraining_data,
+from toolkit import (SEGMENTATION_MODELS, ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective,
+                     TrainConfig, Trainer, build_segmentation_model, parse_config, parse_widths, pretraining_data,
                      reconstruction_pairs, run_recipe)
 from toolkit.data import Corrupt, unit_input_scale
 
@@ -60,6 +60,8 @@ class BrainMRIPretrainConfig(TrainConfig):
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.image_size < 16:
             raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
+        if self.model not in SEGMENTATION_MODELS:
+            raise ConfigError(f"model must be one of {', '.join(SEGMENTATION_MODELS)}; got {self.model!r}")
         if self.in_channels < 0:
             raise ConfigError(f"in_channels must be 0 (what the data has) or a channel count, got {self.in_channels}")
         for folder in filter(None, (d.strip() for d in self.data_dir.split(","))):

@@ -18,6 +18,7 @@ W&B group ``<name>`` unless W&B is disabled.
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from toolkit import check_run_args, run_recipe, score_run, split_args, train_run
 HERE = Path(__file__).resolve().parent
 FINETUNE, PRETRAIN = HERE / "brain_mri.py", HERE / "brain_mri_pretrain.py"
 SET_HERE = {"run-name", "output-dir", "init-from", "label-fraction", "seed", "max-minutes", "resume"}
+SET_IN_PRETRAIN = {"run-name", "output-dir", "max-minutes", "resume"}  # what the curve gives the pretraining
 TO_PRETRAIN = {"channels", "slice-rule", "skip-bad-files", "synthetic-dir", "synthetic-images", "image-size",
                "in-channels", "model", "widths", "param-budget", "num-workers", "batch-size", "channels-last",
                "wandb-mode", "wandb-project"}  # data and architecture: the pretrained weights must fit the runs
@@ -58,16 +60,16 @@ class SSLCurveConfig:
             self.fraction_list, self.seed_list = self.parse_lists()
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if self.pretrain_minutes <= 0 or self.finetune_minutes <= 0:
-            raise ConfigError(f"pretrain_minutes and finetune_minutes must be > 0, got {self.pretrain_minutes} "
-                              f"and {self.finetune_minutes}")
+        if not all(0 < m < math.inf for m in (self.pretrain_minutes, self.finetune_minutes)):  # NaN fails too
+            raise ConfigError(f"pretrain_minutes and finetune_minutes must be finite numbers > 0, got "
+                              f"{self.pretrain_minutes} and {self.finetune_minutes}")
         if self.pretrained and not Path(self.pretrained).is_file():
             raise ConfigError(f"pretrained: {self.pretrained!r} is not a file (expected a pretraining run's best.pth)")
         for folder in filter(None, (d.strip() for d in self.test_data_dir.split(","))):
             if not Path(folder).is_dir():
                 raise ConfigError(f"test_data_dir {folder!r} is not a folder")
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"name must be a folder name without '/', got {self.name!r}")
+        if not self.name or "/" in self.name or self.name in (".", ".."):  # ".." would put the runs beside output_dir
+            raise ConfigError(f"name must be a folder name without '/' (not . or ..), got {self.name!r}")
 
     def parse_lists(self) -> tuple[list[float], list[int]]:
         """(fractions, seeds) from their comma-separated text; ValueError naming the field and value."""
@@ -133,13 +135,19 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
         raise SystemExit(0)
     ours, rest = split_args(argv, OWN, takes_value=OWN)
     cfg = parse_config(SSLCurveConfig, ours)
-    clash = [t.split("=")[0] for t in split_args(rest, SET_HERE)[0] if t.startswith("--")]
-    if clash:
-        raise SystemExit(f"error: {clash} are set by the curve itself; leave them out")
+    pretrain_args = shlex.split(cfg.pretrain_args)
+    for where, args, keys in (("", rest, SET_HERE), (" (in --pretrain-args)", pretrain_args, SET_IN_PRETRAIN)):
+        clash = [t.split("=")[0] for t in split_args(args, keys)[0] if t.startswith("--")]  # else overridden
+        if clash:
+            raise SystemExit(f"error: {clash}{where} are set by the curve itself; leave them out")
     data = ["--data-dir", cfg.data_dir] if cfg.data_dir else []
     common = [*data, *rest, *([] if split_args(rest, {"postprocess"})[0] else ["--postprocess", "false"])]
     run_cfg = parse_config(BrainMRIConfig, common)  # refuses bad brain_mri.py arguments before any training
-    pre_argv = [*data, *split_args(rest, TO_PRETRAIN)[0], *shlex.split(cfg.pretrain_args), "--max-minutes",
+    if run_cfg.context_slices or run_cfg.target not in ("", "binary"):  # the pretrained model: 1 slice in, 1 out
+        raise SystemExit(f"error: --context-slices {run_cfg.context_slices} / --target {run_cfg.target or '(data)'}: "
+                         "the curve pretrains a binary model on single slices (Dice of binary masks); its weights "
+                         "cannot start a 2.5D or multi-class run: leave out --context-slices and --target")
+    pre_argv = [*data, *split_args(rest, TO_PRETRAIN)[0], *pretrain_args, "--max-minutes",
                 str(cfg.pretrain_minutes), "--output-dir"]
     root = Path(cfg.output_dir) / cfg.name
     parse_config(BrainMRIPretrainConfig, [*pre_argv, str(root)])

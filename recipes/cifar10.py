@@ -27,6 +27,9 @@ from toolkit.data import CIFAR10_MEAN, CIFAR10_STD, Normalize, holdout_split, lo
 from toolkit.models import cifar_classifier, whiten_init_
 
 
+WHITEN_IMAGES = 2000  # training images whose 3x3 patches initialise the first conv with --whiten
+
+
 @dataclass
 class CIFAR10Config(ClassificationConfig):
     """CIFAR-10 classification with a small residual CNN (spec task 1)."""
@@ -83,15 +86,23 @@ def build_data(cfg: CIFAR10Config, trainer: Trainer):
     return train, val
 
 
+def whitening_images(train, seed: int, count: int = WHITEN_IMAGES) -> torch.Tensor:
+    """(min(count, N), 3, 32, 32) uint8 images of ``train`` drawn at random by ``seed`` alone (the same on every
+    process: the same initial weights). Not the first ones: class folders are read class by class, and the first
+    2,000 of CIFAR-10's are all airplanes."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count]
+    return torch.stack([train[int(i)][0] for i in order])
+
+
 def main(argv=None) -> list[dict]:
     cfg = parse_config(CIFAR10Config, argv)
     trainer = Trainer(cfg, recipe="cifar10")
     train, val = build_data(cfg, trainer)
     model = cifar_classifier(cfg.model, cfg.width, cfg.depth, cfg.widths, cfg.dropout)
     normalize = Normalize(CIFAR10_MEAN, CIFAR10_STD)
-    if cfg.whiten:  # the same first 2,000 training images on every process: the same initial weights
+    if cfg.whiten:
         first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-        whiten_init_(first_conv, normalize(torch.stack([train[i][0] for i in range(min(2000, len(train)))])))
+        whiten_init_(first_conv, normalize(whitening_images(train, cfg.seed)))
     objective = classification_objective(cfg, preprocess=normalize)
     return trainer.fit(model, objective, train, val, metrics=[Accuracy()], monitor="accuracy", mode="max",
                        param_budget=cfg.param_budget, callbacks=[SaveCurve(["accuracy"], "accuracy")])

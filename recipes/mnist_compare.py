@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(MNISTConfig, argv)  # validates the arguments before any training
     refuse_flags(argv, {"--model", "--task", "--run-name", "--run_name"},
                  "mnist_compare sets --model, --task and --run-name itself")
+    if cfg.val_images:  # the runs would report held-out training images in a table of test-set figures
+        raise SystemExit("error: mnist_compare scores the four runs and the PCA baseline on the test set; drop "
+                         f"--val-images {cfg.val_images} (it scores held-out training images instead)")
     results = {f"{m}-{t}": result(train_run(RECIPE, [*argv, "--model", m, "--task", t], f"mnist-{m}-{t}",
                                             cfg.output_dir))
                for m in MODELS for t in TASKS}

@@ -9,20 +9,21 @@
 ``--dataset stl10`` (default) reads STL-10's 100,000 unlabelled 96x96 images through a memory
 map shared by every process through the page cache; ``--dataset cifar10`` takes CIFAR-10's
 50,000 32x32 training images (any layout recipes/cifar10.py reads) with their labels dropped.
-``val_images`` of them, drawn at random, are held out and scored (MSE, PSNR) every epoch,
-and best.pth keeps the lowest validation MSE. ``--objective``: reconstruction (the model
-sees the clean image), denoising (Gaussian noise of std ``noise_std`` added on the device)
-or restoration (the Models-Genesis corruption chain with its default probabilities, seeded
-with ``seed``; the decoder's final Sigmoid is applied by the objective, so the saved weights
-and parameter count are the same). Mixed precision and the number of processes come from
-``accelerate launch``. Every epoch ``figures/reconstructions_epochNNN.png`` shows nine of
-those random held-out images beside their reconstructions (logged to W&B);
-``figures/reconstructions.png`` is the one of the best epoch. ``recipes/stl10_probe.py``
-then takes the encoder.
+``val_images`` of them, drawn at random, are held out and scored (MSE, PSNR) every epoch
+(every ``--eval-every`` epochs and the last), and best.pth keeps the lowest validation MSE.
+``--objective``: reconstruction (the model sees the clean image), denoising (Gaussian noise of
+std ``noise_std`` added on the device) or restoration (the Models-Genesis corruption chain with
+its default probabilities, seeded with ``seed``; the decoder's final Sigmoid is applied by the
+objective, so the saved weights and parameter count are the same). Mixed precision and the
+number of processes come from ``accelerate launch``. At each new best epoch and the last,
+``figures/reconstructions_epochNNN.png`` shows nine of those random held-out images beside
+their reconstructions (logged to W&B); ``figures/reconstructions.png`` is the one of the best
+epoch. ``recipes/stl10_probe.py`` then takes the encoder.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -146,8 +147,10 @@ def main(argv=None) -> list[dict]:
                           monitor="mse", mode="min", param_budget=cfg.param_budget,
                           figures=lambda s: {"reconstructions": reconstruction_pairs(s.targets, s.preds, 9)},
                           callbacks=[ReconstructionMedia()])
-    if acc.is_main_process and history:  # the figure of the best weights under a fixed name
-        best = min(history, key=lambda h: h["mse"])["epoch"]
+    # the figure of the best weights under a fixed name; best_epoch is the Trainer's (with --eval-every N
+    # only every N-th epoch's record holds an mse)
+    best = json.loads((trainer.run_dir / "summary.json").read_text())["best_epoch"] if acc.is_main_process else None
+    if best is not None:
         figures = trainer.figures_dir
         png = (figures / f"reconstructions_epoch{best:03d}.png").read_bytes()
         atomic_write(figures / "reconstructions.png", lambda f: f.write(png))

@@ -333,3 +333,14 @@ def test_real_jpeg_archive_layout_and_first_images():
                 if len(seen) == 5:
                     break
     assert len(seen) == 5
+
+
+def test_whitening_images_are_drawn_from_every_class_not_the_first_ones(monkeypatch):
+    """Class folders are read class by class: the first 2,000 images of CIFAR-10's copy were all airplanes."""
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    recipe = load_recipe("cifar10")
+    labels = torch.arange(10).repeat_interleave(50)  # sorted by class, as the class-folder layout reads them
+    train = [(torch.full((3, 32, 32), int(k), dtype=torch.uint8), k) for k in labels]
+    images = recipe.whitening_images(train, seed=0, count=40)
+    assert images.shape == (40, 3, 32, 32) and len(images[:, 0, 0, 0].unique()) >= 5
+    assert torch.equal(images, recipe.whitening_images(train, seed=0, count=40))  # the same on every process

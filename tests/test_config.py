@@ -36,6 +36,8 @@ def test_booleans_bare_and_valued():
     assert parse("--channels_last=0").channels_last is False
     with pytest.raises(ConfigError, match="boolean"):
         parse("--channels-last=maybe")
+    with pytest.raises(ConfigError, match=r"--channels_last expects a boolean \(true/false\), got 'maybe'"):
+        parse("--channels-last", "maybe")  # not "expected --key or --key=value, got 'maybe'"
 
 
 def test_unknown_key_lists_valid_keys():

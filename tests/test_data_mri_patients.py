@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from .mri_fake import make_folder
+from .mri_fake import make_folder, make_lgg
 from toolkit.data.errors import DataError, MRIDataError
 from toolkit.data.mri.discover import discover_mri_slices
 from toolkit.data.mri.folders import discover_folders, folder_tags, parse_data_dirs
@@ -79,6 +79,17 @@ def test_several_folders_keep_ids_apart_and_patients_together(tmp_path):
     assert folder_tags([tmp_path / "x" / "d", tmp_path / "y" / "d"]) == ["d", "d-2"]
     with pytest.raises(DataError, match="twice"):
         parse_data_dirs(f"{a},{a}")
+
+
+def test_several_folders_read_again_from_their_roots_give_the_same_ids(tmp_path):
+    """split.json stores ``roots`` as its data_dir; for LGG folders (layout root ``<folder>/kaggle_3m``) they used
+    to be the layout roots, whose tags (kaggle_3m, kaggle_3m-2) are not the run's ids (a/..., b/...)."""
+    a, b = make_lgg(tmp_path / "a", patients=2, slices=1), make_lgg(tmp_path / "b", patients=2, slices=1)
+    found = discover_folders(f"{a},{b}")
+    again = discover_folders(",".join(str(r) for r in found.roots))
+    assert [s.id for s in again.slices] == [s.id for s in found.slices] == [
+        "a/TCGA_XX_1000_20000100_1", "a/TCGA_XX_1001_20000101_1", "b/TCGA_XX_1000_20000100_1",
+        "b/TCGA_XX_1001_20000101_1"]
 
 
 @pytest.mark.parametrize("folds", [2, 3, 5])

@@ -18,7 +18,7 @@ from toolkit.data.mnist import load_mnist, read_idx
 from toolkit.models.autoencoders import AutoEncoder_CNN, LinearAutoEncoder
 from toolkit.objectives import DenoisingObjective
 
-from .utils import ACCELERATE, ROOT, run_env
+from .utils import ACCELERATE, ROOT, load_recipe, run_env
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
@@ -216,3 +216,12 @@ def test_recipe_refuses_unknown_model_and_compare_refuses_model_flag(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "mnist_compare.py"), "--model", "cnn"],
                           cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "sets --model" in proc.stderr
+
+
+def test_compare_refuses_val_images(tmp_path, monkeypatch):
+    """--val-images makes each run score held-out training images; the table (and PCA) are on the test set."""
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    compare = load_recipe("mnist_compare")
+    monkeypatch.setattr(compare, "train_run", lambda *a, **k: pytest.fail("nothing may train"))
+    with pytest.raises(SystemExit, match="drop --val-images 50"):
+        compare.main(["--val-images", "50", "--output-dir", str(tmp_path)])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from toolkit import FreezeEncoder, RestorationObjective, build_segmentation_model, init_from, save_weights
-from toolkit.data import Corrupt, exclude_split, label_fraction, save_split, split_records, unit_input_scale
+from toolkit.data import Corrupt, DataError, exclude_split, label_fraction, save_split, split_records, unit_input_scale
 from toolkit.data.corruptions import inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint
 from toolkit.data.mri import MRISlice, discover_folders
 
@@ -130,6 +130,11 @@ def test_exclude_split_drops_every_slice_of_val_and_test_patients(tmp_path):
     other = save_split(tmp_path / "other.json", {"val": [MRISlice("nope", None, "folder", Path("a"), Path("b"))]})
     with pytest.raises(ValueError, match="none of the 1"):
         exclude_split(records, other)
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "list.json").write_text('["p1_0"]')
+    for name, message in (("broken.json", "not readable as JSON"), ("list.json", "holds none of the splits")):
+        with pytest.raises(DataError, match=f"{name} .*{message}"):  # the file named, no traceback of json
+            exclude_split(records, tmp_path / name)
 
 
 def test_init_from_refuses_weights_of_another_architecture(tmp_path):
@@ -218,8 +223,60 @@ def test_pretrain_then_fine_tune_with_few_labels(tmp_path):
 @pytest.mark.parametrize("recipe, args, message", [
     ("brain_mri.py", ["--label-fraction", "1.5"], "label_fraction"),
     ("brain_mri_pretrain.py", ["--inpaint-p", "0.5", "--outpaint-p", "0.6"], "inpaint_p + outpaint_p"),
+    ("brain_mri_pretrain.py", ["--model", "unet3d"], "model must be one of"),
 ])
 def test_recipes_refuse_bad_settings_before_training(recipe, args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / recipe), *args], cwd=ROOT, env=run_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_a_resumed_restoration_run_corrupts_and_trains_as_the_uninterrupted_one(tmp_path):
+    """The training corruptions come from the RNG the resumable state saves, not from a generator that a
+    resume restarts at the seed (which repeated the first epochs' corruptions after a resume)."""
+    from dataclasses import replace
+
+    from accelerate.state import AcceleratorState
+
+    from toolkit import ReconstructionMetrics, Trainer
+
+    from .utils import Interrupt, TinyImages, crash_in_epoch, tiny_cfg
+
+    class Images(TinyImages):
+        def __getitem__(self, i):
+            return super().__getitem__(i)[0]
+
+    def fit(cfg, callbacks=()):
+        try:
+            return Trainer(cfg, recipe="tiny").fit(
+                torch.nn.Conv2d(1, 1, 3, padding=1), RestorationObjective(Corrupt(seed=0)), Images(48),
+                Images(20, seed=1), metrics=[ReconstructionMetrics()], monitor="mse", mode="min", param_budget=None,
+                callbacks=callbacks)
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+    whole = fit(tiny_cfg(tmp_path, run_name="a", epochs=3))
+    cut = tiny_cfg(tmp_path, run_name="b", epochs=3)
+    with pytest.raises(Interrupt):
+        fit(cut, callbacks=[crash_in_epoch(2)])
+    resumed = fit(replace(cut, resume=True))
+    assert [(h["train_loss"], h["mse"]) for h in resumed] == [(h["train_loss"], h["mse"]) for h in whole]
+
+
+def test_pretraining_lists_the_files_skip_bad_files_left_out(tmp_path, capsys):
+    """As recipes/brain_mri.py does; the pretraining used to drop them without a word."""
+    from accelerate.state import AcceleratorState
+
+    from .mri_fake import make_folder
+    from .utils import load_recipe
+
+    data = make_folder(tmp_path / "d", n=8)
+    (data / "images" / "3.png").write_bytes(b"not an image")
+    try:
+        load_recipe("brain_mri_pretrain").main([
+            "--data-dir", str(data), "--skip-bad-files", "--image-size", "32", "--widths", "4,8", "--epochs", "1",
+            "--num-workers", "0", "--batch-size", "4", "--val-fraction", "0.25", "--output-dir", str(tmp_path / "runs"),
+            "--wandb-mode", "disabled"])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert f"skipped 1 bad file(s): {data / 'images' / '3.png'}" in capsys.readouterr().out

@@ -91,7 +91,13 @@ def test_arguments_are_split_and_refused_before_training(capsys):
     assert ours == ["--fractions", "0.1,1", "--pretrain-args", "--epochs 3", "--seeds=0"]
     assert rest == ["--widths", "8,16", "--skip-bad-files"]
     for argv, message in ((["--seed", "1"], "set by the curve"), (["--fractions", "0,1"], "fractions"),
-                          (["--seeds", "1,1"], "seeds"), (["--seeds", "0,-1"], "in [0, 2**31)")):
+                          (["--seeds", "1,1"], "seeds"), (["--seeds", "0,-1"], "in [0, 2**31)"),
+                          (["--finetune-minutes", "nan"], "finetune_minutes must be finite"),
+                          (["--finetune-minutes", "inf"], "finetune_minutes must be finite"),
+                          (["--name", ".."], "name must be a folder name"),
+                          (["--pretrain-args", "--epochs 9 --max-minutes 30"], "(in --pretrain-args) are set by"),
+                          (["--context-slices", "1"], "cannot start a 2.5D or multi-class run"),
+                          (["--target", "regions"], "cannot start a 2.5D or multi-class run")):
         with pytest.raises(SystemExit) as err:
             driver.main(argv, runner=lambda *a: pytest.fail("nothing may train"))
         assert message in f"{err.value.code} {capsys.readouterr().err}"
@@ -112,3 +118,23 @@ def test_a_run_of_other_arguments_is_neither_reused_nor_resumed(tmp_path):
                                                  r"\(changed: epochs '1' -> '2'\); .* into the curve"):
         driver.ensure_run(runner, driver.FINETUNE, ["--epochs", "2"], "f1-s0-scratch", tmp_path)
     assert calls == [["--epochs", "1"]]  # trained once, reused once, refused once
+
+
+def test_one_of_several_training_folders_given_as_test_data_is_refused(tmp_path):
+    """With two data folders the run's ids carry a folder prefix ("a/TCGA_..."); the same slices read from
+    folder a alone have plain ids, and used to be scored as "external" test data."""
+    from accelerate.state import AcceleratorState
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    a, b = make_lgg(tmp_path / "a", patients=3, slices=2), make_lgg(tmp_path / "b", patients=3, slices=2)
+    try:
+        load_recipe("brain_mri").main([
+            "--data-dir", f"{a},{b}", "--output-dir", str(tmp_path / "runs"), "--run-name", "r", "--epochs", "1",
+            "--image-size", "32", "--widths", "4,8", "--num-workers", "0", "--batch-size", "4", "--postprocess",
+            "false", "--wandb-mode", "disabled"])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert json.loads((tmp_path / "runs" / "r" / "split.json").read_text())["train"][0].startswith(("a/", "b/"))
+    with pytest.raises(ValueError, match="were trained or validated on"):
+        score_run(tmp_path / "runs" / "r", str(a))
+    assert score_run(tmp_path / "runs" / "r")["split"] == "val"  # the split read back from split.json's folders

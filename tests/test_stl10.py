@@ -198,6 +198,23 @@ def test_pretrain_two_processes_then_probe_and_control(fake, tmp_path):
     assert summary["trainable_params"] == 34_570 < summary["total_params"]
 
 
+def test_pretrain_validating_every_other_epoch_keeps_the_best_figure(fake, tmp_path):
+    """With --eval-every 2 the first epoch's record has no mse: the best figure follows the Trainer's best epoch
+    (the recipe used to fail with KeyError: 'mse' after training)."""
+    root, _ = fake
+    from accelerate.state import AcceleratorState
+
+    try:
+        _recipe("stl10_pretrain").main(["--data-dir", str(root), "--output-dir", str(tmp_path / "runs"), "--run-name",
+                                        "p", "--val-images", "8", *COMMON, "--epochs", "3", "--eval-every", "2"])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    figures = tmp_path / "runs" / "p" / "figures"
+    best = json.loads((figures.parent / "summary.json").read_text())["best_epoch"]
+    kept = (figures / f"reconstructions_epoch{best:03d}.png").read_bytes()
+    assert (figures / "reconstructions.png").read_bytes() == kept
+
+
 def test_supervised_recipe_end_to_end(fake, tmp_path):
     root, _ = fake
     proc = _run([*CPU1, str(ROOT / "recipes" / "stl10_supervised.py"), "--data-dir", str(root), "--output-dir",

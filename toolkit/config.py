@@ -269,6 +269,8 @@ def _parse(cls: type[C], argv: list[str]) -> C:
             flag = hints[key] is bool or bool in typing.get_args(hints[key])  # bool | str takes any next word
             word = nxt is not None and not nxt.startswith("--") and (
                 hints[key] is not bool or nxt.lower() in _TRUE | _FALSE)
+            if flag and not word and nxt is not None and not nxt.startswith("--"):  # a word no boolean reads
+                raise ConfigError(f"--{key} expects a boolean (true/false), got {nxt!r}")
             if flag and not word:
                 raw = "true"
             elif nxt is None:

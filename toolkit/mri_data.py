@@ -182,9 +182,14 @@ def segmentation_data(cfg: Any, trainer) -> SegmentationData:
         acc.print("note: the data name no patients, so the split is by id: slices of one patient may sit on both "
                   "sides and validation may overstate what unseen patients get (give a metadata.csv with "
                   "id,patient_id)")
+    _say_skipped(acc, skipped)
+    return SegmentationData(train, val, target, input_preprocess(found.intensity))
+
+
+def _say_skipped(acc, skipped: list) -> None:
+    """Print the (path, reason) pairs of the files ``--skip-bad-files`` left out (the first ten)."""
     if skipped:
         acc.print(f"skipped {len(skipped)} bad file(s): " + "; ".join(f"{p} ({why})" for p, why in skipped[:10]))
-    return SegmentationData(train, val, target, input_preprocess(found.intensity))
 
 
 def settle_epochs(cfg: Any, trainer, train_size: int) -> None:
@@ -255,4 +260,5 @@ def pretraining_data(cfg: Any, trainer) -> tuple[Dataset, Dataset, str]:
                     excluded_split=cfg.exclude_split, excluded_slices=dropped)
     acc.print(f"data: {found.source} at {_where(found)}: {len(found.slices)} slices, {dropped} left out by "
               f"--exclude-split; unlabelled train {len(train)}, val {len(val)}")
+    _say_skipped(acc, found.skipped + train.skipped + val.skipped)
     return train, val, found.intensity

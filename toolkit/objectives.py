@@ -188,7 +188,10 @@ class RestorationObjective(ReconstructionObjective):
     target is then the channel mean; preds = ``sigmoid(logits)`` float32 in [0, 1]; loss = MSE(preds,
     target); targets = the clean image (or its channel mean); inputs = the corrupted images in [0, 1].
     In evaluation the corruptions restart from ``corrupt``'s seed at the first batch after training,
-    so every epoch's validation sees the same corrupted images (for an unshuffled loader).
+    so every epoch's validation sees the same corrupted images (for an unshuffled loader). Training
+    draws from torch's global RNG instead (a ``corrupt`` with a ``seed`` attribute is copied with
+    ``seed=None``): the Trainer seeds it per process (seed + rank, so processes corrupt differently)
+    and every resumable state saves it, so a resumed run corrupts as the run it continues would have.
     """
 
     def __init__(self, corrupt: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -198,7 +201,9 @@ class RestorationObjective(ReconstructionObjective):
         if corrupt is None:
             from .data.corruptions import Corrupt
             corrupt = Corrupt()
-        self.corruption = corrupt
+        self.corruption = copy.copy(corrupt)
+        if getattr(corrupt, "seed", None) is not None:  # training: the global RNG, restored on resume
+            self.corruption.seed = None
         # evaluation draws from its own copy, restarted each time, so training's sequence runs on undisturbed
         self.eval_corruption = copy.deepcopy(corrupt) if hasattr(corrupt, "reset") else corrupt
         self.model_scale = model_scale

@@ -55,7 +55,7 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
     "per_patient_dice" (or None), "train_slices", "selection_split"}``, cached in ``<run>/ssl_score.json`` (reused
     when split and data_dir match). ``cache`` maps a data folder to its slices across calls. Raises ValueError
     naming the run when it is not binary, lacks best.pth or split.json, the split is empty, or ``test_data_dir``
-    holds slices (by id) that the run trained or validated on.
+    holds slices (by id, or by image file and slice) that the run trained or validated on.
     """
     run_dir, cache = Path(run_dir), {} if cache is None else cache
     split_file = run_dir / "split.json"
@@ -75,8 +75,7 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
     records = cache[source] if test_data_dir else load_split(split_file, cache[source], names=[name]).get(name, [])
     if not records:
         raise ValueError(f"{run_dir}: the {name} split of {source} holds no slice to score")
-    seen = set(split.get("train", [])) | set(split.get("val", [])) if test_data_dir else set()
-    overlap = [r.id for r in records if r.id in seen]
+    overlap = _seen_slices(records, split, cfg, cache) if test_data_dir else []
     if overlap:
         raise ValueError(f"{run_dir}: {len(overlap)} slice(s) of test_data_dir {test_data_dir} were trained or "
                          f"validated on (e.g. {overlap[:3]}); give a folder of patients outside data_dir")
@@ -92,6 +91,25 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
               "train_slices": len(split.get("train", [])), "selection_split": name == "val"}
     save_json(cached, result)
     return result
+
+
+def _seen_slices(records: Sequence, split: dict, cfg: dict, cache: dict) -> list[str]:
+    """Ids of ``records`` that the run of ``split`` (its split.json) and ``cfg`` trained or validated on: the same
+    id, or the same image file (symlinks resolved) and volume slice; a folder among several gets ids prefixed
+    with its name, so one of the training folders given alone as test data matches only by file."""
+    used = set(split.get("train", [])) | set(split.get("val", []))
+    roots = [d for d in str(split.get("data_dir", "")).split(",") if d]
+    files = set()
+    if roots and all(Path(d).is_dir() for d in roots):  # the training data still there: compare the files too
+        key = split["data_dir"]
+        if key not in cache:
+            cache[key] = run_slices(key, cfg)
+        files = {_slice_file(r) for r in cache[key] if r.id in used}
+    return [r.id for r in records if r.id in used or _slice_file(r) in files]
+
+
+def _slice_file(record) -> tuple[str, int | None]:
+    return str(Path(record.image_path).resolve()), record.index
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float | None]:

@@ -64,10 +64,14 @@ def exclude_split(records: Sequence, path: str | os.PathLike, names: Sequence[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exclude split: {path} is not a file (expected a run's split.json)")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:  # not JSON, or not text
+        raise DataError(f"{path} is not a split file (a run's split.json): not readable as JSON ({err})") from None
+    data = data if isinstance(data, dict) else {}
     ids = {i for name in names if isinstance(data.get(name), list) for i in data[name]}
     if not ids:
-        raise DataError(f"{path} holds none of the splits {list(names)} (lists of slice ids)")
+        raise DataError(f"{path} holds none of the splits {list(names)} (a JSON object of lists of slice ids)")
     records = list(records)
 
     def listed(r) -> bool:  # with several data folders ids gain a "<folder>/" prefix the split file may lack

@@ -50,8 +50,9 @@ def discover_folders(data_dirs: str | os.PathLike | Sequence[str | os.PathLike],
 
     ``options`` go to :func:`~toolkit.data.mri.discover.discover_mri_slices` for each folder. One folder:
     its :class:`Discovery` unchanged. Several: ids prefixed with :func:`folder_tags`, ``source`` the
-    folders' sources joined by ``+`` where they differ, ``root`` the first folder and ``roots`` all of
-    them, ``labels``/``regions`` the folders' (which must agree). Raises DataError when the folders'
+    folders' sources joined by ``+`` where they differ, ``root`` the first folder's layout root and ``roots``
+    the folders as given (reading them again gives the same ids; a layout root such as ``kaggle_3m/`` would
+    change the prefixes), ``labels``/``regions`` the folders' (which must agree). Raises DataError when the folders'
     slices have different numbers of channels or the folders declare different labels or regions.
     """
     dirs = parse_data_dirs(data_dirs)
@@ -70,7 +71,7 @@ def discover_folders(data_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     slices = [dataclasses.replace(s, id=f"{tag}/{s.id}") for tag, f in zip(folder_tags(dirs), found) for s in f.slices]
     sources = list(dict.fromkeys(f.source for f in found))
     return Discovery("+".join(sources), found[0].root, slices, [s for f in found for s in f.skipped],
-                     tuple(f.root for f in found), found[0].labels, found[0].regions)
+                     tuple(dirs), found[0].labels, found[0].regions)
 
 
 def shared_patients(slices: Sequence) -> dict[str, list[str]]:
