@@ -159,6 +159,30 @@ def test_gaussian_noise_is_clamped_new_and_has_the_default_std():
     assert white.max() <= 1 and (white < 1).float().mean() > 0.4  # half the noise pushes below 1
 
 
+def test_denoising_validates_on_the_same_noise_and_leaves_training_noise_alone():
+    """Every validation sees the same noisy images (its own generator, restarted after training), so best.pth is
+    picked on one set; evaluation draws nothing from the global RNG, so --eval-every leaves training's noise."""
+    model = torch.nn.Conv2d(1, 1, 1)
+    objective, images = DenoisingObjective(0.3), torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+
+    def validate():
+        model.eval()
+        with torch.no_grad():
+            return [objective(model, images[i:i + 2]).inputs for i in (0, 2)]
+
+    torch.manual_seed(0)
+    first = validate()
+    state = torch.get_rng_state()
+    model.train()
+    trained = objective(model, images).inputs  # training: the global RNG
+    assert not torch.equal(trained[:2], first[0])
+    again = validate()
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    torch.manual_seed(0)
+    validate()
+    assert torch.equal(torch.get_rng_state(), state)  # validation drew nothing from it
+
+
 # ----------------------------------------------------------------------------- recipe and comparison
 LAUNCH = [*ACCELERATE, "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "bf16",
           "--dynamo_backend", "no"]

@@ -86,6 +86,7 @@ class Objective:
 
 
 TTA_MODES = ("none", "flip", "flip-translate")
+EVAL_NOISE_SEED = 1234  # seed of the denoising objective's evaluation noise (the same images every validation)
 
 
 def check_tta(mode: str) -> str:
@@ -163,7 +164,11 @@ class ReconstructionObjective(Objective):
 
 
 class DenoisingObjective(ReconstructionObjective):
-    """As reconstruction, but the model sees ``add_gaussian_noise(clean, noise_std)`` (fresh noise each call)."""
+    """As reconstruction, but the model sees ``add_gaussian_noise(clean, noise_std)``: in training fresh noise from
+    torch's global RNG (seeded per process by the Trainer, saved in every resumable state); in evaluation noise
+    from its own generator, restarted (seed ``EVAL_NOISE_SEED``) at the first batch after training, so every
+    validation scores the same noisy images (for an unshuffled loader) and leaves training's sequence as it was.
+    """
 
     def __init__(self, noise_std: float = DEFAULT_NOISE_STD, loss: nn.Module | None = None,
                  preprocess: Callable = to_unit_range, augment: Callable | None = None) -> None:
@@ -171,9 +176,18 @@ class DenoisingObjective(ReconstructionObjective):
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.noise_std = noise_std
+        self._eval_noise: torch.Generator | None = None  # set at the first evaluation batch, None in training
 
     def corrupt(self, clean: torch.Tensor) -> torch.Tensor:
-        return _layout(add_gaussian_noise(clean, self.noise_std), self.channels_last)
+        return _layout(add_gaussian_noise(clean, self.noise_std, generator=self._eval_noise), self.channels_last)
+
+    def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
+        if model.training:
+            self._eval_noise = None
+        elif self._eval_noise is None:  # the first evaluation batch: the same noise as every validation's
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            self._eval_noise = torch.Generator(device=x.device).manual_seed(EVAL_NOISE_SEED)
+        return super().__call__(model, batch)
 
 
 class RestorationObjective(ReconstructionObjective):

@@ -65,11 +65,14 @@ def input_preprocess(intensity: str = "per_slice"):
     return table[intensity]
 
 
-def add_gaussian_noise(images: torch.Tensor, std: float = DEFAULT_NOISE_STD, mean: float = 0.0) -> torch.Tensor:
-    """Return a new tensor: ``images`` (any shape, float in [0, 1]) plus N(mean, std²) noise, clamped to [0, 1]."""
+def add_gaussian_noise(images: torch.Tensor, std: float = DEFAULT_NOISE_STD, mean: float = 0.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return a new tensor: ``images`` (any shape, float in [0, 1]) plus N(mean, std²) noise, clamped to [0, 1];
+    the noise from ``generator`` (on the images' device) when given, else from torch's global RNG."""
     if std < 0:
         raise ValueError(f"std must be >= 0, got {std}")
-    noise = torch.randn_like(images, dtype=torch.float32) * std + mean
+    noise = (torch.randn_like(images, dtype=torch.float32) if generator is None else
+             torch.randn(images.shape, generator=generator, device=images.device, dtype=torch.float32)) * std + mean
     return (images.float() + noise).clamp_(0.0, 1.0)
 
 
