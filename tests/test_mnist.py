@@ -3,7 +3,6 @@
 import gzip
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
