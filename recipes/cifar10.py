@@ -43,7 +43,7 @@ class CIFAR10Config(ClassificationConfig):
     depth: int = 3  # resnet: residual blocks per stage (network depth 6*depth+2: 3 = ResNet-20)
     widths: str = "32,64,128"  # fast: channels of its three stages, comma-separated; 32,64,128 = 288,746 parameters
     dropout: float = 0.1  # dropout probability before the classifier
-    whiten: bool = False  # initialise the first conv by patch whitening of the first 2,000 training images (airbench)
+    whiten: bool = False  # initialise the first conv by patch whitening of 2,000 training images drawn at random (seeded; airbench)
     label_smoothing: float = 0.1  # cross-entropy label smoothing, 0 = none
     epochs: int = 120  # passes over the training set
     batch_size: int = 256  # images per process per step
@@ -97,6 +97,7 @@ def whitening_images(train, seed: int, count: int = WHITEN_IMAGES) -> torch.Tens
 def main(argv=None) -> list[dict]:
     cfg = parse_config(CIFAR10Config, argv)
     trainer = Trainer(cfg, recipe="cifar10")
+    trainer.keep_settings(("val_from_train", "seed"), "the images it trains and validates on would differ")
     train, val = build_data(cfg, trainer)
     model = cifar_classifier(cfg.model, cfg.width, cfg.depth, cfg.widths, cfg.dropout)
     normalize = Normalize(CIFAR10_MEAN, CIFAR10_STD)

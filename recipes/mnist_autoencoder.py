@@ -74,6 +74,7 @@ def figures(sample, denoising: bool) -> dict:
 def main(argv=None) -> list[dict]:
     cfg = parse_config(MNISTConfig, argv)
     trainer = Trainer(cfg, recipe=f"mnist_{cfg.model}_{cfg.task}")
+    trainer.keep_settings(("val_images", "seed"), "the images it trains and validates on would differ")
     train, val = build_data(cfg, trainer)
     denoising = cfg.task == "denoising"
     objective = DenoisingObjective(cfg.noise_std) if denoising else ReconstructionObjective()

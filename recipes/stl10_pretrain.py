@@ -136,6 +136,8 @@ def build_objective(cfg: STL10PretrainConfig, model: STL10AutoEncoder):
 def main(argv=None) -> list[dict]:
     cfg = parse_config(STL10PretrainConfig, argv)
     trainer = Trainer(cfg, recipe="stl10_pretrain")
+    trainer.keep_settings(("dataset", "max_images", "val_images", "seed"),
+                          "the images it trains and validates on would differ")
     acc = trainer.accelerator
     unlabeled = unlabeled_images(cfg, acc)
     train, val = split_unlabeled(unlabeled, cfg.val_images, cfg.seed)

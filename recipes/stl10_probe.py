@@ -119,12 +119,18 @@ def main(argv=None) -> list[dict]:
     cfg = parse_config(STL10ProbeConfig, argv)
     weights, channels = resolve_encoder(cfg)  # before the run folder exists: a newer pretrain run is not this one
     trainer = Trainer(cfg, recipe="stl10_probe")
+    trainer.keep_settings(("dataset", "max_images", "seed"), "the images it trains on would differ")
     acc = trainer.accelerator
     try:
         encoder = STL10AutoEncoder(channels).encoder if weights is None else load_encoder(weights, channels)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"--encoder: {err}") from None
     source = "random initialisation (control)" if weights is None else str(weights)
+    record = trainer.run_dir / "encoder.json"
+    old = json.loads(record.read_text()).get("encoder") if trainer.resuming and record.is_file() else source
+    if old != source:  # e.g. --encoder latest after a newer pretraining: the saved state holds the old encoder
+        raise trainer.refuse_resume(f"its encoder.json names the encoder {old}, --encoder {cfg.encoder} now gives "
+                                    f"{source}", keys=("encoder",))
     if acc.is_main_process:
         save_json(trainer.run_dir / "encoder.json", {"encoder": source, "channels": list(channels)})
     train, test = labelled_train_test(cfg, acc, f"frozen encoder: {source}")

@@ -95,3 +95,22 @@ def test_time_budget_refits_through_the_schedule_reference(tmp_path):
     loop.scheduler.step()  # the next LR comes from the refitted schedule: the 1e-4 floor past its end
     assert loop.optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * loop.schedule(loop.scheduler.last_epoch))
     assert loop.schedule(loop.scheduler.last_epoch) == pytest.approx(1e-4)
+
+
+def test_keep_settings_refuses_a_resume_whose_data_settings_changed(tmp_path):
+    """Trainer.keep_settings: recipes name the settings that choose their images (split seed, held-out counts);
+    a resume that changes one is refused naming it, and its config.json stays; unchanged ones resume."""
+    from accelerate.state import AcceleratorState
+
+    from toolkit import ConfigError
+
+    fit(make_cfg(tmp_path, epochs=1), [])
+    config = (tmp_path / "runs" / "c" / "config.json").read_bytes()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer = Trainer(make_cfg(tmp_path, epochs=1, resume="auto", seed=3, lr=0.01), recipe="tiny")
+    trainer.keep_settings(("epochs",), "unused")  # unchanged (lr changed but is not named): nothing raised
+    with pytest.raises(ConfigError, match=r"the images would differ; changed: seed 0 -> 3\."):
+        trainer.keep_settings(("seed", "epochs"), "the images would differ")
+    assert (tmp_path / "runs" / "c" / "config.json").read_bytes() == config
+    AcceleratorState._reset_state(reset_partial_state=True)
+    Trainer(make_cfg(tmp_path, run_name="new", seed=3), recipe="tiny").keep_settings(("seed",), "a new run: no check")

@@ -49,6 +49,21 @@ def test_evaluate_all_and_missing_split(run, tmp_path, capsys):
     assert "no 'test' split" in capsys.readouterr().err
 
 
+def test_evaluate_on_other_data_scores_every_slice_unless_a_split_is_asked(run, tmp_path, capsys):
+    """--data-dir of other data: every slice by default (its numbered ids would otherwise be read as the run's
+    test ids); the run's own data given again: its test split; --split test on other data: as asked."""
+    run_dir, data = run
+    other = generate_synthetic_mri(tmp_path / "other", num_images=8, seed=2)
+    assert main(["evaluate", "--weights", str(run_dir), "--data-dir", str(other)]) == 0
+    assert json.loads((run_dir / "eval_all.json").read_text())["summary"]["num_images"] == 8
+    assert f"--split all: {other} is not the data the run trained on" in capsys.readouterr().out
+    assert main(["evaluate", "--weights", str(run_dir), "--data-dir", str(data), "--output", str(tmp_path / "a.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["split"] == "test"
+    assert main(["evaluate", "--weights", str(run_dir), "--data-dir", str(other), "--split", "test",
+                 "--output", str(tmp_path / "b.json")]) == 0
+    assert [r["id"] for r in json.loads((tmp_path / "b.json").read_text())["per_image"]] == ["5", "6"]
+
+
 def test_predict_writes_masks_at_the_input_size(run, tmp_path, capsys):
     run_dir, data = run
     out = tmp_path / "pred"
@@ -250,3 +265,9 @@ def test_an_ensemble_of_runs_keeps_the_first_run_s_own_evaluation(run, tmp_path)
     assert main(["evaluate", "--weights", str(run_dir), str(other)]) == 0
     assert (run_dir / "eval_test.json").read_bytes() == own  # it was overwritten, and reported as the run's
     assert len(json.loads((run_dir / "eval_test_ensemble.json").read_text())["weights"]) == 2
+
+
+def test_show_must_be_a_count(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--weights", "x", "--show", "-3"])
+    assert exit_.value.code == 2 and "--show: expected a whole number >= 0, got '-3'" in capsys.readouterr().err

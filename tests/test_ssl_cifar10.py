@@ -8,7 +8,10 @@ comparison is meant to catch.
 """
 
 import json
+import os
+import shutil
 import subprocess
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
@@ -115,6 +118,17 @@ def test_cifar10_pretrain_then_probe_and_random_control(recipes, cifar, tmp_path
     keys = [k for k in pretrained if k.startswith("encoder.")]
     assert keys and all(torch.equal(pretrained[k], trained[k]) for k in keys)  # loaded and left frozen
     assert not torch.equal(control["encoder.0.0.weight"], trained["encoder.0.0.weight"])
+
+    newer = runs / "stl10_pretrain-d"  # a newer pretraining: --encoder latest would pick it on a resume
+    shutil.copytree(pre, newer)
+    os.utime(newer / "best.pth", (time.time() + 60, time.time() + 60))
+    resume = [*cifar, "--output-dir", str(runs), "--run-name", Path(results["pretrained"]["run"]).name,
+              "--resume", "auto", *TINY]
+    with pytest.raises(ConfigError, match=r"encoder.json names the encoder .*stl10_pretrain-c/best.pth, --encoder "
+                                          r"latest now gives .*stl10_pretrain-d/best.pth"):
+        probe.main(resume)
+    with pytest.raises(ConfigError, match="changed: max_images 0 -> 30"):  # another draw of the labelled images
+        probe.main([*resume, "--encoder", str(pre), "--max-images", "30"])
 
     quick = probe.parse_config(probe.STL10ProbeConfig, [*cifar, "--max-images", "30"])
     assert quick.crop_padding == 4  # an eighth of 32 pixels (STL-10: 12 of 96)

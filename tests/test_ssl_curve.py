@@ -120,7 +120,7 @@ def test_a_run_of_other_arguments_is_neither_reused_nor_resumed(tmp_path):
     assert calls == [["--epochs", "1"]]  # trained once, reused once, refused once
 
 
-def test_one_of_several_training_folders_given_as_test_data_is_refused(tmp_path):
+def test_one_of_several_training_folders_given_as_test_data_is_refused(tmp_path, capsys):
     """With two data folders the run's ids carry a folder prefix ("a/TCGA_..."); the same slices read from
     folder a alone have plain ids, and used to be scored as "external" test data."""
     from accelerate.state import AcceleratorState
@@ -138,3 +138,6 @@ def test_one_of_several_training_folders_given_as_test_data_is_refused(tmp_path)
     with pytest.raises(ValueError, match="were trained or validated on"):
         score_run(tmp_path / "runs" / "r", str(a))
     assert score_run(tmp_path / "runs" / "r")["split"] == "val"  # the split read back from split.json's folders
+    c = make_lgg(tmp_path / "c", patients=4, slices=2)  # other files, but 3 of its patient ids are the run's
+    assert score_run(tmp_path / "runs" / "r", str(c))["shared_patient_ids"] == 3
+    assert "note: 3 patient id(s) of test_data_dir" in capsys.readouterr().out

@@ -67,6 +67,17 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--one-region", action="store_true", help="keep only the largest predicted region per slice")
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,12 +86,12 @@ def _parser() -> argparse.ArgumentParser:
                                         "(Dice, IoU, HD95 mm, volume difference)")
     _model_arguments(e)
     e.add_argument("--data-dir", default=None, help="data folder(s), comma-separated; default: those the run trained on")
-    e.add_argument("--split", default="test", choices=("test", "val", "train", "all"),
-                   help="which part of the run's saved split (split.json) to score; all = every slice "
-                        "(default: test)")
+    e.add_argument("--split", default=None, choices=("test", "val", "train", "all"),
+                   help="which part of the run's saved split (split.json) to score; all = every slice (default: "
+                        "test on the data the run trained on, all with --data-dir of other data)")
     e.add_argument("--output", default=None, help="JSON file; default: <run>/eval_<split>.json (several --weights: "
                                                   "eval_<split>_ensemble.json in the first one's folder)")
-    e.add_argument("--show", type=int, default=10,
+    e.add_argument("--show", type=_count, default=10,
                    help="how many of the worst slices (or patients) to print (default: 10)")
     e.set_defaults(func=_seg_command("evaluate"))
     p = sub.add_parser("predict", help="masks and overlays for images, at each image's own size")

@@ -139,13 +139,21 @@ def refuse_resume(accelerator: Accelerator, run_dir: Path, before: dict, cfg: Tr
     given). Puts its config.json back (:func:`restore_config`), so the run folder stays as it was; call on every
     process."""
     restore_config(accelerator, run_dir, before)
-    saved, now = saved_config(before), vars(cfg)
-    names = [k for k in now if k not in ("resume", "run_name")] if keys is None else keys
-    changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in names if k in saved and k in now and saved[k] != now[k]]
+    changed = changed_settings(before, cfg, keys)
     return ConfigError(f"--resume: {what}; " + (f"changed: {', '.join(changed)}" if changed else
                                                "no setting changed since it started (the data read differ)")
                        + ". A resumed run keeps the settings and data it started with: resume with those "
                        f"({Path(run_dir) / 'config.json'}) or train the new ones under another --run-name")
+
+
+def changed_settings(before: dict, cfg: TrainConfig, keys=None) -> list[str]:
+    """``"key saved -> now"`` for each setting of ``cfg`` (only ``keys`` when given; never ``resume`` and
+    ``run_name``) that differs from the config.json of the :func:`folder_snapshot` ``before``; values compared as
+    JSON holds them (a tuple equals its saved list)."""
+    saved, now = saved_config(before), vars(cfg)
+    names = [k for k in now if k not in ("resume", "run_name")] if keys is None else keys
+    as_saved = {k: json.loads(json.dumps(now[k], default=str)) for k in names if k in now}
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in names if k in saved and k in as_saved and saved[k] != as_saved[k]]
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,

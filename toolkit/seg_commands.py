@@ -87,7 +87,13 @@ def _lgg_volume_rule(layout: str | None, target, post_source: str):
 def _records_to_score(args, cfg: dict, files: list[Path]):
     split_file = files[0].parent / "split.json"
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
-    data_dir = args.data_dir or split.get("data_dir") or cfg.get("data_dir") or cfg.get("synthetic_dir", "")
+    trained_on = split.get("data_dir") or cfg.get("data_dir") or cfg.get("synthetic_dir", "")
+    data_dir = args.data_dir or trained_on
+    if args.split is None:  # the run's test split of its own data; every slice of other data
+        args.split = "test" if _folders(data_dir) == _folders(trained_on) else "all"
+        if args.split == "all":
+            print(f"--split all: {data_dir} is not the data the run trained on ({trained_on}), so every slice "
+                  f"is scored (--split test scores its test ids there)")
     records = run_slices(data_dir, cfg)
     if args.split != "all":
         splits = load_split(split_file, records, names=[args.split]) if args.split in split else {}
@@ -115,6 +121,11 @@ def _refuse_trained_on(records, files: list[Path], split: str, data_dir: str) ->
                              f"{len(scored & trained)} of its {len(scored)} slices, so the ensemble would be scored "
                              f"on slices it learnt: use --split test or all on other patients, or the out-of-fold "
                              f"figures of a cross-validation (cv.json)")
+
+
+def _folders(data_dir: str) -> set[Path]:
+    """The resolved folders of ``data_dir`` ("A" or "A, B"); empty for none."""
+    return {d.resolve() for d in parse_data_dirs(data_dir)} if str(data_dir).strip() else set()
 
 
 def _folder_ids(ids, data_dir: str) -> set[tuple[str, str]]:

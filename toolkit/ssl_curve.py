@@ -75,7 +75,11 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
     records = cache[source] if test_data_dir else load_split(split_file, cache[source], names=[name]).get(name, [])
     if not records:
         raise ValueError(f"{run_dir}: the {name} split of {source} holds no slice to score")
-    overlap = _seen_slices(records, split, cfg, cache) if test_data_dir else []
+    overlap, shared = _seen_slices(records, split, cfg, cache) if test_data_dir else ([], [])
+    if shared:  # not refused: unrelated data sets can reuse patient ids such as "1"
+        print(f"note: {len(shared)} patient id(s) of test_data_dir {test_data_dir} also have slices the run "
+              f"{run_dir.name} trained or validated on (e.g. {shared[:3]}): if they are the same people, its "
+              f"external score is optimistic")
     if overlap:
         raise ValueError(f"{run_dir}: {len(overlap)} slice(s) of test_data_dir {test_data_dir} were trained or "
                          f"validated on (e.g. {overlap[:3]}); give a folder of patients outside data_dir")
@@ -88,24 +92,28 @@ def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None =
     summary = summarise(image_records(data.ids, masks, preds.targets, slice_meta(data.records)))
     result = {"split": name, "data_dir": source, "num_images": len(data), "dice": summary["dice"],
               "dice_global": summary["dice_global"], "per_patient_dice": summary.get("per_patient", {}).get("dice"),
-              "train_slices": len(split.get("train", [])), "selection_split": name == "val"}
+              "train_slices": len(split.get("train", [])), "selection_split": name == "val",
+              "shared_patient_ids": len(shared)}
     save_json(cached, result)
     return result
 
 
-def _seen_slices(records: Sequence, split: dict, cfg: dict, cache: dict) -> list[str]:
-    """Ids of ``records`` that the run of ``split`` (its split.json) and ``cfg`` trained or validated on: the same
+def _seen_slices(records: Sequence, split: dict, cfg: dict, cache: dict) -> tuple[list[str], list[str]]:
+    """(ids of ``records`` that the run of ``split`` (its split.json) and ``cfg`` trained or validated on: the same
     id, or the same image file (symlinks resolved) and volume slice; a folder among several gets ids prefixed
-    with its name, so one of the training folders given alone as test data matches only by file."""
+    with its name, so one of the training folders given alone as test data matches only by file; the patient ids,
+    sorted, of ``records`` that are also patients of those slices: [] when the training data are gone)."""
     used = set(split.get("train", [])) | set(split.get("val", []))
     roots = [d for d in str(split.get("data_dir", "")).split(",") if d]
-    files = set()
+    files, patients = set(), set()
     if roots and all(Path(d).is_dir() for d in roots):  # the training data still there: compare the files too
         key = split["data_dir"]
         if key not in cache:
             cache[key] = run_slices(key, cfg)
-        files = {_slice_file(r) for r in cache[key] if r.id in used}
-    return [r.id for r in records if r.id in used or _slice_file(r) in files]
+        seen = [r for r in cache[key] if r.id in used]
+        files, patients = {_slice_file(r) for r in seen}, {r.patient for r in seen if r.patient}
+    shared = sorted({r.patient for r in records if r.patient in patients})
+    return [r.id for r in records if r.id in used or _slice_file(r) in files], shared
 
 
 def _slice_file(record) -> tuple[str, int | None]:

@@ -31,8 +31,8 @@ from .loop import EpochSeeded, FigureFn, FitLoop, evaluate_loader, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import (abandon_run, fit_end_done, folder_snapshot, refuse_resume, resolve_run_dir, restore_config,
-                   restore_state, resumes, save_state, saved_config)
+from .runs import (abandon_run, changed_settings, fit_end_done, folder_snapshot, refuse_resume, resolve_run_dir,
+                   restore_config, restore_state, resumes, save_state, saved_config)
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -97,6 +97,12 @@ class Trainer:
         """The ConfigError to raise when this resume cannot continue the run (:func:`~toolkit.runs.refuse_resume`:
         names the changed settings, puts the run's config.json back)."""
         return refuse_resume(self.accelerator, self.run_dir, self._before, self.cfg, what, keys)
+
+    def keep_settings(self, keys: Sequence[str], what: str) -> None:
+        """On a resume, raise :meth:`refuse_resume` (``what`` says why) when a setting of ``keys`` differs from
+        the run's config.json: settings that choose the data it trains and validates on must stay."""
+        if self.resuming and changed_settings(self._before, self.cfg, keys):
+            raise self.refuse_resume(what, keys=keys)
 
     def save_config(self) -> None:
         """Write ``config.json`` from ``self.cfg`` (main process); a recipe that settles a setting from its data
