@@ -43,7 +43,7 @@ class CIFAR10Config(ClassificationConfig):
     depth: int = 3  # resnet: residual blocks per stage (network depth 6*depth+2: 3 = ResNet-20)
     widths: str = "32,64,128"  # fast: channels of its three stages, comma-separated; 32,64,128 = 288,746 parameters
     dropout: float = 0.1  # dropout probability before the classifier
-    whiten: bool = False  # initialise the first conv by patch whitening of 2,000 training images drawn at random (seeded; airbench)
+    whiten: bool = False  # initialise the first conv by patch whitening of 2,000 random training images (seeded; airbench)
     label_smoothing: float = 0.1  # cross-entropy label smoothing, 0 = none
     epochs: int = 120  # passes over the training set
     batch_size: int = 256  # images per process per step

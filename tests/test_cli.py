@@ -57,7 +57,8 @@ def test_evaluate_on_other_data_scores_every_slice_unless_a_split_is_asked(run, 
     assert main(["evaluate", "--weights", str(run_dir), "--data-dir", str(other)]) == 0
     assert json.loads((run_dir / "eval_all.json").read_text())["summary"]["num_images"] == 8
     assert f"--split all: {other} is not the data the run trained on" in capsys.readouterr().out
-    assert main(["evaluate", "--weights", str(run_dir), "--data-dir", str(data), "--output", str(tmp_path / "a.json")]) == 0
+    assert main(["evaluate", "--weights", str(run_dir), "--data-dir", str(data),
+                 "--output", str(tmp_path / "a.json")]) == 0
     assert json.loads((tmp_path / "a.json").read_text())["split"] == "test"
     assert main(["evaluate", "--weights", str(run_dir), "--data-dir", str(other), "--split", "test",
                  "--output", str(tmp_path / "b.json")]) == 0

@@ -153,7 +153,8 @@ def changed_settings(before: dict, cfg: TrainConfig, keys=None) -> list[str]:
     saved, now = saved_config(before), vars(cfg)
     names = [k for k in now if k not in ("resume", "run_name")] if keys is None else keys
     as_saved = {k: json.loads(json.dumps(now[k], default=str)) for k in names if k in now}
-    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in names if k in saved and k in as_saved and saved[k] != as_saved[k]]
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in names
+            if k in saved and k in as_saved and saved[k] != as_saved[k]]
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,

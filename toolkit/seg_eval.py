@@ -245,5 +245,6 @@ class ChoosePostprocess(ChooseOnRun):
         model = init_from(self.build_model(), best).eval()
         preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True)
         _, steps = choose_postprocess(preds, run_dir / POSTPROCESS_FILE, pooled=self.pooled,
-                                      components=self.components, threshold=self.threshold, chosen_on=f"validation split of {run_dir.name}")
+                                      components=self.components, threshold=self.threshold,
+                                      chosen_on=f"validation split of {run_dir.name}")
         print_fn(f"post-processing chosen on {len(self.val_data)} validation slices: {describe_steps(steps)}")

@@ -205,7 +205,8 @@ def _picked_indices(picked, root: Path | None) -> tuple[int, ...] | None:
 def _case_channels(case: VolumeCase, cfg: dict, source: Path) -> tuple[Path, ...]:
     """The case's channel files the run reads: its ``channels`` subset by the 4-digit channel index of
     ``<case>_XXXX.nii.gz`` (:func:`_picked_indices`) where a ``dataset.json`` names them or the case has more files
-    than the run reads, else every file; MRIDataError naming the case and the channels found when their count is not the run's ``in_channels``."""
+    than the run reads, else every file; MRIDataError naming the case and the channels found when their count is
+    not the run's ``in_channels``."""
     chans, want = case.channels, int(cfg.get("in_channels", 1))
     picked = cfg.get("channels")
     root = _raw_root(case, Path(source))
