@@ -209,8 +209,8 @@ def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np
     with their horizontally flipped prediction (None: flips are not tried).
     Parts are decided in turn from the run's own ``threshold`` (in (0, 1); the baseline, what the run validated),
     each kept only when it gains more than ``MIN_GAIN``: flip TTA (at that threshold), then the threshold, then
-    the component rule (none, largest region only, or each of ``min_sizes``; ``components=False`` leaves it out: volume data, where 3D rules decide per patient,
-    see :mod:`toolkit.volume_postprocess`). Returns (the choice, one step record per part:
+    the component rule (none, largest region only, or each of ``min_sizes``; ``components=False`` leaves it
+    out: volume data, where 3D rules decide per patient, see :mod:`toolkit.volume_postprocess`). Returns (the choice, one step record per part:
     ``{"step", "choice", "dice", "gain", "figure"}``; ``dice`` is the figure named by ``figure``,
     ``"dice"`` per image or ``"dice_global"`` pooled).
     """
