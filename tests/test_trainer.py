@@ -187,6 +187,14 @@ def test_refit_never_sends_a_finished_warmup_back_into_warmup():
     assert vars(s)["warmup_steps"] == pytest.approx(5.0)  # a plain attribute: LambdaLR saves and resumes it
 
 
+def test_a_fractional_warmup_never_lifts_the_lr_above_its_peak():
+    from toolkit.optim import StepSchedule
+
+    for kind in ("onecycle", "cosine", "constant"):
+        s = StepSchedule(kind, total_steps=25, warmup_fraction=0.1)  # warm-up of 2.5 steps
+        assert max(s(i) for i in range(25)) == pytest.approx(1.0), kind
+
+
 def test_time_budget_plan_ignores_one_slow_epoch():
     """The planner predicts from the median of the last five epochs: a single slow epoch barely moves the plan."""
     st = TrainState(planned_epochs=1000)
