@@ -76,6 +76,18 @@ def test_resume_continues_at_next_epoch_with_identical_weights(tmp_path):
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
 
 
+def test_a_resume_that_trains_on_drops_the_stale_summary(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    trainer, _, _ = fit(make_cfg(tmp_path, epochs=1))
+    assert (trainer.run_dir / "summary.json").is_file()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(Interrupt):  # killed while training epoch 2 of 2: the run is unfinished again
+        fit(make_cfg(tmp_path, epochs=2, resume=True), callbacks=[crash_in_epoch(2)])
+    assert not (trainer.run_dir / "summary.json").exists()  # not the first fit's best and epoch count
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def test_resume_auto_starts_fresh_when_there_is_no_state(tmp_path):
     trainer, _, history = fit(make_cfg(tmp_path, run_name="tiny-a", epochs=1, resume="auto"))
     assert not trainer.resuming and len(history) == 1 and find_state(trainer.run_dir) is not None

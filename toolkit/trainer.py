@@ -189,6 +189,8 @@ class Trainer:
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
         call_hook(loop.callbacks, "on_fit_start", self, state)
         UNSTARTED.discard(self)
+        if state.more_epochs and acc.is_main_process:  # a resume that trains on: the last fit's summary is stale
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
         with loop.guard:
             self._epochs(state)
         if state.stop_reason:
