@@ -11,6 +11,7 @@ run skips exactly those (Accelerate's ``skip_first_batches`` over the same seede
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -165,7 +166,9 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     Model, optimizer, grad scaler and RNG states go through ``accelerator.load_state``;
     ``scheduler`` (whose multiplier is ``schedule``) gets its saved state dict. When
     ``cfg.epochs`` differs from the saved plan and no time budget is set, ``schedule`` is
-    refitted to the new number of epochs (a finished warm-up stays finished). A run that stopped
+    refitted to the new number of epochs (a finished warm-up stays finished); when the optimizer steps per epoch
+    differ from the saved run's (``steps_per_epoch``: another batch size, accumulation or number of processes),
+    it is refitted to end with the last planned epoch at the new pace. A run that stopped
     early continues when ``cfg.patience`` no longer stops it (0, or more than its epochs without improvement).
     ``ema`` (the run's weight average, or None) gets the saved ``ema.pt``; a state saved without one
     (``--ema-decay`` added on resume) starts the average from the restored weights.
@@ -184,9 +187,18 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
             accelerator.print(f"{state_dir} holds no weight average (ema.pt): the average starts from its weights")
             ema.module.load_state_dict(ema.source.state_dict())
     state = TrainState.from_json(json.loads((state_dir / STATE_MARKER).read_text()))
+    regeared = state.steps_per_epoch not in (None, steps_per_epoch)  # None: a state of an older format
+    state.steps_per_epoch = steps_per_epoch
     if cfg.max_minutes <= 0 and state.planned_epochs != cfg.epochs:  # --epochs changed: refit the schedule
         state.planned_epochs = cfg.epochs
         schedule.refit(steps_per_epoch * max(cfg.epochs, 1), scheduler.last_epoch)
+    if regeared and state.planned_epochs > state.epoch:  # another batch size, accumulation or processes
+        done = min(steps_per_epoch, math.ceil(state.batch_in_epoch / cfg.grad_accum_steps))  # of this epoch
+        schedule.refit(scheduler.last_epoch + steps_per_epoch * (state.planned_epochs - state.epoch) - done,
+                       scheduler.last_epoch)
+        accelerator.print(f"{steps_per_epoch} optimizer steps per epoch now, other than when {state_dir} was saved "
+                          f"(batch size, gradient accumulation or processes changed): the LR schedule was refitted "
+                          f"to end with epoch {state.planned_epochs}")
     if state.stop_reason and not 0 < cfg.patience <= state.epochs_without_improvement:
         accelerator.print(f"--patience {cfg.patience}: continuing a run that had stopped early ({state.stop_reason})")
         state.stop_reason = None

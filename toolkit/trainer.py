@@ -171,7 +171,7 @@ class Trainer:
                                    steps_per_epoch, RunGuard(acc, cfg.log_every), ema)
         try:
             state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch, ema)
-                     if self.resuming else TrainState(planned_epochs=cfg.epochs))
+                     if self.resuming else TrainState(planned_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch))
         except RuntimeError as err:  # e.g. "size mismatch": the state is of another model than configured now
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [""]
             why = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0])[:160]
@@ -346,7 +346,8 @@ class Trainer:
         fit = int(broadcast_object_list([plan_epochs(state, self.cfg.epochs, budget_s)])[0])  # all stop together
         if fit != state.planned_epochs:
             state.planned_epochs = fit
-            self.loop.schedule.refit(fit * self.loop.steps_per_epoch, self.loop.scheduler.last_epoch)
+            done = self.loop.scheduler.last_epoch  # steps so far (at another pace before a resume that changed it)
+            self.loop.schedule.refit(done + (fit - state.epoch) * self.loop.steps_per_epoch, done)
 
     def _write_epoch_outputs(self, state: TrainState, sample: StepOutput | None, draw_history: bool) -> None:
         """history.json; history.png when ``draw_history``; the recipe's figures of ``sample`` unless None."""
