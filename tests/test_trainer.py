@@ -119,6 +119,17 @@ def test_resume_auto_continues_an_interrupted_run_and_leaves_a_finished_one_as_r
     assert results["auto"] == results[True] == (history, 3, finished)
 
 
+def test_resuming_a_finished_run_with_fewer_epochs_keeps_its_plan(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    fit(make_cfg(tmp_path, epochs=3))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer, _, history = fit(make_cfg(tmp_path, epochs=2, resume=True))  # nothing to train: 3 epochs are done
+    AcceleratorState._reset_state(reset_partial_state=True)
+    summary = json.loads((trainer.run_dir / "summary.json").read_text())
+    assert len(history) == summary["epochs_completed"] == summary["epochs_planned"] == 3
+
+
 def test_bf16_autocast_from_the_launch_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     trainer, model, history = fit(make_cfg(tmp_path, epochs=2))

@@ -166,7 +166,7 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     Model, optimizer, grad scaler and RNG states go through ``accelerator.load_state``;
     ``scheduler`` (whose multiplier is ``schedule``) gets its saved state dict. When
     ``cfg.epochs`` differs from the saved plan and no time budget is set, ``schedule`` is
-    refitted to the new number of epochs (a finished warm-up stays finished); when the optimizer steps per epoch
+    refitted to the new number of epochs (no fewer than those done) (a finished warm-up stays finished); when the optimizer steps per epoch
     differ from the saved run's (``steps_per_epoch``: another batch size, accumulation or number of processes),
     it is refitted to end with the last planned epoch at the new pace. A run that stopped
     early continues when ``cfg.patience`` no longer stops it (0, or more than its epochs without improvement).
@@ -189,8 +189,8 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     state = TrainState.from_json(json.loads((state_dir / STATE_MARKER).read_text()))
     regeared = state.steps_per_epoch not in (None, steps_per_epoch)  # None: a state of an older format
     state.steps_per_epoch = steps_per_epoch
-    if cfg.max_minutes <= 0 and state.planned_epochs != cfg.epochs:  # --epochs changed: refit the schedule
-        state.planned_epochs = cfg.epochs
+    if cfg.max_minutes <= 0 and state.planned_epochs != max(cfg.epochs, state.epoch):  # --epochs changed: refit
+        state.planned_epochs = max(cfg.epochs, state.epoch)  # never below the epochs done (summary, messages)
         schedule.refit(steps_per_epoch * max(cfg.epochs, 1), scheduler.last_epoch)
     if regeared and state.planned_epochs > state.epoch:  # another batch size, accumulation or processes
         done = min(steps_per_epoch, math.ceil(state.batch_in_epoch / cfg.grad_accum_steps))  # of this epoch
