@@ -119,6 +119,19 @@ def test_resume_auto_continues_an_interrupted_run_and_leaves_a_finished_one_as_r
     assert results["auto"] == results[True] == (history, 3, finished)
 
 
+def test_resume_refuses_optimizer_settings_its_state_would_override(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    with pytest.raises(Interrupt):
+        fit(make_cfg(tmp_path, epochs=2), callbacks=[crash_in_epoch(2)])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    config = (tmp_path / "runs/t/config.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"changed: lr 0.05 -> 0.5, scheduler 'onecycle' -> 'cosine'"):
+        fit(make_cfg(tmp_path, epochs=2, lr=0.5, scheduler="cosine", resume=True))  # would go on at 0.05, onecycle
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert (tmp_path / "runs/t/config.json").read_bytes() == config  # it keeps the settings it trains with
+
+
 def test_resuming_a_finished_run_with_fewer_epochs_keeps_its_plan(tmp_path):
     from accelerate.state import AcceleratorState
 

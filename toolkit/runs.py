@@ -30,7 +30,10 @@ from .optim import StepSchedule
 from .state import TrainState
 
 __all__ = ["resolve_run_dir", "resumes", "save_state", "folder_snapshot", "saved_config", "restore_config",
-           "abandon_run", "refuse_resume", "restore_state"]
+           "abandon_run", "refuse_resume", "restore_state", "stored_settings_changed"]
+
+#: settings a state stores (optimizer param groups, the scheduler's base LRs and schedule): a resume keeps its own
+STORED_SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "warmup_fraction")
 
 
 def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
@@ -147,6 +150,13 @@ def refuse_resume(accelerator: Accelerator, run_dir: Path, before: dict, cfg: Tr
                                                "no setting changed since it started (the data read differ)")
                        + ". A resumed run keeps the settings and data it started with: resume with those "
                        f"({Path(run_dir) / 'config.json'}) or train the new ones under another --run-name")
+
+
+def stored_settings_changed(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The :data:`STORED_SETTINGS` of ``cfg`` that differ from those of the run's ``saved`` config.json (keys it
+    lacks are not compared; ``momentum`` only for SGD): a resume would silently go on with the saved values."""
+    keys = [k for k in STORED_SETTINGS if k != "momentum" or cfg.optimizer == "sgd"]
+    return [k for k in keys if k in saved and saved[k] != getattr(cfg, k)]
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,

@@ -32,7 +32,7 @@ from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
 from .runs import (abandon_run, fit_end_done, folder_snapshot, refuse_resume, resolve_run_dir, restore_config,
-                   restore_state, resumes, save_state, saved_config)
+                   restore_state, resumes, save_state, saved_config, stored_settings_changed)
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -177,6 +177,10 @@ class Trainer:
             why = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0])[:160]
             raise self.refuse_resume(
                 f"its saved state does not load into the model as configured now ({why})") from None
+        stored = stored_settings_changed(self.saved_config, cfg) if self.resuming and state.more_epochs else []
+        if stored:  # the optimizer and schedule continue from the state: the new values would not take effect
+            raise self.refuse_resume("its optimizer and LR schedule continue from its state, which holds "
+                                     f"{', '.join(stored)} as it started", keys=stored)
         ended = self.resuming and not state.more_epochs and fit_end_done(self.run_dir, state.epoch)
         if self.resuming and not state.more_epochs:
             restore_config(acc, self.run_dir, self._before)
