@@ -92,3 +92,13 @@ def test_resume_at_another_batch_size_ends_the_schedule_with_the_last_epoch(tmp_
     steps = 12 + 2 * (48 // batch)
     assert trainer.loop.scheduler.last_epoch == steps and trainer.loop.schedule.total_steps == steps
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and history[-2]["lr"] > 0
+
+
+def test_resume_refuses_an_unreadable_trainer_state_by_name(tmp_path):
+    from toolkit.config import ConfigError
+
+    fit(cfg_for(tmp_path, epochs=1))
+    marker = find_state(tmp_path / "runs/s") / STATE_MARKER
+    marker.write_text('{"epoch": 1}')  # edited by hand: no step, history or plan
+    with pytest.raises(ConfigError, match=rf"{marker} is not a readable trainer state \(trainer state lacks"):
+        fit(cfg_for(tmp_path, epochs=2, resume=True))

@@ -185,6 +185,10 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     """
     state_dir = find_state(run_dir)
     check_state_files(state_dir)  # refuses pickles that carry code before anything else reads them
+    try:
+        state = TrainState.from_json(json.loads((state_dir / STATE_MARKER).read_text()))
+    except ValueError as err:  # not JSON, or not a trainer state: named with the file, before any tensor loads
+        raise ConfigError(f"--resume: {state_dir / STATE_MARKER} is not a readable trainer state ({err})") from None
     if (state_dir / "custom_checkpoint_0.pkl").is_file():  # a state of the older layout (checked above)
         accelerator.register_for_checkpointing(scheduler)
     accelerator.load_state(str(state_dir))
@@ -196,7 +200,6 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
         else:
             accelerator.print(f"{state_dir} holds no weight average (ema.pt): the average starts from its weights")
             ema.module.load_state_dict(ema.source.state_dict())
-    state = TrainState.from_json(json.loads((state_dir / STATE_MARKER).read_text()))
     regeared = state.steps_per_epoch not in (None, steps_per_epoch)  # None: a state of an older format
     state.steps_per_epoch = steps_per_epoch
     if cfg.max_minutes <= 0 and state.planned_epochs != max(cfg.epochs, state.epoch):  # --epochs changed: refit
