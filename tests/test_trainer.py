@@ -244,6 +244,20 @@ def test_time_budget_plan_ignores_one_slow_epoch():
     assert plans[-1] == 8 + (600 - 130) // 10
 
 
+def test_an_undefined_first_validation_does_not_stay_the_best(tmp_path):
+    class FirstUndefined(Accuracy):  # NaN at the first validation (nothing to measure yet), numbers after it
+        def compute(self):
+            self.calls = getattr(self, "calls", 0) + 1
+            return {**super().compute(), **({"accuracy": math.nan} if self.calls == 1 else {})}
+
+    trainer = Trainer(make_cfg(tmp_path, epochs=3), recipe="tiny")
+    history = trainer.fit(TinyNet(), ClassificationObjective(), TinyImages(48), TinyImages(20, seed=1),
+                          metrics=[FirstUndefined()], monitor="accuracy", param_budget=None)
+    summary = json.loads((trainer.run_dir / "summary.json").read_text())
+    assert math.isnan(history[0]["accuracy"])
+    assert summary["best_value"] == max(h["accuracy"] for h in history[1:]) and summary["best_epoch"] > 1
+
+
 def test_undefined_metrics_are_null_in_history_and_summary(tmp_path):
     class WithUndefined(Accuracy):  # a figure with nothing to measure, as empty_correct without empty slices
         def compute(self):
