@@ -132,15 +132,18 @@ def test_resume_refuses_optimizer_settings_its_state_would_override(tmp_path):
     assert (tmp_path / "runs/t/config.json").read_bytes() == config  # it keeps the settings it trains with
 
 
-def test_resuming_a_finished_run_with_fewer_epochs_keeps_its_plan(tmp_path):
+def test_resuming_a_finished_run_with_fewer_epochs_keeps_its_plan_and_summary(tmp_path, monkeypatch):
     from accelerate.state import AcceleratorState
 
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     fit(make_cfg(tmp_path, epochs=3))
     AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
     trainer, _, history = fit(make_cfg(tmp_path, epochs=2, resume=True))  # nothing to train: 3 epochs are done
     AcceleratorState._reset_state(reset_partial_state=True)
     summary = json.loads((trainer.run_dir / "summary.json").read_text())
-    assert len(history) == summary["epochs_completed"] == summary["epochs_planned"] == 3
+    assert len(history) == summary["epochs_completed"] == summary["epochs_planned"] == summary["epochs_asked"] == 3
+    assert summary["mixed_precision"] == "bf16"  # how it trained, not this launch that trained nothing
 
 
 def test_bf16_autocast_from_the_launch_environment(tmp_path, monkeypatch):

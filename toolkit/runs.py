@@ -30,7 +30,7 @@ from .optim import StepSchedule
 from .state import TrainState
 
 __all__ = ["resolve_run_dir", "resumes", "save_state", "folder_snapshot", "saved_config", "restore_config",
-           "abandon_run", "refuse_resume", "restore_state", "stored_settings_changed"]
+           "abandon_run", "refuse_resume", "restore_state", "stored_settings_changed", "trained_launch"]
 
 #: settings a state stores (optimizer param groups, the scheduler's base LRs and schedule): a resume keeps its own
 STORED_SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "warmup_fraction")
@@ -120,6 +120,16 @@ def fit_end_done(run_dir: Path, epoch: int) -> bool:
     return bool(done[0])
 
 
+def trained_launch(run_dir: Path, launch: dict) -> dict:
+    """``launch`` (summary fields of this launch: ``epochs_asked``, ``num_processes``, ``mixed_precision``) with
+    the values of the run's ``summary.json`` where it has them: what a launch that trained nothing writes again."""
+    try:
+        old = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        old = {}
+    return {k: old[k] if isinstance(old, dict) and k in old else v for k, v in launch.items()}
+
+
 def abandon_run(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
     """Put ``run_dir`` back as :func:`folder_snapshot` ``before`` found it (main process): config.json as it was
     (or removed), every entry made since removed, then the folder itself when empty."""
@@ -176,9 +186,9 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     Model, optimizer, grad scaler and RNG states go through ``accelerator.load_state``;
     ``scheduler`` (whose multiplier is ``schedule``) gets its saved state dict. When
     ``cfg.epochs`` differs from the saved plan and no time budget is set, ``schedule`` is
-    refitted to the new number of epochs (no fewer than those done) (a finished warm-up stays finished); when the optimizer steps per epoch
-    differ from the saved run's (``steps_per_epoch``: another batch size, accumulation or number of processes),
-    it is refitted to end with the last planned epoch at the new pace. A run that stopped
+    refitted to the new number of epochs, no fewer than those done (a finished warm-up stays finished); when the
+    optimizer steps per epoch differ from the saved run's (``steps_per_epoch``: another batch size, accumulation
+    or number of processes), it is refitted to end with the last planned epoch at the new pace. A run that stopped
     early continues when ``cfg.patience`` no longer stops it (0, or more than its epochs without improvement).
     ``ema`` (the run's weight average, or None) gets the saved ``ema.pt``; a state saved without one
     (``--ema-decay`` added on resume) starts the average from the restored weights.

@@ -32,7 +32,7 @@ from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
 from .runs import (abandon_run, fit_end_done, folder_snapshot, refuse_resume, resolve_run_dir, restore_config,
-                   restore_state, resumes, save_state, saved_config, stored_settings_changed)
+                   restore_state, resumes, save_state, saved_config, stored_settings_changed, trained_launch)
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -204,10 +204,12 @@ class Trainer:
                       "the LR schedule was fitted to them")
         if not ended:  # a run killed during them finishes them now
             call_hook(loop.callbacks, "on_fit_end", self, state)
+        launch = {"epochs_asked": cfg.epochs, "num_processes": acc.num_processes,
+                  "mixed_precision": acc.mixed_precision}
         summary = state.summary(
             recipe=self.recipe, run_dir=str(self.run_dir), monitor=self.loop.monitor, mode=self.loop.mode,
-            trainable_params=trainable, total_params=total, param_budget=param_budget, epochs_asked=cfg.epochs,
-            num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
+            trainable_params=trainable, total_params=total, param_budget=param_budget,
+            **(trained_launch(self.run_dir, launch) if ended else launch))  # trained nothing: as it trained
         if acc.is_main_process:
             save_json(self.run_dir / "summary.json", json_safe(summary))  # undefined figures (NaN) as null
         tracking.set_summary(acc, summary)
