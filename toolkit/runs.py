@@ -216,6 +216,11 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
         state.planned_epochs = max(cfg.epochs, state.epoch)  # never below the epochs done (summary, messages)
         schedule.refit(steps_per_epoch * max(cfg.epochs, 1), scheduler.last_epoch)
     if regeared and state.planned_epochs > state.epoch:  # another batch size, accumulation or processes
+        if state.batch_in_epoch:  # saved inside an epoch: skip its images done ("seen", all processes) in new batches
+            partial, old = dict(state.partial or {}), state.batch_in_epoch
+            state.batch_in_epoch = round(partial.get("seen", 0) / (cfg.batch_size * accelerator.num_processes))
+            partial["loss_sum"] = partial.get("loss_sum", 0.0) * state.batch_in_epoch / old  # same mean per batch
+            state.partial = partial
         done = min(steps_per_epoch, math.ceil(state.batch_in_epoch / cfg.grad_accum_steps))  # of this epoch
         schedule.refit(scheduler.last_epoch + steps_per_epoch * (state.planned_epochs - state.epoch) - done,
                        scheduler.last_epoch)
