@@ -227,3 +227,20 @@ def test_kill_harness_trials_all_resume_to_identical_weights(tmp_path):
     report = json.loads((tmp_path / "kh" / "report.json").read_text())
     assert report["trials_run"] == report["trials_survived"] == 3
     assert all(r["weights_equal"] and r["history_epochs_ok"] for r in report["runs"])
+
+
+def test_mid_epoch_resume_at_another_batch_size_skips_the_images_done(tmp_path):
+    ref, ref_data = fit(cfg_for(tmp_path, "ref", epochs=1, checkpoint_every=0), train=Recording(48))
+    reset_accelerate()
+
+    def crash(model, out):
+        raise Crash()
+
+    with pytest.raises(Crash):  # 5th step of epoch 1: the state of step 4 (4 batches of 8) is the newest
+        fit(cfg_for(tmp_path, "b", epochs=1), model=lambda: Faulty(5, crash))
+    reset_accelerate()
+    resumed, data = fit(cfg_for(tmp_path, "b", epochs=1, batch_size=16, resume=True), train=Recording(48))
+    assert data.served == ref_data.served[32:]  # the 16 images left, not 2 * 16 after 4 skipped batches of 16
+    loss = json.loads((resumed.run_dir / "history.json").read_text())[0]["train_loss"]
+    ref_loss = json.loads((ref.run_dir / "history.json").read_text())[0]["train_loss"]
+    assert loss == pytest.approx(ref_loss, rel=0.2)  # a mean per batch, not the 4 old batches' sum over 3

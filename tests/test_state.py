@@ -13,7 +13,8 @@ from .utils import TinyImages, TinyNet
 
 KEYS = {"epoch", "global_step", "history", "best", "best_epoch", "train_time_s", "wall_time_s", "planned_epochs",
         "batch_in_epoch", "partial", "skipped_steps", "epoch_end_walls",  # the keys the files have always used
-        "patience_best", "epochs_without_improvement", "stop_reason"}  # early stopping (older files lack them)
+        "patience_best", "epochs_without_improvement", "stop_reason",  # early stopping (older files lack them)
+        "steps_per_epoch"}  # the pace of the fit that saved it (older files lack it)
 OLDEST = {"epoch": 2, "global_step": 12, "history": [{"epoch": 1, "train_loss": 0.7}, {"epoch": 2, "train_loss": 0.6}],
           "best": 0.8, "best_epoch": 2, "train_time_s": 1.5, "wall_time_s": 2.0, "planned_epochs": 4}
 
@@ -36,7 +37,7 @@ def test_round_trip_keeps_every_field_and_key():
                        partial={"loss_sum": 1.25, "seen": 16, "time_s": 0.5}, best=0.9, best_epoch=2,
                        history=[{"epoch": 1, "accuracy": 0.5}], train_time_s=3.0, wall_time_s=4.5,
                        epoch_end_walls=[1.5, 3.0, 4.5], skipped_steps=1, patience_best=0.9,
-                       epochs_without_improvement=1, stop_reason="no improvement")
+                       epochs_without_improvement=1, stop_reason="no improvement", steps_per_epoch=6)
     data = json.loads(json.dumps(state.to_json()))
     assert set(data) == KEYS
     assert TrainState.from_json(data) == state
@@ -77,3 +78,27 @@ def test_resume_from_a_state_of_the_oldest_format_refits_the_schedule(tmp_path):
     loop = trainer.loop
     assert loop.schedule.total_steps == 3 * loop.steps_per_epoch  # --epochs 3: refitted through the reference
     assert loop.scheduler.lr_lambdas[0] is loop.schedule  # the reference is the scheduler's own multiplier
+
+
+@pytest.mark.parametrize("batch", [16, 4])
+def test_resume_at_another_batch_size_ends_the_schedule_with_the_last_epoch(tmp_path, batch):
+    """Steps per epoch 6 -> 3 (or 12) after epoch 2 of 4: the cosine reaches 0 at the last step, not before or
+    after it (a requeued job on another number of GPUs changes the pace the same way)."""
+    from accelerate.state import AcceleratorState
+
+    fit(cfg_for(tmp_path, epochs=2, scheduler="cosine"))  # 48 images, batch 8: 6 steps per epoch
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer, history = fit(cfg_for(tmp_path, epochs=4, scheduler="cosine", batch_size=batch, resume=True))
+    steps = 12 + 2 * (48 // batch)
+    assert trainer.loop.scheduler.last_epoch == steps and trainer.loop.schedule.total_steps == steps
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and history[-2]["lr"] > 0
+
+
+def test_resume_refuses_an_unreadable_trainer_state_by_name(tmp_path):
+    from toolkit.config import ConfigError
+
+    fit(cfg_for(tmp_path, epochs=1))
+    marker = find_state(tmp_path / "runs/s") / STATE_MARKER
+    marker.write_text('{"epoch": 1}')  # edited by hand: no step, history or plan
+    with pytest.raises(ConfigError, match=rf"{marker} is not a readable trainer state \(trainer state lacks"):
+        fit(cfg_for(tmp_path, epochs=2, resume=True))

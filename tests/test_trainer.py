@@ -76,6 +76,18 @@ def test_resume_continues_at_next_epoch_with_identical_weights(tmp_path):
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
 
 
+def test_a_resume_that_trains_on_drops_the_stale_summary(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    trainer, _, _ = fit(make_cfg(tmp_path, epochs=1))
+    assert (trainer.run_dir / "summary.json").is_file()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(Interrupt):  # killed while training epoch 2 of 2: the run is unfinished again
+        fit(make_cfg(tmp_path, epochs=2, resume=True), callbacks=[crash_in_epoch(2)])
+    assert not (trainer.run_dir / "summary.json").exists()  # not the first fit's best and epoch count
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def test_resume_auto_starts_fresh_when_there_is_no_state(tmp_path):
     trainer, _, history = fit(make_cfg(tmp_path, run_name="tiny-a", epochs=1, resume="auto"))
     assert not trainer.resuming and len(history) == 1 and find_state(trainer.run_dir) is not None
@@ -105,6 +117,33 @@ def test_resume_auto_continues_an_interrupted_run_and_leaves_a_finished_one_as_r
         summary = json.loads((trainer.run_dir / "summary.json").read_text())
         results[resume] = (again, summary["epochs_completed"], find_state(trainer.run_dir))
     assert results["auto"] == results[True] == (history, 3, finished)
+
+
+def test_resume_refuses_optimizer_settings_its_state_would_override(tmp_path):
+    from accelerate.state import AcceleratorState
+
+    with pytest.raises(Interrupt):
+        fit(make_cfg(tmp_path, epochs=2), callbacks=[crash_in_epoch(2)])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    config = (tmp_path / "runs/t/config.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"changed: lr 0.05 -> 0.5, scheduler 'onecycle' -> 'cosine'"):
+        fit(make_cfg(tmp_path, epochs=2, lr=0.5, scheduler="cosine", resume=True))  # would go on at 0.05, onecycle
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert (tmp_path / "runs/t/config.json").read_bytes() == config  # it keeps the settings it trains with
+
+
+def test_resuming_a_finished_run_with_fewer_epochs_keeps_its_plan_and_summary(tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    fit(make_cfg(tmp_path, epochs=3))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    trainer, _, history = fit(make_cfg(tmp_path, epochs=2, resume=True))  # nothing to train: 3 epochs are done
+    AcceleratorState._reset_state(reset_partial_state=True)
+    summary = json.loads((trainer.run_dir / "summary.json").read_text())
+    assert len(history) == summary["epochs_completed"] == summary["epochs_planned"] == summary["epochs_asked"] == 3
+    assert summary["mixed_precision"] == "bf16"  # how it trained, not this launch that trained nothing
 
 
 def test_bf16_autocast_from_the_launch_environment(tmp_path, monkeypatch):
@@ -187,6 +226,14 @@ def test_refit_never_sends_a_finished_warmup_back_into_warmup():
     assert vars(s)["warmup_steps"] == pytest.approx(5.0)  # a plain attribute: LambdaLR saves and resumes it
 
 
+def test_a_fractional_warmup_never_lifts_the_lr_above_its_peak():
+    from toolkit.optim import StepSchedule
+
+    for kind in ("onecycle", "cosine", "constant"):
+        s = StepSchedule(kind, total_steps=25, warmup_fraction=0.1)  # warm-up of 2.5 steps
+        assert max(s(i) for i in range(25)) == pytest.approx(1.0), kind
+
+
 def test_time_budget_plan_ignores_one_slow_epoch():
     """The planner predicts from the median of the last five epochs: a single slow epoch barely moves the plan."""
     st = TrainState(planned_epochs=1000)
@@ -198,6 +245,20 @@ def test_time_budget_plan_ignores_one_slow_epoch():
     assert plans[4] == 5 + (600 - 50) // 10, plans  # 60 epochs in 10 minutes at 10 s each
     assert plans[5] == 5 + 1 + (600 - 110) // 10  # the slow epoch costs its own time, not a shrunken plan
     assert plans[-1] == 8 + (600 - 130) // 10
+
+
+def test_an_undefined_first_validation_does_not_stay_the_best(tmp_path):
+    class FirstUndefined(Accuracy):  # NaN at the first validation (nothing to measure yet), numbers after it
+        def compute(self):
+            self.calls = getattr(self, "calls", 0) + 1
+            return {**super().compute(), **({"accuracy": math.nan} if self.calls == 1 else {})}
+
+    trainer = Trainer(make_cfg(tmp_path, epochs=3), recipe="tiny")
+    history = trainer.fit(TinyNet(), ClassificationObjective(), TinyImages(48), TinyImages(20, seed=1),
+                          metrics=[FirstUndefined()], monitor="accuracy", param_budget=None)
+    summary = json.loads((trainer.run_dir / "summary.json").read_text())
+    assert math.isnan(history[0]["accuracy"])
+    assert summary["best_value"] == max(h["accuracy"] for h in history[1:]) and summary["best_epoch"] > 1
 
 
 def test_undefined_metrics_are_null_in_history_and_summary(tmp_path):

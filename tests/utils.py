@@ -36,6 +36,7 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 def run_env(**extra):
     """Environment for recipe subprocesses: offline, single-threaded-friendly, repo importable."""
     env = dict(os.environ)
+    env.pop("WANDB_SERVICE", None)  # set by an in-process W&B run of an earlier test: the child would share its service
     env.update({"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
                 "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), "PYTHONUNBUFFERED": "1"})
     env.update(extra)

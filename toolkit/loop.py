@@ -113,8 +113,11 @@ class FitLoop:
         return self.ema.module if self.ema is not None else self.model
 
     def better(self, value: float, best: float | None) -> bool:
-        """Whether ``value`` of the monitored result beats ``best`` (None: nothing to beat yet)."""
-        return best is None or (value > best if self.mode == "max" else value < best)
+        """Whether ``value`` of the monitored result beats ``best`` (None: nothing to beat yet); any number beats
+        a NaN best (an undefined first validation), a NaN value beats nothing else."""
+        if best is None or best != best:
+            return best is None or value == value
+        return value > best if self.mode == "max" else value < best
 
 
 @torch.no_grad()

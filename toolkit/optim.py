@@ -54,7 +54,7 @@ class StepSchedule:
         warmup = self.warmup()
         start = 1 / 25 if self.kind == "onecycle" else 0.0
         if step < warmup:
-            return start + (1 - start) * (step + 1) / warmup
+            return start + (1 - start) * min(1.0, (step + 1) / warmup)  # a fractional warm-up ends at 1, not above
         if self.kind == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1.0, self.total_steps - warmup))

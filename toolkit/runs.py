@@ -11,6 +11,7 @@ run skips exactly those (Accelerate's ``skip_first_batches`` over the same seede
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -29,7 +30,11 @@ from .optim import StepSchedule
 from .state import TrainState
 
 __all__ = ["resolve_run_dir", "resumes", "save_state", "folder_snapshot", "saved_config", "restore_config",
-           "abandon_run", "refuse_resume", "restore_state"]
+           "abandon_run", "refuse_resume", "restore_state", "stored_settings_changed", "trained_launch", "fit_end_done",
+           "changed_settings"]
+
+#: settings a state stores (optimizer param groups, the scheduler's base LRs and schedule): a resume keeps its own
+STORED_SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "warmup_fraction")
 
 
 def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> Path:
@@ -116,6 +121,16 @@ def fit_end_done(run_dir: Path, epoch: int) -> bool:
     return bool(done[0])
 
 
+def trained_launch(run_dir: Path, launch: dict) -> dict:
+    """``launch`` (summary fields of this launch: ``epochs_asked``, ``num_processes``, ``mixed_precision``) with
+    the values of the run's ``summary.json`` where it has them: what a launch that trained nothing writes again."""
+    try:
+        old = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        old = {}
+    return {k: old[k] if isinstance(old, dict) and k in old else v for k, v in launch.items()}
+
+
 def abandon_run(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
     """Put ``run_dir`` back as :func:`folder_snapshot` ``before`` found it (main process): config.json as it was
     (or removed), every entry made since removed, then the folder itself when empty."""
@@ -157,6 +172,13 @@ def changed_settings(before: dict, cfg: TrainConfig, keys=None) -> list[str]:
             if k in saved and k in as_saved and saved[k] != as_saved[k]]
 
 
+def stored_settings_changed(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The :data:`STORED_SETTINGS` of ``cfg`` that differ from those of the run's ``saved`` config.json (keys it
+    lacks are not compared; ``momentum`` only for SGD): a resume would silently go on with the saved values."""
+    keys = [k for k in STORED_SETTINGS if k != "momentum" or cfg.optimizer == "sgd"]
+    return [k for k in keys if k in saved and saved[k] != getattr(cfg, k)]
+
+
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,
                keep: int, ema: WeightEMA | None = None) -> Path:
     """Save a resumable state now (call on every process); the newest ``keep`` are kept. Returns its folder.
@@ -174,13 +196,19 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
     Model, optimizer, grad scaler and RNG states go through ``accelerator.load_state``;
     ``scheduler`` (whose multiplier is ``schedule``) gets its saved state dict. When
     ``cfg.epochs`` differs from the saved plan and no time budget is set, ``schedule`` is
-    refitted to the new number of epochs (a finished warm-up stays finished). A run that stopped
+    refitted to the new number of epochs, no fewer than those done (a finished warm-up stays finished); when the
+    optimizer steps per epoch differ from the saved run's (``steps_per_epoch``: another batch size, accumulation
+    or number of processes), it is refitted to end with the last planned epoch at the new pace. A run that stopped
     early continues when ``cfg.patience`` no longer stops it (0, or more than its epochs without improvement).
     ``ema`` (the run's weight average, or None) gets the saved ``ema.pt``; a state saved without one
     (``--ema-decay`` added on resume) starts the average from the restored weights.
     """
     state_dir = find_state(run_dir)
     check_state_files(state_dir)  # refuses pickles that carry code before anything else reads them
+    try:
+        state = TrainState.from_json(json.loads((state_dir / STATE_MARKER).read_text()))
+    except ValueError as err:  # not JSON, or not a trainer state: named with the file, before any tensor loads
+        raise ConfigError(f"--resume: {state_dir / STATE_MARKER} is not a readable trainer state ({err})") from None
     if (state_dir / "custom_checkpoint_0.pkl").is_file():  # a state of the older layout (checked above)
         accelerator.register_for_checkpointing(scheduler)
     accelerator.load_state(str(state_dir))
@@ -192,10 +220,23 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
         else:
             accelerator.print(f"{state_dir} holds no weight average (ema.pt): the average starts from its weights")
             ema.module.load_state_dict(ema.source.state_dict())
-    state = TrainState.from_json(json.loads((state_dir / STATE_MARKER).read_text()))
-    if cfg.max_minutes <= 0 and state.planned_epochs != cfg.epochs:  # --epochs changed: refit the schedule
-        state.planned_epochs = cfg.epochs
+    regeared = state.steps_per_epoch not in (None, steps_per_epoch)  # None: a state of an older format
+    state.steps_per_epoch = steps_per_epoch
+    if cfg.max_minutes <= 0 and state.planned_epochs != max(cfg.epochs, state.epoch):  # --epochs changed: refit
+        state.planned_epochs = max(cfg.epochs, state.epoch)  # never below the epochs done (summary, messages)
         schedule.refit(steps_per_epoch * max(cfg.epochs, 1), scheduler.last_epoch)
+    if regeared and state.planned_epochs > state.epoch:  # another batch size, accumulation or processes
+        if state.batch_in_epoch:  # saved inside an epoch: skip its images done ("seen", all processes) in new batches
+            partial, old = dict(state.partial or {}), state.batch_in_epoch
+            state.batch_in_epoch = round(partial.get("seen", 0) / (cfg.batch_size * accelerator.num_processes))
+            partial["loss_sum"] = partial.get("loss_sum", 0.0) * state.batch_in_epoch / old  # same mean per batch
+            state.partial = partial
+        done = min(steps_per_epoch, math.ceil(state.batch_in_epoch / cfg.grad_accum_steps))  # of this epoch
+        schedule.refit(scheduler.last_epoch + steps_per_epoch * (state.planned_epochs - state.epoch) - done,
+                       scheduler.last_epoch)
+        accelerator.print(f"{steps_per_epoch} optimizer steps per epoch now, other than when {state_dir} was saved "
+                          f"(batch size, gradient accumulation or processes changed): the LR schedule was refitted "
+                          f"to end with epoch {state.planned_epochs}")
     if state.stop_reason and not 0 < cfg.patience <= state.epochs_without_improvement:
         accelerator.print(f"--patience {cfg.patience}: continuing a run that had stopped early ({state.stop_reason})")
         state.stop_reason = None

@@ -36,7 +36,8 @@ class TrainState:
     optimizer steps the fp16 grad scaler skipped; patience_best: the monitored value that
     later epochs must improve on by ``min_delta`` (early stopping; None before the first epoch);
     epochs_without_improvement: validations since it was last set; stop_reason: why the run stopped
-    before its planned epochs (early stopping), None while it has not.
+    before its planned epochs (early stopping), None while it has not; steps_per_epoch: optimizer steps per
+    epoch of the fit that saved it (None in older states; a resume at another pace refits the LR schedule).
     """
 
     planned_epochs: int
@@ -54,6 +55,7 @@ class TrainState:
     patience_best: float | None = None
     epochs_without_improvement: int = 0
     stop_reason: str | None = None
+    steps_per_epoch: int | None = None
 
     @property
     def more_epochs(self) -> bool:
@@ -68,8 +70,8 @@ class TrainState:
     def from_json(cls, data: dict[str, Any]) -> "TrainState":
         """The state a ``trainer_state.json`` dict describes, of this or any earlier format.
 
-        Keys that older files lack (``batch_in_epoch``, ``partial``, ``skipped_steps``,
-        ``epoch_end_walls``, the early-stopping keys) take their defaults; keys this class does not know are ignored.
+        Keys that older files lack (``batch_in_epoch``, ``partial``, ``skipped_steps``, ``epoch_end_walls``,
+        the early-stopping keys, ``steps_per_epoch``) take their defaults; keys this class does not know are ignored.
         Raises ValueError naming the keys when one of epoch, global_step, history or
         planned_epochs is missing.
         """

@@ -32,7 +32,8 @@ from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
 from .runs import (abandon_run, changed_settings, fit_end_done, folder_snapshot, refuse_resume, resolve_run_dir,
-                   restore_config, restore_state, resumes, save_state, saved_config)
+                   restore_config, restore_state, resumes, save_state, saved_config, stored_settings_changed,
+                   trained_launch)
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -177,12 +178,16 @@ class Trainer:
                                    steps_per_epoch, RunGuard(acc, cfg.log_every), ema)
         try:
             state = (restore_state(acc, self.run_dir, cfg, scheduler, schedule, steps_per_epoch, ema)
-                     if self.resuming else TrainState(planned_epochs=cfg.epochs))
+                     if self.resuming else TrainState(planned_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch))
         except RuntimeError as err:  # e.g. "size mismatch": the state is of another model than configured now
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [""]
             why = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0])[:160]
             raise self.refuse_resume(
                 f"its saved state does not load into the model as configured now ({why})") from None
+        stored = stored_settings_changed(self.saved_config, cfg) if self.resuming and state.more_epochs else []
+        if stored:  # the optimizer and schedule continue from the state: the new values would not take effect
+            raise self.refuse_resume("its optimizer and LR schedule continue from its state, which holds "
+                                     f"{', '.join(stored)} as it started", keys=stored)
         ended = self.resuming and not state.more_epochs and fit_end_done(self.run_dir, state.epoch)
         if self.resuming and not state.more_epochs:
             restore_config(acc, self.run_dir, self._before)
@@ -195,6 +200,8 @@ class Trainer:
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
         call_hook(loop.callbacks, "on_fit_start", self, state)
         UNSTARTED.discard(self)
+        if state.more_epochs and acc.is_main_process:  # a resume that trains on: the last fit's summary is stale
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
         with loop.guard:
             self._epochs(state)
         if state.stop_reason:
@@ -204,10 +211,12 @@ class Trainer:
                       "the LR schedule was fitted to them")
         if not ended:  # a run killed during them finishes them now
             call_hook(loop.callbacks, "on_fit_end", self, state)
+        launch = {"epochs_asked": cfg.epochs, "num_processes": acc.num_processes,
+                  "mixed_precision": acc.mixed_precision}
         summary = state.summary(
             recipe=self.recipe, run_dir=str(self.run_dir), monitor=self.loop.monitor, mode=self.loop.mode,
-            trainable_params=trainable, total_params=total, param_budget=param_budget, epochs_asked=cfg.epochs,
-            num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
+            trainable_params=trainable, total_params=total, param_budget=param_budget,
+            **(trained_launch(self.run_dir, launch) if ended else launch))  # trained nothing: as it trained
         if acc.is_main_process:
             save_json(self.run_dir / "summary.json", json_safe(summary))  # undefined figures (NaN) as null
         tracking.set_summary(acc, summary)
@@ -350,7 +359,8 @@ class Trainer:
         fit = int(broadcast_object_list([plan_epochs(state, self.cfg.epochs, budget_s)])[0])  # all stop together
         if fit != state.planned_epochs:
             state.planned_epochs = fit
-            self.loop.schedule.refit(fit * self.loop.steps_per_epoch, self.loop.scheduler.last_epoch)
+            done = self.loop.scheduler.last_epoch  # steps so far (at another pace before a resume that changed it)
+            self.loop.schedule.refit(done + (fit - state.epoch) * self.loop.steps_per_epoch, done)
 
     def _write_epoch_outputs(self, state: TrainState, sample: StepOutput | None, draw_history: bool) -> None:
         """history.json; history.png when ``draw_history``; the recipe's figures of ``sample`` unless None."""
