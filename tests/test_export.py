@@ -164,6 +164,11 @@ def test_export_errors_name_the_file(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         export_model(tmp_path / "nothing" / "best.pth", "onnx")
     assert sorted(p.name for p in lone.parent.iterdir()) == ["best.pth", "config.json"]  # nothing half-written
+    entry = MODEL_BUILDERS[recipe_key("cifar10")]
+    save_weights(lone, entry.build({"recipe": "cifar10", **RECIPES["cifar10"]}).state_dict())
+    for name in ("config.json", "best.safetensors", "best.pth"):  # the files that rebuild the model stay
+        with pytest.raises(ValueError, match=f"--output .*{name} would overwrite a file of the run"):
+            export_model(lone, "torchscript", output=lone.parent / name)
     with pytest.raises(SystemExit):
         main(["export", "--weights", str(lone), "--format", "tflite"])
 

@@ -29,6 +29,8 @@ from .models.registry import WEIGHT_NAMES, build_run_model, run_config
 __all__ = ["FORMATS", "export_model", "load_run_model", "read_metadata", "run_exported", "max_abs_difference"]
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format → suffix of the default output file
+RUN_RECORDS = ("config.json", "split.json", "postprocess.json", "target.json", "encoder.json", "summary.json",
+               "history.json")  # files beside the weights that --output must not replace
 METADATA_FILE = "metadata.json"  # TorchScript extra file holding the metadata
 EXAMPLE_BATCH = 2  # batch of the example input; the exported batch dimension stays dynamic
 
@@ -132,8 +134,10 @@ def export_model(weights: str | Path, fmt: str, output: str | Path | None = None
     model, shape, meta = load_run_model(weights)
     weights = _weights_file(weights)
     out = Path(output) if output else weights.with_suffix(FORMATS[fmt])
-    if out.resolve() == weights.resolve():
-        raise ValueError(f"--output {out} would overwrite the weights")
+    kept = {(weights.parent / n).resolve() for n in (*WEIGHT_NAMES, *RUN_RECORDS)} | {weights.resolve()}
+    if out.resolve() in kept:  # the run's weights, config.json, split.json ... that rebuild the model
+        raise ValueError(f"--output {out} would overwrite a file of the run (its weights or records); "
+                         f"give another file name")
     props = {k: json.dumps(v) for k, v in meta.items()}
     example = torch.randn(EXAMPLE_BATCH, *shape, generator=torch.Generator().manual_seed(0))
     (_export_onnx if fmt == "onnx" else _export_torchscript)(model, example, out, props)
