@@ -169,3 +169,23 @@ def test_members_trained_on_other_folders_are_not_refused_for_clashing_ids(tmp_p
         _refuse_trained_on(scored, [first, member("both", "/d/fig, /d/more", ["fig/4", "more/3"])], "val", "/d/fig")
     with pytest.raises(ValueError, match="same/best.pth trained on 2 of its 2"):
         _refuse_trained_on(scored, [first, member("same", "/d/fig", ["3", "4"])], "val", "/d/fig")
+
+
+def test_an_lgg_folder_and_its_kaggle_3m_root_are_the_same_data(tmp_path):
+    """evaluate: --data-dir X/kaggle_3m of a run on X (or X of a run whose split.json, written before 3 Dec 2026,
+    holds X/kaggle_3m) reads the same slices and ids: the default split stays test, not all (which scored the
+    training slices), and a member trained on them is still refused for --split val."""
+    import json
+    from types import SimpleNamespace
+
+    from toolkit.seg_commands import _folders, _refuse_trained_on
+
+    (tmp_path / "lgg" / "kaggle_3m").mkdir(parents=True)
+    lgg, root = str(tmp_path / "lgg"), str(tmp_path / "lgg" / "kaggle_3m")
+    assert _folders(root) == _folders(lgg) != _folders(str(tmp_path))
+    for name, data_dir in (("a", lgg), ("b", root)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "split.json").write_text(json.dumps({"data_dir": data_dir, "train": ["p_1"]}))
+    with pytest.raises(ValueError, match="b/best.pth trained on 1 of its 1"):
+        _refuse_trained_on([SimpleNamespace(id="p_1")], [tmp_path / "a" / "best.pth", tmp_path / "b" / "best.pth"],
+                           "val", lgg)
