@@ -244,3 +244,22 @@ def test_mid_epoch_resume_at_another_batch_size_skips_the_images_done(tmp_path):
     loss = json.loads((resumed.run_dir / "history.json").read_text())[0]["train_loss"]
     ref_loss = json.loads((ref.run_dir / "history.json").read_text())[0]["train_loss"]
     assert loss == pytest.approx(ref_loss, rel=0.2)  # a mean per batch, not the 4 old batches' sum over 3
+
+
+
+def test_mid_epoch_resume_at_another_batch_size_of_the_same_steps_per_epoch_skips_the_images_done(tmp_path):
+    """Batch 8 -> batch 4 with --grad-accum-steps 2 keeps 6 optimizer steps per epoch of 48 images: the images done
+    (4 batches of 8) are still what is skipped, not 4 batches of 4 (16 images trained twice)."""
+    ref, ref_data = fit(cfg_for(tmp_path, "ref", epochs=1, checkpoint_every=0), train=Recording(48))
+    reset_accelerate()
+
+    def crash(model, out):
+        raise Crash()
+
+    with pytest.raises(Crash):  # 5th step of epoch 1: the state of step 4 (4 batches of 8) is the newest
+        fit(cfg_for(tmp_path, "b", epochs=1), model=lambda: Faulty(5, crash))
+    reset_accelerate()
+    resumed, data = fit(cfg_for(tmp_path, "b", epochs=1, batch_size=4, grad_accum_steps=2, resume=True),
+                        train=Recording(48))
+    assert data.served == ref_data.served[32:]
+    assert resumed.loop.scheduler.last_epoch == resumed.loop.schedule.total_steps == 6

@@ -220,7 +220,12 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
         else:
             accelerator.print(f"{state_dir} holds no weight average (ema.pt): the average starts from its weights")
             ema.module.load_state_dict(ema.source.state_dict())
-    regeared = state.steps_per_epoch not in (None, steps_per_epoch)  # None: a state of an older format
+    # another pace: other optimizer steps per epoch, or (saved inside an epoch) batches of another size whose
+    # count of steps per epoch happens to be the same (batch 8 -> 4 with --grad-accum-steps 2)
+    seen = (state.partial or {}).get("seen")
+    other_batches = bool(state.batch_in_epoch) and seen is not None and \
+        seen != state.batch_in_epoch * cfg.batch_size * accelerator.num_processes
+    regeared = state.steps_per_epoch is not None and (state.steps_per_epoch != steps_per_epoch or other_batches)
     state.steps_per_epoch = steps_per_epoch
     if cfg.max_minutes <= 0 and state.planned_epochs != max(cfg.epochs, state.epoch):  # --epochs changed: refit
         state.planned_epochs = max(cfg.epochs, state.epoch)  # never below the epochs done (summary, messages)
@@ -234,8 +239,8 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
         done = min(steps_per_epoch, math.ceil(state.batch_in_epoch / cfg.grad_accum_steps))  # of this epoch
         schedule.refit(scheduler.last_epoch + steps_per_epoch * (state.planned_epochs - state.epoch) - done,
                        scheduler.last_epoch)
-        accelerator.print(f"{steps_per_epoch} optimizer steps per epoch now, other than when {state_dir} was saved "
-                          f"(batch size, gradient accumulation or processes changed): the LR schedule was refitted "
+        accelerator.print(f"{steps_per_epoch} optimizer steps per epoch, of other batches than when {state_dir} was "
+                          f"saved (batch size, gradient accumulation or processes changed): the LR schedule was refitted "
                           f"to end with epoch {state.planned_epochs}")
     if state.stop_reason and not 0 < cfg.patience <= state.epochs_without_improvement:
         accelerator.print(f"--patience {cfg.patience}: continuing a run that had stopped early ({state.stop_reason})")
