@@ -240,8 +240,8 @@ def restore_state(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, sch
         schedule.refit(scheduler.last_epoch + steps_per_epoch * (state.planned_epochs - state.epoch) - done,
                        scheduler.last_epoch)
         accelerator.print(f"{steps_per_epoch} optimizer steps per epoch, of other batches than when {state_dir} was "
-                          f"saved (batch size, gradient accumulation or processes changed): the LR schedule was refitted "
-                          f"to end with epoch {state.planned_epochs}")
+                          f"saved (batch size, gradient accumulation or processes changed): the LR schedule was "
+                          f"refitted to end with epoch {state.planned_epochs}")
     if state.stop_reason and not 0 < cfg.patience <= state.epochs_without_improvement:
         accelerator.print(f"--patience {cfg.patience}: continuing a run that had stopped early ({state.stop_reason})")
         state.stop_reason = None
