@@ -128,6 +128,8 @@ def main(argv=None) -> list[dict]:
     source = "random initialisation (control)" if weights is None else str(weights)
     record = trainer.run_dir / "encoder.json"
     old = json.loads(record.read_text()).get("encoder") if trainer.resuming and record.is_file() else source
+    if weights is not None and old is not None and Path(old).resolve() == weights.resolve():
+        source = old  # the same file, named by another path: the record keeps its name
     if old != source:  # e.g. --encoder latest after a newer pretraining: the saved state holds the old encoder
         raise trainer.refuse_resume(f"its encoder.json names the encoder {old}, --encoder {cfg.encoder} now gives "
                                     f"{source}", keys=("encoder",))

@@ -129,6 +129,8 @@ def test_cifar10_pretrain_then_probe_and_random_control(recipes, cifar, tmp_path
         probe.main(resume)
     with pytest.raises(ConfigError, match="changed: max_images 0 -> 30"):  # another draw of the labelled images
         probe.main([*resume, "--encoder", str(pre), "--max-images", "30"])
+    monkeypatch.chdir(runs)  # the same encoder by a relative path: resumed (nothing left to train)
+    probe.main([*resume, "--encoder", "stl10_pretrain-c/best.pth"])
 
     quick = probe.parse_config(probe.STL10ProbeConfig, [*cifar, "--max-images", "30"])
     assert quick.crop_padding == 4  # an eighth of 32 pixels (STL-10: 12 of 96)
