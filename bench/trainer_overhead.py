@@ -62,12 +62,9 @@ def _reset_accelerate() -> None:
 def _bf16_supported() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
+    from toolkit.compare import cpu_precision  # the rule the Makefile and the compare scripts use
+
+    return cpu_precision() == "bf16"
 
 
 class Bench:

@@ -19,7 +19,7 @@ import torch
 
 from mnist_autoencoder import MNISTConfig  # the recipe beside this script
 from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
-from toolkit import config_help, run_recipe, write_comparison
+from toolkit import driver_help, run_recipe, write_comparison
 from toolkit.data import add_gaussian_noise, load_mnist, to_unit_range
 
 RECIPE = Path(__file__).resolve().with_name("mnist_autoencoder.py")
@@ -71,12 +71,8 @@ def comparison(results: dict, pca: dict, cfg: MNISTConfig) -> Comparison:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:  # this script's help, not the recipe's (whose --run-name it refuses)
-        settings = [line for line in config_help(MNISTConfig).splitlines() if line.startswith("  --")
-                    and line.split()[0][2:] not in ("run_name", "model", "task")]
-        note = ("Settings of the four runs (recipes/mnist_autoencoder.py); "
-                "--model, --task and --run-name are set here (refused):")
-        print("\n".join([__doc__.strip(), "", note, *settings]))
-        raise SystemExit(0)
+        driver_help(__doc__, MNISTConfig, ("run_name", "model", "task"), "Settings of the four runs "
+                    "(recipes/mnist_autoencoder.py); --model, --task and --run-name are set here (refused):")
     cfg = parse_config(MNISTConfig, argv)  # validates the arguments before any training
     refuse_flags(argv, {"--model", "--task", "--run-name", "--run_name"},
                  "mnist_compare sets --model, --task and --run-name itself")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from stl10_probe import STL10ProbeConfig, resolve_encoder  # the recipe beside this script
 from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
-from toolkit import ConfigError, config_help, run_recipe, write_comparison
+from toolkit import ConfigError, driver_help, run_recipe, write_comparison
 
 RECIPE = Path(__file__).resolve().with_name("stl10_probe.py")
 COLUMNS = [Column("encoder", "frozen encoder"), Column("run", link=True),
@@ -42,12 +42,8 @@ def result(run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:  # this script's help, not the recipe's (whose --run-name it refuses)
-        settings = [line for line in config_help(STL10ProbeConfig).splitlines() if line.startswith("  --")
-                    and line.split()[0][2:] not in ("run_name",)]
-        note = ("Settings of both runs (recipes/stl10_probe.py); "
-                "--run-name is set here (refused); --encoder names the pretrained one:")
-        print("\n".join([__doc__.strip(), "", note, *settings]))
-        raise SystemExit(0)
+        driver_help(__doc__, STL10ProbeConfig, ("run_name",), "Settings of both runs (recipes/stl10_probe.py); "
+                    "--run-name is set here (refused); --encoder names the pretrained one:")
     refuse_flags(argv, {"--run-name", "--run_name"}, "stl10_probe_compare names the two runs itself; drop --run-name")
     cfg = parse_config(STL10ProbeConfig, argv)  # validates the arguments before any training
     if cfg.encoder == "random":

@@ -23,7 +23,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
   ``write_curve``;
 - comparison scripts: ``Column``, ``Comparison``, ``ComparisonError``, ``RunResult``, ``check_run_args``,
-  ``command_line``, ``refuse_flags``, ``split_args``, ``train_run``, ``write_comparison``;
+  ``command_line``, ``driver_help``, ``refuse_flags``, ``split_args``, ``train_run``, ``write_comparison``;
 - data names used by most recipes (the full lists are in :mod:`toolkit.data` and :mod:`toolkit.data.mri`):
   ``add_gaussian_noise``, ``load_split``, ``save_split``, ``split_ids``, ``split_records``,
   ``MRISegmentationDataset``, ``MRISlice``, ``read_slice``, ``discover_mri_slices``,
@@ -48,8 +48,8 @@ _EXPORTS = {
     "callbacks": ["Callback", "SaveCurve"],
     "checkpoint": ["atomic_write", "load_weights", "save_json", "save_weights"],
     "classification": ["ClassificationConfig", "classification_objective", "stl10_train_test"],
-    "compare": ["RunResult", "check_run_args", "command_line", "refuse_flags", "split_args", "train_run",
-                "write_comparison"],
+    "compare": ["RunResult", "check_run_args", "command_line", "driver_help", "refuse_flags", "split_args",
+                "train_run", "write_comparison"],
     "comparison": ["Column", "Comparison", "ComparisonError"],
     "config": ["ConfigError", "TrainConfig", "config_help", "parse_config", "run_recipe"],
     "crossval": ["cv_lines", "out_of_fold", "train_folds"],

@@ -18,14 +18,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .checkpoint import atomic_write, find_state, save_json
 from .comparison import Comparison
-from .config import ConfigError
+from .config import ConfigError, config_help
 
 __all__ = ["DEFAULT_LAUNCH", "LAUNCH_ARGS_FILE", "RUNTIME_KEYS", "has_trained", "settings_of", "started_with",
-           "check_run_args", "launch_prefix", "given_flags", "refuse_flags", "split_args", "train_run", "read_json",
+           "check_run_args", "driver_help", "launch_prefix", "given_flags", "refuse_flags", "split_args", "train_run", "read_json",
            "RunResult", "command_line", "write_comparison"]
 
 
@@ -49,6 +49,16 @@ DEFAULT_LAUNCH = (f"{shlex.quote(sys.executable)} -m accelerate.commands.launch 
 def launch_prefix(default: str = DEFAULT_LAUNCH) -> str:
     """The launch command: ``$LAUNCH`` when set and not empty, else ``default``."""
     return os.environ.get("LAUNCH") or default
+
+
+def driver_help(doc: str, cls: type, set_here: Sequence[str], note: str) -> None:
+    """Print a compare script's ``--help`` and exit 0: its ``doc``, ``note``, then the settings of its recipe's
+    config class ``cls`` (:func:`~toolkit.config.config_help` lines) but those the script sets itself
+    (``set_here``, field names), which it refuses."""
+    settings = [line for line in config_help(cls).splitlines()
+                if line.startswith("  --") and line.split()[0][2:] not in set_here]
+    print("\n".join([doc.strip(), "", note, *settings]))
+    raise SystemExit(0)
 
 
 def given_flags(argv: list[str], flags: set[str]) -> set[str]:

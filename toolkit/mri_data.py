@@ -54,9 +54,8 @@ def _read(cfg: Any, trainer):
     acc = trainer.accelerator
     data_dir = cfg.data_dir or cfg.synthetic_dir
     synthetic = ("data_dir", "synthetic_dir", "synthetic_images", "seed")  # what writes the synthetic slices
-    if not cfg.data_dir and trainer.resuming and any(
-            k in trainer.saved_config and trainer.saved_config[k] != getattr(cfg, k) for k in synthetic):
-        raise trainer.refuse_resume("the synthetic slices it trained on would be written anew", keys=synthetic)
+    if not cfg.data_dir:
+        trainer.keep_settings(synthetic, "the synthetic slices it trained on would be written anew")
     if not cfg.data_dir:
         with acc.local_main_process_first():  # one writer per machine
             if acc.is_local_main_process:

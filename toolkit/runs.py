@@ -30,8 +30,7 @@ from .optim import StepSchedule
 from .state import TrainState
 
 __all__ = ["resolve_run_dir", "resumes", "save_state", "folder_snapshot", "saved_config", "restore_config",
-           "abandon_run", "refuse_resume", "restore_state", "stored_settings_changed", "trained_launch", "fit_end_done",
-           "changed_settings"]
+           "abandon_run", "refuse_resume", "restore_state", "stored_settings", "fit_end_summary", "changed_settings"]
 
 #: settings a state stores (optimizer param groups, the scheduler's base LRs and schedule): a resume keeps its own
 STORED_SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "warmup_fraction")
@@ -109,26 +108,17 @@ def restore_config(accelerator: Accelerator, run_dir: Path, before: dict) -> Non
         atomic_write(Path(run_dir) / "config.json", lambda f: f.write(before["config"]))
 
 
-def fit_end_done(run_dir: Path, epoch: int) -> bool:
-    """Whether the run's fit-end steps (``on_fit_end`` callbacks: the post-processing choice, figures, the model
-    artifact) finished after ``epoch``, the epoch of its newest state: its ``summary.json``, written after
-    them, counts that epoch. The main process reads it and every process gets its answer."""
+def fit_end_summary(run_dir: Path, epoch: int) -> dict | None:
+    """The run's ``summary.json`` when its fit-end steps (``on_fit_end`` callbacks: the post-processing choice,
+    figures, the model artifact) finished after ``epoch``, the epoch of its newest state: the summary, written
+    after them, counts that epoch; else None. The main process reads it and every process gets its answer."""
     try:
-        done = [json.loads((Path(run_dir) / "summary.json").read_text()).get("epochs_completed") == epoch]
-    except (OSError, ValueError, AttributeError):
-        done = [False]
-    broadcast_object_list(done)
-    return bool(done[0])
-
-
-def trained_launch(run_dir: Path, launch: dict) -> dict:
-    """``launch`` (summary fields of this launch: ``epochs_asked``, ``num_processes``, ``mixed_precision``) with
-    the values of the run's ``summary.json`` where it has them: what a launch that trained nothing writes again."""
-    try:
-        old = json.loads((Path(run_dir) / "summary.json").read_text())
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
     except (OSError, ValueError):
-        old = {}
-    return {k: old[k] if isinstance(old, dict) and k in old else v for k, v in launch.items()}
+        summary = None
+    done = [summary if isinstance(summary, dict) and summary.get("epochs_completed") == epoch else None]
+    broadcast_object_list(done)
+    return done[0]
 
 
 def abandon_run(accelerator: Accelerator, run_dir: Path, before: dict) -> None:
@@ -172,11 +162,10 @@ def changed_settings(before: dict, cfg: TrainConfig, keys=None) -> list[str]:
             if k in saved and k in as_saved and saved[k] != as_saved[k]]
 
 
-def stored_settings_changed(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The :data:`STORED_SETTINGS` of ``cfg`` that differ from those of the run's ``saved`` config.json (keys it
-    lacks are not compared; ``momentum`` only for SGD): a resume would silently go on with the saved values."""
-    keys = [k for k in STORED_SETTINGS if k != "momentum" or cfg.optimizer == "sgd"]
-    return [k for k in keys if k in saved and saved[k] != getattr(cfg, k)]
+def stored_settings(cfg: TrainConfig) -> list[str]:
+    """The :data:`STORED_SETTINGS` that apply to ``cfg`` (``momentum`` only for SGD): a resume that trains on
+    goes on with the state's values of them, whatever the command line says."""
+    return [k for k in STORED_SETTINGS if k != "momentum" or cfg.optimizer == "sgd"]
 
 
 def save_state(accelerator: Accelerator, run_dir: Path, state: TrainState, scheduler: LRScheduler,

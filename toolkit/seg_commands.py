@@ -12,6 +12,7 @@ import numpy as np
 
 from .checkpoint import json_safe, save_json
 from .data.mri.channels import resolve_channels
+from .data.mri.discover import given_folder
 from .data.mri.folders import folder_tags, parse_data_dirs
 from .data.mri.nifti import NIFTI_SOURCES
 from .data.splits import load_split
@@ -123,16 +124,10 @@ def _refuse_trained_on(records, files: list[Path], split: str, data_dir: str) ->
                              f"figures of a cross-validation (cv.json)")
 
 
-def _data_folder(folder: Path) -> Path:
-    """``folder`` resolved, an LGG layout root given itself (``X/kaggle_3m``) as the folder holding it (``X``): both
-    read the same slices with the same ids, and split.json of runs trained before 3 Dec 2026 holds the former."""
-    folder = folder.resolve()
-    return folder.parent if folder.name == "kaggle_3m" else folder
-
-
 def _folders(data_dir: str) -> set[Path]:
-    """The resolved folders of ``data_dir`` ("A" or "A, B"; :func:`_data_folder`); empty for none."""
-    return {_data_folder(d) for d in parse_data_dirs(data_dir)} if str(data_dir).strip() else set()
+    """The resolved folders of ``data_dir`` ("A" or "A, B"; :func:`~toolkit.data.mri.discover.given_folder`); empty
+    for none."""
+    return {given_folder(d) for d in parse_data_dirs(data_dir)} if str(data_dir).strip() else set()
 
 
 def _folder_ids(ids, data_dir: str) -> set[tuple[str, str]]:
@@ -142,7 +137,7 @@ def _folder_ids(ids, data_dir: str) -> set[tuple[str, str]]:
     dirs = parse_data_dirs(data_dir) if str(data_dir).strip() else []
     if len(dirs) > 1:
         return {tuple(str(i).split("/", 1)) for i in ids}
-    name = folder_tags([_data_folder(dirs[0])])[0] if dirs else ""
+    name = folder_tags([given_folder(dirs[0])])[0] if dirs else ""
     return {(name, str(i)) for i in ids}
 
 

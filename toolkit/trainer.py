@@ -31,9 +31,8 @@ from .loop import EpochSeeded, FigureFn, FitLoop, evaluate_loader, make_loader
 from .models.utils import count_parameters
 from .objectives import Objective, StepOutput
 from .optim import build_optimizer, build_scheduler
-from .runs import (abandon_run, changed_settings, fit_end_done, folder_snapshot, refuse_resume, resolve_run_dir,
-                   restore_config, restore_state, resumes, save_state, saved_config, stored_settings_changed,
-                   trained_launch)
+from .runs import (abandon_run, changed_settings, fit_end_summary, folder_snapshot, refuse_resume, resolve_run_dir,
+                   restore_config, restore_state, resumes, save_state, stored_settings)
 from .state import TrainState, note_patience, plan_epochs
 
 __all__ = ["Trainer", "ParameterBudgetError"]
@@ -76,7 +75,6 @@ class Trainer:
         self.run_dir = resolve_run_dir(cfg, recipe, self.accelerator)
         self.resuming = resumes(cfg, self.run_dir)  # --resume, or --resume auto with a saved state
         self._before = folder_snapshot(self.run_dir)  # the folder as this start found it: what abandon() leaves
-        self.saved_config = saved_config(self._before) if self.resuming else {}  # what the run last started with
         self.loop: FitLoop | None = None
         UNSTARTED.add(self)  # until fit trains: what run_recipe abandons when a ConfigError ends the recipe
         self.figures_dir = self.run_dir / "figures"
@@ -184,17 +182,17 @@ class Trainer:
             why = next((ln for ln in lines if "mismatch" in ln or "key" in ln.lower()), lines[0])[:160]
             raise self.refuse_resume(
                 f"its saved state does not load into the model as configured now ({why})") from None
-        stored = stored_settings_changed(self.saved_config, cfg) if self.resuming and state.more_epochs else []
-        if stored:  # the optimizer and schedule continue from the state: the new values would not take effect
-            raise self.refuse_resume("its optimizer and LR schedule continue from its state, which holds "
-                                     f"{', '.join(stored)} as it started", keys=stored)
-        ended = self.resuming and not state.more_epochs and fit_end_done(self.run_dir, state.epoch)
+        if state.more_epochs:  # the optimizer and schedule continue from the state: new values would not take effect
+            self.keep_settings(stored_settings(cfg), "its optimizer and LR schedule continue from its state, which "
+                                                     "holds the values it started with")
+        ended = None  # the run's summary.json when a resume finds its fit-end steps done after its last epoch
         if self.resuming and not state.more_epochs:
+            ended = fit_end_summary(self.run_dir, state.epoch)
             restore_config(acc, self.run_dir, self._before)
             acc.print(f"{self.run_dir}: nothing left to train (epoch {state.epoch} of its plan of "
                       f"{state.planned_epochs} done{'; ' + state.stop_reason if state.stop_reason else ''}); "
                       "its config.json stays as it trained" + ("; its fit-end steps ran then (summary.json), so "
-                                                               "its outputs stay too" if ended else ""))
+                                                               "its outputs stay too" if ended is not None else ""))
         trainable, total = count_parameters(model), count_parameters(model, trainable_only=False)
         acc.print(f"{self.recipe}: {trainable:,} trainable / {total:,} parameters, {acc.num_processes} process(es), "
                   f"mixed precision {acc.mixed_precision}, run folder {self.run_dir}")
@@ -209,14 +207,14 @@ class Trainer:
         elif state.planned_epochs < cfg.epochs:
             acc.print(f"the --max-minutes budget fitted {state.planned_epochs} of the {cfg.epochs} epochs asked for; "
                       "the LR schedule was fitted to them")
-        if not ended:  # a run killed during them finishes them now
+        if ended is None:  # a run killed during them finishes them now
             call_hook(loop.callbacks, "on_fit_end", self, state)
         launch = {"epochs_asked": cfg.epochs, "num_processes": acc.num_processes,
-                  "mixed_precision": acc.mixed_precision}
+                  "mixed_precision": acc.mixed_precision}  # a launch that trained nothing: as the run trained
+        launch = {k: ended.get(k, v) for k, v in launch.items()} if ended is not None else launch
         summary = state.summary(
             recipe=self.recipe, run_dir=str(self.run_dir), monitor=self.loop.monitor, mode=self.loop.mode,
-            trainable_params=trainable, total_params=total, param_budget=param_budget,
-            **(trained_launch(self.run_dir, launch) if ended else launch))  # trained nothing: as it trained
+            trainable_params=trainable, total_params=total, param_budget=param_budget, **launch)
         if acc.is_main_process:
             save_json(self.run_dir / "summary.json", json_safe(summary))  # undefined figures (NaN) as null
         tracking.set_summary(acc, summary)

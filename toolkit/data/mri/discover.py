@@ -49,7 +49,9 @@ from .nifti import NIFTI_SOURCES, brain_region, load_nifti
 from .pairs import EXT_PATTERN, find_image_mask_pairs, pair_files
 from .raw import DATASET_JSON, find_raw, read_dataset_json
 
-__all__ = ["Discovery", "discover_mri_slices"]
+__all__ = ["Discovery", "discover_mri_slices", "given_folder"]
+
+LGG_ROOT = "kaggle_3m"  # the Kaggle LGG download's layout root, inside the folder a user names
 
 _EXT = EXT_PATTERN
 _BRATS_FILE = re.compile(r"[_-](flair|t2f|t1|t1n|t1ce|t1c|t2|t2w|seg)\.nii(\.gz)?$", re.IGNORECASE)
@@ -213,6 +215,13 @@ def _find_brats(root, channels, rule, skipped):
     return out
 
 
+def given_folder(path: str | Path) -> Path:
+    """``path`` resolved, an LGG layout root (``X/kaggle_3m``) as the folder holding it (``X``): both read the same
+    slices with the same ids (split.json of runs trained before 3 Dec 2026 holds the layout root)."""
+    path = Path(path).resolve()
+    return path.parent if path.name == LGG_ROOT else path
+
+
 _FINDERS = {"folder": _find_folder, "lgg": _find_lgg, "figshare_mat": _find_mat, "brats": _find_brats,
             "raw": find_raw}
 
@@ -227,7 +236,7 @@ def _detect(root: Path) -> dict[str, Path]:
                  for n in names)
     if beside or ((root / "images").is_dir() and (root / "masks").is_dir()):
         found["folder"] = root
-    lgg = root / "kaggle_3m" if (root / "kaggle_3m").is_dir() else root
+    lgg = root / LGG_ROOT if (root / LGG_ROOT).is_dir() else root
     for d in _subdirs(lgg):
         names = {p.name.lower() for p in d.iterdir()} if d.name not in ("images", "masks") else set()
         if any(n.endswith(("_mask.tif", "_mask.tiff")) and n.replace("_mask", "") in names for n in names):
@@ -298,8 +307,8 @@ def discover_mri_slices(data_dir: str | os.PathLike, *, source: str = "auto", ch
         source, root = next(iter(found.items()))
     elif source not in _FINDERS:
         raise ValueError(f"source must be auto, {', '.join(_FINDERS)}; got {source!r}")
-    elif source == "lgg" and (root / "kaggle_3m").is_dir():
-        root = root / "kaggle_3m"
+    elif source == "lgg" and (root / LGG_ROOT).is_dir():
+        root = root / LGG_ROOT
     if source not in NIFTI_SOURCES and slice_rule not in (None, "all"):
         raise ValueError(f"slice_rule={slice_rule!r} applies to NIfTI volumes (brats, raw); {source} slices are "
                          "all kept")
