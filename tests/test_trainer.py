@@ -275,3 +275,17 @@ def test_undefined_metrics_are_null_in_history_and_summary(tmp_path):
         return json.loads((trainer.run_dir / name).read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert [h["undefined"] for h in strict("history.json")] == [None, None]
     assert strict("summary.json")["final"]["undefined"] is None
+
+
+def test_unnamed_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """Two launches (say W&B sweep agents side by side) in one second: the second is not written into the first's
+    folder, which holds no state yet, so nothing else would stop it."""
+    import toolkit.runs
+
+    monkeypatch.setattr(toolkit.runs.time, "strftime", lambda fmt: "20261203-140000")
+    first = Trainer(make_cfg(tmp_path, run_name=""), recipe="tiny").run_dir
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    second = Trainer(make_cfg(tmp_path, run_name=""), recipe="tiny").run_dir
+    assert (first.name, second.name) == ("tiny-20261203-140000", "tiny-20261203-140000-2")
+    assert first.is_dir() and second.is_dir()

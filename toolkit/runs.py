@@ -54,8 +54,8 @@ def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> 
         if not runs and cfg.resume is True:
             raise ConfigError(f"--resume: no run of {recipe!r} with a saved state under {root}/")
         name = runs[-1].name if runs else ""
-    if not name:
-        name = f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name and accelerator.is_main_process:  # a new folder, even when another launch starts this second
+        name = _claim_new_folder(root, f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
     box = [name]
     broadcast_object_list(box)  # every process agrees on the main process's name
     run_dir = root / box[0]
@@ -74,6 +74,26 @@ def resolve_run_dir(cfg: TrainConfig, recipe: str, accelerator: Accelerator) -> 
     except OSError as err:
         raise ConfigError(f"output_dir: cannot create or write the run folder {run_dir}: {err}") from err
     return run_dir
+
+
+def _claim_new_folder(root: Path, base: str) -> str:
+    """Create ``root/base`` (or ``base-2``, ``base-3``, ... when it exists: launches started in the same second,
+    such as W&B sweep agents side by side) with an exclusive ``mkdir`` and return its name. When ``root`` cannot be
+    written (:func:`resolve_run_dir` then names the error) or 999 such folders exist: ``base``, as before."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return base
+    for n in range(1, 1000):
+        name = base if n == 1 else f"{base}-{n}"
+        try:
+            (root / name).mkdir()
+            return name
+        except FileExistsError:
+            continue
+        except OSError:
+            return name
+    return base
 
 
 def resumes(cfg: TrainConfig, run_dir: Path) -> bool:
