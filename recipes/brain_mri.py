@@ -32,6 +32,7 @@ from toolkit import (
     context_channels,
     settle_epochs,
     init_from,
+    input_difference,
     parse_config,
     parse_regions,
     parse_widths,
@@ -159,6 +160,8 @@ def main(argv=None) -> list[dict]:
             raise ConfigError(str(err)) from None
         trainer.accelerator.print(f"init_from: started from the weights of {cfg.init_from}"
                                   + (" (resumed runs continue from their state)" if trainer.resuming else ""))
+        if trainer.accelerator.is_main_process and (note := input_difference(cfg.init_from, trainer.run_dir)):
+            print(f"init_from: note: {note}")  # main process: it wrote this run's split.json
     crop = ForegroundCrop(cfg.crop_size, cfg.foreground_p) if 0 < cfg.crop_size < cfg.image_size else None
     binary = target.kind == "binary"
     callbacks = [SegmentationMedia(cfg.threshold, target=target)]

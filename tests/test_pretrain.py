@@ -207,6 +207,7 @@ def test_pretrain_then_fine_tune_with_few_labels(tmp_path):
                                        "--val-fraction", "0.25", "--test-fraction", "0.25", "--label-fraction", "0.5",
                                        "--freeze-encoder-epochs", "1", "--postprocess", "false"])
     assert f"init_from: started from the weights of {pre / 'best.pth'}" in proc.stdout
+    assert "init_from: note" not in proc.stdout  # the same FLAIR slices, scaled the same way
     ft = json.loads((tmp_path / "runs" / "ft" / "split.json").read_text())
     assert ft["val"] == [r.id for r in planned["val"]] and ft["test"] == [r.id for r in planned["test"]]
     train_patients = {r.patient for r in planned["train"]}
@@ -218,6 +219,28 @@ def test_pretrain_then_fine_tune_with_few_labels(tmp_path):
     encoder = {n for n, _ in model.named_parameters() if n.startswith(("encoder.", "bottleneck."))}
     assert encoder and all(torch.equal(before[n], after[n]) for n in encoder)  # frozen for its only epoch
     assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def _run_folder(path, source, channels, in_channels, intensity=None):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"channels": channels, "in_channels": in_channels}))
+    (path / "split.json").write_text(json.dumps({"source": source, "train": [], "val": []}))
+    if intensity:
+        (path / "target.json").write_text(json.dumps({"kind": "binary", "intensity": intensity}))
+    return path
+
+
+def test_init_from_notes_weights_of_other_channels_or_intensity(tmp_path):
+    from toolkit import input_difference
+
+    flair = _run_folder(tmp_path / "flair", "lgg", "", 1)
+    assert input_difference(flair / "best.pth", _run_folder(tmp_path / "same", "lgg", "flair", 1)) == ""
+    note = input_difference(flair / "best.pth", _run_folder(tmp_path / "post", "lgg", "post", 1))
+    assert note == ("the weights' run read flair of lgg data, scaled per slice; this run reads post of lgg data, "
+                    "scaled per slice")
+    brats = _run_folder(tmp_path / "brats", "brats+brats", "flair", 1, intensity="zscore")
+    assert "flair of brats data, z-scored per volume" in input_difference(brats / "best.pth", flair)
+    assert input_difference(tmp_path / "elsewhere" / "best.pth", flair) == ""  # weights outside a run folder
 
 
 @pytest.mark.parametrize("recipe, args, message", [

@@ -18,7 +18,8 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,
   ``plot_history``, ``reconstruction_pairs``, ``save_figure``, ``segmentation_overlays``;
 - models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``SEGMENTATION_MODELS``, ``count_parameters``, ``init_from``
-  (the other architectures are in :mod:`toolkit.models`);
+  (the other architectures are in :mod:`toolkit.models`); ``input_difference`` (what the run of ``--init-from``
+  weights read, if not this run's channels and intensity scaling);
 - segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``, ``cv_lines``;
 - the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
   ``write_curve``;
@@ -63,7 +64,7 @@ _EXPORTS = {
     "data.mri.io": ["MRISlice", "read_slice"],
     "data.mri.synthetic": ["generate_synthetic_mri"],
     "data.splits": ["load_split", "save_split", "split_ids", "split_records"],
-    "ensemble": ["SegmentationEnsemble"], "finetune": ["FreezeEncoder"],
+    "ensemble": ["SegmentationEnsemble"], "finetune": ["FreezeEncoder"], "inference": ["input_difference"],
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],

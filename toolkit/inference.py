@@ -77,6 +77,37 @@ def run_layout(run_dir: str | Path) -> str:
     return str(source).split("+")[0]
 
 
+def run_inputs(run_dir: str | Path) -> str:
+    """What a run's model read, in words, from its ``config.json``, ``split.json`` and ``target.json``: e.g.
+    "flair, t1ce of brats data, z-scored per volume" or "grey, scaled per slice"; "" for a folder without a
+    ``config.json`` or with channels it does not name."""
+    from .data.mri.channels import resolve_channels
+    from .data.mri.nifti import NIFTI_SOURCES
+    from .seg_images import channel_names
+
+    path = Path(run_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+        layout = run_layout(run_dir)
+        intensity = stored_target(run_dir).get("intensity") or ("zscore" if layout in NIFTI_SOURCES else "per_slice")
+        names = (f"{cfg.get('in_channels')} channel(s) of raw data" if layout == "raw" else
+                 channel_names(layout, resolve_channels(layout, cfg.get("channels") or cfg.get("in_channels", 1))))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"{names}, {'z-scored per volume' if intensity == 'zscore' else 'scaled per slice'}"
+
+
+def input_difference(weights: str | Path, run_dir: str | Path) -> str:
+    """A note when the run folder of ``weights`` (a ``best.pth``) read other inputs than the run ``run_dir``
+    (:func:`run_inputs`: channels, intensity scaling); "" when they read the same or either is unknown. Weights
+    of another channel count are refused by :func:`~toolkit.models.utils.init_from`; these load, so the note
+    says what a shape check cannot (e.g. FLAIR weights fine-tuned on T1ce slices)."""
+    before, now = run_inputs(Path(weights).parent), run_inputs(run_dir)
+    if not before or not now or before == now:
+        return ""
+    return f"the weights' run read {before}; this run reads {now}"
+
+
 def run_slices(data_dir: str, cfg: dict) -> list:
     """The slices of ``data_dir`` (one folder or several, comma-separated) read as the run of ``cfg`` read
     its data: the same channels, slice rule and bad-file policy. Returns a list of MRISlice."""
