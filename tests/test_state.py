@@ -102,3 +102,18 @@ def test_resume_refuses_an_unreadable_trainer_state_by_name(tmp_path):
     marker.write_text('{"epoch": 1}')  # edited by hand: no step, history or plan
     with pytest.raises(ConfigError, match=rf"{marker} is not a readable trainer state \(trainer state lacks"):
         fit(cfg_for(tmp_path, epochs=2, resume=True))
+
+
+def test_a_kill_while_the_same_step_is_saved_again_resumes_from_its_old_copy(tmp_path):
+    """save_training_state moves a state saved again for the same step to .old-<name> before the new one takes
+    its place; a kill between the two renames leaves the latest step only there (with --keep-states 1 nothing
+    else): find_state must still find it, and the next save clears it."""
+    root = tmp_path / "state"
+    old = root / ".old-step-00000005"
+    old.mkdir(parents=True)
+    (old / STATE_MARKER).write_text("{}")
+    (root / "latest").write_text("step-00000005\n")
+    assert find_state(tmp_path) == old
+    (root / "step-00000005").mkdir()
+    (root / "step-00000005" / STATE_MARKER).write_text("{}")
+    assert find_state(tmp_path) == root / "step-00000005"  # the renamed-in copy wins once it is there

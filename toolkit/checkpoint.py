@@ -246,9 +246,11 @@ def find_state(run_dir: str | os.PathLike) -> Path | None:
     root = Path(run_dir) / "state"
     pointer = root / LATEST
     if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if named.name and (named / STATE_MARKER).is_file():
-            return named
+        name = pointer.read_text().strip()
+        # a kill while the same step was saved again: the complete old copy is .old-<name> for a moment
+        for named in (root / name, root / f".old-{name}") if name else ():
+            if (named / STATE_MARKER).is_file():
+                return named
     states = list_states(run_dir)
     if states:
         return states[-1]
@@ -292,7 +294,7 @@ def save_training_state(accelerator, run_dir: str | os.PathLike, trainer_state: 
     final, tmp = root / name, root / f".tmp-{name}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):
+        for stale in [*root.glob(".tmp-*"), *root.glob(".old-*")]:  # left by a kill while saving
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
