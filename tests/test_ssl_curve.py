@@ -82,6 +82,8 @@ def test_summary_aggregates_seeds_and_names_a_missing_score():
     with pytest.raises(ValueError, match="fraction 0.1, seed 2, arm pretrained"):
         curve_summary(scores, [0.1], [0, 1, 2])
     assert run_name(0.05, 1, "scratch") == "f0.05-s1-scratch"
+    assert [run_name(f, 0, "scratch") for f in (1.0, 0.1, 0.1000001)] == [  # 6 digits would give 0.1 twice
+        "f1-s0-scratch", "f0.1-s0-scratch", "f0.1000001-s0-scratch"]
 
 
 def test_arguments_are_split_and_refused_before_training(capsys):

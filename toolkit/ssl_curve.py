@@ -42,7 +42,8 @@ def run_name(fraction: float, seed: int, arm: str) -> str:
     """The run folder name of one curve point, e.g. ``f0.05-s0-pretrained`` (fraction in (0, 1], arm in SSL_ARMS)."""
     if arm not in SSL_ARMS:
         raise ValueError(f"arm must be one of {SSL_ARMS}, got {arm!r}")
-    return f"f{fraction:g}-s{seed}-{arm}"
+    short = f"{fraction:g}"  # 6 significant digits; every digit when it takes more, so fractions keep apart
+    return f"f{short if float(short) == fraction else repr(float(fraction))}-s{seed}-{arm}"
 
 
 def score_run(run_dir: str | Path, test_data_dir: str = "", cache: dict | None = None) -> dict:
