@@ -127,7 +127,7 @@ def test_compare_helper_trains_reuses_and_writes(tmp_path, monkeypatch, capsys):
     assert saved.rows == table.rows and saved.notes == ["higher is better", "`cmd`"]
     with pytest.raises(ValueError, match=r"summary.json: best_epoch is 3, expected 1 to 1"):
         RunResult(out / "done", {"best_epoch": 3}, [{}]).best
-    with pytest.raises(SystemExit, match="error: sets --model itself"):
+    with pytest.raises(ConfigError, match="^sets --model itself$"):  # run_recipe: error: ..., exit status 2
         refuse_flags(["--lr", "1", "--model=cnn"], {"--model"}, "sets --model itself")
 
 

@@ -86,9 +86,10 @@ def split_args(argv: list[str], keys: set[str], takes_value: set[str] = frozense
 
 
 def refuse_flags(argv: list[str], flags: set[str], message: str) -> None:
-    """Exit with ``error: <message>`` when ``argv`` holds one of ``flags`` (also as ``--flag=value``)."""
+    """:class:`~toolkit.config.ConfigError` ``message`` when ``argv`` holds one of ``flags`` (also as
+    ``--flag=value``): under :func:`~toolkit.config.run_recipe`, ``error: <message>`` and exit status 2."""
     if given_flags(argv, flags):
-        raise SystemExit(f"error: {message}")
+        raise ConfigError(message)
 
 
 LAUNCH_ARGS_FILE = "launch_args.json"  # the recipe arguments a driver started a run with (train_run)
