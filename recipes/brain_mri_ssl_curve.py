@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
         raise ConfigError(f"--context-slices {run_cfg.context_slices} / --target {run_cfg.target or '(data)'}: "
                          "the curve pretrains a binary model on single slices (Dice of binary masks); its weights "
                          "cannot start a 2.5D or multi-class run: leave out --context-slices and --target")
-    pre_argv = [*data, *split_args(rest, TO_PRETRAIN)[0], *pretrain_args, "--max-minutes",
-                str(cfg.pretrain_minutes), "--output-dir"]
+    pre_keys = {t[2:].split("=")[0].replace("_", "-") for t in pretrain_args if t.startswith("--")}
+    shared = split_args([*data, *split_args(rest, TO_PRETRAIN)[0]], pre_keys)[1]  # --pretrain-args wins (not twice)
+    pre_argv = [*shared, *pretrain_args, "--max-minutes", str(cfg.pretrain_minutes), "--output-dir"]
     root = Path(cfg.output_dir) / cfg.name
     parse_config(BrainMRIPretrainConfig, [*pre_argv, str(root)])
     weights = Path(cfg.pretrained) if cfg.pretrained else \

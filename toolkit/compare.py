@@ -168,7 +168,8 @@ def train_run(script: str | Path, argv: list[str], run_name: str, output_dir: st
     if reuse and (run_dir / "summary.json").is_file():
         return run_dir
     launch = launch_prefix(default_launch)
-    args = [str(script), *argv, "--run-name", run_name] + ["--resume"] * (find_state(run_dir) is not None)
+    resume = find_state(run_dir) is not None and not given_flags(argv, {"--resume"})  # not twice: refused
+    args = [str(script), *argv, "--run-name", run_name] + ["--resume"] * resume
     print(f"training {run_name}: {launch} {shlex.join(args)}", flush=True)
     subprocess.run(f"{launch} {shlex.join(args)}", shell=True, check=True)
     return run_dir
