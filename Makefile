@@ -24,7 +24,8 @@ else
 LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCS) --num_machines 1 --mixed_precision $(PRECISION) --dynamo_backend no
 endif
 
-# Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU.
+# Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU. A key given twice is refused:
+# change one of DEMO_ARGS by setting DEMO_ARGS (make demo DEMO_ARGS="--epochs 5"), not by repeating it in ARGS.
 DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
 
 .PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv ssl-curve cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe ssl-cifar10 stl10 report bench kill-harness slurm-check pretrain-throughput

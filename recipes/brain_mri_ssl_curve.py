@@ -139,16 +139,17 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
     for where, args, keys in (("", rest, SET_HERE), (" (in --pretrain-args)", pretrain_args, SET_IN_PRETRAIN)):
         clash = [t.split("=")[0] for t in split_args(args, keys)[0] if t.startswith("--")]  # else overridden
         if clash:
-            raise SystemExit(f"error: {clash}{where} are set by the curve itself; leave them out")
+            raise ConfigError(f"{clash}{where} are set by the curve itself; leave them out")
     data = ["--data-dir", cfg.data_dir] if cfg.data_dir else []
     common = [*data, *rest, *([] if split_args(rest, {"postprocess"})[0] else ["--postprocess", "false"])]
     run_cfg = parse_config(BrainMRIConfig, common)  # refuses bad brain_mri.py arguments before any training
     if run_cfg.context_slices or run_cfg.target not in ("", "binary"):  # the pretrained model: 1 slice in, 1 out
-        raise SystemExit(f"error: --context-slices {run_cfg.context_slices} / --target {run_cfg.target or '(data)'}: "
+        raise ConfigError(f"--context-slices {run_cfg.context_slices} / --target {run_cfg.target or '(data)'}: "
                          "the curve pretrains a binary model on single slices (Dice of binary masks); its weights "
                          "cannot start a 2.5D or multi-class run: leave out --context-slices and --target")
-    pre_argv = [*data, *split_args(rest, TO_PRETRAIN)[0], *pretrain_args, "--max-minutes",
-                str(cfg.pretrain_minutes), "--output-dir"]
+    pre_keys = {t[2:].split("=")[0].replace("_", "-") for t in pretrain_args if t.startswith("--")}
+    shared = split_args([*data, *split_args(rest, TO_PRETRAIN)[0]], pre_keys)[1]  # --pretrain-args wins (not twice)
+    pre_argv = [*shared, *pretrain_args, "--max-minutes", str(cfg.pretrain_minutes), "--output-dir"]
     root = Path(cfg.output_dir) / cfg.name
     parse_config(BrainMRIPretrainConfig, [*pre_argv, str(root)])
     weights = Path(cfg.pretrained) if cfg.pretrained else \

@@ -19,7 +19,7 @@ import torch
 
 from mnist_autoencoder import MNISTConfig  # the recipe beside this script
 from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
-from toolkit import driver_help, run_recipe, write_comparison
+from toolkit import ConfigError, driver_help, run_recipe, write_comparison
 from toolkit.data import add_gaussian_noise, load_mnist, to_unit_range
 
 RECIPE = Path(__file__).resolve().with_name("mnist_autoencoder.py")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     refuse_flags(argv, {"--model", "--task", "--run-name", "--run_name"},
                  "mnist_compare sets --model, --task and --run-name itself")
     if cfg.val_images:  # the runs would report held-out training images in a table of test-set figures
-        raise SystemExit("error: mnist_compare scores the four runs and the PCA baseline on the test set; drop "
+        raise ConfigError("mnist_compare scores the four runs and the PCA baseline on the test set; drop "
                          f"--val-images {cfg.val_images} (it scores held-out training images instead)")
     results = {f"{m}-{t}": result(train_run(RECIPE, [*argv, "--model", m, "--task", t], f"mnist-{m}-{t}",
                                             cfg.output_dir))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from stl10_probe import STL10ProbeConfig, resolve_encoder  # the recipe beside this script
 from toolkit import Column, Comparison, RunResult, command_line, parse_config, refuse_flags, train_run
-from toolkit import ConfigError, driver_help, run_recipe, write_comparison
+from toolkit import ConfigError, driver_help, run_recipe, split_args, write_comparison
 
 RECIPE = Path(__file__).resolve().with_name("stl10_probe.py")
 COLUMNS = [Column("encoder", "frozen encoder"), Column("run", link=True),
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as err:  # no pretraining run found, an unreadable config.json: "error: ...", exit status 2
         raise ConfigError(str(err)) from None
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = {kind: result(train_run(RECIPE, [*argv, "--encoder", encoder], f"stl10_probe-{stamp}-{kind}",
+    shared = split_args(argv, {"encoder"})[1]  # each run's --encoder is set here (a key given twice is refused)
+    results = {kind: result(train_run(RECIPE, [*shared, "--encoder", encoder], f"stl10_probe-{stamp}-{kind}",
                                       cfg.output_dir, reuse=False))
                for kind, encoder in (("pretrained", str(weights)), ("random", "random"))}
     gain = results["pretrained"]["final_accuracy"] - results["random"]["final_accuracy"]

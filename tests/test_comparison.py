@@ -127,7 +127,7 @@ def test_compare_helper_trains_reuses_and_writes(tmp_path, monkeypatch, capsys):
     assert saved.rows == table.rows and saved.notes == ["higher is better", "`cmd`"]
     with pytest.raises(ValueError, match=r"summary.json: best_epoch is 3, expected 1 to 1"):
         RunResult(out / "done", {"best_epoch": 3}, [{}]).best
-    with pytest.raises(SystemExit, match="error: sets --model itself"):
+    with pytest.raises(ConfigError, match="^sets --model itself$"):  # run_recipe: error: ..., exit status 2
         refuse_flags(["--lr", "1", "--model=cnn"], {"--model"}, "sets --model itself")
 
 
@@ -156,3 +156,17 @@ def test_compare_scripts_help_is_their_own(script, refused, recipe):
     settings = [line for line in proc.stdout.splitlines() if line.startswith("  --")]
     assert any(line.startswith("  --epochs ") for line in settings)
     assert not [line for line in settings for flag in refused if line.startswith("  " + flag)]
+
+
+def test_train_run_resumes_without_giving_resume_twice(tmp_path, monkeypatch, capfd):
+    """A run with a state is resumed with --resume; a --resume among the arguments is not given a second time
+    (a key given twice is refused by the recipes)."""
+    script = tmp_path / "fake_recipe.py"
+    script.write_text(FAKE_RECIPE)
+    monkeypatch.setenv("LAUNCH", shlex.quote(sys.executable))
+    out = tmp_path / "runs"
+    (out / "a" / "state").mkdir(parents=True)
+    (out / "a" / "state" / "trainer_state.json").write_text("{}")  # the single-folder state layout
+    train_run(script, ["--output-dir", str(out), "--value", "1", "--resume"], "a", out)
+    line = next(x for x in capfd.readouterr().out.splitlines() if x.startswith("fake recipe ran"))
+    assert line.count("--resume") == 1, line

@@ -111,3 +111,16 @@ def test_help_columns_line_up_and_say_dashes_work():
     starts = {line.index(comments[line.split()[0][2:]]) for line in rows
               if len(line.split(" default ", 1)[1].split("  ")[0]) <= 20}
     assert len(starts) == 1, "\n".join(rows)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--epochs", "3", "--epochs", "4"],
+    ["--epochs=3", "--epochs", "4"],
+    ["--batch-size", "8", "--batch_size=8"],  # the same value, and the two spellings of one key
+    ["--resume", "--epochs", "2", "--resume", "false"],  # a bare boolean flag counts too
+])
+def test_a_key_given_twice_is_refused_naming_it(argv):
+    """The later value used to win silently (a default in a Makefile variable, then the user's, mixed up)."""
+    key = argv[0].split("=")[0][2:].replace("-", "_")
+    with pytest.raises(ConfigError, match=f"^--{key} given twice "):
+        parse(*argv)

@@ -63,6 +63,21 @@ def test_metadata_errors_name_the_file(tmp_path):
         read_metadata(root)
 
 
+@pytest.mark.parametrize("content, message", [
+    ("id,patient_id\n1,P\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 at offset 17\)"),  # was a bare
+    ("id,patient_id\n1,P1\n".encode("utf-16"), "not UTF-8 text"),  # UnicodeDecodeError naming no file
+    (b"id,patient_id,id\n1,P1,2\n", r"column 'id' is named twice"),  # was: "the slices have no row"
+    (b"id,,kind\n1,P1,x\n", "column 2 has no name"),  # was: an attribute named ''
+    (b"id,patient_id\n1,P1\n,P2\n", "line 3 has an empty id"),  # was: a row for an id ''
+])
+def test_a_malformed_metadata_file_is_refused_naming_it(tmp_path, content, message):
+    root = make_folder(tmp_path / "d", n=1)
+    (root / "metadata.csv").write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        discover_mri_slices(root)
+    assert str(err.value).startswith(f"{root / 'metadata.csv'}: ")
+
+
 def test_without_metadata_there_are_no_patients(tmp_path):
     assert discover_mri_slices(make_folder(tmp_path / "d", n=3)).patients == []
 

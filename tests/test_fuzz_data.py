@@ -155,11 +155,19 @@ def _spoil_mat(kind: str, path: Path) -> None:
             del f["cjdata/image"], f["cjdata/tumorMask"]
             f["cjdata"].create_dataset("image", shape=(HUGE, HUGE), dtype=np.int16)
             f["cjdata"].create_dataset("tumorMask", shape=(HUGE, HUGE), dtype=np.uint8)
+    elif kind.startswith("PID of") or kind == "image a group":  # were bare TypeError/ValueError/AttributeError
+        pid = {"PID of floats": np.array([[77.0, 82.0]]), "PID of bytes": np.bytes_("MR9"),
+               "PID of negative codes": np.array([[-5]], np.int64)}.get(kind)
+        with h5py.File(path, "r+") as f:
+            key = "PID" if pid is not None else "image"
+            del f["cjdata"][key]
+            f["cjdata"].create_dataset(key, data=pid) if pid is not None else f["cjdata"].create_group(key)
 
 
 @pytest.mark.parametrize("kind", ["empty file", "truncated", "random bytes", "mask of the wrong size",
                                   "mask not binary", "wrong channel count", "NaN pixels in a float image",
-                                  "enormous declared size"])
+                                  "enormous declared size", "PID of floats", "PID of bytes",
+                                  "PID of negative codes", "image a group"])
 def test_figshare_mat(tmp_path, kind):
     make_mat(tmp_path, pids=("MR1", "MR1", "MR2", "MR3"))
     bad = tmp_path / "part1" / "3.mat"

@@ -238,13 +238,17 @@ def test_recipe_refuses_unknown_model_and_compare_refuses_model_flag(tmp_path):
     assert proc.returncode == 2 and "model must be linear or cnn, got 'mlp'" in proc.stderr
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "mnist_compare.py"), "--model", "cnn"],
                           cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "sets --model" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "sets --model" in proc.stderr
 
 
-def test_compare_refuses_val_images(tmp_path, monkeypatch):
-    """--val-images makes each run score held-out training images; the table (and PCA) are on the test set."""
+def test_compare_refuses_val_images(tmp_path, monkeypatch, capsys):
+    """--val-images makes each run score held-out training images; the table (and PCA) are on the test set.
+    Refused as every driver refuses a setting: ``error: ...`` and exit status 2 (it was status 1)."""
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     compare = load_recipe("mnist_compare")
     monkeypatch.setattr(compare, "train_run", lambda *a, **k: pytest.fail("nothing may train"))
-    with pytest.raises(SystemExit, match="drop --val-images 50"):
-        compare.main(["--val-images", "50", "--output-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        compare.run_recipe(lambda: compare.main(["--val-images", "50", "--output-dir", str(tmp_path)]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: mnist_compare scores") and "drop --val-images 50" in err

@@ -65,7 +65,8 @@ def test_recipe_trains_then_resumes(tmp_path):
     assert len(json.loads((run / "history.json").read_text())) == 3
     proc = launch([*common, "--epochs", "4", "--resume", "--widths", "8,16,32,64"], ok=False)  # another model
     assert "saved state does not load into the model" in proc.stderr and "widths '' -> '8,16,32,64'" in proc.stderr
-    proc = launch([*common, "--epochs", "4", "--resume", "--synthetic-images", "20"], ok=False)  # other data
+    assert common[:2] == ["--synthetic-images", "12"]  # replaced, not repeated (a key given twice is refused)
+    proc = launch(["--synthetic-images", "20", *common[2:], "--epochs", "4", "--resume"], ok=False)  # other data
     assert "synthetic_images 12 -> 20" in proc.stderr and "split.json" not in proc.stderr.split("error:")[1]
     assert len(list((tmp_path / "data" / "images").glob("*.png"))) == 12  # refused before writing them anew
     assert (run / "config.json").read_text() == config and len(json.loads((run / "history.json").read_text())) == 3

@@ -185,6 +185,28 @@ def test_probe_compare_refusals_are_config_errors(recipes, tmp_path):
         compare.main(["--output-dir", str(tmp_path / "none")])
 
 
+def test_probe_compare_gives_each_run_one_encoder(recipes, tmp_path, monkeypatch):
+    """--encoder PATH names the pretrained encoder; each run gets its own --encoder once (a key given twice is
+    refused by the recipe: both runs used to be launched with the user's --encoder and then their own)."""
+    compare = recipes[2]
+    (tmp_path / "enc").mkdir()
+    (tmp_path / "enc" / "best.pth").write_bytes(b"")
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(script, argv, name, output_dir, **kw):
+        calls.append(argv)
+        raise Stop
+
+    monkeypatch.setattr(compare, "train_run", fake_run)
+    with pytest.raises(Stop):
+        compare.main(["--encoder", str(tmp_path / "enc"), "--output-dir", str(tmp_path), *TINY])
+    assert [a for a in calls[0] if a.startswith("--encoder")] == ["--encoder"], calls[0]
+    assert calls[0][calls[0].index("--encoder") + 1] == str(tmp_path / "enc" / "best.pth")
+
+
 def test_the_default_cpu_launch_uses_bf16_only_with_bf16_instructions(tmp_path):
     from toolkit.compare import cpu_precision
 

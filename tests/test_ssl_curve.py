@@ -100,9 +100,10 @@ def test_arguments_are_split_and_refused_before_training(capsys):
                           (["--pretrain-args", "--epochs 9 --max-minutes 30"], "(in --pretrain-args) are set by"),
                           (["--context-slices", "1"], "cannot start a 2.5D or multi-class run"),
                           (["--target", "regions"], "cannot start a 2.5D or multi-class run")):
-        with pytest.raises(SystemExit) as err:
-            driver.main(argv, runner=lambda *a: pytest.fail("nothing may train"))
-        assert message in f"{err.value.code} {capsys.readouterr().err}"
+        with pytest.raises(SystemExit) as err:  # as the script ends: run_recipe(main)
+            driver.run_recipe(lambda: driver.main(argv, runner=lambda *a: pytest.fail("nothing may train")))
+        stderr = capsys.readouterr().err
+        assert err.value.code == 2 and stderr.startswith("error: ") and message in stderr, (argv, stderr)
 
 
 def test_a_run_of_other_arguments_is_neither_reused_nor_resumed(tmp_path):
@@ -143,3 +144,24 @@ def test_one_of_several_training_folders_given_as_test_data_is_refused(tmp_path,
     c = make_lgg(tmp_path / "c", patients=4, slices=2)  # other files, but 3 of its patient ids are the run's
     assert score_run(tmp_path / "runs" / "r", str(c))["shared_patient_ids"] == 3
     assert "note: 3 patient id(s) of test_data_dir" in capsys.readouterr().out
+
+
+def test_pretrain_args_replace_the_shared_settings_instead_of_repeating_them(tmp_path):
+    """--batch-size goes to the pretraining too; --pretrain-args "--batch-size 2" replaces it there (a key given
+    twice is refused by the recipes), and the fine-tuning runs keep 4."""
+    driver = _driver()
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def runner(script, args, name, root):
+        seen[name] = args
+        raise Stop
+
+    with pytest.raises(Stop):
+        driver.main(["--output-dir", str(tmp_path), "--batch-size", "4", "--pretrain-args", "--batch-size=2",
+                     "--synthetic-dir", str(tmp_path / "syn")], runner)
+    args = seen["pretrain"]
+    assert [a for a in args if a.startswith("--batch")] == ["--batch-size=2"], args
+    assert "--synthetic-dir" in args  # the other shared settings still go

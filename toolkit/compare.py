@@ -86,9 +86,10 @@ def split_args(argv: list[str], keys: set[str], takes_value: set[str] = frozense
 
 
 def refuse_flags(argv: list[str], flags: set[str], message: str) -> None:
-    """Exit with ``error: <message>`` when ``argv`` holds one of ``flags`` (also as ``--flag=value``)."""
+    """:class:`~toolkit.config.ConfigError` ``message`` when ``argv`` holds one of ``flags`` (also as
+    ``--flag=value``): under :func:`~toolkit.config.run_recipe`, ``error: <message>`` and exit status 2."""
     if given_flags(argv, flags):
-        raise SystemExit(f"error: {message}")
+        raise ConfigError(message)
 
 
 LAUNCH_ARGS_FILE = "launch_args.json"  # the recipe arguments a driver started a run with (train_run)
@@ -167,7 +168,8 @@ def train_run(script: str | Path, argv: list[str], run_name: str, output_dir: st
     if reuse and (run_dir / "summary.json").is_file():
         return run_dir
     launch = launch_prefix(default_launch)
-    args = [str(script), *argv, "--run-name", run_name] + ["--resume"] * (find_state(run_dir) is not None)
+    resume = find_state(run_dir) is not None and not given_flags(argv, {"--resume"})  # not twice: refused
+    args = [str(script), *argv, "--run-name", run_name] + ["--resume"] * resume
     print(f"training {run_name}: {launch} {shlex.join(args)}", flush=True)
     subprocess.run(f"{launch} {shlex.join(args)}", shell=True, check=True)
     return run_dir

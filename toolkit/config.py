@@ -4,7 +4,8 @@ Each recipe declares a dataclass that extends :class:`TrainConfig`. Every field 
 default and a trailing one-line comment giving its meaning and unit; that comment is
 also the ``--help`` text. ``parse_config(Config, argv)`` accepts ``--key value``,
 ``--key=value`` and, for booleans, a bare ``--key``. Values are converted by the
-field's declared type; an unknown key is refused with the list of valid ones.
+field's declared type; an unknown key is refused with the list of valid ones, and so is a
+key given twice (``--some-key`` and ``--some_key`` are one key).
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def config_help(cls: type, prog: str = "") -> str:
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, exit_on_error: bool = True) -> C:
     """Build ``cls`` from its defaults overridden by ``argv`` (default: ``sys.argv[1:]``).
 
-    Raises :class:`ConfigError` for an unknown key (listing the valid ones), a value
+    Raises :class:`ConfigError` for an unknown key (listing the valid ones), a key given twice, a value
     that does not convert to the field's type, or a value the config refuses. With
     ``exit_on_error`` (the command-line case) the message goes to stderr and the
     process exits with status 2 instead; ``--help`` prints the help and exits 0.
@@ -255,6 +256,7 @@ def _parse(cls: type[C], argv: list[str]) -> C:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     values: dict[str, Any] = {}
+    given: dict[str, str] = {}  # key -> its token as given, to name both when a key comes twice
     i = 0
     while i < len(argv):
         token = argv[i]
@@ -264,6 +266,9 @@ def _parse(cls: type[C], argv: list[str]) -> C:
         key = key.replace("-", "_")
         if key not in hints:
             raise ConfigError(f"unknown config key --{key}; valid keys: {', '.join(names)}")
+        if key in given:  # the later one would silently win
+            raise ConfigError(f"--{key} given twice ({given[key]} and {token.partition('=')[0]}); give it once")
+        given[key] = token.partition("=")[0]
         if not eq:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             flag = hints[key] is bool or bool in typing.get_args(hints[key])  # bool | str takes any next word

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..errors import MRIDataError
 from .channels import CHANNEL_ALIASES, parse_slice_rule, resolve_channels
-from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, natural_key, open_figshare_mat
+from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, figshare_patient, natural_key, open_figshare_mat
 from .metadata import METADATA_FILE, patient_group, read_metadata
 from .nifti import NIFTI_SOURCES, brain_region, load_nifti
 from .pairs import EXT_PATTERN, find_image_mask_pairs, pair_files
@@ -152,8 +152,7 @@ def _find_mat(root, channels, rule, skipped):
         try:
             with open_figshare_mat(p) as f:
                 shapes = f["cjdata/image"].shape, f["cjdata/tumorMask"].shape
-                codes = f["cjdata/PID"][()].ravel() if "PID" in f["cjdata"] else []  # MATLAB char = uint16 codes
-            pid = patient_group("".join(chr(c) for c in codes if c))  # MR024780B, MR024780D: one person
+                pid = patient_group(figshare_patient(f, p))  # MR024780B, MR024780D: one person
             if shapes[0] != shapes[1] or len(shapes[0]) != 2:
                 hw = ["x".join(map(str, sh[::-1])) for sh in shapes]  # HDF5 holds the transpose
                 raise MRIDataError(p, f"cjdata/tumorMask is {hw[1]} but cjdata/image is {hw[0]}; "

@@ -32,7 +32,7 @@ from . import nifti
 from .nifti import MAX_VOXELS, NIFTI_SOURCES, load_nifti
 
 __all__ = ["CHANNEL_NAMES", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_VOXELS", "MRISlice", "load_nifti", "natural_key",
-           "open_figshare_mat", "read_image", "read_slice", "resize_square", "to_uint8"]
+           "figshare_patient", "open_figshare_mat", "read_image", "read_slice", "resize_square", "to_uint8"]
 
 #: File extensions recognised as 2D images or masks (compared case-insensitively).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -248,10 +248,29 @@ def open_figshare_mat(path: Path):
         if head.startswith(b"MATLAB 5.0"):
             raise MRIDataError(path, "a MATLAB v5 .mat file; expected v7.3 (HDF5), as figshare ships them") from err
         raise MRIDataError(path, f"cannot open it as a MATLAB v7.3 (HDF5) .mat file: {err}") from err
-    if not all(k in f.get("cjdata", {}) for k in ("image", "tumorMask")):
+    cjdata = f.get("cjdata")
+    if not isinstance(cjdata, h5py.Group) or not all(isinstance(cjdata.get(k), h5py.Dataset)
+                                                     for k in ("image", "tumorMask")):
         f.close()
-        raise MRIDataError(path, "no cjdata/image and cjdata/tumorMask in this .mat file (not the figshare layout)")
+        raise MRIDataError(path, "no cjdata/image and cjdata/tumorMask arrays in this .mat file (not the figshare "
+                                 "layout)")
     return f
+
+
+def figshare_patient(f, path: Path) -> str:
+    """The patient id in an open figshare .mat (``cjdata/PID``: MATLAB char, integer character codes), "" when
+    it has none; MRIDataError naming the file when it holds anything else."""
+    import h5py
+
+    pid = f["cjdata"].get("PID")
+    if pid is None:
+        return ""
+    codes = np.asarray(pid[()]) if isinstance(pid, h5py.Dataset) else None
+    if codes is None or codes.dtype.kind not in "iu" or codes.size and not 0 <= codes.min() <= codes.max() < 0x110000:
+        what = "no array" if codes is None else f"{codes.dtype} values" if codes.dtype.kind not in "iu" else \
+            f"codes {codes.min()}..{codes.max()}"
+        raise MRIDataError(path, f"cjdata/PID holds {what}; expected the patient id as MATLAB char (character codes)")
+    return "".join(chr(c) for c in codes.ravel().tolist() if c)
 
 
 def read_slice(rec: MRISlice, volumes: dict | None = None, labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
