@@ -124,3 +124,42 @@ def test_a_key_given_twice_is_refused_naming_it(argv):
     key = argv[0].split("=")[0][2:].replace("-", "_")
     with pytest.raises(ConfigError, match=f"^--{key} given twice "):
         parse(*argv)
+
+
+def test_settings_from_a_json_or_yaml_file_under_the_command_line(tmp_path):
+    """--config FILE: a run's config.json (with its "recipe" key) or YAML; lists as lists; the command line wins;
+    the key given twice check counts the command line only."""
+    import json
+
+    saved = parse("--epochs", "3", "--lr=0.5", "--widths", "4,8", "--resume", "auto", "--note", "a b")
+    record = {"recipe": "demo", **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(saved).items()}}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    again = parse("--config", str(tmp_path / "config.json"))
+    assert again == saved
+    assert parse(f"--config={tmp_path / 'config.json'}", "--epochs", "5").epochs == 5  # the command line wins
+    (tmp_path / "s.yaml").write_text("channels-last: false\nwidths: [2, 4, 6]\nscale: 1e-3\nlr: 2\n")
+    cfg = parse("--lr", "0.1", "--config", str(tmp_path / "s.yaml"))
+    assert (cfg.channels_last, cfg.widths, cfg.scale, cfg.lr) == (False, (2, 4, 6), 0.001, 0.1)
+    assert isinstance(cfg.scale, float)
+
+
+@pytest.mark.parametrize("text, name, message", [
+    ('{"epochz": 3}', "c.json", r"--config .*c\.json: unknown config key 'epochz'; valid keys: .*epochs"),
+    ('{"epochs": "many"}', "c.json", r"--config .*c\.json: --epochs expects int, got 'many'"),
+    ('[1, 2]', "c.json", r"c\.json: expected a mapping of setting to value, got list"),
+    ('{"epochs": 3', "c.json", r"c\.json: not readable as JSON"),
+    ("epochs: [3\n", "c.yaml", r"c\.yaml: not readable as YAML"),
+])
+def test_a_bad_settings_file_is_refused_naming_it(tmp_path, text, name, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        parse("--config", str(tmp_path / name))
+
+
+def test_config_flag_needs_one_path(tmp_path):
+    with pytest.raises(ConfigError, match="--config needs a path"):
+        parse("--config")
+    with pytest.raises(ConfigError, match="--config given twice"):
+        parse("--config", "a.json", "--config=b.json")
+    with pytest.raises(ConfigError, match=r"--config .*missing\.json: cannot read it"):
+        parse("--config", str(tmp_path / "missing.json"))

@@ -289,3 +289,15 @@ def test_unnamed_runs_started_in_the_same_second_get_folders_of_their_own(tmp_pa
     second = Trainer(make_cfg(tmp_path, run_name=""), recipe="tiny").run_dir
     assert (first.name, second.name) == ("tiny-20261203-140000", "tiny-20261203-140000-2")
     assert first.is_dir() and second.is_dir()
+
+
+def test_a_runs_config_json_gives_its_settings_back_through_config(tmp_path):
+    """`--config runs/<run>/config.json` reruns a run's settings: what the Trainer writes parses back equal."""
+    from toolkit import TrainConfig, parse_config
+
+    cfg = make_cfg(tmp_path, epochs=3, max_minutes=2.5, resume="auto")
+    trainer = Trainer(cfg, recipe="tiny")
+    again = parse_config(TrainConfig, ["--config", str(trainer.run_dir / "config.json")], exit_on_error=False)
+    assert again == cfg
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -5,7 +5,8 @@ default and a trailing one-line comment giving its meaning and unit; that commen
 also the ``--help`` text. ``parse_config(Config, argv)`` accepts ``--key value``,
 ``--key=value`` and, for booleans, a bare ``--key``. Values are converted by the
 field's declared type; an unknown key is refused with the list of valid ones, and so is a
-key given twice (``--some-key`` and ``--some_key`` are one key).
+key given twice (``--some-key`` and ``--some_key`` are one key). ``--config FILE`` reads settings
+from a JSON or YAML file first (:mod:`toolkit.config_file`); the command line's win.
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def config_help(cls: type, prog: str = "") -> str:
     """The ``--help`` text: one line per field with its type, default and meaning."""
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
-    lines = [f"usage: {prog or 'recipe'} [--key value | --key=value ...]   (--some-key and --some_key both work)",
+    lines = [f"usage: {prog or 'recipe'} [--config FILE] [--key value | --key=value ...]   (--some-key and --some_key "
+             "both work; FILE: JSON or YAML settings, e.g. a run's config.json, under the command line's)",
              "", (cls.__doc__ or "").strip(), ""]
     rows = []
     for f in fields(cls):
@@ -255,7 +257,15 @@ def _parse(cls: type[C], argv: list[str]) -> C:
         raise SystemExit(0)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
+    from .config_file import file_settings, split_config_flag
+
+    argv, path = split_config_flag(argv)  # --config FILE: its settings under the command line's
     values: dict[str, Any] = {}
+    for key, raw in (file_settings(path, names) if path else {}).items():
+        try:
+            values[key] = _convert(key, raw, hints[key])
+        except ConfigError as err:
+            raise ConfigError(f"--config {path}: {err}") from None
     given: dict[str, str] = {}  # key -> its token as given, to name both when a key comes twice
     i = 0
     while i < len(argv):
