@@ -16,6 +16,9 @@ from toolkit import TrainConfig, parse_config
 
 from .utils import ROOT, load_recipe, run_env
 
+DISTRIBUTIONS = {"constant", "categorical", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values",
+                 "q_log_uniform", "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values", "normal",
+                 "q_normal", "log_normal", "q_log_normal", "beta", "q_beta"}
 SWEEPS = sorted((ROOT / "examples" / "sweeps").glob("*.yaml"))
 #: settings that make a sweep's command a seconds-long run on built-in synthetic data, per recipe file
 TINY = {"brain_mri.py": {"data_dir": "", "synthetic_images": 12, "image_size": 64, "batch_size": 4,
@@ -67,7 +70,9 @@ def test_every_sweep_value_is_a_setting_the_recipe_takes(path):
         for value in _choices(spec):
             cfg = parse_config(cls, _argv({**first, key: value}), exit_on_error=False)
             assert getattr(cfg, key) == value, (path.name, key, value)
-    assert sweep["metric"]["goal"] in ("maximize", "minimize")
+    assert sweep["metric"]["goal"] in ("maximize", "minimize") and sweep["method"] in ("grid", "random", "bayes")
+    for key, spec in params.items():  # W&B's sweep schema (the server checks it; these are its names)
+        assert spec.get("distribution", "constant") in DISTRIBUTIONS, (key, spec)
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
