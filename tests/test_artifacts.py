@@ -84,3 +84,22 @@ def test_artifact_name_and_files(tmp_path):
     (run / "best.safetensors").write_bytes(b"x")
     (run / "history.json").write_text("[]")
     assert [p.name for p in artifact_files(run)] == ["best.safetensors", "config.json"]
+
+
+def test_each_cross_validation_fold_is_its_own_wandb_run(tmp_path):
+    """Every CV has a fold0: its W&B run (id, name, resumed with resume="allow") must name the CV too, or the
+    fold0 of a second CV would continue the first CV's fold0 run."""
+    from types import SimpleNamespace
+
+    from toolkit import TrainConfig
+    from toolkit.tracking import start_tracking
+
+    seen = []
+    acc = SimpleNamespace(num_processes=1, mixed_precision="no",
+                          init_trackers=lambda project, config, init_kwargs: seen.append(init_kwargs["wandb"]))
+    cfg = TrainConfig(wandb_mode="offline")
+    for run_dir in (tmp_path / "cvA" / "fold0", tmp_path / "cvB" / "fold0", tmp_path / "brain mri.v2"):
+        start_tracking(acc, cfg, "brain_mri", run_dir)
+    assert [(s["id"], s["name"]) for s in seen] == [
+        ("cvA-fold0", "cvA-fold0"), ("cvB-fold0", "cvB-fold0"), ("brain-mri-v2", "brain-mri.v2")]
+    assert artifact_name(tmp_path / "cvA" / "fold0") == "cvA-fold0-model"

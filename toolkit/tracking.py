@@ -12,7 +12,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["tracker_kwargs", "start_tracking", "update_config", "log_images", "set_summary", "wandb_run"]
+__all__ = ["tracker_kwargs", "start_tracking", "update_config", "log_images", "set_summary", "wandb_run", "run_label"]
+
+FOLD = re.compile(r"fold\d+")  # a cross-validation fold's run folder: <cv>/fold<k>
+
+
+def run_label(run_dir: Path) -> str:
+    """The name W&B knows a run folder by: its name, or ``<cv>-fold<k>`` for a cross-validation fold
+    (``<cv>/fold<k>``: every CV has a ``fold0``), with characters W&B refuses in ids and artifact names
+    replaced by ``-``."""
+    run_dir = Path(run_dir)
+    name = run_dir.name
+    if FOLD.fullmatch(name) and run_dir.parent.name:
+        name = f"{run_dir.parent.name}-{name}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
 
 def tracker_kwargs(cfg) -> dict[str, Any]:
@@ -21,12 +34,12 @@ def tracker_kwargs(cfg) -> dict[str, Any]:
 
 
 def start_tracking(accelerator, cfg, recipe: str, run_dir: Path) -> None:
-    """``init_trackers`` with the whole config; the run is named and identified by the run folder,
-    so a resumed run continues the same W&B run."""
+    """``init_trackers`` with the whole config; the run is named and identified by the run folder
+    (:func:`run_label`: a CV fold by its CV too), so a resumed run continues the same W&B run."""
     if cfg.wandb_mode == "disabled":
         return
-    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_dir.name)
-    init = {"name": run_dir.name, "id": run_id, "resume": "allow", "dir": str(run_dir),
+    label = run_label(run_dir)
+    init = {"name": label, "id": label.replace(".", "-"), "resume": "allow", "dir": str(run_dir),
             "mode": cfg.wandb_mode, "group": recipe, "job_type": "train"}
     config = {**asdict(cfg), "recipe": recipe, "num_processes": accelerator.num_processes,
               "mixed_precision": accelerator.mixed_precision}
