@@ -138,6 +138,24 @@ def test_eval_tables_flatten_per_patient_figures_and_name_the_3d_rule(tmp_path):
     assert "3D: tumour: largest component only" in page
 
 
+def test_an_ensemble_evaluation_beside_its_first_member_is_not_that_run_s_score(tmp_path):
+    """`toolkit evaluate --weights a b` writes eval_test_ensemble.json into a: the index must not list the
+    ensemble's Dice as a's test score, and a's page must say whose score it is."""
+    root = tmp_path / "runs"
+    ensemble = {"weights": [str(root / "a" / "best.pth"), str(root / "b" / "best.pth")], "split": "test",
+                "summary": {"dice": 0.9123}}
+    _run(root, "a", "brain_mri", "dice", [0.5, 0.6], extras={
+        "eval_test.json": {"weights": [str(root / "a" / "best.pth")], "split": "test", "summary": {"dice": 0.5432}},
+        "eval_test_ensemble.json": ensemble})
+    _run(root, "b", "brain_mri", "dice", [0.5, 0.7])
+    write_report(root)
+    index = (root / "index.html").read_text()
+    assert "0.5432" in index and "<th>test dice</th>" in index
+    assert "0.9123" not in index and "test_ensemble" not in index
+    page = (root / "a" / "report.html").read_text()
+    assert "eval_test_ensemble.json of an ensemble of 2 runs: a, b" in page and "0.9123" in page
+
+
 def test_cross_validation_folds_are_runs_one_folder_deeper(tmp_path):
     root = tmp_path / "runs"
     _run(root, "single", "brain_mri", "dice", [0.5, 0.6])

@@ -15,7 +15,7 @@ from typing import Any
 from .comparison import Comparison
 from .report_html import esc, line_chart, page, table
 from .report_pages import comparison_html, run_link
-from .report_runs import Run, curve
+from .report_runs import Run, curve, ensemble_members
 
 __all__ = ["index_page", "varying_settings", "eval_columns"]
 
@@ -41,11 +41,13 @@ def varying_settings(runs: list[Run]) -> list[str]:
 
 
 def eval_columns(runs: list[Run]) -> list[tuple[str, str]]:
-    """(eval_<split>, metric) of the numeric scores in the runs' ``eval_*.json`` summaries, first seen first."""
+    """(eval_<split>, metric) of the numeric scores in the runs' ``eval_*.json`` summaries, first seen first;
+    an ensemble's evaluation (beside its first member) is no score of that run and is left out."""
     cols = []
     for r in runs:
         for name, data in r.extras.items():
-            summary = data.get("summary") if name.startswith("eval_") and isinstance(data, dict) else None
+            own = name.startswith("eval_") and isinstance(data, dict) and not ensemble_members(data)
+            summary = data.get("summary") if own else None
             if isinstance(summary, dict):
                 cols += [(name, k) for k, v in summary.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool)]

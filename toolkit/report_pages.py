@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from .comparison import Comparison, best_rows
 from .report_html import esc, fmt, img_data_uri, line_chart, page, table
-from .report_runs import Run, curve, curve_keys
+from .report_runs import Run, curve, curve_keys, ensemble_members
 
 __all__ = ["run_charts", "pick_figures", "run_page", "comparison_html", "run_link", "up_to_runs"]
 
@@ -126,8 +126,9 @@ def _extras_html(run: Run) -> str:
             post = data.get("postprocess")
             volume = post.get("volume") if isinstance(post, dict) else None
             opts += f"; 3D: {volume}" if volume else ""
-            flat = _flat(data["summary"])
-            out.append(f"<h3>{esc(name)}.json <span class='muted'>({esc(opts)})</span></h3>"
+            flat, members = _flat(data["summary"]), ensemble_members(data)
+            whose = f" of an ensemble of {len(members)} runs: {', '.join(members)}" if members else ""
+            out.append(f"<h3>{esc(name)}.json{esc(whose)} <span class='muted'>({esc(opts)})</span></h3>"
                        + table(list(flat), [list(flat.values())]))
     if isinstance(run.extras.get("encoder"), dict):
         out.append(f"<p>Frozen encoder: <code>{esc(run.extras['encoder'].get('encoder'))}</code></p>")

@@ -16,7 +16,8 @@ from typing import Any
 
 from .comparison import Comparison, ComparisonError
 
-__all__ = ["Run", "load_run", "find_runs", "find_comparisons", "curve", "curve_keys", "NOT_CURVES"]
+__all__ = ["Run", "load_run", "find_runs", "find_comparisons", "curve", "curve_keys", "ensemble_members",
+           "NOT_CURVES"]
 
 NOT_CURVES = {"epoch", "val_samples", "num_images", "time_s"}
 
@@ -118,6 +119,16 @@ def find_comparisons(root: Path) -> tuple[list[tuple[Path, Comparison]], list[tu
         except ComparisonError as err:
             bad.append((file, str(err)))
     return found, bad
+
+
+def ensemble_members(data: Any) -> list[str]:
+    """The member runs of an ``eval_*.json`` that scored an ensemble (``toolkit evaluate`` with several
+    ``--weights`` writes ``eval_<split>_ensemble.json`` beside the first member): the folder names of its
+    ``weights`` files, in order; [] for the evaluation of one model."""
+    weights = data.get("weights") if isinstance(data, dict) else None
+    if not isinstance(weights, list) or len(weights) < 2:
+        return []
+    return [Path(str(w)).parent.name for w in weights]
 
 
 def curve(run: Run, key: str) -> list[tuple[float, float]]:
