@@ -237,6 +237,11 @@ def test_unreadable_run_is_named_and_the_rest_is_written(runs, capsys):
     assert "wrote 8 run page(s)" in capsys.readouterr().out
     assert cli_main(["report", str(runs / "missing")]) == 2
     assert "runs folder" in capsys.readouterr().err
+    # a run folder given instead of the folder of runs: said so (it used to write an empty index into the run)
+    assert cli_main(["report", str(runs / "lgg-unet")]) == 2
+    err = capsys.readouterr().err
+    assert "lgg-unet is a run folder" in err and f"toolkit report {runs}" in err
+    assert not (runs / "lgg-unet" / "index.html").exists()
 
 
 # ------------------------------------------------------------------ headless Chromium

@@ -18,7 +18,7 @@ from pathlib import Path
 from .checkpoint import atomic_write
 from .report_index import index_page
 from .report_pages import run_link, run_page, up_to_runs
-from .report_runs import find_comparisons, find_runs
+from .report_runs import find_comparisons, find_runs, is_run
 
 __all__ = ["write_report"]
 
@@ -28,6 +28,9 @@ def write_report(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"runs folder {root} does not exist")
+    if is_run(root):  # its pages would be none: the report reads the run folders inside the folder given
+        raise ValueError(f"{root} is a run folder (it holds config.json or history.json); toolkit report takes the "
+                         f"folder that holds run folders: toolkit report {root.parent}")
     runs, bad = find_runs(root)
     comparisons, bad_comparisons = find_comparisons(root)
     names = {r.name for r in runs}

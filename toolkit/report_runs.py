@@ -16,7 +16,7 @@ from typing import Any
 
 from .comparison import Comparison, ComparisonError
 
-__all__ = ["Run", "load_run", "find_runs", "find_comparisons", "curve", "curve_keys", "ensemble_members",
+__all__ = ["Run", "load_run", "is_run", "find_runs", "find_comparisons", "curve", "curve_keys", "ensemble_members",
            "NOT_CURVES"]
 
 NOT_CURVES = {"epoch", "val_samples", "num_images", "time_s"}
@@ -85,7 +85,8 @@ def load_run(path: Path) -> Run:
     return Run(path.name, path, config, history, summary, extras)
 
 
-def _is_run(folder: Path) -> bool:
+def is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder (it holds config.json or history.json)."""
     return (folder / "config.json").is_file() or (folder / "history.json").is_file()
 
 
@@ -96,7 +97,7 @@ def find_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     runs, bad = [], []
     root = Path(root)
     for top in sorted(p for p in root.iterdir() if p.is_dir()):
-        for folder in [top] if _is_run(top) else sorted(p for p in top.iterdir() if p.is_dir() and _is_run(p)):
+        for folder in [top] if is_run(top) else sorted(p for p in top.iterdir() if p.is_dir() and is_run(p)):
             try:
                 run = load_run(folder)
             except ValueError as err:
