@@ -171,6 +171,28 @@ def test_cross_validation_folds_are_runs_one_folder_deeper(tmp_path):
     assert "href='../index.html'" in (root / "single" / "report.html").read_text()
 
 
+
+def test_the_evaluation_of_a_cross_validation_folder_is_on_the_index(tmp_path):
+    """`toolkit evaluate --weights runs/<cv>` writes <cv>/eval_<split>.json (the folds' ensemble): the CV folder is
+    no run, so its scores were on no page; unreadable ones are named and do not stop the report."""
+    root = tmp_path / "runs"
+    for k in range(2):
+        _run(root / "cv", f"fold{k}", "brain_mri", "dice", [0.6, 0.7])
+    weights = [str(root / "cv" / f"fold{k}" / "best.pth") for k in range(2)]
+    (root / "cv" / "eval_all.json").write_text(json.dumps({"weights": weights, "split": "all", "summary": {
+        "dice": 0.8123, "per_patient": {"dice": 0.7345}}}))
+    (root / "cv" / "eval_test.json").write_text("{not json")
+    (root / "notes").mkdir()
+    (root / "notes" / "eval_x.json").write_text("{}")  # a folder without runs is no group
+    write_report(root)
+    index = (root / "index.html").read_text()
+    assert "Evaluations of folders of runs" in index and "<h3>cv/</h3>" in index
+    assert "eval_all.json of an ensemble of 2 runs: fold0, fold1" in index
+    assert "0.8123" in index and "per_patient.dice" in index and "0.7345" in index
+    assert "Skipped unreadable evaluation files" in index and "cv/eval_test.json" in index
+    assert "eval_x" not in index
+
+
 def test_report_renders_a_comparison_of_a_recipe_it_never_saw(tmp_path):
     root = tmp_path / "runs"
     _run(root, "zebra-7", "zebra_counting", "count_error", [3.0, 1.25], mode="min", figures=())

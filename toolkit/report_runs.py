@@ -16,8 +16,8 @@ from typing import Any
 
 from .comparison import Comparison, ComparisonError
 
-__all__ = ["Run", "load_run", "is_run", "find_runs", "find_comparisons", "curve", "curve_keys", "ensemble_members",
-           "NOT_CURVES"]
+__all__ = ["Run", "Group", "load_run", "is_run", "find_runs", "find_groups", "find_comparisons", "curve",
+           "curve_keys", "ensemble_members", "NOT_CURVES"]
 
 NOT_CURVES = {"epoch", "val_samples", "num_images", "time_s"}
 
@@ -106,6 +106,34 @@ def find_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
             run.name = folder.relative_to(root).as_posix()
             runs.append(run)
     return runs, bad
+
+
+@dataclass
+class Group:
+    """A folder of runs that is no run itself (a cross-validation ``<root>/<cv>/`` with its ``fold<k>/``) and the
+    parsed ``eval_*.json`` written into it by stem (``toolkit evaluate --weights <cv>``: the folds' ensemble)."""
+
+    name: str
+    path: Path
+    evals: dict[str, Any]
+
+
+def find_groups(root: Path) -> tuple[list[Group], list[tuple[Path, str]]]:
+    """The folders under ``root`` that are no run but hold run folders and ``eval_*.json`` files, sorted by name,
+    and the (file, reason) of those eval files that are unreadable."""
+    groups, bad = [], []
+    for top in sorted(p for p in Path(root).iterdir() if p.is_dir() and not is_run(p)):
+        files = sorted(top.glob("eval_*.json"))
+        if not files or not any(is_run(p) for p in top.iterdir() if p.is_dir()):
+            continue
+        evals = {}
+        for file in files:
+            try:
+                evals[file.stem] = _read_json(file)
+            except ValueError as err:
+                bad.append((file, str(err)))
+        groups.append(Group(top.name, top, evals))
+    return groups, bad
 
 
 def find_comparisons(root: Path) -> tuple[list[tuple[Path, Comparison]], list[tuple[Path, str]]]:
