@@ -187,7 +187,7 @@ def test_the_evaluation_of_a_cross_validation_folder_is_on_the_index(tmp_path):
     write_report(root)
     index = (root / "index.html").read_text()
     assert "Evaluations of folders of runs" in index and "<h3>cv/</h3>" in index
-    assert "eval_all.json of an ensemble of 2 runs: fold0, fold1" in index
+    assert "eval_all.json of an ensemble of 2 runs: cv/fold0, cv/fold1" in index
     assert "0.8123" in index and "per_patient.dice" in index and "0.7345" in index
     assert "Skipped unreadable evaluation files" in index and "cv/eval_test.json" in index
     assert "eval_x" not in index

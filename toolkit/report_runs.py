@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .comparison import Comparison, ComparisonError
+from .tracking import FOLD
 
 __all__ = ["Run", "Group", "load_run", "is_run", "find_runs", "find_groups", "find_comparisons", "curve",
            "curve_keys", "ensemble_members", "NOT_CURVES"]
@@ -153,11 +154,13 @@ def find_comparisons(root: Path) -> tuple[list[tuple[Path, Comparison]], list[tu
 def ensemble_members(data: Any) -> list[str]:
     """The member runs of an ``eval_*.json`` that scored an ensemble (``toolkit evaluate`` with several
     ``--weights`` writes ``eval_<split>_ensemble.json`` beside the first member): the folder names of its
-    ``weights`` files, in order; [] for the evaluation of one model."""
+    ``weights`` files, in order (a cross-validation fold as ``<cv>/fold<k>``); [] for the evaluation of one model."""
     weights = data.get("weights") if isinstance(data, dict) else None
     if not isinstance(weights, list) or len(weights) < 2:
         return []
-    return [Path(str(w)).parent.name for w in weights]
+    folders = [Path(str(w)).parent for w in weights]
+    return [f"{f.parent.name}/{f.name}" if FOLD.fullmatch(f.name) and f.parent.name else f.name
+            for f in folders]
 
 
 def curve(run: Run, key: str) -> list[tuple[float, float]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["tracker_kwargs", "start_tracking", "update_config", "log_images", "set_summary", "wandb_run", "run_label"]
 
-FOLD = re.compile(r"fold\d+")  # a cross-validation fold's run folder: <cv>/fold<k>
+FOLD = re.compile(r"fold\d+")  # the name of a cross-validation fold's run folder: <cv>/fold<k>
 
 
 def run_label(run_dir: Path) -> str:
