@@ -24,8 +24,9 @@ ALIASES = ("best", "latest")
 
 
 def artifact_name(run_dir: Path) -> str:
-    """``<run folder name>-model`` with characters W&B refuses in artifact names replaced by ``-``;
-    a cross-validation fold (``runs/<cv>/fold<k>``) is ``<cv>-fold<k>-model``."""
+    """``<run folder name>-model`` with characters W&B refuses in artifact names replaced by ``-``; a run of a
+    driver's folder (:func:`~toolkit.tracking.run_label`), e.g. a CV fold ``runs/<cv>/fold<k>``, is
+    ``<cv>-fold<k>-model``."""
     return run_label(run_dir) + "-model"
 
 

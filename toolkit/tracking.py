@@ -15,15 +15,19 @@ from typing import Any
 __all__ = ["tracker_kwargs", "start_tracking", "update_config", "log_images", "set_summary", "wandb_run", "run_label"]
 
 FOLD = re.compile(r"fold\d+")  # the name of a cross-validation fold's run folder: <cv>/fold<k>
+# the names the multi-run drivers give the runs they train inside their own folder, the same in every such folder:
+# a CV's folds, an SSL curve's (toolkit.ssl_curve) pretraining and its points f<fraction>-s<seed>-<arm>
+MEMBER = re.compile(rf"{FOLD.pattern}|pretrain|f[0-9.e+-]+-s\d+-(pretrained|scratch)")
 
 
 def run_label(run_dir: Path) -> str:
-    """The name W&B knows a run folder by: its name, or ``<cv>-fold<k>`` for a cross-validation fold
-    (``<cv>/fold<k>``: every CV has a ``fold0``), with characters W&B refuses in ids and artifact names
-    replaced by ``-``."""
+    """The name W&B knows a run folder by: its name, or ``<group>-<name>`` for a run a driver trained inside its
+    own folder under a name every such folder has (:data:`MEMBER`: a CV's ``<cv>/fold<k>``, an SSL curve's
+    ``<curve>/pretrain`` and ``<curve>/f0.1-s0-pretrained``), with characters W&B refuses in ids and artifact
+    names replaced by ``-``."""
     run_dir = Path(run_dir)
     name = run_dir.name
-    if FOLD.fullmatch(name) and run_dir.parent.name:
+    if MEMBER.fullmatch(name) and run_dir.parent.name:
         name = f"{run_dir.parent.name}-{name}"
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
