@@ -84,3 +84,27 @@ def test_artifact_name_and_files(tmp_path):
     (run / "best.safetensors").write_bytes(b"x")
     (run / "history.json").write_text("[]")
     assert [p.name for p in artifact_files(run)] == ["best.safetensors", "config.json"]
+
+
+def test_each_cross_validation_fold_is_its_own_wandb_run(tmp_path):
+    """Every CV has a fold0 (and every SSL curve a pretrain): its W&B run (id, name, resumed with
+    resume="allow") must name the CV too, or the fold0 of a second CV would continue the first CV's fold0 run."""
+    from types import SimpleNamespace
+
+    from toolkit import TrainConfig
+    from toolkit.ssl_curve import run_name
+    from toolkit.tracking import start_tracking
+
+    seen = []
+    acc = SimpleNamespace(num_processes=1, mixed_precision="no",
+                          init_trackers=lambda project, config, init_kwargs: seen.append(init_kwargs["wandb"]))
+    cfg = TrainConfig(wandb_mode="offline")
+    point = run_name(0.1, 0, "pretrained")  # every SSL curve has these runs too, and its pretrain
+    for run_dir in (tmp_path / "cvA" / "fold0", tmp_path / "cvB" / "fold0", tmp_path / "brain mri.v2",
+                    tmp_path / "ssl-a" / point, tmp_path / "ssl-b" / point, tmp_path / "ssl-b" / "pretrain"):
+        start_tracking(acc, cfg, "brain_mri", run_dir)
+    assert [(s["id"], s["name"]) for s in seen] == [
+        ("cvA-fold0", "cvA-fold0"), ("cvB-fold0", "cvB-fold0"), ("brain-mri-v2", "brain-mri.v2"),
+        ("ssl-a-f0-1-s0-pretrained", "ssl-a-f0.1-s0-pretrained"),
+        ("ssl-b-f0-1-s0-pretrained", "ssl-b-f0.1-s0-pretrained"), ("ssl-b-pretrain", "ssl-b-pretrain")]
+    assert artifact_name(tmp_path / "cvA" / "fold0") == "cvA-fold0-model"

@@ -182,3 +182,17 @@ def test_a_torchscript_export_given_as_weights_is_named_as_such(tmp_path, capsys
                  "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "best.pt: it is a TorchScript export" in err and "weights_only" not in err
+
+
+def test_a_2_5d_run_is_refused_naming_the_file(tmp_path, capsys):
+    """A run with --context-slices takes a slice and its neighbours stacked (C = 3 here): one image cannot
+    feed it, so neither format is written."""
+    run, spec = _segmentation_run(tmp_path, spec=TargetSpec.binary(), channels="", in_channels=1)
+    save_json(run / "config.json", {"recipe": "brain_mri", "model": "unet", "widths": "8,16,32", "image_size": 32,
+                                    "in_channels": 1, "channels": "", "threshold": 0.5, "context_slices": 1})
+    save_weights(run / "best.pth", build_segmentation_model("unet", 3, spec.out_channels,
+                                                           parse_widths("8,16,32")).state_dict())
+    for fmt in ("onnx", "torchscript"):
+        assert main(["export", "--weights", str(run), "--format", fmt]) == 2
+        assert f"{run / 'best.pth'}: a 2.5D run (context_slices 1)" in capsys.readouterr().err
+    assert not list(run.glob("best.onnx")) and not list(run.glob("best.pt"))

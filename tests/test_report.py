@@ -138,6 +138,24 @@ def test_eval_tables_flatten_per_patient_figures_and_name_the_3d_rule(tmp_path):
     assert "3D: tumour: largest component only" in page
 
 
+def test_an_ensemble_evaluation_beside_its_first_member_is_not_that_run_s_score(tmp_path):
+    """`toolkit evaluate --weights a b` writes eval_test_ensemble.json into a: the index must not list the
+    ensemble's Dice as a's test score, and a's page must say whose score it is."""
+    root = tmp_path / "runs"
+    ensemble = {"weights": [str(root / "a" / "best.pth"), str(root / "b" / "best.pth")], "split": "test",
+                "summary": {"dice": 0.9123}}
+    _run(root, "a", "brain_mri", "dice", [0.5, 0.6], extras={
+        "eval_test.json": {"weights": [str(root / "a" / "best.pth")], "split": "test", "summary": {"dice": 0.5432}},
+        "eval_test_ensemble.json": ensemble})
+    _run(root, "b", "brain_mri", "dice", [0.5, 0.7])
+    write_report(root)
+    index = (root / "index.html").read_text()
+    assert "0.5432" in index and "<th>test dice</th>" in index
+    assert "0.9123" not in index and "test_ensemble" not in index
+    page = (root / "a" / "report.html").read_text()
+    assert "eval_test_ensemble.json of an ensemble of 2 runs: a, b" in page and "0.9123" in page
+
+
 def test_cross_validation_folds_are_runs_one_folder_deeper(tmp_path):
     root = tmp_path / "runs"
     _run(root, "single", "brain_mri", "dice", [0.5, 0.6])
@@ -151,6 +169,28 @@ def test_cross_validation_folds_are_runs_one_folder_deeper(tmp_path):
     assert 'href="cv/fold0/report.html"' in index and "0.7711" in index and "0.7422" in index
     assert "href='../../index.html'" in (root / "cv" / "fold1" / "report.html").read_text()
     assert "href='../index.html'" in (root / "single" / "report.html").read_text()
+
+
+
+def test_the_evaluation_of_a_cross_validation_folder_is_on_the_index(tmp_path):
+    """`toolkit evaluate --weights runs/<cv>` writes <cv>/eval_<split>.json (the folds' ensemble): the CV folder is
+    no run, so its scores were on no page; unreadable ones are named and do not stop the report."""
+    root = tmp_path / "runs"
+    for k in range(2):
+        _run(root / "cv", f"fold{k}", "brain_mri", "dice", [0.6, 0.7])
+    weights = [str(root / "cv" / f"fold{k}" / "best.pth") for k in range(2)]
+    (root / "cv" / "eval_all.json").write_text(json.dumps({"weights": weights, "split": "all", "summary": {
+        "dice": 0.8123, "per_patient": {"dice": 0.7345}}}))
+    (root / "cv" / "eval_test.json").write_text("{not json")
+    (root / "notes").mkdir()
+    (root / "notes" / "eval_x.json").write_text("{}")  # a folder without runs is no group
+    write_report(root)
+    index = (root / "index.html").read_text()
+    assert "Evaluations of folders of runs" in index and "<h3>cv/</h3>" in index
+    assert "eval_all.json of an ensemble of 2 runs: cv/fold0, cv/fold1" in index
+    assert "0.8123" in index and "per_patient.dice" in index and "0.7345" in index
+    assert "Skipped unreadable evaluation files" in index and "cv/eval_test.json" in index
+    assert "eval_x" not in index
 
 
 def test_report_renders_a_comparison_of_a_recipe_it_never_saw(tmp_path):
@@ -219,6 +259,11 @@ def test_unreadable_run_is_named_and_the_rest_is_written(runs, capsys):
     assert "wrote 8 run page(s)" in capsys.readouterr().out
     assert cli_main(["report", str(runs / "missing")]) == 2
     assert "runs folder" in capsys.readouterr().err
+    # a run folder given instead of the folder of runs: said so (it used to write an empty index into the run)
+    assert cli_main(["report", str(runs / "lgg-unet")]) == 2
+    err = capsys.readouterr().err
+    assert "lgg-unet is a run folder" in err and f"toolkit report {runs}" in err
+    assert not (runs / "lgg-unet" / "index.html").exists()
 
 
 # ------------------------------------------------------------------ headless Chromium

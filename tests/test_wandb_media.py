@@ -26,7 +26,8 @@ def _one_offline_run(tmp_path, run_dir):
 
 def test_two_process_segmentation_launch_logs_one_grouped_run(tmp_path):
     runs, data = tmp_path / "runs", tmp_path / "data"
-    args = ["--synthetic-images", "20", "--image-size", "48", "--batch-size", "4", "--num-workers", "0",
+    args = ["--synthetic-images", "20", "--image-size", "48", "--batch-size", "8", "--num-workers", "0",
+            "--log-every", "1",
             "--wandb-mode", "offline", "--output-dir", str(runs), "--synthetic-dir", str(data), "--run-name", "seg",
             "--epochs", "2", "--model", "autoencoder", "--eval-every", "1"]  # a validation and its media each epoch
     cmd = [*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -59,6 +60,10 @@ def test_two_process_segmentation_launch_logs_one_grouped_run(tmp_path):
     assert summary["trainable_params"] == summary_json["trainable_params"]
 
     epochs = [r for r in rows if "epoch" in r]
+    # 16 training slices in batches of 8 on 2 processes: one optimizer step an epoch, so the step's loss (the mean
+    # of both processes' batches, as one process would log it) is the epoch's loss
+    steps = {r["_step"]: r["train/loss"] for r in rows if "train/loss" in r}
+    assert len(epochs) == 2 and all(steps[r["_step"]] == pytest.approx(r["train/epoch_loss"], rel=1e-6) for r in epochs)
     assert [r["val/dice"] for r in epochs] == pytest.approx([h["dice"] for h in history_json])
     masked = [r for r in rows if r.get("val/segmentation/_type") == "images/separated"]
     assert len(masked) == 2  # one set of mask overlays per epoch

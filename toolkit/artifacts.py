@@ -11,11 +11,10 @@ folder (``$WANDB_DATA_DIR/artifacts/staging``) and records the artifact in the r
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .callbacks import Callback
-from .tracking import wandb_run
+from .tracking import run_label, wandb_run
 
 __all__ = ["ModelArtifact", "ARTIFACT_FILES", "WEIGHT_FILES", "artifact_files", "artifact_name"]
 
@@ -25,12 +24,10 @@ ALIASES = ("best", "latest")
 
 
 def artifact_name(run_dir: Path) -> str:
-    """``<run folder name>-model`` with characters W&B refuses in artifact names replaced by ``-``;
-    a cross-validation fold (``runs/<cv>/fold<k>``) is ``<cv>-fold<k>-model``."""
-    name = run_dir.name
-    if re.fullmatch(r"fold\d+", name) and run_dir.parent.name:
-        name = f"{run_dir.parent.name}-{name}"
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name) + "-model"
+    """``<run folder name>-model`` with characters W&B refuses in artifact names replaced by ``-``; a run of a
+    driver's folder (:func:`~toolkit.tracking.run_label`), e.g. a CV fold ``runs/<cv>/fold<k>``, is
+    ``<cv>-fold<k>-model``."""
+    return run_label(run_dir) + "-model"
 
 
 def artifact_files(run_dir: Path) -> list[Path]:

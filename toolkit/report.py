@@ -18,7 +18,7 @@ from pathlib import Path
 from .checkpoint import atomic_write
 from .report_index import index_page
 from .report_pages import run_link, run_page, up_to_runs
-from .report_runs import find_comparisons, find_runs
+from .report_runs import find_comparisons, find_groups, find_runs, is_run
 
 __all__ = ["write_report"]
 
@@ -28,8 +28,12 @@ def write_report(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"runs folder {root} does not exist")
+    if is_run(root):  # its pages would be none: the report reads the run folders inside the folder given
+        raise ValueError(f"{root} is a run folder (it holds config.json or history.json); toolkit report takes the "
+                         f"folder that holds run folders: toolkit report {root.parent}")
     runs, bad = find_runs(root)
     comparisons, bad_comparisons = find_comparisons(root)
+    groups, bad_evals = find_groups(root)
     names = {r.name for r in runs}
     written = []
     for run in runs:
@@ -37,6 +41,7 @@ def write_report(root: str | Path) -> list[Path]:
         up = up_to_runs(run.name)
         text = run_page(run, own, lambda name, up=up: run_link(name, up) if name in names else None)
         written.append(atomic_write(run.path / "report.html", lambda f, t=text: f.write(t), mode="w"))
-    text = index_page(root, runs, bad, time.strftime("%Y-%m-%d %H:%M:%S %Z"), comparisons, bad_comparisons)
+    text = index_page(root, runs, bad, time.strftime("%Y-%m-%d %H:%M:%S %Z"), comparisons, bad_comparisons, groups,
+                      bad_evals)
     written.append(atomic_write(root / "index.html", lambda f: f.write(text), mode="w"))
     return written

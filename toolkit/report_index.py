@@ -14,8 +14,8 @@ from typing import Any
 
 from .comparison import Comparison
 from .report_html import esc, line_chart, page, table
-from .report_pages import comparison_html, run_link
-from .report_runs import Run, curve
+from .report_pages import comparison_html, eval_html, run_link
+from .report_runs import Group, Run, curve, ensemble_members
 
 __all__ = ["index_page", "varying_settings", "eval_columns"]
 
@@ -41,11 +41,13 @@ def varying_settings(runs: list[Run]) -> list[str]:
 
 
 def eval_columns(runs: list[Run]) -> list[tuple[str, str]]:
-    """(eval_<split>, metric) of the numeric scores in the runs' ``eval_*.json`` summaries, first seen first."""
+    """(eval_<split>, metric) of the numeric scores in the runs' ``eval_*.json`` summaries, first seen first;
+    an ensemble's evaluation (beside its first member) is no score of that run and is left out."""
     cols = []
     for r in runs:
         for name, data in r.extras.items():
-            summary = data.get("summary") if name.startswith("eval_") and isinstance(data, dict) else None
+            own = name.startswith("eval_") and isinstance(data, dict) and not ensemble_members(data)
+            summary = data.get("summary") if own else None
             if isinstance(summary, dict):
                 cols += [(name, k) for k, v in summary.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -84,9 +86,17 @@ def _bad_list(title: str, bad: list[tuple[Path, str]]) -> str:
             + "".join(f"<li><code>{esc(p)}</code>: {esc(why)}</li>" for p, why in bad) + "</ul>")
 
 
+def _group_section(groups: list[Group]) -> str:
+    """Each folder of runs (a cross-validation) with the scores of its own ``eval_*.json`` files."""
+    parts = [f"<h3>{esc(g.name)}/</h3>" + "".join(eval_html(n, d, "h4") for n, d in g.evals.items()) for g in groups]
+    return "<h2>Evaluations of folders of runs</h2>" + "".join(parts) if parts else ""
+
+
 def index_page(root: Path, runs: list[Run], bad: list[tuple[Path, str]], generated: str,
-               comparisons: list[tuple[Path, Comparison]] = (), bad_comparisons: list[tuple[Path, str]] = ()) -> str:
-    """The HTML of ``<root>/index.html``."""
+               comparisons: list[tuple[Path, Comparison]] = (), bad_comparisons: list[tuple[Path, str]] = (),
+               groups: list[Group] = (), bad_evals: list[tuple[Path, str]] = ()) -> str:
+    """The HTML of ``<root>/index.html``; ``groups``: the folders of runs with their own evaluations
+    (:func:`~toolkit.report_runs.find_groups`), ``bad_evals`` their unreadable eval files."""
     root = Path(root)
     by_recipe: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
@@ -99,12 +109,15 @@ def index_page(root: Path, runs: list[Run], bad: list[tuple[Path, str]], generat
         body.append(_bad_list("Skipped unreadable run folders", bad))
     if bad_comparisons:
         body.append(_bad_list("Skipped unreadable comparison files", bad_comparisons))
+    if bad_evals:
+        body.append(_bad_list("Skipped unreadable evaluation files", bad_evals))
     body.append("<p>" + " · ".join(f"<a href='#recipe-{esc(r)}'>{esc(r)}</a>" for r in sorted(by_recipe)) + "</p>")
     if comparisons:
         body.append("<h2>Comparisons</h2>")
         body += [comparison_html(c, str(path.relative_to(root)) if path.is_relative_to(root) else str(path),
                                  lambda name: run_link(name) if name in names else None)
                  for path, c in comparisons]
+    body.append(_group_section(groups))
     body.append("<h2>All runs by recipe</h2>")
     body += [_recipe_section(recipe, group) for recipe, group in sorted(by_recipe.items())]
     if not runs:

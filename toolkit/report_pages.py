@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import quote
 
 from .comparison import Comparison, best_rows
 from .report_html import esc, fmt, img_data_uri, line_chart, page, table
-from .report_runs import Run, curve, curve_keys
+from .report_runs import Run, curve, curve_keys, ensemble_members
 
-__all__ = ["run_charts", "pick_figures", "run_page", "comparison_html", "run_link", "up_to_runs"]
+__all__ = ["run_charts", "pick_figures", "run_page", "comparison_html", "eval_html", "run_link", "up_to_runs"]
 
 EPOCH_FIGURE = re.compile(r"^(?P<kind>.+)_epoch(?P<epoch>\d+)\.png$")
 ARROWS = {"higher": " ↑", "lower": " ↓", "none": ""}
@@ -118,17 +118,24 @@ def _flat(summary: dict, prefix: str = "") -> dict:
     return out
 
 
+def eval_html(name: str, data: Any, heading: str = "h3") -> str:
+    """The scores of one ``eval_*.json`` (``name`` its stem): a heading with its options (split, threshold,
+    flips, the 3D rule) and, for an ensemble, its member runs, then its summary flattened into one table row;
+    "" when ``data`` holds no summary object."""
+    if not (isinstance(data, dict) and isinstance(data.get("summary"), dict)):
+        return ""
+    opts = ", ".join(f"{k} {data[k]}" for k in ("split", "threshold", "flips", "one_region") if k in data)
+    post = data.get("postprocess")
+    volume = post.get("volume") if isinstance(post, dict) else None
+    opts += f"; 3D: {volume}" if volume else ""
+    flat, members = _flat(data["summary"]), ensemble_members(data)
+    whose = f" of an ensemble of {len(members)} runs: {', '.join(members)}" if members else ""
+    return (f"<{heading}>{esc(name)}.json{esc(whose)} <span class='muted'>({esc(opts)})</span></{heading}>"
+            + table(list(flat), [list(flat.values())]))
+
+
 def _extras_html(run: Run) -> str:
-    out = []
-    for name, data in run.extras.items():
-        if name.startswith("eval_") and isinstance(data, dict) and isinstance(data.get("summary"), dict):
-            opts = ", ".join(f"{k} {data[k]}" for k in ("split", "threshold", "flips", "one_region") if k in data)
-            post = data.get("postprocess")
-            volume = post.get("volume") if isinstance(post, dict) else None
-            opts += f"; 3D: {volume}" if volume else ""
-            flat = _flat(data["summary"])
-            out.append(f"<h3>{esc(name)}.json <span class='muted'>({esc(opts)})</span></h3>"
-                       + table(list(flat), [list(flat.values())]))
+    out = [eval_html(name, data) for name, data in run.extras.items() if name.startswith("eval_")]
     if isinstance(run.extras.get("encoder"), dict):
         out.append(f"<p>Frozen encoder: <code>{esc(run.extras['encoder'].get('encoder'))}</code></p>")
     split = run.extras.get("split")

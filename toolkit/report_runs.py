@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .comparison import Comparison, ComparisonError
+from .tracking import FOLD
 
-__all__ = ["Run", "load_run", "find_runs", "find_comparisons", "curve", "curve_keys", "NOT_CURVES"]
+__all__ = ["Run", "Group", "load_run", "is_run", "find_runs", "find_groups", "find_comparisons", "curve",
+           "curve_keys", "ensemble_members", "NOT_CURVES"]
 
 NOT_CURVES = {"epoch", "val_samples", "num_images", "time_s"}
 
@@ -84,7 +86,8 @@ def load_run(path: Path) -> Run:
     return Run(path.name, path, config, history, summary, extras)
 
 
-def _is_run(folder: Path) -> bool:
+def is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder (it holds config.json or history.json)."""
     return (folder / "config.json").is_file() or (folder / "history.json").is_file()
 
 
@@ -95,7 +98,7 @@ def find_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
     runs, bad = [], []
     root = Path(root)
     for top in sorted(p for p in root.iterdir() if p.is_dir()):
-        for folder in [top] if _is_run(top) else sorted(p for p in top.iterdir() if p.is_dir() and _is_run(p)):
+        for folder in [top] if is_run(top) else sorted(p for p in top.iterdir() if p.is_dir() and is_run(p)):
             try:
                 run = load_run(folder)
             except ValueError as err:
@@ -104,6 +107,34 @@ def find_runs(root: Path) -> tuple[list[Run], list[tuple[Path, str]]]:
             run.name = folder.relative_to(root).as_posix()
             runs.append(run)
     return runs, bad
+
+
+@dataclass
+class Group:
+    """A folder of runs that is no run itself (a cross-validation ``<root>/<cv>/`` with its ``fold<k>/``) and the
+    parsed ``eval_*.json`` written into it by stem (``toolkit evaluate --weights <cv>``: the folds' ensemble)."""
+
+    name: str
+    path: Path
+    evals: dict[str, Any]
+
+
+def find_groups(root: Path) -> tuple[list[Group], list[tuple[Path, str]]]:
+    """The folders under ``root`` that are no run but hold run folders and ``eval_*.json`` files, sorted by name,
+    and the (file, reason) of those eval files that are unreadable."""
+    groups, bad = [], []
+    for top in sorted(p for p in Path(root).iterdir() if p.is_dir() and not is_run(p)):
+        files = sorted(top.glob("eval_*.json"))
+        if not files or not any(is_run(p) for p in top.iterdir() if p.is_dir()):
+            continue
+        evals = {}
+        for file in files:
+            try:
+                evals[file.stem] = _read_json(file)
+            except ValueError as err:
+                bad.append((file, str(err)))
+        groups.append(Group(top.name, top, evals))
+    return groups, bad
 
 
 def find_comparisons(root: Path) -> tuple[list[tuple[Path, Comparison]], list[tuple[Path, str]]]:
@@ -118,6 +149,18 @@ def find_comparisons(root: Path) -> tuple[list[tuple[Path, Comparison]], list[tu
         except ComparisonError as err:
             bad.append((file, str(err)))
     return found, bad
+
+
+def ensemble_members(data: Any) -> list[str]:
+    """The member runs of an ``eval_*.json`` that scored an ensemble (``toolkit evaluate`` with several
+    ``--weights`` writes ``eval_<split>_ensemble.json`` beside the first member): the folder names of its
+    ``weights`` files, in order (a cross-validation fold as ``<cv>/fold<k>``); [] for the evaluation of one model."""
+    weights = data.get("weights") if isinstance(data, dict) else None
+    if not isinstance(weights, list) or len(weights) < 2:
+        return []
+    folders = [Path(str(w)).parent for w in weights]
+    return [f"{f.parent.name}/{f.name}" if FOLD.fullmatch(f.name) and f.parent.name else f.name
+            for f in folders]
 
 
 def curve(run: Run, key: str) -> list[tuple[float, float]]:

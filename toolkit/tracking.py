@@ -12,7 +12,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["tracker_kwargs", "start_tracking", "update_config", "log_images", "set_summary", "wandb_run"]
+__all__ = ["tracker_kwargs", "start_tracking", "update_config", "log_images", "set_summary", "wandb_run", "run_label"]
+
+FOLD = re.compile(r"fold\d+")  # the name of a cross-validation fold's run folder: <cv>/fold<k>
+# the names the multi-run drivers give the runs they train inside their own folder, the same in every such folder:
+# a CV's folds, an SSL curve's (toolkit.ssl_curve) pretraining and its points f<fraction>-s<seed>-<arm>
+MEMBER = re.compile(rf"{FOLD.pattern}|pretrain|f[0-9.e+-]+-s\d+-(pretrained|scratch)")
+
+
+def run_label(run_dir: Path) -> str:
+    """The name W&B knows a run folder by: its name, or ``<group>-<name>`` for a run a driver trained inside its
+    own folder under a name every such folder has (:data:`MEMBER`: a CV's ``<cv>/fold<k>``, an SSL curve's
+    ``<curve>/pretrain`` and ``<curve>/f0.1-s0-pretrained``), with characters W&B refuses in ids and artifact
+    names replaced by ``-``."""
+    run_dir = Path(run_dir)
+    name = run_dir.name
+    if MEMBER.fullmatch(name) and run_dir.parent.name:
+        name = f"{run_dir.parent.name}-{name}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
 
 def tracker_kwargs(cfg) -> dict[str, Any]:
@@ -21,12 +38,12 @@ def tracker_kwargs(cfg) -> dict[str, Any]:
 
 
 def start_tracking(accelerator, cfg, recipe: str, run_dir: Path) -> None:
-    """``init_trackers`` with the whole config; the run is named and identified by the run folder,
-    so a resumed run continues the same W&B run."""
+    """``init_trackers`` with the whole config; the run is named and identified by the run folder
+    (:func:`run_label`: a CV fold by its CV too), so a resumed run continues the same W&B run."""
     if cfg.wandb_mode == "disabled":
         return
-    run_id = re.sub(r"[^A-Za-z0-9_-]", "-", run_dir.name)
-    init = {"name": run_dir.name, "id": run_id, "resume": "allow", "dir": str(run_dir),
+    label = run_label(run_dir)
+    init = {"name": label, "id": label.replace(".", "-"), "resume": "allow", "dir": str(run_dir),
             "mode": cfg.wandb_mode, "group": recipe, "job_type": "train"}
     config = {**asdict(cfg), "recipe": recipe, "num_processes": accelerator.num_processes,
               "mixed_precision": accelerator.mixed_precision}

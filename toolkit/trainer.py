@@ -320,7 +320,10 @@ class Trainer:
                 "time_s": elapsed, "train_images_per_s": seen / elapsed}
 
     def _log_step(self, loss: torch.Tensor, state: TrainState) -> None:
+        """Every process: W&B's ``train/loss`` is the mean of the processes' last batch losses (scalar), so that
+        it is the loss of the whole step's batch whatever the number of processes, not the main process's share."""
         self.loop.guard.check_finite(state, self.run_dir)
+        loss = self.accelerator.reduce(loss.detach().float().reshape(()), reduction="mean")
         self.accelerator.log({"train/loss": loss.item(), "train/lr": self.loop.scheduler.get_last_lr()[0],
                               "train/skipped_steps": state.skipped_steps}, step=state.global_step)
 
