@@ -256,3 +256,21 @@ def test_channel_indices_pick_channel_files_without_a_dataset_json(tmp_path):
         _case_channels(case, {"channels": "t1c", "in_channels": 1}, tmp_path)
     lone = VolumeCase("brain", (tmp_path / "brain.nii.gz",))
     assert _case_channels(lone, {"channels": "1", "in_channels": 1}, tmp_path) == lone.channels
+
+
+def test_a_case_missing_channel_0000_is_refused_not_read_as_shifted_channels(tmp_path):
+    """A run of every channel of its data (channels "") given <case>_0001 and _0002 without _0000 read them as
+    channels 0 and 1 and predicted silently; now an error names the missing file. A complete case still passes."""
+    from toolkit.volume_predict import VolumeCase, _case_channels
+
+    cfg = {"channels": "", "in_channels": 2}
+    shifted = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (1, 2)))
+    with pytest.raises(MRIDataError, match="case c lacks channel file.*c_0000.*numbered from 0000"):
+        _case_channels(shifted, cfg, tmp_path)
+    gap = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (0, 2)))
+    with pytest.raises(MRIDataError, match="lacks channel file.*c_0001"):
+        _case_channels(gap, cfg, tmp_path)
+    whole = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (0, 1)))
+    assert _case_channels(whole, cfg, tmp_path) == whole.channels
+    # a run of picked indices reads them by number, as before
+    assert _case_channels(shifted, {"channels": "1,2", "in_channels": 2}, tmp_path) == shifted.channels

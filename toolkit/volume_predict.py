@@ -206,7 +206,8 @@ def _case_channels(case: VolumeCase, cfg: dict, source: Path) -> tuple[Path, ...
     """The case's channel files the run reads: its ``channels`` subset by the 4-digit channel index of
     ``<case>_XXXX.nii.gz`` (:func:`_picked_indices`) where a ``dataset.json`` names them or the case has more files
     than the run reads, else every file; MRIDataError naming the case and the channels found when their count is
-    not the run's ``in_channels``."""
+    not the run's ``in_channels``, or when a run of every channel of its data gets a case whose numbered files
+    leave a channel out (``<case>_0001`` and ``_0002`` without ``_0000``: they would be read as channels 0 and 1)."""
     chans, want = case.channels, int(cfg.get("in_channels", 1))
     picked = cfg.get("channels")
     root = _raw_root(case, Path(source))
@@ -223,6 +224,15 @@ def _case_channels(case: VolumeCase, cfg: dict, source: Path) -> tuple[Path, ...
         raise MRIDataError(chans[0], f"the run reads the channels {picked!r} of its data, named in a raw layout's "
                                      f"{DATASET_JSON}, but none lies beside case {case.case}'s files: give the raw-"
                                      f"layout folder as --input, or its images folder with {DATASET_JSON} one up")
+    elif len(chans) > 1 and not (isinstance(picked, str) and picked.strip()):  # every channel of its data, in
+        # order: <case>_0000 .. the last, none left out (else the files would stand for other channels)
+        numbered = [int(m.group(2)) if (m := _CHANNEL_FILE.match(p.name)) else -1 for p in chans]
+        missing = sorted(set(range(max(numbered) + 1)) - set(numbered))
+        if missing:
+            raise MRIDataError(chans[0], f"case {case.case} lacks channel file(s) "
+                                         f"{', '.join(f'{case.case}_{k:04d}' for k in missing)}: its files are "
+                                         f"{', '.join(p.name for p in chans)}, and the run reads channels 0000.."
+                                         f"{want - 1:04d} of its data in order (channel files are numbered from 0000)")
     if len(chans) != want:
         found = ", ".join(p.name for p in case.channels)
         raise MRIDataError(case.channels[0], f"case {case.case} has {len(chans)} channel file(s) ({found}) but the "
