@@ -244,33 +244,60 @@ def test_channel_indices_pick_channel_files_without_a_dataset_json(tmp_path):
     """A run of --channels "1" (indices, not names) picks <case>_0001 from a case's files with no dataset.json to
     read; names still need one; a lone volume given for a one-channel run is taken as it is."""
     from toolkit.data.errors import MRIDataError
-    from toolkit.volume_predict import VolumeCase, _case_channels
+    from toolkit.volume_cases import VolumeCase, case_channels
 
     files = tuple(tmp_path / f"c_000{k}.nii.gz" for k in range(3))
     case = VolumeCase("c", files)
-    assert _case_channels(case, {"channels": "1", "in_channels": 1}, tmp_path) == (files[1],)
-    assert _case_channels(case, {"channels": "2,0", "in_channels": 2}, tmp_path) == (files[2], files[0])
+    assert case_channels(case, {"channels": "1", "in_channels": 1}, tmp_path) == (files[1],)
+    assert case_channels(case, {"channels": "2,0", "in_channels": 2}, tmp_path) == (files[2], files[0])
     with pytest.raises(MRIDataError, match="lacks channel file.*c_0005"):
-        _case_channels(case, {"channels": "5", "in_channels": 1}, tmp_path)
+        case_channels(case, {"channels": "5", "in_channels": 1}, tmp_path)
     with pytest.raises(MRIDataError, match="reads the channels 't1c'"):
-        _case_channels(case, {"channels": "t1c", "in_channels": 1}, tmp_path)
+        case_channels(case, {"channels": "t1c", "in_channels": 1}, tmp_path)
     lone = VolumeCase("brain", (tmp_path / "brain.nii.gz",))
-    assert _case_channels(lone, {"channels": "1", "in_channels": 1}, tmp_path) == lone.channels
+    assert case_channels(lone, {"channels": "1", "in_channels": 1}, tmp_path) == lone.channels
 
 
 def test_a_case_missing_channel_0000_is_refused_not_read_as_shifted_channels(tmp_path):
     """A run of every channel of its data (channels "") given <case>_0001 and _0002 without _0000 read them as
     channels 0 and 1 and predicted silently; now an error names the missing file. A complete case still passes."""
-    from toolkit.volume_predict import VolumeCase, _case_channels
+    from toolkit.volume_cases import VolumeCase, case_channels
 
     cfg = {"channels": "", "in_channels": 2}
     shifted = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (1, 2)))
     with pytest.raises(MRIDataError, match="case c lacks channel file.*c_0000.*numbered from 0000"):
-        _case_channels(shifted, cfg, tmp_path)
+        case_channels(shifted, cfg, tmp_path)
     gap = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (0, 2)))
     with pytest.raises(MRIDataError, match="lacks channel file.*c_0001"):
-        _case_channels(gap, cfg, tmp_path)
+        case_channels(gap, cfg, tmp_path)
     whole = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (0, 1)))
-    assert _case_channels(whole, cfg, tmp_path) == whole.channels
+    assert case_channels(whole, cfg, tmp_path) == whole.channels
     # a run of picked indices reads them by number, as before
-    assert _case_channels(shifted, {"channels": "1,2", "in_channels": 2}, tmp_path) == shifted.channels
+    assert case_channels(shifted, {"channels": "1,2", "in_channels": 2}, tmp_path) == shifted.channels
+
+
+@pytest.mark.parametrize("style", ["2020", "2023"])
+def test_a_brats_run_predicts_a_brats_case_folder_by_modality(tmp_path, style):
+    """A run trained on BraTS case folders given one (or one of its volumes): before, every modality file was a
+    one-channel case of its own (a 4-channel run refused them all, a FLAIR run wrote a "segmentation" of its T1,
+    T1ce and T2 volumes too); now they are one case, its channels picked as training picked them, and predicting
+    into the case folder is refused rather than writing over the case's own <case>_seg.nii.gz."""
+    from tests.mri_fake import make_brats
+    from toolkit.postprocess import PostProcess
+    from toolkit.volume_cases import case_channels
+    from toolkit.volume_predict import predict_volumes
+
+    root = make_brats(tmp_path / "brats", cases=1, shape=(24, 24, 8), style=style)
+    folder = next(root.iterdir())
+    trained = discover_mri_slices(root, channels=0).slices[0].channel_paths  # what training reads, in order
+    for given in (folder, sorted(folder.iterdir())[-1]):  # the case folder, one of its volumes
+        cases = find_volume_cases(given, layout="brats")
+        assert [c.case for c in cases] == [folder.name]
+        assert case_channels(cases[0], {"channels": "", "in_channels": 4}, given) == trained
+    flair = case_channels(cases[0], {"channels": "", "in_channels": 1}, folder)
+    assert flair == discover_mri_slices(root).slices[0].channel_paths  # the default: FLAIR alone
+    assert flair[0].name.endswith(("_flair.nii.gz", "-t2f.nii.gz"))
+    assert len(find_volume_cases(folder)) == 4  # another layout's run: each file alone, as before
+    if style == "2020":  # <case>_seg.nii.gz is the case's own segmentation
+        with pytest.raises(MRIDataError, match="own segmentation"):
+            predict_volumes(None, {"channels": "", "in_channels": 4}, PostProcess(), folder, folder, layout="brats")
