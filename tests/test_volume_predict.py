@@ -301,3 +301,20 @@ def test_a_brats_run_predicts_a_brats_case_folder_by_modality(tmp_path, style):
     if style == "2020":  # <case>_seg.nii.gz is the case's own segmentation
         with pytest.raises(MRIDataError, match="own segmentation"):
             predict_volumes(None, {"channels": "", "in_channels": 4}, PostProcess(), folder, folder, layout="brats")
+
+
+def test_the_label_volume_keeps_the_grid_but_not_the_scans_display_range(tmp_path):
+    """The scan's cal_min/cal_max (intensities 0..1234) were copied into <case>_seg.nii.gz, so a viewer honouring
+    them showed labels 0..4 in a window of 0..1234 (all black); now the window is 0..the largest label."""
+    from toolkit.volume_predict import write_case
+
+    affine = np.array([[0, -1.2, 0, 30], [-0.9, 0, 0, 20], [0, 0, 2.5, -5], [0, 0, 0, 1.0]])
+    scan = nib.Nifti1Image(np.zeros((6, 5, 4), np.float32), affine)
+    scan.header["cal_min"], scan.header["cal_max"] = 0, 1234
+    labels = np.zeros((6, 5, 4), np.uint8)
+    labels[2:4, 1:3, 1:3] = 4
+    seg, _, k = write_case(tmp_path, "c", labels, scan, np.zeros((6, 5, 4), np.uint8))
+    out = nib.load(str(seg))
+    assert np.allclose(out.affine, affine) and out.header.get_zooms() == scan.header.get_zooms()
+    assert (float(out.header["cal_min"]), float(out.header["cal_max"])) == (0.0, 4.0)
+    assert np.array_equal(np.asarray(out.dataobj), labels) and k == 2

@@ -91,11 +91,12 @@ def label_overlay(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def write_case(out_dir: Path, case: str, labels: np.ndarray, reference, grey: np.ndarray) -> tuple[Path, Path, int]:
     """Write ``<case>_seg.nii.gz`` (``labels`` uint8 (X, Y, Z) with ``reference``'s affine and header, data
-    dtype uint8) and ``<case>_seg.png`` (the middle slice among those with predicted tumour, else the
-    middle slice, channel 0 ``grey`` uint8 (X, Y, Z) under :func:`label_overlay`), both atomically.
-    Returns (NIfTI path, PNG path, the slice index drawn)."""
+    dtype uint8, display range ``cal_min``..``cal_max`` 0..the largest label, not the scan's) and ``<case>_seg.png``
+    (the middle slice among those with predicted tumour, else the middle slice, channel 0 ``grey`` uint8 (X, Y, Z)
+    under :func:`label_overlay`), both atomically. Returns (NIfTI path, PNG path, the slice index drawn)."""
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
+    header["cal_min"], header["cal_max"] = 0, int(labels.max(initial=0))  # a viewer's window over the scan's range
     seg = save_nifti(out_dir / f"{case}_seg.nii.gz", labels.astype(np.uint8), reference.affine, header)
     tumour = np.flatnonzero(labels.any(axis=(0, 1)))
     k = int(tumour[len(tumour) // 2]) if len(tumour) else labels.shape[2] // 2
