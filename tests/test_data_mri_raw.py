@@ -247,6 +247,8 @@ def test_undeclared_label_values_refused_when_read(tmp_path):
     (lambda m: {**m, "labels": {"background": 0, "whole": [1, 2]}}, "'labels'.*regions"),
     (lambda m: {**m, "labels": {"background": 0, "tumour": 1.5}}, "'labels'"),
     (lambda m: {**m, "regions_brats": {"whole": [1, 9]}}, "'regions_brats'"),
+    (lambda m: {**m, "regions_brats": {"whole": [0, 1, 2]}}, "'regions_brats'.*foreground.*not the background"),
+    (lambda m: {**m, "labels": {"tumour": 1, "edema": 2}}, "'labels' must declare the background, value 0"),
     (lambda m: {**m, "file_ending": ".png"}, "'file_ending'"),
 ])
 def test_bad_dataset_json(tmp_path, change, field):

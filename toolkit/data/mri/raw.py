@@ -91,13 +91,16 @@ def read_dataset_json(root: Path) -> RawSpec:
                                  "labels are not supported: put regions in 'regions')")
     if len(set(labels.values())) != len(labels):
         raise MRIDataError(path, f"field 'labels' gives one value to two names: {labels}")
+    if 0 not in labels.values():  # else every label volume's background would be refused as undeclared
+        raise MRIDataError(path, f"field 'labels' must declare the background, value 0 (e.g. \"background\": 0), "
+                                 f"got {labels}")
     key = "regions" if "regions" in meta else "regions_brats" if "regions_brats" in meta else None
     regions = meta.get(key) if key else None
-    declared = set(labels.values())
+    foreground = sorted(v for v in labels.values() if v > 0)
     if key and (not isinstance(regions, dict) or not all(
-            isinstance(r, list) and r and all(_is_int(v) and v in declared for v in r) for r in regions.values())):
-        raise MRIDataError(path, f"field {key!r} must map names to lists of declared label values "
-                                 f"{sorted(labels.values())}, got {regions}")
+            isinstance(r, list) and r and all(_is_int(v) and v in foreground for v in r) for r in regions.values())):
+        raise MRIDataError(path, f"field {key!r} must map names to lists of declared foreground label values "
+                                 f"{foreground} (not the background, 0), got {regions}")
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in _NIFTI_ENDINGS:
         raise MRIDataError(path, f"field 'file_ending' is {ending!r}; only NIfTI ({', '.join(_NIFTI_ENDINGS)}) is read")
