@@ -300,3 +300,24 @@ def test_real_brats2013_multiclass():
     assert not (ds.masks[~inside] > 0).any()  # tumour lies in the brain
     flair = np.asarray(nib.load(str(recs[0].channel_paths[0])).dataobj)
     assert np.array_equal(brain_region(flair), brain)  # without brainmasksTr the background rule finds the same brain
+
+
+@pytest.mark.parametrize("layout", ["raw", "brats"])
+def test_spacing_follows_the_affine_not_a_stale_pixdim(tmp_path, layout):
+    """Volumes whose sform says 1 x 1.2 x 3 mm while the header's pixdim says 1 x 1 x 1 (a stale pixdim beside an
+    updated sform; viewers and ITK place the voxels by the affine): the spacing came from pixdim, so evaluate's
+    HD95 and volumes were 3.6 times too small in ml; now it is the affine's column lengths, also rotated."""
+    from .mri_fake import make_brats
+
+    d = tmp_path / "d"
+    root = make_raw(d, cases=1) if layout == "raw" else make_brats(d, cases=1, shape=(32, 32, 8))
+    affine = np.array([[0, -1.2, 0, 30], [1.0, 0, 0, -4], [0, 0, 3.0, 2], [0, 0, 0, 1]])  # X, Y swapped, Y flipped
+    for path in root.rglob("*.nii.gz"):
+        img = nib.load(str(path))
+        out = nib.Nifti1Image(np.asarray(img.dataobj), affine)
+        out.header.set_qform(affine, code=0)
+        out.header.set_sform(affine, code=2)
+        out.header["pixdim"][1:4] = 1.0  # stale
+        nib.save(out, str(path))
+    assert nib.load(str(next(root.rglob("*.nii.gz")))).header.get_zooms() == (1.0, 1.0, 1.0)
+    assert {s.spacing for s in discover_mri_slices(root).slices} == {(1.0, 1.2, 3.0)}

@@ -45,7 +45,7 @@ from ..errors import MRIDataError
 from .channels import CHANNEL_ALIASES, parse_slice_rule, resolve_channels
 from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, natural_key, open_figshare_mat
 from .metadata import METADATA_FILE, patient_group, read_metadata
-from .nifti import NIFTI_SOURCES, brain_region, load_nifti
+from .nifti import NIFTI_SOURCES, brain_region, load_nifti, voxel_spacing
 from .pairs import EXT_PATTERN, find_image_mask_pairs, pair_files
 from .raw import DATASET_JSON, find_raw, read_dataset_json
 
@@ -190,7 +190,7 @@ def _find_brats(root, channels, rule, skipped):
                 what = "segmentation (<case>_seg.nii.gz): image without a mask" if "seg" in missing else "volume"
                 raise MRIDataError(d, f"no {', '.join(missing)} {what} in this case folder")
             heads = {n: load_nifti(files[n], data=False) for n in (*wanted, "seg")}
-            spacing = tuple(round(float(z), 6) for z in heads["seg"].header.get_zooms()[:3])
+            spacing = voxel_spacing(heads["seg"])
             shapes = {n: tuple(h.shape) for n, h in heads.items()}
             if len(set(shapes.values())) > 1:
                 raise MRIDataError(files["seg"], f"volumes of different shapes in {d.name}: {shapes}; they must match")

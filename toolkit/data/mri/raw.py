@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import MRIDataError
 from .channels import channel_indices, parse_slice_rule
 from .io import MRISlice, natural_key
-from .nifti import brain_region, load_nifti
+from .nifti import brain_region, load_nifti, voxel_spacing
 
 __all__ = ["AFFINE_ATOL", "DATASET_JSON", "RawCase", "RawSpec", "find_raw", "raw_case_slices", "raw_cases",
            "read_dataset_json", "resolve_raw_channels"]
@@ -193,7 +193,7 @@ def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, 
             raise MRIDataError(p, f"affine differs from that of {ref_path.name} by up to "
                                   f"{np.abs(aff - ref.affine).max():.3g} (tolerance {AFFINE_ATOL}); the volumes "
                                   "of a case must share their voxel grid")
-    spacing = tuple(round(float(z), 6) for z in ref.header.get_zooms()[:3])  # float32 in the header
+    spacing = voxel_spacing(ref)  # from the affine checked above, not the header's pixdim
     return tuple(ref.shape), spacing
 
 
