@@ -321,3 +321,20 @@ def test_spacing_follows_the_affine_not_a_stale_pixdim(tmp_path, layout):
         nib.save(out, str(path))
     assert nib.load(str(next(root.rglob("*.nii.gz")))).header.get_zooms() == (1.0, 1.0, 1.0)
     assert {s.spacing for s in discover_mri_slices(root).slices} == {(1.0, 1.2, 3.0)}
+
+
+def test_a_brats_case_whose_volumes_lie_on_other_grids_is_refused(tmp_path):
+    """BraTS case folders checked shapes only: a modality on another voxel grid (shifted 5 mm) was read voxel for
+    voxel with the others; now, as the raw layout, an error names that file (left out with --skip-bad-files)."""
+    from .mri_fake import make_brats
+
+    root = make_brats(tmp_path / "d", cases=2, shape=(32, 32, 8))
+    t1 = next(root.glob("*/*_t1.nii.gz"))
+    img = nib.load(str(t1))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine + np.array([[0, 0, 0, 5.0]] + [[0] * 4] * 3)), str(t1))
+    with pytest.raises(MRIDataError, match="affine differs from that of .*seg") as err:
+        discover_mri_slices(root, channels=0)
+    assert err.value.path == t1
+    found = discover_mri_slices(root, channels=0, skip_bad_files=True)
+    assert {s.patient for s in found.slices} == {p.name for p in root.iterdir()} - {t1.parent.name}
+    assert discover_mri_slices(root).slices  # FLAIR alone: the T1 file is not read

@@ -45,9 +45,9 @@ from ..errors import MRIDataError
 from .channels import CHANNEL_ALIASES, parse_slice_rule, resolve_channels
 from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, natural_key, open_figshare_mat
 from .metadata import METADATA_FILE, patient_group, read_metadata
-from .nifti import NIFTI_SOURCES, brain_region, load_nifti, voxel_spacing
+from .nifti import NIFTI_SOURCES, brain_region, load_nifti
 from .pairs import EXT_PATTERN, find_image_mask_pairs, pair_files
-from .raw import DATASET_JSON, find_raw, read_dataset_json
+from .raw import DATASET_JSON, check_grid, find_raw, read_dataset_json
 
 __all__ = ["BRATS_FILE", "Discovery", "discover_mri_slices", "given_folder"]
 
@@ -189,12 +189,8 @@ def _find_brats(root, channels, rule, skipped):
             if missing:
                 what = "segmentation (<case>_seg.nii.gz): image without a mask" if "seg" in missing else "volume"
                 raise MRIDataError(d, f"no {', '.join(missing)} {what} in this case folder")
-            heads = {n: load_nifti(files[n], data=False) for n in (*wanted, "seg")}
-            spacing = voxel_spacing(heads["seg"])
-            shapes = {n: tuple(h.shape) for n, h in heads.items()}
-            if len(set(shapes.values())) > 1:
-                raise MRIDataError(files["seg"], f"volumes of different shapes in {d.name}: {shapes}; they must match")
-            depth = shapes["seg"][2]
+            shape, spacing = check_grid(d.name, [files["seg"], *(files[n] for n in wanted)])  # as the raw layout
+            depth = shape[2]
             keep = list(range(depth))
             if rule != "all":  # per slice: any brain (image != its voxel (0, 0, 0)), any tumour (label > 0)
                 brain = brain_region(load_nifti(files[wanted[0]])).any(axis=(0, 1)) if rule == "nonempty" or extra \

@@ -34,8 +34,8 @@ from .channels import channel_indices, parse_slice_rule
 from .io import MRISlice, natural_key
 from .nifti import brain_region, load_nifti, voxel_spacing
 
-__all__ = ["AFFINE_ATOL", "DATASET_JSON", "RawCase", "RawSpec", "find_raw", "raw_case_slices", "raw_cases",
-           "read_dataset_json", "resolve_raw_channels"]
+__all__ = ["AFFINE_ATOL", "DATASET_JSON", "RawCase", "RawSpec", "check_grid", "find_raw", "raw_case_slices",
+           "raw_cases", "read_dataset_json", "resolve_raw_channels"]
 
 DATASET_JSON = "dataset.json"
 #: Largest difference allowed between the affines (mm, or direction cosines) of one case's volumes.
@@ -177,14 +177,15 @@ def resolve_raw_channels(names: tuple[str, ...], channels) -> tuple[int, ...]:
     return channel_indices(items, names, "this data set")
 
 
-def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, float]]:
-    """Shapes and affines of a case's volumes agree and are sane: returns (shape, spacing)."""
-    files = [p for p in (*case.channels, case.label, case.brain_mask) if p is not None]
+def check_grid(case: str, files) -> tuple[tuple[int, ...], tuple[float, float, float]]:
+    """The volumes ``files`` (Paths) of one case (id ``case``) share one voxel grid: the same shape and affines within
+    :data:`AFFINE_ATOL`, each finite and non-singular. Returns (shape, spacing in mm along X, Y, Z from the affine);
+    MRIDataError naming the file that disagrees with the first."""
     heads = [(p, load_nifti(p, data=False)) for p in files]
     ref_path, ref = heads[0]
     for p, h in heads:
         if tuple(h.shape) != tuple(ref.shape):
-            raise MRIDataError(p, f"volume of shape {tuple(h.shape)} but {ref_path.name} of case {case.case} is "
+            raise MRIDataError(p, f"volume of shape {tuple(h.shape)} but {ref_path.name} of case {case} is "
                                   f"{tuple(ref.shape)}; a case's channels and label must match")
         aff = np.asarray(h.affine, dtype=np.float64)
         if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
@@ -193,8 +194,12 @@ def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, 
             raise MRIDataError(p, f"affine differs from that of {ref_path.name} by up to "
                                   f"{np.abs(aff - ref.affine).max():.3g} (tolerance {AFFINE_ATOL}); the volumes "
                                   "of a case must share their voxel grid")
-    spacing = voxel_spacing(ref)  # from the affine checked above, not the header's pixdim
-    return tuple(ref.shape), spacing
+    return tuple(ref.shape), voxel_spacing(ref)  # from the affine checked above, not the header's pixdim
+
+
+def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, float]]:
+    """Shapes and affines of a case's volumes agree and are sane: returns (shape, spacing)."""
+    return check_grid(case.case, [p for p in (*case.channels, case.label, case.brain_mask) if p is not None])
 
 
 def _kept_slices(case: RawCase, rule: str, extra: int, depth: int, first: int) -> list[int]:
