@@ -20,6 +20,7 @@ from .data.errors import MRIDataError
 from .data.mri.context import volume_context
 from .data.mri.io import to_uint8
 from .data.mri.nifti import brain_region, check_finite, load_nifti, save_nifti, zscore_uint8
+from .data.mri.raw import check_grid
 from .seg_commands import _write_png
 from .volume_cases import VolumeCase, case_channels, find_volume_cases, is_nifti_input
 from .volume_postprocess_run import stored_volume_postprocess
@@ -122,7 +123,8 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
     if any, is applied to each label volume, ``min_voxels`` scaled to the case's in-plane size); ``layout``: the
     data layout the run trained on (:func:`~toolkit.inference.run_layout`; "brats": a BraTS case folder's
     ``<case>_<modality>`` files are read by modality, and ``<case>_seg.nii.gz`` is not written over the case's own
-    segmentation beside them). Every case's channels are checked (count, shape, affine) before any is predicted.
+    segmentation beside them). Every case's channels and brain mask are checked (count; shape and affine:
+    :func:`~toolkit.data.mri.raw.check_grid`, as training checks them) before any is predicted.
     Returns 0; raises MRIDataError naming a bad file.
     """
     cases = find_volume_cases(source, layout)
@@ -133,21 +135,14 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
         if case.modalities and target.exists() and target.resolve().parent == chans[0].resolve().parent:
             raise MRIDataError(target, f"is case {case.case}'s own segmentation, beside its volumes: predicting "
                                        "into the case folder would write over it; give another --output")
-        heads = [load_nifti(p, data=False) for p in chans]
-        for p, h in zip(chans[1:], heads[1:]):
-            if tuple(h.shape) != tuple(heads[0].shape) or not np.allclose(h.affine, heads[0].affine, atol=1e-3):
-                raise MRIDataError(p, f"shape {tuple(h.shape)} / affine differ from {chans[0].name} "
-                                      f"({tuple(heads[0].shape)}); a case's channels must share one voxel grid")
-        plan.append((case, chans, heads[0]))
+        check_grid(case.case, [*chans, *([case.brain_mask] if case.brain_mask else [])])  # as training checks
+        plan.append((case, chans, load_nifti(chans[0], data=False)))
     size, names = int(cfg["image_size"]), ensemble.target.names
     vpost, line = stored_volume_postprocess(post_source, ensemble.target)
     print(f"{len(plan)} case(s); target {ensemble.target.kind} ({', '.join(names)}); intensity {cfg['intensity']}; "
           f"3D post-processing: {line}")
     for case, chans, ref in plan:
         brain = load_nifti(case.brain_mask) if case.brain_mask is not None else None
-        if brain is not None and brain.shape != tuple(ref.shape):
-            raise MRIDataError(case.brain_mask, f"brain mask of shape {brain.shape} but case {case.case} is "
-                                                f"{tuple(ref.shape)}")
         volume = normalise_channels([_intensities(p) for p in chans], cfg["intensity"], brain)
         labels = predict_volume(ensemble, volume, size, post.threshold, post.flips, batch_size,
                                 int(cfg.get("context_slices", 0)))
