@@ -318,3 +318,20 @@ def test_the_label_volume_keeps_the_grid_but_not_the_scans_display_range(tmp_pat
     assert np.allclose(out.affine, affine) and out.header.get_zooms() == scan.header.get_zooms()
     assert (float(out.header["cal_min"]), float(out.header["cal_max"])) == (0.0, 4.0)
     assert np.array_equal(np.asarray(out.dataobj), labels) and k == 2
+
+
+def test_predict_refuses_a_brain_mask_on_another_grid_as_training_does(tmp_path):
+    """predict compared the brain mask's shape only: a mask shifted 5 mm normalised the case over the wrong voxels;
+    now the training check (shape and affine) names it, before any case is predicted."""
+    from tests.mri_fake import make_raw
+    from toolkit.postprocess import PostProcess
+    from toolkit.volume_predict import predict_volumes
+
+    root = make_raw(tmp_path / "raw", cases=1, brain_masks=True)
+    mask = next((root / "brainmasksTr").iterdir())
+    img = nib.load(str(mask))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine + np.array([[0, 0, 0, 5.0]] + [[0] * 4] * 3)),
+             str(mask))
+    with pytest.raises(MRIDataError, match="affine differs") as err:
+        predict_volumes(None, {"channels": "", "in_channels": 2}, PostProcess(), root, tmp_path / "out")
+    assert err.value.path == mask and not (tmp_path / "out").exists()
