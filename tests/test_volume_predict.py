@@ -335,3 +335,12 @@ def test_predict_refuses_a_brain_mask_on_another_grid_as_training_does(tmp_path)
     with pytest.raises(MRIDataError, match="affine differs") as err:
         predict_volumes(None, {"channels": "", "in_channels": 2}, PostProcess(), root, tmp_path / "out")
     assert err.value.path == mask and not (tmp_path / "out").exists()
+
+
+def test_one_region_on_volumes_is_said_not_to_apply(tiny_run, tmp_path, capsys):
+    """--one-region (a 2D rule) was silently ignored for NIfTI input; predict now says the 3D rule applies instead."""
+    data, run = tiny_run
+    first = data / "imagesTr" / "synth_001_0000.nii.gz"
+    assert toolkit_main(["predict", "--weights", str(run), "--input", str(first), "--output", str(tmp_path / "o"),
+                         "--one-region"]) == 0
+    assert "2D component rule (largest region per slice) does not apply to volumes" in capsys.readouterr().out

@@ -141,6 +141,9 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
     vpost, line = stored_volume_postprocess(post_source, ensemble.target)
     print(f"{len(plan)} case(s); target {ensemble.target.kind} ({', '.join(names)}); intensity {cfg['intensity']}; "
           f"3D post-processing: {line}")
+    if post.largest_only or post.min_size:  # --one-region or a stored 2D rule: per slice, not for volumes
+        rule = "largest region per slice" if post.largest_only else f"regions under {post.min_size} pixels dropped"
+        print(f"note: the 2D component rule ({rule}) does not apply to volumes; the 3D rule of postprocess.json does")
     for case, chans, ref in plan:
         brain = load_nifti(case.brain_mask) if case.brain_mask is not None else None
         volume = normalise_channels([_intensities(p) for p in chans], cfg["intensity"], brain)
