@@ -344,3 +344,18 @@ def test_one_region_on_volumes_is_said_not_to_apply(tiny_run, tmp_path, capsys):
     assert toolkit_main(["predict", "--weights", str(run), "--input", str(first), "--output", str(tmp_path / "o"),
                          "--one-region"]) == 0
     assert "2D component rule (largest region per slice) does not apply to volumes" in capsys.readouterr().out
+
+
+def test_a_raw_layout_whose_imagests_holds_no_case_predicts_imagestr(tmp_path):
+    """imagesTs/ holding no case (only a .DS_Store) was chosen over imagesTr/ anyway: predict found 0 cases, wrote
+    nothing and returned 0. Now imagesTr/ is predicted, and a layout without any case is an error."""
+    from tests.mri_fake import make_raw
+
+    root = make_raw(tmp_path / "raw", cases=2)
+    (root / "imagesTs").mkdir()
+    (root / "imagesTs" / ".DS_Store").write_bytes(b"\0")
+    assert [c.case for c in find_volume_cases(root)] == ["case_001", "case_002"]
+    for p in (root / "imagesTr").iterdir():
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match="no case in imagesTs/ or imagesTr/"):
+        find_volume_cases(root)

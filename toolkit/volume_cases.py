@@ -107,8 +107,12 @@ def find_volume_cases(source: Path, layout: str | None = None) -> list[VolumeCas
         raise FileNotFoundError(f"--input {source} does not exist")
     if (source / DATASET_JSON).is_file():
         spec = read_dataset_json(source)
-        split = "Ts" if (source / "imagesTs").is_dir() and any((source / "imagesTs").iterdir()) else "Tr"
-        return [VolumeCase(c.case, c.channels, c.brain_mask) for c in raw_cases(source, split, spec)]
+        cases = raw_cases(source, "Ts", spec) if (source / "imagesTs").is_dir() else []
+        cases = cases or raw_cases(source, "Tr", spec)  # imagesTs without a case (e.g. only .DS_Store): imagesTr
+        if not cases:
+            raise FileNotFoundError(f"--input {source}: no case in imagesTs/ or imagesTr/ (files "
+                                    f"<case>_XXXX{spec.file_ending} of the channels in {DATASET_JSON})")
+        return [VolumeCase(c.case, c.channels, c.brain_mask) for c in cases]
     files = sorted(p for p in source.iterdir() if p.is_file() and _nifti_stem(p)
                    and not _nifti_stem(p).endswith(("_seg", "-seg")) and not p.name.startswith("."))
     if not files:
