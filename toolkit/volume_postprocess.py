@@ -142,7 +142,8 @@ class VolumePostprocess:
 
     def apply_labels(self, labels, area_factor: float = 1.0) -> np.ndarray:
         """uint8 label volume (any 3 axes) in the target's label values → the same after :meth:`apply`
-        (``area_factor``: in-plane voxels per model-resolution voxel; regions repainted largest first)."""
+        (``area_factor``: in-plane voxels per model-resolution voxel; regions repainted by
+        :meth:`~toolkit.targets.TargetSpec.paint`, as ``toolkit predict`` writes them)."""
         labels, spec = np.asarray(labels), self.spec
         if spec.kind == "regions":  # repainted as TargetSpec.to_labels paints them
             import torch
