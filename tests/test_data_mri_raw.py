@@ -247,6 +247,8 @@ def test_undeclared_label_values_refused_when_read(tmp_path):
     (lambda m: {**m, "labels": {"background": 0, "whole": [1, 2]}}, "'labels'.*regions"),
     (lambda m: {**m, "labels": {"background": 0, "tumour": 1.5}}, "'labels'"),
     (lambda m: {**m, "regions_brats": {"whole": [1, 9]}}, "'regions_brats'"),
+    (lambda m: {**m, "regions_brats": {"whole": [0, 1, 2]}}, "'regions_brats'.*foreground.*not the background"),
+    (lambda m: {**m, "labels": {"tumour": 1, "edema": 2}}, "'labels' must declare the background, value 0"),
     (lambda m: {**m, "file_ending": ".png"}, "'file_ending'"),
 ])
 def test_bad_dataset_json(tmp_path, change, field):
@@ -298,3 +300,41 @@ def test_real_brats2013_multiclass():
     assert not (ds.masks[~inside] > 0).any()  # tumour lies in the brain
     flair = np.asarray(nib.load(str(recs[0].channel_paths[0])).dataobj)
     assert np.array_equal(brain_region(flair), brain)  # without brainmasksTr the background rule finds the same brain
+
+
+@pytest.mark.parametrize("layout", ["raw", "brats"])
+def test_spacing_follows_the_affine_not_a_stale_pixdim(tmp_path, layout):
+    """Volumes whose sform says 1 x 1.2 x 3 mm while the header's pixdim says 1 x 1 x 1 (a stale pixdim beside an
+    updated sform; viewers and ITK place the voxels by the affine): the spacing came from pixdim, so evaluate's
+    HD95 and volumes were 3.6 times too small in ml; now it is the affine's column lengths, also rotated."""
+    from .mri_fake import make_brats
+
+    d = tmp_path / "d"
+    root = make_raw(d, cases=1) if layout == "raw" else make_brats(d, cases=1, shape=(32, 32, 8))
+    affine = np.array([[0, -1.2, 0, 30], [1.0, 0, 0, -4], [0, 0, 3.0, 2], [0, 0, 0, 1]])  # X, Y swapped, Y flipped
+    for path in root.rglob("*.nii.gz"):
+        img = nib.load(str(path))
+        out = nib.Nifti1Image(np.asarray(img.dataobj), affine)
+        out.header.set_qform(affine, code=0)
+        out.header.set_sform(affine, code=2)
+        out.header["pixdim"][1:4] = 1.0  # stale
+        nib.save(out, str(path))
+    assert nib.load(str(next(root.rglob("*.nii.gz")))).header.get_zooms() == (1.0, 1.0, 1.0)
+    assert {s.spacing for s in discover_mri_slices(root).slices} == {(1.0, 1.2, 3.0)}
+
+
+def test_a_brats_case_whose_volumes_lie_on_other_grids_is_refused(tmp_path):
+    """BraTS case folders checked shapes only: a modality on another voxel grid (shifted 5 mm) was read voxel for
+    voxel with the others; now, as the raw layout, an error names that file (left out with --skip-bad-files)."""
+    from .mri_fake import make_brats
+
+    root = make_brats(tmp_path / "d", cases=2, shape=(32, 32, 8))
+    t1 = next(root.glob("*/*_t1.nii.gz"))
+    img = nib.load(str(t1))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine + np.array([[0, 0, 0, 5.0]] + [[0] * 4] * 3)), str(t1))
+    with pytest.raises(MRIDataError, match="affine differs from that of .*seg") as err:
+        discover_mri_slices(root, channels=0)
+    assert err.value.path == t1
+    found = discover_mri_slices(root, channels=0, skip_bad_files=True)
+    assert {s.patient for s in found.slices} == {p.name for p in root.iterdir()} - {t1.parent.name}
+    assert discover_mri_slices(root).slices  # FLAIR alone: the T1 file is not read

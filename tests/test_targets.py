@@ -36,6 +36,29 @@ def test_regions_truth_and_round_trip():
     assert BRATS.to_labels(BRATS.truth(labels_of([[3]])).float())[0].item() == 1
 
 
+
+def test_overlapping_regions_that_do_not_nest_come_back_as_their_labels():
+    """x = 1+2, y = 2+3: a pixel of y alone is label 3. Painting alone wrote 2 (so it read back in x too: a perfect
+    prediction scored Dice 0.8 for x); now every label whose regions differ comes back. BraTS is unchanged: each
+    of the 8 combinations of its regions gives the value the largest-first painting gives."""
+    from toolkit.volume_postprocess import ComponentRule, VolumePostprocess
+
+    for regions, labels in (({"x": (1, 2), "y": (2, 3)}, [0, 1, 2, 3]),
+                            ({"a": (1, 2, 3), "b": (2, 3), "c": (3, 4)}, [0, 1, 2, 3, 4])):
+        spec = TargetSpec.regions_of(regions)
+        lab = labels_of([labels])
+        assert spec.to_labels(spec.truth(lab).float())[0, 0].tolist() == labels
+        assert torch.equal(spec.written(spec.truth(lab).float()), spec.truth(lab))  # evaluate: Dice 1 when perfect
+        none = VolumePostprocess(spec, (ComponentRule(),) * len(regions))  # predict's 3D repainting, identity
+        volume = lab[0].numpy()  # (1, 1, W): any 3 axes
+        assert (none.apply_labels(volume) == volume).all()
+    combos = torch.tensor([[(k >> r) & 1 for r in range(3)] for k in range(8)], dtype=torch.bool).T.reshape(1, 3, 1, 8)
+    painted = torch.zeros(1, 1, 8, dtype=torch.uint8)
+    for r, value in BRATS.paint_order():
+        painted[combos[:, r]] = value
+    assert torch.equal(BRATS.to_labels(combos.float()), painted)
+
+
 def test_written_regions_are_those_the_label_map_holds():
     # pixel 0: enhancing alone (no whole tumour, no core): painted 4, so in all three regions as written;
     # pixel 1: core without whole tumour; pixel 2: nothing; pixel 3: whole tumour alone

@@ -244,15 +244,118 @@ def test_channel_indices_pick_channel_files_without_a_dataset_json(tmp_path):
     """A run of --channels "1" (indices, not names) picks <case>_0001 from a case's files with no dataset.json to
     read; names still need one; a lone volume given for a one-channel run is taken as it is."""
     from toolkit.data.errors import MRIDataError
-    from toolkit.volume_predict import VolumeCase, _case_channels
+    from toolkit.volume_cases import VolumeCase, case_channels
 
     files = tuple(tmp_path / f"c_000{k}.nii.gz" for k in range(3))
     case = VolumeCase("c", files)
-    assert _case_channels(case, {"channels": "1", "in_channels": 1}, tmp_path) == (files[1],)
-    assert _case_channels(case, {"channels": "2,0", "in_channels": 2}, tmp_path) == (files[2], files[0])
+    assert case_channels(case, {"channels": "1", "in_channels": 1}, tmp_path) == (files[1],)
+    assert case_channels(case, {"channels": "2,0", "in_channels": 2}, tmp_path) == (files[2], files[0])
     with pytest.raises(MRIDataError, match="lacks channel file.*c_0005"):
-        _case_channels(case, {"channels": "5", "in_channels": 1}, tmp_path)
+        case_channels(case, {"channels": "5", "in_channels": 1}, tmp_path)
     with pytest.raises(MRIDataError, match="reads the channels 't1c'"):
-        _case_channels(case, {"channels": "t1c", "in_channels": 1}, tmp_path)
+        case_channels(case, {"channels": "t1c", "in_channels": 1}, tmp_path)
     lone = VolumeCase("brain", (tmp_path / "brain.nii.gz",))
-    assert _case_channels(lone, {"channels": "1", "in_channels": 1}, tmp_path) == lone.channels
+    assert case_channels(lone, {"channels": "1", "in_channels": 1}, tmp_path) == lone.channels
+
+
+def test_a_case_missing_channel_0000_is_refused_not_read_as_shifted_channels(tmp_path):
+    """A run of every channel of its data (channels "") given <case>_0001 and _0002 without _0000 read them as
+    channels 0 and 1 and predicted silently; now an error names the missing file. A complete case still passes."""
+    from toolkit.volume_cases import VolumeCase, case_channels
+
+    cfg = {"channels": "", "in_channels": 2}
+    shifted = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (1, 2)))
+    with pytest.raises(MRIDataError, match="case c lacks channel file.*c_0000.*numbered from 0000"):
+        case_channels(shifted, cfg, tmp_path)
+    gap = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (0, 2)))
+    with pytest.raises(MRIDataError, match="lacks channel file.*c_0001"):
+        case_channels(gap, cfg, tmp_path)
+    whole = VolumeCase("c", tuple(tmp_path / f"c_000{k}.nii.gz" for k in (0, 1)))
+    assert case_channels(whole, cfg, tmp_path) == whole.channels
+    # a run of picked indices reads them by number, as before
+    assert case_channels(shifted, {"channels": "1,2", "in_channels": 2}, tmp_path) == shifted.channels
+
+
+@pytest.mark.parametrize("style", ["2020", "2023"])
+def test_a_brats_run_predicts_a_brats_case_folder_by_modality(tmp_path, style):
+    """A run trained on BraTS case folders given one (or one of its volumes): before, every modality file was a
+    one-channel case of its own (a 4-channel run refused them all, a FLAIR run wrote a "segmentation" of its T1,
+    T1ce and T2 volumes too); now they are one case, its channels picked as training picked them, and predicting
+    into the case folder is refused rather than writing over the case's own <case>_seg.nii.gz."""
+    from tests.mri_fake import make_brats
+    from toolkit.postprocess import PostProcess
+    from toolkit.volume_cases import case_channels
+    from toolkit.volume_predict import predict_volumes
+
+    root = make_brats(tmp_path / "brats", cases=1, shape=(24, 24, 8), style=style)
+    folder = next(root.iterdir())
+    trained = discover_mri_slices(root, channels=0).slices[0].channel_paths  # what training reads, in order
+    for given in (folder, sorted(folder.iterdir())[-1]):  # the case folder, one of its volumes
+        cases = find_volume_cases(given, layout="brats")
+        assert [c.case for c in cases] == [folder.name]
+        assert case_channels(cases[0], {"channels": "", "in_channels": 4}, given) == trained
+    flair = case_channels(cases[0], {"channels": "", "in_channels": 1}, folder)
+    assert flair == discover_mri_slices(root).slices[0].channel_paths  # the default: FLAIR alone
+    assert flair[0].name.endswith(("_flair.nii.gz", "-t2f.nii.gz"))
+    assert len(find_volume_cases(folder)) == 4  # another layout's run: each file alone, as before
+    if style == "2020":  # <case>_seg.nii.gz is the case's own segmentation
+        with pytest.raises(MRIDataError, match="own segmentation"):
+            predict_volumes(None, {"channels": "", "in_channels": 4}, PostProcess(), folder, folder, layout="brats")
+
+
+def test_the_label_volume_keeps_the_grid_but_not_the_scans_display_range(tmp_path):
+    """The scan's cal_min/cal_max (intensities 0..1234) were copied into <case>_seg.nii.gz, so a viewer honouring
+    them showed labels 0..4 in a window of 0..1234 (all black); now the window is 0..the largest label."""
+    from toolkit.volume_predict import write_case
+
+    affine = np.array([[0, -1.2, 0, 30], [-0.9, 0, 0, 20], [0, 0, 2.5, -5], [0, 0, 0, 1.0]])
+    scan = nib.Nifti1Image(np.zeros((6, 5, 4), np.float32), affine)
+    scan.header["cal_min"], scan.header["cal_max"] = 0, 1234
+    labels = np.zeros((6, 5, 4), np.uint8)
+    labels[2:4, 1:3, 1:3] = 4
+    seg, _, k = write_case(tmp_path, "c", labels, scan, np.zeros((6, 5, 4), np.uint8))
+    out = nib.load(str(seg))
+    assert np.allclose(out.affine, affine) and out.header.get_zooms() == scan.header.get_zooms()
+    assert (float(out.header["cal_min"]), float(out.header["cal_max"])) == (0.0, 4.0)
+    assert np.array_equal(np.asarray(out.dataobj), labels) and k == 2
+
+
+def test_predict_refuses_a_brain_mask_on_another_grid_as_training_does(tmp_path):
+    """predict compared the brain mask's shape only: a mask shifted 5 mm normalised the case over the wrong voxels;
+    now the training check (shape and affine) names it, before any case is predicted."""
+    from tests.mri_fake import make_raw
+    from toolkit.postprocess import PostProcess
+    from toolkit.volume_predict import predict_volumes
+
+    root = make_raw(tmp_path / "raw", cases=1, brain_masks=True)
+    mask = next((root / "brainmasksTr").iterdir())
+    img = nib.load(str(mask))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine + np.array([[0, 0, 0, 5.0]] + [[0] * 4] * 3)),
+             str(mask))
+    with pytest.raises(MRIDataError, match="affine differs") as err:
+        predict_volumes(None, {"channels": "", "in_channels": 2}, PostProcess(), root, tmp_path / "out")
+    assert err.value.path == mask and not (tmp_path / "out").exists()
+
+
+def test_one_region_on_volumes_is_said_not_to_apply(tiny_run, tmp_path, capsys):
+    """--one-region (a 2D rule) was silently ignored for NIfTI input; predict now says the 3D rule applies instead."""
+    data, run = tiny_run
+    first = data / "imagesTr" / "synth_001_0000.nii.gz"
+    assert toolkit_main(["predict", "--weights", str(run), "--input", str(first), "--output", str(tmp_path / "o"),
+                         "--one-region"]) == 0
+    assert "2D component rule (largest region per slice) does not apply to volumes" in capsys.readouterr().out
+
+
+def test_a_raw_layout_whose_imagests_holds_no_case_predicts_imagestr(tmp_path):
+    """imagesTs/ holding no case (only a .DS_Store) was chosen over imagesTr/ anyway: predict found 0 cases, wrote
+    nothing and returned 0. Now imagesTr/ is predicted, and a layout without any case is an error."""
+    from tests.mri_fake import make_raw
+
+    root = make_raw(tmp_path / "raw", cases=2)
+    (root / "imagesTs").mkdir()
+    (root / "imagesTs" / ".DS_Store").write_bytes(b"\0")
+    assert [c.case for c in find_volume_cases(root)] == ["case_001", "case_002"]
+    for p in (root / "imagesTr").iterdir():
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match="no case in imagesTs/ or imagesTr/"):
+        find_volume_cases(root)

@@ -40,7 +40,8 @@ def predict(args: argparse.Namespace) -> int:
 
     if is_nifti_input(Path(args.input)):  # NIfTI volumes: a label volume and an overlay per case
         print(f"{len(files)} model(s); threshold {post.threshold}, flips {post.flips} ({source})")
-        return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output), post_source=source)
+        return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output), post_source=source,
+                               layout=run_layout(files[0].parent))
     if int(cfg.get("context_slices", 0)):
         raise ValueError(f"{files[0]} was trained with context_slices {cfg['context_slices']} (2.5D: each slice with "
                          f"its neighbours), so it predicts volumes: give a .nii.gz case, a case's channel files or a "
@@ -48,8 +49,9 @@ def predict(args: argparse.Namespace) -> int:
     layout = run_layout(files[0].parent)
     if layout in NIFTI_SOURCES:  # z-scored per volume: a 2D image holds no volume to scale it by
         raise ValueError(f"{files[0]} was trained on NIfTI volumes ({layout} layout, intensities z-scored per "
-                         f"volume), so it predicts volumes: give a .nii.gz case, a case's channel files or a "
-                         f"raw-layout folder as --input (got {args.input})")
+                         f"volume), so it predicts volumes: give a .nii.gz case, a case's channel files, a "
+                         f"raw-layout folder{' or a BraTS case folder' if layout == 'brats' else ''} as --input "
+                         f"(got {args.input})")
     channels = resolve_channels(layout, cfg.get("channels") or cfg.get("in_channels", 1))
     in_channels, names = int(cfg.get("in_channels", 1)), _channel_names(layout, channels)
     out, size = Path(args.output), cfg["image_size"]

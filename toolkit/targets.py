@@ -15,8 +15,11 @@ stored (uint8 (N, 1, H, W), e.g. BraTS 0 background, 1 necrosis, 2 edema, 3 non-
 Regions back to labels (:meth:`TargetSpec.to_labels`), as BraTS / nnU-Net do: regions are painted
 from the largest (most label values) to the smallest, each with the smallest label value that it
 holds and no later region holds (whole tumour → 2 edema, tumour core → 1 necrosis, enhancing →
-4). Labels that only differ inside one painted set (here 1 and 3) cannot be told apart from the
-regions; the round trip labels → regions → labels is exact when no two labels share every region.
+4); then a pixel whose regions are exactly those of a label value gets that value (the same as the
+painting for nested regions such as BraTS'; for overlapping regions that are not nested, x = 1+2 and
+y = 2+3, the painting alone would turn a pixel of y only into 2). Labels that share every region
+(here 1 and 3) cannot be told apart from the regions (the smallest is written); the round trip
+labels → regions → labels is exact when no two labels share every region.
 """
 from __future__ import annotations
 
@@ -189,10 +192,24 @@ class TargetSpec:
             return (probs[:, 0] >= threshold).to(torch.uint8)
         if self.kind == "classes":
             return torch.tensor(self.values, dtype=torch.uint8, device=probs.device)[probs.argmax(1)]
-        out = torch.zeros(probs.shape[:1] + probs.shape[2:], dtype=torch.uint8, device=probs.device)
+        return self.paint(probs >= threshold)
+
+    def paint(self, masks: torch.Tensor) -> torch.Tensor:
+        """Regions only: bool region masks (N, R, H, W) → uint8 label maps (N, H, W). A pixel whose regions are
+        exactly those of a label value gets that value (the smallest, where labels share every region); any other
+        combination (a child region without its parent) the value :meth:`paint_order` paints last there."""
+        import torch
+        out = torch.zeros(masks.shape[:1] + masks.shape[2:], dtype=torch.uint8, device=masks.device)
         for r, value in self.paint_order():
-            out[probs[:, r] >= threshold] = value
+            out[masks[:, r]] = value
+        for value, member in reversed(self.memberships()):  # the smallest value of a combination last
+            out[(masks == torch.tensor(member, device=masks.device).view(1, -1, 1, 1)).all(1)] = value
         return out
+
+    def memberships(self) -> list[tuple[int, tuple[bool, ...]]]:
+        """Regions only: (label value, whether each region holds it) for every label value of a region, ascending."""
+        values = sorted({v for r in self.regions for v in r})
+        return [(v, tuple(v in r for r in self.regions)) for v in values]
 
     def foreground(self, probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5
                    ) -> tuple[torch.Tensor, torch.Tensor]:

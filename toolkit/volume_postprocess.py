@@ -142,12 +142,15 @@ class VolumePostprocess:
 
     def apply_labels(self, labels, area_factor: float = 1.0) -> np.ndarray:
         """uint8 label volume (any 3 axes) in the target's label values → the same after :meth:`apply`
-        (``area_factor``: in-plane voxels per model-resolution voxel; regions repainted largest first)."""
+        (``area_factor``: in-plane voxels per model-resolution voxel; regions repainted by
+        :meth:`~toolkit.targets.TargetSpec.paint`, as ``toolkit predict`` writes them)."""
         labels, spec = np.asarray(labels), self.spec
-        if spec.kind == "regions":
-            masks = [np.isin(labels, r) for r in spec.regions]
-            paint = spec.paint_order()
-        elif spec.kind == "classes":
+        if spec.kind == "regions":  # repainted as TargetSpec.to_labels paints them
+            import torch
+
+            kept = self.apply(np.stack([np.isin(labels, r) for r in spec.regions]), area_factor)
+            return spec.paint(torch.from_numpy(kept).transpose(0, 1)).numpy()
+        if spec.kind == "classes":
             masks = [labels == v for v in spec.values[1:]]
             paint = [(c, v) for c, v in enumerate(spec.values[1:])]
         else:

@@ -47,14 +47,15 @@ from .io import CHANNEL_NAMES, IMAGE_EXTENSIONS, MRISlice, figshare_patient, nat
 from .metadata import METADATA_FILE, patient_group, read_metadata
 from .nifti import NIFTI_SOURCES, brain_region, load_nifti
 from .pairs import EXT_PATTERN, find_image_mask_pairs, pair_files
-from .raw import DATASET_JSON, find_raw, read_dataset_json
+from .raw import DATASET_JSON, check_grid, find_raw, read_dataset_json
 
-__all__ = ["Discovery", "discover_mri_slices", "given_folder"]
+__all__ = ["BRATS_FILE", "Discovery", "discover_mri_slices", "given_folder"]
 
 LGG_ROOT = "kaggle_3m"  # the Kaggle LGG download's layout root, inside the folder a user names
 
 _EXT = EXT_PATTERN
-_BRATS_FILE = re.compile(r"[_-](flair|t2f|t1|t1n|t1ce|t1c|t2|t2w|seg)\.nii(\.gz)?$", re.IGNORECASE)
+#: A BraTS case folder's file: ``<case>_<modality>.nii[.gz]`` (group 1: the modality, or "seg").
+BRATS_FILE = re.compile(r"[_-](flair|t2f|t1|t1n|t1ce|t1c|t2|t2w|seg)\.nii(\.gz)?$", re.IGNORECASE)
 _LAYOUTS = {
     "folder": f"images/<id>.{_EXT} with masks/<id>_mask.{_EXT} (or masks/<id>.{_EXT}), or <id>.{_EXT} "
               f"beside <id>_mask.{_EXT}",
@@ -173,7 +174,7 @@ def _find_brats(root, channels, rule, skipped):
     for d in _subdirs(root):
         files = {}
         for p in d.iterdir():
-            m = _BRATS_FILE.search(p.name)
+            m = BRATS_FILE.search(p.name)
             if m:
                 files[CHANNEL_ALIASES.get(m.group(1).lower(), m.group(1).lower())] = p
         if not files:
@@ -187,12 +188,8 @@ def _find_brats(root, channels, rule, skipped):
             if missing:
                 what = "segmentation (<case>_seg.nii.gz): image without a mask" if "seg" in missing else "volume"
                 raise MRIDataError(d, f"no {', '.join(missing)} {what} in this case folder")
-            heads = {n: load_nifti(files[n], data=False) for n in (*wanted, "seg")}
-            spacing = tuple(round(float(z), 6) for z in heads["seg"].header.get_zooms()[:3])
-            shapes = {n: tuple(h.shape) for n, h in heads.items()}
-            if len(set(shapes.values())) > 1:
-                raise MRIDataError(files["seg"], f"volumes of different shapes in {d.name}: {shapes}; they must match")
-            depth = shapes["seg"][2]
+            shape, spacing = check_grid(d.name, [files["seg"], *(files[n] for n in wanted)])  # as the raw layout
+            depth = shape[2]
             keep = list(range(depth))
             if rule != "all":  # per slice: any brain (image != its voxel (0, 0, 0)), any tumour (label > 0)
                 brain = brain_region(load_nifti(files[wanted[0]])).any(axis=(0, 1)) if rule == "nonempty" or extra \
@@ -241,7 +238,7 @@ def _detect(root: Path) -> dict[str, Path]:
         if any(n.endswith(("_mask.tif", "_mask.tiff")) and n.replace("_mask", "") in names for n in names):
             found["lgg"] = lgg
             break
-    if "raw" not in found and any(_BRATS_FILE.search(p.name) for d in _subdirs(root) for p in d.iterdir()):
+    if "raw" not in found and any(BRATS_FILE.search(p.name) for d in _subdirs(root) for p in d.iterdir()):
         found["brats"] = root
     if next((p for p in root.rglob("*.mat") if not p.name.startswith(".")), None) is not None:
         found["figshare_mat"] = root

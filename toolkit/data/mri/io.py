@@ -61,8 +61,8 @@ class MRISlice:
         channel_paths: NIfTI: one volume per entry of ``channels``; () otherwise.
         attributes: (column, value) pairs from the folder's ``metadata.csv`` other than the patient
             (e.g. ``("tumour_type", "glioma")``); () when there is none. :attr:`attrs` gives them as a dict.
-        spacing: NIfTI: the voxel size in mm along (X, Y, Z) = (H, W, slice) from the header zooms (float32 there,
-            rounded to 6 decimals); None for 2D.
+        spacing: NIfTI: the voxel size in mm along (X, Y, Z) = (H, W, slice), the lengths of the affine's columns
+            (:func:`~toolkit.data.mri.nifti.voxel_spacing`, rounded to 6 decimals); None for 2D.
         brain_mask_path: raw: the case's ``brainmasksTr/<case>`` volume when there is one, else None.
         label_values: raw: the label values dataset.json declares (others are refused when read); () = unchecked.
     """

@@ -30,7 +30,7 @@ from ...checkpoint import atomic_write
 from ..errors import MRIDataError
 
 __all__ = ["MAX_VOXELS", "NIFTI_SOURCES", "ZSCORE_CLIP", "brain_region", "check_finite", "label_volume", "load_nifti",
-           "save_nifti", "read_volume_slice", "zscore_uint8"]
+           "save_nifti", "read_volume_slice", "voxel_spacing", "zscore_uint8"]
 
 #: Largest NIfTI volume (X x Y x Z voxels) accepted (BraTS: 240 x 240 x 155 = 8.9 M).
 MAX_VOXELS = 1 << 28
@@ -58,6 +58,14 @@ def load_nifti(path: Path, data: bool = True):
         raise
     except Exception as err:  # nibabel, gzip and zlib raise many kinds for a broken file
         raise MRIDataError(path, f"cannot read the NIfTI volume: {type(err).__name__}: {err}") from err
+
+
+def voxel_spacing(img) -> tuple[float, float, float]:
+    """Voxel size in mm along the array axes (X, Y, Z) of a nibabel image: the lengths of its affine's columns
+    (the grid a viewer places it on: the sform, else the qform), rounded to 6 decimals. Not the header's pixdim
+    (``get_zooms``), which a file may leave stale beside its sform (e.g. 1 x 1 x 1 beside a 1 x 1.2 x 3 mm sform)."""
+    columns = np.linalg.norm(np.asarray(img.affine, dtype=np.float64)[:3, :3], axis=0)
+    return tuple(round(float(c), 6) for c in columns)
 
 
 def brain_region(volume: np.ndarray, brain_mask: np.ndarray | None = None) -> np.ndarray:

@@ -32,10 +32,10 @@ import numpy as np
 from ..errors import MRIDataError
 from .channels import channel_indices, parse_slice_rule
 from .io import MRISlice, natural_key
-from .nifti import brain_region, load_nifti
+from .nifti import brain_region, load_nifti, voxel_spacing
 
-__all__ = ["AFFINE_ATOL", "DATASET_JSON", "RawCase", "RawSpec", "find_raw", "raw_case_slices", "raw_cases",
-           "read_dataset_json", "resolve_raw_channels"]
+__all__ = ["AFFINE_ATOL", "DATASET_JSON", "RawCase", "RawSpec", "check_grid", "find_raw", "raw_case_slices",
+           "raw_cases", "read_dataset_json", "resolve_raw_channels"]
 
 DATASET_JSON = "dataset.json"
 #: Largest difference allowed between the affines (mm, or direction cosines) of one case's volumes.
@@ -91,13 +91,16 @@ def read_dataset_json(root: Path) -> RawSpec:
                                  "labels are not supported: put regions in 'regions')")
     if len(set(labels.values())) != len(labels):
         raise MRIDataError(path, f"field 'labels' gives one value to two names: {labels}")
+    if 0 not in labels.values():  # else every label volume's background would be refused as undeclared
+        raise MRIDataError(path, f"field 'labels' must declare the background, value 0 (e.g. \"background\": 0), "
+                                 f"got {labels}")
     key = "regions" if "regions" in meta else "regions_brats" if "regions_brats" in meta else None
     regions = meta.get(key) if key else None
-    declared = set(labels.values())
+    foreground = sorted(v for v in labels.values() if v > 0)
     if key and (not isinstance(regions, dict) or not all(
-            isinstance(r, list) and r and all(_is_int(v) and v in declared for v in r) for r in regions.values())):
-        raise MRIDataError(path, f"field {key!r} must map names to lists of declared label values "
-                                 f"{sorted(labels.values())}, got {regions}")
+            isinstance(r, list) and r and all(_is_int(v) and v in foreground for v in r) for r in regions.values())):
+        raise MRIDataError(path, f"field {key!r} must map names to lists of declared foreground label values "
+                                 f"{foreground} (not the background, 0), got {regions}")
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in _NIFTI_ENDINGS:
         raise MRIDataError(path, f"field 'file_ending' is {ending!r}; only NIfTI ({', '.join(_NIFTI_ENDINGS)}) is read")
@@ -174,14 +177,15 @@ def resolve_raw_channels(names: tuple[str, ...], channels) -> tuple[int, ...]:
     return channel_indices(items, names, "this data set")
 
 
-def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, float]]:
-    """Shapes and affines of a case's volumes agree and are sane: returns (shape, spacing)."""
-    files = [p for p in (*case.channels, case.label, case.brain_mask) if p is not None]
+def check_grid(case: str, files) -> tuple[tuple[int, ...], tuple[float, float, float]]:
+    """The volumes ``files`` (Paths) of one case (id ``case``) share one voxel grid: the same shape and affines within
+    :data:`AFFINE_ATOL`, each finite and non-singular. Returns (shape, spacing in mm along X, Y, Z from the affine);
+    MRIDataError naming the file that disagrees with the first."""
     heads = [(p, load_nifti(p, data=False)) for p in files]
     ref_path, ref = heads[0]
     for p, h in heads:
         if tuple(h.shape) != tuple(ref.shape):
-            raise MRIDataError(p, f"volume of shape {tuple(h.shape)} but {ref_path.name} of case {case.case} is "
+            raise MRIDataError(p, f"volume of shape {tuple(h.shape)} but {ref_path.name} of case {case} is "
                                   f"{tuple(ref.shape)}; a case's channels and label must match")
         aff = np.asarray(h.affine, dtype=np.float64)
         if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
@@ -190,8 +194,12 @@ def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, 
             raise MRIDataError(p, f"affine differs from that of {ref_path.name} by up to "
                                   f"{np.abs(aff - ref.affine).max():.3g} (tolerance {AFFINE_ATOL}); the volumes "
                                   "of a case must share their voxel grid")
-    spacing = tuple(round(float(z), 6) for z in ref.header.get_zooms()[:3])  # float32 in the header
-    return tuple(ref.shape), spacing
+    return tuple(ref.shape), voxel_spacing(ref)  # from the affine checked above, not the header's pixdim
+
+
+def _check_headers(case: RawCase) -> tuple[tuple[int, ...], tuple[float, float, float]]:
+    """Shapes and affines of a case's volumes agree and are sane: returns (shape, spacing)."""
+    return check_grid(case.case, [p for p in (*case.channels, case.label, case.brain_mask) if p is not None])
 
 
 def _kept_slices(case: RawCase, rule: str, extra: int, depth: int, first: int) -> list[int]:
