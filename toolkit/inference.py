@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -16,7 +15,7 @@ from .data.batch_transforms import input_preprocess
 from .data.mri.context import context_channels
 from .data.mri.dataset import MRISegmentationDataset
 from .data.mri.folders import discover_folders
-from .data.mri.io import resize_square
+from .data.mri.io import resize_back, resize_square
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model, parse_widths
 from .postprocess import PostProcess, load_postprocess
@@ -209,7 +208,7 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
 
     image: uint8 (H, W, C). Tumour: any tumour class or region (:func:`~toolkit.seg_images.tumour_map`).
     The scan is resized to ``size`` x ``size`` as in training, standardised per image, and the maps are
-    resized back (bilinear). ``flips`` averages with the horizontally flipped prediction; the disagreement
+    resized back (bilinear, :func:`~toolkit.data.mri.io.resize_back`). ``flips`` averages with the horizontally flipped prediction; the disagreement
     is taken at ``threshold``. Returns a :class:`ScanProbs`.
     """
     h, w = image.shape[:2]
@@ -219,10 +218,10 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
     x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
     all_probs = ensemble.member_probs(x, flips=flips)  # (M, 1, K, S, S)
     members = torch.from_numpy(np.ascontiguousarray(tumour_map(all_probs.numpy(), ensemble.target.kind)))[:, :, None]
-    probs = cv2.resize(members.mean(0)[0, 0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+    probs = resize_back(members.mean(0)[0].numpy(), w, h)[0]  # where the masks it learnt from lie
     # binary: the one channel is the tumour map, already resized
     channels = probs[None] if ensemble.target.kind == "binary" else resize_maps(all_probs.mean(0)[0].numpy(), w, h)
     if len(ensemble.members) < 2:
         return ScanProbs(probs, None, channels)
     dispute = disagreement(members, threshold)[0, 0].numpy()
-    return ScanProbs(probs, cv2.resize(dispute, (w, h), interpolation=cv2.INTER_LINEAR), channels)
+    return ScanProbs(probs, resize_back(dispute[None], w, h)[0], channels)

@@ -19,11 +19,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from .data.mri.channels import resolve_channels
-from .data.mri.io import resize_square
+from .data.mri.io import resize_back, resize_square
 from .data.mri.nifti import ZSCORE_CLIP
 from .postprocess import PostProcess
 from .seg_images import (channel_names, input_files, overlay, per_volume, read_input, resize_maps, tumour_map,
@@ -192,7 +191,7 @@ class OnnxSegmenter:
         resized = resized[..., None] if resized.ndim == 2 else resized
         p = self.probs(self.preprocess(resized[None]), flips=flips)[0]
         kind = self.target["kind"]
-        tumour = cv2.resize(np.ascontiguousarray(tumour_map(p, kind)), (w, h), interpolation=cv2.INTER_LINEAR)
+        tumour = resize_back(tumour_map(p, kind)[None], w, h)[0]
         return tumour, (tumour[None] if kind == "binary" else resize_maps(p, w, h))  # binary: one channel, resized
 
 

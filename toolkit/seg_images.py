@@ -13,7 +13,7 @@ import numpy as np
 
 from .checkpoint import atomic_write
 from .data.errors import MRIDataError
-from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image
+from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image, resize_back
 
 __all__ = ["channel_names", "class_labels", "input_files", "overlay", "per_volume", "read_input", "resize_maps",
            "tumour_map", "write_class_map", "write_png"]
@@ -37,9 +37,9 @@ def tumour_map(probs: np.ndarray, kind: str) -> np.ndarray:
 
 
 def resize_maps(maps: np.ndarray, width: int, height: int) -> np.ndarray:
-    """float32 (K, S, S) maps → float32 (K, height, width), each resized bilinearly (as the tumour map)."""
-    return np.stack([cv2.resize(np.ascontiguousarray(m, dtype=np.float32), (width, height),
-                                interpolation=cv2.INTER_LINEAR) for m in maps])
+    """float32 (K, S, S) maps → float32 (K, height, width), bilinear, where the masks the model learnt from lie
+    (:func:`~toolkit.data.mri.io.resize_back`)."""
+    return resize_back(maps, width, height)
 
 
 def class_labels(probs: np.ndarray, values: Sequence[int], names: Sequence[str]) -> tuple[np.ndarray, str]:

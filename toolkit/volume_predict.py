@@ -14,11 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .data.errors import MRIDataError
 from .data.mri.context import volume_context
-from .data.mri.io import to_uint8
+from .data.mri.io import resize_back, to_uint8
 from .data.mri.nifti import brain_region, check_finite, load_nifti, save_nifti, zscore_uint8
 from .data.mri.raw import check_grid
 from .seg_commands import _write_png
@@ -59,7 +58,8 @@ def predict_volume(ensemble, volume: np.ndarray, size: int, threshold: float = 0
 
     Each slice (X, Y, C) is resized to ``size`` x ``size`` as in training (INTER_AREA when shrinking,
     INTER_LINEAR when growing), predicted in batches of ``batch_size`` with ``ensemble.preprocess`` and
-    ``ensemble(x, flips)``, and its probabilities resized back to (X, Y) (bilinear) before ``to_labels``.
+    ``ensemble(x, flips)``, and its probabilities resized back to (X, Y) (bilinear, where the masks it learnt from
+    lie: :func:`~toolkit.data.mri.io.resize_back`) before ``to_labels``.
     """
     volume = volume_context(volume, context)
     x_size, y_size, depth = volume.shape[:3]
@@ -70,8 +70,8 @@ def predict_volume(ensemble, volume: np.ndarray, size: int, threshold: float = 0
         ks = range(start, min(start + batch_size, depth))
         slices = [cv2.resize(np.ascontiguousarray(volume[:, :, k]), (size, size), interpolation=interp) for k in ks]
         batch = torch.from_numpy(np.stack([s.reshape(size, size, -1) for s in slices])).permute(0, 3, 1, 2)
-        probs = ensemble(ensemble.preprocess(batch.to(device)), flips=flips).float()
-        probs = F.interpolate(probs, size=(x_size, y_size), mode="bilinear", align_corners=False)
+        probs = ensemble(ensemble.preprocess(batch.to(device)), flips=flips).float().cpu().numpy()
+        probs = torch.from_numpy(np.stack([resize_back(p, y_size, x_size) for p in probs]))  # where its masks lie
         out[:, :, start:start + len(ks)] = ensemble.target.to_labels(probs, threshold).cpu().numpy().transpose(1, 2, 0)
     return out
 
