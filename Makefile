@@ -24,9 +24,10 @@ else
 LAUNCH := ACCELERATE_USE_CPU=true $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCS) --num_machines 1 --mixed_precision $(PRECISION) --dynamo_backend no
 endif
 
-# Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU. A key given twice is refused:
-# change one of DEMO_ARGS by setting DEMO_ARGS (make demo DEMO_ARGS="--epochs 5"), not by repeating it in ARGS.
-DEMO_ARGS ?= --run-name demo-$(shell date +%Y%m%d-%H%M%S) --max-minutes 8.5 --epochs 60
+# Demo: built-in synthetic MRI slices on this machine, a few minutes on a CPU. Its settings are in
+# examples/configs/demo.yaml; ARGS override them (make demo ARGS="--epochs 5"). The run is demo-<date>-<time>
+# unless ARGS name it (--run-name).
+RUN_NAME_UNLESS_GIVEN = $(if $(findstring --run-name,$(ARGS))$(findstring --run_name,$(ARGS)),,--run-name $(1)-$(shell date +%Y%m%d-%H%M%S))
 
 .PHONY: install demo demo-brats test brain-mri brain-mri-pretrain brain-mri-cv ssl-curve cifar10 mnist compare-mnist clean stl10-supervised stl10-resnet18 stl10-pretrain stl10-probe ssl-cifar10 stl10 report bench kill-harness slurm-check pretrain-throughput
 install: $(STAMP)
@@ -38,7 +39,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(LAUNCH) recipes/brain_mri.py $(DEMO_ARGS) $(ARGS)
+	$(LAUNCH) recipes/brain_mri.py --config examples/configs/demo.yaml $(call RUN_NAME_UNLESS_GIVEN,demo) $(ARGS)
 
 brain-mri: $(STAMP)
 	$(LAUNCH) recipes/brain_mri.py $(ARGS)
@@ -48,12 +49,11 @@ brain-mri-pretrain: $(STAMP)
 	$(LAUNCH) recipes/brain_mri_pretrain.py $(ARGS)
 
 # Multi-class demo (docs/brain-mri.md, Volumes): 8 synthetic 3D cases (FLAIR + T1c, BraTS-style labels) into
-# data/synthetic-brats/ (once), then BraTS regions (whole tumour, tumour core, enhancing) on their slices.
-BRATS_DEMO_ARGS ?= --run-name demo-brats-$(shell date +%Y%m%d-%H%M%S) --epochs 15 --image-size 64 --widths 8,16,32,64 \
-	--batch-size 8 --lr 0.01 --slice-rule tumour+2 --num-workers 0
+# data/synthetic-brats/ (once), then BraTS regions (whole tumour, tumour core, enhancing) on their slices; settings
+# in examples/configs/demo_brats.yaml, which ARGS override.
 demo-brats: $(STAMP)
 	$(BIN)/python -m toolkit.data.mri.synthetic_volumes data/synthetic-brats
-	$(LAUNCH) recipes/brain_mri.py --data-dir data/synthetic-brats --in-channels 2 $(BRATS_DEMO_ARGS) $(ARGS)
+	$(LAUNCH) recipes/brain_mri.py --config examples/configs/demo_brats.yaml $(call RUN_NAME_UNLESS_GIVEN,demo-brats) $(ARGS)
 
 # Cross-validation (docs/brain-mri.md): FOLDS folds of recipes/brain_mri.py into runs/$(NAME)/fold<k>/, then
 # out-of-fold scores (runs/$(NAME)/cv.json) and post-processing; run it again to continue a killed one.

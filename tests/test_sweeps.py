@@ -1,6 +1,7 @@
 """The W&B sweep files of examples/sweeps/ (docs/reports.md#sweeps): every parameter is a setting of the recipe
 the sweep runs, every value one that setting takes, as the W&B agent writes it on the command line, and a run
-launched with those arguments writes the sweep's metric to its summary, best in the sweep's direction."""
+launched with those arguments writes the sweep's metric to its summary, best in the sweep's direction; and the
+settings files of examples/configs/ that `make demo` and `make demo-brats` pass with --config."""
 
 import dataclasses
 import json
@@ -87,3 +88,28 @@ def test_a_sweep_run_writes_its_metric_best_in_the_sweeps_direction(path, tmp_pa
     summary = json.loads((run / "summary.json").read_text())
     assert isinstance(summary[sweep["metric"]["name"]], float)  # what set_summary gives the W&B run summary
     assert summary["mode"] == sweep["metric"]["goal"][:3]  # "max" / "min"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_make_targets_settings_files_are_settings_of_the_recipe(path):
+    """examples/configs/demo*.yaml (`make demo`, `make demo-brats` pass them with --config): every key a setting of
+    recipes/brain_mri.py with a value it takes, and the command line's value wins over the file's."""
+    cls = _config_class(ROOT / "recipes" / "brain_mri.py")
+    values = yaml.safe_load(path.read_text())
+    cfg = parse_config(cls, ["--config", str(path)], exit_on_error=False)
+    for key, value in values.items():  # as the command line would give it (widths: "8,16,32,64")
+        word = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        assert getattr(cfg, key) == getattr(parse_config(cls, [f"--{key}={word}"], exit_on_error=False), key), key
+        assert getattr(cfg, key) != getattr(cls(), key), f"{key}: the default already"
+    assert parse_config(cls, ["--config", str(path), "--epochs", "3"], exit_on_error=False).epochs == 3
+
+
+def test_make_demo_passes_its_settings_file_and_names_the_run_unless_args_do():
+    def launch_line(*args):
+        out = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return next(line for line in out.splitlines() if "recipes/brain_mri.py" in line)
+
+    line = launch_line("demo", "ARGS=--epochs 5")
+    assert "--config examples/configs/demo.yaml --run-name demo-" in line and line.endswith("--epochs 5")
+    assert line.count("--run-name") == 1 and launch_line("demo", "ARGS=--run-name mine").count("--run") == 1
+    assert "--config examples/configs/demo_brats.yaml --run-name demo-brats-" in launch_line("demo-brats")
