@@ -29,7 +29,8 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``MRISegmentationDataset``, ``MRISlice``, ``read_slice``, ``discover_mri_slices``,
   ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``, ``mri_augmentation``
   (its strength up to ``MAX_AUGMENT_STRENGTH``); the brain-MRI recipes' data (read, split by patient, saved):
-  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``, ``choose_monitor``, ``settle_epochs``;
+  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``, ``choose_monitor``, ``settle_epochs``,
+  ``check_mri_settings``;
   2.5D input (``--context-slices``): ``context_channels``, ``MAX_CONTEXT``.
 
 Names are imported lazily (PEP 562), so ``import toolkit`` stays cheap and a submodule's heavy
@@ -67,7 +68,7 @@ _EXPORTS = {
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
-    "mri_data": ["SegmentationData", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"],
+    "mri_data": ["SegmentationData", "check_mri_settings", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"],
     "models.segmentation": ["SEGMENTATION_MODELS", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["count_parameters", "init_from"],
     "objectives": [

@@ -83,6 +83,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (0 = no weight average; e.g. 0.999), got {self.ema_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1) (SGD; 0 = none), got {self.momentum}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         _check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
