@@ -124,3 +124,15 @@ def test_a_key_given_twice_is_refused_naming_it(argv):
     key = argv[0].split("=")[0][2:].replace("-", "_")
     with pytest.raises(ConfigError, match=f"^--{key} given twice "):
         parse(*argv)
+
+
+@pytest.mark.parametrize("raw", ["4,,8", "4,8,", ",4,8"])
+def test_a_list_with_an_empty_item_is_refused(raw):
+    """An empty item was dropped silently: "16,,32" became (16, 32)."""
+    from toolkit.models.segmentation import parse_widths
+
+    with pytest.raises(ConfigError, match=r"--widths expects comma-separated int values, got .* \(an empty item\)"):
+        parse("--widths", raw)
+    with pytest.raises(ValueError, match="an empty item"):  # the brain-MRI recipes' --widths (a str field)
+        parse_widths(raw)
+    assert parse("--widths", "").widths == () and parse_widths("") == () and parse_widths("8, 16") == (8, 16)

@@ -184,7 +184,10 @@ def _convert(key: str, raw: str, tp: Any) -> Any:
     if origin in (tuple, list):
         args = typing.get_args(tp)
         item = args[0] if args else str
-        items = [s for s in raw.replace(" ", "").split(",") if s]
+        items = raw.replace(" ", "").split(",") if raw.strip() else []  # "" = no items
+        if "" in items:  # "16,,32" or "16,32,": a value left out, not silently dropped
+            raise ConfigError(f"--{key} expects comma-separated {getattr(item, '__name__', item)} values, got "
+                              f"{raw!r} (an empty item)")
         values = [_convert(key, s, item) for s in items]
         return tuple(values) if origin is tuple else values
     if tp in (int, float, str):
