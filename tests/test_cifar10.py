@@ -344,3 +344,19 @@ def test_whitening_images_are_drawn_from_every_class_not_the_first_ones(monkeypa
     images = recipe.whitening_images(train, seed=0, count=40)
     assert images.shape == (40, 3, 32, 32) and len(images[:, 0, 0, 0].unique()) >= 5
     assert torch.equal(images, recipe.whitening_images(train, seed=0, count=40))  # the same on every process
+
+
+def test_class_folders_with_a_file_name_that_is_not_utf8(tmp_path):
+    """A name such as b'\\xff.png' (not UTF-8) used to end in a bare UnicodeEncodeError from the cache fingerprint;
+    it is read as any other image, from the folders and then from the cache."""
+    import os
+
+    from toolkit.data.cifar import read_class_folders
+
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(tmp_path / split / "cat" / "a.png")
+    os.rename(tmp_path / "train" / "cat" / "a.png", os.fsencode(tmp_path / "train" / "cat") + b"/\xff.png")
+    for _ in range(2):  # decoded, then the cache
+        ds = read_class_folders(tmp_path, "train", cache_dir=tmp_path / "cache")
+        assert len(ds) == 1 and int(ds[0][0][0, 0, 0]) == 7

@@ -238,7 +238,7 @@ def _list_class_folder(split_dir: Path) -> tuple[list[tuple[Path, int]], str]:
         for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
             if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES):
                 files.append((Path(entry.path), label))
-                digest.update(f"{class_dir.name}/{entry.name}:{entry.stat().st_size}\n".encode())
+                digest.update(os.fsencode(f"{class_dir.name}/{entry.name}:{entry.stat().st_size}\n"))  # any name
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {split_dir}")
     return files, digest.hexdigest()
@@ -266,7 +266,7 @@ def _cache_path(root: Path, split: str, cache_dir: Path) -> Path:
     name = f"cifar10-{split}-uint8.pt"
     if os.access(root, os.W_OK):
         return root / name
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    key = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:12]
     return cache_dir / f"{root.name}-{key}" / name
 
 
