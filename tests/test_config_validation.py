@@ -144,3 +144,17 @@ def test_brain_mri_settings_are_checked_when_parsed(recipe, argv, message, monke
     cls = module.BrainMRIConfig if recipe == "brain_mri" else module.BrainMRIPretrainConfig
     with pytest.raises(ConfigError, match=message):
         parse_config(cls, argv, exit_on_error=False)
+
+
+@pytest.mark.parametrize("recipe", ["brain_mri", "brain_mri_pretrain"])
+def test_a_synthetic_dir_under_a_file_is_refused_when_parsed(recipe, tmp_path, monkeypatch):
+    """It ended in a NotADirectoryError traceback (exit status 1) when the slices were written."""
+    (tmp_path / "file").write_text("x")
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    module = load_recipe(recipe)
+    cls = module.BrainMRIConfig if recipe == "brain_mri" else module.BrainMRIPretrainConfig
+    for where in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(ConfigError, match=f"synthetic_dir '{where}': cannot write the synthetic slices there "
+                                              f"\\({tmp_path / 'file'} is not a folder\\)"):
+            parse_config(cls, ["--synthetic-dir", str(where)], exit_on_error=False)
+    assert parse_config(cls, ["--synthetic-dir", str(tmp_path / "new" / "x")]).synthetic_dir  # not made yet: fine

@@ -12,6 +12,7 @@ the setting and the problem.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -46,6 +47,13 @@ def check_mri_settings(cfg: Any) -> None:
     for folder in filter(None, (d.strip() for d in cfg.data_dir.split(","))):
         if not Path(folder).is_dir():
             raise ConfigError(f"data_dir {folder!r} is not a folder")
+    if not cfg.data_dir.strip():  # the synthetic slices are written there (the main process of each machine)
+        where = Path(cfg.synthetic_dir)
+        parent = next((p for p in (where, *where.absolute().parents) if p.exists()), Path("/"))
+        if parent.exists() and not parent.is_dir() or parent != where and not os.access(parent, os.W_OK):
+            raise ConfigError(f"synthetic_dir {cfg.synthetic_dir!r}: cannot write the synthetic slices there "
+                              f"({parent} is {'not a folder' if not parent.is_dir() else 'not writable'}); give "
+                              "another folder, or --data-dir")
     if cfg.synthetic_images < 1:
         raise ConfigError(f"synthetic_images must be >= 1 (slices written when no data_dir is given), "
                           f"got {cfg.synthetic_images}")
