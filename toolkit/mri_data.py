@@ -39,8 +39,9 @@ SLICES_SEEN = 155_000  # training slices a run shows by default (epochs 0): 100 
 
 def check_mri_settings(cfg: Any) -> None:
     """ConfigError naming the field for a bad data or model setting the brain-MRI recipes share: ``data_dir``
-    (folders that exist), ``synthetic_images`` (>= 1), ``slice_rule``, ``image_size`` (>= 16), ``in_channels``
-    (>= 0), ``model`` and ``widths``; checked when the config is built, before any data are read."""
+    (folders that exist), ``synthetic_dir`` (writable, without data_dir), ``synthetic_images`` (>= 1),
+    ``slice_rule``, ``image_size`` (>= 16), ``in_channels`` (>= 0), ``model`` and ``widths``; checked when the
+    config is built, before any data are read."""
     from .data.mri.channels import parse_slice_rule
     from .models.segmentation import SEGMENTATION_MODELS, parse_widths
 
