@@ -29,6 +29,7 @@ from brain_mri import BrainMRIConfig  # the recipes beside this script
 from brain_mri_pretrain import BrainMRIPretrainConfig
 from toolkit import SSL_ARMS, ConfigError, command_line, config_help, curve_summary, curve_table, parse_config, run_name
 from toolkit import check_run_args, run_recipe, score_run, split_args, train_run, write_curve
+from toolkit.data.mri import discover_folders
 
 HERE = Path(__file__).resolve().parent
 FINETUNE, PRETRAIN = HERE / "brain_mri.py", HERE / "brain_mri_pretrain.py"
@@ -147,6 +148,12 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
         raise ConfigError(f"--context-slices {run_cfg.context_slices} / --target {run_cfg.target or '(data)'}: "
                          "the curve pretrains a binary model on single slices (Dice of binary masks); its weights "
                          "cannot start a 2.5D or multi-class run: leave out --context-slices and --target")
+    if cfg.test_data_dir:  # scored after every run: a folder without slices is refused before any training
+        try:
+            discover_folders(cfg.test_data_dir, channels=run_cfg.channels or run_cfg.in_channels,
+                             skip_bad_files=run_cfg.skip_bad_files)
+        except (FileNotFoundError, ValueError) as err:  # DataError is a ValueError
+            raise ConfigError(f"test_data_dir: {err}") from None
     pre_keys = {t[2:].split("=")[0].replace("_", "-") for t in pretrain_args if t.startswith("--")}
     shared = split_args([*data, *split_args(rest, TO_PRETRAIN)[0]], pre_keys)[1]  # --pretrain-args wins (not twice)
     pre_argv = [*shared, *pretrain_args, "--max-minutes", str(cfg.pretrain_minutes), "--output-dir"]

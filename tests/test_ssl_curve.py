@@ -163,3 +163,15 @@ def test_pretrain_args_replace_the_shared_settings_instead_of_repeating_them(tmp
     args = seen["pretrain"]
     assert [a for a in args if a.startswith("--batch")] == ["--batch-size=2"], args
     assert "--synthetic-dir" in args  # the other shared settings still go
+
+
+def test_a_test_data_dir_without_slices_is_refused_before_training(tmp_path, capsys):
+    """It was read only to score the first finished run (a traceback after the pretraining and a fine-tuning)."""
+    driver = _driver()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as err:
+        driver.run_recipe(lambda: driver.main(["--test-data-dir", str(tmp_path / "empty"), "--output-dir",
+                                               str(tmp_path)], runner=lambda *a: pytest.fail("nothing may train")))
+    stderr = capsys.readouterr().err
+    assert err.value.code == 2 and stderr.startswith("error: test_data_dir: no brain-MRI layout recognised in "
+                                                     f"{tmp_path / 'empty'}"), stderr
