@@ -28,7 +28,7 @@ from typing import Callable
 from brain_mri import BrainMRIConfig  # the recipes beside this script
 from brain_mri_pretrain import BrainMRIPretrainConfig
 from toolkit import SSL_ARMS, ConfigError, command_line, config_help, curve_summary, curve_table, parse_config, run_name
-from toolkit import check_run_args, run_recipe, score_run, split_args, train_run, write_curve
+from toolkit import check_folder_name, check_run_args, run_recipe, score_run, split_args, train_run, write_curve
 from toolkit.data.mri import discover_folders
 
 HERE = Path(__file__).resolve().parent
@@ -69,8 +69,7 @@ class SSLCurveConfig:
         for folder in filter(None, (d.strip() for d in self.test_data_dir.split(","))):
             if not Path(folder).is_dir():
                 raise ConfigError(f"test_data_dir {folder!r} is not a folder")
-        if not self.name or "/" in self.name or self.name in (".", ".."):  # ".." would put the runs beside output_dir
-            raise ConfigError(f"name must be a folder name without '/' (not . or ..), got {self.name!r}")
+        check_folder_name("name", self.name)  # ".." would put the runs beside output_dir
 
     def parse_lists(self) -> tuple[list[float], list[int]]:
         """(fractions, seeds) from their comma-separated text; ValueError naming the field and value."""

@@ -29,6 +29,7 @@ from .utils import ROOT, load_recipe, run_env
     ({"lr": "fast"}, "lr must be of type float, got str 'fast'"),
     ({"optimizer": "adam"}, "optimizer must be one of adamw, sgd; got 'adam'"),
     ({"run_name": "../escape"}, "run_name must be a plain folder name"),
+    ({"run_name": ".."}, r"run_name must be a plain folder name \(no ./., not \. or \.\.\), got .\.\.."),
     ({"seed": -1}, r"seed must be in \[0, 2\*\*31\), got -1"),
     ({"seed": 2**32}, r"seed must be in \[0, 2\*\*31\)"),
     ({"momentum": -1.0}, r"momentum must be in \[0, 1\) \(SGD; 0 = none\), got -1.0"),  # were torch's traceback

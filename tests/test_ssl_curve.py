@@ -94,7 +94,7 @@ def test_arguments_are_split_and_refused_before_training(capsys):
                           (["--seeds", "1,1"], "seeds"), (["--seeds", "0,-1"], "in [0, 2**31)"),
                           (["--finetune-minutes", "nan"], "finetune_minutes must be finite"),
                           (["--finetune-minutes", "inf"], "finetune_minutes must be finite"),
-                          (["--name", ".."], "name must be a folder name"),
+                          (["--name", ".."], "name must be a plain folder name"),
                           (["--pretrain-args", "--epochs 9 --max-minutes 30"], "(in --pretrain-args) are set by"),
                           (["--context-slices", "1"], "cannot start a 2.5D or multi-class run"),
                           (["--target", "regions"], "cannot start a 2.5D or multi-class run")):

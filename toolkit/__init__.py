@@ -5,7 +5,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 (``tests/test_public_api.py`` checks it; ``docs/architecture.md`` says what goes where).
 ``toolkit`` exports:
 
-- configuration: ``TrainConfig``, ``parse_config``, ``config_help``, ``ConfigError``, ``run_recipe``;
+- configuration: ``TrainConfig``, ``parse_config``, ``config_help``, ``ConfigError``, ``run_recipe``, ``check_folder_name``;
   ``ClassificationConfig`` and ``classification_objective``, ``stl10_train_test`` (what the classification recipes
   share);
 - training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
@@ -52,7 +52,7 @@ _EXPORTS = {
     "compare": ["RunResult", "check_run_args", "command_line", "driver_help", "refuse_flags", "split_args",
                 "train_run", "write_comparison"],
     "comparison": ["Column", "Comparison", "ComparisonError"],
-    "config": ["ConfigError", "TrainConfig", "config_help", "parse_config", "run_recipe"],
+    "config": ["ConfigError", "TrainConfig", "check_folder_name", "config_help", "parse_config", "run_recipe"],
     "crossval": ["cv_lines", "out_of_fold", "train_folds"],
     "ssl_curve": ["SSL_ARMS", "curve_summary", "curve_table", "run_name", "score_run", "write_curve"],
     "data.batch_transforms": ["add_gaussian_noise"],

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-__all__ = ["ConfigError", "TrainConfig", "parse_config", "config_help", "run_recipe"]
+__all__ = ["ConfigError", "TrainConfig", "check_folder_name", "parse_config", "config_help", "run_recipe"]
 
 C = TypeVar("C")
 
@@ -94,8 +94,15 @@ class TrainConfig:
         if self.wandb_mode == "":
             self.wandb_mode = _wandb_mode_from_env()
         _check_choice("wandb_mode", self.wandb_mode, WANDB_MODES)
-        if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name in (".", "..")):
-            raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}")
+        if self.run_name:  # "" = a name from the recipe and the time
+            check_folder_name("run_name", self.run_name)
+
+
+def check_folder_name(field: str, value: str) -> None:
+    """ConfigError unless ``value`` is a plain folder name (not empty, no ``/``, not ``.`` or ``..``): the name
+    of a folder made under an output folder, which must not land beside it, above it or elsewhere."""
+    if not value or Path(value).name != value or value in (".", ".."):
+        raise ConfigError(f"{field} must be a plain folder name (no '/', not . or ..), got {value!r}")
 
 
 def _wandb_mode_from_env() -> str:
