@@ -154,6 +154,22 @@ def test_tar_gz_extracted_once_and_found_through_its_folder(tmp_path):
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("spoil, message", [
+    (lambda good: b"not gzip", "ReadError: file could not be opened successfully)"),
+    (lambda good: good[: len(good) // 2], "EOFError: Compressed file ended before the end-of-stream marker"),
+])
+def test_a_corrupt_archive_is_refused_naming_it(tmp_path, spoil, message):
+    """It was a bare tarfile.ReadError or EOFError naming no file (and no recipe turned it into an error line)."""
+    write_fake_folders(tmp_path / "src", ext="png")
+    archive = make_tar(tmp_path / "src", tmp_path / "cifar10-jpeg.tar.gz")
+    archive.write_bytes(spoil(archive.read_bytes()))
+    with pytest.raises(ValueError) as err:
+        load_cifar10(archive, cache_dir=tmp_path / "cache")
+    assert str(err.value).startswith(f"{archive}: cannot extract it as a .tar.gz or .tar archive (")
+    assert message in str(err.value)
+    assert not list((tmp_path / "cache").iterdir())  # nothing half-extracted left
+
+
 def test_class_folder_with_unknown_class_is_refused(tmp_path):
     write_fake_folders(tmp_path / "d", counts={"train": {"cat": 1}, "test": {"cat": 1}})
     (tmp_path / "d" / "train" / "kitten").mkdir()
