@@ -133,6 +133,7 @@ def test_the_recipe_refuses_bad_config_before_training(tmp_path, args, message):
     ("brain_mri", ["--split-block", "0"], "split_block must be >= 1"),
     ("brain_mri", ["--fold", "2"], "fold 2 given without folds"),
     ("brain_mri", ["--synthetic-images", "0"], "synthetic_images must be >= 1"),
+    ("brain_mri", ["--synthetic-dir", ""], "synthetic_dir is empty"),  # wrote images/, masks/ into the working dir
     ("brain_mri", ["--slice-rule", "tumor+x"], r"slice_rule must be one of all, nonempty, tumour, tumour\+N"),
     ("brain_mri_pretrain", ["--synthetic-images", "-3"], "synthetic_images must be >= 1"),
     ("brain_mri_pretrain", ["--slice-rule", "some"], "slice_rule must be one of"),

@@ -49,6 +49,8 @@ def check_mri_settings(cfg: Any) -> None:
         if not Path(folder).is_dir():
             raise ConfigError(f"data_dir {folder!r} is not a folder")
     if not cfg.data_dir.strip():  # the synthetic slices are written there (the main process of each machine)
+        if not cfg.synthetic_dir.strip():  # "" would write images/ and masks/ into the working folder
+            raise ConfigError("synthetic_dir is empty; give the folder for the synthetic slices, or --data-dir")
         where = Path(cfg.synthetic_dir)
         parent = next((p for p in (where, *where.absolute().parents) if p.exists()), Path("/"))
         if parent.exists() and not parent.is_dir() or parent != where and not os.access(parent, os.W_OK):
