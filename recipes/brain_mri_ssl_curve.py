@@ -70,6 +70,10 @@ class SSLCurveConfig:
             if not Path(folder).is_dir():
                 raise ConfigError(f"test_data_dir {folder!r} is not a folder")
         check_folder_name("name", self.name)  # ".." would put the runs beside output_dir
+        try:
+            self.pretrain_argv = shlex.split(self.pretrain_args)
+        except ValueError as err:  # an unbalanced quote
+            raise ConfigError(f"pretrain_args {self.pretrain_args!r} cannot be split into arguments: {err}") from None
 
     def parse_lists(self) -> tuple[list[float], list[int]]:
         """(fractions, seeds) from their comma-separated text; ValueError naming the field and value."""
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
         raise SystemExit(0)
     ours, rest = split_args(argv, OWN, takes_value=OWN)
     cfg = parse_config(SSLCurveConfig, ours)
-    pretrain_args = shlex.split(cfg.pretrain_args)
+    pretrain_args = cfg.pretrain_argv
     for where, args, keys in (("", rest, SET_HERE), (" (in --pretrain-args)", pretrain_args, SET_IN_PRETRAIN)):
         clash = [t.split("=")[0] for t in split_args(args, keys)[0] if t.startswith("--")]  # else overridden
         if clash:

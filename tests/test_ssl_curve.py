@@ -95,6 +95,8 @@ def test_arguments_are_split_and_refused_before_training(capsys):
                           (["--finetune-minutes", "nan"], "finetune_minutes must be finite"),
                           (["--finetune-minutes", "inf"], "finetune_minutes must be finite"),
                           (["--name", ".."], "name must be a plain folder name"),
+                          (["--pretrain-args", '"--epochs 3'], "pretrain_args '\"--epochs 3' cannot be split into "
+                                                                "arguments: No closing quotation"),  # a traceback
                           (["--pretrain-args", "--epochs 9 --max-minutes 30"], "(in --pretrain-args) are set by"),
                           (["--context-slices", "1"], "cannot start a 2.5D or multi-class run"),
                           (["--target", "regions"], "cannot start a 2.5D or multi-class run")):
