@@ -15,7 +15,6 @@ from pathlib import Path
 from toolkit import (
     MAX_AUGMENT_STRENGTH,
     MAX_CONTEXT,
-    SEGMENTATION_MODELS,
     ChoosePostprocess,
     ChooseVolumePostprocess,
     ConfigError,
@@ -28,6 +27,7 @@ from toolkit import (
     TrainConfig,
     Trainer,
     build_segmentation_model,
+    check_mri_settings,
     choose_monitor,
     context_channels,
     settle_epochs,
@@ -87,8 +87,7 @@ class BrainMRIConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.model not in SEGMENTATION_MODELS:
-            raise ConfigError(f"model must be one of {', '.join(SEGMENTATION_MODELS)}; got {self.model!r}")
+        check_mri_settings(self)  # data_dir, synthetic_images, slice_rule, image_size, in_channels, model, widths
         if self.target not in ("", *TARGET_KINDS):
             raise ConfigError(f"target must be '', {', '.join(TARGET_KINDS)}; got {self.target!r}")
         if self.regions:
@@ -110,10 +109,6 @@ class BrainMRIConfig(TrainConfig):
         if not 0 <= self.context_slices <= MAX_CONTEXT:
             raise ConfigError(f"context_slices must be in [0, {MAX_CONTEXT}] (neighbours on each side), "
                               f"got {self.context_slices}")
-        if self.in_channels < 0:
-            raise ConfigError(f"in_channels must be 0 (what the data has) or a channel count, got {self.in_channels}")
-        if self.image_size < 16:
-            raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
         if self.crop_size and self.crop_size < 16:
             raise ConfigError(f"crop_size must be 0 (whole slices) or at least 16 pixels, got {self.crop_size}")
         if not 0 <= self.augment <= MAX_AUGMENT_STRENGTH:
@@ -121,9 +116,15 @@ class BrainMRIConfig(TrainConfig):
                               f"got {self.augment}")
         if not 0 <= self.foreground_p <= 1:
             raise ConfigError(f"foreground_p must be in [0, 1], got {self.foreground_p}")
-        for folder in filter(None, (d.strip() for d in self.data_dir.split(","))):
-            if not Path(folder).is_dir():
-                raise ConfigError(f"data_dir {folder!r} is not a folder")
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold must be in (0, 1) (a tumour probability), got {self.threshold}")
+        if self.bce_weight < 0:
+            raise ConfigError(f"bce_weight must be >= 0, got {self.bce_weight}")
+        if self.split_block < 1:
+            raise ConfigError(f"split_block must be >= 1 (consecutive ids kept together), got {self.split_block}")
+        if self.fold and not self.folds:
+            raise ConfigError(f"fold {self.fold} given without folds: --fold picks the validation fold of "
+                              "--folds K (>= 2); give both, or neither")
         if self.folds and not (self.folds >= 2 and 0 <= self.fold < self.folds):
             raise ConfigError(f"need folds >= 2 and 0 <= fold < folds (or folds 0), got folds {self.folds}, "
                               f"fold {self.fold}")
@@ -132,11 +133,6 @@ class BrainMRIConfig(TrainConfig):
         if not 0 < self.label_fraction <= 1 or self.freeze_encoder_epochs < 0:
             raise ConfigError(f"need 0 < label_fraction <= 1 and freeze_encoder_epochs >= 0, got "
                               f"{self.label_fraction} and {self.freeze_encoder_epochs}")
-        try:
-            parse_widths(self.widths)
-        except ValueError:
-            raise ConfigError(f"widths must be comma-separated positive ints such as '8,16,32,64,128', "
-                              f"got {self.widths!r}") from None
 
 
 def build_model(cfg: BrainMRIConfig, out_channels: int = 1):

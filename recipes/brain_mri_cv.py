@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from toolkit import cv_lines, out_of_fold, train_folds
+from toolkit import ConfigError, check_folder_name, cv_lines, out_of_fold, train_folds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the CV folder's name under --output-dir")
     parser.add_argument("--output-dir", default="runs", help="where the CV folder goes (default runs)")
     args = parser.parse_args(ours)
+    try:
+        check_folder_name("--name", args.name)  # "", "..", "/x": the folds would land in or beside --output-dir
+    except ConfigError as err:
+        parser.error(str(err))
     root = Path(args.output_dir) / args.name
     try:
         folds = train_folds(args.folds, recipe_args, root)

@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import (SEGMENTATION_MODELS, ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective,
-                     TrainConfig, Trainer, build_segmentation_model, parse_config, parse_widths, pretraining_data,
-                     reconstruction_pairs, run_recipe)
+from toolkit import (ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective, TrainConfig,
+                     Trainer, build_segmentation_model, check_mri_settings, parse_config, parse_widths,
+                     pretraining_data, reconstruction_pairs, run_recipe)
 from toolkit.data import Corrupt, unit_input_scale
 
 
@@ -58,22 +58,13 @@ class BrainMRIPretrainConfig(TrainConfig):
         super().__post_init__()
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.image_size < 16:
-            raise ConfigError(f"image_size must be >= 16 pixels, got {self.image_size}")
-        if self.model not in SEGMENTATION_MODELS:
-            raise ConfigError(f"model must be one of {', '.join(SEGMENTATION_MODELS)}; got {self.model!r}")
-        if self.in_channels < 0:
-            raise ConfigError(f"in_channels must be 0 (what the data has) or a channel count, got {self.in_channels}")
-        for folder in filter(None, (d.strip() for d in self.data_dir.split(","))):
-            if not Path(folder).is_dir():
-                raise ConfigError(f"data_dir {folder!r} is not a folder")
+        check_mri_settings(self)  # data_dir, synthetic_images, slice_rule, image_size, in_channels, model, widths
         if self.exclude_split and not Path(self.exclude_split).is_file():
             raise ConfigError(f"exclude_split: {self.exclude_split!r} is not a file (expected a run's split.json)")
         try:
-            parse_widths(self.widths)
             self.corruption()
         except ValueError as err:
-            raise ConfigError(f"widths or corruption settings: {err}") from None
+            raise ConfigError(f"corruption settings: {err}") from None
 
     def corruption(self) -> Corrupt:
         """The corruption chain these settings describe (seeded with ``seed``)."""

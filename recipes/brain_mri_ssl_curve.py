@@ -28,7 +28,8 @@ from typing import Callable
 from brain_mri import BrainMRIConfig  # the recipes beside this script
 from brain_mri_pretrain import BrainMRIPretrainConfig
 from toolkit import SSL_ARMS, ConfigError, command_line, config_help, curve_summary, curve_table, parse_config, run_name
-from toolkit import check_run_args, run_recipe, score_run, split_args, train_run, write_curve
+from toolkit import check_folder_name, check_run_args, run_recipe, score_run, split_args, train_run, write_curve
+from toolkit.data.mri import discover_folders
 
 HERE = Path(__file__).resolve().parent
 FINETUNE, PRETRAIN = HERE / "brain_mri.py", HERE / "brain_mri_pretrain.py"
@@ -68,8 +69,11 @@ class SSLCurveConfig:
         for folder in filter(None, (d.strip() for d in self.test_data_dir.split(","))):
             if not Path(folder).is_dir():
                 raise ConfigError(f"test_data_dir {folder!r} is not a folder")
-        if not self.name or "/" in self.name or self.name in (".", ".."):  # ".." would put the runs beside output_dir
-            raise ConfigError(f"name must be a folder name without '/' (not . or ..), got {self.name!r}")
+        check_folder_name("name", self.name)  # ".." would put the runs beside output_dir
+        try:
+            self.pretrain_argv = shlex.split(self.pretrain_args)
+        except ValueError as err:  # an unbalanced quote
+            raise ConfigError(f"pretrain_args {self.pretrain_args!r} cannot be split into arguments: {err}") from None
 
     def parse_lists(self) -> tuple[list[float], list[int]]:
         """(fractions, seeds) from their comma-separated text; ValueError naming the field and value."""
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
         raise SystemExit(0)
     ours, rest = split_args(argv, OWN, takes_value=OWN)
     cfg = parse_config(SSLCurveConfig, ours)
-    pretrain_args = shlex.split(cfg.pretrain_args)
+    pretrain_args = cfg.pretrain_argv
     for where, args, keys in (("", rest, SET_HERE), (" (in --pretrain-args)", pretrain_args, SET_IN_PRETRAIN)):
         clash = [t.split("=")[0] for t in split_args(args, keys)[0] if t.startswith("--")]  # else overridden
         if clash:
@@ -147,6 +151,12 @@ def main(argv: list[str] | None = None, runner: Runner = train_run) -> dict:
         raise ConfigError(f"--context-slices {run_cfg.context_slices} / --target {run_cfg.target or '(data)'}: "
                          "the curve pretrains a binary model on single slices (Dice of binary masks); its weights "
                          "cannot start a 2.5D or multi-class run: leave out --context-slices and --target")
+    if cfg.test_data_dir:  # scored after every run: a folder without slices is refused before any training
+        try:
+            discover_folders(cfg.test_data_dir, channels=run_cfg.channels or run_cfg.in_channels,
+                             skip_bad_files=run_cfg.skip_bad_files)
+        except (FileNotFoundError, ValueError) as err:  # DataError is a ValueError
+            raise ConfigError(f"test_data_dir: {err}") from None
     pre_keys = {t[2:].split("=")[0].replace("_", "-") for t in pretrain_args if t.startswith("--")}
     shared = split_args([*data, *split_args(rest, TO_PRETRAIN)[0]], pre_keys)[1]  # --pretrain-args wins (not twice)
     pre_argv = [*shared, *pretrain_args, "--max-minutes", str(cfg.pretrain_minutes), "--output-dir"]

@@ -154,6 +154,22 @@ def test_tar_gz_extracted_once_and_found_through_its_folder(tmp_path):
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("spoil, message", [
+    (lambda good: b"not gzip", "ReadError: file could not be opened successfully)"),
+    (lambda good: good[: len(good) // 2], "EOFError: Compressed file ended before the end-of-stream marker"),
+])
+def test_a_corrupt_archive_is_refused_naming_it(tmp_path, spoil, message):
+    """It was a bare tarfile.ReadError or EOFError naming no file (and no recipe turned it into an error line)."""
+    write_fake_folders(tmp_path / "src", ext="png")
+    archive = make_tar(tmp_path / "src", tmp_path / "cifar10-jpeg.tar.gz")
+    archive.write_bytes(spoil(archive.read_bytes()))
+    with pytest.raises(ValueError) as err:
+        load_cifar10(archive, cache_dir=tmp_path / "cache")
+    assert str(err.value).startswith(f"{archive}: cannot extract it as a .tar.gz or .tar archive (")
+    assert message in str(err.value)
+    assert not list((tmp_path / "cache").iterdir())  # nothing half-extracted left
+
+
 def test_class_folder_with_unknown_class_is_refused(tmp_path):
     write_fake_folders(tmp_path / "d", counts={"train": {"cat": 1}, "test": {"cat": 1}})
     (tmp_path / "d" / "train" / "kitten").mkdir()
@@ -344,3 +360,19 @@ def test_whitening_images_are_drawn_from_every_class_not_the_first_ones(monkeypa
     images = recipe.whitening_images(train, seed=0, count=40)
     assert images.shape == (40, 3, 32, 32) and len(images[:, 0, 0, 0].unique()) >= 5
     assert torch.equal(images, recipe.whitening_images(train, seed=0, count=40))  # the same on every process
+
+
+def test_class_folders_with_a_file_name_that_is_not_utf8(tmp_path):
+    """A name such as b'\\xff.png' (not UTF-8) used to end in a bare UnicodeEncodeError from the cache fingerprint;
+    it is read as any other image, from the folders and then from the cache."""
+    import os
+
+    from toolkit.data.cifar import read_class_folders
+
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(tmp_path / split / "cat" / "a.png")
+    os.rename(tmp_path / "train" / "cat" / "a.png", os.fsencode(tmp_path / "train" / "cat") + b"/\xff.png")
+    for _ in range(2):  # decoded, then the cache
+        ds = read_class_folders(tmp_path, "train", cache_dir=tmp_path / "cache")
+        assert len(ds) == 1 and int(ds[0][0][0, 0, 0]) == 7

@@ -163,3 +163,15 @@ def test_config_flag_needs_one_path(tmp_path):
         parse("--config", "a.json", "--config=b.json")
     with pytest.raises(ConfigError, match=r"--config .*missing\.json: cannot read it"):
         parse("--config", str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("raw", ["4,,8", "4,8,", ",4,8"])
+def test_a_list_with_an_empty_item_is_refused(raw):
+    """An empty item was dropped silently: "16,,32" became (16, 32)."""
+    from toolkit.models.segmentation import parse_widths
+
+    with pytest.raises(ConfigError, match=r"--widths expects comma-separated int values, got .* \(an empty item\)"):
+        parse("--widths", raw)
+    with pytest.raises(ValueError, match="an empty item"):  # the brain-MRI recipes' --widths (a str field)
+        parse_widths(raw)
+    assert parse("--widths", "").widths == () and parse_widths("") == () and parse_widths("8, 16") == (8, 16)

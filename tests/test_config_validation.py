@@ -10,7 +10,7 @@ import torch
 from toolkit import TrainConfig, Trainer
 from toolkit.config import ConfigError, parse_config
 
-from .utils import ROOT, run_env
+from .utils import ROOT, load_recipe, run_env
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -29,8 +29,11 @@ from .utils import ROOT, run_env
     ({"lr": "fast"}, "lr must be of type float, got str 'fast'"),
     ({"optimizer": "adam"}, "optimizer must be one of adamw, sgd; got 'adam'"),
     ({"run_name": "../escape"}, "run_name must be a plain folder name"),
+    ({"run_name": ".."}, r"run_name must be a plain folder name \(no ./., not \. or \.\.\), got .\.\.."),
     ({"seed": -1}, r"seed must be in \[0, 2\*\*31\), got -1"),
     ({"seed": 2**32}, r"seed must be in \[0, 2\*\*31\)"),
+    ({"momentum": -1.0}, r"momentum must be in \[0, 1\) \(SGD; 0 = none\), got -1.0"),  # were torch's traceback
+    ({"momentum": 1.5}, r"momentum must be in \[0, 1\)"),  # (negative) or a diverging SGD (>= 1)
 ])
 def test_values_are_checked_when_the_config_is_built(kw, message):
     with pytest.raises(ConfigError, match=message):
@@ -119,3 +122,41 @@ def test_the_recipe_refuses_bad_config_before_training(tmp_path, args, message):
                           cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert "epoch 1" not in proc.stdout  # nothing trained
+
+
+@pytest.mark.parametrize("recipe, argv, message", [
+    # each was accepted, then failed mid-run with a traceback (threshold, bce_weight), a message naming another
+    # field (synthetic_images: "data_dir: num_images must be >= 1") or was silently ignored (fold, slice_rule)
+    ("brain_mri", ["--threshold", "1.5"], r"threshold must be in \(0, 1\) \(a tumour probability\), got 1.5"),
+    ("brain_mri", ["--threshold", "0"], r"threshold must be in \(0, 1\)"),
+    ("brain_mri", ["--bce-weight", "-1"], "bce_weight must be >= 0, got -1.0"),
+    ("brain_mri", ["--split-block", "0"], "split_block must be >= 1"),
+    ("brain_mri", ["--fold", "2"], "fold 2 given without folds"),
+    ("brain_mri", ["--synthetic-images", "0"], "synthetic_images must be >= 1"),
+    ("brain_mri", ["--synthetic-dir", ""], "synthetic_dir is empty"),  # wrote images/, masks/ into the working dir
+    ("brain_mri", ["--slice-rule", "tumor+x"], r"slice_rule must be one of all, nonempty, tumour, tumour\+N"),
+    ("brain_mri_pretrain", ["--synthetic-images", "-3"], "synthetic_images must be >= 1"),
+    ("brain_mri_pretrain", ["--slice-rule", "some"], "slice_rule must be one of"),
+    ("brain_mri_pretrain", ["--widths", "8,x"], "widths must be comma-separated positive ints"),
+    ("brain_mri_pretrain", ["--data-dir", "/nonexistent/mri"], "data_dir '/nonexistent/mri' is not a folder"),
+])
+def test_brain_mri_settings_are_checked_when_parsed(recipe, argv, message, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    module = load_recipe(recipe)
+    cls = module.BrainMRIConfig if recipe == "brain_mri" else module.BrainMRIPretrainConfig
+    with pytest.raises(ConfigError, match=message):
+        parse_config(cls, argv, exit_on_error=False)
+
+
+@pytest.mark.parametrize("recipe", ["brain_mri", "brain_mri_pretrain"])
+def test_a_synthetic_dir_under_a_file_is_refused_when_parsed(recipe, tmp_path, monkeypatch):
+    """It ended in a NotADirectoryError traceback (exit status 1) when the slices were written."""
+    (tmp_path / "file").write_text("x")
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    module = load_recipe(recipe)
+    cls = module.BrainMRIConfig if recipe == "brain_mri" else module.BrainMRIPretrainConfig
+    for where in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(ConfigError, match=f"synthetic_dir '{where}': cannot write the synthetic slices there "
+                                              f"\\({tmp_path / 'file'} is not a folder\\)"):
+            parse_config(cls, ["--synthetic-dir", str(where)], exit_on_error=False)
+    assert parse_config(cls, ["--synthetic-dir", str(tmp_path / "new" / "x")]).synthetic_dir  # not made yet: fine

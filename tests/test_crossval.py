@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from toolkit.cli import main as toolkit_main
 
 from .mri_fake import make_folder, make_lgg, make_raw
-from .utils import ROOT, run_env
+from .utils import ROOT, load_recipe, run_env
 
 TINY = ["--synthetic-images", "12", "--image-size", "32", "--batch-size", "4", "--num-workers", "0",
         "--widths", "4,8", "--epochs", "1", "--wandb-mode", "disabled"]
@@ -73,6 +75,18 @@ def test_cv_refuses_arguments_it_sets_itself(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--name", "x", "--",
                            "--fold", "1"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--fold" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["", "..", "../beside"])
+def test_cv_refuses_a_name_that_is_not_a_plain_folder_name(tmp_path, name, monkeypatch, capsys):
+    """--name "" put the folds and cv.json straight into --output-dir, ".." beside it: refused before training."""
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    cv = load_recipe("brain_mri_cv")
+    monkeypatch.setattr(cv, "train_folds", lambda *a: pytest.fail("nothing may train"))
+    with pytest.raises(SystemExit) as err:
+        cv.main(["--name", name, "--output-dir", str(tmp_path / "runs"), "--", *TINY])
+    assert err.value.code == 2 and f"--name must be a plain folder name (no '/', not . or ..), got {name!r}" in \
+        capsys.readouterr().err
 
 
 def test_cv_on_volumes_chooses_the_3d_rule_out_of_fold(tmp_path):

@@ -263,6 +263,14 @@ def test_bad_dataset_json(tmp_path, change, field):
         assert err.value.path == path
 
 
+def test_dataset_json_with_a_byte_order_mark_is_read(tmp_path):
+    """As metadata.csv: a UTF-8 byte-order mark (Windows editors write one) was 'cannot read it as JSON'."""
+    root = make_raw(tmp_path, cases=1)
+    path = root / "dataset.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert read_dataset_json(root).channel_names == RAW_CHANNELS
+
+
 def test_undeclared_channel_file(tmp_path):
     root = make_raw(tmp_path, cases=2)
     extra = write_nifti(root / "imagesTr" / "case_001_0002.nii.gz", raw_volumes()[0][0], np.diag([1.0, 1.2, 3.0, 1.0]))

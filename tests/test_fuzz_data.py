@@ -92,11 +92,16 @@ def _spoil_2d(kind: str, image: Path, mask: Path, ext: str) -> Path:
     elif kind == "empty mask file":
         mask.write_bytes(b"")
         return mask
+    elif kind.startswith("broken link"):  # a link whose target is gone: was left out unsaid (images)
+        spoiled = mask if kind == "broken link as mask" else image
+        spoiled.unlink()
+        spoiled.symlink_to(spoiled.parent / "gone.bin")
+        return spoiled
     return image
 
 
 KINDS_2D = ["empty file", "truncated", "random bytes", "enormous declared size", "mask of the wrong size",
-            "mask not binary", "empty mask file"]
+            "mask not binary", "empty mask file", "broken link as image", "broken link as mask"]
 
 
 def _check(root: Path, bad: Path, n_good: int, channels=None):

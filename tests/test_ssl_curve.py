@@ -96,7 +96,9 @@ def test_arguments_are_split_and_refused_before_training(capsys):
                           (["--seeds", "1,1"], "seeds"), (["--seeds", "0,-1"], "in [0, 2**31)"),
                           (["--finetune-minutes", "nan"], "finetune_minutes must be finite"),
                           (["--finetune-minutes", "inf"], "finetune_minutes must be finite"),
-                          (["--name", ".."], "name must be a folder name"),
+                          (["--name", ".."], "name must be a plain folder name"),
+                          (["--pretrain-args", '"--epochs 3'], "pretrain_args '\"--epochs 3' cannot be split into "
+                                                                "arguments: No closing quotation"),  # a traceback
                           (["--pretrain-args", "--epochs 9 --max-minutes 30"], "(in --pretrain-args) are set by"),
                           (["--context-slices", "1"], "cannot start a 2.5D or multi-class run"),
                           (["--target", "regions"], "cannot start a 2.5D or multi-class run")):
@@ -165,3 +167,15 @@ def test_pretrain_args_replace_the_shared_settings_instead_of_repeating_them(tmp
     args = seen["pretrain"]
     assert [a for a in args if a.startswith("--batch")] == ["--batch-size=2"], args
     assert "--synthetic-dir" in args  # the other shared settings still go
+
+
+def test_a_test_data_dir_without_slices_is_refused_before_training(tmp_path, capsys):
+    """It was read only to score the first finished run (a traceback after the pretraining and a fine-tuning)."""
+    driver = _driver()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as err:
+        driver.run_recipe(lambda: driver.main(["--test-data-dir", str(tmp_path / "empty"), "--output-dir",
+                                               str(tmp_path)], runner=lambda *a: pytest.fail("nothing may train")))
+    stderr = capsys.readouterr().err
+    assert err.value.code == 2 and stderr.startswith("error: test_data_dir: no brain-MRI layout recognised in "
+                                                     f"{tmp_path / 'empty'}"), stderr

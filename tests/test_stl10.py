@@ -262,6 +262,15 @@ def test_budget_is_checked_before_training(fake, tmp_path):
                                         "--channels", "32,64,128,256", "--val-images", "4", *COMMON])
 
 
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n" + bytes(40), b"not an image"])
+def test_read_png_folder_names_a_file_it_cannot_decode(tmp_path, content):
+    """Its docstring's ValueError naming the file: it was PIL's UnidentifiedImageError (or a truncation OSError)."""
+    Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(tmp_path / "0000.png")
+    (tmp_path / "0001.png").write_bytes(content)
+    with pytest.raises(ValueError, match=f"^{tmp_path / '0001.png'}: cannot decode it as an image"):
+        read_png_folder(tmp_path)
+
+
 # --------------------------------------------------------------------------- real images
 def test_real_stl10_images_round_trip_and_reconstruct(tmp_path):
     folder = SHARED_DATA / "stl10-subset" / "unlabeled"

@@ -5,7 +5,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 (``tests/test_public_api.py`` checks it; ``docs/architecture.md`` says what goes where).
 ``toolkit`` exports:
 
-- configuration: ``TrainConfig``, ``parse_config``, ``config_help``, ``ConfigError``, ``run_recipe``;
+- configuration: ``TrainConfig``, ``parse_config``, ``config_help``, ``ConfigError``, ``run_recipe``, ``check_folder_name``;
   ``ClassificationConfig`` and ``classification_objective``, ``stl10_train_test`` (what the classification recipes
   share);
 - training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
@@ -30,7 +30,8 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``MRISegmentationDataset``, ``MRISlice``, ``read_slice``, ``discover_mri_slices``,
   ``find_image_mask_pairs``, ``generate_synthetic_mri``, ``mri_train_transforms``, ``mri_augmentation``
   (its strength up to ``MAX_AUGMENT_STRENGTH``); the brain-MRI recipes' data (read, split by patient, saved):
-  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``, ``choose_monitor``, ``settle_epochs``;
+  ``segmentation_data``, ``SegmentationData``, ``pretraining_data``, ``choose_monitor``, ``settle_epochs``,
+  ``check_mri_settings``;
   2.5D input (``--context-slices``): ``context_channels``, ``MAX_CONTEXT``.
 
 Names are imported lazily (PEP 562), so ``import toolkit`` stays cheap and a submodule's heavy
@@ -52,7 +53,7 @@ _EXPORTS = {
     "compare": ["RunResult", "check_run_args", "command_line", "driver_help", "refuse_flags", "split_args",
                 "train_run", "write_comparison"],
     "comparison": ["Column", "Comparison", "ComparisonError"],
-    "config": ["ConfigError", "TrainConfig", "config_help", "parse_config", "run_recipe"],
+    "config": ["ConfigError", "TrainConfig", "check_folder_name", "config_help", "parse_config", "run_recipe"],
     "crossval": ["cv_lines", "out_of_fold", "train_folds"],
     "ssl_curve": ["SSL_ARMS", "curve_summary", "curve_table", "run_name", "score_run", "write_curve"],
     "data.batch_transforms": ["add_gaussian_noise"],
@@ -68,7 +69,7 @@ _EXPORTS = {
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
-    "mri_data": ["SegmentationData", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"],
+    "mri_data": ["SegmentationData", "check_mri_settings", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"],
     "models.segmentation": ["SEGMENTATION_MODELS", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["count_parameters", "init_from"],
     "objectives": [

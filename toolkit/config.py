@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-__all__ = ["ConfigError", "TrainConfig", "parse_config", "config_help", "run_recipe"]
+__all__ = ["ConfigError", "TrainConfig", "check_folder_name", "parse_config", "config_help", "run_recipe"]
 
 C = TypeVar("C")
 
@@ -84,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (0 = no weight average; e.g. 0.999), got {self.ema_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1) (SGD; 0 = none), got {self.momentum}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         _check_choice("optimizer", self.optimizer, ("adamw", "sgd"))
@@ -93,8 +95,15 @@ class TrainConfig:
         if self.wandb_mode == "":
             self.wandb_mode = _wandb_mode_from_env()
         _check_choice("wandb_mode", self.wandb_mode, WANDB_MODES)
-        if self.run_name and (Path(self.run_name).name != self.run_name or self.run_name in (".", "..")):
-            raise ConfigError(f"run_name must be a plain folder name, got {self.run_name!r}")
+        if self.run_name:  # "" = a name from the recipe and the time
+            check_folder_name("run_name", self.run_name)
+
+
+def check_folder_name(field: str, value: str) -> None:
+    """ConfigError unless ``value`` is a plain folder name (not empty, no ``/``, not ``.`` or ``..``): the name
+    of a folder made under an output folder, which must not land beside it, above it or elsewhere."""
+    if not value or Path(value).name != value or value in (".", ".."):
+        raise ConfigError(f"{field} must be a plain folder name (no '/', not . or ..), got {value!r}")
 
 
 def _wandb_mode_from_env() -> str:
@@ -183,7 +192,10 @@ def _convert(key: str, raw: str, tp: Any) -> Any:
     if origin in (tuple, list):
         args = typing.get_args(tp)
         item = args[0] if args else str
-        items = [s for s in raw.replace(" ", "").split(",") if s]
+        items = raw.replace(" ", "").split(",") if raw.strip() else []  # "" = no items
+        if "" in items:  # "16,,32" or "16,32,": a value left out, not silently dropped
+            raise ConfigError(f"--{key} expects comma-separated {getattr(item, '__name__', item)} values, got "
+                              f"{raw!r} (an empty item)")
         values = [_convert(key, s, item) for s in items]
         return tuple(values) if origin is tuple else values
     if tp in (int, float, str):

@@ -12,6 +12,8 @@ the setting and the problem.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from torch.utils.data import Dataset
@@ -26,12 +28,53 @@ from .data.mri.context import slice_key
 from .targets import TARGET_FILE, TargetSpec, resolve_target
 from .volume_metrics import are_volumes
 
-__all__ = ["SegmentationData", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"]
+__all__ = ["SegmentationData", "check_mri_settings", "choose_monitor", "pretraining_data", "segmentation_data",
+           "settle_epochs"]
 
 BINARY_MONITORS = ("dice", "iou", "dice_global", "iou_global", "dice_tumour")  # SegmentationMetrics figures
 POOLED_FROM_EMPTY_SHARE = 0.25  # share of tumour-free validation slices from which dice_global picks (LGG 0.64,
 # the synthetic demo 0.10, figshare 0)
 SLICES_SEEN = 155_000  # training slices a run shows by default (epochs 0): 100 epochs of the 1,545 figshare slices
+
+
+def check_mri_settings(cfg: Any) -> None:
+    """ConfigError naming the field for a bad data or model setting the brain-MRI recipes share: ``data_dir``
+    (folders that exist), ``synthetic_dir`` (writable, without data_dir), ``synthetic_images`` (>= 1),
+    ``slice_rule``, ``image_size`` (>= 16), ``in_channels`` (>= 0), ``model`` and ``widths``; checked when the
+    config is built, before any data are read."""
+    from .data.mri.channels import parse_slice_rule
+    from .models.segmentation import SEGMENTATION_MODELS, parse_widths
+
+    for folder in filter(None, (d.strip() for d in cfg.data_dir.split(","))):
+        if not Path(folder).is_dir():
+            raise ConfigError(f"data_dir {folder!r} is not a folder")
+    if not cfg.data_dir.strip():  # the synthetic slices are written there (the main process of each machine)
+        if not cfg.synthetic_dir.strip():  # "" would write images/ and masks/ into the working folder
+            raise ConfigError("synthetic_dir is empty; give the folder for the synthetic slices, or --data-dir")
+        where = Path(cfg.synthetic_dir)
+        parent = next((p for p in (where, *where.absolute().parents) if p.exists()), Path("/"))
+        if parent.exists() and not parent.is_dir() or parent != where and not os.access(parent, os.W_OK):
+            raise ConfigError(f"synthetic_dir {cfg.synthetic_dir!r}: cannot write the synthetic slices there "
+                              f"({parent} is {'not a folder' if not parent.is_dir() else 'not writable'}); give "
+                              "another folder, or --data-dir")
+    if cfg.synthetic_images < 1:
+        raise ConfigError(f"synthetic_images must be >= 1 (slices written when no data_dir is given), "
+                          f"got {cfg.synthetic_images}")
+    try:
+        parse_slice_rule(cfg.slice_rule)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.image_size < 16:
+        raise ConfigError(f"image_size must be >= 16 pixels, got {cfg.image_size}")
+    if cfg.in_channels < 0:
+        raise ConfigError(f"in_channels must be 0 (what the data has) or a channel count, got {cfg.in_channels}")
+    if cfg.model not in SEGMENTATION_MODELS:
+        raise ConfigError(f"model must be one of {', '.join(SEGMENTATION_MODELS)}; got {cfg.model!r}")
+    try:
+        parse_widths(cfg.widths)
+    except ValueError:
+        raise ConfigError(f"widths must be comma-separated positive ints such as '8,16,32,64,128', "
+                          f"got {cfg.widths!r}") from None
 
 
 class SegmentationData(NamedTuple):

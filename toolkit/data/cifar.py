@@ -26,11 +26,13 @@ crops and flips whole batches in training only. A validation hold-out is
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -148,15 +150,21 @@ def extract_archive(archive: str | os.PathLike, cache_dir: str | os.PathLike) ->
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir))
     try:
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")
-            else:  # pragma: no cover - Python without extraction filters
-                for member in tar.getmembers():
-                    if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts or not (
-                            member.isfile() or member.isdir()):
-                        raise ValueError(f"{archive}: refusing archive member {member.name!r}")
-                tar.extractall(tmp)
+        try:
+            with tarfile.open(archive) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(tmp, filter="data")
+                else:  # pragma: no cover - Python without extraction filters
+                    for member in tar.getmembers():
+                        if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts or not (
+                                member.isfile() or member.isdir()):
+                            raise ValueError(f"{archive}: refusing archive member {member.name!r}")
+                    tar.extractall(tmp)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+            # not an archive, a truncated one, or a member outside the folder (data_filter)
+            first = str(err).strip().splitlines()[0].rstrip(":") if str(err).strip() else "corrupt"
+            raise ValueError(f"{archive}: cannot extract it as a .tar.gz or .tar archive ({type(err).__name__}: "
+                             f"{first})") from None
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first
@@ -238,7 +246,7 @@ def _list_class_folder(split_dir: Path) -> tuple[list[tuple[Path, int]], str]:
         for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
             if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES):
                 files.append((Path(entry.path), label))
-                digest.update(f"{class_dir.name}/{entry.name}:{entry.stat().st_size}\n".encode())
+                digest.update(os.fsencode(f"{class_dir.name}/{entry.name}:{entry.stat().st_size}\n"))  # any name
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders of {split_dir}")
     return files, digest.hexdigest()
@@ -266,7 +274,7 @@ def _cache_path(root: Path, split: str, cache_dir: Path) -> Path:
     name = f"cifar10-{split}-uint8.pt"
     if os.access(root, os.W_OK):
         return root / name
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    key = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:12]
     return cache_dir / f"{root.name}-{key}" / name
 
 

@@ -202,8 +202,11 @@ def read_png_folder(folder: str | os.PathLike, limit: int = 0) -> torch.Tensor:
         raise FileNotFoundError(f"no *.png images in {folder}")
     out = np.empty((len(files), 3, SIZE, SIZE), dtype=np.uint8)
     for i, file in enumerate(files):
-        with Image.open(file) as img:
-            if img.size != (SIZE, SIZE):
-                raise ValueError(f"{file}: STL-10 images are 96x96, this one is {img.size[0]}x{img.size[1]}")
-            out[i] = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+        try:
+            with Image.open(file) as img:
+                if img.size != (SIZE, SIZE):
+                    raise ValueError(f"{file}: STL-10 images are 96x96, this one is {img.size[0]}x{img.size[1]}")
+                out[i] = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # unreadable, truncated, corrupt
+            raise ValueError(f"{file}: cannot decode it as an image ({type(err).__name__}: {err})") from None
     return torch.from_numpy(out)

@@ -223,7 +223,10 @@ class SMPUnet(nn.Module):
 def parse_widths(text: str) -> tuple[int, ...]:
     """``"8,16,32,64,128"`` → (8, 16, 32, 64, 128); ``""`` → () (the default widths). Raises ValueError unless the
     entries are positive ints, at least two of them."""
-    widths = tuple(int(w) for w in str(text or "").split(",") if w.strip())
+    parts = str(text or "").split(",") if str(text or "").strip() else []
+    if not all(p.strip() for p in parts):  # "16,,32": a width left out, not silently dropped
+        raise ValueError(f"widths must be empty or at least two positive ints, got {text!r} (an empty item)")
+    widths = tuple(int(w) for w in parts)
     if any(w < 1 for w in widths) or len(widths) == 1:
         raise ValueError(f"widths must be empty or at least two positive ints, got {text!r}")
     return widths

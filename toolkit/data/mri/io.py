@@ -149,7 +149,8 @@ def _decode(path: Path) -> np.ndarray:
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as err:
-        raise MRIDataError(path, f"cannot read the file: {err}") from err
+        gone = f"a link to {os.readlink(path)}, which does not exist" if path.is_symlink() else err
+        raise MRIDataError(path, f"cannot read the file: {gone}") from err
     if data.size:
         _check_declared_size(data, path)
     try:

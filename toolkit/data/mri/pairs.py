@@ -14,10 +14,11 @@ EXT_PATTERN = "<" + "|".join(e[1:] for e in IMAGE_EXTENSIONS) + ">"  # for messa
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    """Map stem → path for the 2D image files directly in ``folder``; a stem twice is an error."""
+    """Map stem → path for the 2D image files directly in ``folder``; a stem twice is an error. A broken link
+    counts (reading it then names it), so that a slice whose file is gone is not left out unsaid."""
     found: dict[str, Path] = {}
     for p in folder.iterdir():
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not (p.is_file() or p.is_symlink()):
             continue
         if p.stem in found:
             raise MRIDataError(p, f"two files share the id {p.stem!r} in {folder}: {found[p.stem].name} and "

@@ -72,7 +72,7 @@ def read_dataset_json(root: Path) -> RawSpec:
     """Parse and check ``root/dataset.json``. Raises MRIDataError naming the file and the bad field."""
     path = Path(root) / DATASET_JSON
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is fine
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MRIDataError(path, f"cannot read it as JSON: {err}") from err
     if not isinstance(meta, dict):
