@@ -340,7 +340,7 @@ def test_a_brats_case_whose_volumes_lie_on_other_grids_is_refused(tmp_path):
     t1 = next(root.glob("*/*_t1.nii.gz"))
     img = nib.load(str(t1))
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine + np.array([[0, 0, 0, 5.0]] + [[0] * 4] * 3)), str(t1))
-    with pytest.raises(MRIDataError, match="affine differs from that of .*seg") as err:
+    with pytest.raises(MRIDataError, match="_t1.nii.gz: affine differs from that of .*_flair") as err:
         discover_mri_slices(root, channels=0)
     assert err.value.path == t1
     found = discover_mri_slices(root, channels=0, skip_bad_files=True)

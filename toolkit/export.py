@@ -48,7 +48,7 @@ def _weights_file(weights: str | Path) -> Path:
 
 
 def _segmentation(weights: Path) -> tuple[nn.Module, tuple[int, int, int], dict[str, Any]]:
-    from .inference import load_segmentation_run, pick_postprocess, run_layout
+    from .inference import load_segmentation_run, pick_postprocess, run_layout, trained_with_flips
     from .postprocess import POSTPROCESS_FILE, load_volume_key
 
     model, cfg = load_segmentation_run(weights)
@@ -61,7 +61,7 @@ def _segmentation(weights: Path) -> tuple[nn.Module, tuple[int, int, int], dict[
     size, c = int(cfg["image_size"]), int(cfg.get("in_channels", 1))
     meta = {"kind": "segmentation", "preprocess": cfg["intensity"], "intensity": cfg["intensity"],
             "image_size": size, "in_channels": c, "channels": cfg.get("channels") or "",
-            "layout": run_layout(weights.parent),
+            "layout": run_layout(weights.parent), "flip_trained": trained_with_flips(cfg),  # how predict resizes back
             "target_spec": cfg["target_spec"], "threshold": post.threshold, "threshold_from": source,
             "run_threshold": pick_postprocess(None, cfg, mode="none")[0].threshold,  # what --postprocess none uses
             "postprocess": post.to_dict(), **({"postprocess_volume": volume} if volume else {}),

@@ -15,11 +15,11 @@ from .data.batch_transforms import input_preprocess
 from .data.mri.context import context_channels
 from .data.mri.dataset import MRISegmentationDataset
 from .data.mri.folders import discover_folders
-from .data.mri.io import resize_back, resize_square
+from .data.mri.resize import resize_back, resize_square
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model, parse_widths
 from .postprocess import PostProcess, load_postprocess
-from .seg_images import resize_maps, tumour_map
+from .seg_images import tumour_map
 from .targets import TARGET_FILE, TargetSpec
 
 __all__ = ["load_segmentation_run", "stored_target", "load_ensemble", "ScanProbs", "predict_probs",
@@ -105,6 +105,11 @@ def input_difference(weights: str | Path, run_dir: str | Path) -> str:
     if not before or not now or before == now:
         return ""
     return f"the weights' run read {before}; this run reads {now}"
+
+
+def trained_with_flips(cfg: dict) -> bool:
+    """Whether a brain-MRI run (its config.json) trained with left-right flips: ``augment`` > 0 (default 1)."""
+    return float(cfg.get("augment", 1.0)) > 0
 
 
 def run_slices(data_dir: str, cfg: dict) -> list:
@@ -203,12 +208,13 @@ class ScanProbs(NamedTuple):
 
 @torch.no_grad()
 def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, flips: bool = False,
-                  threshold: float = 0.5) -> ScanProbs:
+                  threshold: float = 0.5, flip_trained: bool = True) -> ScanProbs:
     """Tumour probabilities, member disagreement and per-channel probabilities for one scan, at its own size.
 
     image: uint8 (H, W, C). Tumour: any tumour class or region (:func:`~toolkit.seg_images.tumour_map`).
     The scan is resized to ``size`` x ``size`` as in training, standardised per image, and the maps are
-    resized back (bilinear, :func:`~toolkit.data.mri.io.resize_back`). ``flips`` averages with the horizontally flipped prediction; the disagreement
+    resized back (bilinear, :func:`~toolkit.data.mri.resize.resize_back`; ``flip_trained``: the run trained with
+    left-right flips, :func:`trained_with_flips`). ``flips`` averages with the horizontally flipped prediction; the disagreement
     is taken at ``threshold``. Returns a :class:`ScanProbs`.
     """
     h, w = image.shape[:2]
@@ -218,10 +224,11 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
     x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
     all_probs = ensemble.member_probs(x, flips=flips)  # (M, 1, K, S, S)
     members = torch.from_numpy(np.ascontiguousarray(tumour_map(all_probs.numpy(), ensemble.target.kind)))[:, :, None]
-    probs = resize_back(members.mean(0)[0].numpy(), w, h)[0]  # where the masks it learnt from lie
+    back = {"width": w, "height": h, "flip_trained": flip_trained}  # where the masks it learnt from lie
+    probs = resize_back(members.mean(0)[0].numpy(), **back)[0]
     # binary: the one channel is the tumour map, already resized
-    channels = probs[None] if ensemble.target.kind == "binary" else resize_maps(all_probs.mean(0)[0].numpy(), w, h)
+    channels = probs[None] if ensemble.target.kind == "binary" else resize_back(all_probs.mean(0)[0].numpy(), **back)
     if len(ensemble.members) < 2:
         return ScanProbs(probs, None, channels)
     dispute = disagreement(members, threshold)[0, 0].numpy()
-    return ScanProbs(probs, resize_back(dispute[None], w, h)[0], channels)
+    return ScanProbs(probs, resize_back(dispute[None], **back)[0], channels)

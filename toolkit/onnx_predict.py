@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from .data.mri.channels import resolve_channels
-from .data.mri.io import resize_back, resize_square
+from .data.mri.resize import resize_back, resize_square
 from .data.mri.nifti import ZSCORE_CLIP
 from .postprocess import PostProcess
-from .seg_images import (channel_names, input_files, overlay, per_volume, read_input, resize_maps, tumour_map,
+from .seg_images import (channel_names, input_files, overlay, per_volume, read_input, tumour_map,
                          write_class_map, write_png)
 
 __all__ = ["OnnxSegmenter", "REQUIRED_KEYS", "predict", "read_onnx_metadata"]
@@ -177,7 +177,7 @@ class OnnxSegmenter:
     def tumour_probs(self, image: np.ndarray, flips: bool = False) -> np.ndarray:
         """uint8 (H, W, C) scan → float32 (H, W) tumour probability in [0, 1] at the scan's own size.
 
-        The scan is resized to S x S as the run's slices were (:func:`~toolkit.data.mri.io.resize_square`), the map
+        The scan is resized to S x S as the run's slices were (:func:`~toolkit.data.mri.resize.resize_square`), the map
         resized back bilinearly. Tumour: binary the one channel; regions any region (the largest probability);
         classes any foreground class (1 - background probability).
         """
@@ -191,8 +191,9 @@ class OnnxSegmenter:
         resized = resized[..., None] if resized.ndim == 2 else resized
         p = self.probs(self.preprocess(resized[None]), flips=flips)[0]
         kind = self.target["kind"]
-        tumour = resize_back(tumour_map(p, kind)[None], w, h)[0]
-        return tumour, (tumour[None] if kind == "binary" else resize_maps(p, w, h))  # binary: one channel, resized
+        back = {"width": w, "height": h, "flip_trained": bool(self.meta.get("flip_trained", True))}  # older: augment 1
+        tumour = resize_back(tumour_map(p, kind)[None], **back)[0]
+        return tumour, (tumour[None] if kind == "binary" else resize_back(p, **back))  # binary: one channel, resized
 
 
 def predict(args: argparse.Namespace) -> int:

@@ -16,7 +16,8 @@ from .data.mri.discover import given_folder
 from .data.mri.folders import folder_tags, parse_data_dirs
 from .data.mri.nifti import NIFTI_SOURCES
 from .data.splits import load_split
-from .inference import load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices
+from .inference import (load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices,
+                        trained_with_flips)
 from .postprocess import PostProcess
 from .seg_images import channel_names as _channel_names, input_files as _input_files, overlay as _overlay
 from .seg_images import per_volume, read_input as _read_input, write_class_map, write_png as _write_png
@@ -61,7 +62,8 @@ def predict(args: argparse.Namespace) -> int:
 
     def predicted(path):
         image = _read_input(path, channels, in_channels, names)
-        probs, dispute, maps = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold)
+        probs, dispute, maps = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold,
+                                             flip_trained=trained_with_flips(cfg))
         return image, post.at_scale(probs.size / size**2).binarize(probs), dispute, maps
 
     for path, (image, mask, dispute, maps) in per_volume(images, predicted, vpost, size, rule=rule):

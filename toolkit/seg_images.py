@@ -13,9 +13,9 @@ import numpy as np
 
 from .checkpoint import atomic_write
 from .data.errors import MRIDataError
-from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image, resize_back
+from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image
 
-__all__ = ["channel_names", "class_labels", "input_files", "overlay", "per_volume", "read_input", "resize_maps",
+__all__ = ["channel_names", "class_labels", "input_files", "overlay", "per_volume", "read_input",
            "tumour_map", "write_class_map", "write_png"]
 
 
@@ -34,12 +34,6 @@ def tumour_map(probs: np.ndarray, kind: str) -> np.ndarray:
     if kind == "classes":
         return 1.0 - probs[..., 0, :, :]
     raise ValueError(f"target kind must be binary, regions or classes, got {kind!r}")
-
-
-def resize_maps(maps: np.ndarray, width: int, height: int) -> np.ndarray:
-    """float32 (K, S, S) maps → float32 (K, height, width), bilinear, where the masks the model learnt from lie
-    (:func:`~toolkit.data.mri.io.resize_back`)."""
-    return resize_back(maps, width, height)
 
 
 def class_labels(probs: np.ndarray, values: Sequence[int], names: Sequence[str]) -> tuple[np.ndarray, str]:

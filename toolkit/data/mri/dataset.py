@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from ..errors import MRIDataError
 from .context import context_channels, context_rows, stack_context
-from .io import MRISlice, read_slice, resize_square
+from .io import MRISlice, read_slice
+from .resize import resize_square
 
 __all__ = ["MRISegmentationDataset"]
 

@@ -188,7 +188,7 @@ def _find_brats(root, channels, rule, skipped):
             if missing:
                 what = "segmentation (<case>_seg.nii.gz): image without a mask" if "seg" in missing else "volume"
                 raise MRIDataError(d, f"no {', '.join(missing)} {what} in this case folder")
-            shape, spacing = check_grid(d.name, [files["seg"], *(files[n] for n in wanted)])  # as the raw layout
+            shape, spacing = check_grid(d.name, [*(files[n] for n in wanted), files["seg"]])  # as the raw layout
             depth = shape[2]
             keep = list(range(depth))
             if rule != "all":  # per slice: any brain (image != its voxel (0, 0, 0)), any tumour (label > 0)
