@@ -91,11 +91,15 @@ def test_a_sweep_run_writes_its_metric_best_in_the_sweeps_direction(path, tmp_pa
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_the_make_targets_settings_files_are_settings_of_the_recipe(path):
+def test_the_make_targets_settings_files_are_settings_of_the_recipe(path, tmp_path, monkeypatch):
     """examples/configs/demo*.yaml (`make demo`, `make demo-brats` pass them with --config): every key a setting of
-    recipes/brain_mri.py with a value it takes, and the command line's value wins over the file's."""
+    recipes/brain_mri.py with a value it takes, and the command line's value wins over the file's. Run from a
+    folder where a data_dir of the file exists (make demo-brats writes it before training)."""
     cls = _config_class(ROOT / "recipes" / "brain_mri.py")
     values = yaml.safe_load(path.read_text())
+    monkeypatch.chdir(tmp_path)
+    for folder in filter(None, str(values.get("data_dir", "")).split(",")):
+        (tmp_path / folder).mkdir(parents=True)
     cfg = parse_config(cls, ["--config", str(path)], exit_on_error=False)
     for key, value in values.items():  # as the command line would give it (widths: "8,16,32,64")
         word = ",".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -148,8 +148,8 @@ def test_storage_next_to_a_binary_postprocess_json(tmp_path):
     assert load_postprocess(regions)[0] == PostProcess(threshold=0.45)
 
 
-def train(tmp_path, data, name, *extra):
-    cmd = [sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data), "--in-channels", "2",
+def train(tmp_path, data, name, *extra, in_channels="2"):
+    cmd = [sys.executable, str(ROOT / "recipes" / "brain_mri.py"), "--data-dir", str(data), "--in-channels", in_channels,
            "--image-size", "32", "--epochs", "1", "--widths", "8,16,32", "--batch-size", "4", "--num-workers", "0",
            "--val-fraction", "0.5", "--output-dir", str(tmp_path / "runs"), "--run-name", name, *extra]
     proc = subprocess.run(cmd, env=run_env(), capture_output=True, text=True, timeout=600)
@@ -184,7 +184,8 @@ def test_recipe_chooses_and_evaluate_and_predict_apply_it(tmp_path, capsys):
 def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path, layout, capsys):
     # NIfTI cases and LGG patient folders alike: the 2D search leaves components to the 3D rule chosen after it
     data = make_raw(tmp_path / "raw", cases=4, shape=(32, 32, 8)) if layout == "raw" else make_lgg(tmp_path / "lgg")
-    run = train(tmp_path, data, "b", *(("--target", "binary") if layout == "raw" else ("--in-channels", "0")))
+    run = train(tmp_path, data, "b", *(("--target", "binary") if layout == "raw" else ()),
+                in_channels="2" if layout == "raw" else "0")
     folder = data
     post, data = load_postprocess(run / POSTPROCESS_FILE)
     assert [s["step"] for s in data["steps"]] == ["baseline", "flip TTA", "threshold"]
@@ -234,7 +235,7 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
 def test_postprocess_command_gives_an_older_run_the_choice_of_today(tmp_path, capsys):
     # a run without post-processing (as an LGG run trained before LGG folders had the 3D choice): the command
     # chooses the 2D part and the 3D rule on its validation patients; a second call keeps the file it replaces
-    run = train(tmp_path, make_lgg(tmp_path / "lgg"), "old", "--in-channels", "0", "--postprocess", "false")
+    run = train(tmp_path, make_lgg(tmp_path / "lgg"), "old", "--postprocess", "false", in_channels="0")
     assert not (run / POSTPROCESS_FILE).exists()
     assert main(["postprocess", "--weights", str(run)]) == 0
     post, data = load_postprocess(run / POSTPROCESS_FILE)
