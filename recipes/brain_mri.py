@@ -33,6 +33,7 @@ from toolkit import (
     settle_epochs,
     init_from,
     input_difference,
+    meta_parameter_count,
     parse_config,
     parse_regions,
     parse_widths,
@@ -125,6 +126,10 @@ class BrainMRIConfig(TrainConfig):
         if self.fold and not self.folds:
             raise ConfigError(f"fold {self.fold} given without folds: --fold picks the validation fold of "
                               "--folds K (>= 2); give both, or neither")
+        n = meta_parameter_count(lambda: build_model(self, in_channels=max(1, self.in_channels)))  # no memory taken
+        if n > self.param_budget:  # with 1 channel and 1 output at least: a huge --widths never gets built
+            raise ConfigError(f"model {self.model} with these widths has at least {n:,} trainable parameters, over "
+                              f"param_budget {self.param_budget:,}; give smaller --widths")
         if self.folds and not (self.folds >= 2 and 0 <= self.fold < self.folds):
             raise ConfigError(f"need folds >= 2 and 0 <= fold < folds (or folds 0), got folds {self.folds}, "
                               f"fold {self.fold}")
@@ -135,10 +140,11 @@ class BrainMRIConfig(TrainConfig):
                               f"{self.label_fraction} and {self.freeze_encoder_epochs}")
 
 
-def build_model(cfg: BrainMRIConfig, out_channels: int = 1):
+def build_model(cfg: BrainMRIConfig, out_channels: int = 1, in_channels: int = 0):
     """The configured segmentation model: (N, in_channels x (2 context_slices + 1), S, S) float → (N, out_channels,
-    S, S) logits."""
-    return build_segmentation_model(cfg.model, in_channels=context_channels(cfg.in_channels, cfg.context_slices),
+    S, S) logits; ``in_channels`` 0: the config's."""
+    return build_segmentation_model(cfg.model, in_channels=context_channels(in_channels or cfg.in_channels,
+                                                                            cfg.context_slices),
                                     out_channels=out_channels,
                                     widths=parse_widths(cfg.widths))
 

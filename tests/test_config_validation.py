@@ -160,3 +160,19 @@ def test_a_synthetic_dir_under_a_file_is_refused_when_parsed(recipe, tmp_path, m
                                               f"\\({tmp_path / 'file'} is not a folder\\)"):
             parse_config(cls, ["--synthetic-dir", str(where)], exit_on_error=False)
     assert parse_config(cls, ["--synthetic-dir", str(tmp_path / "new" / "x")]).synthetic_dir  # not made yet: fine
+
+
+@pytest.mark.parametrize("recipe, cls, argv, message", [
+    ("cifar10", "CIFAR10Config", ["--width", "100000"],
+     r"model resnet with these widths has 10,540,016,500,010 trainable parameters, over param_budget 500,000"),
+    ("cifar10", "CIFAR10Config", ["--model", "fast", "--widths", "64,128,512"], r"over param_budget 500,000"),
+    ("brain_mri", "BrainMRIConfig", ["--model", "unet", "--widths", "4096,8192,16384,32768,65536"],
+     r"model unet with these widths has at least [\d,]+ trainable parameters, over param_budget 500,000"),
+])
+def test_a_model_over_its_budget_is_refused_before_it_is_built(recipe, cls, argv, message):
+    """Counted on the meta device when the config is parsed: a width of 100,000 used to be built for real first
+    (hundreds of GB) and fail in the allocator, or the machine, before the Trainer's budget check."""
+    config = getattr(load_recipe(recipe), cls)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(config, argv, exit_on_error=False)
+    assert parse_config(config, [], exit_on_error=False).param_budget == 500_000  # the defaults fit

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
+import torch
 import torch.nn as nn
 
-__all__ = ["count_parameters", "init_from"]
+__all__ = ["count_parameters", "init_from", "meta_parameter_count"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -21,6 +23,15 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
             sub-modules is counted once.
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def meta_parameter_count(build: Callable[[], nn.Module]) -> int:
+    """Trainable parameters of the model ``build()`` makes, built on the meta device: no memory is taken for its
+    weights, so a config can check its parameter budget before any model is built for real (a width of 100,000
+    would otherwise allocate hundreds of GB first). Exceptions of ``build`` (e.g. ValueError for bad widths)
+    propagate."""
+    with torch.device("meta"):
+        return count_parameters(build())
 
 
 def init_from(model: nn.Module, path: str | os.PathLike) -> nn.Module:
