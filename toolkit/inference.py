@@ -22,8 +22,8 @@ from .postprocess import PostProcess, load_postprocess
 from .seg_images import tumour_map
 from .targets import TARGET_FILE, TargetSpec
 
-__all__ = ["load_segmentation_run", "stored_target", "load_ensemble", "ScanProbs", "predict_probs",
-           "pick_postprocess", "run_slices", "run_dataset", "run_layout", "IMAGE_SUFFIXES"]
+__all__ = ["load_segmentation_run", "stored_target", "load_ensemble", "ScanProbs", "scan_member_probs",
+           "predict_probs", "pick_postprocess", "run_slices", "run_dataset", "run_layout", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # config keys every member of an ensemble must share (context_slices: the 2.5D neighbours stacked as input channels)
@@ -207,6 +207,17 @@ class ScanProbs(NamedTuple):
 
 
 @torch.no_grad()
+def scan_member_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int,
+                      flips: bool = False) -> torch.Tensor:
+    """uint8 (H, W) or (H, W, C) scan → float32 (M, 1, K, size, size) probabilities of each of the M members, the
+    scan resized to ``size`` x ``size`` as the run's slices were and preprocessed as in training."""
+    resized = resize_square(image, size)  # as the run's slices were: area when either side shrinks
+    if resized.ndim == 2:
+        resized = resized[..., None]
+    return ensemble.member_probs(ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None]), flips=flips)
+
+
+@torch.no_grad()
 def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, flips: bool = False,
                   threshold: float = 0.5, flip_trained: bool = True) -> ScanProbs:
     """Tumour probabilities, member disagreement and per-channel probabilities for one scan, at its own size.
@@ -214,15 +225,11 @@ def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, 
     image: uint8 (H, W, C). Tumour: any tumour class or region (:func:`~toolkit.seg_images.tumour_map`).
     The scan is resized to ``size`` x ``size`` as in training, standardised per image, and the maps are
     resized back (bilinear, :func:`~toolkit.data.mri.resize.resize_back`; ``flip_trained``: the run trained with
-    left-right flips, :func:`trained_with_flips`). ``flips`` averages with the horizontally flipped prediction; the disagreement
-    is taken at ``threshold``. Returns a :class:`ScanProbs`.
+    left-right flips, :func:`trained_with_flips`). ``flips`` averages with the horizontally flipped prediction;
+    the disagreement is taken at ``threshold``. Returns a :class:`ScanProbs`.
     """
     h, w = image.shape[:2]
-    resized = resize_square(image, size)  # as the run's slices were: area when either side shrinks
-    if resized.ndim == 2:
-        resized = resized[..., None]
-    x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
-    all_probs = ensemble.member_probs(x, flips=flips)  # (M, 1, K, S, S)
+    all_probs = scan_member_probs(ensemble, image, size, flips)  # (M, 1, K, S, S)
     members = torch.from_numpy(np.ascontiguousarray(tumour_map(all_probs.numpy(), ensemble.target.kind)))[:, :, None]
     back = {"width": w, "height": h, "flip_trained": flip_trained}  # where the masks it learnt from lie
     probs = resize_back(members.mean(0)[0].numpy(), **back)[0]

@@ -99,7 +99,6 @@ def _read(cfg: Any, trainer):
     synthetic = ("data_dir", "synthetic_dir", "synthetic_images", "seed")  # what writes the synthetic slices
     if not cfg.data_dir:
         trainer.keep_settings(synthetic, "the synthetic slices it trained on would be written anew")
-    if not cfg.data_dir:
         with acc.local_main_process_first():  # one writer per machine
             if acc.is_local_main_process:
                 generate_synthetic_mri(data_dir, num_images=cfg.synthetic_images, seed=cfg.seed)

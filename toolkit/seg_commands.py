@@ -59,11 +59,12 @@ def predict(args: argparse.Namespace) -> int:
     print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
     images = _input_files(Path(args.input), out)
     vpost, rule = _lgg_volume_rule(layout, ensemble.target, source)
+    flip_trained = trained_with_flips(cfg)
 
     def predicted(path):
         image = _read_input(path, channels, in_channels, names)
         probs, dispute, maps = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold,
-                                             flip_trained=trained_with_flips(cfg))
+                                             flip_trained=flip_trained)
         return image, post.at_scale(probs.size / size**2).binarize(probs), dispute, maps
 
     for path, (image, mask, dispute, maps) in per_volume(images, predicted, vpost, size, rule=rule):

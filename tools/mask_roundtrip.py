@@ -22,10 +22,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from toolkit.data.mri.io import read_image
 from toolkit.data.mri.resize import resize_back, resize_square
+from toolkit.inference import trained_with_flips
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -38,18 +38,15 @@ def centre_aligned(maps: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def model_map(weights: str):
     """image uint8 (H, W, C) → the run's tumour probability (1, S, S) float32 at its side S; and its config."""
-    from toolkit.inference import load_ensemble
+    from toolkit.inference import load_ensemble, scan_member_probs
     from toolkit.seg_images import tumour_map
 
     ensemble, cfg, _, _ = load_ensemble([weights])
     size = int(cfg["image_size"])
 
-    @torch.no_grad()
     def predict(image: np.ndarray) -> np.ndarray:
-        resized = resize_square(image, size)
-        resized = resized[..., None] if resized.ndim == 2 else resized
-        x = ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None])
-        return tumour_map(ensemble.member_probs(x).numpy(), ensemble.target.kind).mean(0).astype(np.float32)
+        probs = scan_member_probs(ensemble, image, size).numpy()  # (M, 1, K, S, S)
+        return tumour_map(probs, ensemble.target.kind).mean(0).astype(np.float32)
 
     return predict, cfg
 
@@ -63,7 +60,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     predict, cfg = model_map(args.weights) if args.weights else (None, {})
     size = int(cfg.get("image_size", args.size))
-    flip_trained = float(cfg.get("augment", 0.0)) > 0  # as toolkit.inference.trained_with_flips; masks: no flips
+    flip_trained = trained_with_flips(cfg) if args.weights else False  # a perfect model: trained without flips
     ways = {"centre-aligned": centre_aligned,
             "resize_back": lambda m, w, h: resize_back(m, w, h, flip_trained=flip_trained)}
     if predict is not None:
