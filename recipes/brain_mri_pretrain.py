@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit import (ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective, TrainConfig,
-                     Trainer, build_segmentation_model, check_mri_settings, parse_config, parse_widths,
-                     pretraining_data, reconstruction_pairs, run_recipe)
+                     Trainer, build_segmentation_model, check_mri_settings, check_param_budget, parse_config,
+                     parse_widths, pretraining_data, reconstruction_pairs, run_recipe)
 from toolkit.data import Corrupt, unit_input_scale
 
 
@@ -59,6 +59,11 @@ class BrainMRIPretrainConfig(TrainConfig):
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         check_mri_settings(self)  # data_dir, synthetic_images, slice_rule, image_size, in_channels, model, widths
+        channels = max(1, self.in_channels)  # 0 (what the data has): at least 1, so a huge --widths is never built
+        check_param_budget(lambda: build_segmentation_model(self.model, in_channels=channels, out_channels=1,
+                                                            widths=parse_widths(self.widths)), self.param_budget,
+                           f"model {self.model} with these widths and {channels} input channel(s)",
+                           "give smaller --widths")
         if self.exclude_split and not Path(self.exclude_split).is_file():
             raise ConfigError(f"exclude_split: {self.exclude_split!r} is not a file (expected a run's split.json)")
         try:

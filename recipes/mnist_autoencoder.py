@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from toolkit import ConfigError, DenoisingObjective, ReconstructionMedia, ReconstructionMetrics, ReconstructionObjective
 from toolkit import TrainConfig, Trainer, image_grid, parse_config, run_recipe
 from toolkit.data import DEFAULT_NOISE_STD, holdout_split, load_mnist
-from toolkit.models import build_autoencoder
+from toolkit.models import build_autoencoder, check_param_budget
 
 BUDGETS = {"linear": 500_000, "cnn": 35_000}  # trainable parameters each model may have
 
@@ -48,6 +48,12 @@ class MNISTConfig(TrainConfig):
         for name in ("noise_std", "val_images", "param_budget"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        budget = self.param_budget or BUDGETS[self.model]  # what main gives the Trainer; counted on the meta device
+        cnn = self.model == "cnn"
+        check_param_budget(lambda: build_autoencoder(self.model, self.cnn_channels), budget,
+                           f"model {self.model}" + (f" with cnn_channels {tuple(self.cnn_channels)}" if cnn else ""),
+                           "give smaller --cnn-channels" if cnn else "raise --param-budget",
+                           "" if self.param_budget else f"the {self.model} model's budget of {budget:,} (param_budget 0)")
 
 
 def build_data(cfg: MNISTConfig, trainer: Trainer):

@@ -33,7 +33,7 @@ from toolkit import ConfigError, DenoisingObjective, ReconstructionMedia, Recons
 from toolkit import RestorationObjective, TrainConfig, Trainer, atomic_write, parse_config, reconstruction_pairs
 from toolkit import run_recipe
 from toolkit.data import DEFAULT_NOISE_STD, Corrupt, DataError, holdout_split, load_cifar10, open_stl10
-from toolkit.models import STL10AutoEncoder
+from toolkit.models import STL10AutoEncoder, check_param_budget
 
 #: --dataset -> (image side in pixels, default data_dir)
 DATASETS = {"stl10": (96, "data/stl10"), "cifar10": (32, "data/cifar10")}
@@ -101,6 +101,8 @@ class STL10PretrainConfig(ImageSourceConfig, TrainConfig):
                               f"(one stride-2 layer per width)")
         if self.max_images < 0 or self.val_images < 1:
             raise ConfigError(f"need max_images >= 0 and val_images >= 1, got {self.max_images}, {self.val_images}")
+        check_param_budget(lambda: STL10AutoEncoder(self.channels), self.param_budget,  # on the meta device
+                           f"STL10AutoEncoder with channels {tuple(self.channels)}", "give smaller --channels")
 
 
 def split_unlabeled(dataset, val_images: int, seed: int):

@@ -28,7 +28,7 @@ from stl10_pretrain import ImageSourceConfig  # the recipe beside this script
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
 from toolkit import parse_config, run_recipe, save_json, stl10_train_test
 from toolkit.data import holdout_split, to_unit_range
-from toolkit.models import STL10AutoEncoder, load_encoder, probe_classifier
+from toolkit.models import STL10AutoEncoder, check_param_budget, load_encoder, probe_classifier
 
 #: default random-crop padding per --dataset, pixels (an eighth of the image side)
 CROP_PADDING = {"stl10": 12, "cifar10": 4}
@@ -60,6 +60,18 @@ class STL10ProbeConfig(ImageSourceConfig, ClassificationConfig):
             raise ConfigError(f"channels must be at least two positive widths, got {self.channels}")
         if self.max_images < 0:
             raise ConfigError(f"max_images must be >= 0, got {self.max_images}")
+        if self.encoder == "random":  # else the encoder's channels are known only from its run (resolve_encoder)
+            self.check_budget(self.channels)
+
+    def check_budget(self, channels: tuple[int, ...]) -> None:
+        """ConfigError when the probe on an encoder of ``channels`` has more trainable parameters than
+        ``param_budget``: its head only (the frozen encoder is exempt, as in the Trainer's check), counted on the
+        meta device, so no encoder is built for it."""
+        check_param_budget(lambda: probe_classifier(channels, 10, self.dropout, size=self.image_size),
+                           self.param_budget, f"the probe's head on an encoder of channels {tuple(channels)} "
+                           f"({self.image_size}x{self.image_size} images)",
+                           "its features (last width x code side^2) are too many: use an encoder with a smaller "
+                           "last width")
 
 
 def pretrained_on(weights: Path) -> tuple[str, tuple[int, ...] | None]:
@@ -118,6 +130,7 @@ def labelled_train_test(cfg: STL10ProbeConfig, accelerator, note: str):
 def main(argv=None) -> list[dict]:
     cfg = parse_config(STL10ProbeConfig, argv)
     weights, channels = resolve_encoder(cfg)  # before the run folder exists: a newer pretrain run is not this one
+    cfg.check_budget(channels)  # before the encoder is built: its channels may be those of its pretraining run
     trainer = Trainer(cfg, recipe="stl10_probe")
     trainer.keep_settings(("dataset", "max_images", "seed"), "the images it trains on would differ")
     acc = trainer.accelerator

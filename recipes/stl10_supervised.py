@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
 from toolkit import parse_config, run_recipe, stl10_train_test
 from toolkit.data import STL10_MEAN, STL10_STD, ResizeNormalize
-from toolkit.models import STL10CNN
+from toolkit.models import STL10CNN, check_param_budget
 
 
 @dataclass
@@ -42,6 +42,8 @@ class STL10SupervisedConfig(ClassificationConfig):
         super().__post_init__()
         if self.width < 1 or not 0 <= self.dropout < 1:
             raise ConfigError(f"need width >= 1 and 0 <= dropout < 1, got {self.width} and {self.dropout}")
+        check_param_budget(lambda: STL10CNN(num_classes=10, width=self.width, dropout=self.dropout), self.param_budget,
+                           f"STL10CNN of width {self.width}", "give a smaller --width")  # on the meta device
 
 
 def main(argv=None) -> list[dict]:

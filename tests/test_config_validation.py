@@ -168,11 +168,55 @@ def test_a_synthetic_dir_under_a_file_is_refused_when_parsed(recipe, tmp_path, m
     ("cifar10", "CIFAR10Config", ["--model", "fast", "--widths", "64,128,512"], r"over param_budget 500,000"),
     ("brain_mri", "BrainMRIConfig", ["--model", "unet", "--widths", "4096,8192,16384,32768,65536"],
      r"model unet with these widths has at least [\d,]+ trainable parameters, over param_budget 500,000"),
+    ("mnist_autoencoder", "MNISTConfig", ["--cnn-channels", "100000,32,15"],
+     r"model cnn with cnn_channels \(100000, 32, 15\) has 59,624,080 trainable parameters, over the cnn model's "
+     r"budget of 35,000 \(param_budget 0\); give smaller --cnn-channels"),
+    ("mnist_autoencoder", "MNISTConfig", ["--cnn-channels", "32,64,15"], r"85,648 .* over the cnn model's budget of 35,000"),
+    ("mnist_autoencoder", "MNISTConfig", ["--cnn-channels", "32,64,15", "--param-budget", "80000"],
+     r"85,648 trainable parameters, over param_budget 80,000"),
+    ("mnist_autoencoder", "MNISTConfig", ["--model", "linear", "--param-budget", "1000"],
+     r"model linear has 223,391 trainable parameters, over param_budget 1,000"),
+    ("stl10_supervised", "STL10SupervisedConfig", ["--width", "100000"],
+     r"STL10CNN of width 100000 has 4,500,012,100,010 trainable parameters, over param_budget 500,000"),
+    ("stl10_supervised", "STL10SupervisedConfig", ["--width", "34"], r"524,324 trainable parameters, over param_budget 500,000"),
+    ("stl10_pretrain", "STL10PretrainConfig", ["--channels", "24,48,64,100000"],
+     r"STL10AutoEncoder with channels \(24, 48, 64, 100000\) has 115,477,875 trainable parameters, over "
+     r"param_budget 220,000"),
+    ("stl10_pretrain", "STL10PretrainConfig", ["--dataset", "cifar10", "--channels", "32,64,128,256"],
+     r"over param_budget 220,000"),
+    ("stl10_probe", "STL10ProbeConfig", ["--encoder", "random", "--channels", "24,48,64,100000"],
+     r"the probe's head on an encoder of channels \(24, 48, 64, 100000\) \(96x96 images\) has 36,000,010 "
+     r"trainable parameters, over param_budget 500,000"),
+    ("stl10_probe", "STL10ProbeConfig", ["--encoder", "random", "--param-budget", "30000"],
+     r"has 34,570 trainable parameters, over param_budget 30,000"),
+    ("brain_mri_pretrain", "BrainMRIPretrainConfig", ["--model", "unet", "--widths", "4096,8192,16384,32768,65536"],
+     r"model unet with these widths and 1 input channel\(s\) has [\d,]+ trainable parameters, over param_budget "
+     r"500,000; give smaller --widths"),
+    ("brain_mri_pretrain", "BrainMRIPretrainConfig", ["--model", "autoencoder", "--widths", "1000,2000",
+                                                      "--in-channels", "4"],
+     r"model autoencoder with these widths and 4 input channel\(s\) has 89,054,001 trainable parameters"),
 ])
-def test_a_model_over_its_budget_is_refused_before_it_is_built(recipe, cls, argv, message):
+def test_a_model_over_its_budget_is_refused_before_it_is_built(recipe, cls, argv, message, monkeypatch):
     """Counted on the meta device when the config is parsed: a width of 100,000 used to be built for real first
     (hundreds of GB) and fail in the allocator, or the machine, before the Trainer's budget check."""
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # stl10_probe imports stl10_pretrain
     config = getattr(load_recipe(recipe), cls)
     with pytest.raises(ConfigError, match=message):
         parse_config(config, argv, exit_on_error=False)
-    assert parse_config(config, [], exit_on_error=False).param_budget == 500_000  # the defaults fit
+    assert parse_config(config, [], exit_on_error=False).param_budget == config.param_budget  # the defaults fit
+
+
+@pytest.mark.parametrize("recipe, cls, argv", [
+    ("mnist_autoencoder", "MNISTConfig", ["--model", "linear"]),  # 223,391 within the linear model's 500,000
+    ("mnist_autoencoder", "MNISTConfig", ["--cnn-channels", "32,64,15", "--param-budget", "85648"]),
+    ("stl10_pretrain", "STL10PretrainConfig", ["--dataset", "cifar10"]),
+    ("stl10_probe", "STL10ProbeConfig", ["--encoder", "random", "--channels", "100000,48,64,96"]),  # frozen: exempt
+    ("stl10_probe", "STL10ProbeConfig", ["--channels", "24,48,64,100000"]),  # latest: its run's channels, not these
+    ("stl10_probe", "STL10ProbeConfig", ["--encoder", "random", "--param-budget", "34570"]),
+    ("brain_mri_pretrain", "BrainMRIPretrainConfig", ["--in-channels", "4"]),
+])
+def test_a_model_within_the_budget_the_trainer_applies_is_not_refused_early(recipe, cls, argv, monkeypatch):
+    """The early check counts what the Trainer counts: the model's budget when param_budget is 0 (mnist), only
+    the trainable head of the probe (the frozen encoder is exempt); an encoder's channels only once known."""
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    parse_config(getattr(load_recipe(recipe), cls), argv, exit_on_error=False)

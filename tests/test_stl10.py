@@ -25,7 +25,6 @@ from toolkit.models.stl10 import (
 )
 from toolkit.models.utils import count_parameters
 from toolkit.optim import build_optimizer
-from toolkit.trainer import ParameterBudgetError
 
 from .utils import ACCELERATE, ROOT, SHARED_DATA, free_port, load_recipe, run_env
 from .stl10_fake import write_fake_stl10
@@ -255,11 +254,28 @@ def test_resnet18_recipe_with_local_weights_and_offline_error(fake, tmp_path):
     assert proc.returncode != 0 and "weights file not found: nope.pth" in proc.stderr
 
 
-def test_budget_is_checked_before_training(fake, tmp_path):
+def test_budget_is_checked_before_training(fake, tmp_path, capsys):
     root, _ = fake
-    with pytest.raises(ParameterBudgetError, match="over the recipe's budget of 220,000"):
+    with pytest.raises(SystemExit) as exit_info:  # refused when the settings are read: error line, exit status 2
         _recipe("stl10_pretrain").main(["--data-dir", str(root), "--output-dir", str(tmp_path / "r"),
                                         "--channels", "32,64,128,256", "--val-images", "4", *COMMON])
+    assert exit_info.value.code == 2
+    assert "has 777,283 trainable parameters, over param_budget 220,000" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # no run folder, no model
+
+
+def test_probe_budget_is_checked_on_the_encoder_runs_channels_before_it_is_built(tmp_path, monkeypatch):
+    """--encoder PATH: the channels come from its run's config.json, known only in main; the probe's head is
+    counted on the meta device before the encoder is loaded (an empty best.pth here: never read)."""
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # stl10_probe imports stl10_pretrain
+    run = tmp_path / "runs" / "stl10_pretrain-x"
+    run.mkdir(parents=True)
+    (run / "best.pth").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"dataset": "stl10", "channels": [24, 48, 64, 100000]}))
+    with pytest.raises(ConfigError, match=r"channels \(24, 48, 64, 100000\) \(96x96 images\) has 36,000,010 "
+                                          r"trainable parameters, over param_budget 500,000"):
+        _recipe("stl10_probe").main(["--encoder", str(run), "--output-dir", str(tmp_path / "runs"), *COMMON])
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["stl10_pretrain-x"]  # no probe run folder
 
 
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n" + bytes(40), b"not an image"])

@@ -18,8 +18,8 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,
   ``plot_history``, ``reconstruction_pairs``, ``save_figure``, ``segmentation_overlays``;
 - models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``SEGMENTATION_MODELS``, ``count_parameters``, ``init_from``,
-  ``meta_parameter_count`` (the other architectures are in :mod:`toolkit.models`); ``input_difference`` (what the run of ``--init-from``
-  weights read, if not this run's channels and intensity scaling);
+  ``meta_parameter_count``, ``check_param_budget`` (the other architectures are in :mod:`toolkit.models`);
+  ``input_difference`` (what the run of ``--init-from`` weights read, if not this run's channels and intensity scaling);
 - segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``, ``cv_lines``;
 - the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
   ``write_curve``;
@@ -71,7 +71,7 @@ _EXPORTS = {
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
     "mri_data": ["SegmentationData", "check_mri_settings", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"],
     "models.segmentation": ["SEGMENTATION_MODELS", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
-    "models.utils": ["count_parameters", "init_from", "meta_parameter_count"],
+    "models.utils": ["check_param_budget", "count_parameters", "init_from", "meta_parameter_count"],
     "objectives": [
         "ClassificationObjective", "DenoisingObjective", "Objective", "ReconstructionObjective", "RestorationObjective",
         "SegmentationObjective", "StepOutput", "build_objective",

@@ -8,7 +8,7 @@
 - :mod:`.autoencoders`: ``LinearAutoEncoder``, ``AutoEncoder_CNN``, ``build_autoencoder`` (MNIST);
 - :mod:`.segmentation`: ``SegAutoEncoder``, ``SMPUnet``, ``build_segmentation_model``, ``parse_widths`` (brain MRI);
 - :mod:`.registry`: ``MODEL_BUILDERS``, ``build_run_model``, ``run_config`` (a run's model from its config.json);
-- :mod:`.utils`: ``count_parameters``, ``init_from``, ``meta_parameter_count``.
+- :mod:`.utils`: ``count_parameters``, ``init_from``, ``meta_parameter_count``, ``check_param_budget``.
 
 A model is a plain ``torch.nn.Module``: uint8-to-float preprocessing belongs to the objective
 (:mod:`toolkit.objectives`), not to the model.
@@ -24,6 +24,6 @@ _EXPORTS = {
     "stl10": ["FrozenEncoderClassifier", "STL10AutoEncoder", "STL10CNN", "freeze", "frozen_resnet18",
               "linear_probe_head", "load_encoder", "probe_classifier"],
     "registry": ["MODEL_BUILDERS", "build_run_model", "run_config"],
-    "utils": ["count_parameters", "init_from", "meta_parameter_count"],
+    "utils": ["check_param_budget", "count_parameters", "init_from", "meta_parameter_count"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["count_parameters", "init_from", "meta_parameter_count"]
+from ..config import ConfigError
+
+__all__ = ["check_param_budget", "count_parameters", "init_from", "meta_parameter_count"]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -32,6 +34,19 @@ def meta_parameter_count(build: Callable[[], nn.Module]) -> int:
     propagate."""
     with torch.device("meta"):
         return count_parameters(build())
+
+
+def check_param_budget(build: Callable[[], nn.Module], budget: int, what: str, advice: str = "make it smaller",
+                       budget_text: str = "") -> int:
+    """ConfigError ``"{what} has N trainable parameters, over param_budget B; {advice}"`` when the model
+    ``build()`` makes has more trainable parameters than ``budget`` (counted by :func:`meta_parameter_count`: no
+    memory taken, so a config refuses a huge width before any model is built); ``budget_text`` replaces
+    ``param_budget B`` in the message. Returns the count."""
+    n = meta_parameter_count(build)
+    if n > budget:
+        raise ConfigError(f"{what} has {n:,} trainable parameters, over {budget_text or f'param_budget {budget:,}'}; "
+                          f"{advice}")
+    return n
 
 
 def init_from(model: nn.Module, path: str | os.PathLike) -> nn.Module:
