@@ -28,12 +28,12 @@ from toolkit import (
     Trainer,
     build_segmentation_model,
     check_mri_settings,
+    check_param_budget,
     choose_monitor,
     context_channels,
     settle_epochs,
     init_from,
     input_difference,
-    meta_parameter_count,
     parse_config,
     parse_regions,
     parse_widths,
@@ -126,10 +126,10 @@ class BrainMRIConfig(TrainConfig):
         if self.fold and not self.folds:
             raise ConfigError(f"fold {self.fold} given without folds: --fold picks the validation fold of "
                               "--folds K (>= 2); give both, or neither")
-        n = meta_parameter_count(lambda: build_model(self, in_channels=max(1, self.in_channels)))  # no memory taken
-        if n > self.param_budget:  # with 1 channel and 1 output at least: a huge --widths never gets built
-            raise ConfigError(f"model {self.model} with these widths has at least {n:,} trainable parameters, over "
-                              f"param_budget {self.param_budget:,}; give smaller --widths")
+        # with 1 channel and 1 output at least, on the meta device: a huge --widths never gets built
+        check_param_budget(lambda: build_model(self, in_channels=max(1, self.in_channels)), self.param_budget,
+                           f"model {self.model} with these widths and 1 channel in and out",
+                           "give smaller --widths")
         if self.folds and not (self.folds >= 2 and 0 <= self.fold < self.folds):
             raise ConfigError(f"need folds >= 2 and 0 <= fold < folds (or folds 0), got folds {self.folds}, "
                               f"fold {self.fold}")

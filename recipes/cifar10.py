@@ -24,7 +24,7 @@ import torch
 from toolkit import Accuracy, ClassificationConfig, ConfigError, SaveCurve, Trainer, classification_objective
 from toolkit import parse_config, run_recipe
 from toolkit.data import CIFAR10_MEAN, CIFAR10_STD, Normalize, holdout_split, load_cifar10
-from toolkit.models import cifar_classifier, meta_parameter_count, whiten_init_
+from toolkit.models import check_param_budget, cifar_classifier, whiten_init_
 
 
 WHITEN_IMAGES = 2000  # training images whose 3x3 patches initialise the first conv with --whiten
@@ -58,12 +58,12 @@ class CIFAR10Config(ClassificationConfig):
         if self.width < 1 or self.depth < 1:
             raise ConfigError(f"width and depth must be >= 1, got {self.width} and {self.depth}")
         try:  # counted on the meta device: a huge width is refused before any memory is taken
-            n = meta_parameter_count(lambda: cifar_classifier(self.model, self.width, self.depth, self.widths, 0.0))
-        except ValueError as err:
+            check_param_budget(lambda: cifar_classifier(self.model, self.width, self.depth, self.widths, 0.0),
+                               self.param_budget, f"model {self.model} with these widths")
+        except ConfigError:
+            raise
+        except ValueError as err:  # the model's own refusal of bad widths
             raise ConfigError(f"model/widths: {err}") from None
-        if n > self.param_budget:
-            raise ConfigError(f"model {self.model} with these widths has {n:,} trainable parameters, over "
-                              f"param_budget {self.param_budget:,}; make it smaller")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.val_from_train < 0:

@@ -117,6 +117,40 @@ def test_evaluate_applies_the_stored_postprocessing_unless_told_not_to(run, tmp_
     assert none["summary"] == plain["summary"] and not none["flips"]
 
 
+def test_evaluate_and_predict_apply_a_stored_scale_tta_and_the_flag_adds_it(run, tmp_path, capsys):
+    import numpy as np
+
+    from toolkit.data.mri.io import read_image
+    from toolkit.inference import load_ensemble, predict_probs
+
+    run_dir, data = run
+    scan = sorted((data / "images").iterdir())[0]
+    ensemble, cfg, _, _ = load_ensemble([run_dir / "best.pth"])
+    probs = predict_probs(ensemble, read_image(scan), cfg["image_size"], flips=True, scales=(0.8, 1.25))[0]
+    t = round(float(np.median(probs)), 4)  # half the pixels on each side: the masks are not trivially empty
+    args = ["evaluate", "--weights", str(run_dir / "best.pth"), "--split", "all"]
+    save_json(run_dir / "postprocess.json", {"choice": {"threshold": t, "flips": True, "largest_only": False,
+                                                        "min_size": 0, "scales": [0.8, 1.25]}})
+    assert main([*args, "--output", str(tmp_path / "stored.json")]) == 0
+    stored = json.loads((tmp_path / "stored.json").read_text())
+    assert stored["postprocess"]["scales"] == [0.8, 1.25] and stored["flips"]
+    assert "flip + scale x0.8, x1.25 TTA" in capsys.readouterr().out
+    flags = [*args, "--postprocess", "none", "--threshold", str(t), "--flips"]
+    assert main([*flags, "--scale-tta", "--output", str(tmp_path / "flag.json")]) == 0
+    flag = json.loads((tmp_path / "flag.json").read_text())
+    assert flag["per_image"] == stored["per_image"] and flag["postprocess"]["from"].endswith("from the command line")
+    assert main([*flags, "--output", str(tmp_path / "flips.json")]) == 0
+    pixels = [[r["pred_pixels"] for r in json.loads((tmp_path / f).read_text())["per_image"]]
+              for f in ("stored.json", "flips.json")]
+    assert pixels[0] != pixels[1] and all(0 < n < 64 * 64 for n in pixels[0])  # scale TTA changed the masks
+
+    out = tmp_path / "pred"
+    assert main(["predict", "--weights", str(run_dir / "best.pth"), "--input", str(data / "images"),
+                 "--output", str(out)]) == 0
+    written = cv2.imread(str(out / f"{scan.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(written > 0, probs >= t)
+
+
 def test_evaluate_and_predict_an_ensemble_of_folds(run, tmp_path, capsys):
     run_dir, data = run
     cv = tmp_path / "cv"

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.ensemble import SegmentationEnsemble, disagreement, resolve_weights, slice_disagreement
+from toolkit.ensemble import SegmentationEnsemble, disagreement, resolve_weights, scaled_side, slice_disagreement
 from toolkit.models.segmentation import build_segmentation_model
+from toolkit.postprocess import PostProcess
 from toolkit.seg_eval import collect_probs, disagreement_report, image_records, summarise
 
 
@@ -47,6 +48,48 @@ def test_ensemble_averages_member_probabilities():
     torch.testing.assert_close(mean, expected)
     with pytest.raises(ValueError, match="at least one"):
         SegmentationEnsemble([])
+
+
+def test_scale_tta_predicts_each_scale_and_averages_them_back_at_the_scan_size():
+    seen = []
+
+    class Probe(torch.nn.Module):  # logit = the input, so the probabilities are sigmoid(view of x)
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return x
+
+    ens = SegmentationEnsemble([Probe()])
+    x = torch.randn(2, 1, 240, 200)
+    assert scaled_side(240, 0.8) == 192 and scaled_side(240, 1.25) == 304 and scaled_side(200, 1.25) == 256
+    assert scaled_side(10, 0.5) == 16  # never below one multiple
+    out = ens.member_probs(x, flips=True, scales=(0.8, 1.25))
+    assert out.shape == (1, 2, 1, 240, 200)
+    assert seen == [(240, 200)] * 2 + [(192, 160)] * 2 + [(304, 256)] * 2  # each scale with its flip
+    views = [ens.view_probs(x, s) for s in (1.0, 0.8, 1.25)]
+    assert all(v.shape == (1, 2, 1, 240, 200) for v in views)
+    torch.testing.assert_close(views[0][0], torch.sigmoid(x))  # the scan's own scale is the plain prediction
+    flipped = [ens.view_probs(x, s, flip=True) for s in (1.0, 0.8, 1.25)]
+    torch.testing.assert_close(out, sum(0.5 * (v + f) for v, f in zip(views, flipped)) / 3)
+    torch.testing.assert_close(ens(x, scales=(0.8, 1.25)), sum(views)[0] / 3)
+    flat = torch.full((1, 1, 240, 240), 0.3)  # a flat scan resizes to itself: every scale agrees
+    torch.testing.assert_close(ens(flat, flips=True, scales=(0.8, 1.25)), torch.sigmoid(flat))
+
+
+def test_collect_probs_with_scale_tta_matches_the_ensemble_and_names_what_is_missing():
+    data = _Pairs(n=3)
+    ens = SegmentationEnsemble([_model(0)])
+    preds = collect_probs(ens, data, flips=True, scales=(0.8, 1.25))
+    x = ens.preprocess(data.x)
+    np.testing.assert_allclose(preds.scaled, ens(x, scales=(0.8, 1.25))[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(preds.scaled_flipped, ens(x, True, (0.8, 1.25))[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(preds.flipped, ens(x, True)[:, 0].numpy(), atol=1e-6)
+    assert preds.chosen(PostProcess(flips=True, scales=(0.8, 1.25))) is preds.scaled_flipped
+    with pytest.raises(ValueError, match=r"computed at scales \[0.8, 1.25\]"):
+        preds.chosen(PostProcess(scales=(0.9,)))
+    plain = collect_probs(ens, data, flips=False)
+    assert plain.scaled is None and plain.flipped is None
+    with pytest.raises(ValueError, match="flip TTA chosen but its probabilities were not computed"):
+        plain.chosen(PostProcess(flips=True))
 
 
 def test_disagreement_map_and_slice_score():

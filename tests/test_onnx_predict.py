@@ -1,6 +1,7 @@
 """``toolkit predict --weights model.onnx``: the same masks as ``--weights best.pth`` from the exported file's
 metadata alone, without torch, and clear refusals of files it cannot use."""
 
+import json
 import subprocess
 import sys
 
@@ -114,6 +115,21 @@ def test_onnx_postprocess_comes_from_the_metadata_with_command_line_overrides(ex
     assert model.postprocess("none")[0] == pick_postprocess(None, run_cfg, "none")[0] == PostProcess(threshold=0.5)
     assert model.postprocess(threshold=0.7)[0] == PostProcess(**{**post.to_dict(), "threshold": 0.7})
     assert (model.size, model.in_channels, model.channels) == (32, 1, ())
+
+
+@pytest.mark.parametrize("exported", EXPORTS[:1], indirect=True, ids=["per_slice+min_size"])
+def test_onnx_predict_leaves_out_a_stored_scale_tta_and_says_so(exported, tmp_path, capsys):
+    """The graph takes S x S input only, so the scale TTA of a run's postprocess.json cannot run there."""
+    _, onnx_file, images, post = exported
+    scaled = {**post.to_dict(), "scales": [0.8, 1.25]}
+    edited = _edited(onnx_file, tmp_path / "scaled.onnx", lambda p: {**p, "postprocess": json.dumps(scaled)})
+    chosen, source = OnnxSegmenter(edited).postprocess()
+    assert chosen == post and "without its scale TTA (the ONNX graph takes 32x32 input only)" in source
+    assert main(["predict", "--weights", str(edited), "--input", str(images[0]), "--output", str(tmp_path / "o")]) == 0
+    assert "without its scale TTA" in capsys.readouterr().out
+    assert main(["predict", "--weights", str(onnx_file), "--input", str(images[0]), "--output", str(tmp_path / "p"),
+                 "--scale-tta"]) == 2
+    assert "--scale-tta are not applied with an ONNX file" in capsys.readouterr().err
 
 
 def _edited(onnx_file, path, change):

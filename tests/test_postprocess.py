@@ -65,7 +65,8 @@ def test_binarize_shapes_and_options():
 
 
 @pytest.mark.parametrize("bad", [{"threshold": 0.0}, {"threshold": 1.0}, {"min_size": -1},
-                                 {"largest_only": True, "min_size": 5}])
+                                 {"largest_only": True, "min_size": 5}, {"scales": (1.0,)}, {"scales": (0.2,)},
+                                 {"scales": (0.8, 0.8)}, {"scales": (5,)}])
 def test_postprocess_refuses_bad_options(bad):
     with pytest.raises(ValueError):
         PostProcess(**bad)
@@ -113,6 +114,38 @@ def test_search_keeps_flips_only_when_they_help():
     assert choice.flips and steps[1]["step"] == "flip TTA" and steps[1]["kept"]
     choice, _ = search_postprocess(flipped, targets, flipped_probs=plain)
     assert not choice.flips
+
+
+def test_search_keeps_scale_tta_only_when_it_helps_and_with_the_flip_choice():
+    targets = np.stack([_disk(r=8), _disk(r=9, cx=30)])
+    low, high = targets * 0.45, targets * 0.9  # all missed / all found at 0.5
+    choice, steps = search_postprocess(low, targets, flipped_probs=low, scaled_probs=high, scaled_flipped_probs=low)
+    assert choice.scales == (0.8, 1.25) and not choice.flips  # the scaled probabilities without flips
+    assert [s["step"] for s in steps] == ["baseline", "flip TTA", "scale TTA", "threshold", "components"]
+    assert steps[2]["kept"] and steps[2]["dice"] == 1.0 and "scale x0.8, x1.25 TTA" in steps[2]["choice"]
+    choice, _ = search_postprocess(low, targets, flipped_probs=high, scaled_probs=high, scaled_flipped_probs=low,
+                                   scales=(0.9,))
+    assert choice.flips and not choice.scales  # with flips kept, only the flipped scaled ones are judged
+    choice, _ = search_postprocess(low, targets, flipped_probs=low, scaled_probs=high, scaled_flipped_probs=low,
+                                   scales=(0.9,), threshold=0.4)
+    assert not choice.scales and choice.threshold == 0.4  # at the run's 0.4 the plain ones are right already
+    with pytest.raises(ValueError, match="scaled_probs must match"):
+        search_postprocess(low, targets, scaled_probs=high[:1])
+
+
+def test_scales_round_trip_through_postprocess_json(tmp_path):
+    choice = PostProcess(threshold=0.4, flips=True, min_size=20, scales=(0.8, 1.25))
+    path = tmp_path / "postprocess.json"
+    path.write_text(json.dumps({"choice": choice.to_dict()}))
+    assert load_postprocess(path)[0] == choice
+    assert choice.describe() == "threshold 0.4, flip + scale x0.8, x1.25 TTA, regions under 20 px removed"
+    assert PostProcess(scales=[0.9]).scales == (0.9,) and PostProcess().tta() == "no TTA"
+    old = {"threshold": 0.4, "flips": True, "largest_only": False, "min_size": 0}  # written before scale TTA
+    assert PostProcess.from_dict(old).scales == ()
+    with pytest.raises(ValueError, match=r"scales must be a list"):
+        PostProcess.from_dict({**old, "scales": 0.8}, where="f.json")
+    with pytest.raises(ValueError, match=r"f.json: scales must be distinct factors"):
+        PostProcess.from_dict({**old, "scales": [1]}, where="f.json")
 
 
 def test_search_keeps_defaults_when_nothing_helps():

@@ -188,7 +188,7 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
                 in_channels="2" if layout == "raw" else "0")
     folder = data
     post, data = load_postprocess(run / POSTPROCESS_FILE)
-    assert [s["step"] for s in data["steps"]] == ["baseline", "flip TTA", "threshold"]
+    assert [s["step"] for s in data["steps"]] == ["baseline", "flip TTA", "scale TTA", "threshold"]
     assert not post.largest_only and post.min_size == 0
     assert list(data["volume"]["rules"]) == ["tumour"] and data["volume"]["after_2d"] == post.describe()
     assert main(["evaluate", "--weights", str(run / "best.pth"), "--split", "val"]) == 0

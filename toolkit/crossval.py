@@ -23,7 +23,7 @@ from .checkpoint import save_json
 from .compare import given_flags, has_trained, started_with, train_run
 from .data.splits import load_split
 from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset, stored_target
-from .postprocess import POSTPROCESS_FILE, PostProcess
+from .postprocess import POSTPROCESS_FILE, SCALE_TTA, PostProcess
 from .target_metrics import TargetMetrics
 from .targets import TargetSpec
 from .volume_eval import class_accuracy, pack_masks, predict_packed, unpack_masks, volume_scores
@@ -90,28 +90,32 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     spec = TargetSpec.from_dict(stored_target(fold_dirs[0]))
     if spec.kind != "binary":
         return _out_of_fold_targets(root, fold_dirs, spec)
-    probs, flipped, targets, ids, meta, per_fold, cache, scored = [], [], [], [], [], [], {}, []
+    folds, ids, meta, per_fold, cache, scored = [], [], [], [], {}, []
     for k, fold_dir in enumerate(fold_dirs):
         records, cfg = _fold_records(fold_dir, cache)
         ensemble, _, _, _ = load_ensemble([fold_dir / "best.pth"])
         data = run_dataset(records, cfg)
-        preds = collect_probs(ensemble, data, flips=True)
+        preds = collect_probs(ensemble, data, flips=True, scales=SCALE_TTA)
         fold_meta = slice_meta(data.records)  # the slices read: --skip-bad-files may have left some out
         bare = PostProcess(threshold=float(cfg.get("threshold", 0.5)))  # the fold's own threshold, as it validated
         plain = summarise(image_records(data.ids, bare.binarize(preds.probs), preds.targets, fold_meta))
         per_fold.append({"fold": k, "run": fold_dir.name, "num_images": len(data), **plain})
-        probs.append(preds.probs), flipped.append(preds.flipped), targets.append(preds.targets)
+        folds.append(preds)
         ids += data.ids
         meta += fold_meta
         scored += data.records
-    probs, flipped, targets = np.concatenate(probs), np.concatenate(flipped), np.concatenate(targets)
+    oof = Predictions(*(np.concatenate([getattr(p, key) for p in folds]) for key in ("probs", "flipped", "targets")),
+                      scales=SCALE_TTA, **{key: np.concatenate([getattr(p, key) for p in folds])
+                                           for key in ("scaled", "scaled_flipped")})
+    probs, targets = oof.probs, oof.targets
+    del folds  # one copy of the out-of-fold probabilities in memory (4 arrays of N x S x S float32)
     _check_disjoint(root, ids)
     pooled = run_monitor(fold_dirs[0]).endswith("_global")  # the figure the folds picked their best.pth by
     volumes = are_volumes(scored)  # then the component rule is 3D, per patient, as in each fold's own run
     chosen_on = f"out-of-fold predictions of {len(fold_dirs)} folds"
-    choice, steps = choose_postprocess(Predictions(probs, flipped, targets), root / POSTPROCESS_FILE, pooled=pooled,
+    choice, steps = choose_postprocess(oof, root / POSTPROCESS_FILE, pooled=pooled,
                                        components=not volumes, threshold=bare.threshold, chosen_on=chosen_on)
-    source = flipped if choice.flips else probs
+    source = oof.chosen(choice)
     result = {
         "folds": len(fold_dirs), "target": spec.to_dict(), "num_images": len(ids), "per_fold": per_fold,
         "out_of_fold": summarise(image_records(ids, bare.binarize(probs), targets, meta)),

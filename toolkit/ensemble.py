@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .data.batch_transforms import standardize_per_image
 from .postprocess import POSTPROCESS_FILE
 from .targets import TargetSpec
 
-__all__ = ["SegmentationEnsemble", "resolve_weights", "disagreement", "slice_disagreement"]
+__all__ = ["SegmentationEnsemble", "resolve_weights", "disagreement", "slice_disagreement", "scaled_side"]
+
+TTA_MULTIPLE = 16  # px: scale TTA rounds each scaled side to a multiple of this, so the models pad nothing more
+
+
+def scaled_side(side: int, scale: float) -> int:
+    """The side in pixels that scale TTA predicts a ``side``-pixel scan at for factor ``scale`` (> 0): ``side *
+    scale`` rounded to a multiple of 16, at least 16 (240 px: 0.8 → 192, 1.25 → 304)."""
+    return max(TTA_MULTIPLE, int(round(side * scale / TTA_MULTIPLE)) * TTA_MULTIPLE)
 
 
 def resolve_weights(paths: Sequence[str | Path]) -> tuple[list[Path], Path | None]:
@@ -118,21 +127,38 @@ class SegmentationEnsemble(torch.nn.Module):
         self.target = target if target is not None else TargetSpec.binary()
 
     @torch.no_grad()
-    def member_probs(self, x: torch.Tensor, flips: bool = False) -> torch.Tensor:
-        """(N, C, H, W) float scans → (M, N, K, H, W) probabilities in [0, 1], one slab per member.
-
-        ``flips`` averages each member with its prediction of the horizontally flipped scan.
-        """
+    def view_probs(self, x: torch.Tensor, scale: float = 1.0, flip: bool = False) -> torch.Tensor:
+        """(N, C, H, W) float scans → (M, N, K, H, W) probabilities in [0, 1] of each member for one view of them:
+        resized by ``scale`` (bilinear, sides :func:`scaled_side`) and/or flipped left-right, the probabilities
+        mapped back to the scans' pixels (flipped back, resized back to H x W bilinearly)."""
+        h, w = x.shape[-2:]
+        size = (scaled_side(h, scale), scaled_side(w, scale)) if scale != 1.0 else (h, w)
+        view = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (h, w) else x
         out = []
         for model in self.members:
-            probs = self.target.probs(model(x))
-            if flips:
-                probs = 0.5 * (probs + self.target.probs(model(x.flip(-1))).flip(-1))
-            out.append(probs)
+            probs = self.target.probs(model(view.flip(-1) if flip else view))
+            probs = probs.flip(-1) if flip else probs
+            out.append(F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+                       if size != (h, w) else probs)
         return torch.stack(out)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, flips: bool = False) -> torch.Tensor:
-        """(N, C, H, W) float scans → (N, K, H, W) mean probabilities in [0, 1]."""
-        return self.member_probs(x, flips).mean(0)
+    def member_probs(self, x: torch.Tensor, flips: bool = False, scales: Sequence[float] = ()) -> torch.Tensor:
+        """(N, C, H, W) float scans → (M, N, K, H, W) probabilities in [0, 1], one slab per member.
+
+        ``flips`` averages each member with its prediction of the horizontally flipped scan; ``scales`` (factors
+        of the side, e.g. (0.8, 1.25)) adds the scan predicted at each scale (each with its flip when ``flips``)
+        to the average (:meth:`view_probs`).
+        """
+        views = []
+        for scale in (1.0, *scales):
+            probs = self.view_probs(x, scale)
+            views.append(0.5 * (probs + self.view_probs(x, scale, flip=True)) if flips else probs)
+        return views[0] if len(views) == 1 else torch.stack(views).mean(0)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, flips: bool = False, scales: Sequence[float] = ()) -> torch.Tensor:
+        """(N, C, H, W) float scans → (N, K, H, W) mean probabilities in [0, 1] (``flips``, ``scales``: see
+        :meth:`member_probs`)."""
+        return self.member_probs(x, flips, scales).mean(0)
 

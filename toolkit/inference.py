@@ -18,7 +18,7 @@ from .data.mri.folders import discover_folders
 from .data.mri.resize import resize_back, resize_square
 from .ensemble import SegmentationEnsemble, disagreement, resolve_weights
 from .models.segmentation import build_segmentation_model, parse_widths
-from .postprocess import PostProcess, load_postprocess
+from .postprocess import SCALE_TTA, PostProcess, load_postprocess
 from .seg_images import tumour_map
 from .targets import TARGET_FILE, TargetSpec
 
@@ -167,11 +167,13 @@ def load_ensemble(weights: Sequence[str | Path]) -> tuple[SegmentationEnsemble, 
 
 
 def pick_postprocess(post_file: Path | None, cfg: dict, mode: str = "auto", threshold: float | None = None,
-                     flips: bool = False, one_region: bool = False) -> tuple[PostProcess, str]:
+                     flips: bool = False, one_region: bool = False,
+                     scale_tta: bool = False) -> tuple[PostProcess, str]:
     """The post-processing to apply and where it came from.
 
     ``mode`` "auto": the stored ``postprocess.json`` when there is one, else the run's threshold alone;
-    "none": the run's threshold alone. ``threshold``, ``flips`` and ``one_region`` then override parts.
+    "none": the run's threshold alone. ``threshold``, ``flips``, ``one_region`` and ``scale_tta`` (the search's
+    scales, :data:`~toolkit.postprocess.SCALE_TTA`) then override parts.
     """
     if mode not in ("auto", "none"):
         raise ValueError(f"--postprocess must be auto or none, got {mode!r}")
@@ -187,6 +189,8 @@ def pick_postprocess(post_file: Path | None, cfg: dict, mode: str = "auto", thre
         changes["flips"] = True
     if one_region:
         changes.update(largest_only=True, min_size=0)
+    if scale_tta:
+        changes["scales"] = SCALE_TTA
     if changes:
         post = PostProcess(**{**post.to_dict(), **changes})
         source += " with " + ", ".join(f"{k}={v}" for k, v in changes.items()) + " from the command line"
@@ -208,28 +212,30 @@ class ScanProbs(NamedTuple):
 
 @torch.no_grad()
 def scan_member_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int,
-                      flips: bool = False) -> torch.Tensor:
+                      flips: bool = False, scales: Sequence[float] = ()) -> torch.Tensor:
     """uint8 (H, W) or (H, W, C) scan → float32 (M, 1, K, size, size) probabilities of each of the M members, the
-    scan resized to ``size`` x ``size`` as the run's slices were and preprocessed as in training."""
+    scan resized to ``size`` x ``size`` as the run's slices were and preprocessed as in training (``flips``,
+    ``scales``: test-time augmentation, :meth:`~toolkit.ensemble.SegmentationEnsemble.member_probs`)."""
     resized = resize_square(image, size)  # as the run's slices were: area when either side shrinks
     if resized.ndim == 2:
         resized = resized[..., None]
-    return ensemble.member_probs(ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None]), flips=flips)
+    return ensemble.member_probs(ensemble.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None]), flips, scales)
 
 
 @torch.no_grad()
 def predict_probs(ensemble: SegmentationEnsemble, image: np.ndarray, size: int, flips: bool = False,
-                  threshold: float = 0.5, flip_trained: bool = True) -> ScanProbs:
+                  threshold: float = 0.5, flip_trained: bool = True, scales: Sequence[float] = ()) -> ScanProbs:
     """Tumour probabilities, member disagreement and per-channel probabilities for one scan, at its own size.
 
     image: uint8 (H, W, C). Tumour: any tumour class or region (:func:`~toolkit.seg_images.tumour_map`).
     The scan is resized to ``size`` x ``size`` as in training, standardised per image, and the maps are
     resized back (bilinear, :func:`~toolkit.data.mri.resize.resize_back`; ``flip_trained``: the run trained with
-    left-right flips, :func:`trained_with_flips`). ``flips`` averages with the horizontally flipped prediction;
+    left-right flips, :func:`trained_with_flips`). ``flips`` averages with the horizontally flipped prediction,
+    ``scales`` with the scan predicted at these factors of its side (scale TTA);
     the disagreement is taken at ``threshold``. Returns a :class:`ScanProbs`.
     """
     h, w = image.shape[:2]
-    all_probs = scan_member_probs(ensemble, image, size, flips)  # (M, 1, K, S, S)
+    all_probs = scan_member_probs(ensemble, image, size, flips, scales)  # (M, 1, K, S, S)
     members = torch.from_numpy(np.ascontiguousarray(tumour_map(all_probs.numpy(), ensemble.target.kind)))[:, :, None]
     back = {"width": w, "height": h, "flip_trained": flip_trained}  # where the masks it learnt from lie
     probs = resize_back(members.mean(0)[0].numpy(), **back)[0]

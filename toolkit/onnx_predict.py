@@ -122,7 +122,7 @@ class OnnxSegmenter:
     def postprocess(self, mode: str = "auto", threshold: float | None = None) -> tuple[PostProcess, str]:
         """The stored post-processing (``mode`` "auto"; "none": the run's own threshold alone, as the PyTorch
         predict's ``--postprocess none``), ``threshold`` overriding the threshold. Returns (PostProcess, where
-        it came from)."""
+        it came from). The stored scale TTA is left out: the graph takes S x S input only."""
         stored = self.meta.get("postprocess")
         if mode == "auto" and isinstance(stored, dict):
             post, source = PostProcess.from_dict(stored, where=f"{self.path} metadata 'postprocess'"), \
@@ -130,6 +130,9 @@ class OnnxSegmenter:
         else:
             key = "run_threshold" if "run_threshold" in self.meta else "threshold"  # older exports: the stored one
             post, source = PostProcess(threshold=float(self.meta[key])), f"{self.path} metadata {key!r}"
+        if post.scales:  # onnxruntime refuses other input sizes than the exported one
+            post = PostProcess(**{**post.to_dict(), "scales": ()})
+            source += f" without its scale TTA (the ONNX graph takes {self.size}x{self.size} input only)"
         if threshold is not None:
             post = PostProcess(**{**post.to_dict(), "threshold": threshold})
             source += f" with threshold={threshold} from the command line"
@@ -201,8 +204,8 @@ def predict(args: argparse.Namespace) -> int:
     ``<name>_overlay.png`` for each 2D image of ``args.input``, into ``args.output``."""
     if len(args.weights) != 1:
         raise ValueError(f"--weights: give one ONNX file (ensembles need best.pth files), got {args.weights}")
-    if args.flips or args.one_region:
-        raise ValueError("--flips and --one-region are not applied with an ONNX file: it uses the post-processing "
+    if args.flips or args.one_region or args.scale_tta:
+        raise ValueError("--flips, --one-region and --scale-tta are not applied with an ONNX file: it uses the post-processing "
                          "stored by `toolkit export` (--threshold and --postprocess none are)")
     source_path = Path(args.input)
     if source_path.name.lower().endswith((".nii", ".nii.gz")):

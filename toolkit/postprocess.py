@@ -1,7 +1,7 @@
 """Post-processing of binary segmentation, chosen automatically on held-out predictions (as nnU-Net does).
 
 A :class:`PostProcess` is the whole recipe that turns a model's tumour probabilities into a
-mask: flip test-time augmentation (applied when the probabilities are computed), a
+mask: flip and scale test-time augmentation (applied when the probabilities are computed), a
 probability threshold, and a connected-component rule (keep the largest region only, or
 drop regions smaller than ``min_size`` pixels). :func:`search_postprocess` picks it on
 validation or out-of-fold predictions, one part at a time, keeping a part only when it
@@ -29,13 +29,17 @@ from .checkpoint import save_json
 
 __all__ = ["PostProcess", "search_postprocess", "per_image_dice", "pooled_dice", "largest_component",
            "remove_small_components", "POSTPROCESS_FILE", "load_postprocess", "VOLUME_KEY", "save_volume_key",
-           "load_volume_key"]
+           "load_volume_key", "SCALE_TTA"]
 
 POSTPROCESS_FILE = "postprocess.json"
 VOLUME_KEY = "volume"  # postprocess.json: the 3D per-patient choice (toolkit.volume_postprocess), beside "choice"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.25, 0.80, 0.05))  # probability thresholds tried
 MIN_SIZES = (10, 20, 40, 80, 160, 320)  # smallest kept region tried, pixels at the model's resolution
 MIN_GAIN = 1e-4  # a part is kept only when it raises the mean per-image Dice by more than this
+# scale TTA tried by the search: the scan also predicted at these factors of its side (x, unitless), each with its flip
+# when flips are on, averaged with the original scale; chosen on the validation patients of two figshare runs
+# (docs/brain-mri.md), where it beat (0.9, 1.1) and the five scales 0.8-1.25
+SCALE_TTA = (0.8, 1.25)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -67,6 +71,9 @@ class PostProcess:
 
     threshold: probability in (0, 1) at or above which a pixel is tumour.
     flips: average the probabilities with those of the horizontally flipped scan (test-time augmentation).
+    scales: extra scan scales for test-time augmentation (factors of the side in (0.25, 4), not 1; () = none):
+        the scan is also predicted resized by each (each with its flip when ``flips``), and the probabilities,
+        resized back, are averaged with the original scale's (:meth:`~toolkit.ensemble.SegmentationEnsemble.member_probs`).
     largest_only: keep only the largest connected region of each slice.
     min_size: drop regions smaller than this many pixels (at the model's input resolution); 0 = keep all.
     """
@@ -75,10 +82,12 @@ class PostProcess:
     flips: bool = False
     largest_only: bool = False
     min_size: int = 0
+    scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        object.__setattr__(self, "scales", check_scales(self.scales))
         if self.min_size < 0:
             raise ValueError(f"min_size must be >= 0 pixels, got {self.min_size}")
         if self.largest_only and self.min_size:
@@ -87,7 +96,7 @@ class PostProcess:
     def binarize(self, probs: np.ndarray) -> np.ndarray:
         """(H, W) or (N, H, W) float probabilities in [0, 1] → uint8 masks {0, 1} of the same shape.
 
-        ``flips`` is not applied here: it changes how the probabilities are computed.
+        ``flips`` and ``scales`` are not applied here: they change how the probabilities are computed.
         """
         probs = np.asarray(probs)
         if probs.ndim == 2:
@@ -105,8 +114,14 @@ class PostProcess:
         """The same choice for images with ``area_factor`` times the pixels of the model's input (``min_size`` scaled)."""
         return replace(self, min_size=int(round(self.min_size * area_factor))) if self.min_size else self
 
+    def tta(self) -> str:
+        """The test-time augmentation in words: "no TTA", "flip TTA", "flip + scale x0.8, x1.25 TTA"."""
+        parts = (["flip"] if self.flips else []) + (["scale " + ", ".join(f"x{s:g}" for s in self.scales)]
+                                                   if self.scales else [])
+        return " + ".join(parts) + " TTA" if parts else "no TTA"
+
     def describe(self) -> str:
-        parts = [f"threshold {self.threshold:g}", "flip TTA" if self.flips else "no TTA"]
+        parts = [f"threshold {self.threshold:g}", self.tta()]
         parts.append("largest region only" if self.largest_only else
                      f"regions under {self.min_size} px removed" if self.min_size else "all regions kept")
         return ", ".join(parts)
@@ -122,10 +137,26 @@ class PostProcess:
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(known)}")
         try:
-            return cls(**{k: (float(v) if k == "threshold" else int(v) if k == "min_size" else bool(v))
-                          for k, v in data.items()})
+            return cls(**{k: (float(v) if k == "threshold" else int(v) if k == "min_size" else
+                              _scales_value(v) if k == "scales" else bool(v)) for k, v in data.items()})
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from None
+
+
+def check_scales(scales) -> tuple[float, ...]:
+    """``scales`` as a tuple of floats, each in (0.25, 4) and not 1, none twice; ValueError naming the bad value."""
+    out = tuple(float(s) for s in scales)
+    bad = [s for s in out if not 0.25 < s < 4.0 or s == 1.0]
+    if bad or len(set(out)) != len(out):
+        raise ValueError(f"scales must be distinct factors in (0.25, 4) other than 1 (the scan's own scale is always "
+                         f"predicted), got {list(out)}")
+    return out
+
+
+def _scales_value(value) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"scales must be a list of numbers, got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 def load_postprocess(path: str | Path) -> tuple[PostProcess, dict]:
@@ -199,16 +230,21 @@ def _score(choice: PostProcess, probs: np.ndarray, targets: np.ndarray, pooled: 
 
 def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np.ndarray | None = None,
                        thresholds: Sequence[float] = THRESHOLDS, min_sizes: Sequence[int] = MIN_SIZES,
-                       pooled: bool = False, components: bool = True,
-                       threshold: float = 0.5) -> tuple[PostProcess, list[dict]]:
+                       pooled: bool = False, components: bool = True, threshold: float = 0.5,
+                       scaled_probs: np.ndarray | None = None, scaled_flipped_probs: np.ndarray | None = None,
+                       scales: Sequence[float] = SCALE_TTA) -> tuple[PostProcess, list[dict]]:
     """Choose the post-processing that maximises mean per-image Dice on held-out predictions (``pooled``:
     the Dice of all pixels pooled, see :func:`pooled_dice`).
 
     probs: (N, H, W) float tumour probabilities in [0, 1] without test-time augmentation;
     targets: (N, H, W) true masks in {0, 1}; flipped_probs: the same scans' probabilities averaged
-    with their horizontally flipped prediction (None: flips are not tried).
+    with their horizontally flipped prediction (None: flips are not tried); scaled_probs /
+    scaled_flipped_probs: (N, H, W) the same with the scan also predicted at each of ``scales``
+    (:meth:`~toolkit.ensemble.SegmentationEnsemble.member_probs`), without / with flips (None: scale TTA is not
+    tried; with flip TTA chosen, only ``scaled_flipped_probs`` is tried).
     Parts are decided in turn from the run's own ``threshold`` (in (0, 1); the baseline, what the run validated),
-    each kept only when it gains more than ``MIN_GAIN``: flip TTA (at that threshold), then the threshold, then
+    each kept only when it gains more than ``MIN_GAIN``: flip TTA (at that threshold), scale TTA, then the
+    threshold, then
     the component rule (none, largest region only, or each of ``min_sizes``; ``components=False`` leaves it
     out: volume data, where 3D rules decide per patient, see :mod:`toolkit.volume_postprocess`). Returns (the choice, one step record per part:
     ``{"step", "choice", "dice", "gain", "figure"}``; ``dice`` is the figure named by ``figure``,
@@ -217,8 +253,10 @@ def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np
     probs, targets = np.asarray(probs, dtype=np.float32), np.asarray(targets)
     if probs.ndim != 3 or probs.shape != targets.shape:
         raise ValueError(f"probs and targets must both be (N, H, W), got {probs.shape} and {targets.shape}")
-    if flipped_probs is not None and np.shape(flipped_probs) != probs.shape:
-        raise ValueError(f"flipped_probs must match probs {probs.shape}, got {np.shape(flipped_probs)}")
+    for name, other in (("flipped_probs", flipped_probs), ("scaled_probs", scaled_probs),
+                        ("scaled_flipped_probs", scaled_flipped_probs)):
+        if other is not None and np.shape(other) != probs.shape:
+            raise ValueError(f"{name} must match probs {probs.shape}, got {np.shape(other)}")
     best = PostProcess(threshold=float(threshold))
     best_dice = _score(best, probs, targets, pooled)
     figure = "dice_global" if pooled else "dice"
@@ -238,6 +276,11 @@ def search_postprocess(probs: np.ndarray, targets: np.ndarray, flipped_probs: np
         flipped_probs = np.asarray(flipped_probs, dtype=np.float32)
         consider("flip TTA", [(replace(best, flips=True), flipped_probs)])
     source = flipped_probs if best.flips else probs
+    scaled = scaled_flipped_probs if best.flips else scaled_probs
+    if scaled is not None:
+        scaled = np.asarray(scaled, dtype=np.float32)
+        consider("scale TTA", [(replace(best, scales=tuple(scales)), scaled)])
+        source = scaled if best.scales else source
     consider("threshold", [(replace(best, threshold=float(t)), source) for t in thresholds])
     if components:
         rules = [replace(best, largest_only=True)] + [replace(best, min_size=int(s)) for s in min_sizes]

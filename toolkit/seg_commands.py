@@ -36,11 +36,12 @@ def predict(args: argparse.Namespace) -> int:
     NIfTI input (a volume, a case's channel files, a raw-layout or NIfTI folder) goes to
     :func:`~toolkit.volume_predict.predict_volumes`: ``<case>_seg.nii.gz`` and ``<case>_seg.png``."""
     ensemble, cfg, post_file, files = load_ensemble(args.weights)
-    post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region)
+    post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region,
+                                    args.scale_tta)
     from .volume_predict import is_nifti_input, predict_volumes  # here: volume_predict imports this module
 
     if is_nifti_input(Path(args.input)):  # NIfTI volumes: a label volume and an overlay per case
-        print(f"{len(files)} model(s); threshold {post.threshold}, flips {post.flips} ({source})")
+        print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
         return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output), post_source=source,
                                layout=run_layout(files[0].parent))
     if int(cfg.get("context_slices", 0)):
@@ -64,7 +65,7 @@ def predict(args: argparse.Namespace) -> int:
     def predicted(path):
         image = _read_input(path, channels, in_channels, names)
         probs, dispute, maps = predict_probs(ensemble, image, size, flips=post.flips, threshold=post.threshold,
-                                             flip_trained=flip_trained)
+                                             flip_trained=flip_trained, scales=post.scales)
         return image, post.at_scale(probs.size / size**2).binarize(probs), dispute, maps
 
     for path, (image, mask, dispute, maps) in per_volume(images, predicted, vpost, size, rule=rule):
@@ -149,7 +150,8 @@ def _folder_ids(ids, data_dir: str) -> set[tuple[str, str]]:
 def evaluate(args: argparse.Namespace) -> int:
     """Scores per image, pooled, per patient and per tumour type, with and without the post-processing."""
     ensemble, cfg, post_file, files = load_ensemble(args.weights)
-    post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region)
+    post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region,
+                                    args.scale_tta)
     records, data_dir = _records_to_score(args, cfg, files)
     from . import volume_eval  # classes/regions runs and volume data: per patient, per class/region
     if ensemble.target.kind != "binary":
@@ -159,7 +161,7 @@ def evaluate(args: argparse.Namespace) -> int:
                              f"(--threshold and --flips apply); leave --one-region out")
         return volume_eval.evaluate_volumes(args, ensemble, cfg, post, source, files, records, data_dir)
     dataset = run_dataset(records, cfg)
-    preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold)
+    preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold, scales=post.scales)
     masks = post.binarize(preds.chosen(post))
     volumes = volume_eval.wants_volume_eval(ensemble.target, dataset.records)
     final, in_3d = volume_eval.volume_masks(source, dataset.records, masks) if volumes else (masks, False)

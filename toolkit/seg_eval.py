@@ -26,7 +26,7 @@ from .data.mri.context import slice_key
 from .ensemble import SegmentationEnsemble, slice_disagreement
 from .metrics import SegmentationMetrics
 from .models.utils import init_from
-from .postprocess import POSTPROCESS_FILE, PostProcess, search_postprocess
+from .postprocess import POSTPROCESS_FILE, SCALE_TTA, PostProcess, search_postprocess
 from .volume_metrics import are_volumes
 
 __all__ = ["Predictions", "collect_probs", "image_records", "slice_meta", "summarise", "disagreement_report",
@@ -46,28 +46,39 @@ class Predictions:
     probs: (N, S, S) float32 in [0, 1], no test-time augmentation; flipped: (N, S, S) the same
     averaged with the horizontally flipped prediction (None when not computed); targets:
     (N, S, S) uint8 {0, 1}; disagreement: (N,) float in [0, 1] per slice between ensemble
-    members (None for a single model).
+    members (None for a single model); scales: the scale-TTA factors of ``scaled`` / ``scaled_flipped``,
+    (N, S, S) the probabilities with the scan also predicted at each of them, without / with flips (None
+    when not computed; :meth:`~toolkit.ensemble.SegmentationEnsemble.member_probs`).
     """
 
     probs: np.ndarray
     flipped: np.ndarray | None
     targets: np.ndarray
     disagreement: np.ndarray | None = None
+    scales: tuple[float, ...] = ()
+    scaled: np.ndarray | None = None
+    scaled_flipped: np.ndarray | None = None
 
     def chosen(self, post: PostProcess) -> np.ndarray:
-        """The probabilities ``post`` applies to: with or without flip TTA."""
-        if post.flips and self.flipped is None:
-            raise ValueError("flip TTA chosen but the flipped probabilities were not computed")
-        return self.flipped if post.flips else self.probs
+        """The probabilities ``post`` applies to: with or without flip and scale TTA."""
+        if post.scales and tuple(post.scales) != tuple(self.scales):
+            raise ValueError(f"scale TTA x{list(post.scales)} chosen but the probabilities were computed at "
+                             f"scales {list(self.scales)}")
+        chosen = ((self.scaled_flipped if post.flips else self.scaled) if post.scales else
+                  self.flipped if post.flips else self.probs)
+        if chosen is None:
+            raise ValueError(f"{post.tta()} chosen but its probabilities were not computed")
+        return chosen
 
 
 @torch.no_grad()
 def collect_probs(ensemble: SegmentationEnsemble, dataset, flips: bool = True, threshold: float = 0.5,
-                  batch_size: int = 16) -> Predictions:
+                  batch_size: int = 16, scales: Sequence[float] = ()) -> Predictions:
     """Run ``ensemble`` over ``dataset`` (uint8 image (C, S, S), uint8 mask (1, S, S)) in order.
 
-    ``flips``: also compute the flip-TTA probabilities. Per-slice disagreement (2+ members) is
-    taken at ``threshold`` on the flip-TTA probabilities when computed, else on the plain ones.
+    ``flips``: also compute the flip-TTA probabilities; ``scales``: also those of scale TTA at these factors
+    (with flips too when ``flips``). Per-slice disagreement (2+ members) is taken at ``threshold`` on the
+    probabilities with the most test-time augmentation computed.
     """
     if len(dataset) == 0:
         raise ValueError("the data set to score holds no slice")
@@ -76,19 +87,25 @@ def collect_probs(ensemble: SegmentationEnsemble, dataset, flips: bool = True, t
                          f"({', '.join(ensemble.target.names)})")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     ensemble.eval()
-    probs, flipped, targets, disputed = [], [], [], []
+    out, targets, disputed = {"probs": [], "flipped": [], "scaled": [], "scaled_flipped": []}, [], []
     for images, masks in loader:
         x = ensemble.preprocess(images)
-        members = ensemble.member_probs(x)  # (M, N, 1, S, S)
-        probs.append(members.mean(0)[:, 0].numpy())
-        if flips:
-            members = 0.5 * (members + ensemble.member_probs(x.flip(-1)).flip(-1))
-            flipped.append(members.mean(0)[:, 0].numpy())
+        plain = [ensemble.view_probs(x, s) for s in (1.0, *scales)]  # each (M, N, 1, S, S)
+        both = [0.5 * (p + ensemble.view_probs(x, s, flip=True)) for p, s in zip(plain, (1.0, *scales))] \
+            if flips else []
+        views = {"probs": plain[0], "flipped": both[0] if flips else None,
+                 "scaled": torch.stack(plain).mean(0) if scales else None,
+                 "scaled_flipped": torch.stack(both).mean(0) if scales and flips else None}
+        for key, members in views.items():
+            if members is not None:
+                out[key].append(members.mean(0)[:, 0].numpy())
         targets.append((masks[:, 0] > 0).numpy().astype(np.uint8))
         if len(ensemble.members) > 1:
-            disputed.append(slice_disagreement(members, threshold).numpy())
-    return Predictions(np.concatenate(probs), np.concatenate(flipped) if flips else None, np.concatenate(targets),
-                       np.concatenate(disputed) if disputed else None)
+            richest = [m for m in views.values() if m is not None][-1]
+            disputed.append(slice_disagreement(richest, threshold).numpy())
+    arrays = {key: np.concatenate(parts) if parts else None for key, parts in out.items()}
+    return Predictions(arrays.pop("probs"), arrays.pop("flipped"), np.concatenate(targets),
+                       np.concatenate(disputed) if disputed else None, tuple(scales), **arrays)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -203,14 +220,15 @@ def describe_steps(steps: Sequence[dict]) -> str:
 
 def choose_postprocess(preds: Predictions, path, pooled: bool = False, components: bool = True,
                        threshold: float = 0.5, **info) -> tuple[PostProcess, list[dict]]:
-    """Search the post-processing on held-out ``preds`` from the run's ``threshold`` (flipped probabilities
-    included; ``pooled``: for the pixel-pooled Dice instead of the mean per-image Dice; ``components=False``: no
+    """Search the post-processing on held-out ``preds`` from the run's ``threshold`` (flip and scale TTA tried when
+    their probabilities are in ``preds``; ``pooled``: for the pixel-pooled Dice instead of the mean per-image Dice; ``components=False``: no
     2D component rule; :func:`~toolkit.postprocess.search_postprocess`) and write
     it to ``path`` (``postprocess.json``: ``{"choice": {...}, "steps": [...], "num_images": N, **info}``);
     returns (choice, steps).
     """
     choice, steps = search_postprocess(preds.probs, preds.targets, preds.flipped, pooled=pooled,
-                                       components=components, threshold=threshold)
+                                       components=components, threshold=threshold, scaled_probs=preds.scaled,
+                                       scaled_flipped_probs=preds.scaled_flipped, scales=preds.scales)
     save_json(path, {"choice": choice.to_dict(), "steps": steps, "num_images": len(preds.targets), **info})
     return choice, steps
 
@@ -243,7 +261,8 @@ class ChoosePostprocess(ChooseOnRun):
         if not best.is_file() or len(self.val_data) == 0:
             return
         model = init_from(self.build_model(), best).eval()
-        preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True)
+        preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True,
+                              scales=SCALE_TTA)
         _, steps = choose_postprocess(preds, run_dir / POSTPROCESS_FILE, pooled=self.pooled,
                                       components=self.components, threshold=self.threshold,
                                       chosen_on=f"validation split of {run_dir.name}")

@@ -164,7 +164,7 @@ def class_accuracy(pred_pixels: np.ndarray, truth_pixels: np.ndarray, true_class
 
 @torch.no_grad()
 def predict_packed(ensemble, dataset, threshold: float, flips: bool = False,
-                   batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                   batch_size: int = 16, scales: Sequence[float] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Predict every slice of ``dataset`` ((uint8 image (C, S, S), uint8 label map (1, S, S)) pairs) in order.
 
     Predicted masks are :meth:`~toolkit.targets.TargetSpec.written` (regions as read back from the label map that
@@ -176,7 +176,7 @@ def predict_packed(ensemble, dataset, threshold: float, flips: bool = False,
     packed, pred_px, true_px = [], [], []
     ensemble.eval()
     for images, labels in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        probs = ensemble(ensemble.preprocess(images), flips=flips)
+        probs = ensemble(ensemble.preprocess(images), flips=flips, scales=scales)
         hard, truth = spec.written(probs, threshold), spec.truth(labels)  # regions as predict writes them
         metric.update_masks(hard, truth)
         hard, truth = hard.numpy(), truth.numpy()
@@ -272,7 +272,8 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
     records = list({r.id: r for r in records}.values())  # a record listed twice is scored once
     dataset = run_target_dataset(records, cfg, spec)
     records = dataset.records
-    packed, pred_px, true_px, slices = predict_packed(ensemble, dataset, post.threshold, post.flips)
+    packed, pred_px, true_px, slices = predict_packed(ensemble, dataset, post.threshold, post.flips,
+                                                      scales=post.scales)
     vpost, line = stored_volume_postprocess(source, spec)
     part = volume_scores(records, packed, spec.names, size, vpost)
     summary = {"per_patient": part.pop("per_patient"), "slices": slices, "num_patients": len(part["patients"]),
@@ -282,7 +283,7 @@ def evaluate_volumes(args: argparse.Namespace, ensemble, cfg: dict, post: PostPr
                                                    spec.names)
     result = {"weights": [str(f) for f in files], "data_dir": str(data_dir), "split": args.split,
               "target": spec.to_dict(), "threshold": post.threshold, "flips": post.flips, "resolution": size,
-              "postprocess": {"applied": f"threshold {post.threshold:g}, " + ("flip TTA" if post.flips else "no TTA"),
+              "postprocess": {"applied": f"threshold {post.threshold:g}, {post.tta()}",
                               "from": source, "volume": line},
               "empty_masks": SLICE_EMPTY_RULE, **part, "summary": summary}
     out = eval_output(args)

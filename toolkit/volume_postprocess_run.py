@@ -77,10 +77,11 @@ class ChooseVolumePostprocess(ChooseOnRun):
         post = load_postprocess(path)[0] if path.is_file() else PostProcess(threshold=self.threshold)
         ensemble = SegmentationEnsemble([init_from(self.build_model(), best).eval()], self.preprocess, self.target)
         if self.target.kind == "binary":
-            preds = collect_probs(ensemble, self.val_data, flips=post.flips, threshold=post.threshold)
+            preds = collect_probs(ensemble, self.val_data, flips=post.flips, threshold=post.threshold,
+                                  scales=post.scales)
             packed = pack_masks(post.binarize(preds.chosen(post))[:, None], preds.targets[:, None])
         else:
-            packed = predict_packed(ensemble, self.val_data, post.threshold, post.flips)[0]
+            packed = predict_packed(ensemble, self.val_data, post.threshold, post.flips, scales=post.scales)[0]
         report = choose_and_store(path, self.target, records, packed, int(self.val_data.size), post,
                                   f"validation split of {run_dir.name}", self.min_voxels)
         print_fn(f"3D post-processing chosen on {len(report['patients'])} validation patient(s):\n  "

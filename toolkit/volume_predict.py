@@ -10,6 +10,7 @@ values, the input's affine and header) and ``<case>_seg.png`` (:func:`write_case
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -52,7 +53,8 @@ def normalise_channels(volumes: list[np.ndarray], intensity: str, brain_mask: np
 
 @torch.no_grad()
 def predict_volume(ensemble, volume: np.ndarray, size: int, threshold: float = 0.5, flips: bool = False,
-                   batch_size: int = 16, context: int = 0, flip_trained: bool = True) -> np.ndarray:
+                   batch_size: int = 16, context: int = 0, flip_trained: bool = True,
+                   scales: Sequence[float] = ()) -> np.ndarray:
     """Label volume of one case: ``volume`` uint8 (X, Y, Z, C) from :func:`normalise_channels` → uint8
     (X, Y, Z) label values of the ensemble's target (:meth:`~toolkit.targets.TargetSpec.to_labels`).
     ``context``: the run's 2.5D neighbours on each side, stacked per slice as in training
@@ -60,7 +62,7 @@ def predict_volume(ensemble, volume: np.ndarray, size: int, threshold: float = 0
 
     Each slice (X, Y, C) is resized to ``size`` x ``size`` as in training (INTER_AREA when shrinking,
     INTER_LINEAR when growing), predicted in batches of ``batch_size`` with ``ensemble.preprocess`` and
-    ``ensemble(x, flips)``, and its probabilities resized back to (X, Y) (bilinear, where the masks it learnt from
+    ``ensemble(x, flips, scales)`` (test-time augmentation), and its probabilities resized back to (X, Y) (bilinear, where the masks it learnt from
     lie: :func:`~toolkit.data.mri.resize.resize_back`, ``flip_trained`` as there) before ``to_labels``.
     """
     volume = volume_context(volume, context)
@@ -72,7 +74,7 @@ def predict_volume(ensemble, volume: np.ndarray, size: int, threshold: float = 0
         ks = range(start, min(start + batch_size, depth))
         slices = [cv2.resize(np.ascontiguousarray(volume[:, :, k]), (size, size), interpolation=interp) for k in ks]
         batch = torch.from_numpy(np.stack([s.reshape(size, size, -1) for s in slices])).permute(0, 3, 1, 2)
-        probs = ensemble(ensemble.preprocess(batch.to(device)), flips=flips).float().cpu().numpy()
+        probs = ensemble(ensemble.preprocess(batch.to(device)), flips=flips, scales=scales).float().cpu().numpy()
         probs = torch.from_numpy(np.stack([resize_back(p, y_size, x_size, flip_trained) for p in probs]))  # where its masks lie
         out[:, :, start:start + len(ks)] = ensemble.target.to_labels(probs, threshold).cpu().numpy().transpose(1, 2, 0)
     return out
@@ -150,7 +152,7 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
         brain = load_nifti(case.brain_mask) if case.brain_mask is not None else None
         volume = normalise_channels([_intensities(p) for p in chans], cfg["intensity"], brain)
         labels = predict_volume(ensemble, volume, size, post.threshold, post.flips, batch_size,
-                                int(cfg.get("context_slices", 0)), trained_with_flips(cfg))
+                                int(cfg.get("context_slices", 0)), trained_with_flips(cfg), post.scales)
         if vpost is not None:
             labels = vpost.apply_labels(labels, labels.shape[0] * labels.shape[1] / size**2)
         seg, png, k = write_case(Path(out_dir), case.case, labels, ref, volume[..., 0])
