@@ -41,7 +41,7 @@ def predict(args: argparse.Namespace) -> int:
     from .volume_predict import is_nifti_input, predict_volumes  # here: volume_predict imports this module
 
     if is_nifti_input(Path(args.input)):  # NIfTI volumes: a label volume and an overlay per case
-        print(f"{len(files)} model(s); post-processing: {post.describe()} ({source})")
+        print(f"{len(files)} model(s); threshold {post.threshold:g}, {post.tta()} ({source})")
         return predict_volumes(ensemble, cfg, post, Path(args.input), Path(args.output), post_source=source,
                                layout=run_layout(files[0].parent))
     if int(cfg.get("context_slices", 0)):

@@ -122,7 +122,7 @@ def predict_volumes(ensemble, cfg: dict, post, source: Path, out_dir: Path, batc
     """``toolkit predict`` on NIfTI input ``source`` (see :func:`find_volume_cases`) into ``out_dir``.
 
     ``cfg``: the run's config (``image_size``, ``in_channels``, ``channels``, ``intensity``); ``post``: the
-    chosen :class:`~toolkit.postprocess.PostProcess` (its ``threshold`` and ``flips`` apply; its 2D component
+    chosen :class:`~toolkit.postprocess.PostProcess` (its ``threshold``, ``flips`` and ``scales`` apply; its 2D component
     rules do not); ``post_source``: where ``post`` came from (the applied ``postprocess.json``: its 3D choice,
     if any, is applied to each label volume, ``min_voxels`` scaled to the case's in-plane size); ``layout``: the
     data layout the run trained on (:func:`~toolkit.inference.run_layout`; "brats": a BraTS case folder's
