@@ -60,9 +60,7 @@ class BrainMRIPretrainConfig(TrainConfig):
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         check_mri_settings(self)  # data_dir, synthetic_images, slice_rule, image_size, in_channels, model, widths
         channels = max(1, self.in_channels)  # 0 (what the data has): at least 1, so a huge --widths is never built
-        check_param_budget(lambda: build_segmentation_model(self.model, in_channels=channels, out_channels=1,
-                                                            widths=parse_widths(self.widths)), self.param_budget,
-                           f"model {self.model} with these widths and {channels} input channel(s)",
+        check_param_budget(lambda: self.build_model(channels), self.param_budget, f"model {self.model} with these widths and {channels} input channel(s)",
                            "give smaller --widths")
         if self.exclude_split and not Path(self.exclude_split).is_file():
             raise ConfigError(f"exclude_split: {self.exclude_split!r} is not a file (expected a run's split.json)")
@@ -70,6 +68,11 @@ class BrainMRIPretrainConfig(TrainConfig):
             self.corruption()
         except ValueError as err:
             raise ConfigError(f"corruption settings: {err}") from None
+
+    def build_model(self, in_channels: int):
+        """The encoder-decoder these settings describe: (N, in_channels, S, S) scans → (N, 1, S, S) restorations."""
+        return build_segmentation_model(self.model, in_channels=in_channels, out_channels=1,
+                                        widths=parse_widths(self.widths))
 
     def corruption(self) -> Corrupt:
         """The corruption chain these settings describe (seeded with ``seed``)."""
@@ -82,8 +85,7 @@ def main(argv=None) -> list[dict]:
     cfg = parse_config(BrainMRIPretrainConfig, argv)
     trainer = Trainer(cfg, recipe="brain_mri_pretrain")
     train, val, intensity = pretraining_data(cfg, trainer)  # masks unused; split.json in the run folder
-    model = build_segmentation_model(cfg.model, in_channels=cfg.in_channels, out_channels=1,
-                                     widths=parse_widths(cfg.widths))
+    model = cfg.build_model(cfg.in_channels)
     objective = RestorationObjective(cfg.corruption(), model_scale=unit_input_scale(intensity))
     return trainer.fit(model, objective, train, val, metrics=[ReconstructionMetrics()], monitor="mse", mode="min",
                        param_budget=cfg.param_budget, callbacks=[ReconstructionMedia()],

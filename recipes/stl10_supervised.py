@@ -42,15 +42,19 @@ class STL10SupervisedConfig(ClassificationConfig):
         super().__post_init__()
         if self.width < 1 or not 0 <= self.dropout < 1:
             raise ConfigError(f"need width >= 1 and 0 <= dropout < 1, got {self.width} and {self.dropout}")
-        check_param_budget(lambda: STL10CNN(num_classes=10, width=self.width, dropout=self.dropout), self.param_budget,
-                           f"STL10CNN of width {self.width}", "give a smaller --width")  # on the meta device
+        check_param_budget(self.build_model, self.param_budget, f"STL10CNN of width {self.width}",
+                           "give a smaller --width")  # on the meta device
+
+    def build_model(self) -> STL10CNN:
+        """The classifier these settings describe: (N, 3, 96, 96) images → (N, 10) logits."""
+        return STL10CNN(num_classes=10, width=self.width, dropout=self.dropout)
 
 
 def main(argv=None) -> list[dict]:
     cfg = parse_config(STL10SupervisedConfig, argv)
     trainer = Trainer(cfg, recipe="stl10_supervised")
     train, test = stl10_train_test(cfg, trainer.accelerator)
-    model = STL10CNN(num_classes=10, width=cfg.width, dropout=cfg.dropout)
+    model = cfg.build_model()
     objective = classification_objective(cfg, preprocess=ResizeNormalize(STL10_MEAN, STL10_STD, None))
     return trainer.fit(model, objective, train, test, metrics=[Accuracy()], monitor="accuracy",
                        mode="max", param_budget=cfg.param_budget, callbacks=[SaveCurve(["accuracy"], "accuracy")])

@@ -104,9 +104,8 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
         ids += data.ids
         meta += fold_meta
         scored += data.records
-    oof = Predictions(*(np.concatenate([getattr(p, key) for p in folds]) for key in ("probs", "flipped", "targets")),
-                      scales=SCALE_TTA, **{key: np.concatenate([getattr(p, key) for p in folds])
-                                           for key in ("scaled", "scaled_flipped")})
+    oof = Predictions(scales=folds[0].scales, **{key: np.concatenate([getattr(p, key) for p in folds]) for key in
+                                                 ("probs", "flipped", "targets", "scaled", "scaled_flipped")})
     probs, targets = oof.probs, oof.targets
     del folds  # one copy of the out-of-fold probabilities in memory (4 arrays of N x S x S float32)
     _check_disjoint(root, ids)
