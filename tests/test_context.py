@@ -12,13 +12,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.mri_fake import imwrite, make_lgg, make_raw, square_mask
+from tests.mri_fake import MODALITIES, imwrite, make_brats, make_lgg, make_raw, square_mask
 from tests.utils import ROOT, run_env
 from toolkit.cli import main
-from toolkit.data.mri.context import context_channels, context_rows, offsets, volume_context
+from toolkit.data.mri.context import context_channels, context_rows, offsets, volume_context, volume_neighbours
 from toolkit.data.mri.dataset import MRISegmentationDataset
+from toolkit.data.mri.discover import discover_mri_slices
 from toolkit.data.mri.folders import discover_folders
-from toolkit.data.mri.io import MRISlice
+from toolkit.data.mri.io import MRISlice, load_nifti
+from toolkit.volume_predict import normalise_channels
 
 
 def lgg(case: str, k: int) -> MRISlice:
@@ -54,7 +56,7 @@ def test_dataset_stacks_the_neighbours_of_lgg_folders(tmp_path):
     found = discover_folders(str(make_lgg(tmp_path / "lgg", patients=2, slices=4)), channels=0)
     plain = MRISegmentationDataset(found.slices, size=32)
     ctx = MRISegmentationDataset(found.slices, size=32, context=1)
-    assert ctx.input_channels == 9 and plain.input_channels == 3
+    assert ctx.input_channels == 9 and plain.input_channels == 3 and ctx.neighbours is None  # no volume to read
     ids = ctx.ids
     for i, rid in enumerate(ids):
         case, k = rid.rsplit("_", 1)
@@ -65,6 +67,82 @@ def test_dataset_stacks_the_neighbours_of_lgg_folders(tmp_path):
         assert bool((mask == plain[i][1]).all())
     with pytest.raises(ValueError, match="cache"):
         MRISegmentationDataset(found.slices, size=32, cache=False, context=1)
+
+
+def raw(case: str, k: int) -> MRISlice:
+    return MRISlice(f"{case}_z{k:03d}", case, "raw", Path(f"{case}_0000.nii.gz"), Path(f"{case}.nii.gz"), k)
+
+
+def test_nifti_rows_take_the_volumes_true_neighbours():
+    assert volume_neighbours([3, 4], 8, 2) == [1, 2, 5, 6] and volume_neighbours([0, 7], 8, 1) == [1, 6]
+    assert volume_neighbours([0, 1], 2, 3) == [] and volume_neighbours([5], 8, 0) == []
+    records = [raw("A", 3), raw("A", 4), raw("B", 0)]
+    extra = [("A", 1), ("A", 2), ("A", 5), ("A", 6), ("B", 1)]
+    rows = context_rows(records, 2, {"A": 8, "B": 2}, extra)
+    assert list(rows[0]) == [0, 3, 4, 1, 5]  # A3: A1, A2 context-only, A4 a record, A5 context-only
+    assert list(rows[1]) == [1, 4, 0, 5, 6]
+    assert list(rows[2]) == [2, 2, 2, 7, 7]  # B0: the first slice replicated below, B1 (the last) above
+    assert list(context_rows(records, 2)[0]) == [0, 0, 0, 1, 1]  # without depths: the nearest record
+    with pytest.raises(ValueError, match="neither a record"):
+        context_rows(records, 2, {"A": 8, "B": 2}, extra[:4])
+
+
+def case_volume(root: Path, case: str, layout: str) -> np.ndarray:
+    """uint8 (X, Y, Z, C): the case's whole volume normalised as ``toolkit predict`` reads it."""
+    paths = [root / "imagesTr" / f"{case}_{c:04d}.nii.gz" for c in range(2)] if layout == "raw" else \
+        [root / case / f"{case}_{m}.nii.gz" for m in MODALITIES]
+    return normalise_channels([np.asarray(load_nifti(p)) for p in paths], "zscore")
+
+
+def assert_predict_neighbours(ds: MRISegmentationDataset, root: Path, layout: str, context: int) -> None:
+    """Every sample's channels are ``volume_context`` of its whole volume at the slice's index."""
+    for i, r in enumerate(ds.records):
+        want = volume_context(case_volume(root, r.patient, layout), context)[:, :, r.index]
+        image = ds[i][0].numpy().transpose(1, 2, 0)
+        assert image.shape == want.shape and np.array_equal(image, want), (r.id, context)
+
+
+def test_nifti_context_is_the_whole_volumes_neighbours_whatever_the_slice_rule(tmp_path):
+    root = make_raw(tmp_path / "raw", cases=2)
+    found = discover_mri_slices(root, slice_rule="tumour").slices  # slices 3 and 4 of 8 per case
+    assert [r.index for r in found] == [3, 4, 3, 4]
+    for context in (1, 2):
+        ds = MRISegmentationDataset(found, size=32, context=context, num_threads=2)
+        assert_predict_neighbours(ds, root, "raw", context)  # slices 1, 2, 5, 6: real, not a repeated slice
+        assert ds.neighbours.shape == (2 * 2 * context, 32, 32, 2)  # only the neighbours needed, once each
+    interleaved = [found[i] for i in (0, 2, 1, 3)]  # a case's slices apart: still one read per volume
+    ds = MRISegmentationDataset(interleaved, size=32, context=1, labels=True)
+    assert_predict_neighbours(ds, root, "raw", 1)
+    assert ds.neighbours.shape[0] == 4 and ds.input_channels == 6
+
+
+def test_nifti_context_replicates_the_volumes_first_and_last_slices(tmp_path):
+    root = make_brats(tmp_path / "brats", cases=1, shape=(32, 32, 8), tumour=(0, 7), brain=range(8))
+    found = discover_mri_slices(root, channels="all", slice_rule="tumour").slices
+    assert [r.index for r in found] == [0, 7]
+    ds = MRISegmentationDataset(found, size=32, context=2)
+    assert_predict_neighbours(ds, root, "brats", 2)
+    image = ds[0][0].numpy()  # slice 0: offsets 0, -2, -1 are slice 0 itself
+    assert np.array_equal(image[0:4], image[4:8]) and np.array_equal(image[0:4], image[8:12])
+    assert not np.array_equal(image[0:4], image[12:16])  # offset +1: slice 1, context-only
+    assert ds.neighbours.shape[0] == 4  # slices 1, 2, 5, 6
+
+
+def test_context_only_slices_are_never_samples(tmp_path):
+    root = make_raw(tmp_path / "raw", cases=3)
+    found = discover_mri_slices(root, slice_rule="tumour+1").slices  # 3 of 8 slices per case
+    (root / "labelsTr" / "case_003.nii.gz").write_bytes(b"not a volume")  # broken since: its slices skipped
+    plain = MRISegmentationDataset(found, size=32, skip_bad_files=True)
+    ctx = MRISegmentationDataset(found, size=32, skip_bad_files=True, context=3)
+    assert len(ctx) == len(plain) == 6 and ctx.ids == plain.ids and ctx.records == plain.records
+    assert [p.name for p, _ in ctx.skipped] == [p.name for p, _ in plain.skipped] == ["case_003.nii.gz"] * 3
+    assert np.array_equal(ctx.masks, plain.masks) and np.array_equal(ctx.images, plain.images)
+    assert ctx.images.shape[0] == len(ctx) and ctx.neighbours.shape[0] > 0
+    for i in range(len(ctx)):
+        image, mask = ctx[i]
+        assert np.array_equal(image[:2], plain[i][0]) and np.array_equal(mask, plain[i][1])
+    assert_predict_neighbours(ctx, root, "raw", 3)
+    assert plain.neighbours is None and plain._rows is None
 
 
 def recipe(tmp_path, data, name, *extra, check=True):

@@ -20,6 +20,7 @@ from tests.utils import ROOT, run_env
 from toolkit import build_segmentation_model, save_weights
 from toolkit.checkpoint import save_json
 from toolkit.cli import main
+from toolkit.data.mri.dataset import MRISegmentationDataset
 from toolkit.data.mri.folders import discover_folders
 from toolkit.models.segmentation import parse_widths
 from toolkit.targets import TARGET_FILE, TargetSpec
@@ -245,6 +246,9 @@ def test_same_named_cases_of_two_folders_stay_two_volumes(tmp_path, capsys):
     assert len(set(keys)) == len(keys) and len(found.patients) == 2  # patients stay merged for the split
     rows = context_rows(found.slices, 2)  # neighbours come from the slice's own folder
     assert all(keys[j][0] == keys[i][0] for i, row in enumerate(rows) for j in row)
+    ds = MRISegmentationDataset(found.slices, size=32, context=2)  # and so do the volumes' edge slices 0 and 7
+    assert len(ds) == len(found.slices) and ds.neighbours.shape[0] == 4 * 2
+    assert all(keys[j][0] == keys[i][0] for i, row in enumerate(ds._rows) for j in row if j < len(ds))
     said = []
     _note_shared(found, said.append)
     assert len(said) == 1 and "2 patient name(s) sit in several data folders" in said[0]

@@ -5,6 +5,7 @@ Where the slices come from is :mod:`toolkit.data.mri.discover`; patient-safe spl
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,8 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import MRIDataError
-from .context import context_channels, context_rows, stack_context
-from .io import MRISlice, read_slice
+from .context import context_channels, context_rows, slice_key, stack_context, volume_neighbours
+from .io import MRISlice, load_nifti, read_slice
 from .resize import resize_square
 
 __all__ = ["MRISegmentationDataset"]
@@ -32,16 +33,13 @@ def _as_record(item: MRISlice | Sequence, in_channels: int | None) -> MRISlice:
 
 
 def _volume_groups(records: Sequence[MRISlice]) -> list[list[int]]:
-    """Indices in runs that share a volume (NIfTI case), so that each volume is read once; 2D: one each."""
-    groups: list[list[int]] = []
+    """Record indices grouped by NIfTI case (every record of a volume in one group, wherever it stands, so that
+    each volume is read once), in order of first appearance; other slices one per group."""
+    groups: dict = {}
     for i, r in enumerate(records):
-        prev = records[groups[-1][0]] if groups else None
-        if r.index is not None and prev is not None and (prev.mask_path, prev.image_path) == (r.mask_path,
-                                                                                               r.image_path):
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
+        key = ("volume", r.mask_path, r.image_path) if r.index is not None else ("slice", i)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 class MRISegmentationDataset(Dataset):
@@ -69,6 +67,12 @@ class MRISegmentationDataset(Dataset):
             once here to find them. False: the first bad file raises MRIDataError naming it.
         context: 2.5D input (:mod:`~toolkit.data.mri.context`): each slice with the ``context``
             slices on each side of its volume stacked as extra channels (needs ``cache``); 0 = none.
+            NIfTI slices take the volume's true neighbours (clipped at its first and last slice,
+            as :func:`~toolkit.data.mri.context.volume_context` in ``toolkit predict``): those
+            that are not records are read once into ``neighbours`` (M, size, size, C) uint8,
+            context-only rows that are never samples. LGG patient folders (all their slices
+            there, no volume file to read another from): a missing neighbour is the nearest
+            record between it and the slice.
         labels: False (default): masks are binary {0, 1} (label > 0). True: NIfTI masks hold the
             label map's values (e.g. 0..4 for BraTS; the cache ``masks`` then holds label values,
             and ``transform`` must treat masks as labels: nearest-neighbour only); 2D layouts
@@ -113,20 +117,26 @@ class MRISegmentationDataset(Dataset):
         self.skipped: list[tuple[Path, str]] = []
         self.images: np.ndarray | None = None
         self.masks: np.ndarray | None = None
-        if cache or skip_bad_files:
-            self._read_all(cache, skip_bad_files, num_threads)
         self.context = int(context)
         self.input_channels = context_channels(self.in_channels, self.context)
-        self._rows = context_rows(self.records, self.context) if self.context else None
+        self.neighbours: np.ndarray | None = None  # context-only NIfTI slices (see ``context``)
+        depths: dict[str, int] = {}
+        extra: list[tuple[str, int]] = []
+        if cache or skip_bad_files:
+            depths, extra = self._read_all(cache, skip_bad_files, num_threads)
+        self._rows = context_rows(self.records, self.context, depths, extra) if self.context else None
 
-    def _read_all(self, store: bool, skip: bool, num_threads: int | None) -> None:
+    def _read_all(self, store: bool, skip: bool, num_threads: int | None) -> tuple[dict, list]:
+        """Read (and with ``store`` cache) every record, each NIfTI case once; with ``context``, also the
+        context-only neighbours into ``neighbours``. Returns ({volume: depth}, [(volume, index)] per row of
+        ``neighbours``) for :func:`~toolkit.data.mri.context.context_rows`."""
         n, s = len(self.records), self.size
         if store:
             self.images = np.empty((n, s, s, self.in_channels), np.uint8)
             self.masks = np.empty((n, s, s), np.uint8)
         bad: dict[int, MRIDataError] = {}
 
-        def fill(group: list[int]) -> None:
+        def fill(group: list[int]) -> tuple | None:
             volumes: dict = {}  # one case's NIfTI volumes, read once for all its slices
             for i in group:
                 try:
@@ -138,21 +148,49 @@ class MRISegmentationDataset(Dataset):
                     continue
                 if store:
                     self.images[i], self.masks[i] = img, mask
+            ok = [i for i in group if i not in bad]
+            if not (store and self.context and ok and self.records[ok[0]].index is not None):
+                return None
+            try:  # the volume's neighbours that are no record, read while its volumes are at hand
+                return self._read_neighbours([self.records[i] for i in ok], volumes)
+            except MRIDataError as err:
+                if not skip:
+                    raise
+                bad.update({i: err for i in ok})
+                return None
 
         groups = _volume_groups(self.records)
         threads = num_threads or min(8, os.cpu_count() or 1)
         if threads > 1 and len(groups) > 1:
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(fill, groups))
+                found = list(pool.map(fill, groups))
         else:
-            for g in groups:
-                fill(g)
+            found = [fill(g) for g in groups]
+        found = [f for f in found if f is not None]
+        depths = {volume: depth for volume, depth, _, _ in found}
+        extra = [(volume, k) for volume, _, ks, _ in found for k in ks]
+        if found:
+            self.neighbours = np.concatenate([images for *_, images in found])
         if bad:
             keep = [i for i in range(n) if i not in bad]
             self.skipped = [(bad[i].path, bad[i].reason) for i in sorted(bad)]
             self.records = [self.records[i] for i in keep]
             if store:
                 self.images, self.masks = self.images[keep], self.masks[keep]
+        return depths, extra
+
+    def _read_neighbours(self, records: list[MRISlice], volumes: dict) -> tuple[str, int, list[int], np.ndarray]:
+        """The context-only slices of one NIfTI case whose ``records`` were just read (``volumes``: their
+        read_slice cache): (volume, depth, slice indices, uint8 (M, size, size, C) images, M = len(indices))."""
+        first = records[0]
+        depth = int(load_nifti((first.channel_paths or (first.image_path,))[0], data=False).shape[2])
+        volume = slice_key(first)[0]
+        ks = volume_neighbours([r.index for r in records], depth, self.context)
+        images = np.empty((len(ks), self.size, self.size, self.in_channels), np.uint8)
+        for j, k in enumerate(ks):
+            rec = dataclasses.replace(first, index=k, id=f"{volume}_z{k:03d}")
+            images[j] = resize_square(read_slice(rec, volumes, labels=self.labels)[0], self.size)
+        return volume, depth, ks, images
 
     @property
     def ids(self) -> list[str]:
@@ -173,7 +211,7 @@ class MRISegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._rows is not None:  # a new array: the slice and its neighbours along the channel axis
-            img, mask = stack_context(self.images, self._rows[i]), self.masks[i].copy()
+            img, mask = stack_context(self.images, self._rows[i], self.neighbours), self.masks[i].copy()
         elif self.images is not None:
             img, mask = self.images[i], self.masks[i]
             if self.transform is not None:  # a transform must never write into the shared cache
