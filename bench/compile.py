@@ -21,7 +21,7 @@ SECTION = "compile"
 
 
 def run(quick: bool = False, repeats: int = 4,
-        models: tuple[str, ...] = ("ResNet-20", "CNN AE")) -> tuple[list[Row], dict]:
+        models: tuple[str, ...] = ("ResNet-20", "U-Net s2d", "CNN AE")) -> tuple[list[Row], dict]:
     import torch._dynamo
 
     bf16 = _bf16_supported()
