@@ -153,13 +153,13 @@ def evaluate(args: argparse.Namespace) -> int:
     post, source = pick_postprocess(post_file, cfg, args.postprocess, args.threshold, args.flips, args.one_region,
                                     args.scale_tta)
     records, data_dir = _records_to_score(args, cfg, files)
-    from . import volume_eval  # classes/regions runs and volume data: per patient, per class/region
+    from . import volume_eval, volume_report  # classes/regions runs and volume data: per patient, per class/region
     if ensemble.target.kind != "binary":
         if args.one_region:  # it would be recorded as applied in the JSON, and not applied
             raise ValueError(f"--one-region: the 2D component rule is for binary runs; {files[0]} predicts "
                              f"{ensemble.target.kind} ({', '.join(ensemble.target.names)}), scored at its threshold "
                              f"(--threshold and --flips apply); leave --one-region out")
-        return volume_eval.evaluate_volumes(args, ensemble, cfg, post, source, files, records, data_dir)
+        return volume_report.evaluate_volumes(args, ensemble, cfg, post, source, files, records, data_dir)
     dataset = run_dataset(records, cfg)
     preds = collect_probs(ensemble, dataset, flips=post.flips, threshold=post.threshold, scales=post.scales)
     masks = post.binarize(preds.chosen(post))
@@ -179,8 +179,8 @@ def evaluate(args: argparse.Namespace) -> int:
             r["disagreement"] = float(d)
         result["disagreement"] = disagreement_report(scored, preds.disagreement)
     if volumes:  # binary runs on volumes: + per patient (the 3D rule applied there, its effect reported)
-        volume_eval.add_volumes(result, dataset.records, masks, preds.targets, cfg["image_size"])
-    out = volume_eval.eval_output(args)  # default: beside the weights (a run or CV folder, or a best.pth's folder)
+        volume_report.add_volumes(result, dataset.records, masks, preds.targets, cfg["image_size"])
+    out = volume_report.eval_output(args)  # default: beside the weights (a run or CV folder, or a best.pth's folder)
     save_json(out, json_safe(result))  # NaN (undefined, e.g. no empty slice) as null
     print(f"{'id':>12} {'dice':>6} {'iou':>6} {'true px':>8} {'pred px':>8}")
     for r in sorted(scored, key=lambda r: r["dice"])[: args.show]:
