@@ -60,7 +60,8 @@ class BrainMRIPretrainConfig(TrainConfig):
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         check_mri_settings(self)  # data_dir, synthetic_images, slice_rule, image_size, in_channels, model, widths
         channels = max(1, self.in_channels)  # 0 (what the data has): at least 1, so a huge --widths is never built
-        check_param_budget(lambda: self.build_model(channels), self.param_budget, f"model {self.model} with these widths and {channels} input channel(s)",
+        check_param_budget(lambda: self.build_model(channels), self.param_budget,
+                           f"model {self.model} with these widths and {channels} input channel(s)",
                            "give smaller --widths")
         if self.exclude_split and not Path(self.exclude_split).is_file():
             raise ConfigError(f"exclude_split: {self.exclude_split!r} is not a file (expected a run's split.json)")

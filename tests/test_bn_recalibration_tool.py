@@ -51,7 +51,7 @@ def test_recalibrate_replaces_the_statistics_by_those_of_the_given_scans():
     model[1].running_mean.fill_(-7.0)  # what training left
     model[1].running_var.fill_(9.0)
     tool.recalibrate(model, _Scans())
-    x = torch.cat([b for b, _ in tool._batches(_Scans())])  # standardised per image: mean 0, std 1 each
+    x = torch.cat(list(tool._batches(_Scans())))  # standardised per image: mean 0, std 1 each
     y = 2 * x + 3
     assert not model.training and model[1].momentum is None
     assert torch.allclose(model[1].running_mean, y.mean().reshape(1), atol=1e-5)

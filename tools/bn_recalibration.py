@@ -25,37 +25,30 @@ import torch
 
 from toolkit.data.batch_transforms import standardize_per_image
 from toolkit.data.splits import load_split
+from toolkit.ensemble import SegmentationEnsemble
 from toolkit.inference import load_segmentation_run, run_dataset, run_slices
+from toolkit.postprocess import per_image_dice
+from toolkit.seg_eval import collect_probs
 
 THRESHOLDS = (0.3, 0.4, 0.5)  # probability thresholds scored
 
 
 def _batches(dataset, batch: int = 16):
-    """(float (B, C, S, S) standardised scans, bool (B, S, S) true masks) over ``dataset`` in order."""
+    """Float (B, C, S, S) standardised scans of ``dataset`` (uint8 image, mask pairs) in order, channels_last."""
     for start in range(0, len(dataset), batch):
-        images, masks = zip(*(dataset[j] for j in range(start, min(start + batch, len(dataset)))))
-        x = standardize_per_image(torch.stack(images)).contiguous(memory_format=torch.channels_last)
-        yield x, (torch.stack(masks)[:, 0] > 0).numpy()
+        images = [dataset[j][0] for j in range(start, min(start + batch, len(dataset)))]
+        yield standardize_per_image(torch.stack(images)).contiguous(memory_format=torch.channels_last)
 
 
-@torch.no_grad()
 def probabilities(model: torch.nn.Module, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 (N, S, S) flip-TTA probabilities in [0, 1], bool (N, S, S) true masks) of ``dataset``."""
-    model.eval()
-    probs, truth = [], []
-    for x, t in _batches(dataset):
-        p = torch.sigmoid(model(x).float())
-        p = 0.5 * (p + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
-        probs.append(p[:, 0].numpy())
-        truth.append(t)
-    return np.concatenate(probs), np.concatenate(truth)
+    """(float32 (N, S, S) flip-TTA probabilities in [0, 1], uint8 (N, S, S) {0, 1} true masks) of ``dataset``."""
+    preds = collect_probs(SegmentationEnsemble([model.eval()]), dataset, flips=True)
+    return preds.flipped, preds.targets
 
 
 def mean_dice(probs: np.ndarray, truth: np.ndarray, threshold: float) -> float:
     """Mean per-image Dice of ``probs > threshold`` against ``truth`` (both (N, S, S)); empty against empty is 1."""
-    pred = probs > threshold
-    inter, total = (pred & truth).sum((1, 2)), pred.sum((1, 2)) + truth.sum((1, 2))
-    return float(np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1)).mean())
+    return float(per_image_dice(probs > threshold, truth).mean())
 
 
 @torch.no_grad()
@@ -66,7 +59,7 @@ def recalibrate(model: torch.nn.Module, dataset) -> None:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average over all batches
     model.train()
-    for x, _ in _batches(dataset):
+    for x in _batches(dataset):
         model(x)
     model.eval()
 
@@ -74,7 +67,8 @@ def recalibrate(model: torch.nn.Module, dataset) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished brain_mri run folder (best.pth, split.json)")
-    parser.add_argument("--slices", type=int, default=400, help="whole training slices drawn (seed 0) to re-estimate on")
+    parser.add_argument("--slices", type=int, default=400,
+                        help="whole training slices drawn (seed 0) to re-estimate on")
     parser.add_argument("--data-dir", default="", help="also score every slice of these folders (comma-separated)")
     args = parser.parse_args()
     model, cfg = load_segmentation_run(args.run / "best.pth")

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from ..errors import MRIDataError
 from .context import context_channels, context_rows, slice_key, stack_context, volume_neighbours
-from .io import MRISlice, load_nifti, read_slice
+from .io import MRISlice, read_slice
+from .nifti import volume_depth
 from .resize import resize_square
 
 __all__ = ["MRISegmentationDataset"]
@@ -183,7 +184,7 @@ class MRISegmentationDataset(Dataset):
         """The context-only slices of one NIfTI case whose ``records`` were just read (``volumes``: their
         read_slice cache): (volume, depth, slice indices, uint8 (M, size, size, C) images, M = len(indices))."""
         first = records[0]
-        depth = int(load_nifti((first.channel_paths or (first.image_path,))[0], data=False).shape[2])
+        depth = volume_depth(first, volumes)  # the case was just read into ``volumes``
         volume = slice_key(first)[0]
         ks = volume_neighbours([r.index for r in records], depth, self.context)
         images = np.empty((len(ks), self.size, self.size, self.in_channels), np.uint8)

@@ -30,7 +30,7 @@ from ...checkpoint import atomic_write
 from ..errors import MRIDataError
 
 __all__ = ["MAX_VOXELS", "NIFTI_SOURCES", "ZSCORE_CLIP", "brain_region", "check_finite", "label_volume", "load_nifti",
-           "save_nifti", "read_volume_slice", "voxel_spacing", "zscore_uint8"]
+           "save_nifti", "read_volume_slice", "volume_depth", "voxel_spacing", "zscore_uint8"]
 
 #: Largest NIfTI volume (X x Y x Z voxels) accepted (BraTS: 240 x 240 x 155 = 8.9 M).
 MAX_VOXELS = 1 << 28
@@ -172,6 +172,14 @@ def read_volume_slice(rec, volumes: dict | None = None, labels: bool = False,
     img = np.stack([c[:, :, rec.index] for c in chans], axis=2)
     mask = seg[:, :, rec.index]
     return img, (mask.copy() if labels else (mask > 0).astype(np.uint8))
+
+
+def volume_depth(rec, volumes: dict | None = None) -> int:
+    """Number of slices (last axis) of the NIfTI case of ``rec``: from ``volumes`` when :func:`read_volume_slice`
+    has read the case into it (no second read), else from its first channel's header."""
+    first = rec.channel_paths[0]
+    cached = (volumes or {}).get(("zscore", first, getattr(rec, "brain_mask_path", None)))
+    return int((cached if isinstance(cached, np.ndarray) else load_nifti(first, data=False)).shape[2])
 
 
 def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray, header=None) -> Path:
