@@ -171,12 +171,13 @@ def main(argv=None) -> list[dict]:
         callbacks.append(FreezeEncoder(model, cfg.freeze_encoder_epochs))
     monitor = choose_monitor(cfg.monitor, target, val, trainer.accelerator.print)
     settle_epochs(cfg, trainer, len(train))
-    if cfg.postprocess and binary:  # the 2D search is binary: threshold, flips, components (volumes: in 3D)
-        callbacks.append(ChoosePostprocess(lambda: build_model(cfg), val, preprocess,
-                                           pooled=monitor.endswith("_global"), threshold=cfg.threshold))
+    plane = None  # the 2D search is binary: threshold, flips, components (volumes: in 3D)
+    if cfg.postprocess and binary:
+        callbacks.append(plane := ChoosePostprocess(lambda: build_model(cfg), val, preprocess,
+                                                    pooled=monitor.endswith("_global"), threshold=cfg.threshold))
     if cfg.postprocess:  # volume data: 3D component rules per channel on the validation patients (after the 2D)
         callbacks.append(ChooseVolumePostprocess(lambda: build_model(cfg, target.out_channels), val, preprocess,
-                                                 target, cfg.threshold))
+                                                 target, cfg.threshold, reuse=plane))
     metric = SegmentationMetrics(threshold=cfg.threshold) if binary else TargetMetrics(target, cfg.threshold)
     return trainer.fit(
         model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight, cfg.batch_dice),

@@ -270,3 +270,44 @@ def test_a_region_rule_is_judged_with_the_regions_it_contains():
     # a rule that does restrict the contained regions is named in their line
     _, report = choose_volume_postprocess(REGIONS, *as_slices({"a": regions_case()}))
     assert "(inside the kept whole_tumour" in report_lines(report)[1]
+
+
+def test_the_3d_choice_takes_the_2d_search_probabilities_instead_of_predicting_again(tmp_path, monkeypatch):
+    # a binary run on volumes chooses 2D, then 3D on the same validation patients: one prediction pass, not two,
+    # and the same postprocess.json as with two; rewritten weights are predicted anew
+    import torch
+
+    import toolkit.seg_eval as seg_eval
+    from toolkit import ChoosePostprocess, ChooseVolumePostprocess, build_segmentation_model
+    from toolkit.checkpoint import save_weights
+    from toolkit.data.mri import MRISegmentationDataset, discover_folders
+    from toolkit.data import input_preprocess
+
+    found = discover_folders(str(make_lgg(tmp_path / "lgg")), channels=0)
+    val, preprocess = MRISegmentationDataset(found.slices, size=32), input_preprocess(found.intensity)
+
+    def build():
+        torch.manual_seed(0)
+        return build_segmentation_model("unet", in_channels=3, out_channels=1, widths=(8, 16, 32))
+
+    calls = []
+    real = seg_eval.collect_probs
+    monkeypatch.setattr(seg_eval, "collect_probs", lambda *a, **k: calls.append(k) or real(*a, **k))
+    stored = {}
+    for name, reuse in (("twice", False), ("once", True)):
+        run = tmp_path / name / "run"  # the same folder name: chosen_on names it
+        run.mkdir(parents=True)
+        save_weights(run / "best.pth", build().state_dict())
+        calls.clear()
+        plane = ChoosePostprocess(build, val, preprocess)
+        plane.choose(run)
+        ChooseVolumePostprocess(build, val, preprocess, BINARY, reuse=plane if reuse else None).choose(run)
+        assert len(calls) == (1 if reuse else 2), name
+        stored[name] = json.loads((run / POSTPROCESS_FILE).read_text())
+        assert (plane.take(run / "best.pth") is None) == reuse  # kept until taken, and taken once
+    assert stored["once"] == stored["twice"] and list(stored["once"]["volume"]["rules"]) == ["tumour"]
+    plane.choose(run)
+    save_weights(run / "best.pth", build().state_dict())  # new weights since the 2D search: predicted again
+    calls.clear()
+    ChooseVolumePostprocess(build, val, preprocess, BINARY, reuse=plane).choose(run)
+    assert len(calls) == 1

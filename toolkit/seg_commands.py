@@ -245,10 +245,12 @@ def postprocess(args: argparse.Namespace) -> int:
         shutil.copyfile(old, run_dir / "postprocess.previous.json")
     build = lambda: copy.deepcopy(model)  # noqa: E731  the callbacks load best.pth into it
     threshold = float(cfg.get("threshold", 0.5))
+    plane = None
     if target.kind == "binary":
-        ChoosePostprocess(build, val, ensemble.preprocess, pooled=run_monitor(run_dir).endswith("_global"),
-                          threshold=threshold).choose(run_dir)
-    ChooseVolumePostprocess(build, val, ensemble.preprocess, target, threshold).choose(run_dir)
+        plane = ChoosePostprocess(build, val, ensemble.preprocess, pooled=run_monitor(run_dir).endswith("_global"),
+                                  threshold=threshold)
+        plane.choose(run_dir)
+    ChooseVolumePostprocess(build, val, ensemble.preprocess, target, threshold, reuse=plane).choose(run_dir)
     if not old.is_file():  # a classes/regions run on 2D slices: neither search applies
         print(f"nothing to choose for {run_dir}: the 2D search is for binary runs and the 3D rules for volume data; "
               f"evaluate and predict apply its threshold {threshold:g}")

@@ -252,7 +252,17 @@ class ChoosePostprocess(ChooseOnRun):
                  components: bool | None = None, threshold: float = 0.5) -> None:
         self.build_model, self.val_data, self.preprocess, self.pooled = build_model, val_data, preprocess, pooled
         self.threshold = float(threshold)
-        self.components = (not are_volumes(getattr(val_data, "records", []))) if components is None else components
+        self.volumes = are_volumes(getattr(val_data, "records", []))
+        self.components = not self.volumes if components is None else components
+        self._kept: tuple[tuple, Predictions] | None = None  # volume data: for the 3D chooser that follows
+
+    def take(self, best: Path) -> Predictions | None:
+        """The validation probabilities (all TTA views) of the last :meth:`choose`, once, if it predicted with this
+        ``best.pth`` as it is now (the same file, size and modification time); else None. The 3D chooser of volume data
+        (:class:`~toolkit.volume_postprocess_run.ChooseVolumePostprocess`) takes them instead of predicting the
+        validation patients a second time."""
+        kept, self._kept = self._kept, None
+        return kept[1] if kept is not None and kept[0] == _file_key(best) else None
 
     def choose(self, run_dir: Path, print_fn=print) -> None:
         """Choose with ``<run_dir>/best.pth`` and write ``<run_dir>/postprocess.json`` (nothing without
@@ -263,7 +273,15 @@ class ChoosePostprocess(ChooseOnRun):
         model = init_from(self.build_model(), best).eval()
         preds = collect_probs(SegmentationEnsemble([model], self.preprocess), self.val_data, flips=True,
                               scales=SCALE_TTA)
+        self._kept = (_file_key(best), preds) if self.volumes else None
         _, steps = choose_postprocess(preds, run_dir / POSTPROCESS_FILE, pooled=self.pooled,
                                       components=self.components, threshold=self.threshold,
                                       chosen_on=f"validation split of {run_dir.name}")
         print_fn(f"post-processing chosen on {len(self.val_data)} validation slices: {describe_steps(steps)}")
+
+
+def _file_key(path: Path) -> tuple:
+    """(path, inode, size, modification time in ns): a weights file rewritten since (atomically: a new inode) gives
+    another key."""
+    stat = Path(path).stat()
+    return str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns

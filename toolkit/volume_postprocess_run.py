@@ -56,13 +56,16 @@ class ChooseVolumePostprocess(ChooseOnRun):
 
     build_model: returns a fresh model of the run (out_channels = ``target.out_channels``); val_data: the
     validation MRISegmentationDataset (uint8 image (C, S, S), uint8 label map or mask (1, S, S)); preprocess:
-    the run's uint8 → float input map; target: the run's TargetSpec; threshold: the run's probability threshold.
+    the run's uint8 → float input map; target: the run's TargetSpec; threshold: the run's probability threshold;
+    reuse: the run's 2D :class:`~toolkit.seg_eval.ChoosePostprocess`, called before this one on the same data: a
+    binary run then takes the validation probabilities it computed instead of predicting them again.
     """
 
     def __init__(self, build_model, val_data, preprocess, target: TargetSpec, threshold: float = 0.5,
-                 min_voxels: Sequence[int] = MIN_VOXELS) -> None:
+                 min_voxels: Sequence[int] = MIN_VOXELS, reuse=None) -> None:
         self.build_model, self.val_data, self.preprocess = build_model, val_data, preprocess
         self.target, self.threshold, self.min_voxels = target, float(threshold), tuple(min_voxels)
+        self.reuse = reuse
 
     def choose(self, run_dir: Path, print_fn=print) -> None:
         """Choose with ``<run_dir>/best.pth`` and add the 3D rules to ``<run_dir>/postprocess.json`` (nothing
@@ -75,10 +78,14 @@ class ChooseVolumePostprocess(ChooseOnRun):
         if not best.is_file() or not are_volumes(records):
             return
         post = load_postprocess(path)[0] if path.is_file() else PostProcess(threshold=self.threshold)
-        ensemble = SegmentationEnsemble([init_from(self.build_model(), best).eval()], self.preprocess, self.target)
+        kept = self.reuse.take(best) if self.reuse is not None else None
+        if kept is not None and post.scales and tuple(post.scales) != kept.scales:
+            kept = None  # computed at other scales than the stored choice names
+        ensemble = None if kept is not None else SegmentationEnsemble(
+            [init_from(self.build_model(), best).eval()], self.preprocess, self.target)
         if self.target.kind == "binary":
-            preds = collect_probs(ensemble, self.val_data, flips=post.flips, threshold=post.threshold,
-                                  scales=post.scales)
+            preds = kept if kept is not None else collect_probs(ensemble, self.val_data, flips=post.flips,
+                                                                threshold=post.threshold, scales=post.scales)
             packed = pack_masks(post.binarize(preds.chosen(post))[:, None], preds.targets[:, None])
         else:
             packed = predict_packed(ensemble, self.val_data, post.threshold, post.flips, scales=post.scales)[0]
