@@ -58,7 +58,7 @@ class BrainMRIConfig(TrainConfig):
     image_size: int = 240  # side of the square slices fed to the model, pixels
     in_channels: int = 0  # image channels: 0 = what the data has (every channel of LGG/BraTS/nnU-Net volumes, chosen on LGG validation; 1 grey for image folders); or a count
     context_slices: int = 0  # 2.5D: neighbouring slices on each side of a volume's slice (NIfTI cases, LGG folders) stacked as extra input channels; 0 = none
-    val_fraction: float = 0.2  # share of patients (or id blocks) held out for validation (picks the best epoch)
+    val_fraction: float = 0.2  # share of patients (or id blocks) held out for validation (picks the best epoch); 0 = none: every patient trains, best.pth = the last epoch's weights, no post-processing chosen
     test_fraction: float = 0.0  # share of patients held out for a final test (`toolkit evaluate --split test`)
     split_block: int = 1  # data without patient ids only: consecutive ids kept on one side of a split
     folds: int = 0  # cross-validation: number of patient-safe folds (0 = one split by val_fraction); see make brain-mri-cv
@@ -104,9 +104,12 @@ class BrainMRIConfig(TrainConfig):
                               "slice's class to target classes only; drop it, or use --target classes")
         if self.loss not in ("dice", "dice_bce"):
             raise ConfigError(f"loss must be dice or dice_bce, got {self.loss!r}")
-        if not 0 < self.val_fraction < 1 or not 0 <= self.test_fraction < 1 - self.val_fraction:
-            raise ConfigError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 - self.val_fraction:
+            raise ConfigError(f"need 0 <= val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
                               f"got {self.val_fraction} and {self.test_fraction}")
+        if self.val_fraction == 0 and not self.folds and self.patience:
+            raise ConfigError(f"patience {self.patience} counts validations, and val_fraction 0 leaves none: give "
+                              "--val-fraction > 0, or --patience 0")
         if not 0 <= self.context_slices <= MAX_CONTEXT:
             raise ConfigError(f"context_slices must be in [0, {MAX_CONTEXT}] (neighbours on each side), "
                               f"got {self.context_slices}")
@@ -170,6 +173,10 @@ def main(argv=None) -> list[dict]:
     if cfg.freeze_encoder_epochs:  # the optimizer holds the encoder; it gets no gradient until then
         callbacks.append(FreezeEncoder(model, cfg.freeze_encoder_epochs))
     monitor = choose_monitor(cfg.monitor, target, val, trainer.accelerator.print)
+    if not len(val):
+        trainer.accelerator.print("no validation (val_fraction 0): every patient trains and best.pth is the last "
+                                  "epoch's weights; no post-processing is chosen (evaluate and predict apply "
+                                  "--threshold, --flips, --one-region as given)")
     settle_epochs(cfg, trainer, len(train))
     plane = None  # the 2D search is binary: threshold, flips, components (volumes: in 3D)
     if cfg.postprocess and binary:
@@ -181,7 +188,7 @@ def main(argv=None) -> list[dict]:
     metric = SegmentationMetrics(threshold=cfg.threshold) if binary else TargetMetrics(target, cfg.threshold)
     return trainer.fit(
         model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight, cfg.batch_dice),
-                                     preprocess, crop=crop, target=target), train, val,
+                                     preprocess, crop=crop, target=target), train, val if len(val) else None,
         metrics=[metric], monitor=monitor, mode="max", param_budget=cfg.param_budget,
         callbacks=callbacks,
         figures=lambda s: {"overlays": segmentation_overlays(

@@ -217,3 +217,37 @@ def test_a_class_column_with_another_target_than_classes_is_refused(tmp_path, ta
     assert f"error: class_column 'tumour_type' given with target '{target}'" in capsys.readouterr().err
     cfg = parse_config(recipe.BrainMRIConfig, ["--class-column", "tumour_type", "--output-dir", str(tmp_path)])
     assert cfg.class_column == "tumour_type" and cfg.target == ""  # the target classes, as the column implies
+
+
+def test_no_validation_trains_on_every_patient_and_keeps_the_last_weights(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from toolkit.cli import main
+
+    common = [*TINY, "--output-dir", str(tmp_path / "runs"), "--synthetic-dir", str(tmp_path / "data"),
+              "--run-name", "all", "--val-fraction", "0", "--widths", "8,16,32", "--eval-every", "1"]
+    proc = launch([*common, "--epochs", "1"])
+    assert "no validation (val_fraction 0)" in proc.stdout and "train 12, val 0" in proc.stdout
+    run = tmp_path / "runs" / "all"
+    split = json.loads((run / "split.json").read_text())
+    assert split["val"] == [] and len(split["train"]) == 12
+    proc = launch([*common, "--epochs", "2", "--resume"])  # one more epoch: best.pth follows the last weights
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and not any({"val_loss", "dice"} & set(h) for h in history)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == 2 and summary["best_value"] is None and summary["epochs_completed"] == 2
+    best = torch.load(run / "best.pth", weights_only=True)
+    last = load_file(run / "state" / (run / "state" / "latest").read_text().strip() / "model.safetensors")
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+    assert not (run / "postprocess.json").exists() and (run / "figures" / "history.png").is_file()
+    assert not list((run / "figures").glob("overlays_*"))  # drawn from validation slices: none
+    assert main(["evaluate", "--weights", str(run), "--split", "val"]) == 2
+    assert "'val' split is empty" in capsys.readouterr().err
+    assert main(["evaluate", "--weights", str(run), "--split", "all", "--output", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["summary"]["num_images"] == 12
+    assert main(["postprocess", "--weights", str(run)]) == 2 and "'val' split is empty" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "runs")]) == 0  # a run without validation figures has its page too
+    assert (tmp_path / "runs" / "all" / "report.html").is_file()
+    proc = launch([*TINY, "--output-dir", str(tmp_path / "runs"), "--synthetic-dir", str(tmp_path / "data"),
+                   "--run-name", "p", "--val-fraction", "0", "--patience", "3"], ok=False)
+    assert "patience 3 counts validations" in proc.stderr and not (tmp_path / "runs" / "p").exists()

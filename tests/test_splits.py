@@ -81,6 +81,22 @@ def test_block_split_and_round_trip(tmp_path):
         split_records(recs[:40], 0.2, 0.2, block_size=20)
 
 
+def test_val_fraction_zero_trains_on_every_unit_outside_the_test_split(tmp_path):
+    recs = [MRISlice(str(i), f"p{i // 4}", "folder", Path(f"{i}.png"), Path(f"{i}_mask.png")) for i in range(40)]
+    split = split_records(recs, 0.0)
+    assert split["val"] == [] and split["train"] == recs  # every slice, in order
+    held = split_records(recs, 0.0, 0.2, seed=3)
+    assert held["val"] == [] and len(held["test"]) == 8 and len(held["train"]) == 32
+    assert {r.patient for r in held["test"]}.isdisjoint(r.patient for r in held["train"])
+    assert held["test"] == split_records(recs, 0.2, 0.2, seed=3)["test"]  # the same test patients as with val
+    assert split_records(recs[:4], 0.0)["train"] == recs[:4]  # one patient is enough to train on
+    with pytest.raises(ValueError, match="1 unit"):
+        split_records(recs[:4], 0.0, 0.2)  # a test split still needs a second patient
+    assert split_records(recs, 0.0, folds=5, fold=1)["val"]  # folds ignore val_fraction
+    path = save_split(tmp_path / "split.json", split, source="folder")
+    assert load_split(path, recs) == split
+
+
 def test_load_split_errors_are_data_errors(tmp_path):
     recs = [MRISlice(str(i), None, "folder", Path(f"{i}.png"), Path(f"{i}_mask.png")) for i in range(1, 11)]
     path = save_split(tmp_path / "split.json", split_records(recs, 0.2), source="folder")

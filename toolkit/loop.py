@@ -95,9 +95,9 @@ class FitLoop:
     scheduler: LRScheduler
     schedule: StepSchedule
     train_dl: DataLoader
-    val_dl: DataLoader
+    val_dl: DataLoader | None  # None: a fit without validation
     train_data: EpochSeeded
-    val_data: Dataset
+    val_data: Dataset | None
     metrics: Sequence
     monitor: str
     mode: str

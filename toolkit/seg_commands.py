@@ -108,6 +108,9 @@ def _records_to_score(args, cfg: dict, files: list[Path]):
             raise ValueError(f"{split_file} has no {args.split!r} split; "
                              f"use --split all, or train with --test-fraction > 0 for a test split")
         records = splits[args.split]
+        if not records:  # a run trained with --val-fraction 0 has no validation patients
+            raise ValueError(f"{split_file}'s {args.split!r} split is empty (a run trained without validation: "
+                             f"--val-fraction 0); score it with --data-dir on other patients and --split all")
         if args.split in ("val", "test"):  # --split train asks for the training slices: nothing to refuse
             _refuse_trained_on(records, files, args.split, str(data_dir))
     return records, data_dir

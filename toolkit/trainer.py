@@ -143,13 +143,15 @@ class Trainer:
         self.accelerator.end_training()
 
     # ------------------------------------------------------------------ training
-    def fit(self, model: torch.nn.Module, objective: Objective, train_data: Dataset, val_data: Dataset,
+    def fit(self, model: torch.nn.Module, objective: Objective, train_data: Dataset, val_data: Dataset | None,
             metrics: Sequence, monitor: str, mode: str = "max", *, param_budget: int | None,
             figures: FigureFn | None = None, callbacks: Sequence[Any] = ()) -> list[dict]:
         """Train for ``cfg.epochs`` (or the ``max_minutes`` budget) and return the history.
 
         ``monitor`` names the validation result (``val_loss`` or a metric key) that
-        picks ``best.pth``; ``mode`` is ``"max"`` or ``"min"``. ``param_budget``: the most
+        picks ``best.pth``; ``mode`` is ``"max"`` or ``"min"``. ``val_data`` None: no validation (no
+        validation results, no figures, no early stopping); ``best.pth`` is then the weights after the last
+        epoch (``best_epoch`` that epoch, ``best_value`` None). ``param_budget``: the most
         trainable parameters the model may have (None: no limit). ``figures(sample)``
         returns ``{name: matplotlib Figure}`` for the first validation batch (a StepOutput of
         up to 16 samples on the CPU). ``callbacks``: hooks (see :mod:`toolkit.callbacks`),
@@ -160,14 +162,21 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if cfg.epochs < 1:
             raise ConfigError(f"epochs must be >= 1 to train, got {cfg.epochs}")
+        if val_data is not None and len(val_data) == 0:
+            raise ValueError("the validation set holds no sample; pass val_data=None to train without validation")
+        if val_data is None and cfg.patience:
+            raise ConfigError(f"patience {cfg.patience} counts validations, and this run has no validation set")
         self._check_budget(model, param_budget)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         objective.channels_last = cfg.channels_last
         optimizer = build_optimizer(model, cfg)
         train_data = EpochSeeded(train_data, cfg.seed)
-        loaders = make_loader(train_data, cfg, acc, train=True), make_loader(val_data, cfg, acc, train=False)
-        model, optimizer, train_dl, val_dl = acc.prepare(model, optimizer, *loaders)
+        loaders = [make_loader(train_data, cfg, acc, train=True)]
+        if val_data is not None:
+            loaders.append(make_loader(val_data, cfg, acc, train=False))
+        model, optimizer, train_dl, *val_dl = acc.prepare(model, optimizer, *loaders)
+        val_dl = val_dl[0] if val_dl else None
         steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum_steps)
         scheduler, schedule = build_scheduler(optimizer, cfg, steps_per_epoch * max(cfg.epochs, 1))
         ema = build_ema(acc, model, cfg.ema_decay)
@@ -229,7 +238,8 @@ class Trainer:
             record = self._train_epoch(state)
             state.history.append(record)
             state.epoch = epoch + 1
-            due = state.epoch % cfg.eval_every == 0 or state.epoch >= state.planned_epochs  # eval_every >= 1
+            due = loop.val_dl is not None and (state.epoch % cfg.eval_every == 0
+                                               or state.epoch >= state.planned_epochs)  # eval_every >= 1
             sample = self._validate(state, record) if due else None
             acc.log({"train/epoch_loss": record["train_loss"], "epoch": state.epoch}, step=state.global_step)
             drawn = due and (state.best_epoch == state.epoch or not state.more_epochs)  # a new best.pth, or the end
@@ -237,9 +247,12 @@ class Trainer:
             call_hook(loop.callbacks, "on_epoch_end", self, state, record, sample)
             state.wall_time_s += time.perf_counter() - epoch_start
             self._fit_budget(state)
-            if not drawn and not state.more_epochs:  # the time budget ended the plan here: the last weights' figures
+            if not drawn and not state.more_epochs:  # the plan ends here (its end, or the time budget's): last figures
                 late = time.perf_counter()
-                self._write_epoch_outputs(state, sample if due else self._validate(state, record), True)
+                if loop.val_dl is None:  # no validation: the last weights are the run's model
+                    self._save_best(state)
+                self._write_epoch_outputs(state, sample if due or loop.val_dl is None else
+                                          self._validate(state, record), True)
                 state.wall_time_s += time.perf_counter() - late
             self._save(state)
             acc.print(f"epoch {epoch + 1}: " + ", ".join(
@@ -259,14 +272,21 @@ class Trainer:
             raise KeyError(f"monitor {loop.monitor!r} is not among the validation results: {sorted(results)}")
         record.update(results)
         if loop.better(record[loop.monitor], state.best):
-            state.best, state.best_epoch = record[loop.monitor], state.epoch
-            state_dict = loop.ema.module.state_dict() if loop.ema else acc.get_state_dict(loop.model)
-            if acc.is_main_process:
-                save_weights(self.run_dir / "best.pth", state_dict)
-                save_safetensors(self.run_dir / "best.safetensors", state_dict)
+            state.best = record[loop.monitor]
+            self._save_best(state)
         note_patience(state, record[loop.monitor], loop.monitor, loop.mode, self.cfg.patience, self.cfg.min_delta)
         acc.log({f"val/{k.removeprefix('val_')}": v for k, v in results.items()}, step=state.global_step)
         return sample
+
+    def _save_best(self, state: TrainState) -> None:
+        """best.pth and best.safetensors: the weights after epoch ``state.epoch`` (the moving average where there
+        is one), written atomically by the main process; ``state.best_epoch`` becomes that epoch."""
+        acc, loop = self.accelerator, self.loop
+        state.best_epoch = state.epoch
+        state_dict = loop.ema.module.state_dict() if loop.ema else acc.get_state_dict(loop.model)
+        if acc.is_main_process:
+            save_weights(self.run_dir / "best.pth", state_dict)
+            save_safetensors(self.run_dir / "best.safetensors", state_dict)
 
     def _train_epoch(self, state: TrainState) -> dict:
         cfg, acc, loop = self.cfg, self.accelerator, self.loop

@@ -128,9 +128,9 @@ class SegmentationMedia(Callback):
         the worst slices are then recomputed from the validation dataset on every process and logged by
         the main one.
         """
-        if trainer.cfg.wandb_mode == "disabled":
-            return []
         acc, loop = trainer.accelerator, trainer.loop
+        if trainer.cfg.wandb_mode == "disabled" or loop.val_dl is None:  # no validation set: nothing to rank
+            return []
         model, objective, val_data = loop.eval_model, loop.objective, loop.val_data
         model.eval()
         metric = SegmentationMetrics(self.threshold)

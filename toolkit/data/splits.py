@@ -168,20 +168,21 @@ def split_records(
     units, not slices. "test" is drawn first (seed + 1), then "val" from the rest with
     ``val_fraction / (1 - test_fraction)`` (seed), as :func:`split_ids`. With ``folds`` >= 2,
     "val" is instead fold ``fold`` of a ``folds``-fold partition of the rest (:func:`fold_of_units`,
-    seed): over the folds every slice is validated exactly once. Each list keeps the input order.
-    Deterministic for given records and seed.
+    seed): over the folds every slice is validated exactly once. ``val_fraction`` 0 (without folds): no
+    validation, "val" empty, every patient outside "test" trains (nnU-Net's ``all`` fold). Each list keeps the
+    input order. Deterministic for given records and seed.
 
-    Raises ValueError for fractions outside (0, 1) with ``val_fraction + test_fraction < 1``,
+    Raises ValueError for fractions outside [0, 1) with ``val_fraction + test_fraction < 1``,
     duplicate ids, a fold outside 0..folds-1, or too few units to fill every split.
     """
     records = list(records)
-    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction):
-        raise ValueError(f"need 0 < val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction):
+        raise ValueError(f"need 0 <= val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
                          f"got {val_fraction} and {test_fraction}")
     if folds and not 0 <= fold < folds:
         raise ValueError(f"fold must be in 0..{folds - 1} for {folds} folds, got {fold}")
     unit = record_units(records, block_size)
-    need = 3 if test_fraction > 0 else 2
+    need = (3 if test_fraction > 0 else 2) - (not folds and val_fraction == 0)
     if len(set(unit.values())) < need:
         raise ValueError(f"cannot split {len(records)} slice(s) into {need} non-empty sets: they form "
                          f"{len(set(unit.values()))} unit(s) (patients, or blocks of {block_size} slices without "
@@ -194,6 +195,8 @@ def split_records(
         fold_of = fold_of_units([unit[i] for i in ids], folds, seed)
         out["train"] = [i for i in ids if fold_of[unit[i]] != fold]
         out["val"] = [i for i in ids if fold_of[unit[i]] == fold]
+    elif val_fraction == 0:
+        out["train"], out["val"] = ids, []
     else:
         out["train"], out["val"] = split_ids(ids, val_fraction / (1 - test_fraction), seed,
                                              groups=[unit[i] for i in ids])
