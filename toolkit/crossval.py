@@ -82,6 +82,15 @@ def run_monitor(fold_dir: Path) -> str:
     return json.loads(summary.read_text()).get("monitor") or "dice"
 
 
+def _join(folds: list[Predictions], key: str) -> np.ndarray:
+    """The folds' ``key`` arrays ((N_k, S, S) each) joined in fold order, each fold's dropped once copied: the
+    peak memory is the joined arrays plus one view's worth, not every view twice."""
+    joined = np.concatenate([getattr(p, key) for p in folds])
+    for p in folds:
+        setattr(p, key, None)
+    return joined
+
+
 def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
     """Score every fold on its validation slices (at the folds' threshold: the figures each fold validated), choose
     the post-processing on all of them, write
@@ -104,7 +113,7 @@ def out_of_fold(root: Path, fold_dirs: Sequence[Path]) -> dict:
         ids += data.ids
         meta += fold_meta
         scored += data.records
-    oof = Predictions(scales=folds[0].scales, **{key: np.concatenate([getattr(p, key) for p in folds]) for key in
+    oof = Predictions(scales=folds[0].scales, **{key: _join(folds, key) for key in
                                                  ("probs", "flipped", "targets", "scaled", "scaled_flipped")})
     probs, targets = oof.probs, oof.targets
     del folds  # one copy of the out-of-fold probabilities in memory (4 arrays of N x S x S float32)

@@ -54,9 +54,9 @@ class Trainer:
 
     ``runs/<run-name>/``: ``config.json``, ``history.json`` (one record per epoch),
     ``summary.json``, ``best.pth`` and ``best.safetensors`` (state dict of the best epoch
-    by ``monitor``), ``state/step-*/`` (resumable, newest ``keep_states`` kept, saved every
-    epoch and every ``checkpoint_every`` steps), ``figures/`` (the recipe's sample figures,
-    ``<name>_epochNNN.png``, at each validation that saves a new ``best.pth`` and at the last epoch;
+    by ``monitor``; of the last epoch in a fit without validation), ``state/step-*/`` (resumable, newest
+    ``keep_states`` kept, saved every epoch and every ``checkpoint_every`` steps), ``figures/`` (the recipe's
+    sample figures, ``<name>_epochNNN.png``, at each validation that saves a new ``best.pth`` and at the last epoch;
     ``history.png`` then too and every ``HISTORY_EVERY`` epochs: matplotlib figures are slow to draw, and a
     time-bounded run spends its budget on them) and the W&B run in ``wandb/``.
     SIGTERM, SIGUSR1 / Ctrl-C save a state and exit (0 / 130); a NaN/inf loss stops the run; ``patience``
