@@ -107,9 +107,6 @@ class BrainMRIConfig(TrainConfig):
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 - self.val_fraction:
             raise ConfigError(f"need 0 <= val_fraction < 1 and 0 <= test_fraction < 1 - val_fraction, "
                               f"got {self.val_fraction} and {self.test_fraction}")
-        if self.val_fraction == 0 and not self.folds and self.patience:
-            raise ConfigError(f"patience {self.patience} counts validations, and val_fraction 0 leaves none: give "
-                              "--val-fraction > 0, or --patience 0")
         if not 0 <= self.context_slices <= MAX_CONTEXT:
             raise ConfigError(f"context_slices must be in [0, {MAX_CONTEXT}] (neighbours on each side), "
                               f"got {self.context_slices}")

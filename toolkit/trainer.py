@@ -165,7 +165,8 @@ class Trainer:
         if val_data is not None and len(val_data) == 0:
             raise ValueError("the validation set holds no sample; pass val_data=None to train without validation")
         if val_data is None and cfg.patience:
-            raise ConfigError(f"patience {cfg.patience} counts validations, and this run has no validation set")
+            raise ConfigError(f"patience {cfg.patience} counts validations, and this run has no validation set "
+                              "(brain_mri: --val-fraction 0): give one, or --patience 0")
         self._check_budget(model, param_budget)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -251,8 +252,9 @@ class Trainer:
                 late = time.perf_counter()
                 if loop.val_dl is None:  # no validation: the last weights are the run's model
                     self._save_best(state)
-                self._write_epoch_outputs(state, sample if due or loop.val_dl is None else
-                                          self._validate(state, record), True)
+                elif not due:
+                    sample = self._validate(state, record)
+                self._write_epoch_outputs(state, sample, True)
                 state.wall_time_s += time.perf_counter() - late
             self._save(state)
             acc.print(f"epoch {epoch + 1}: " + ", ".join(

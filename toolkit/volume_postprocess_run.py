@@ -78,9 +78,7 @@ class ChooseVolumePostprocess(ChooseOnRun):
         if not best.is_file() or not are_volumes(records):
             return
         post = load_postprocess(path)[0] if path.is_file() else PostProcess(threshold=self.threshold)
-        kept = self.reuse.take(best) if self.reuse is not None else None
-        if kept is not None and post.scales and tuple(post.scales) != kept.scales:
-            kept = None  # computed at other scales than the stored choice names
+        kept = self.reuse.take(best) if self.reuse is not None else None  # the 2D search's: post was chosen on them
         ensemble = None if kept is not None else SegmentationEnsemble(
             [init_from(self.build_model(), best).eval()], self.preprocess, self.target)
         if self.target.kind == "binary":
