@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from toolkit import (
     check_param_budget,
     choose_monitor,
     context_channels,
+    encoder_parameters,
     settle_epochs,
     init_from,
     input_difference,
@@ -71,6 +73,7 @@ class BrainMRIConfig(TrainConfig):
     init_from: str = ""  # start from these weights (a best.pth of the same model, widths and channels); "" = random init
     label_fraction: float = 1.0  # share of the TRAINING patients kept (0 < F <= 1; whole patients, drawn by seed); val/test unchanged
     freeze_encoder_epochs: int = 0  # epochs at the start during which the encoder (and bottleneck) weights stay fixed; 0 = none
+    encoder_lr_scale: float = 1.0  # learning-rate factor of the encoder and bottleneck (x lr, schedule alike; e.g. 0.1 to keep --init-from features: discriminative fine-tuning); 1 = as the rest
     postprocess: bool = True  # after training, choose threshold / flip TTA / component rule on validation (postprocess.json)
     loss: str = "dice_bce"  # dice_bce (the spec's soft Dice + binary cross-entropy; chosen on validation, docs/brain-mri.md) | dice (soft Dice alone)
     bce_weight: float = 1.0  # weight of the BCE term with loss=dice_bce
@@ -135,6 +138,9 @@ class BrainMRIConfig(TrainConfig):
                               f"fold {self.fold}")
         if self.init_from and not Path(self.init_from).is_file():
             raise ConfigError(f"init_from: {self.init_from!r} is not a file (expected a best.pth)")
+        if not 0 < self.encoder_lr_scale < math.inf:  # NaN fails too
+            raise ConfigError(f"encoder_lr_scale must be a finite factor > 0 (1 = the encoder learns at --lr), got "
+                              f"{self.encoder_lr_scale}")
         if not 0 < self.label_fraction <= 1 or self.freeze_encoder_epochs < 0:
             raise ConfigError(f"need 0 < label_fraction <= 1 and freeze_encoder_epochs >= 0, got "
                               f"{self.label_fraction} and {self.freeze_encoder_epochs}")
@@ -169,6 +175,8 @@ def main(argv=None) -> list[dict]:
     callbacks = [SegmentationMedia(cfg.threshold, target=target)]
     if cfg.freeze_encoder_epochs:  # the optimizer holds the encoder; it gets no gradient until then
         callbacks.append(FreezeEncoder(model, cfg.freeze_encoder_epochs))
+    lr_scales = [(encoder_parameters(model), cfg.encoder_lr_scale)] if cfg.encoder_lr_scale != 1 else []
+    trainer.keep_settings(("encoder_lr_scale",), "its optimizer state holds the encoder's learning rate it started with")
     monitor = choose_monitor(cfg.monitor, target, val, trainer.accelerator.print)
     if not len(val):
         trainer.accelerator.print("no validation (val_fraction 0): every patient trains and best.pth is the last "
@@ -187,7 +195,7 @@ def main(argv=None) -> list[dict]:
         model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight, cfg.batch_dice),
                                      preprocess, crop=crop, target=target), train, val if len(val) else None,
         metrics=[metric], monitor=monitor, mode="max", param_budget=cfg.param_budget,
-        callbacks=callbacks,
+        callbacks=callbacks, lr_scales=lr_scales,
         figures=lambda s: {"overlays": segmentation_overlays(
             s.inputs, *target.foreground(s.preds, s.targets, cfg.threshold), cfg.threshold)},
     )

@@ -9,10 +9,10 @@ then for each fraction F and seed S trains recipes/brain_mri.py twice with the s
 ``--init-from`` the pretrained weights and from scratch, into ``<output-dir>/<name>/f<F>-s<S>-{pretrained,scratch}/``.
 Every argument this script does not know goes to every brain_mri.py run; the data and architecture ones among
 them (widths, image size, channels, ...) also go to the pretraining; ``--pretrain-args`` go to the pretraining
-only; ``--freeze-encoder-epochs`` only to the pretrained arm. A finished run is reused and an interrupted one
-resumed, so a killed curve continues when the same command runs again. Each run's best.pth is scored by
-per-image Dice (toolkit.ssl_curve.score_run: ``--test-data-dir`` if given, else the run's test split, else its
-validation split) and the curve is written as ssl_curve.{json,md,png} and comparison.json, and logged to the
+only; ``--freeze-encoder-epochs`` and ``--encoder-lr-scale`` only to the pretrained arm. A finished run is reused
+and an interrupted one resumed, so a killed curve continues when the same command runs again. Each run's best.pth
+is scored by per-image Dice (toolkit.ssl_curve.score_run: ``--test-data-dir`` if given, else the run's test
+split, else its validation split) and the curve is written as ssl_curve.{json,md,png} and comparison.json, and logged to the
 W&B group ``<name>`` unless W&B is disabled.
 """
 
@@ -38,7 +38,7 @@ SET_IN_PRETRAIN = {"run-name", "output-dir", "max-minutes", "resume"}  # what th
 TO_PRETRAIN = {"channels", "slice-rule", "skip-bad-files", "synthetic-dir", "synthetic-images", "image-size",
                "in-channels", "model", "widths", "param-budget", "num-workers", "batch-size", "channels-last",
                "wandb-mode", "wandb-project"}  # data and architecture: the pretrained weights must fit the runs
-PRETRAINED_ONLY = {"freeze-encoder-epochs"}
+PRETRAINED_ONLY = {"freeze-encoder-epochs", "encoder-lr-scale"}
 
 
 @dataclass

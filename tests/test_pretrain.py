@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolkit import FreezeEncoder, RestorationObjective, build_segmentation_model, init_from, save_weights
+from toolkit import FreezeEncoder, RestorationObjective, TrainConfig, build_segmentation_model, encoder_parameters
+from toolkit import init_from, save_weights
 from toolkit.data import Corrupt, DataError, exclude_split, label_fraction, save_split, split_records, unit_input_scale
 from toolkit.data.corruptions import inpaint, local_pixel_shuffle, nonlinear_intensity, outpaint
 from toolkit.data.mri import MRISlice, discover_folders
+from toolkit.optim import build_optimizer, build_scheduler
 
 from .mri_fake import make_lgg
 from .utils import ROOT, run_env
@@ -182,6 +184,36 @@ def test_freeze_encoder_follows_the_epoch_a_resumed_run_starts_at():
         assert freeze.frozen == (max(done, 1) + 1 < 2), done
 
 
+def test_encoder_lr_scale_gives_the_encoder_its_own_learning_rate_through_the_schedule():
+    model = build_segmentation_model("unet_s2d", 1, 1, (8, 16, 32))
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    plain = build_optimizer(model, cfg)
+    assert [(g["lr"], g["weight_decay"]) for g in plain.param_groups] == [(1e-2, 0.1), (1e-2, 0.0)]  # as before
+    encoder = {id(p) for p in encoder_parameters(model)}
+    optimizer = build_optimizer(model, cfg, [(encoder_parameters(model), 0.1)])
+    groups = [(g["lr"], g["weight_decay"], {id(p) in encoder for p in g["params"]}) for g in optimizer.param_groups]
+    assert groups == [(1e-2, 0.1, {False}), (1e-2, 0.0, {False}), (pytest.approx(1e-3), 0.1, {True}),
+                      (pytest.approx(1e-3), 0.0, {True})]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    scheduler, schedule = build_scheduler(optimizer, cfg, total_steps=20)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = (images(4, 1) * 255).to(torch.uint8)
+    for step in range(1, 6):  # warm-up and decay scale both groups alike: the encoder's LR stays 0.1 x the rest
+        RestorationObjective(Corrupt(seed=0))(model, x).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        assert lrs[0] == pytest.approx(1e-2 * schedule(step)) and lrs[2] == pytest.approx(0.1 * lrs[0])
+    moved = {id(p): (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    enc = max(v for i, v in moved.items() if i in encoder)
+    rest = max(v for i, v in moved.items() if i not in encoder)
+    assert 0 < enc < 0.3 * rest  # AdamW steps are about lr in size: the encoder moves about a tenth as far
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="factors must be finite and > 0"):
+            build_optimizer(model, cfg, [(encoder_parameters(model), bad)])
+
+
 def run_recipe(name, args, timeout=300):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / name), *args], cwd=ROOT, env=run_env(),
                           capture_output=True, text=True, timeout=timeout)
@@ -203,9 +235,10 @@ def test_pretrain_then_fine_tune_with_few_labels(tmp_path):
     assert not held & set(used["train"] + used["val"]) and used["excluded_slices"] == len(held)
     assert json.loads((pre / "summary.json").read_text())["epochs_completed"] == 1
 
-    proc = run_recipe("brain_mri.py", [*common, "--run-name", "ft", "--init-from", str(pre / "best.pth"),
-                                       "--val-fraction", "0.25", "--test-fraction", "0.25", "--label-fraction", "0.5",
-                                       "--freeze-encoder-epochs", "1", "--postprocess", "false"])
+    ft_args = [*common, "--run-name", "ft", "--init-from", str(pre / "best.pth"), "--val-fraction", "0.25",
+               "--test-fraction", "0.25", "--label-fraction", "0.5", "--freeze-encoder-epochs", "1",
+               "--postprocess", "false"]
+    proc = run_recipe("brain_mri.py", ft_args)
     assert f"init_from: started from the weights of {pre / 'best.pth'}" in proc.stdout
     assert "init_from: note" not in proc.stdout  # the same FLAIR slices, scaled the same way
     ft = json.loads((tmp_path / "runs" / "ft" / "split.json").read_text())
@@ -219,6 +252,10 @@ def test_pretrain_then_fine_tune_with_few_labels(tmp_path):
     encoder = {n for n, _ in model.named_parameters() if n.startswith(("encoder.", "bottleneck."))}
     assert encoder and all(torch.equal(before[n], after[n]) for n in encoder)  # frozen for its only epoch
     assert not torch.equal(before["head.weight"], after["head.weight"])
+    again = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri.py"), *ft_args, "--resume",
+                            "--encoder-lr-scale", "0.5"],
+                           cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "changed: encoder_lr_scale 1.0 -> 0.5" in again.stderr, again.stderr[-2000:]
 
 
 def _run_folder(path, source, channels, in_channels, intensity=None):

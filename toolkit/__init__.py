@@ -65,7 +65,7 @@ _EXPORTS = {
     "data.mri.io": ["MRISlice", "read_slice"],
     "data.mri.synthetic": ["generate_synthetic_mri"],
     "data.splits": ["load_split", "save_split", "split_ids", "split_records"],
-    "ensemble": ["SegmentationEnsemble"], "finetune": ["FreezeEncoder"], "inference": ["input_difference"],
+    "ensemble": ["SegmentationEnsemble"], "finetune": ["FreezeEncoder", "encoder_parameters"], "inference": ["input_difference"],
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
     "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -12,13 +13,26 @@ from .config import TrainConfig
 __all__ = ["build_optimizer", "StepSchedule", "build_scheduler"]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or Nesterov SGD over the trainable parameters; no weight decay on biases and norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                    lr_scales: Sequence[tuple[Iterable[torch.nn.Parameter], float]] = ()) -> torch.optim.Optimizer:
+    """AdamW or Nesterov SGD over the trainable parameters; no weight decay on biases and norms.
+
+    ``lr_scales``: (parameters, factor) pairs; those parameters learn at ``factor`` x ``cfg.lr`` (factor > 0, e.g.
+    0.1 for a pretrained encoder: discriminative fine-tuning), in their own parameter groups, which the LR
+    schedule scales like the others. A parameter named twice takes the last factor. ValueError on a factor <= 0.
+    """
+    scale = {}
+    for params, factor in lr_scales:
+        if not 0 < factor < math.inf:
+            raise ValueError(f"learning-rate factors must be finite and > 0, got {factor}")
+        scale.update({id(p): float(factor) for p in params})
+    groups: dict[tuple[float, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:  # biases and norms (1-D) without weight decay
+            groups.setdefault((scale.get(id(p), 1.0), p.dim() > 1), []).append(p)
+    order = sorted(groups, key=lambda k: (k[0] != 1.0, not k[1], k[0]))  # the unscaled decay group first
+    groups = [{"params": groups[k], "lr": cfg.lr * k[0], "weight_decay": cfg.weight_decay if k[1] else 0.0}
+              for k in order]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)

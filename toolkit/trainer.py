@@ -145,7 +145,8 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def fit(self, model: torch.nn.Module, objective: Objective, train_data: Dataset, val_data: Dataset | None,
             metrics: Sequence, monitor: str, mode: str = "max", *, param_budget: int | None,
-            figures: FigureFn | None = None, callbacks: Sequence[Any] = ()) -> list[dict]:
+            figures: FigureFn | None = None, callbacks: Sequence[Any] = (),
+            lr_scales: Sequence[tuple[Sequence[torch.nn.Parameter], float]] = ()) -> list[dict]:
         """Train for ``cfg.epochs`` (or the ``max_minutes`` budget) and return the history.
 
         ``monitor`` names the validation result (``val_loss`` or a metric key) that
@@ -155,7 +156,8 @@ class Trainer:
         trainable parameters the model may have (None: no limit). ``figures(sample)``
         returns ``{name: matplotlib Figure}`` for the first validation batch (a StepOutput of
         up to 16 samples on the CPU). ``callbacks``: hooks (see :mod:`toolkit.callbacks`),
-        called on every process in list order.
+        called on every process in list order. ``lr_scales``: (parameters of ``model``, factor) pairs that learn
+        at factor x ``cfg.lr`` (:func:`~toolkit.optim.build_optimizer`).
         """
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -171,7 +173,7 @@ class Trainer:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         objective.channels_last = cfg.channels_last
-        optimizer = build_optimizer(model, cfg)
+        optimizer = build_optimizer(model, cfg, lr_scales)
         train_data = EpochSeeded(train_data, cfg.seed)
         loaders = [make_loader(train_data, cfg, acc, train=True)]
         if val_data is not None:
