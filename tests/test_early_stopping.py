@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
-from toolkit.checkpoint import STATE_MARKER, find_state
+from toolkit.state_folders import STATE_MARKER, find_state
 from toolkit.report_pages import run_page
 from toolkit.report_runs import load_run
 from toolkit.state import TrainState, note_patience
@@ -185,9 +185,9 @@ def test_eval_every_validates_the_epoch_the_time_budget_ends_on(tmp_path):
 
 def test_eval_every_validates_late_when_the_budget_cuts_the_plan_short(tmp_path, monkeypatch):
     """The plan (10 epochs) is cut to 3 after epoch 3, which was not due: it is validated before the run ends."""
-    import toolkit.trainer as trainer_module
+    import toolkit.epochs as epochs_module
 
-    monkeypatch.setattr(trainer_module, "plan_epochs", lambda state, max_epochs, budget_s: max(state.epoch, 3))
+    monkeypatch.setattr(epochs_module, "plan_epochs", lambda state, max_epochs, budget_s: max(state.epoch, 3))
     trainer, history, summary = fit(cfg_for(tmp_path, "late", epochs=10, max_minutes=5.0, eval_every=4), [0.7])
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["epoch"] for h in history if "score" in h] == [3]

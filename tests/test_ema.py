@@ -10,7 +10,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from toolkit import Accuracy, ClassificationObjective, Trainer
-from toolkit.checkpoint import list_states
+from toolkit.state_folders import list_states
 from toolkit.config import ConfigError, TrainConfig
 from toolkit.ema import WeightEMA
 

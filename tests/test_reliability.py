@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
-from toolkit.checkpoint import UnsafeFileError, find_state, list_states, load_weights, save_json
+from toolkit.checkpoint import UnsafeFileError, load_weights, save_json
+from toolkit.state_folders import find_state, list_states
 
 from .utils import ROOT, TinyImages, TinyNet, run_env
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from toolkit import Accuracy, ClassificationObjective, TrainConfig, Trainer
-from toolkit.checkpoint import STATE_MARKER, find_state
+from toolkit.state_folders import STATE_MARKER, find_state
 from toolkit.state import TrainState
 
 from .utils import TinyImages, TinyNet

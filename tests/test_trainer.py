@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from toolkit import Accuracy, ClassificationObjective, ParameterBudgetError, Trainer
-from toolkit.checkpoint import find_state, load_weights
+from toolkit.checkpoint import load_weights
+from toolkit.state_folders import find_state
 from toolkit.config import ConfigError
 from toolkit.state import TrainState, plan_epochs
 

@@ -1,11 +1,9 @@
-"""Atomic writes of weights, JSON and the resumable training states; loads that refuse code.
+"""Atomic writes of weights and JSON; loads that refuse code.
 
 Nothing already written is lost: every file is written to a temporary name in the
 same folder, flushed to disk, then renamed over the target (``os.replace`` is atomic
-on POSIX). Training states live in ``state/step-XXXXXXXX/``: each is written
-completely into a hidden temporary folder, fsynced, and renamed into place; only
-then is the one-line pointer ``state/latest`` replaced (atomically) and the oldest
-states beyond ``keep`` pruned. A kill at any instant leaves the previous state whole.
+on POSIX). The resumable training states (folders of such files) are
+:mod:`toolkit.state_folders`.
 
 Every pickle-based file is loaded with ``torch.load(weights_only=True)``; a file that
 carries code (a ``__reduce__`` that calls a function) is refused before it can run.
@@ -17,7 +15,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -32,19 +29,12 @@ __all__ = [
     "save_json",
     "save_weights",
     "load_weights",
-    "save_training_state",
     "save_safetensors",
-    "find_state",
-    "list_states",
-    "check_state_files",
     "load_state_file",
     "UnsafeFileError",
-    "STATE_MARKER",
     "plain_keys",
 ]
 
-STATE_MARKER = "trainer_state.json"  # written last: a state folder without it is incomplete
-LATEST = "latest"  # state/latest: name of the newest complete state folder
 
 
 COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper puts it before every key of the module it wraps
@@ -72,6 +62,13 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _open_perms() -> int:
+    """The permissions a plain ``open`` gives a new file: 0o666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -199,125 +196,3 @@ def load_state_file(path: str | os.PathLike, what: str = "state") -> Any:
         why = lines[0][:300] if lines else ""
         raise UnsafeFileError(f"cannot load {what} from {path}: not a readable torch file "
                               f"({type(err).__name__}: {why})") from None
-
-
-def check_state_files(state_dir: str | os.PathLike) -> None:
-    """Refuse a state folder whose pickle-based files carry code, before Accelerate loads them.
-
-    Accelerate loads registered custom objects with ``weights_only=False`` and ignores an
-    unreadable RNG file silently; this check reads every ``.bin``/``.pkl``/``.pt`` file with
-    ``weights_only=True`` first and raises :class:`UnsafeFileError` naming the bad one.
-    """
-    state_dir = Path(state_dir)
-    for file in sorted(state_dir.iterdir()):
-        if file.suffix in (".bin", ".pkl", ".pt", ".pth"):
-            load_state_file(file)
-        elif file.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(file), framework="pt"):
-                    pass
-            except Exception as err:  # noqa: BLE001
-                raise UnsafeFileError(f"{file} is not a valid safetensors file: {err}") from err
-
-
-def _step_of(folder: Path) -> int:
-    try:
-        return int(folder.name.split("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-def list_states(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete state folders ``state/step-*`` of a run, oldest first."""
-    root = Path(run_dir) / "state"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step-*") if (p / STATE_MARKER).is_file()]
-    return sorted(found, key=_step_of)
-
-
-def find_state(run_dir: str | os.PathLike) -> Path | None:
-    """The state folder to resume from: the one ``state/latest`` names, else the newest complete one.
-
-    Also accepts the older single-folder layout (``state/trainer_state.json``). None if no state.
-    """
-    root = Path(run_dir) / "state"
-    pointer = root / LATEST
-    if pointer.is_file():
-        name = pointer.read_text().strip()
-        # a kill while the same step was saved again: the complete old copy is .old-<name> for a moment
-        for named in (root / name, root / f".old-{name}") if name else ():
-            if (named / STATE_MARKER).is_file():
-                return named
-    states = list_states(run_dir)
-    if states:
-        return states[-1]
-    for legacy in (root, Path(run_dir) / "state.old"):
-        if (legacy / STATE_MARKER).is_file():
-            return legacy
-    return None
-
-
-def _open_perms() -> int:
-    """The permissions a plain ``open`` gives a new file: 0o666 less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _settle_tree(folder: Path) -> None:
-    """Give every file under ``folder`` the permissions of a plain ``open`` (safetensors writes the model 0o600)
-    and fsync it, then the folder."""
-    perms = _open_perms()
-    for file in folder.rglob("*"):
-        if file.is_file():
-            os.chmod(file, perms)
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def save_training_state(accelerator, run_dir: str | os.PathLike, trainer_state: dict[str, Any],
-                        extra: dict[str, dict] | None = None, keep: int = 2) -> Path:
-    """Save the full training state as ``run_dir/state/step-<global_step>/``. Call on every process.
-
-    ``accelerator.save_state`` writes model (safetensors), optimizer, grad scaler and every
-    process's RNG states into a hidden temporary folder; the main process adds ``extra``
-    state dicts (e.g. ``{"scheduler": ...}`` as ``scheduler.pt``) and ``trainer_state.json``
-    last, gives every file the umask's permissions and fsyncs it, renames the folder into place, points
-    ``state/latest`` at it (atomic write) and deletes all but the newest ``keep`` complete states.
-    """
-    root = Path(run_dir) / "state"
-    name = f"step-{int(trainer_state['global_step']):08d}"
-    final, tmp = root / name, root / f".tmp-{name}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in [*root.glob(".tmp-*"), *root.glob(".old-*")]:  # left by a kill while saving
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        import torch
-
-        for key, state in (extra or {}).items():
-            torch.save(state, tmp / f"{key}.pt")
-        save_json(tmp / STATE_MARKER, trainer_state)
-        _settle_tree(tmp)
-        if final.exists():  # the same step saved again (epoch end right after a step checkpoint)
-            old = root / f".old-{name}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
-        atomic_write(root / LATEST, lambda f: f.write(name + "\n"), mode="w")
-        for stale in list_states(run_dir)[:-max(1, keep)]:
-            if stale != final:
-                shutil.rmtree(stale, ignore_errors=True)
-        _fsync_dir(root)
-    accelerator.wait_for_everyone()
-    return final

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import atomic_write, find_state, save_json
+from .checkpoint import atomic_write, save_json
 from .comparison import Comparison
 from .config import ConfigError, config_help
+from .state_folders import find_state
 
 __all__ = ["DEFAULT_LAUNCH", "LAUNCH_ARGS_FILE", "RUNTIME_KEYS", "has_trained", "settings_of", "started_with",
            "check_run_args", "driver_help", "launch_prefix", "given_flags", "refuse_flags", "split_args", "train_run", "read_json",

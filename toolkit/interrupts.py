@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import find_state
+from .state_folders import find_state
 from .state import TrainState
 
 __all__ = ["StopSignals", "RunGuard", "TrainingStopped", "EXIT_CODES"]

@@ -1,7 +1,7 @@
 """The run folder of a training run: where it is, saving a resumable state, resuming from one.
 
 States are saved every ``checkpoint_every`` optimizer steps and at the end of every
-epoch into ``state/step-XXXXXXXX/`` (see :mod:`toolkit.checkpoint`); ``--resume`` loads
+epoch into ``state/step-XXXXXXXX/`` (see :mod:`toolkit.state_folders`); ``--resume`` loads
 the newest one after refusing any file that carries code; ``--resume auto`` does so when
 the run has a state and starts it fresh otherwise (a requeued job runs the same command).
 A state saved inside an epoch records how many batches of that epoch were done; the resumed
@@ -22,12 +22,12 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch.optim.lr_scheduler import LRScheduler
 
-from .checkpoint import (STATE_MARKER, atomic_write, check_state_files, find_state, load_state_file,
-                         save_training_state)
+from .checkpoint import atomic_write, load_state_file
 from .config import ConfigError, TrainConfig
 from .ema import WeightEMA
 from .optim import StepSchedule
 from .state import TrainState
+from .state_folders import STATE_MARKER, check_state_files, find_state, save_training_state
 
 __all__ = ["resolve_run_dir", "resumes", "save_state", "folder_snapshot", "saved_config", "restore_config",
            "abandon_run", "refuse_resume", "restore_state", "stored_settings", "fit_end_summary", "changed_settings"]

@@ -71,7 +71,7 @@ def state_is_sound(run_dir: Path) -> tuple[bool, str]:
     """(whether the state --resume would use is complete and safely loadable, its name or the problem)."""
     from safetensors.torch import load_file
 
-    from toolkit.checkpoint import STATE_MARKER, check_state_files, find_state
+    from toolkit.state_folders import STATE_MARKER, check_state_files, find_state
 
     state = find_state(run_dir)
     if state is None:
@@ -108,7 +108,7 @@ def wait_for_state_write(proc: subprocess.Popen, run_dir: Path, after_s: float, 
 def final_weights(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
-    from toolkit.checkpoint import find_state
+    from toolkit.state_folders import find_state
 
     return {"state": load_file(str(find_state(run_dir) / "model.safetensors")),
             "best": load_file(str(run_dir / "best.safetensors"))}
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from toolkit.checkpoint import find_state
+    from toolkit.state_folders import find_state
 
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
