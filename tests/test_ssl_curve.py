@@ -169,6 +169,35 @@ def test_pretrain_args_replace_the_shared_settings_instead_of_repeating_them(tmp
     assert "--synthetic-dir" in args  # the other shared settings still go
 
 
+def test_pretrained_only_settings_reach_the_pretrained_arm_alone(tmp_path, monkeypatch):
+    """--freeze-encoder-epochs and --encoder-lr-scale go to the pretrained arm; the scratch arm of the same point
+    trains without them (and without --init-from), with every other setting the same."""
+    driver = _driver()
+    weights = tmp_path / "pretrained.pth"
+    weights.write_bytes(b"")  # only its presence is checked before training
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def runner(script, args, name, root):
+        seen[name] = args
+        if name.endswith("scratch"):
+            raise Stop
+        return root / name
+
+    monkeypatch.setattr(driver, "score_run", lambda *a, **k: None)  # nothing trained: nothing to score
+    with pytest.raises(Stop):
+        driver.main(["--output-dir", str(tmp_path), "--fractions", "1", "--seeds", "0", "--pretrained", str(weights),
+                     "--freeze-encoder-epochs", "2", "--encoder-lr-scale", "0.1", "--synthetic-dir",
+                     str(tmp_path / "syn")], runner)
+    pre, scratch = seen["f1-s0-pretrained"], seen["f1-s0-scratch"]
+    only = ["--freeze-encoder-epochs", "2", "--encoder-lr-scale", "0.1", "--init-from", str(weights)]
+    assert all(a in pre for a in only) and not {"--freeze-encoder-epochs", "--encoder-lr-scale", "--init-from"} & {
+        *scratch}
+    assert [a for a in pre if a not in only] == scratch  # the same settings otherwise
+
+
 def test_a_test_data_dir_without_slices_is_refused_before_training(tmp_path, capsys):
     """It was read only to score the first finished run (a traceback after the pretraining and a fine-tuning)."""
     driver = _driver()
