@@ -26,13 +26,8 @@ crops and flips whole batches in training only. A validation hold-out is
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
-import shutil
-import tarfile
-import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -42,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..checkpoint import atomic_write
+from .archives import extract_archive, is_archive
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -64,7 +60,6 @@ CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLITS = ("train", "test")
 _CACHE_VERSION = 1
 
@@ -113,18 +108,6 @@ def _is_class_folder_root(path: Path) -> bool:
     return all((path / split).is_dir() and any(p.is_dir() for p in (path / split).iterdir()) for split in SPLITS)
 
 
-def _is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _archive_stem(path: Path) -> str:
-    name = path.name
-    for suffix in ARCHIVE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _find_folder_root(path: Path) -> Path | None:
     """``path`` itself or its only sub-folder, whichever holds train/ and test/ class folders."""
     if _is_class_folder_root(path):
@@ -133,46 +116,6 @@ def _find_folder_root(path: Path) -> Path | None:
     if len(subdirs) == 1 and _is_class_folder_root(subdirs[0]):
         return subdirs[0]
     return None
-
-
-def extract_archive(archive: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
-    """Extract ``archive`` (.tar.gz, .tgz or .tar) once into ``cache_dir/<archive name>/`` and return that folder.
-
-    The archive is unpacked into a temporary folder beside the target and renamed
-    into place only when complete, so an interrupted run leaves nothing half-written;
-    a later call finds the folder and returns at once. Members that would land
-    outside the folder (absolute paths, ``..``, links) are refused.
-    """
-    archive, cache_dir = Path(archive), Path(cache_dir)
-    target = cache_dir / _archive_stem(archive)
-    if target.is_dir():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir))
-    try:
-        try:
-            with tarfile.open(archive) as tar:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, filter="data")
-                else:  # pragma: no cover - Python without extraction filters
-                    for member in tar.getmembers():
-                        if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts or not (
-                                member.isfile() or member.isdir()):
-                            raise ValueError(f"{archive}: refusing archive member {member.name!r}")
-                    tar.extractall(tmp)
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-            # not an archive, a truncated one, or a member outside the folder (data_filter)
-            first = str(err).strip().splitlines()[0].rstrip(":") if str(err).strip() else "corrupt"
-            raise ValueError(f"{archive}: cannot extract it as a .tar.gz or .tar archive ({type(err).__name__}: "
-                             f"{first})") from None
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def find_cifar10_source(data_dir: str | os.PathLike, cache_dir: str | os.PathLike = "data/cifar10-cache",
@@ -184,7 +127,7 @@ def find_cifar10_source(data_dir: str | os.PathLike, cache_dir: str | os.PathLik
     Raises FileNotFoundError naming the layouts looked for.
     """
     path = Path(data_dir)
-    if _is_archive(path):
+    if is_archive(path):
         root = _find_folder_root(extract_archive(path, cache_dir))
         if root is None:
             raise FileNotFoundError(f"{path}: the archive holds no train/<class>/ and test/<class>/ image folders")
@@ -197,7 +140,7 @@ def find_cifar10_source(data_dir: str | os.PathLike, cache_dir: str | os.PathLik
         root = _find_folder_root(path)
         if root is not None:
             return CIFARSource("folder", root)
-        archives = [p for p in sorted(path.iterdir()) if _is_archive(p) and p.name != "cifar-10-python.tar.gz"]
+        archives = [p for p in sorted(path.iterdir()) if is_archive(p) and p.name != "cifar-10-python.tar.gz"]
         if len(archives) == 1:
             return find_cifar10_source(archives[0], cache_dir, download)
     if download and not path.is_file():
