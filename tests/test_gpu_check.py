@@ -14,9 +14,9 @@ from toolkit.checkpoint import save_json
 SCRIPT = ROOT / "tools" / "gpu_check.sh"
 
 
-def dry_run(tmp_path, *extra):
+def dry_run(tmp_path, *extra, **env):
     out = subprocess.run([str(SCRIPT), "--dry-run", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "g.json"),
-                          *extra], cwd=ROOT, env=run_env(PATH="/usr/bin:/bin"), capture_output=True, text=True,
+                          *extra], cwd=ROOT, env=run_env(PATH="/usr/bin:/bin", **env), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout, json.loads((tmp_path / "g.json").read_text())
@@ -40,6 +40,30 @@ def test_dry_run_commands_and_skeleton(tmp_path):
                for recipe in result["runs"].values() for fig in recipe.values())
     assert result["loss_match"]["brain_mri"]["same"] is None and result["trainer_overhead"] is None
     assert not (tmp_path / "w" / "runs").exists()  # nothing ran
+
+
+def launch_batches(result) -> dict[tuple[str, int], int]:
+    """(recipe, processes) -> --batch-size of each launch in the JSON's commands."""
+    batches = {}
+    for cmd in (shlex.split(c) for c in result["commands"] if "accelerate.commands.launch" in c):
+        recipe = next(a for a in cmd if a.startswith("recipes/")).split("/")[1].removesuffix(".py")
+        batches[recipe, int(cmd[cmd.index("--num_processes") + 1])] = int(cmd[cmd.index("--batch-size") + 1])
+    return batches
+
+
+def test_cifar10_runs_at_its_own_batch_and_per_gpu_batch_overrides_all(tmp_path):
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    _, result = dry_run(tmp_path, "--gpus", "4", CIFAR10_DIR=str(cifar))
+    assert result["skipped"] == [] and set(result["runs"]) == {"brain_mri", "mnist_autoencoder", "cifar10"}
+    assert launch_batches(result) == {("brain_mri", 1): 64, ("brain_mri", 4): 16, ("mnist_autoencoder", 1): 64,
+                                      ("mnist_autoencoder", 4): 16, ("cifar10", 1): 512, ("cifar10", 4): 128}
+    _, result = dry_run(tmp_path, "--gpus", "2", CIFAR10_DIR=str(cifar), PER_GPU_BATCH="8")
+    assert set(launch_batches(result).values()) == {8, 16}
+    assert {b for (_, n), b in launch_batches(result).items() if n == 2} == {8}
+    out = subprocess.run([str(SCRIPT), "--dry-run", "--work", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env=run_env(PER_GPU_BATCH="0"))
+    assert out.returncode == 2 and "PER_GPU_BATCH" in out.stderr and "'0'" in out.stderr
 
 
 def test_dry_run_without_gpus_assumes_two_and_one_gpu_has_no_scaling(tmp_path):

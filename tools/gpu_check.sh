@@ -10,7 +10,9 @@
 #             runs/gpu-check); --gpus: GPUs to use (default: all that nvidia-smi lists); --tolerance: the largest
 #             relative difference of the last train loss on 1 and N GPUs that counts as the same (default 0.15).
 # Recipes: brain_mri (built-in synthetic slices), mnist_autoencoder (generated MNIST-format files), cifar10 when
-# CIFAR10_DIR names a folder holding CIFAR-10. Same global batch on 1 and N GPUs (PER_GPU_BATCH x N).
+# CIFAR10_DIR names a folder holding CIFAR-10. Same global batch on 1 and N GPUs (per-GPU batch x N): 16 per GPU
+# for brain_mri and mnist_autoencoder, 128 for cifar10 (at 16 its 3,125 steps an epoch ran launch-bound at about
+# 1,100 images/s on one H200 and overran a 4-minute slot); PER_GPU_BATCH=B sets B for every recipe.
 # JSON fields: tools/gpu_check_report.py. Peak memory: tools/gpu_peak.py (torch.cuda.max_memory_allocated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +35,6 @@ while [ $# -gt 0 ]; do
 done
 default_gpus
 case "$GPUS" in ''|*[!0-9]*|0) echo "gpu_check.sh: --gpus: expected a whole number >= 1, got '$GPUS'" >&2; exit 2 ;; esac
-PER_GPU_BATCH=${PER_GPU_BATCH:-16}
 
 export WANDB_MODE=disabled HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 RECIPES=(brain_mri mnist_autoencoder)
@@ -46,6 +47,13 @@ if [ -n "${CIFAR10_DIR:-}" ] && [ -d "$CIFAR10_DIR" ]; then
     RECIPES+=(cifar10); RECIPE_ARGS[cifar10]="--data-dir $CIFAR10_DIR --download false --epochs 2 --num-workers 4"
 else
     SKIPPED="cifar10 (no data: set CIFAR10_DIR)"
+fi
+declare -A BATCH=([brain_mri]=16 [mnist_autoencoder]=16 [cifar10]=128)  # images per GPU per step
+if [ -n "${PER_GPU_BATCH:-}" ]; then
+    case "$PER_GPU_BATCH" in ''|*[!0-9]*|0)
+        echo "gpu_check.sh: PER_GPU_BATCH: expected a whole number >= 1, got '$PER_GPU_BATCH'" >&2; exit 2 ;;
+    esac
+    for recipe in "${!BATCH[@]}"; do BATCH[$recipe]=$PER_GPU_BATCH; done
 fi
 
 mkdir -p "$WORK"
@@ -64,7 +72,7 @@ for recipe in "${RECIPES[@]}"; do
         step env GPU_PEAK_DIR="$WORK/peak/$name" "$PYTHON" -m accelerate.commands.launch \
             --config_file accelerate_config.yaml --num_processes "$n" --num_machines 1 --mixed_precision bf16 \
             tools/gpu_peak.py "recipes/$recipe.py" ${RECIPE_ARGS[$recipe]} \
-            --batch-size $((PER_GPU_BATCH * GPUS / n)) --seed 0 --wandb-mode disabled \
+            --batch-size $((BATCH[$recipe] * GPUS / n)) --seed 0 --wandb-mode disabled \
             --output-dir "$WORK/runs" --run-name "$name"
     done
 done
