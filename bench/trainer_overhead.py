@@ -10,7 +10,9 @@ first item is read and stops when the validation set's first item is read (right
 last training step). So it covers the data loading and every training step, and leaves out
 set-up, evaluation and checkpoint writing, which ``fit total`` then adds for the Trainer
 (Accelerator set-up, evaluation, best.pth, state/, history.json, figures) against the hand
-loop plus a plain evaluation pass and one ``torch.save``.
+loop plus a plain evaluation pass and one ``torch.save``. A third row times one linear layer on the flattened
+images (300 steps) the same way: the difference per step is the Trainer's own work, which a GPU running a small
+model cannot hide behind its kernels.
 """
 
 from __future__ import annotations
@@ -68,11 +70,15 @@ def _bf16_supported() -> bool:
 
 
 class Bench:
-    def __init__(self, quick: bool, root: Path) -> None:
+    """The Trainer and the hand loop on one model: the ResNet-20, or (``tiny``) one linear layer on the
+    flattened image, whose steps cost so little that the difference is the Trainer's own per-step work."""
+
+    def __init__(self, quick: bool, root: Path, tiny: bool = False) -> None:
         from toolkit import TrainConfig
         from toolkit.models.classifiers import CIFARResNet
 
-        self.batch, steps = (8, 6) if quick else (64, 30)
+        self.tiny = tiny
+        self.batch, steps = (8, 6) if quick else (64, 300 if tiny else 30)
         self.width, self.depth = (8, 1) if quick else (16, 3)  # width 4: a 1x1 stride-2 conv 4->8 hangs in
         # channels_last fp32 backward on some AVX2 CPUs (oneDNN in torch 2.14.1)
         self.train = ClockedImages(self.batch * steps, seed=1)
@@ -82,7 +88,8 @@ class Bench:
         self.cfg = lambda name: TrainConfig(
             output_dir=str(root), run_name=name, epochs=1, batch_size=self.batch, num_workers=0, optimizer="sgd",
             lr=0.05, max_grad_norm=1.0, wandb_mode="disabled", channels_last=True, seed=0)
-        self.model = lambda: (torch.manual_seed(0), CIFARResNet(width=self.width, depth=self.depth))[1]
+        self.model = lambda: (torch.manual_seed(0), torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(
+            3 * 32 * 32, 10)) if tiny else CIFARResNet(width=self.width, depth=self.depth))[1]
         self.wall: dict[str, list[float]] = {"trainer": [], "hand": []}
 
     def _span(self) -> float:
@@ -150,6 +157,20 @@ class Bench:
         return self._span()
 
 
+def _step_cost(quick: bool, repeats: int) -> Row:
+    """The Trainer's own work per training step: a one-layer model, so that the step itself costs little; what a
+    GPU cannot hide behind its kernels when the model is small."""
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-tiny-") as tmp:
+        b = Bench(quick, Path(tmp), tiny=True)
+        times = interleaved({"hand": b.hand, "trainer": b.trainer}, warmup=1, repeats=repeats)
+    steps = len(b.train) // b.batch
+    hand_ms, trainer_ms = 1000 * median(times["hand"]) / steps, 1000 * median(times["trainer"]) / steps
+    return Row(SECTION, "time per training step, one linear layer", "Trainer.fit", "hand loop", trainer_ms, hand_ms,
+               "ms", trainer_ms / hand_ms, note=f"batch {b.batch}, {steps} steps, precision {b.precision}; the "
+               f"Trainer's own cost {trainer_ms - hand_ms:+.3f} ms a step (lower is better)",
+               extra={"trainer_s": times["trainer"], "hand_s": times["hand"]})
+
+
 def run(quick: bool = False, repeats: int = 7) -> tuple[list[Row], dict]:
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         b = Bench(quick, Path(tmp))
@@ -167,5 +188,6 @@ def run(quick: bool = False, repeats: int = 7) -> tuple[list[Row], dict]:
         Row(SECTION, "fit total (1 epoch)", "Trainer.fit", "hand loop + eval + save", trainer_wall, hand_wall, "s",
             trainer_wall / hand_wall, note="incl. Accelerator set-up, evaluation, best.pth, state/, history, figures",
             extra={"trainer_wall_s": b.wall["trainer"][1:], "hand_wall_s": b.wall["hand"][1:]}),
+        _step_cost(quick, repeats),
     ]
     return rows, {"overhead_percent": 100 * (trainer_s / hand_s - 1), "precision": b.precision}

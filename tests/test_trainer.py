@@ -302,3 +302,21 @@ def test_a_runs_config_json_gives_its_settings_back_through_config(tmp_path):
     assert again == cfg
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_the_per_step_path_asks_importlib_for_lomo_at_most_once_and_copies_without_waiting(tmp_path, monkeypatch):
+    """Accelerate's optimizer step asks whether ``lomo_optim`` is installed twice a step (an uncached sys.path
+    search); the Trainer makes it ask once per process, with the same answer. Batches are sent non-blocking."""
+    import importlib.util
+
+    import accelerate.optimizer
+    from accelerate.utils import is_lomo_available as uncached
+
+    asked, find_spec = [], importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: (asked.append(name) if name == "lomo_optim" else None,
+                                               find_spec(name, *a, **k))[1])
+    trainer, _, history = fit(make_cfg(tmp_path, epochs=2))  # 2 x 6 optimizer steps
+    assert len(history) == 2 and len(asked) <= 1
+    assert accelerate.optimizer.is_lomo_available() == uncached()
+    assert trainer.accelerator.dataloader_config.non_blocking is True

@@ -98,7 +98,9 @@ class RunGuard:
         loss: a scalar tensor (any float dtype, any value); global_step: the optimizer step it belongs to.
         """
         bad = self.bad
-        now = torch.stack([torch.tensor(float(global_step), device=bad.device), loss.detach().float().reshape(())])
+        # torch.full fills on the device; torch.tensor(x, device=cuda) would copy from the host and wait for the GPU
+        step = torch.full((), float(global_step), device=bad.device)
+        now = torch.stack([step, loss.detach().float().reshape(())])
         self.bad = torch.where(~torch.isfinite(now[1]) & (bad[0] < 0), now, bad)
 
     def check_finite(self, state: TrainState, run_dir: Path) -> None:
