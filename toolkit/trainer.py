@@ -54,10 +54,14 @@ def ask_lomo_once() -> None:
     import accelerate.accelerator
     import accelerate.optimizer
 
+    cached = None  # one cache for both modules: one search per process
     for module in (accelerate.optimizer, accelerate.accelerator):
         ask = getattr(module, "is_lomo_available", None)
-        if callable(ask) and not hasattr(ask, "cache_info"):
-            module.is_lomo_available = functools.cache(ask)
+        if callable(ask) and hasattr(ask, "cache_info"):
+            cached = cached or ask
+        elif callable(ask):
+            cached = cached or functools.cache(ask)
+            module.is_lomo_available = cached
 
 
 class ParameterBudgetError(ValueError):
