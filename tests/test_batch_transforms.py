@@ -44,6 +44,23 @@ def test_foreground_p_one_always_catches_the_tumour_and_zero_rarely_does():
     assert hit_rate < 0.5  # a 2x2 tumour lands in a random 12x12 window of 40x48 about 10% of the time
 
 
+def test_the_tumour_pixel_is_drawn_uniformly_and_the_windows_are_seeded():
+    masks = torch.zeros(4000, 1, 30, 30)
+    masks[:, 0, 2, 2] = 1  # a 1-pixel tumour far from a 3-pixel one: a 4-px window holds one of them
+    masks[:, 0, 25, 24:27] = 1
+    masks[::2, 0, 25, 24:27] = 0  # every other slice holds only the 1-pixel one
+    crop = ForegroundCrop(4, foreground_p=1.0, generator=torch.Generator().manual_seed(3))
+    corners = crop.corners(masks)
+    rows, cols = corners[:, 0], corners[:, 1]
+    near_one = (rows <= 2) & (cols <= 2) & (rows + 3 >= 2) & (cols + 3 >= 2)
+    assert near_one[::2].all()  # the only tumour pixel is always inside its window
+    share = near_one[1::2].float().mean().item()
+    assert 0.2 < share < 0.3  # 1 of the 4 tumour pixels of the other slices: 1/4 of their windows (2,000 draws)
+    assert (rows >= 0).all() and (rows <= 26).all() and (cols >= 0).all() and (cols <= 26).all()
+    again = ForegroundCrop(4, foreground_p=1.0, generator=torch.Generator().manual_seed(3)).corners(masks)
+    assert torch.equal(corners, again)
+
+
 def test_bad_options_and_mismatched_shapes_raise():
     with pytest.raises(ValueError, match="size"):
         ForegroundCrop(0)

@@ -171,20 +171,29 @@ class ForegroundCrop:
         self.size, self.foreground_p, self.generator = int(size), float(foreground_p), generator
 
     def corners(self, masks: torch.Tensor) -> torch.Tensor:
-        """Top-left corners (N, 2) int64 (row, col) of the windows for masks (N, 1, H, W)."""
+        """Top-left corners (N, 2) int64 (row, col), on the masks' device, of the windows for masks (N, 1, H, W).
+
+        Every random number is drawn on the CPU from ``generator`` (the same windows on every device) and sent to
+        the masks' device without waiting for it; the tumour pixel is found there (the k-th of each slice by a
+        cumulative count), so a CUDA step never waits for the GPU here.
+        """
         n, _, h, w = masks.shape
-        s, gen = self.size, self.generator
-        top = torch.randint(0, h - s + 1, (n,), generator=gen)
-        left = torch.randint(0, w - s + 1, (n,), generator=gen)
-        want_fg = torch.rand(n, generator=gen) < self.foreground_p
-        flat = masks.reshape(n, -1).cpu() > 0
-        for i in torch.nonzero(want_fg & flat.any(1)).flatten().tolist():  # at most N small index draws
-            pixels = torch.nonzero(flat[i]).flatten()
-            p = int(pixels[torch.randint(0, len(pixels), (1,), generator=gen)])
-            r, c = divmod(p, w)
-            off_r, off_c = (int(v) for v in torch.randint(0, s, (2,), generator=gen))
-            top[i] = min(max(r - off_r, 0), h - s)
-            left[i] = min(max(c - off_c, 0), w - s)
+        s, device = self.size, masks.device
+        # per slice: top, left, foreground wanted, which tumour pixel, row and column offset of it in the window
+        u = torch.rand(n, 6, generator=self.generator, dtype=torch.float64).to(device, non_blocking=True)
+
+        def whole(x: torch.Tensor, m: int) -> torch.Tensor:  # floor(x * m) for x in [0, 1): uniform on 0 .. m-1
+            return (x * m).long().clamp(0, m - 1)
+
+        flat = masks.reshape(n, h * w) > 0
+        count = flat.sum(1)  # (N,) tumour pixels
+        k = torch.minimum((u[:, 3] * count).long(), count - 1)  # the k-th tumour pixel (0-based; -1 without any)
+        pixel = (flat.cumsum(1, dtype=torch.int32) <= k[:, None]).sum(1)  # its flat index
+        top = (pixel // w - whole(u[:, 4], s)).clamp(0, h - s)
+        left = (pixel % w - whole(u[:, 5], s)).clamp(0, w - s)
+        tumour = (u[:, 2] < self.foreground_p) & (count > 0)
+        top = torch.where(tumour, top, whole(u[:, 0], h - s + 1))
+        left = torch.where(tumour, left, whole(u[:, 1], w - s + 1))
         return torch.stack([top, left], 1)
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +203,7 @@ class ForegroundCrop:
         s = self.size
         if s >= h or s >= w:
             return images, masks
-        corners = self.corners(masks).to(images.device)
+        corners = self.corners(masks).to(images.device)  # masks and images share a device: no copy
         rows = corners[:, :1] + torch.arange(s, device=images.device)  # (N, S)
         cols = corners[:, 1:] + torch.arange(s, device=images.device)  # (N, S)
         index = (rows * w).unsqueeze(2) + cols.unsqueeze(1)  # (N, S, S) into the flat slice
