@@ -128,7 +128,8 @@ class TargetSpec:
     def _lut(self, device) -> torch.Tensor:
         import torch
         lut = torch.zeros(256, dtype=torch.long, device=device)
-        lut[torch.tensor(self.values, device=device)] = torch.arange(len(self.values), device=device)
+        for k, value in enumerate(self.values):  # Python numbers: fills on the device, no copy that waits for it
+            lut[value] = k
         return lut
 
     # -- tensors ------------------------------------------------------------------------------------
@@ -179,7 +180,8 @@ class TargetSpec:
         if self.kind == "classes":
             idx = self._lut(labels.device)[lab[:, 0]].unsqueeze(1)
             return idx == torch.arange(1, len(self.values), device=labels.device).view(1, -1, 1, 1)
-        return torch.cat([torch.isin(lab, torch.tensor(r, device=labels.device)) for r in self.regions], 1)
+        # each region's label values compared one by one (no host-to-device copy, which would wait for a GPU)
+        return torch.cat([torch.stack([lab == v for v in r]).any(0) for r in self.regions], 1)
 
     def to_labels(self, probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
         """Probabilities (N, out_channels, H, W) → uint8 label maps (N, H, W) in the data's label values.
