@@ -77,7 +77,6 @@ class Bench:
         from toolkit import TrainConfig
         from toolkit.models.classifiers import CIFARResNet
 
-        self.tiny = tiny
         self.batch, steps = (8, 6) if quick else (64, 300 if tiny else 30)
         self.width, self.depth = (8, 1) if quick else (16, 3)  # width 4: a 1x1 stride-2 conv 4->8 hangs in
         # channels_last fp32 backward on some AVX2 CPUs (oneDNN in torch 2.14.1)

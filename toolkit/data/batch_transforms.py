@@ -180,9 +180,9 @@ class ForegroundCrop:
         n, _, h, w = masks.shape
         s, device = self.size, masks.device
         # per slice: top, left, foreground wanted, which tumour pixel, row and column offset of it in the window
-        u = torch.rand(n, 6, generator=self.generator, dtype=torch.float64).to(device, non_blocking=True)
+        u = torch.rand(n, 6, generator=self.generator).to(device, non_blocking=True)  # float32: every device has it
 
-        def whole(x: torch.Tensor, m: int) -> torch.Tensor:  # floor(x * m) for x in [0, 1): uniform on 0 .. m-1
+        def whole(x: torch.Tensor, m: int) -> torch.Tensor:  # floor(x * m), x in [0, 1): 0 .. m-1 (x * m may round up)
             return (x * m).long().clamp(0, m - 1)
 
         flat = masks.reshape(n, h * w) > 0
