@@ -156,12 +156,17 @@ class Bench:
         return self._span()
 
 
+def _measure(quick: bool, repeats: int, tiny: bool = False) -> tuple[Bench, dict[str, list[float]]]:
+    """The bench and the seconds of each timed repeat of the hand loop and the Trainer, interleaved."""
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
+        b = Bench(quick, Path(tmp), tiny=tiny)
+        return b, interleaved({"hand": b.hand, "trainer": b.trainer}, warmup=1, repeats=repeats)
+
+
 def _step_cost(quick: bool, repeats: int) -> Row:
     """The Trainer's own work per training step: a one-layer model, so that the step itself costs little; what a
     GPU cannot hide behind its kernels when the model is small."""
-    with tempfile.TemporaryDirectory(prefix="bench-trainer-tiny-") as tmp:
-        b = Bench(quick, Path(tmp), tiny=True)
-        times = interleaved({"hand": b.hand, "trainer": b.trainer}, warmup=1, repeats=repeats)
+    b, times = _measure(quick, repeats, tiny=True)
     steps = len(b.train) // b.batch
     hand_ms, trainer_ms = 1000 * median(times["hand"]) / steps, 1000 * median(times["trainer"]) / steps
     return Row(SECTION, "time per training step, one linear layer", "Trainer.fit", "hand loop", trainer_ms, hand_ms,
@@ -171,9 +176,7 @@ def _step_cost(quick: bool, repeats: int) -> Row:
 
 
 def run(quick: bool = False, repeats: int = 7) -> tuple[list[Row], dict]:
-    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
-        b = Bench(quick, Path(tmp))
-        times = interleaved({"hand": b.hand, "trainer": b.trainer}, warmup=1, repeats=repeats)
+    b, times = _measure(quick, repeats)
     images = len(b.train)
     hand_s, trainer_s = median(times["hand"]), median(times["trainer"])
     # the warm-up calls appended wall times too: keep the timed repeats only

@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 default_gpus
-case "$GPUS" in ''|*[!0-9]*|0) echo "gpu_check.sh: --gpus: expected a whole number >= 1, got '$GPUS'" >&2; exit 2 ;; esac
+whole --gpus "$GPUS" 1
 
 export WANDB_MODE=disabled HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 RECIPES=(brain_mri mnist_autoencoder)
@@ -49,12 +49,7 @@ else
     SKIPPED="cifar10 (no data: set CIFAR10_DIR)"
 fi
 declare -A BATCH=([brain_mri]=16 [mnist_autoencoder]=16 [cifar10]=128)  # images per GPU per step
-if [ -n "${PER_GPU_BATCH:-}" ]; then
-    case "$PER_GPU_BATCH" in ''|*[!0-9]*|0)
-        echo "gpu_check.sh: PER_GPU_BATCH: expected a whole number >= 1, got '$PER_GPU_BATCH'" >&2; exit 2 ;;
-    esac
-    for recipe in "${!BATCH[@]}"; do BATCH[$recipe]=$PER_GPU_BATCH; done
-fi
+[ -z "${PER_GPU_BATCH:-}" ] || whole PER_GPU_BATCH "$PER_GPU_BATCH" 1  # when given, it replaces each of these
 
 mkdir -p "$WORK"
 COMMANDS="$WORK/commands.txt"
@@ -72,7 +67,7 @@ for recipe in "${RECIPES[@]}"; do
         step env GPU_PEAK_DIR="$WORK/peak/$name" "$PYTHON" -m accelerate.commands.launch \
             --config_file accelerate_config.yaml --num_processes "$n" --num_machines 1 --mixed_precision bf16 \
             tools/gpu_peak.py "recipes/$recipe.py" ${RECIPE_ARGS[$recipe]} \
-            --batch-size $((BATCH[$recipe] * GPUS / n)) --seed 0 --wandb-mode disabled \
+            --batch-size $((${PER_GPU_BATCH:-${BATCH[$recipe]}} * GPUS / n)) --seed 0 --wandb-mode disabled \
             --output-dir "$WORK/runs" --run-name "$name"
     done
 done

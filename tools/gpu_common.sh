@@ -17,3 +17,8 @@ step() {  # print the command (shell-quoted), keep it for the JSON, run it unles
     [ "$DRY" = 1 ] && return 0
     "$@" || { echo "$TOOL: failed with status $?: $line" >&2; FAILED=1; }
 }
+
+whole() {  # whole NAME VALUE MIN: refuse VALUE (exit 2, naming NAME) unless it is a whole number >= MIN
+    case "$2" in ''|*[!0-9]*) echo "$TOOL: $1: expected a whole number >= $3, got '$2'" >&2; exit 2 ;; esac
+    [ "$2" -ge "$3" ] || { echo "$TOOL: $1: expected a whole number >= $3, got '$2'" >&2; exit 2; }
+}

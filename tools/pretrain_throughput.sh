@@ -36,10 +36,6 @@ while [ $# -gt 0 ]; do
     shift
 done
 OUT=${OUT:-$WORK/pretrain_throughput.json}
-whole() {  # whole() NAME VALUE MIN: refuse VALUE unless it is a whole number >= MIN
-    case "$2" in ''|*[!0-9]*) echo "pretrain_throughput.sh: $1: expected a whole number >= $3, got '$2'" >&2; exit 2 ;; esac
-    [ "$2" -ge "$3" ] || { echo "pretrain_throughput.sh: $1: expected a whole number >= $3, got '$2'" >&2; exit 2; }
-}
 whole --images "$IMAGES" $((VAL + 1))
 whole --batch "$BATCH" 1
 default_gpus
