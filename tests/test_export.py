@@ -55,12 +55,12 @@ def _fake_mri(n, channels, size, seed=0):
 
 
 def _segmentation_run(root, intensity="zscore", threshold=0.35, spec=None, channels="flair,t1ce", in_channels=2,
-                      arch="unet"):
+                      arch="unet", size=32):
     """A run folder (config.json, target.json, postprocess.json, best.pth) of a random ``arch`` 8,16,32 at
-    32x32; default: BraTS regions on flair,t1ce."""
+    ``size`` x ``size``; default: BraTS regions on flair,t1ce."""
     run = root / "seg"
     spec = spec or TargetSpec.regions_of(BRATS_REGIONS)
-    cfg = {"recipe": "brain_mri", "model": arch, "widths": "8,16,32", "image_size": 32,
+    cfg = {"recipe": "brain_mri", "model": arch, "widths": "8,16,32", "image_size": size,
            "in_channels": in_channels, "channels": channels, "threshold": 0.5}
     model = _randomise_batchnorm(build_segmentation_model(arch, in_channels, spec.out_channels,
                                                           parse_widths("8,16,32")))
@@ -87,12 +87,16 @@ def test_segmentation_export_matches_pytorch_and_carries_the_input_contract(tmp_
     assert TargetSpec.from_dict(meta["target_spec"]) == spec
     assert meta["threshold"] == 0.35  # postprocess.json, not the config's 0.5
     assert meta["input_shape"] == [2, 32, 32]
+    # ONNX: any multiple of the model's padding-free side (unet 8,16,32: 4; unet_s2d: 2 x 4); TorchScript: 32 x 32
+    assert meta.get("dynamic_size_multiple") == ({"unet": 4, "unet_s2d": 8}[arch] if fmt == "onnx" else None)
 
     model, cfg = load_segmentation_run(run / "best.pth")
     x = input_preprocess(meta["intensity"])(_fake_mri(3, 2, 32))  # a fake MRI slice batch, as the run reads it
     _compare(out, model, x, f"segmentation {fmt}")
     x1 = input_preprocess("zscore")(_fake_mri(1, 2, 32, seed=1))  # batch 1 as well: the batch is dynamic
     assert run_exported(out, x1.numpy()).shape == (1, spec.out_channels, 32, 32)
+    if fmt == "onnx":  # other sides, multiples of 8: the same as PyTorch
+        _compare(out, model, input_preprocess("zscore")(_fake_mri(2, 2, 48, seed=2))[..., :40], f"{fmt} at 48 x 40")
 
 
 def test_threshold_falls_back_to_the_config_without_postprocess_json(tmp_path):

@@ -117,14 +117,51 @@ def test_onnx_postprocess_comes_from_the_metadata_with_command_line_overrides(ex
     assert (model.size, model.in_channels, model.channels) == (32, 1, ())
 
 
+def test_onnx_predict_runs_the_stored_scale_tta_as_the_pytorch_predict(tmp_path, capsys):
+    """A 64-px run whose postprocess.json holds flips and scale TTA (48 and 80 px views): the export takes those
+    sides, and the ONNX predict's probabilities and masks are the PyTorch predict's."""
+    run, _ = _segmentation_run(tmp_path, intensity="per_slice", spec=TargetSpec.binary(), channels="",
+                               in_channels=1, size=64)
+    images = _images(tmp_path / "images")
+    ensemble = load_ensemble([run / "best.pth"])[0]
+    probs = np.concatenate([predict_probs(ensemble, read_image(p), 64)[0].ravel() for p in images])
+    post = PostProcess(threshold=round(float(np.median(probs)), 4), flips=True, scales=(0.8, 1.25))
+    save_json(run / POSTPROCESS_FILE, {"choice": post.to_dict()})
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(run / "best.pth"), "--format", "onnx", "--output", str(onnx_file)]) == 0
+    model = OnnxSegmenter(onnx_file)
+    assert model.multiple == 4 and model.postprocess() == (post, f"{onnx_file} metadata 'postprocess'")
+    for path in images:
+        image = read_image(path)
+        p_torch = predict_probs(ensemble, image, 64, flips=True, scales=post.scales)[0]
+        p_onnx = model.tumour_probs(image, flips=True, scales=post.scales)
+        assert np.abs(p_torch - p_onnx).max() < PROB_TOLERANCE
+        assert np.abs(p_onnx - model.tumour_probs(image, flips=True)).max() > 1e-3  # the scales do change it
+    for weights, out in ((run / "best.pth", "pth"), (onnx_file, "onnx")):
+        assert main(["predict", "--weights", str(weights), "--input", str(images[0].parent),
+                     "--output", str(tmp_path / out)]) == 0
+    assert "without its scale TTA" not in capsys.readouterr().out
+    for path in images:
+        a, b = (cv2.imread(str(tmp_path / out / f"{path.stem}_mask.png"), 0) for out in ("pth", "onnx"))
+        assert (a != b).mean() <= MASK_TOLERANCE and 0 < (b > 0).mean() < 1
+
+
 @pytest.mark.parametrize("exported", EXPORTS[:1], indirect=True, ids=["per_slice+min_size"])
-def test_onnx_predict_leaves_out_a_stored_scale_tta_and_says_so(exported, tmp_path, capsys):
-    """The graph takes S x S input only, so the scale TTA of a run's postprocess.json cannot run there."""
+def test_onnx_predict_leaves_out_a_scale_tta_its_graph_cannot_take_and_says_so(exported, tmp_path, capsys):
+    """An export of S x S input only (before dynamic sides) or of sides the scaled views are not multiples of
+    cannot run the scale TTA of a run's postprocess.json: left out, and said."""
     _, onnx_file, images, post = exported
     scaled = {**post.to_dict(), "scales": [0.8, 1.25]}
-    edited = _edited(onnx_file, tmp_path / "scaled.onnx", lambda p: {**p, "postprocess": json.dumps(scaled)})
+    kept = OnnxSegmenter(_edited(onnx_file, tmp_path / "dyn.onnx", lambda p: {**p, "postprocess": json.dumps(scaled)}))
+    assert kept.postprocess()[0].scales == (0.8, 1.25)  # 32 px: views of 32 px, multiples of the graph's 4
+    odd = _edited(onnx_file, tmp_path / "odd.onnx", lambda p: {**p, "postprocess": json.dumps(scaled),
+                                                               "dynamic_size_multiple": "64"})
+    chosen, source = OnnxSegmenter(odd).postprocess()
+    assert chosen == post and "(the ONNX graph takes sides that are multiples of 64, not [32, 32])" in source
+    edited = _edited(onnx_file, tmp_path / "scaled.onnx", lambda p: {
+        **{k: v for k, v in p.items() if k != "dynamic_size_multiple"}, "postprocess": json.dumps(scaled)})
     chosen, source = OnnxSegmenter(edited).postprocess()
-    assert chosen == post and "without its scale TTA (the ONNX graph takes 32x32 input only)" in source
+    assert chosen == post and "without its scale TTA (the ONNX graph takes 32x32 input only" in source
     assert main(["predict", "--weights", str(edited), "--input", str(images[0]), "--output", str(tmp_path / "o")]) == 0
     assert "without its scale TTA" in capsys.readouterr().out
     assert main(["predict", "--weights", str(onnx_file), "--input", str(images[0]), "--output", str(tmp_path / "p"),
@@ -290,7 +327,7 @@ def test_both_predicts_resize_a_scan_as_the_run_s_slices_were_resized(tmp_path):
     model = object.__new__(OnnxSegmenter)  # the ONNX path's resize, without an ONNX file
     model.size, model.target, model.meta = 32, {"kind": "binary"}, {}
     model.preprocess = lambda images: onnx_seen.append(images) or images.transpose(0, 3, 1, 2).astype(np.float32)
-    model.probs = lambda x, flips=False: np.zeros((len(x), 1, 32, 32), np.float32)
+    model.probs = lambda x, flips=False, scales=(): np.zeros((len(x), 1, 32, 32), np.float32)
     model.scan_probs(image)
     assert np.array_equal(onnx_seen[0][0].transpose(2, 0, 1), trained.numpy())
 
@@ -333,7 +370,7 @@ def test_both_predicts_put_a_perfect_model_s_mask_back_where_the_scan_has_it(tmp
     model = object.__new__(OnnxSegmenter)  # the ONNX path, without an ONNX file
     model.size, model.target, model.meta = size, {"kind": "binary"}, {"flip_trained": flip_trained}
     model.preprocess = lambda images: images.transpose(0, 3, 1, 2).astype(np.float32)
-    model.probs = lambda x, flips=False: probs.numpy().repeat(len(x), 0)
+    model.probs = lambda x, flips=False, scales=(): probs.numpy().repeat(len(x), 0)
     onnx_map = model.scan_probs(image)[0]
     for found in (torch_map, onnx_map):
         found = (found >= 0.5).astype(np.uint8)

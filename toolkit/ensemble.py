@@ -15,19 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from .data.batch_transforms import standardize_per_image
-from .postprocess import POSTPROCESS_FILE
+from .postprocess import POSTPROCESS_FILE, scaled_side
 from .targets import TargetSpec
 
 __all__ = ["SegmentationEnsemble", "resolve_weights", "disagreement", "slice_disagreement", "scaled_side"]
-
-TTA_MULTIPLE = 16  # px: scale TTA rounds each scaled side to a multiple of this, so the models pad nothing more
-
-
-def scaled_side(side: int, scale: float) -> int:
-    """The side in pixels that scale TTA predicts a ``side``-pixel scan at for factor ``scale`` (> 0): ``side *
-    scale`` rounded to a multiple of 16, at least 16 (240 px: 0.8 → 192, 1.25 → 304)."""
-    return max(TTA_MULTIPLE, int(round(side * scale / TTA_MULTIPLE)) * TTA_MULTIPLE)
-
 
 def resolve_weights(paths: Sequence[str | Path]) -> tuple[list[Path], Path | None]:
     """Weight files of the members and the ``postprocess.json`` that applies to them (or None).

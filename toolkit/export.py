@@ -1,7 +1,9 @@
 """``toolkit export``: a run's trained model as ONNX or TorchScript, for serving without this toolkit.
 
-The exported graph is the model alone: float32 input (N, C, H, W) with a dynamic batch size N,
-its raw output (logits for classifiers and segmentation, [0, 1] reconstructions for autoencoders).
+The exported graph is the model alone: float32 input (N, C, H, W) with a dynamic batch size N (and, for a
+segmentation model exported to ONNX whose slice side S is a multiple of the model's ``size_multiple``, dynamic
+H and W: any multiples of it, metadata ``dynamic_size_multiple``, so the ONNX predict can run the stored scale
+TTA; TorchScript traces one size), its raw output (logits for classifiers and segmentation, [0, 1] reconstructions for autoencoders).
 The uint8 → float preprocessing of the run is NOT in the graph; the file's metadata says what it is
 (ONNX ``metadata_props``, TorchScript ``_extra_files["metadata.json"]``; every value JSON text),
 with, for segmentation runs, ``intensity`` (``per_slice`` or ``zscore``), ``image_size``,
@@ -94,17 +96,20 @@ def load_run_model(weights: str | Path) -> tuple[nn.Module, tuple[int, int, int]
     return model, shape, meta
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str], multiple: int = 0) -> None:
+    """``multiple`` > 0: H and W of the graph are dynamic, any multiples of it (the example's must be)."""
     try:
         import onnx
         import onnxscript  # noqa: F401 - the dynamo exporter needs it
     except ImportError as err:
         raise ValueError(f"--format onnx needs onnx and onnxscript: pip install -e '.[export]' ({err})") from None
-    batch = torch.export.Dim("batch", min=1)
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if multiple:  # the models pad H, W up to a multiple inside; at multiples the padding is none, in every graph
+        dims.update({2: multiple * torch.export.Dim("height", min=1), 3: multiple * torch.export.Dim("width", min=1)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["output"],
-                                    dynamo=True, dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+                                    dynamo=True, dynamic_shapes=(dims,), external_data=False, verbose=False)
     proto = program.model_proto
     onnx.helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto)
@@ -126,8 +131,9 @@ def export_model(weights: str | Path, fmt: str, output: str | Path | None = None
     (default: the weights' path with suffix ``.onnx`` / ``.pt``), atomically.
 
     With ``check`` the exported file is run (onnxruntime / ``torch.jit.load``) on a random float32 batch
-    of 3 (another batch size than the export's example) and compared with PyTorch. Returns (output path,
-    metadata, max abs difference or None when unchecked or onnxruntime is missing).
+    of 3 (another batch size than the export's example), and a graph of dynamic H, W also on one scan of
+    other sides, and compared with PyTorch. Returns (output path, metadata, max abs difference or None when
+    unchecked or onnxruntime is missing).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -138,14 +144,26 @@ def export_model(weights: str | Path, fmt: str, output: str | Path | None = None
     if out.resolve() in kept:  # the run's weights, config.json, split.json ... that rebuild the model
         raise ValueError(f"--output {out} would overwrite a file of the run (its weights or records); "
                          f"give another file name")
+    m = int(getattr(model, "size_multiple", 0)) if meta["kind"] == "segmentation" else 0  # sides without padding
+    dynamic = m if fmt == "onnx" and m and shape[1] % m == 0 and shape[2] % m == 0 else 0
+    if dynamic:  # written only when true: its absence means S x S alone (TorchScript, older exports, smp at 240)
+        meta["dynamic_size_multiple"] = dynamic
+        meta["input"] = f"float32 (N, {shape[0]}, H, W), N dynamic, H and W any multiples of {dynamic} (the run: " \
+                        f"{shape[1]} x {shape[2]})"
     props = {k: json.dumps(v) for k, v in meta.items()}
     example = torch.randn(EXAMPLE_BATCH, *shape, generator=torch.Generator().manual_seed(0))
-    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, example, out, props)
+    if fmt == "onnx":
+        _export_onnx(model, example, out, props, dynamic)
+    else:
+        _export_torchscript(model, example, out, props)
     diff = None
     if check:
-        x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+        gen = torch.Generator().manual_seed(1)
+        inputs = [torch.randn(3, *shape, generator=gen)]
+        if dynamic:  # one scan a multiple taller and two wider than the run's slices
+            inputs.append(torch.randn(1, shape[0], shape[1] + dynamic, shape[2] + 2 * dynamic, generator=gen))
         try:
-            diff = max_abs_difference(out, model, x)
+            diff = max(max_abs_difference(out, model, x) for x in inputs)
         except ImportError:
             diff = None
     return out, meta, diff

@@ -5,7 +5,8 @@ Everything the PyTorch path takes from the run folder comes from the file's ``me
 (written by :mod:`toolkit.export`, each value JSON text): ``kind`` (must be ``segmentation``),
 ``image_size``, ``in_channels``, ``channels`` (of the data ``layout``, when the export names it),
 ``intensity`` (``per_slice`` or ``zscore``), ``target_spec`` and ``threshold``, and the stored 2D
-``postprocess`` (threshold, flip TTA, connected-component rule) when the export carries it, and on LGG
+``postprocess`` (threshold, flip TTA, connected-component rule, and its scale TTA when the graph takes other
+sides than S x S: ``dynamic_size_multiple``) when the export carries it, and on LGG
 patient folders its 3D rule ``postprocess_volume`` per patient, as the PyTorch path. A classes
 run also gets its label map (:func:`~toolkit.seg_images.write_class_map`, as the PyTorch path). This
 module imports NumPy, OpenCV, onnxruntime and torch-free toolkit helpers only;
@@ -19,12 +20,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .data.mri.channels import resolve_channels
 from .data.mri.resize import resize_back, resize_square
 from .data.mri.nifti import ZSCORE_CLIP
-from .postprocess import PostProcess
+from .postprocess import PostProcess, scaled_side
 from .seg_images import (channel_names, input_files, overlay, per_volume, read_input, tumour_map,
                          write_class_map, write_png)
 
@@ -98,6 +100,20 @@ def _file_channels(channels: str, in_channels: int, layout: str = "") -> tuple[t
     return (), channels or f"{in_channels} channels"  # NIfTI channels (brats): read_input refuses C not 1 or 3
 
 
+def bilinear(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 (N, C, H, W) → float32 (N, C, height, width), bilinear with half-pixel centres and no antialiasing:
+    torch's ``F.interpolate(mode="bilinear", align_corners=False)``, which the PyTorch scale TTA uses
+    (:meth:`toolkit.ensemble.SegmentationEnsemble.view_probs`); values stay in the input's range."""
+    if a.shape[-2:] == (height, width):
+        return a
+    out = np.empty((*a.shape[:2], height, width), np.float32)
+    for i, x in enumerate(a):  # OpenCV resizes (H, W, C) with C <= 512
+        r = cv2.resize(np.ascontiguousarray(x.transpose(1, 2, 0), dtype=np.float32), (width, height),
+                       interpolation=cv2.INTER_LINEAR)
+        out[i] = r.reshape(height, width, -1).transpose(2, 0, 1)
+    return out
+
+
 class OnnxSegmenter:
     """A segmentation model exported to ONNX, run with onnxruntime on the CPU.
 
@@ -112,8 +128,12 @@ class OnnxSegmenter:
         self.size, self.in_channels = int(self.meta["image_size"]), int(self.meta["in_channels"])
         self.target = self.meta["target_spec"]
         self.input_name = self.session.get_inputs()[0].name
-        shape = self.session.get_inputs()[0].shape  # [batch (a name), C, S, S]
-        if len(shape) != 4 or list(shape[1:]) != [self.in_channels, self.size, self.size]:
+        # sides the graph takes besides S x S: any multiples of this (0: S x S only; exports before 5 Dec 2026)
+        self.multiple = int(self.meta.get("dynamic_size_multiple") or 0)
+        shape = self.session.get_inputs()[0].shape  # [batch (a name), C, S, S] or [batch, C, "16*height", ...]
+        sides = list(shape[2:]) if len(shape) == 4 else []
+        if len(shape) != 4 or shape[1] != self.in_channels or not (
+                sides == [self.size, self.size] or all(isinstance(d, str) for d in sides)):  # names: dynamic sides
             raise ValueError(f"{self.path}: the graph takes input {shape} but the metadata says "
                              f"(N, {self.in_channels}, {self.size}, {self.size})")
         self.channels, self.channel_names = _file_channels(
@@ -122,7 +142,8 @@ class OnnxSegmenter:
     def postprocess(self, mode: str = "auto", threshold: float | None = None) -> tuple[PostProcess, str]:
         """The stored post-processing (``mode`` "auto"; "none": the run's own threshold alone, as the PyTorch
         predict's ``--postprocess none``), ``threshold`` overriding the threshold. Returns (PostProcess, where
-        it came from). The stored scale TTA is left out: the graph takes S x S input only."""
+        it came from). The stored scale TTA is left out where the graph cannot take its sides (S x S only, or
+        sides that are not multiples of ``dynamic_size_multiple``), and ``source`` says so."""
         stored = self.meta.get("postprocess")
         if mode == "auto" and isinstance(stored, dict):
             post, source = PostProcess.from_dict(stored, where=f"{self.path} metadata 'postprocess'"), \
@@ -130,9 +151,12 @@ class OnnxSegmenter:
         else:
             key = "run_threshold" if "run_threshold" in self.meta else "threshold"  # older exports: the stored one
             post, source = PostProcess(threshold=float(self.meta[key])), f"{self.path} metadata {key!r}"
-        if post.scales:  # onnxruntime refuses other input sizes than the exported one
-            post = PostProcess(**{**post.to_dict(), "scales": ()})
-            source += f" without its scale TTA (the ONNX graph takes {self.size}x{self.size} input only)"
+        sides = [scaled_side(self.size, s) for s in post.scales]
+        if sides and not (self.multiple and all(side % self.multiple == 0 for side in sides)):
+            post = PostProcess(**{**post.to_dict(), "scales": ()})  # onnxruntime refuses sides the graph lacks
+            source += " without its scale TTA (" + (
+                f"the ONNX graph takes sides that are multiples of {self.multiple}, not {sides}" if self.multiple else
+                f"the ONNX graph takes {self.size}x{self.size} input only; a re-export takes other sides") + ")"
         if threshold is not None:
             post = PostProcess(**{**post.to_dict(), "threshold": threshold})
             source += f" with threshold={threshold} from the command line"
@@ -162,10 +186,19 @@ class OnnxSegmenter:
         std = x.std(axis=(-2, -1), keepdims=True, ddof=1)
         return (x - mean) / (std + np.float32(STD_EPS))
 
-    def probs(self, x: np.ndarray, flips: bool = False) -> np.ndarray:
+    def probs(self, x: np.ndarray, flips: bool = False, scales: tuple[float, ...] = ()) -> np.ndarray:
         """float32 (N, C, S, S) model input → float32 (N, out_channels, S, S) probabilities in [0, 1]
         (softmax over channels for classes, sigmoid otherwise); ``flips`` averages with the horizontally
-        flipped input's prediction."""
+        flipped input's prediction; ``scales`` (factors of the side, a graph of dynamic sides only) adds the input
+        predicted at each scale (sides :func:`~toolkit.postprocess.scaled_side`, each with its flip when ``flips``)
+        to the average, as the PyTorch ensemble's ``member_probs``."""
+        views = [self._view(x, flips, scale) for scale in (1.0, *scales)]
+        return views[0] if len(views) == 1 else np.mean(views, axis=0, dtype=np.float32)
+
+    def _view(self, x: np.ndarray, flips: bool, scale: float) -> np.ndarray:
+        """:meth:`probs` of ``x`` resized by ``scale`` (bilinear), mapped back to x's sides."""
+        h, w = x.shape[-2:]
+        x = bilinear(x, scaled_side(h, scale), scaled_side(w, scale)) if scale != 1.0 else x
         batch = np.concatenate([x, x[..., ::-1]]) if flips else x
         logits = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
         if self.target["kind"] == "classes":
@@ -175,24 +208,25 @@ class OnnxSegmenter:
             p = 1.0 / (1.0 + np.exp(-logits))
         if flips:
             p = 0.5 * (p[: len(x)] + p[len(x):][..., ::-1])
-        return p.astype(np.float32)
+        return bilinear(p.astype(np.float32), h, w)
 
-    def tumour_probs(self, image: np.ndarray, flips: bool = False) -> np.ndarray:
+    def tumour_probs(self, image: np.ndarray, flips: bool = False, scales: tuple[float, ...] = ()) -> np.ndarray:
         """uint8 (H, W, C) scan → float32 (H, W) tumour probability in [0, 1] at the scan's own size.
 
         The scan is resized to S x S as the run's slices were (:func:`~toolkit.data.mri.resize.resize_square`), the map
         resized back bilinearly. Tumour: binary the one channel; regions any region (the largest probability);
-        classes any foreground class (1 - background probability).
+        classes any foreground class (1 - background probability). ``flips``, ``scales``: TTA as :meth:`probs`.
         """
-        return self.scan_probs(image, flips)[0]
+        return self.scan_probs(image, flips, scales)[0]
 
-    def scan_probs(self, image: np.ndarray, flips: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def scan_probs(self, image: np.ndarray, flips: bool = False,
+                   scales: tuple[float, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (H, W, C) scan → (float32 (H, W) tumour probability as :meth:`tumour_probs`, float32 (K, H, W)
         probability per output channel), both in [0, 1] at the scan's own size."""
         h, w = image.shape[:2]
         resized = resize_square(image, self.size)  # as the run's slices were: area when either side shrinks
         resized = resized[..., None] if resized.ndim == 2 else resized
-        p = self.probs(self.preprocess(resized[None]), flips=flips)[0]
+        p = self.probs(self.preprocess(resized[None]), flips=flips, scales=scales)[0]
         kind = self.target["kind"]
         back = {"width": w, "height": h, "flip_trained": bool(self.meta.get("flip_trained", True))}  # older: augment 1
         tumour = resize_back(tumour_map(p, kind)[None], **back)[0]
@@ -220,7 +254,7 @@ def predict(args: argparse.Namespace) -> int:
 
     def predicted(path):
         image = read_input(path, model.channels, model.in_channels, model.channel_names)
-        probs, maps = model.scan_probs(image, flips=post.flips)
+        probs, maps = model.scan_probs(image, flips=post.flips, scales=post.scales)
         return image, post.at_scale(probs.size / size**2).binarize(probs), maps
 
     images = input_files(source_path, out)

@@ -29,7 +29,7 @@ from .checkpoint import save_json
 
 __all__ = ["PostProcess", "search_postprocess", "per_image_dice", "pooled_dice", "largest_component",
            "remove_small_components", "POSTPROCESS_FILE", "load_postprocess", "VOLUME_KEY", "save_volume_key",
-           "load_volume_key", "SCALE_TTA"]
+           "load_volume_key", "SCALE_TTA", "scaled_side"]
 
 POSTPROCESS_FILE = "postprocess.json"
 VOLUME_KEY = "volume"  # postprocess.json: the 3D per-patient choice (toolkit.volume_postprocess), beside "choice"
@@ -40,6 +40,14 @@ MIN_GAIN = 1e-4  # a part is kept only when it raises the mean per-image Dice by
 # when flips are on, averaged with the original scale; chosen on the validation patients of two figshare runs
 # (docs/brain-mri.md), where it beat (0.9, 1.1) and the five scales 0.8-1.25
 SCALE_TTA = (0.8, 1.25)
+TTA_MULTIPLE = 16  # px: scale TTA rounds each scaled side to a multiple of this, so the models pad nothing more
+
+
+def scaled_side(side: int, scale: float) -> int:
+    """The side in pixels that scale TTA predicts a ``side``-pixel scan at for factor ``scale`` (> 0): ``side *
+    scale`` rounded to a multiple of 16, at least 16 (240 px: 0.8 → 192, 1.25 → 304). Shared by the PyTorch
+    (:mod:`toolkit.ensemble`) and the ONNX (:mod:`toolkit.onnx_predict`) predictions."""
+    return max(TTA_MULTIPLE, int(round(side * scale / TTA_MULTIPLE)) * TTA_MULTIPLE)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -139,6 +139,7 @@ class SegAutoEncoder(nn.Module):
         self.skip = skip
         self.depth = len(widths) - 1
         self.space_to_depth = space_to_depth
+        self.size_multiple = space_to_depth * 2**self.depth  # sides that need no padding (240 = 15 x 16 here)
         f2 = space_to_depth * space_to_depth
 
         enc_widths = widths[:-1]
@@ -214,9 +215,10 @@ class SMPUnet(nn.Module):
 
         self.net = smp.Unet(encoder, encoder_weights=encoder_weights, in_channels=in_channels,
                             classes=out_channels, decoder_channels=tuple(decoder_channels))
+        self.size_multiple = 32  # sides that need no padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, crop = pad_to_multiple(x, 32)
+        x, crop = pad_to_multiple(x, self.size_multiple)
         return crop(self.net(x))
 
 
