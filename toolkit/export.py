@@ -3,7 +3,8 @@
 The exported graph is the model alone: float32 input (N, C, H, W) with a dynamic batch size N (and, for a
 segmentation model exported to ONNX whose slice side S is a multiple of the model's ``size_multiple``, dynamic
 H and W: any multiples of it, metadata ``dynamic_size_multiple``, so the ONNX predict can run the stored scale
-TTA; TorchScript traces one size), its raw output (logits for classifiers and segmentation, [0, 1] reconstructions for autoencoders).
+TTA; TorchScript traces one size), its raw output (logits for classifiers and segmentation, [0, 1]
+reconstructions for autoencoders).
 The uint8 → float preprocessing of the run is NOT in the graph; the file's metadata says what it is
 (ONNX ``metadata_props``, TorchScript ``_extra_files["metadata.json"]``; every value JSON text),
 with, for segmentation runs, ``intensity`` (``per_slice`` or ``zscore``), ``image_size``,
