@@ -120,8 +120,10 @@ def test_onnx_postprocess_comes_from_the_metadata_with_command_line_overrides(ex
 def test_onnx_predict_runs_the_stored_scale_tta_as_the_pytorch_predict(tmp_path, capsys):
     """A 64-px run whose postprocess.json holds flips and scale TTA (48 and 80 px views): the export takes those
     sides, and the ONNX predict's probabilities and masks are the PyTorch predict's."""
-    run, _ = _segmentation_run(tmp_path, intensity="per_slice", spec=TargetSpec.binary(), channels="",
-                               in_channels=1, size=64)
+    with torch.random.fork_rng():  # fixed weights, the global draw of other tests untouched
+        torch.manual_seed(6)  # the scales move this draw's maps by >= 1.5e-3 (other draws: 3e-4 to 2e-3)
+        run, _ = _segmentation_run(tmp_path, intensity="per_slice", spec=TargetSpec.binary(), channels="",
+                                   in_channels=1, size=64)
     images = _images(tmp_path / "images")
     ensemble = load_ensemble([run / "best.pth"])[0]
     probs = np.concatenate([predict_probs(ensemble, read_image(p), 64)[0].ravel() for p in images])

@@ -128,7 +128,7 @@ class OnnxSegmenter:
         self.size, self.in_channels = int(self.meta["image_size"]), int(self.meta["in_channels"])
         self.target = self.meta["target_spec"]
         self.input_name = self.session.get_inputs()[0].name
-        # sides the graph takes besides S x S: any multiples of this (0: S x S only; exports before 5 Dec 2026)
+        # sides the graph takes besides S x S: any multiples of this (0: S x S only; exports before a12fd8a, 4 Dec 2026)
         self.multiple = int(self.meta.get("dynamic_size_multiple") or 0)
         shape = self.session.get_inputs()[0].shape  # [batch (a name), C, S, S] or [batch, C, "16*height", ...]
         sides = list(shape[2:]) if len(shape) == 4 else []
