@@ -19,9 +19,9 @@ TINY = ["--synthetic-images", "12", "--image-size", "32", "--batch-size", "4", "
         "--widths", "4,8", "--epochs", "1", "--wandb-mode", "disabled"]
 
 
-def _cv(tmp_path, folds=2, name="cv", extra=(), **popen):
+def _cv(tmp_path, folds=2, name="cv", extra=(), args=(), **popen):
     args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", str(folds), "--name", name,
-            "--output-dir", str(tmp_path / "runs"), "--", *TINY, "--synthetic-dir", str(tmp_path / "data"), *extra]
+            "--output-dir", str(tmp_path / "runs"), *args, "--", *TINY, "--synthetic-dir", str(tmp_path / "data"), *extra]
     env = run_env(LAUNCH=sys.executable)
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
@@ -69,6 +69,37 @@ def test_cv_resumes_after_a_kill_between_folds_and_scores_out_of_fold(tmp_path, 
     out, _ = (proc := _cv(tmp_path, name="bad", extra=("--context-slices", "1"))).communicate(timeout=120)
     assert proc.returncode == 2 and "error: a fold run stopped (exit status 2" in out  # the fold said why:
     assert out.count("2.5D needs NIfTI cases") == 1 and "Traceback" not in out  # once, no driver traceback
+
+
+def test_cv_final_trains_every_patient_and_takes_the_out_of_fold_postprocessing(tmp_path, capsys):
+    # nnU-Net's "all" fold: after the folds, one run on every slice the folds validated (no validation, the last
+    # epoch), evaluated with the post-processing chosen out of fold; the folds' ensemble stays the folds alone
+    root = tmp_path / "runs" / "cv"
+    out, _ = (proc := _cv(tmp_path, extra=("--val-fraction", "0.3"), args=("--final",))).communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    assert "training all" in out and "--val-fraction 0 " in out and "0.3" not in out.split("training all")[1][:400]
+    folds_val = [json.loads((root / f"fold{k}" / "split.json").read_text())["val"] for k in range(2)]
+    final = json.loads((root / "all" / "split.json").read_text())
+    assert final["val"] == [] and sorted(final["train"]) == sorted(folds_val[0] + folds_val[1])
+    shared = json.loads((root / "all" / "postprocess.json").read_text())
+    assert shared["choice"] == json.loads((root / "postprocess.json").read_text())["choice"]
+    assert str(root / "postprocess.json") in shared["copied_from"]
+
+    assert toolkit_main(["evaluate", "--weights", str(root / "all"), "--split", "all"]) == 0
+    result = json.loads((root / "all" / "eval_all.json").read_text())
+    assert len(result["weights"]) == 1 and result["postprocess"]["from"] == str(root / "all" / "postprocess.json")
+    assert toolkit_main(["evaluate", "--weights", str(root), "--split", "all"]) == 0
+    assert len(json.loads((root / "eval_all.json").read_text())["weights"]) == 2  # not the "all" run
+
+    stamp = (root / "all" / "summary.json").stat().st_mtime_ns
+    out, _ = (again := _cv(tmp_path, extra=("--val-fraction", "0.3"), args=("--final",))).communicate(timeout=300)
+    assert again.returncode == 0 and "training " not in out, out[-2000:]  # folds and the final run kept
+    assert (root / "all" / "summary.json").stat().st_mtime_ns == stamp
+    (root / "all" / "postprocess.json").unlink()
+    capsys.readouterr()
+    assert toolkit_main(["postprocess", "--weights", str(root)]) == 0  # chosen again out of fold: the copy follows
+    assert f"wrote {root / 'all' / 'postprocess.json'}" in capsys.readouterr().out
+    assert json.loads((root / "all" / "postprocess.json").read_text())["choice"] == shared["choice"]
 
 
 def test_cv_refuses_arguments_it_sets_itself(tmp_path):

@@ -55,7 +55,7 @@ _EXPORTS = {
                 "train_run", "write_comparison"],
     "comparison": ["Column", "Comparison", "ComparisonError"],
     "config": ["ConfigError", "TrainConfig", "check_folder_name", "config_help", "parse_config", "run_recipe"],
-    "crossval": ["cv_lines", "out_of_fold", "train_folds"],
+    "crossval": ["cv_lines", "out_of_fold", "train_final", "train_folds"],
     "ssl_curve": ["SSL_ARMS", "curve_summary", "curve_table", "run_name", "score_run", "write_curve"],
     "data.batch_transforms": ["add_gaussian_noise"],
     "data.mri.augment": ["mri_train_transforms", "mri_augmentation", "MAX_AUGMENT_STRENGTH"],

@@ -6,7 +6,8 @@ predictions cover every slice once, by a model that never saw its patient. The p
 chosen on them (``runs/<name>/postprocess.json``; on volumes the component rule is 3D, per patient) and
 ``runs/<name>/cv.json`` holds the per-fold and out-of-fold scores (per image, pooled, per patient, per
 tumour type), before and after it. The CV folder then works as ``toolkit evaluate|predict --weights
-runs/<name>``: the folds' ensemble.
+runs/<name>``: the folds' ensemble. Optionally (:func:`train_final`) ``runs/<name>/all/`` then trains one model on
+every patient the folds covered (nnU-Net's ``all`` fold) and takes the post-processing chosen out of fold.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from .checkpoint import save_json
-from .compare import given_flags, has_trained, started_with, train_run
+from .compare import given_flags, has_trained, split_args, started_with, train_run
 from .data.splits import load_split
 from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset, stored_target
 from .postprocess import POSTPROCESS_FILE, SCALE_TTA, PostProcess
@@ -32,11 +33,13 @@ from .volume_postprocess_run import choose_and_store, report_lines, stored_volum
 from .seg_eval import (Predictions, choose_postprocess, collect_probs, describe_steps, image_records, slice_meta,
                        summarise)
 
-__all__ = ["train_folds", "out_of_fold", "cv_lines", "run_monitor", "CV_FILE", "CV_ARGS_FILE"]
+__all__ = ["train_folds", "train_final", "share_postprocess", "out_of_fold", "cv_lines", "run_monitor", "CV_FILE",
+           "CV_ARGS_FILE", "FINAL_RUN"]
 
 CV_FILE = "cv.json"
 CV_ARGS_FILE = "cv_args.json"  # the --folds and recipe arguments a CV folder was started with
 RECIPE = "recipes/brain_mri.py"
+FINAL_RUN = "all"  # the run on every patient beside the folds (nnU-Net's name for it)
 
 
 def train_folds(folds: int, argv: Sequence[str], root: Path, recipe: str = RECIPE) -> list[Path]:
@@ -58,6 +61,32 @@ def train_folds(folds: int, argv: Sequence[str], root: Path, recipe: str = RECIP
                          "continue it with those, or give the new ones another --name")
     return [train_run(recipe, [*argv, "--folds", str(folds), "--fold", str(k), "--output-dir", str(root)],
                       f"fold{k}", root) for k in range(folds)]
+
+
+def train_final(argv: Sequence[str], root: Path, recipe: str = RECIPE) -> Path:
+    """After the folds: one model on every patient the folds covered, in ``root/all`` (nnU-Net's ``all`` fold).
+
+    The recipe arguments ``argv`` of the folds with ``--val-fraction 0`` (any ``--val-fraction`` in them dropped: the
+    folds do not use it): no validation, so ``best.pth`` holds the last epoch's weights and no post-processing is
+    chosen in the run; a ``--test-fraction`` hold-out stays out, the same patients as in the folds. Then
+    :func:`share_postprocess` gives it the post-processing chosen out of fold. Kept when finished, resumed when
+    interrupted, like a fold. Returns the run folder."""
+    rest = split_args(list(argv), {"val-fraction"})[1]
+    run = train_run(recipe, [*rest, "--val-fraction", "0", "--output-dir", str(root)], FINAL_RUN, root)
+    share_postprocess(root)
+    return run
+
+
+def share_postprocess(root: Path) -> Path | None:
+    """Copy the CV's out-of-fold ``postprocess.json`` into its finished ``all`` run (atomically), so that
+    ``evaluate``/``predict --weights root/all`` apply it; the copy names its source in ``copied_from``. Returns the
+    file written, or None when there is no finished ``all`` run or no out-of-fold choice yet."""
+    source, final = root / POSTPROCESS_FILE, root / FINAL_RUN
+    if not source.is_file() or not (final / "summary.json").is_file():
+        return None
+    data = json.loads(source.read_text())
+    data["copied_from"] = f"{source}: chosen on the folds' out-of-fold predictions, applied to the model of {final}"
+    return save_json(final / POSTPROCESS_FILE, data)
 
 
 def _fold_records(fold_dir: Path, cache: dict):

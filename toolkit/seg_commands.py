@@ -215,12 +215,12 @@ def postprocess(args: argparse.Namespace) -> int:
     folders): the 2D search (binary runs; for the figure the run monitored) and, on volume data, the 3D
     component rules after it, as the recipe's fit-end callbacks do. A cross-validation folder (``cv.json``
     beside ``fold*/``) chooses again on its out-of-fold predictions and rewrites ``cv.json``, as
-    ``make brain-mri-cv`` does at its end. The ``postprocess.json`` replaced is kept as
-    ``postprocess.previous.json``."""
+    ``make brain-mri-cv`` does at its end, and refreshes the copy in its ``all`` run (``--final``). The
+    ``postprocess.json`` replaced is kept as ``postprocess.previous.json``."""
     import copy
     import shutil
 
-    from .crossval import CV_FILE, cv_lines, out_of_fold, run_monitor
+    from .crossval import CV_FILE, cv_lines, out_of_fold, run_monitor, share_postprocess
     from .ensemble import resolve_weights
     from .inference import run_target_dataset
     from .postprocess import POSTPROCESS_FILE
@@ -234,6 +234,8 @@ def postprocess(args: argparse.Namespace) -> int:
             shutil.copyfile(root / POSTPROCESS_FILE, root / "postprocess.previous.json")
         result = out_of_fold(root, [f.parent for f in folds])
         print("post-processing chosen out of fold:\n" + "\n".join(cv_lines(result, root)))
+        if shared := share_postprocess(root):
+            print(f"wrote {shared} (the same choice, for the model of every patient)")
         return 0
     ensemble, cfg, _, files = load_ensemble(args.weights)
     if len(files) != 1:
