@@ -75,8 +75,10 @@ def test_cv_final_trains_every_patient_and_takes_the_out_of_fold_postprocessing(
     # nnU-Net's "all" fold: after the folds, one run on every slice the folds validated (no validation, the last
     # epoch), evaluated with the post-processing chosen out of fold; the folds' ensemble stays the folds alone
     root = tmp_path / "runs" / "cv"
-    out, _ = (proc := _cv(tmp_path, extra=("--val-fraction", "0.3"), args=("--final",))).communicate(timeout=400)
+    extra = ("--val-fraction", "0.3", "--patience", "3")  # the folds' own; patience fails a run without validation
+    out, _ = (proc := _cv(tmp_path, extra=extra, args=("--final",))).communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
+    assert "all: --patience left out" in out and "--patience" not in out.split("training all")[1].split("\n")[0]
     assert "training all" in out and "--val-fraction 0 " in out and "0.3" not in out.split("training all")[1][:400]
     folds_val = [json.loads((root / f"fold{k}" / "split.json").read_text())["val"] for k in range(2)]
     final = json.loads((root / "all" / "split.json").read_text())
@@ -92,7 +94,7 @@ def test_cv_final_trains_every_patient_and_takes_the_out_of_fold_postprocessing(
     assert len(json.loads((root / "eval_all.json").read_text())["weights"]) == 2  # not the "all" run
 
     stamp = (root / "all" / "summary.json").stat().st_mtime_ns
-    out, _ = (again := _cv(tmp_path, extra=("--val-fraction", "0.3"), args=("--final",))).communicate(timeout=300)
+    out, _ = (again := _cv(tmp_path, extra=extra, args=("--final",))).communicate(timeout=300)
     assert again.returncode == 0 and "training " not in out, out[-2000:]  # folds and the final run kept
     assert (root / "all" / "summary.json").stat().st_mtime_ns == stamp
     (root / "all" / "postprocess.json").unlink()

@@ -67,11 +67,14 @@ def train_final(argv: Sequence[str], root: Path, recipe: str = RECIPE) -> Path:
     """After the folds: one model on every patient the folds covered, in ``root/all`` (nnU-Net's ``all`` fold).
 
     The recipe arguments ``argv`` of the folds with ``--val-fraction 0`` (any ``--val-fraction`` in them dropped: the
-    folds do not use it): no validation, so ``best.pth`` holds the last epoch's weights and no post-processing is
-    chosen in the run; a ``--test-fraction`` hold-out stays out, the same patients as in the folds. Then
+    folds do not use it; ``--patience`` too: it counts validations): no validation, so ``best.pth`` holds the last
+    epoch's weights and no post-processing is chosen in the run; a ``--test-fraction`` hold-out stays out, the same
+    patients as in the folds. Then
     :func:`share_postprocess` gives it the post-processing chosen out of fold. Kept when finished, resumed when
     interrupted, like a fold. Returns the run folder."""
-    rest = split_args(list(argv), {"val-fraction"})[1]
+    dropped, rest = split_args(list(argv), {"val-fraction", "patience"})
+    if given_flags(dropped, {"--patience"}):
+        print(f"{FINAL_RUN}: --patience left out (it counts validations; the run of every patient has none)", flush=True)
     run = train_run(recipe, [*rest, "--val-fraction", "0", "--output-dir", str(root)], FINAL_RUN, root)
     share_postprocess(root)
     return run
