@@ -300,6 +300,9 @@ def test_an_ensemble_of_runs_keeps_the_first_run_s_own_evaluation(run, tmp_path)
     assert main(["evaluate", "--weights", str(run_dir), str(other)]) == 0
     assert (run_dir / "eval_test.json").read_bytes() == own  # it was overwritten, and reported as the run's
     assert len(json.loads((run_dir / "eval_test_ensemble.json").read_text())["weights"]) == 2
+    (run_dir / "eval_test_ensemble.json").unlink()
+    assert main(["evaluate", "--weights", str(run_dir), "--weights", str(other)]) == 0  # the flag given twice: both,
+    assert len(json.loads((run_dir / "eval_test_ensemble.json").read_text())["weights"]) == 2  # not the last alone
 
 
 def test_show_must_be_a_count(capsys):

@@ -56,10 +56,10 @@ def _seg_command(name: str):
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", required=True, nargs="+",
+    p.add_argument("--weights", required=True, nargs="+", action="extend",  # --weights A --weights B: both
                    help="best.pth of a segmentation run (config.json beside it), a run folder, or a cross-validation "
-                        "folder (its folds' ensemble); several = their ensemble; predict also takes one .onnx file "
-                        "written by toolkit export (onnxruntime, no torch)")
+                        "folder (its folds' ensemble); several (--weights A B, or --weights given again) = their "
+                        "ensemble; predict also takes one .onnx file written by toolkit export (onnxruntime, no torch)")
     p.add_argument("--postprocess", default="auto", choices=("auto", "none"),
                    help="auto: apply the run's postprocess.json (chosen on validation or out-of-fold predictions); "
                         "none: the run's threshold alone")
