@@ -21,7 +21,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``meta_parameter_count``, ``check_param_budget`` (the other architectures are in :mod:`toolkit.models`);
   ``input_difference`` (what the run of ``--init-from`` weights read, if not this run's channels and intensity scaling),
   ``encoder_parameters`` (the encoder and bottleneck parameters ``--encoder-lr-scale`` scales);
-- segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``out_of_fold``, ``cv_lines``;
+- segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``train_final``, ``out_of_fold``, ``cv_lines``;
 - the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
   ``write_curve``;
 - comparison scripts: ``Column``, ``Comparison``, ``ComparisonError``, ``RunResult``, ``check_run_args``,
