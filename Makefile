@@ -57,11 +57,11 @@ demo-brats: $(STAMP)
 
 # Cross-validation (docs/brain-mri.md): FOLDS folds of recipes/brain_mri.py into runs/$(NAME)/fold<k>/, then
 # out-of-fold scores (runs/$(NAME)/cv.json) and post-processing; run it again to continue a killed one.
-# FINAL=1: then one model on every patient, runs/$(NAME)/all/, with the out-of-fold post-processing.
+# FINAL=N: then N models on every patient, runs/$(NAME)/all, all1 ..., with the out-of-fold post-processing.
 FOLDS ?= 3
 NAME ?= brain-mri-cv
 brain-mri-cv: $(STAMP)
-	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/brain_mri_cv.py --folds $(FOLDS) --name $(NAME) $(if $(FINAL),--final) -- $(ARGS)
+	LAUNCH="$(LAUNCH)" $(BIN)/python recipes/brain_mri_cv.py --folds $(FOLDS) --name $(NAME) $(if $(FINAL),--final $(FINAL)) -- $(ARGS)
 
 # Label-efficiency curve (docs/brain-mri.md): pretrained vs from-scratch runs per label fraction and seed into
 # runs/ssl-curve/, then ssl_curve.{json,md,png}; run it again to continue a killed one.

@@ -8,7 +8,9 @@ A killed run continues where it stopped when started again with the same command
 ``runs/<name>/fold<k>/`` (one run each), ``postprocess.json`` and ``cv.json``; then
 ``toolkit evaluate --weights runs/<name> --data-dir DIR --split all`` scores the folds' ensemble. With ``--final``
 (``make brain-mri-cv FINAL=1``) one more model trains on every patient in ``runs/<name>/all/`` (``--val-fraction
-0``, the last epoch's weights) and takes the out-of-fold post-processing: ``--weights runs/<name>/all`` scores it.
+0``, the last epoch's weights) and takes the out-of-fold post-processing: ``--weights runs/<name>/all`` scores it;
+``--final N`` (``FINAL=N``) trains N such models, ``all``, ``all1`` … with seeds one apart: ``--weights
+runs/<name>/all runs/<name>/all1 …`` is their ensemble.
 """
 
 from __future__ import annotations
@@ -18,26 +20,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-from toolkit import ConfigError, check_folder_name, cv_lines, out_of_fold, train_final, train_folds
+from toolkit import ConfigError, check_final, check_folder_name, cv_lines, out_of_fold, train_final, train_folds
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, recipe_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     usage="%(prog)s [--folds K] --name NAME [--output-dir DIR] [--final] [-- RECIPE ARGS ...]")
+                                     usage="%(prog)s [--folds K] --name NAME [--output-dir DIR] [--final [N]] [-- RECIPE ARGS ...]")
     parser.add_argument("--folds", type=int, default=3, help="number of patient-safe folds (>= 2; default 3)")
     parser.add_argument("--name", required=True, help="the CV folder's name under --output-dir")
     parser.add_argument("--output-dir", default="runs", help="where the CV folder goes (default runs)")
-    parser.add_argument("--final", action="store_true",
-                        help="after the folds, train one model on every patient into <name>/all (--val-fraction 0, "
-                             "the last epoch's weights; nnU-Net's 'all' fold) with the out-of-fold post-processing")
+    parser.add_argument("--final", nargs="?", type=int, const=1, default=0, metavar="N",
+                        help="after the folds, train N (default 1) models on every patient into <name>/all, all1, ... "
+                             "(--val-fraction 0, the last epoch's weights, seeds one apart; nnU-Net's 'all' fold) with "
+                             "the out-of-fold post-processing")
     args = parser.parse_args(ours)
     try:
         check_folder_name("--name", args.name)  # "", "..", "/x": the folds would land in or beside --output-dir
     except ConfigError as err:
         parser.error(str(err))
     root = Path(args.output_dir) / args.name
+    try:
+        if args.final:  # before the folds: a refusal after them would cost their hours
+            check_final(recipe_args, args.final)
+    except ValueError as err:
+        parser.error(str(err))
     try:
         folds = train_folds(args.folds, recipe_args, root)
     except ValueError as err:
@@ -55,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(cv_lines(result, root)))
     if args.final:
         try:
-            final = train_final(recipe_args, root)
+            finals = train_final(recipe_args, root, count=args.final)
         except subprocess.CalledProcessError as err:
             print(f"error: the run on every patient stopped (exit status {err.returncode}; its message is above); "
                   f"the folds and {root / 'cv.json'} are kept: run the same command again to resume it",
                   file=sys.stderr)
             return err.returncode or 1
-        print(f"the model of every patient: {final / 'best.pth'} (its last epoch), with the out-of-fold "
-              f"post-processing ({final / 'postprocess.json'}): toolkit evaluate --weights {final} ...")
+        print(f"the model(s) of every patient (the last epoch), each with the out-of-fold post-processing: "
+              f"toolkit evaluate --weights {' '.join(str(f) for f in finals)} ...")
     return 0
 
 

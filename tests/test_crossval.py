@@ -104,6 +104,34 @@ def test_cv_final_trains_every_patient_and_takes_the_out_of_fold_postprocessing(
     assert json.loads((root / "all" / "postprocess.json").read_text())["choice"] == shared["choice"]
 
 
+def test_cv_final_n_trains_models_of_every_patient_with_seeds_one_apart(tmp_path):
+    data = make_folder(tmp_path / "scans", n=12)
+    args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", "2", "--name", "cv", "--output-dir",
+            str(tmp_path / "runs"), "--final", "2", "--", *TINY, "--data-dir", str(data), "--seed", "5"]
+    proc = subprocess.run(args, cwd=ROOT, env=run_env(LAUNCH=sys.executable), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    root = tmp_path / "runs" / "cv"
+    configs = [json.loads((root / name / "config.json").read_text()) for name in ("fold0", "all", "all1")]
+    assert [c["seed"] for c in configs] == [5, 5, 6] and configs[1]["val_fraction"] == configs[2]["val_fraction"] == 0
+    splits = [json.loads((root / name / "split.json").read_text()) for name in ("all", "all1")]
+    assert splits[0]["train"] == splits[1]["train"] and len(splits[0]["train"]) == 12  # the same slices, all of them
+    choice = json.loads((root / "postprocess.json").read_text())["choice"]
+    assert all(json.loads((root / n / "postprocess.json").read_text())["choice"] == choice for n in ("all", "all1"))
+    assert f"--weights {root / 'all'} {root / 'all1'}" in proc.stdout
+
+
+@pytest.mark.parametrize("extra, says", [((), "synthetic data (no --data-dir)"),
+                                         (("--data-dir", "x", "--test-fraction", "0.2"), "--test-fraction"),
+                                         (("--data-dir", "x", "--label-fraction", "0.5"), "--label-fraction")])
+def test_cv_final_n_refuses_data_that_the_seed_draws_before_any_fold_trains(tmp_path, extra, says):
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--name", "x", "--output-dir",
+                           str(tmp_path), "--final", "3", "--", *extra], cwd=ROOT, env=run_env(LAUNCH="false"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"--final 3 trains its models with other seeds, and the seed also draws {says}" \
+        in proc.stderr and not (tmp_path / "x").exists()
+
+
 def test_cv_refuses_arguments_it_sets_itself(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--name", "x", "--",
                            "--fold", "1"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)

@@ -21,7 +21,7 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``meta_parameter_count``, ``check_param_budget`` (the other architectures are in :mod:`toolkit.models`);
   ``input_difference`` (what the run of ``--init-from`` weights read, if not this run's channels and intensity scaling),
   ``encoder_parameters`` (the encoder and bottleneck parameters ``--encoder-lr-scale`` scales);
-- segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``train_final``, ``out_of_fold``, ``cv_lines``;
+- segmentation evaluation: ``SegmentationEnsemble``, ``PostProcess``, ``train_folds``, ``train_final`` (``check_final``), ``out_of_fold``, ``cv_lines``;
 - the label-efficiency curve: ``SSL_ARMS``, ``run_name``, ``score_run``, ``curve_summary``, ``curve_table``,
   ``write_curve``;
 - comparison scripts: ``Column``, ``Comparison``, ``ComparisonError``, ``RunResult``, ``check_run_args``,
@@ -55,7 +55,7 @@ _EXPORTS = {
                 "train_run", "write_comparison"],
     "comparison": ["Column", "Comparison", "ComparisonError"],
     "config": ["ConfigError", "TrainConfig", "check_folder_name", "config_help", "parse_config", "run_recipe"],
-    "crossval": ["cv_lines", "out_of_fold", "train_final", "train_folds"],
+    "crossval": ["check_final", "cv_lines", "out_of_fold", "train_final", "train_folds"],
     "ssl_curve": ["SSL_ARMS", "curve_summary", "curve_table", "run_name", "score_run", "write_curve"],
     "data.batch_transforms": ["add_gaussian_noise"],
     "data.mri.augment": ["mri_train_transforms", "mri_augmentation", "MAX_AUGMENT_STRENGTH"],

@@ -33,8 +33,8 @@ from .volume_postprocess_run import choose_and_store, report_lines, stored_volum
 from .seg_eval import (Predictions, choose_postprocess, collect_probs, describe_steps, image_records, slice_meta,
                        summarise)
 
-__all__ = ["train_folds", "train_final", "share_postprocess", "out_of_fold", "cv_lines", "run_monitor", "CV_FILE",
-           "CV_ARGS_FILE", "FINAL_RUN"]
+__all__ = ["train_folds", "train_final", "check_final", "final_name", "final_runs", "share_postprocess",
+           "out_of_fold", "cv_lines", "run_monitor", "CV_FILE", "CV_ARGS_FILE", "FINAL_RUN"]
 
 CV_FILE = "cv.json"
 CV_ARGS_FILE = "cv_args.json"  # the --folds and recipe arguments a CV folder was started with
@@ -63,33 +63,67 @@ def train_folds(folds: int, argv: Sequence[str], root: Path, recipe: str = RECIP
                       f"fold{k}", root) for k in range(folds)]
 
 
-def train_final(argv: Sequence[str], root: Path, recipe: str = RECIPE) -> Path:
-    """After the folds: one model on every patient the folds covered, in ``root/all`` (nnU-Net's ``all`` fold).
+def train_final(argv: Sequence[str], root: Path, recipe: str = RECIPE, count: int = 1) -> list[Path]:
+    """After the folds: ``count`` models of every patient the folds covered (nnU-Net's ``all`` fold): ``root/all``,
+    then ``root/all1`` … with ``--seed`` the folds' seed + 1, + 2 … (another initialisation and augmentation draw).
 
     The recipe arguments ``argv`` of the folds with ``--val-fraction 0`` (any ``--val-fraction`` in them dropped: the
     folds do not use it; ``--patience`` too: it counts validations): no validation, so ``best.pth`` holds the last
     epoch's weights and no post-processing is chosen in the run; a ``--test-fraction`` hold-out stays out, the same
-    patients as in the folds. Then
-    :func:`share_postprocess` gives it the post-processing chosen out of fold. Kept when finished, resumed when
-    interrupted, like a fold. Returns the run folder."""
+    patients as in the folds. Then :func:`share_postprocess` gives each the post-processing chosen out of fold. Kept
+    when finished, resumed when interrupted, like a fold. Raises ValueError for ``count`` < 1, or ``count`` > 1 with
+    arguments whose data the seed draws (:func:`check_final`). Returns the run folders."""
+    check_final(argv, count)
     dropped, rest = split_args(list(argv), {"val-fraction", "patience"})
     if given_flags(dropped, {"--patience"}):
         print(f"{FINAL_RUN}: --patience left out (it counts validations; the run of every patient has none)", flush=True)
-    run = train_run(recipe, [*rest, "--val-fraction", "0", "--output-dir", str(root)], FINAL_RUN, root)
+    base = [*rest, "--val-fraction", "0", "--output-dir", str(root)]
+    seed = int(json.loads((root / "fold0" / "config.json").read_text()).get("seed", 0)) if count > 1 else 0
+    unseeded = split_args(base, {"seed"})[1]
+    runs = [train_run(recipe, base if k == 0 else [*unseeded, "--seed", str(seed + k)], final_name(k), root)
+            for k in range(count)]
     share_postprocess(root)
-    return run
+    return runs
 
 
-def share_postprocess(root: Path) -> Path | None:
-    """Copy the CV's out-of-fold ``postprocess.json`` into its finished ``all`` run (atomically), so that
-    ``evaluate``/``predict --weights root/all`` apply it; the copy names its source in ``copied_from``. Returns the
-    file written, or None when there is no finished ``all`` run or no out-of-fold choice yet."""
-    source, final = root / POSTPROCESS_FILE, root / FINAL_RUN
-    if not source.is_file() or not (final / "summary.json").is_file():
-        return None
+def final_name(k: int) -> str:
+    """The folder of the k-th model of every patient: ``all``, ``all1``, ``all2`` …"""
+    return FINAL_RUN if k == 0 else f"{FINAL_RUN}{k}"
+
+
+def check_final(argv: Sequence[str], count: int) -> None:
+    """ValueError unless ``count`` models of every patient can train from the recipe arguments ``argv``: count >= 1;
+    for more than one, their ``--seed`` differs, and the seed also draws the ``--test-fraction`` hold-out, the
+    ``--label-fraction`` subset and synthetic data (no ``--data-dir``), so those would give each model other data."""
+    if count < 1:
+        raise ValueError(f"--final takes a number of models >= 1, got {count}")
+    drawn = sorted(given_flags(list(argv), {"--test-fraction", "--label-fraction"}))
+    if count > 1 and (drawn or not given_flags(list(argv), {"--data-dir"})):
+        what = " and ".join(drawn) if drawn else "synthetic data (no --data-dir)"
+        raise ValueError(f"--final {count} trains its models with other seeds, and the seed also draws {what}: each "
+                         f"model would train on other slices; leave that out, or use --final 1")
+
+
+def final_runs(root: Path) -> list[Path]:
+    """The finished models of every patient of the CV folder ``root``: ``all``, ``all1`` … in order."""
+    found, k = [], 0
+    while (root / final_name(k) / "summary.json").is_file():
+        found.append(root / final_name(k))
+        k += 1
+    return found
+
+
+def share_postprocess(root: Path) -> list[Path]:
+    """Copy the CV's out-of-fold ``postprocess.json`` into each finished model of every patient (atomically), so
+    that ``evaluate``/``predict --weights root/all`` apply it; each copy names its source in ``copied_from``.
+    Returns the files written (none when there is no such model or no out-of-fold choice yet)."""
+    source = root / POSTPROCESS_FILE
+    if not source.is_file():
+        return []
     data = json.loads(source.read_text())
-    data["copied_from"] = f"{source}: chosen on the folds' out-of-fold predictions, applied to the model of {final}"
-    return save_json(final / POSTPROCESS_FILE, data)
+    return [save_json(run / POSTPROCESS_FILE, {**data, "copied_from": f"{source}: chosen on the folds' out-of-fold "
+                                                                        f"predictions, applied to the model of {run}"})
+            for run in final_runs(root)]
 
 
 def _fold_records(fold_dir: Path, cache: dict):

@@ -234,8 +234,8 @@ def postprocess(args: argparse.Namespace) -> int:
             shutil.copyfile(root / POSTPROCESS_FILE, root / "postprocess.previous.json")
         result = out_of_fold(root, [f.parent for f in folds])
         print("post-processing chosen out of fold:\n" + "\n".join(cv_lines(result, root)))
-        if shared := share_postprocess(root):
-            print(f"wrote {shared} (the same choice, for the model of every patient)")
+        for shared in share_postprocess(root):
+            print(f"wrote {shared} (the same choice, for a model of every patient)")
         return 0
     ensemble, cfg, _, files = load_ensemble(args.weights)
     if len(files) != 1:
