@@ -6,8 +6,9 @@ predictions cover every slice once, by a model that never saw its patient. The p
 chosen on them (``runs/<name>/postprocess.json``; on volumes the component rule is 3D, per patient) and
 ``runs/<name>/cv.json`` holds the per-fold and out-of-fold scores (per image, pooled, per patient, per
 tumour type), before and after it. The CV folder then works as ``toolkit evaluate|predict --weights
-runs/<name>``: the folds' ensemble. Optionally (:func:`train_final`) ``runs/<name>/all/`` then trains one model on
-every patient the folds covered (nnU-Net's ``all`` fold) and takes the post-processing chosen out of fold.
+runs/<name>``: the folds' ensemble. Optionally (:func:`train_final`) ``runs/<name>/all/`` (and ``all1`` …) then
+trains a model on every patient the folds covered (nnU-Net's ``all`` fold) that takes the post-processing chosen
+out of fold.
 """
 
 from __future__ import annotations
