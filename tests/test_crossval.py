@@ -19,9 +19,9 @@ TINY = ["--synthetic-images", "12", "--image-size", "32", "--batch-size", "4", "
         "--widths", "4,8", "--epochs", "1", "--wandb-mode", "disabled"]
 
 
-def _cv(tmp_path, folds=2, name="cv", extra=(), args=(), **popen):
+def _cv(tmp_path, folds=2, name="cv", extra=(), ours=(), **popen):
     args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", str(folds), "--name", name,
-            "--output-dir", str(tmp_path / "runs"), *args, "--", *TINY, "--synthetic-dir", str(tmp_path / "data"), *extra]
+            "--output-dir", str(tmp_path / "runs"), *ours, "--", *TINY, "--synthetic-dir", str(tmp_path / "data"), *extra]
     env = run_env(LAUNCH=sys.executable)
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
@@ -76,7 +76,7 @@ def test_cv_final_trains_every_patient_and_takes_the_out_of_fold_postprocessing(
     # epoch), evaluated with the post-processing chosen out of fold; the folds' ensemble stays the folds alone
     root = tmp_path / "runs" / "cv"
     extra = ("--val-fraction", "0.3", "--patience", "3")  # the folds' own; patience fails a run without validation
-    out, _ = (proc := _cv(tmp_path, extra=extra, args=("--final",))).communicate(timeout=400)
+    out, _ = (proc := _cv(tmp_path, extra=extra, ours=("--final",))).communicate(timeout=400)
     assert proc.returncode == 0, out[-3000:]
     assert "all: --patience left out" in out and "--patience" not in out.split("training all")[1].split("\n")[0]
     assert "training all" in out and "--val-fraction 0 " in out and "0.3" not in out.split("training all")[1][:400]
@@ -94,7 +94,7 @@ def test_cv_final_trains_every_patient_and_takes_the_out_of_fold_postprocessing(
     assert len(json.loads((root / "eval_all.json").read_text())["weights"]) == 2  # not the "all" run
 
     stamp = (root / "all" / "summary.json").stat().st_mtime_ns
-    out, _ = (again := _cv(tmp_path, extra=extra, args=("--final",))).communicate(timeout=300)
+    out, _ = (again := _cv(tmp_path, extra=extra, ours=("--final",))).communicate(timeout=300)
     assert again.returncode == 0 and "training " not in out, out[-2000:]  # folds and the final run kept
     assert (root / "all" / "summary.json").stat().st_mtime_ns == stamp
     (root / "all" / "postprocess.json").unlink()
