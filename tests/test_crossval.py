@@ -105,20 +105,14 @@ def test_cv_final_trains_every_patient_and_takes_the_out_of_fold_postprocessing(
 
 
 def test_cv_final_n_trains_models_of_every_patient_with_seeds_one_apart(tmp_path):
-    data = make_folder(tmp_path / "scans", n=12)
-    args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", "2", "--name", "cv", "--output-dir",
-            str(tmp_path / "runs"), "--final", "2", "--", *TINY, "--data-dir", str(data), "--seed", "5"]
-    proc = subprocess.run(args, cwd=ROOT, env=run_env(LAUNCH=sys.executable), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    root = tmp_path / "runs" / "cv"
+    root, out = _cv_on(tmp_path, make_folder(tmp_path / "scans", n=12), "--seed", "5", ours=("--final", "2"))
     configs = [json.loads((root / name / "config.json").read_text()) for name in ("fold0", "all", "all1")]
     assert [c["seed"] for c in configs] == [5, 5, 6] and configs[1]["val_fraction"] == configs[2]["val_fraction"] == 0
     splits = [json.loads((root / name / "split.json").read_text()) for name in ("all", "all1")]
     assert splits[0]["train"] == splits[1]["train"] and len(splits[0]["train"]) == 12  # the same slices, all of them
     choice = json.loads((root / "postprocess.json").read_text())["choice"]
     assert all(json.loads((root / n / "postprocess.json").read_text())["choice"] == choice for n in ("all", "all1"))
-    assert f"--weights {root / 'all'} {root / 'all1'}" in proc.stdout
+    assert f"--weights {root / 'all'} {root / 'all1'}" in out
 
 
 @pytest.mark.parametrize("extra, says", [((), "synthetic data (no --data-dir)"),
@@ -175,9 +169,9 @@ def test_cv_on_volumes_chooses_the_3d_rule_out_of_fold(tmp_path):
     assert json.loads((root / "postprocess.json").read_text())["volume"]["rules"] == stored["volume"]["rules"]
 
 
-def _cv_on(tmp_path, data, *extra):
+def _cv_on(tmp_path, data, *extra, ours=()):
     args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", "2", "--name", "cv",
-            "--output-dir", str(tmp_path / "runs"), "--", *TINY, "--data-dir", str(data), *extra]
+            "--output-dir", str(tmp_path / "runs"), *ours, "--", *TINY, "--data-dir", str(data), *extra]
     proc = subprocess.run(args, cwd=ROOT, env=run_env(LAUNCH=sys.executable), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

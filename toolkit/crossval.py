@@ -79,10 +79,11 @@ def train_final(argv: Sequence[str], root: Path, recipe: str = RECIPE, count: in
     if given_flags(dropped, {"--patience"}):
         print(f"{FINAL_RUN}: --patience left out (it counts validations; the run of every patient has none)", flush=True)
     base = [*rest, "--val-fraction", "0", "--output-dir", str(root)]
-    seed = int(json.loads((root / "fold0" / "config.json").read_text()).get("seed", 0)) if count > 1 else 0
-    unseeded = split_args(base, {"seed"})[1]
-    runs = [train_run(recipe, base if k == 0 else [*unseeded, "--seed", str(seed + k)], final_name(k), root)
-            for k in range(count)]
+    runs = [train_run(recipe, base, final_name(0), root)]
+    if count > 1:  # the others: the folds' seed (as the run read it, default included) + k
+        seed = int(json.loads((root / "fold0" / "config.json").read_text())["seed"])
+        unseeded = split_args(base, {"seed"})[1]
+        runs += [train_run(recipe, [*unseeded, "--seed", str(seed + k)], final_name(k), root) for k in range(1, count)]
     share_postprocess(root)
     return runs
 
