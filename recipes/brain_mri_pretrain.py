@@ -1,4 +1,5 @@
-"""Self-supervised pretraining of the brain-MRI encoder-decoder by restoring corrupted slices (Models Genesis).
+"""Self-supervised pretraining of the brain-MRI encoder-decoder: restoring corrupted slices (Models Genesis), or
+segmenting synthetic lesions painted onto them (``--objective lesions``).
 
     accelerate launch recipes/brain_mri_pretrain.py --data-dir DIR                 # every slice of DIR
     accelerate launch recipes/brain_mri_pretrain.py --data-dir DIR --exclude-split runs/seg/split.json
@@ -10,8 +11,11 @@ channel), so its best.pth loads whole into a binary segmentation run with ``--in
 (uint8 / 255, in [0, 1]) is corrupted on the device (local pixel shuffling, a Bezier intensity curve,
 in- or out-painting, one probability each), brought to the segmentation model's input scale (per-slice
 standardisation, or z-scores for NIfTI), and the model's sigmoid output is compared with the clean
-slice in [0, 1] by MSE (with several channels: their mean). Masks are never read as targets. A
-patient-safe share ``val_fraction`` of the patients is held out and scored (MSE, PSNR) every epoch;
+slice in [0, 1] by MSE (with several channels: their mean). With ``--objective lesions`` the model
+instead segments random lesions painted onto each slice (bright, dark or ring-enhancing blobs with bent
+outlines and soft edges; ``toolkit.data.SyntheticLesions``), scored by soft Dice + BCE around each lesion
+only (the slices' own, unlabelled tumours lie elsewhere); best.pth keeps the highest validation Dice of
+the painted lesions. Masks are never read as targets. A patient-safe share ``val_fraction`` of the patients is held out and scored (MSE, PSNR) every epoch;
 best.pth keeps the lowest validation MSE. Test patients' images should be left out of pretraining:
 ``--exclude-split`` drops every patient of that split file's val and test lists.
 """
@@ -21,15 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit import (ConfigError, ReconstructionMedia, ReconstructionMetrics, RestorationObjective, TrainConfig,
-                     Trainer, build_segmentation_model, check_mri_settings, check_param_budget, parse_config,
-                     parse_widths, pretraining_data, reconstruction_pairs, run_recipe)
-from toolkit.data import Corrupt, unit_input_scale
+from toolkit import (ConfigError, LesionObjective, ReconstructionMedia, ReconstructionMetrics, RestorationObjective,
+                     SegmentationMetrics, TrainConfig, Trainer, build_segmentation_model, check_mri_settings,
+                     check_param_budget, parse_config, parse_widths, pretraining_data, reconstruction_pairs, run_recipe,
+                     segmentation_overlays)
+from toolkit.data import Corrupt, SyntheticLesions, unit_input_scale
 
 
 @dataclass
 class BrainMRIPretrainConfig(TrainConfig):
-    """Restoration pretraining of the brain-MRI segmentation model on unlabelled slices (issue 14)."""
+    """Self-supervised pretraining of the brain-MRI segmentation model on unlabelled slices (issue 14)."""
 
     data_dir: str = ""  # MRI data folder(s), comma-separated, any layout recipes/brain_mri.py reads; "" = synthetic
     exclude_split: str = ""  # a run's split.json: leave out every patient of its val and test lists; "" = use all
@@ -43,12 +48,18 @@ class BrainMRIPretrainConfig(TrainConfig):
     val_fraction: float = 0.1  # share of patients (or ids) held out to score restoration (picks best.pth)
     model: str = "unet_s2d"  # unet_s2d | unet | autoencoder | smp_unet, as recipes/brain_mri.py (same default)
     widths: str = ""  # stage widths of unet/unet_s2d/autoencoder, as recipes/brain_mri.py; "" = that model's default
+    objective: str = "restoration"  # restoration (Models Genesis: restore corrupted slices) | lesions (segment synthetic lesions)
     shuffle_p: float = 0.5  # probability per slice of local pixel shuffling (probability, 0..1)
     shuffle_block: float = 0.05  # side of the shuffled tiles (fraction of the image side)
     nonlinear_p: float = 0.9  # probability per slice of the Bezier intensity curve (probability, 0..1)
     inpaint_p: float = 0.18  # probability per slice of in-painting (probability, 0..1; exclusive with out-painting)
     outpaint_p: float = 0.72  # probability per slice of out-painting (probability, 0..1; inpaint_p + outpaint_p <= 1)
     paint_boxes: int = 3  # boxes per in- or out-painted slice (count)
+    lesions: int = 2  # objective lesions: most synthetic lesions per slice (count; each slice gets 1..lesions)
+    lesion_sizes: str = "0.02,0.14"  # objective lesions: smallest,largest lesion radius (fractions of the slice side)
+    ring_p: float = 0.3  # objective lesions: share of lesions drawn as a bright rim around a dark core (probability)
+    dark_p: float = 0.2  # objective lesions: share of the other lesions drawn darker than the tissue (probability)
+    roi_factor: float = 2.0  # objective lesions: the task is scored within this many lesion radii of each lesion
     param_budget: int = 500_000  # most trainable parameters the model may have
     epochs: int = 30  # passes over the unlabelled training slices
     batch_size: int = 16  # slices per process per step
@@ -65,10 +76,13 @@ class BrainMRIPretrainConfig(TrainConfig):
                            "give smaller --widths")
         if self.exclude_split and not Path(self.exclude_split).is_file():
             raise ConfigError(f"exclude_split: {self.exclude_split!r} is not a file (expected a run's split.json)")
+        if self.objective not in ("restoration", "lesions"):
+            raise ConfigError(f"objective must be restoration or lesions, got {self.objective!r}")
         try:
             self.corruption()
+            self.synthetic_lesions()
         except ValueError as err:
-            raise ConfigError(f"corruption settings: {err}") from None
+            raise ConfigError(f"{self.objective} settings: {err}") from None
 
     def build_model(self, in_channels: int):
         """The encoder-decoder these settings describe: (N, in_channels, S, S) scans → (N, 1, S, S) restorations."""
@@ -81,13 +95,27 @@ class BrainMRIPretrainConfig(TrainConfig):
                        outpaint_p=self.outpaint_p, shuffle_block=self.shuffle_block, boxes=self.paint_boxes,
                        seed=self.seed)
 
+    def synthetic_lesions(self) -> SyntheticLesions:
+        """The lesion painter these settings describe (seeded with ``seed``)."""
+        try:
+            low, high = (float(v) for v in self.lesion_sizes.split(","))
+        except ValueError:
+            raise ValueError(f"lesion_sizes must be two numbers 'low,high', got {self.lesion_sizes!r}") from None
+        return SyntheticLesions(max_lesions=self.lesions, sizes=(low, high), ring_p=self.ring_p, dark_p=self.dark_p,
+                                roi_factor=self.roi_factor, seed=self.seed)
+
 
 def main(argv=None) -> list[dict]:
     cfg = parse_config(BrainMRIPretrainConfig, argv)
     trainer = Trainer(cfg, recipe="brain_mri_pretrain")
     train, val, intensity = pretraining_data(cfg, trainer)  # masks unused; split.json in the run folder
     model = cfg.build_model(cfg.in_channels)
-    objective = RestorationObjective(cfg.corruption(), model_scale=unit_input_scale(intensity))
+    scale = unit_input_scale(intensity)
+    if cfg.objective == "lesions":  # the Dice of the painted lesions picks best.pth
+        return trainer.fit(model, LesionObjective(cfg.synthetic_lesions(), model_scale=scale), train, val,
+                           metrics=[SegmentationMetrics()], monitor="dice", mode="max", param_budget=cfg.param_budget,
+                           figures=lambda s: {"lesions": segmentation_overlays(s.inputs, s.preds, s.targets)})
+    objective = RestorationObjective(cfg.corruption(), model_scale=scale)
     return trainer.fit(model, objective, train, val, metrics=[ReconstructionMetrics()], monitor="mse", mode="min",
                        param_budget=cfg.param_budget, callbacks=[ReconstructionMedia()],
                        figures=lambda s: {"restorations": reconstruction_pairs(s.targets, s.preds, 9)})

@@ -11,8 +11,8 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
   ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``, ``ChooseVolumePostprocess``, ``FreezeEncoder``;
 - objectives, losses, metrics: ``Objective``, ``StepOutput``, ``ClassificationObjective``,
-  ``ReconstructionObjective``, ``DenoisingObjective``, ``RestorationObjective``, ``SegmentationObjective``, ``build_objective``,
-  ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
+  ``ReconstructionObjective``, ``DenoisingObjective``, ``RestorationObjective``, ``LesionObjective``, ``SegmentationObjective``,
+  ``build_objective``, ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
 - segmentation targets (binary, classes, regions): ``TARGET_FILE``, ``TARGET_KINDS``, ``TargetSpec``, ``parse_regions``,
   ``resolve_target``, ``TargetMetrics``, ``segmentation_loss``;
 - files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,
@@ -74,8 +74,8 @@ _EXPORTS = {
     "models.segmentation": ["SEGMENTATION_MODELS", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
     "models.utils": ["check_param_budget", "count_parameters", "init_from", "meta_parameter_count"],
     "objectives": [
-        "ClassificationObjective", "DenoisingObjective", "Objective", "ReconstructionObjective", "RestorationObjective",
-        "SegmentationObjective", "StepOutput", "build_objective",
+        "ClassificationObjective", "DenoisingObjective", "LesionObjective", "Objective", "ReconstructionObjective",
+        "RestorationObjective", "SegmentationObjective", "StepOutput", "build_objective",
     ],
     "postprocess": ["PostProcess"],
     "seg_eval": ["ChoosePostprocess"],

@@ -33,6 +33,7 @@ __all__ = [
     "ReconstructionObjective",
     "DenoisingObjective",
     "RestorationObjective",
+    "LesionObjective",
     "SegmentationObjective",
     "OBJECTIVES",
     "build_objective",
@@ -240,6 +241,55 @@ class RestorationObjective(ReconstructionObjective):
         return StepOutput(self.loss(restored, target), restored.detach(), target, inputs)
 
 
+class LesionObjective(ReconstructionObjective):
+    """Self-supervised segmentation: find the synthetic lesions painted onto an unlabelled image.
+
+    ``lesions`` (a :class:`~toolkit.data.lesions.SyntheticLesions`) maps the clean image (float (N, C, H, W) in
+    [0, 1], from ``preprocess``, default :func:`to_unit_range`) to (lesioned image, masks, roi); ``model_scale``
+    maps the lesioned image to the model's input scale (e.g. per-slice standardisation, as the segmentation run
+    that starts from these weights will see). The model returns logits (N, 1, H, W). The loss is the spec's
+    soft Dice per image plus BCE, both restricted to ``roi`` (the pixels around each lesion; elsewhere the
+    slice may hold a real, unlabelled tumour); images without lesions add nothing. preds = ``sigmoid(logits)
+    * roi`` float32 in [0, 1]; targets = masks uint8 {0, 1} (N, 1, H, W); inputs = the lesioned images.
+    Training draws lesions from torch's global RNG (seeded per process by the Trainer and saved in every
+    resumable state); evaluation restarts ``lesions``' seed at the first batch after training, so every
+    validation scores the same lesions.
+    """
+
+    def __init__(self, lesions: Callable, model_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 preprocess: Callable = to_unit_range, augment: Callable | None = None, eps: float = 1e-6) -> None:
+        super().__init__(None, preprocess, augment)
+        self.lesions = copy.copy(lesions)
+        if getattr(lesions, "seed", None) is not None:  # training: the global RNG, restored on resume
+            self.lesions.seed = None
+        self.eval_lesions = copy.deepcopy(lesions)
+        self.model_scale = model_scale
+        self.eps = eps
+        self._evaluating = False
+
+    def roi_loss(self, logits: torch.Tensor, masks: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+        """Soft Dice per image (the spec's formula) + BCE, on the ``roi`` pixels only: (N, 1, H, W) logits, {0, 1}
+        masks and roi -> scalar float32; images whose roi is empty count for neither term."""
+        probs = torch.sigmoid(logits) * roi
+        dims = tuple(range(1, logits.ndim))
+        dice = (2 * (probs * masks).sum(dims) + self.eps) / ((probs ** 2).sum(dims) + masks.sum(dims) + self.eps)
+        has = roi.sum(dims) > 0
+        bce = F.binary_cross_entropy_with_logits(logits, masks, weight=roi, reduction="sum") / roi.sum().clamp_min(1)
+        return (1 - dice)[has].sum() / has.sum().clamp_min(1) + bce
+
+    def __call__(self, model: nn.Module, batch: Any) -> StepOutput:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if not model.training and not self._evaluating and hasattr(self.eval_lesions, "reset"):
+            self.eval_lesions.reset()  # the same lesions every validation
+        self._evaluating = not model.training
+        clean = self.model_input(x, model.training)
+        inputs, masks, roi = (self.lesions if model.training else self.eval_lesions)(clean)
+        scaled = self.model_scale(inputs) if self.model_scale is not None else inputs
+        logits = model(_layout(scaled, self.channels_last)).float()
+        loss = self.roi_loss(logits, masks, roi)
+        return StepOutput(loss, (torch.sigmoid(logits.detach()) * roi), masks.to(torch.uint8), inputs)
+
+
 class SegmentationObjective(Objective):
     """batch = (images (N,C,H,W) uint8/float, masks (N,1,H,W) integer label maps; {0,1} for binary data).
 
@@ -277,6 +327,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "reconstruction": ReconstructionObjective,
     "denoising": DenoisingObjective,
     "restoration": RestorationObjective,
+    "lesions": LesionObjective,
     "segmentation": SegmentationObjective,
 }
 

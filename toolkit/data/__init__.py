@@ -14,7 +14,8 @@ Exported here (lazily, on first use), the names a recipe uses:
 - data sets: ``load_cifar10``, ``CIFAR10_MEAN``, ``CIFAR10_STD``; ``open_stl10``, ``STL10Memmap``,
   ``STL10_CLASSES``, ``STL10_MEAN``, ``STL10_STD``; ``load_mnist``;
 - splits: ``holdout_split``, ``split_ids``, ``split_records``, ``save_split``, ``load_split``, ``label_fraction``;
-- self-supervised pretraining (:mod:`.corruptions`, :mod:`.unlabeled`): ``Corrupt``, ``MRIImageDataset``, ``exclude_split``, ``unit_input_scale``;
+- self-supervised pretraining (:mod:`.corruptions`, :mod:`.lesions`, :mod:`.unlabeled`): ``Corrupt``,
+  ``SyntheticLesions``, ``MRIImageDataset``, ``exclude_split``, ``unit_input_scale``;
 - batch transforms: ``Normalize``, ``ResizeNormalize``, ``RandomCropFlip``, ``ForegroundCrop``,
   ``to_unit_range``, ``standardize_per_image``, ``from_zscore_uint8``, ``input_preprocess``, ``add_gaussian_noise``, ``DEFAULT_NOISE_STD``,
   ``IMAGENET_MEAN``, ``IMAGENET_STD``;
@@ -32,7 +33,7 @@ _EXPORTS = {
     "cifar": ["CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10"],
     "errors": ["DataError", "MRIDataError"],
     "mnist": ["load_mnist"],
-    "corruptions": ["Corrupt"], "unlabeled": ["MRIImageDataset", "exclude_split", "unit_input_scale"],
+    "corruptions": ["Corrupt"], "lesions": ["SyntheticLesions"], "unlabeled": ["MRIImageDataset", "exclude_split", "unit_input_scale"],
     "splits": ["holdout_split", "label_fraction", "load_split", "save_split", "split_ids", "split_records"],
     "stl10": ["STL10_CLASSES", "STL10_MEAN", "STL10_STD", "STL10Memmap", "open_stl10"],
 }
