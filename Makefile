@@ -44,7 +44,7 @@ demo: $(STAMP)
 brain-mri: $(STAMP)
 	$(LAUNCH) recipes/brain_mri.py $(ARGS)
 
-# Self-supervised restoration pretraining (docs/brain-mri.md): ARGS="--data-dir DIR --exclude-split runs/X/split.json"
+# Self-supervised pretraining, restoration or --objective lesions (docs/brain-mri.md): ARGS="--data-dir DIR --exclude-split runs/X/split.json"
 brain-mri-pretrain: $(STAMP)
 	$(LAUNCH) recipes/brain_mri_pretrain.py $(ARGS)
 

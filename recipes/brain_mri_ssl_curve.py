@@ -43,7 +43,7 @@ PRETRAINED_ONLY = {"freeze-encoder-epochs", "encoder-lr-scale"}
 
 @dataclass
 class SSLCurveConfig:
-    """Label-efficiency curve of restoration pretraining on brain MRI (issue 14)."""
+    """Label-efficiency curve of self-supervised pretraining (restoration or synthetic lesions) on brain MRI (issue 14)."""
 
     data_dir: str = ""  # MRI data folder(s), comma-separated, for pretraining and fine-tuning; "" = synthetic
     test_data_dir: str = ""  # folder(s) of patients outside data_dir, all scored; "" = each run's test split, else val

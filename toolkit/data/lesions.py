@@ -42,8 +42,8 @@ class SyntheticLesions:
 
     Call: images (N, C, H, W) float in [0, 1] -> ``lesioned`` (same shape and dtype, in [0, 1]), ``masks``
     (N, 1, H, W) float {0, 1} (1 inside a lesion's outline), ``roi`` (N, 1, H, W) float {0, 1} (1 where the
-    task is scored: around every lesion; 0 on images without lesions; pixels outside it are left unchanged). Raises ValueError for bad settings or
-    an image batch that is not float (N, C, H, W).
+    task is scored: around every lesion; 0 on images without lesions; pixels outside it are left unchanged).
+    Raises ValueError for bad settings or an image batch that is not float (N, C, H, W).
     """
 
     def __init__(self, p: float = 1.0, max_lesions: int = 2, sizes: tuple[float, float] = (0.02, 0.14),
@@ -55,7 +55,8 @@ class SyntheticLesions:
             raise ValueError(f"max_lesions must be an int >= 1, got {max_lesions!r}")
         low, high = sizes
         if not 0 < low <= high <= 0.5:
-            raise ValueError(f"sizes must be (low, high) with 0 < low <= high <= 0.5 (fractions of the side), got {sizes!r}")
+            raise ValueError(f"sizes must be (low, high) with 0 < low <= high <= 0.5 (fractions of the side), "
+                             f"got {sizes!r}")
         if not (math.isfinite(roi_factor) and roi_factor >= 1):
             raise ValueError(f"roi_factor must be a finite number >= 1, got {roi_factor!r}")
         self.p, self.max_lesions, self.sizes = p, max_lesions, (float(low), float(high))
