@@ -15,9 +15,10 @@ slice in [0, 1] by MSE (with several channels: their mean). With ``--objective l
 instead segments random lesions painted onto each slice (bright, dark or ring-enhancing blobs with bent
 outlines and soft edges; ``toolkit.data.SyntheticLesions``), scored by soft Dice + BCE around each lesion
 only (the slices' own, unlabelled tumours lie elsewhere); best.pth keeps the highest validation Dice of
-the painted lesions. Masks are never read as targets. A patient-safe share ``val_fraction`` of the patients is held out and scored (MSE, PSNR) every epoch;
-best.pth keeps the lowest validation MSE. Test patients' images should be left out of pretraining:
-``--exclude-split`` drops every patient of that split file's val and test lists.
+the painted lesions. Masks are never read as targets. A patient-safe share ``val_fraction`` of the
+patients is held out and scored every epoch (restoration: MSE, PSNR; best.pth keeps the lowest MSE). Test
+patients' images should be left out of pretraining: ``--exclude-split`` drops every patient of that split
+file's val and test lists.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class BrainMRIPretrainConfig(TrainConfig):
     synthetic_images: int = 400  # number of synthetic slices
     image_size: int = 240  # side of the square slices fed to the model, pixels
     in_channels: int = 0  # image channels: 0 = what the data has (every channel of LGG/BraTS/nnU-Net volumes, chosen on LGG validation; 1 grey for image folders); or a count
-    val_fraction: float = 0.1  # share of patients (or ids) held out to score restoration (picks best.pth)
+    val_fraction: float = 0.1  # share of patients (or ids) held out to score the pretraining task (picks best.pth)
     model: str = "unet_s2d"  # unet_s2d | unet | autoencoder | smp_unet, as recipes/brain_mri.py (same default)
     widths: str = ""  # stage widths of unet/unet_s2d/autoencoder, as recipes/brain_mri.py; "" = that model's default
     objective: str = "restoration"  # restoration (Models Genesis: restore corrupted slices) | lesions (segment synthetic lesions)
@@ -78,11 +79,11 @@ class BrainMRIPretrainConfig(TrainConfig):
             raise ConfigError(f"exclude_split: {self.exclude_split!r} is not a file (expected a run's split.json)")
         if self.objective not in ("restoration", "lesions"):
             raise ConfigError(f"objective must be restoration or lesions, got {self.objective!r}")
-        try:
-            self.corruption()
-            self.synthetic_lesions()
-        except ValueError as err:
-            raise ConfigError(f"{self.objective} settings: {err}") from None
+        for what, build in (("corruption", self.corruption), ("lesion", self.synthetic_lesions)):
+            try:
+                build()
+            except ValueError as err:
+                raise ConfigError(f"{what} settings: {err}") from None
 
     def build_model(self, in_channels: int):
         """The encoder-decoder these settings describe: (N, in_channels, S, S) scans → (N, 1, S, S) restorations."""

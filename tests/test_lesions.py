@@ -107,7 +107,7 @@ def test_pretraining_on_synthetic_lesions_then_fine_tuning(tmp_path):
     assert ft.returncode == 0 and f"started from the weights of {pre / 'best.pth'}" in ft.stdout, ft.stderr[-3000:]
     for args, message in ((["--objective", "inpainting"], "objective must be restoration or lesions"),
                           (["--lesion-sizes", "0.3"], "lesion_sizes must be two numbers"),
-                          (["--roi-factor", "0.5"], "roi_factor must be a finite number >= 1")):
+                          (["--roi-factor", "0.5"], "lesion settings: roi_factor must be a finite number >= 1")):
         bad = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri_pretrain.py"), *args],
                              cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]

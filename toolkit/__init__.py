@@ -11,8 +11,9 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
 - training: ``Trainer``, ``ParameterBudgetError``, ``TrainState``; callbacks ``Callback``, ``SaveCurve``,
   ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``, ``ChooseVolumePostprocess``, ``FreezeEncoder``;
 - objectives, losses, metrics: ``Objective``, ``StepOutput``, ``ClassificationObjective``,
-  ``ReconstructionObjective``, ``DenoisingObjective``, ``RestorationObjective``, ``LesionObjective``, ``SegmentationObjective``,
-  ``build_objective``, ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``Accuracy``, ``ReconstructionMetrics``, ``SegmentationMetrics``;
+  ``ReconstructionObjective``, ``DenoisingObjective``, ``RestorationObjective``, ``LesionObjective``,
+  ``SegmentationObjective``, ``build_objective``, ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``Accuracy``,
+  ``ReconstructionMetrics``, ``SegmentationMetrics``;
 - segmentation targets (binary, classes, regions): ``TARGET_FILE``, ``TARGET_KINDS``, ``TargetSpec``, ``parse_regions``,
   ``resolve_target``, ``TargetMetrics``, ``segmentation_loss``;
 - files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,

@@ -33,7 +33,8 @@ _EXPORTS = {
     "cifar": ["CIFAR10_MEAN", "CIFAR10_STD", "load_cifar10"],
     "errors": ["DataError", "MRIDataError"],
     "mnist": ["load_mnist"],
-    "corruptions": ["Corrupt"], "lesions": ["SyntheticLesions"], "unlabeled": ["MRIImageDataset", "exclude_split", "unit_input_scale"],
+    "corruptions": ["Corrupt"], "lesions": ["SyntheticLesions"],
+    "unlabeled": ["MRIImageDataset", "exclude_split", "unit_input_scale"],
     "splits": ["holdout_split", "label_fraction", "load_split", "save_split", "split_ids", "split_records"],
     "stl10": ["STL10_CLASSES", "STL10_MEAN", "STL10_STD", "STL10Memmap", "open_stl10"],
 }
