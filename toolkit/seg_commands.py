@@ -215,8 +215,8 @@ def postprocess(args: argparse.Namespace) -> int:
     folders): the 2D search (binary runs; for the figure the run monitored) and, on volume data, the 3D
     component rules after it, as the recipe's fit-end callbacks do. A cross-validation folder (``cv.json``
     beside ``fold*/``) chooses again on its out-of-fold predictions and rewrites ``cv.json``, as
-    ``make brain-mri-cv`` does at its end, and refreshes the copies in its models of every patient (``all``, ``all1`` …: ``--final``). The
-    ``postprocess.json`` replaced is kept as ``postprocess.previous.json``."""
+    ``make brain-mri-cv`` does at its end, and refreshes the copies in its models of every patient (``all``,
+    ``all1`` …: ``--final``). The ``postprocess.json`` replaced is kept as ``postprocess.previous.json``."""
     import copy
     import shutil
 

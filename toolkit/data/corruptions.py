@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Corrupt", "inpaint", "local_pixel_shuffle", "nonlinear_intensity", "outpaint"]
+__all__ = ["Corrupt", "SeededDraws", "inpaint", "local_pixel_shuffle", "nonlinear_intensity", "outpaint"]
 
 _CURVE_POINTS = 256  # samples along each Bezier curve; intensities are interpolated linearly between them
 
@@ -142,7 +142,29 @@ def outpaint(images: torch.Tensor, selected: torch.Tensor, boxes: int = 3, low: 
     return torch.where(outside, _uniform(images.shape, images, generator).to(images.dtype), images)
 
 
-class Corrupt:
+class SeededDraws:
+    """Random draws on the images' device from a ``torch.Generator`` seeded with ``seed`` (made on first use, one
+    per device), so a fresh instance repeats the same draws for the same batches; ``reset()`` restarts the
+    sequence; ``seed`` None: torch's global RNG. Subclasses set ``seed`` and ``_generators = {}``."""
+
+    seed: int | None
+    _generators: dict[str, torch.Generator]
+
+    def reset(self) -> None:
+        """Restart the random sequence from ``seed`` (the next call draws as a fresh instance would)."""
+        self._generators.clear()
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The seeded generator for ``device`` (None without a seed)."""
+        if self.seed is None:
+            return None
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
+
+
+class Corrupt(SeededDraws):
     """The Models-Genesis corruption chain for a batch: ``Corrupt(...)(images)``.
 
     (N, C, H, W) float in [0, 1] -> a new (N, C, H, W) tensor, same dtype and device, in [0, 1].
@@ -176,20 +198,7 @@ class Corrupt:
         self.shuffle_block, self.shuffle_tile_p, self.boxes = shuffle_block, shuffle_tile_p, boxes
         self.inpaint_sizes, self.outpaint_sizes = tuple(inpaint_sizes), tuple(outpaint_sizes)
         self.seed = seed
-        self._generators: dict[str, torch.Generator] = {}
-
-    def reset(self) -> None:
-        """Restart the random sequence from ``seed`` (the next call draws as a fresh instance would)."""
-        self._generators.clear()
-
-    def generator(self, device: torch.device) -> torch.Generator | None:
-        """The seeded generator for ``device`` (None without a seed)."""
-        if self.seed is None:
-            return None
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[key]
+        self._generators = {}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         _check(images, torch.zeros(images.shape[:1], dtype=torch.bool))

@@ -21,12 +21,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .corruptions import SeededDraws
+
 __all__ = ["SyntheticLesions"]
 
 _HARMONICS = (2, 3, 4)  # outline harmonics: bends of the ellipse (angular frequencies)
 
 
-class SyntheticLesions:
+class SyntheticLesions(SeededDraws):
     """Paint random lesions onto images; callable ``(images) -> (lesioned, masks, roi)``.
 
     Args:
@@ -61,20 +63,7 @@ class SyntheticLesions:
             raise ValueError(f"roi_factor must be a finite number >= 1, got {roi_factor!r}")
         self.p, self.max_lesions, self.sizes = p, max_lesions, (float(low), float(high))
         self.ring_p, self.dark_p, self.roi_factor, self.seed = ring_p, dark_p, float(roi_factor), seed
-        self._generators: dict[str, torch.Generator] = {}
-
-    def reset(self) -> None:
-        """Restart the random sequence from ``seed`` (the next call draws as a fresh instance would)."""
-        self._generators.clear()
-
-    def generator(self, device: torch.device) -> torch.Generator | None:
-        """The seeded generator for ``device`` (None without a seed)."""
-        if self.seed is None:
-            return None
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[key]
+        self._generators = {}
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if images.ndim != 4 or not images.is_floating_point():
