@@ -172,17 +172,23 @@ def test_evaluate_and_predict_an_ensemble_of_folds(run, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"1_mask.png", "1_overlay.png", "1_disagreement.png"}
 
 
-def test_predict_refuses_two_inputs_whose_outputs_would_share_a_name(run, tmp_path, capsys):
+def test_predict_keeps_the_subfolders_of_the_input_so_same_named_slices_do_not_collide(run, tmp_path, capsys):
     run_dir, data = run
     source = tmp_path / "in"
-    for patient in ("p1", "p2"):  # slice_1.png of two patients: both would write slice_1_mask.png
+    for patient in ("p1", "p2"):  # slice_1.png of two patients: each writes into its own subfolder
         (source / patient).mkdir(parents=True)
         (source / patient / "slice_1.png").write_bytes((data / "images" / "1.png").read_bytes())
+    (source / "top.png").write_bytes((data / "images" / "2.png").read_bytes())
     out = tmp_path / "pred"
-    assert main(["predict", "--weights", str(run_dir), "--input", str(source), "--output", str(out)]) == 2
+    assert main(["predict", "--weights", str(run_dir), "--input", str(source), "--output", str(out)]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["p1/slice_1_mask.png", "p1/slice_1_overlay.png", "p2/slice_1_mask.png",
+                       "p2/slice_1_overlay.png", "top_mask.png", "top_overlay.png"]
+    (source / "p1" / "slice_1.tif").write_bytes((data / "images" / "1.png").read_bytes())  # same folder, same name
+    assert main(["predict", "--weights", str(run_dir), "--input", str(source), "--output", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err
-    assert "p1/slice_1.png" in err and "p2/slice_1.png" in err and "slice_1_mask.png" in err
-    assert not out.exists()  # nothing written, nothing overwritten
+    assert "p1/slice_1.png" in err and "p1/slice_1.tif" in err and "slice_1_mask.png" in err
+    assert not (tmp_path / "o2").exists()  # nothing written, nothing overwritten
 
 
 def test_an_ensemble_of_runs_with_other_2_5d_context_is_refused_naming_it(run, tmp_path, capsys):

@@ -126,6 +126,24 @@ def test_cv_final_n_refuses_data_that_the_seed_draws_before_any_fold_trains(tmp_
         in proc.stderr and not (tmp_path / "x").exists()
 
 
+def test_cv_final_n_reads_the_settings_of_a_config_file_and_their_values(tmp_path):
+    from toolkit.crossval import check_final
+    from toolkit.config_file import given_settings
+
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("data-dir: a,b\nmax_minutes: 15\n")
+    check_final(["--config", str(settings)], 3)  # the data folders come from the file: accepted
+    check_final(["--data_dir", "x", "--test-fraction", "0", "--label-fraction=1.0", "--flips"], 2)  # nothing drawn
+    with pytest.raises(ValueError, match="draws synthetic data"):
+        check_final(["--config", str(settings), "--data-dir", ""], 2)  # the command line wins over the file
+    settings.write_text('{"data_dir": "a", "test_fraction": 0.2}')
+    with pytest.raises(ValueError, match=r"draws --test-fraction 0.2: each model"):
+        check_final(["--config=" + str(settings)], 2)
+    check_final(["--config", str(settings)], 1)  # one model: its seed is the folds' own
+    assert given_settings(["--flips", "--seed", "3", "--config", str(settings), "--data-dir=c"]) == {
+        "data_dir": "c", "test_fraction": "0.2", "flips": "true", "seed": "3"}
+
+
 def test_cv_refuses_arguments_it_sets_itself(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--name", "x", "--",
                            "--fold", "1"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=120)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "toolkit" / "data"
-FORBIDDEN = ("toolkit.config", "toolkit.trainer", "toolkit.objectives")
+FORBIDDEN = ("toolkit.config", "toolkit.trainer", "toolkit.objectives", "toolkit.objective_base", "toolkit.image_objectives")
 
 
 def _modules() -> list[str]:

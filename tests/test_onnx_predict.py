@@ -93,6 +93,20 @@ def test_onnx_predict_matches_the_pytorch_predict(exported, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("exported", EXPORTS[:1], indirect=True, ids=["per_slice+min_size"])
+def test_onnx_predict_keeps_the_subfolders_of_the_input(exported, tmp_path):
+    _, onnx_file, images, _ = exported
+    for patient, image in (("p1", images[0]), ("p2", images[1])):  # one name in two patient folders
+        (tmp_path / "in" / patient).mkdir(parents=True)
+        (tmp_path / "in" / patient / "slice_1.png").write_bytes(image.read_bytes())
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", str(onnx_file), "--input", str(tmp_path / "in"), "--output", str(out)]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "p1/slice_1_mask.png", "p1/slice_1_overlay.png", "p2/slice_1_mask.png", "p2/slice_1_overlay.png"]
+    shapes = [cv2.imread(str(out / p / "slice_1_mask.png"), cv2.IMREAD_UNCHANGED).shape for p in ("p1", "p2")]
+    assert shapes == [cv2.imread(str(f), cv2.IMREAD_UNCHANGED).shape[:2] for f in images[:2]]  # each its own scan
+
+
+@pytest.mark.parametrize("exported", EXPORTS[:1], indirect=True, ids=["per_slice+min_size"])
 def test_onnx_predict_runs_with_torch_blocked(exported, tmp_path):
     _, onnx_file, images, _ = exported
     code = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError

@@ -206,7 +206,7 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
         def predicted(name, *extra):
             args = ["predict", "--weights", str(run / "best.pth"), "--input", str(folder), "--threshold", "1e-6"]
             assert main([*args, "--output", str(tmp_path / name), *extra]) == 0
-            return [np.asarray(Image.open(p)) for p in sorted((tmp_path / name).glob("*_mask.png"))]
+            return [np.asarray(Image.open(p)) for p in sorted((tmp_path / name).rglob("*_mask.png"))]
         assert any(m.any() for m in predicted("plain", "--postprocess", "none"))
         assert "then per patient folder" not in capsys.readouterr().out
         masks = predicted("rule")
@@ -228,7 +228,7 @@ def test_binary_run_on_volumes_keeps_its_2d_choice_and_adds_the_3d_one(tmp_path,
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=run_env(), capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0 and "then per patient folder" in done.stdout, done.stderr[-2000:]
-        onnx_masks = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "onnx").glob("*_mask.png"))]
+        onnx_masks = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "onnx").rglob("*_mask.png"))]
         assert len(onnx_masks) == len(masks) and not any(m.any() for m in onnx_masks)
 
 

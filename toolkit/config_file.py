@@ -15,7 +15,7 @@ from typing import Sequence
 
 from .config import ConfigError
 
-__all__ = ["CONFIG_FLAG", "split_config_flag", "file_settings"]
+__all__ = ["CONFIG_FLAG", "split_config_flag", "file_settings", "given_settings"]
 
 CONFIG_FLAG = "--config"
 #: keys a run's config.json holds beside the recipe's settings
@@ -50,6 +50,41 @@ def file_settings(path: Path, names: Sequence[str]) -> dict[str, str]:
     true/false, null as none, lists joined by commas, numbers and strings as they are. ``names`` are the
     recipe's fields. Raises ConfigError naming the file when it cannot be read, is not a mapping, or holds a
     key that is not one of ``names``."""
+    out = {}
+    for key, value in _read_mapping(path).items():
+        field = key.replace("-", "_")
+        if field not in names:
+            raise ConfigError(f"{CONFIG_FLAG} {path}: unknown config key {key!r}; valid keys: {', '.join(names)}")
+        out[field] = _word(value)
+    return out
+
+
+def given_settings(argv: Sequence[str]) -> dict[str, str]:
+    """What a recipe command line ``argv`` sets, ``{field: raw word}`` (``--some-key`` as ``some_key``; a bare
+    ``--flag`` as ``"true"``), the settings of its ``--config`` file under those of the command line, for a caller
+    that must know them before the recipe runs (the recipe itself checks the keys and values). Raises ConfigError
+    for a ``--config`` given twice or a file that cannot be read as a mapping."""
+    rest, path = split_config_flag(argv)
+    out = {key.replace("-", "_"): _word(value) for key, value in _read_mapping(path).items()} if path else {}
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        i += 1
+        if not token.startswith("--"):
+            continue  # a stray word: the recipe refuses it
+        key, eq, raw = token[2:].partition("=")
+        if not eq:
+            if i < len(rest) and not rest[i].startswith("--"):
+                raw, i = rest[i], i + 1
+            else:
+                raw = "true"
+        out[key.replace("-", "_")] = raw
+    return out
+
+
+def _read_mapping(path: Path) -> dict:
+    """The file's mapping (keys as spelt there, as strings), without the keys a run's config.json holds beside its
+    settings. ConfigError naming the file when it cannot be read or is not a mapping."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -66,15 +101,7 @@ def file_settings(path: Path, names: Sequence[str]) -> dict[str, str]:
     if not isinstance(data, dict):
         raise ConfigError(f"{CONFIG_FLAG} {path}: expected a mapping of setting to value, got "
                           f"{type(data).__name__}")
-    out = {}
-    for key, value in data.items():
-        field = str(key).replace("-", "_")
-        if field in NOT_SETTINGS:
-            continue
-        if field not in names:
-            raise ConfigError(f"{CONFIG_FLAG} {path}: unknown config key {key!r}; valid keys: {', '.join(names)}")
-        out[field] = _word(value)
-    return out
+    return {str(k): v for k, v in data.items() if str(k).replace("-", "_") not in NOT_SETTINGS}
 
 
 def _kind(path: Path) -> str:

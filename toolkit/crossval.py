@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoint import save_json
+from .config_file import given_settings
 from .compare import given_flags, has_trained, split_args, started_with, train_run
 from .data.splits import load_split
 from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset, stored_target
@@ -94,16 +95,30 @@ def final_name(k: int) -> str:
 
 
 def check_final(argv: Sequence[str], count: int) -> None:
-    """ValueError unless ``count`` models of every patient can train from the recipe arguments ``argv``: count >= 1;
-    for more than one, their ``--seed`` differs, and the seed also draws the ``--test-fraction`` hold-out, the
-    ``--label-fraction`` subset and synthetic data (no ``--data-dir``), so those would give each model other data."""
+    """ValueError unless ``count`` models of every patient can train from the recipe arguments ``argv`` (with the
+    settings of a ``--config`` file in them): count >= 1; for more than one, their ``--seed`` differs, and the seed
+    also draws a ``--test-fraction`` hold-out (> 0), a ``--label-fraction`` subset (< 1) and synthetic data (no
+    ``--data-dir``), so those would give each model other data."""
     if count < 1:
         raise ValueError(f"--final takes a number of models >= 1, got {count}")
-    drawn = sorted(given_flags(list(argv), {"--test-fraction", "--label-fraction"}))
-    if count > 1 and (drawn or not given_flags(list(argv), {"--data-dir"})):
+    if count == 1:
+        return
+    settings = given_settings(argv)
+    drawn = [f"--{key.replace('_', '-')} {settings[key]}" for key, unseeded in
+             (("test_fraction", lambda v: v == 0), ("label_fraction", lambda v: v == 1))
+             if key in settings and not _number_is(settings[key], unseeded)]
+    if drawn or not settings.get("data_dir", "").strip():
         what = " and ".join(drawn) if drawn else "synthetic data (no --data-dir)"
         raise ValueError(f"--final {count} trains its models with other seeds, and the seed also draws {what}: each "
                          f"model would train on other slices; leave that out, or use --final 1")
+
+
+def _number_is(word: str, test) -> bool:
+    """``test(float(word))``; False for a word that is not a number (the recipe names it when it runs)."""
+    try:
+        return bool(test(float(word)))
+    except ValueError:
+        return False
 
 
 def final_runs(root: Path) -> list[Path]:

@@ -27,7 +27,7 @@ from .data.mri.channels import resolve_channels
 from .data.mri.resize import resize_back, resize_square
 from .data.mri.nifti import ZSCORE_CLIP
 from .postprocess import PostProcess, scaled_side
-from .seg_images import (channel_names, input_files, overlay, per_volume, read_input, tumour_map,
+from .seg_images import (channel_names, input_files, output_stem, overlay, per_volume, read_input, tumour_map,
                          write_class_map, write_png)
 
 __all__ = ["OnnxSegmenter", "REQUIRED_KEYS", "predict", "read_onnx_metadata"]
@@ -235,7 +235,8 @@ class OnnxSegmenter:
 
 def predict(args: argparse.Namespace) -> int:
     """``toolkit predict`` with an ONNX file: ``<name>_mask.png`` (0/255 at the image's own size) and
-    ``<name>_overlay.png`` for each 2D image of ``args.input``, into ``args.output``."""
+    ``<name>_overlay.png`` for each 2D image of ``args.input``, into ``args.output`` (the input folder's subfolders
+    kept, :func:`~toolkit.seg_images.output_stem`)."""
     if len(args.weights) != 1:
         raise ValueError(f"--weights: give one ONNX file (ensembles need best.pth files), got {args.weights}")
     if args.flips or args.one_region or args.scale_tta:
@@ -259,9 +260,10 @@ def predict(args: argparse.Namespace) -> int:
 
     images = input_files(source_path, out)
     for path, (image, mask, maps) in per_volume(images, predicted, vpost, size):
-        write_png(out / f"{path.stem}_mask.png", mask * 255)
-        write_png(out / f"{path.stem}_overlay.png", overlay(image, mask))
+        stem = output_stem(path, source_path, out)  # the input's subfolders kept
+        write_png(stem.with_name(f"{stem.name}_mask.png"), mask * 255)
+        write_png(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, mask))
         print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}"
-              + write_class_map(out / f"{path.stem}_classes.png", maps, model.target))
+              + write_class_map(stem.with_name(f"{stem.name}_classes.png"), maps, model.target))
     print(f"wrote {len(images)} masks and overlays to {out}/")
     return 0

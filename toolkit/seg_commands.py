@@ -19,7 +19,7 @@ from .data.splits import load_split
 from .inference import (load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices,
                         trained_with_flips)
 from .postprocess import PostProcess
-from .seg_images import channel_names as _channel_names, input_files as _input_files, overlay as _overlay
+from .seg_images import channel_names as _channel_names, input_files as _input_files, output_stem, overlay as _overlay
 from .seg_images import per_volume, read_input as _read_input, write_class_map, write_png as _write_png
 from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
 
@@ -29,7 +29,8 @@ SUMMARY_KEYS = ("dice", "iou", "dice_global", "iou_global", "dice_tumour", "empt
 
 
 def predict(args: argparse.Namespace) -> int:
-    """Masks and overlays at each image's own size; an ensemble also writes ``<name>_disagreement.png``, a
+    """Masks and overlays at each image's own size, in the input folder's subfolders under ``--output``
+    (:func:`~toolkit.seg_images.output_stem`); an ensemble also writes ``<name>_disagreement.png``, a
     classes run ``<name>_classes.png`` (:func:`~toolkit.seg_images.write_class_map`); a run on LGG patient
     folders applies its stored 3D rule to each patient's stacked slice masks
     (:func:`~toolkit.seg_images.per_volume`).
@@ -69,12 +70,13 @@ def predict(args: argparse.Namespace) -> int:
         return image, post.at_scale(probs.size / size**2).binarize(probs), dispute, maps
 
     for path, (image, mask, dispute, maps) in per_volume(images, predicted, vpost, size, rule=rule):
-        _write_png(out / f"{path.stem}_mask.png", mask * 255)
-        _write_png(out / f"{path.stem}_overlay.png", _overlay(image, mask))
+        stem = output_stem(path, Path(args.input), out)  # the input's subfolders kept
+        _write_png(stem.with_name(f"{stem.name}_mask.png"), mask * 255)
+        _write_png(stem.with_name(f"{stem.name}_overlay.png"), _overlay(image, mask))
         if dispute is not None:
-            _write_png(out / f"{path.stem}_disagreement.png", (dispute * 255).round().astype(np.uint8))
+            _write_png(stem.with_name(f"{stem.name}_disagreement.png"), (dispute * 255).round().astype(np.uint8))
         print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}"
-              + write_class_map(out / f"{path.stem}_classes.png", maps, ensemble.target.to_dict()))
+              + write_class_map(stem.with_name(f"{stem.name}_classes.png"), maps, ensemble.target.to_dict()))
     extra = " and disagreement maps (0 = all models agree, 255 = half against half)" if len(files) > 1 else ""
     print(f"wrote {len(images)} masks and overlays{extra} to {out}/")
     return 0

@@ -15,7 +15,7 @@ from .checkpoint import atomic_write
 from .data.errors import MRIDataError
 from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image
 
-__all__ = ["channel_names", "class_labels", "input_files", "overlay", "per_volume", "read_input",
+__all__ = ["channel_names", "class_labels", "input_files", "output_stem", "overlay", "per_volume", "read_input",
            "tumour_map", "write_class_map", "write_png"]
 
 
@@ -113,8 +113,9 @@ def input_files(source: Path, output: Path | None = None) -> list[Path]:
     """The images to predict: ``source`` itself, or every PNG/JPEG/TIFF under the folder ``source`` (sorted,
     ``*_mask`` files skipped; linked folders followed, each real folder once; the ``output`` folder, where predict
     writes, left out, so a second run does not predict its own overlays). Raises FileNotFoundError when it
-    does not exist or holds none, ValueError naming both files when two share a name without extension (their
-    ``<name>_mask.png`` would overwrite each other)."""
+    does not exist or holds none, ValueError naming both files when two in one folder share a name without
+    extension (their ``<name>_mask.png`` would overwrite each other; files of other subfolders write into their own
+    subfolders of the output, :func:`output_stem`)."""
     if source.is_dir():
         inside = output is not None and os.path.realpath(output) != os.path.realpath(source)
         files, seen = [], {os.path.realpath(output)} if inside else set()  # a folder in seen is not read
@@ -133,14 +134,26 @@ def input_files(source: Path, output: Path | None = None) -> list[Path]:
         raise FileNotFoundError(f"--input {source} does not exist")
     if not files:
         raise FileNotFoundError(f"--input {source} holds no PNG/JPEG/TIFF images")
-    by_stem: dict[str, Path] = {}
-    for f in files:  # the outputs are named <stem>_mask.png in one folder: one file would overwrite the other
-        if f.stem in by_stem:
-            raise ValueError(f"--input {source}: {by_stem[f.stem]} and {f} would both be written as "
-                             f"{f.stem}_mask.png (outputs are named by the file name, in one --output folder); "
+    by_stem: dict[Path, Path] = {}
+    for f in files:  # the outputs are named <stem>_mask.png: 1.png and 1.tif of one folder would overwrite each other
+        stem = output_stem(f, source, Path())
+        if stem in by_stem:
+            raise ValueError(f"--input {source}: {by_stem[stem]} and {f} would both be written as "
+                             f"{stem}_mask.png (outputs are named by the file name without its extension); "
                              f"predict them into separate --output folders, or rename one")
-        by_stem[f.stem] = f
+        by_stem[stem] = f
     return files
+
+
+def output_stem(path: Path, source: Path, output: Path) -> Path:
+    """Where predict writes ``path``'s outputs, without their ``_mask.png``/``_overlay.png`` ending: ``output`` /
+    the image's folder relative to the ``--input`` folder ``source`` / its name without extension (an image
+    given itself, or at the top of ``source``: ``output / <name>``). So the subfolders of the input (one per
+    patient, say) come back as subfolders of the output, and ``p1/slice_1.png`` and ``p2/slice_1.png`` do not
+    overwrite each other."""
+    if source.is_dir():
+        return output / path.parent.relative_to(source) / path.stem
+    return output / path.stem
 
 
 def per_volume(images: Sequence[Path], predicted: Callable[[Path], tuple], vpost, size: int,
