@@ -43,6 +43,7 @@ from toolkit import (
     segmentation_loss,
     segmentation_data,
     segmentation_overlays,
+    size_multiple,
 )
 from toolkit.data import ForegroundCrop
 
@@ -70,6 +71,7 @@ class BrainMRIConfig(TrainConfig):
     class_column: str = ""  # with target classes on binary masks: metadata column naming each slice's class, e.g. tumour_type
     model: str = "unet_s2d"  # unet_s2d (U-Net behind a lossless 2x2 space-to-depth stem: 1.8x faster training; chosen on validation, docs/brain-mri.md) | unet (symmetric, with skips, full-resolution first stage) | autoencoder (symmetric, no skips) | smp_unet (baseline)
     widths: str = ""  # stage widths of unet/unet_s2d/autoencoder, comma-separated channels, e.g. "8,16,32,64,128"; "" = that model's default (unet_s2d: 16,32,64,128)
+    deep_supervision: bool = False  # nnU-Net's deep supervision: 1x1 heads on the coarser decoder stages (98 weights for unet_s2d), their losses weighted 2**-i (unet_s2d, unet, autoencoder; eval unchanged)
     init_from: str = ""  # start from these weights (a best.pth of the same model, widths and channels); "" = random init
     label_fraction: float = 1.0  # share of the TRAINING patients kept (0 < F <= 1; whole patients, drawn by seed); val/test unchanged
     freeze_encoder_epochs: int = 0  # epochs at the start during which the encoder (and bottleneck) weights stay fixed; 0 = none
@@ -129,6 +131,8 @@ class BrainMRIConfig(TrainConfig):
         if self.fold and not self.folds:
             raise ConfigError(f"fold {self.fold} given without folds: --fold picks the validation fold of "
                               "--folds K (>= 2); give both, or neither")
+        if self.deep_supervision:
+            check_deep_supervision(self)
         # with 1 channel and 1 output at least, on the meta device: a huge --widths never gets built
         check_param_budget(lambda: build_model(self, in_channels=max(1, self.in_channels)), self.param_budget,
                            f"model {self.model} with these widths and 1 channel in and out",
@@ -146,13 +150,26 @@ class BrainMRIConfig(TrainConfig):
                               f"{self.label_fraction} and {self.freeze_encoder_epochs}")
 
 
+def check_deep_supervision(cfg: BrainMRIConfig) -> None:
+    """ConfigError unless ``cfg.model`` has auxiliary heads to give and its training side (``crop_size``, or
+    ``image_size`` for whole slices) needs no padding: a multiple of 2**depth (x2 for ``unet_s2d``)."""
+    if cfg.model == "smp_unet":
+        raise ConfigError("deep_supervision applies to unet_s2d, unet and autoencoder, not to smp_unet")
+    multiple = size_multiple(cfg.model, parse_widths(cfg.widths))
+    field, side = ("crop_size", cfg.crop_size) if 0 < cfg.crop_size < cfg.image_size else ("image_size", cfg.image_size)
+    if side % multiple:
+        raise ConfigError(f"deep_supervision: the training side {side} px ({field}) must be a multiple of {multiple} for "
+                          f"model {cfg.model} with widths {cfg.widths or 'the default'}, so that every head's output "
+                          "lines up with the mask; e.g. --crop-size 96")
+
+
 def build_model(cfg: BrainMRIConfig, out_channels: int = 1, in_channels: int = 0):
     """The configured segmentation model: (N, in_channels x (2 context_slices + 1), S, S) float → (N, out_channels,
     S, S) logits; ``in_channels`` 0: the config's."""
     return build_segmentation_model(cfg.model, in_channels=context_channels(in_channels or cfg.in_channels,
                                                                             cfg.context_slices),
                                     out_channels=out_channels,
-                                    widths=parse_widths(cfg.widths))
+                                    widths=parse_widths(cfg.widths), deep_supervision=cfg.deep_supervision)
 
 
 def main(argv=None) -> list[dict]:
@@ -192,7 +209,8 @@ def main(argv=None) -> list[dict]:
                                                  target, cfg.threshold, reuse=plane))
     metric = SegmentationMetrics(threshold=cfg.threshold) if binary else TargetMetrics(target, cfg.threshold)
     return trainer.fit(
-        model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight, cfg.batch_dice),
+        model, SegmentationObjective(segmentation_loss(target.kind, cfg.loss, cfg.bce_weight, cfg.batch_dice,
+                                                       cfg.deep_supervision),
                                      preprocess, crop=crop, target=target), train, val if len(val) else None,
         metrics=[metric], monitor=monitor, mode="max", param_budget=cfg.param_budget,
         callbacks=callbacks, lr_scales=lr_scales,

@@ -135,6 +135,11 @@ def test_the_recipe_refuses_bad_config_before_training(tmp_path, args, message):
     ("brain_mri", ["--synthetic-images", "0"], "synthetic_images must be >= 1"),
     ("brain_mri", ["--synthetic-dir", ""], "synthetic_dir is empty"),  # wrote images/, masks/ into the working dir
     ("brain_mri", ["--slice-rule", "tumor+x"], r"slice_rule must be one of all, nonempty, tumour, tumour\+N"),
+    ("brain_mri", ["--deep-supervision", "true", "--crop-size", "40"],
+     r"deep_supervision: the training side 40 px \(crop_size\) must be a multiple of 16 for model unet_s2d"),
+    ("brain_mri", ["--deep-supervision", "true", "--crop-size", "0", "--image-size", "200", "--model", "unet"],
+     r"training side 200 px \(image_size\) must be a multiple of 16 for model unet with widths the default"),
+    ("brain_mri", ["--deep-supervision", "true", "--model", "smp_unet"], "not to smp_unet"),
     ("brain_mri_pretrain", ["--synthetic-images", "-3"], "synthetic_images must be >= 1"),
     ("brain_mri_pretrain", ["--slice-rule", "some"], "slice_rule must be one of"),
     ("brain_mri_pretrain", ["--widths", "8,x"], "widths must be comma-separated positive ints"),

@@ -175,3 +175,48 @@ def test_dice_bce_pos_weight():
 def test_dice_bce_bad_options(kwargs, name):
     with pytest.raises(ValueError, match=name):
         DiceBCELoss(**kwargs)
+
+
+def test_deep_supervision_against_monai():
+    """Our weighted sum equals MONAI's DeepSupervisionLoss given the same (normalised) weights."""
+    from toolkit.losses import DeepSupervisionLoss
+
+    monai_losses = pytest.importorskip("monai.losses")
+    torch.manual_seed(3)
+    outs = [torch.randn(2, 1, 16, 16), torch.randn(2, 1, 8, 8), torch.randn(2, 1, 4, 4)]
+    t = (torch.rand(2, 1, 16, 16) > 0.6).float()
+    ours = DeepSupervisionLoss(DiceBCELoss())(outs, t)
+    ref = monai_losses.DeepSupervisionLoss(DiceBCELoss(), weights=[1 / 1.75, 0.5 / 1.75, 0.25 / 1.75])
+    assert ref.interp_mode == "nearest-exact"
+    torch.testing.assert_close(ours, ref(outs, t))
+
+
+def test_deep_supervision_hand_computed_and_classes():
+    """Block-constant targets shrink exactly; a single tensor is scored as by the wrapped loss; class maps keep
+    their dtype; the weights given are normalised."""
+    from toolkit.losses import DeepSupervisionLoss, DiceCELoss
+
+    inner = SoftDiceLoss(from_logits=False)
+    t = torch.zeros(1, 1, 4, 4)
+    t[..., :2, :2] = 1  # one 2x2 block: at 2x2 the top-left pixel only
+    p_full, p_half = t.clone(), torch.zeros(1, 1, 2, 2)  # full size perfect, half size predicts nothing
+    loss = DeepSupervisionLoss(inner, weights=(3.0, 1.0))
+    expected = 0.75 * 0.0 + 0.25 * (1 - 1e-6 / (1 + 1e-6))
+    assert loss([p_full, p_half], t).item() == pytest.approx(expected, abs=1e-6)
+    assert loss(p_full, t).item() == pytest.approx(0.0, abs=1e-6)
+    classes = torch.randint(0, 3, (2, 8, 8))
+    logits = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)]
+    ds = DeepSupervisionLoss(DiceCELoss())(logits, classes)  # (N, H, W) int64 indices resized as such
+    small = classes[:, 1::2, 1::2]  # nearest-exact at half size: each 2x2 block's lower-right pixel
+    manual = (2 / 3) * DiceCELoss()(logits[0], classes) + (1 / 3) * DiceCELoss()(logits[1], small)
+    torch.testing.assert_close(ds, manual)
+
+
+@pytest.mark.parametrize("weights", [(), (1.0, -1.0), (0.0, 0.0), (float("nan"),)])
+def test_deep_supervision_bad_weights(weights):
+    from toolkit.losses import DeepSupervisionLoss
+
+    with pytest.raises(ValueError, match="weights"):
+        DeepSupervisionLoss(SoftDiceLoss(), weights=weights)
+    with pytest.raises(ValueError, match="2 weights for 3 outputs"):
+        DeepSupervisionLoss(SoftDiceLoss(), weights=(1, 1))([torch.zeros(1, 1, 4, 4)] * 3, torch.zeros(1, 1, 4, 4))

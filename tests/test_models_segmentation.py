@@ -157,3 +157,62 @@ def test_space_to_depth_is_a_lossless_stem():
     with torch.no_grad():
         assert multi(torch.randn(2, 3, 37, 61)).shape == (2, 2, 37, 61)
     assert "space_to_depth=2" in repr(multi)
+
+
+@pytest.mark.parametrize("name, sizes", [("unet_s2d", [96, 24, 12]), ("unet", [96, 48, 24, 12])])
+def test_deep_supervision_outputs_in_training_only(name, sizes):
+    """Training mode: the full-size logits, then one per coarser decoder stage (finest first); eval mode: the
+    one tensor, equal to that of the same weights without the auxiliary heads (they cost nothing there)."""
+    torch.manual_seed(0)
+    model = build_segmentation_model(name, out_channels=2, deep_supervision=True)
+    plain = build_segmentation_model(name, out_channels=2)
+    extra = sum(h.weight.numel() + h.bias.numel() for h in model.aux_heads)
+    assert count_parameters(model) == count_parameters(plain) + extra
+    assert extra == sum(w * 2 + 2 for w in model.widths[1:-1])  # unet_s2d defaults: 32 and 64 channels in
+    outs = model.train()(torch.randn(2, 1, 96, 96))
+    assert [tuple(o.shape) for o in outs] == [(2, 2, s, s) for s in sizes]
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads.")})
+    x = torch.randn(1, 1, 80, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), plain.eval()(x))
+    (sum(o.float().mean() for o in model.train()(torch.randn(2, 1, 96, 96)))).backward()
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in model.aux_heads)
+
+
+def test_deep_supervision_refuses_padded_training_sides_and_smp():
+    model = build_segmentation_model("unet_s2d", deep_supervision=True).train()
+    with pytest.raises(ValueError, match="multiples of 16, got \\(40, 40\\)"):
+        model(torch.randn(1, 1, 40, 40))
+    with pytest.raises(ValueError, match="not to smp_unet"):
+        build_segmentation_model("smp_unet", deep_supervision=True)
+    with pytest.raises(ValueError, match="deep_supervision"):
+        SegAutoEncoder(deep_supervision=1)
+
+
+def test_init_from_across_deep_supervision(tmp_path):
+    """Weights without auxiliary heads start a deeply supervised model (heads fresh), and the other way round;
+    any other difference is still refused."""
+    from toolkit.models.utils import init_from
+
+    plain, ds = build_segmentation_model("unet_s2d"), build_segmentation_model("unet_s2d", deep_supervision=True)
+    torch.save(plain.state_dict(), tmp_path / "plain.pth")
+    torch.save(ds.state_dict(), tmp_path / "ds.pth")
+    fresh = build_segmentation_model("unet_s2d", deep_supervision=True)
+    heads = {k: v.clone() for k, v in fresh.state_dict().items() if k.startswith("aux_heads.")}
+    init_from(fresh, tmp_path / "plain.pth")
+    state = fresh.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())
+    assert all(torch.equal(state[k], v) for k, v in heads.items())
+    back = init_from(build_segmentation_model("unet_s2d"), tmp_path / "ds.pth")
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in ds.state_dict().items() if k in back.state_dict())
+    with pytest.raises(ValueError, match="another model"):
+        init_from(build_segmentation_model("unet_s2d", widths=(8, 16, 32, 64), deep_supervision=True),
+                  tmp_path / "plain.pth")
+
+
+@pytest.mark.parametrize("name, widths", [("unet", None), ("unet_s2d", None), ("autoencoder", (8, 16, 32)),
+                                          ("unet_s2d", (8, 16, 32, 64, 128)), ("smp_unet", None)])
+def test_size_multiple_without_building_the_model(name, widths):
+    from toolkit.models.segmentation import size_multiple
+
+    assert size_multiple(name, widths) == build_segmentation_model(name, widths=widths).size_multiple

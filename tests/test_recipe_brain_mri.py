@@ -251,3 +251,23 @@ def test_no_validation_trains_on_every_patient_and_keeps_the_last_weights(tmp_pa
     proc = launch([*TINY, "--output-dir", str(tmp_path / "runs"), "--synthetic-dir", str(tmp_path / "data"),
                    "--run-name", "p", "--val-fraction", "0", "--patience", "3"], ok=False)
     assert "patience 3 counts validations" in proc.stderr and not (tmp_path / "runs" / "p").exists()
+
+
+def test_deep_supervision_trains_chooses_post_processing_and_evaluates(tmp_path):
+    """--deep-supervision end to end: the auxiliary heads train, best.pth keeps them, the post-processing search
+    and evaluate rebuild the model from config.json (heads included) and score whole slices."""
+    from toolkit.cli import main
+
+    proc = launch([*TINY, "--output-dir", str(tmp_path / "runs"), "--synthetic-dir", str(tmp_path / "data"),
+                   "--run-name", "ds", "--deep-supervision", "--crop-size", "32", "--widths", "8,16,32",
+                   "--epochs", "2", "--eval-every", "1"])
+    assert "trainable" in proc.stdout
+    run = tmp_path / "runs" / "ds"
+    assert json.loads((run / "config.json").read_text())["deep_supervision"] is True
+    state = torch.load(run / "best.pth", weights_only=True)
+    assert {k.split(".")[0] for k in state} >= {"aux_heads", "head"} and (run / "postprocess.json").is_file()
+    assert main(["evaluate", "--weights", str(run / "best.pth"), "--split", "val",
+                 "--output", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["summary"]["num_images"] > 0
+    assert main(["export", "--weights", str(run / "best.pth"), "--format", "onnx", "--output",
+                 str(tmp_path / "ds.onnx")]) == 0  # eval mode: one output, the heads left out of the graph

@@ -12,13 +12,14 @@ The public API: a recipe imports from ``toolkit`` and the documented subpackages
   ``SegmentationMedia``, ``ReconstructionMedia``, ``ChoosePostprocess``, ``ChooseVolumePostprocess``, ``FreezeEncoder``;
 - objectives, losses, metrics: ``Objective``, ``StepOutput``, ``ClassificationObjective``,
   ``ReconstructionObjective``, ``DenoisingObjective``, ``RestorationObjective``, ``LesionObjective``,
-  ``SegmentationObjective``, ``build_objective``, ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``Accuracy``,
+  ``SegmentationObjective``, ``build_objective``, ``SoftDiceLoss``, ``DiceBCELoss``, ``DiceCELoss``, ``DeepSupervisionLoss``, ``Accuracy``,
   ``ReconstructionMetrics``, ``SegmentationMetrics``;
 - segmentation targets (binary, classes, regions): ``TARGET_FILE``, ``TARGET_KINDS``, ``TargetSpec``, ``parse_regions``,
   ``resolve_target``, ``TargetMetrics``, ``segmentation_loss``;
 - files and figures: ``save_weights``, ``load_weights``, ``save_json``, ``atomic_write``, ``image_grid``,
   ``plot_history``, ``reconstruction_pairs``, ``save_figure``, ``segmentation_overlays``;
-- models: ``build_segmentation_model``, ``parse_widths``, ``SegAutoEncoder``, ``SEGMENTATION_MODELS``, ``count_parameters``, ``init_from``,
+- models: ``build_segmentation_model``, ``parse_widths``, ``size_multiple``, ``SegAutoEncoder``, ``SEGMENTATION_MODELS``,
+  ``count_parameters``, ``init_from``,
   ``meta_parameter_count``, ``check_param_budget`` (the other architectures are in :mod:`toolkit.models`);
   ``input_difference`` (what the run of ``--init-from`` weights read, if not this run's channels and intensity scaling),
   ``encoder_parameters`` (the encoder and bottleneck parameters ``--encoder-lr-scale`` scales);
@@ -69,10 +70,11 @@ _EXPORTS = {
     "data.splits": ["load_split", "save_split", "split_ids", "split_records"],
     "ensemble": ["SegmentationEnsemble"], "finetune": ["FreezeEncoder", "encoder_parameters"], "inference": ["input_difference"],
     "figures": ["image_grid", "plot_history", "reconstruction_pairs", "save_figure", "segmentation_overlays"],
-    "losses": ["DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
+    "losses": ["DeepSupervisionLoss", "DiceBCELoss", "DiceCELoss", "SoftDiceLoss", "segmentation_loss"],
     "metrics": ["Accuracy", "ReconstructionMetrics", "SegmentationMetrics"],
     "mri_data": ["SegmentationData", "check_mri_settings", "choose_monitor", "pretraining_data", "segmentation_data", "settle_epochs"],
-    "models.segmentation": ["SEGMENTATION_MODELS", "SegAutoEncoder", "build_segmentation_model", "parse_widths"],
+    "models.segmentation": ["SEGMENTATION_MODELS", "SegAutoEncoder", "build_segmentation_model", "parse_widths",
+                            "size_multiple"],
     "models.utils": ["check_param_budget", "count_parameters", "init_from", "meta_parameter_count"],
     "objectives": [
         "ClassificationObjective", "DenoisingObjective", "LesionObjective", "Objective", "ReconstructionObjective",

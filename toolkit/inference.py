@@ -51,7 +51,8 @@ def load_segmentation_run(weights: str | Path) -> tuple[torch.nn.Module, dict]:
     model = build_segmentation_model(cfg["model"], in_channels=context_channels(cfg.get("in_channels", 1),
                                                                                cfg.get("context_slices", 0)),
                                      out_channels=target.out_channels,
-                                     widths=parse_widths(cfg.get("widths", "")))
+                                     widths=parse_widths(cfg.get("widths", "")),
+                                     deep_supervision=bool(cfg.get("deep_supervision", False)))
     state = load_weights(weights)
     try:
         model.load_state_dict(state)

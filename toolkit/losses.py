@@ -1,4 +1,4 @@
-"""Segmentation losses: the soft Dice loss of the spec and a Dice + BCE combination.
+"""Segmentation losses: the soft Dice loss of the spec, Dice + BCE and Dice + CE, and deep supervision over them.
 
 Style follows MONAI ``losses/dice.py``: every option is fixed in ``__init__`` (bad
 options raise ``ValueError`` naming the option and its value) and ``forward`` takes
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SoftDiceLoss", "DiceBCELoss", "DiceCELoss", "segmentation_loss"]
+__all__ = ["SoftDiceLoss", "DiceBCELoss", "DiceCELoss", "DeepSupervisionLoss", "segmentation_loss"]
 
 
 def _check_bool(name: str, value) -> bool:
@@ -219,8 +219,62 @@ class DiceCELoss(nn.Module):
         return f"dice_weight={self.dice_weight}, ce_weight={self.ce_weight}"
 
 
+class DeepSupervisionLoss(nn.Module):
+    """A loss over the outputs of a deeply supervised model: ``Σ_i w_i · loss(out_i, target_i)``.
+
+    nnU-Net's deep supervision: output i (0 = full resolution, then coarser ones) is scored against the target
+    resized to its size by nearest neighbour (``nearest-exact``: the pixel at each block's centre), with weights
+    ``w_i ∝ 2**-i`` normalised to sum to 1 (``weights`` overrides them: one per output, >= 0, not all 0; they
+    are normalised too). A single tensor (a model in eval mode, or without auxiliary heads) is scored as
+    ``loss(out, target)`` unchanged.
+
+    Shapes:
+        - pred: (N, C, H, W) logits, or a list of them at (N, C, H_i, W_i), H_i <= H (the first the full size).
+        - target: what ``loss`` takes at full size: (N, C, H, W) float in [0, 1] (binary, regions) or
+          (N, H, W) int64 class indices.
+        - output: scalar float32 tensor.
+    """
+
+    def __init__(self, loss: nn.Module, weights: tuple[float, ...] | None = None) -> None:
+        super().__init__()
+        if not isinstance(loss, nn.Module):
+            raise ValueError(f"loss must be an nn.Module, got {type(loss).__name__}")
+        if weights is not None:
+            weights = tuple(weights)
+            if not weights or any(isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(w) or w < 0
+                                  for w in weights) or not sum(weights) > 0:
+                raise ValueError(f"weights must be finite numbers >= 0, not all 0, got {weights!r}")
+        self.loss, self.weights = loss, weights
+
+    def forward(self, pred: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """Return the weighted loss (float32 scalar) of ``pred`` (one tensor or a list of outputs)."""
+        if isinstance(pred, torch.Tensor):
+            return self.loss(pred, target)
+        weights = self.weights or tuple(2.0 ** -i for i in range(len(pred)))
+        if len(weights) != len(pred):
+            raise ValueError(f"{len(weights)} weights for {len(pred)} outputs")
+        total = sum(weights)
+        loss = pred[0].new_zeros((), dtype=torch.float32)
+        for w, out in zip(weights, pred):
+            if w:
+                loss = loss + (w / total) * self.loss(out, _resize_target(target, out.shape[-2:]))
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights or '2**-i'}"
+
+
+def _resize_target(target: torch.Tensor, size) -> torch.Tensor:
+    """``target`` (N, C, H, W) float or (N, H, W) class indices, resized to ``size`` (h, w) by nearest-exact."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    grid = target.unsqueeze(1) if target.ndim == 3 else target
+    out = F.interpolate(grid.float(), size=tuple(size), mode="nearest-exact").to(target.dtype)
+    return out.squeeze(1) if target.ndim == 3 else out
+
+
 def segmentation_loss(kind: str, loss: str = "dice", bce_weight: float = 1.0,
-                      batch_dice: bool = False) -> nn.Module:
+                      batch_dice: bool = False, deep_supervision: bool = False) -> nn.Module:
     """The training loss of a target kind (see :mod:`toolkit.targets`).
 
     kind "binary" or "regions" (sigmoid outputs): ``loss="dice"`` → :class:`SoftDiceLoss`,
@@ -234,8 +288,10 @@ def segmentation_loss(kind: str, loss: str = "dice", bce_weight: float = 1.0,
     Dice per class or region over the whole batch, as nnU-Net's ``batch_dice``): per image, every class or region
     absent from a slice scores a loss near 1 for any non-zero probability, which on slices holding
     one tumour type out of three pushed a classes model to predict background everywhere
-    (docs/volumes.md).
+    (docs/volumes.md). ``deep_supervision``: the loss wrapped in :class:`DeepSupervisionLoss`.
     """
+    if _check_bool("deep_supervision", deep_supervision):
+        return DeepSupervisionLoss(segmentation_loss(kind, loss, bce_weight, batch_dice))
     if loss not in ("dice", "dice_bce"):
         raise ValueError(f"loss must be dice or dice_bce, got {loss!r}")
     if kind == "classes":

@@ -107,6 +107,8 @@ class SegmentationObjective(Objective):
     ``loss(logits, target.encode(masks))`` (binary: (N,1,H,W) {0,1} float; classes: (N,H,W)
     class indices; regions: (N,R,H,W) {0,1}); preds = ``target.probs(logits)`` float32 in
     [0, 1] (sigmoid, or softmax over classes); targets = masks as uint8 label maps.
+    A model that returns a list in training mode (deep supervision) has its first entry taken as the logits
+    and the whole list passed to ``loss`` (:class:`~toolkit.losses.DeepSupervisionLoss`).
     ``crop`` (optional, training mode only) maps the preprocessed (images, masks) to patches,
     e.g. :class:`~toolkit.data.batch_transforms.ForegroundCrop`; evaluation always sees whole slices.
     """
@@ -126,8 +128,10 @@ class SegmentationObjective(Objective):
             inputs = _layout(x, self.channels_last)
         else:
             inputs = self.model_input(x)
-        logits = model(inputs).float()
-        loss = self.loss(logits, self.target.encode(masks))
+        out = model(inputs)  # a deeply supervised model in training: [full-size logits, coarser ones...]
+        logits = out[0].float() if isinstance(out, (list, tuple)) else out.float()
+        loss = self.loss([o.float() for o in out] if isinstance(out, (list, tuple)) else logits,
+                         self.target.encode(masks))
         return StepOutput(loss, self.target.probs(logits.detach()), masks.to(torch.uint8), inputs)
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "build_segmentation_model",
     "pad_to_multiple",
     "parse_widths",
+    "size_multiple",
 ]
 
 #: Default stage widths (encoder stages ..., bottleneck): depth 4, so 240 -> 15 at the
@@ -94,6 +95,13 @@ class SegAutoEncoder(nn.Module):
             ``f * 2**depth``, pixel-unshuffled to (N, in_channels*f*f, H/f, W/f) before the first
             stage, and the head's (N, out_channels*f*f, H/f, W/f) output pixel-shuffled back to
             full resolution; no information is dropped on the way in.
+        deep_supervision: if True, every decoder stage but the last gets a 1x1 head of its own
+            (nnU-Net's deep supervision: ``widths[1:-1]`` x out_channels weights and biases more, e.g. 98
+            for ``unet_s2d``'s default widths) and the model returns, in training mode only, a list of
+            logits: the full-resolution output first, then one per auxiliary head at 1/2, 1/4, ... of the
+            last decoder stage's resolution (``unet_s2d`` at 96 px: (N, C, 96, 96), (N, C, 24, 24), (N, C, 12, 12)).
+            Training sides must then need no padding (multiples of ``size_multiple``). In eval mode the
+            heads are unused and the output is the one tensor below, as without them.
 
     Parameters with the default widths (8, 16, 32, 64, 128), in=out=1:
     ``skip=True`` 486,409 and ``skip=False`` 437,449 trainable parameters,
@@ -121,6 +129,7 @@ class SegAutoEncoder(nn.Module):
         widths: Sequence[int] = DEFAULT_WIDTHS,
         skip: bool = False,
         space_to_depth: int = 1,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -131,6 +140,8 @@ class SegAutoEncoder(nn.Module):
             raise ValueError(f"widths must hold at least 2 positive ints, got {widths!r}")
         if not isinstance(skip, bool):
             raise ValueError(f"skip must be a bool, got {skip!r}")
+        if not isinstance(deep_supervision, bool):
+            raise ValueError(f"deep_supervision must be a bool, got {deep_supervision!r}")
         if isinstance(space_to_depth, bool) or not isinstance(space_to_depth, int) or space_to_depth < 1:
             raise ValueError(f"space_to_depth must be a positive int, got {space_to_depth!r}")
         self.in_channels = in_channels
@@ -160,6 +171,9 @@ class SegAutoEncoder(nn.Module):
             self.decoder.append(_double_conv(2 * w if skip else w, w))
             ch = w
         self.head = nn.Conv2d(ch, out_channels * f2, kernel_size=1)
+        # aux_heads[k]: decoder stage D-2-k (the coarser ones), finest first
+        self.aux_heads = nn.ModuleList(nn.Conv2d(w, out_channels, kernel_size=1) for w in enc_widths[1:]) \
+            if deep_supervision else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map scans (N, in_channels, H, W) to mask logits (N, out_channels, H, W)."""
@@ -168,6 +182,10 @@ class SegAutoEncoder(nn.Module):
                 f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         f = self.space_to_depth
+        supervise = self.aux_heads is not None and self.training
+        if supervise and (x.shape[-2] % self.size_multiple or x.shape[-1] % self.size_multiple):
+            raise ValueError(f"deep supervision trains on sides that are multiples of {self.size_multiple}, got "
+                             f"{tuple(x.shape[-2:])}: choose a crop or image size that is")
         x, crop = pad_to_multiple(x, f * 2**self.depth)
         if f > 1:
             x = F.pixel_unshuffle(x, f)
@@ -178,19 +196,24 @@ class SegAutoEncoder(nn.Module):
             skips.append(x if self.skip else None)
             x = self.pool(x)
         x = self.bottleneck(x)
+        coarse = []
         for up, stage, s in zip(self.upsample, self.decoder, reversed(skips)):
             x = up(x)
             if s is not None:
                 x = torch.cat([x, s], dim=1)
             x = stage(x)
+            coarse.append(x)
         x = self.head(x)
         if f > 1:
             x = F.pixel_shuffle(x, f)
+        if supervise:  # coarse[-1] feeds the main head; the others, finest first, their own
+            return [crop(x)] + [head(c) for head, c in zip(self.aux_heads, reversed(coarse[:-1]))]
         return crop(x)
 
     def extra_repr(self) -> str:
         s2d = f", space_to_depth={self.space_to_depth}" if self.space_to_depth > 1 else ""
-        return f"widths={self.widths}, skip={self.skip}, depth={self.depth}{s2d}"
+        ds = ", deep_supervision=True" if self.aux_heads is not None else ""
+        return f"widths={self.widths}, skip={self.skip}, depth={self.depth}{s2d}{ds}"
 
 
 #: name -> whether the variant has skip connections; "unet_s2d" is the U-Net behind a 2x2
@@ -234,8 +257,20 @@ def parse_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def size_multiple(name: str, widths: Sequence[int] | None = None) -> int:
+    """The sides (pixels) model ``name`` with ``widths`` (None or empty: its default) takes without padding:
+    ``2**depth``, times 2 for ``unet_s2d`` (16 for both defaults), 32 for ``smp_unet``; as the built model's
+    ``size_multiple``, without building it. Raises ValueError for an unknown name."""
+    if name not in SEGMENTATION_MODELS:
+        raise ValueError(f"unknown segmentation model {name!r}; valid names: {sorted(SEGMENTATION_MODELS)}")
+    if name == "smp_unet":
+        return 32
+    widths = tuple(widths or (S2D_WIDTHS if name == "unet_s2d" else DEFAULT_WIDTHS))
+    return (2 if name == "unet_s2d" else 1) * 2 ** (len(widths) - 1)
+
+
 def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int = 1,
-                             widths: Sequence[int] | None = None) -> nn.Module:
+                             widths: Sequence[int] | None = None, deep_supervision: bool = False) -> nn.Module:
     """Build a segmentation model by name: ``autoencoder`` (plain symmetric, no skips),
     ``unet`` (symmetric with skips), ``unet_s2d`` (the U-Net behind a 2x2 space-to-depth stem) or
     ``smp_unet`` (the smp baseline).
@@ -243,18 +278,20 @@ def build_segmentation_model(name: str, in_channels: int = 1, out_channels: int 
     ``widths``: stage widths of the symmetric models (see :class:`SegAutoEncoder`); None or empty =
     :data:`DEFAULT_WIDTHS` (:data:`S2D_WIDTHS` for ``unet_s2d``). The smp baseline has its own layout and refuses other widths.
     Returns a model mapping (N, in_channels, H, W) float scans to (N, out_channels, H, W)
-    logits. Raises ValueError for an unknown name (the message lists the valid names).
+    logits (with ``deep_supervision``, a list of them in training mode: :class:`SegAutoEncoder`). Raises
+    ValueError for an unknown name (the message lists the valid names) and for deep supervision of ``smp_unet``.
     """
     if name not in SEGMENTATION_MODELS:
         raise ValueError(
             f"unknown segmentation model {name!r}; valid names: {sorted(SEGMENTATION_MODELS)}"
         )
     if name == "smp_unet":
-        if widths:
-            raise ValueError("widths apply to the unet, unet_s2d and autoencoder models, not to smp_unet")
+        if widths or deep_supervision:
+            raise ValueError("widths and deep supervision apply to the unet, unet_s2d and autoencoder models, "
+                             "not to smp_unet")
         return SMPUnet(in_channels, out_channels)
     if name == "unet_s2d":
         return SegAutoEncoder(in_channels, out_channels, widths=tuple(widths or S2D_WIDTHS), skip=True,
-                              space_to_depth=2)
+                              space_to_depth=2, deep_supervision=deep_supervision)
     return SegAutoEncoder(in_channels, out_channels, widths=tuple(widths or DEFAULT_WIDTHS),
-                          skip=SEGMENTATION_MODELS[name])
+                          skip=SEGMENTATION_MODELS[name], deep_supervision=deep_supervision)

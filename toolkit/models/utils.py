@@ -54,13 +54,16 @@ def init_from(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     Every parameter and buffer must match by name and shape: weights of another architecture, width
     or number of channels are refused with a ValueError that names the file and the first differences.
+    Deep supervision's auxiliary heads (``aux_heads.*``) are the exception: a model with them starts them
+    fresh from weights without, and weights with them load into a model without (the heads left out).
     """
     from ..checkpoint import load_weights
 
     state = load_weights(path)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    optional = lambda k: k.startswith("aux_heads.")  # noqa: E731
+    missing = [k for k in own if k not in state and not optional(k)]
+    unexpected = [k for k in state if k not in own and not optional(k)]
     shapes = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
               for k, v in own.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
@@ -70,5 +73,5 @@ def init_from(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"--init-from {path}: these weights are of another model than {type(model).__name__} "
                          f"as configured: " + "; ".join(p for p in parts if p) +
                          "; pass weights saved by the same model, widths and channels")
-    model.load_state_dict(state)
+    model.load_state_dict({**own, **{k: v for k, v in state.items() if k in own}})
     return model
