@@ -22,6 +22,8 @@ from pathlib import Path
 
 from toolkit import ConfigError, check_final, check_folder_name, cv_lines, out_of_fold, train_final, train_folds
 
+RECIPE = Path(__file__).resolve().with_name("brain_mri.py")  # the recipe beside this script, from any folder
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     try:
-        folds = train_folds(args.folds, recipe_args, root)
+        folds = train_folds(args.folds, recipe_args, root, recipe=str(RECIPE))
     except ValueError as err:
         parser.error(str(err))
     except subprocess.CalledProcessError as err:  # the fold run said why above
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(cv_lines(result, root)))
     if args.final:
         try:
-            finals = train_final(recipe_args, root, count=args.final)
+            finals = train_final(recipe_args, root, recipe=str(RECIPE), count=args.final)
         except subprocess.CalledProcessError as err:
             print(f"error: the run on every patient stopped (exit status {err.returncode}; its message is above); "
                   f"the folds and {root / 'cv.json'} are kept: run the same command again to resume it",

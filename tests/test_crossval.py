@@ -188,9 +188,10 @@ def test_cv_on_volumes_chooses_the_3d_rule_out_of_fold(tmp_path):
 
 
 def _cv_on(tmp_path, data, *extra, ours=()):
+    # launched from another folder than the repository's: the folds run the recipe beside the script
     args = [sys.executable, str(ROOT / "recipes" / "brain_mri_cv.py"), "--folds", "2", "--name", "cv",
             "--output-dir", str(tmp_path / "runs"), *ours, "--", *TINY, "--data-dir", str(data), *extra]
-    proc = subprocess.run(args, cwd=ROOT, env=run_env(LAUNCH=sys.executable), capture_output=True, text=True,
+    proc = subprocess.run(args, cwd=tmp_path, env=run_env(LAUNCH=sys.executable), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return tmp_path / "runs" / "cv", proc.stdout
