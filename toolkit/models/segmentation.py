@@ -175,8 +175,9 @@ class SegAutoEncoder(nn.Module):
         self.aux_heads = nn.ModuleList(nn.Conv2d(w, out_channels, kernel_size=1) for w in enc_widths[1:]) \
             if deep_supervision else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map scans (N, in_channels, H, W) to mask logits (N, out_channels, H, W)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Map scans (N, in_channels, H, W) to mask logits (N, out_channels, H, W); with deep supervision in
+        training mode, a list: those logits, then the auxiliary heads' coarser ones (see the class)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
