@@ -220,3 +220,17 @@ def test_deep_supervision_bad_weights(weights):
         DeepSupervisionLoss(SoftDiceLoss(), weights=weights)
     with pytest.raises(ValueError, match="2 weights for 3 outputs"):
         DeepSupervisionLoss(SoftDiceLoss(), weights=(1, 1))([torch.zeros(1, 1, 4, 4)] * 3, torch.zeros(1, 1, 4, 4))
+
+
+def test_segmentation_objective_scores_every_output_of_a_deeply_supervised_model():
+    """The objective passes the list to DeepSupervisionLoss and takes the full-size logits as preds; a plain loss
+    with such a model is refused by name instead of failing inside the loss."""
+    from toolkit import SegmentationObjective, build_segmentation_model, segmentation_loss
+
+    torch.manual_seed(0)
+    model = build_segmentation_model("unet_s2d", widths=(4, 8, 16), deep_supervision=True).train()
+    images, masks = torch.rand(2, 1, 32, 32) * 255, (torch.rand(2, 1, 32, 32) > 0.7).to(torch.uint8)
+    step = SegmentationObjective(segmentation_loss("binary", "dice_bce", deep_supervision=True))(model, (images, masks))
+    assert step.loss.ndim == 0 and step.preds.shape == (2, 1, 32, 32) and 0 <= step.preds.min() <= step.preds.max() <= 1
+    with pytest.raises(ValueError, match="returned 2 outputs .* wrap it in DeepSupervisionLoss"):
+        SegmentationObjective(segmentation_loss("binary", "dice_bce"))(model, (images, masks))

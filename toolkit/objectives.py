@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .data.batch_transforms import standardize_per_image, to_unit_range
 from .image_objectives import DenoisingObjective, LesionObjective, ReconstructionObjective, RestorationObjective
+from .losses import DeepSupervisionLoss
 from .objective_base import Objective, StepOutput, layout as _layout
 from .targets import TargetSpec
 
@@ -129,9 +130,13 @@ class SegmentationObjective(Objective):
         else:
             inputs = self.model_input(x)
         out = model(inputs)  # a deeply supervised model in training: [full-size logits, coarser ones...]
-        logits = out[0].float() if isinstance(out, (list, tuple)) else out.float()
-        loss = self.loss([o.float() for o in out] if isinstance(out, (list, tuple)) else logits,
-                         self.target.encode(masks))
+        several = isinstance(out, (list, tuple))
+        if several and not isinstance(self.loss, DeepSupervisionLoss):
+            raise ValueError(f"the model returned {len(out)} outputs (deep supervision) but the loss is "
+                             f"{type(self.loss).__name__}: wrap it in DeepSupervisionLoss "
+                             "(segmentation_loss(..., deep_supervision=True))")
+        logits = out[0].float() if several else out.float()
+        loss = self.loss([o.float() for o in out] if several else logits, self.target.encode(masks))
         return StepOutput(loss, self.target.probs(logits.detach()), masks.to(torch.uint8), inputs)
 
 
