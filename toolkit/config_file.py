@@ -61,25 +61,15 @@ def file_settings(path: Path, names: Sequence[str]) -> dict[str, str]:
 
 def given_settings(argv: Sequence[str]) -> dict[str, str]:
     """What a recipe command line ``argv`` sets, ``{field: raw word}`` (``--some-key`` as ``some_key``; a bare
-    ``--flag`` as ``"true"``), the settings of its ``--config`` file under those of the command line, for a caller
-    that must know them before the recipe runs (the recipe itself checks the keys and values). Raises ConfigError
-    for a ``--config`` given twice or a file that cannot be read as a mapping."""
+    ``--flag`` as ``"true"``; :func:`~toolkit.compare.settings_of` reads the command line), the settings of its
+    ``--config`` file under those of the command line, for a caller that must know them before the recipe runs
+    (the recipe itself checks the keys and values). Raises ConfigError for a ``--config`` given twice or a file
+    that cannot be read as a mapping."""
+    from .compare import settings_of  # here, not at the top: every recipe's config parsing imports this module
+
     rest, path = split_config_flag(argv)
-    out = {key.replace("-", "_"): _word(value) for key, value in _read_mapping(path).items()} if path else {}
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        i += 1
-        if not token.startswith("--"):
-            continue  # a stray word: the recipe refuses it
-        key, eq, raw = token[2:].partition("=")
-        if not eq:
-            if i < len(rest) and not rest[i].startswith("--"):
-                raw, i = rest[i], i + 1
-            else:
-                raw = "true"
-        out[key.replace("-", "_")] = raw
-    return out
+    given = {key.replace("-", "_"): _word(value) for key, value in _read_mapping(path).items()} if path else {}
+    return {**given, **settings_of(list(rest))}
 
 
 def _read_mapping(path: Path) -> dict:

@@ -104,8 +104,7 @@ def check_final(argv: Sequence[str], count: int) -> None:
     if count == 1:
         return
     settings = given_settings(argv)
-    drawn = [f"--{key.replace('_', '-')} {settings[key]}" for key, unseeded in
-             (("test_fraction", lambda v: v == 0), ("label_fraction", lambda v: v == 1))
+    drawn = [f"--{key.replace('_', '-')} {settings[key]}" for key, unseeded in (("test_fraction", 0), ("label_fraction", 1))
              if key in settings and not _number_is(settings[key], unseeded)]
     if drawn or not settings.get("data_dir", "").strip():
         what = " and ".join(drawn) if drawn else "synthetic data (no --data-dir)"
@@ -113,10 +112,11 @@ def check_final(argv: Sequence[str], count: int) -> None:
                          f"model would train on other slices; leave that out, or use --final 1")
 
 
-def _number_is(word: str, test) -> bool:
-    """``test(float(word))``; False for a word that is not a number (the recipe names it when it runs)."""
+def _number_is(word: str, value: float) -> bool:
+    """Whether ``word`` reads as the number ``value``; False for a word that is not a number (the recipe names it
+    when it runs)."""
     try:
-        return bool(test(float(word)))
+        return float(word) == value
     except ValueError:
         return False
 
