@@ -15,7 +15,7 @@ import torch
 
 from toolkit.cli import main
 from toolkit.figures import image_grid, segmentation_overlays
-from toolkit.seg_commands import _overlay
+from toolkit.seg_images import overlay as _overlay
 from toolkit.wandb_media import display_uint8, masked_image
 
 from .mri_fake import make_brats

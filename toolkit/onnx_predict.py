@@ -27,8 +27,7 @@ from .data.mri.channels import resolve_channels
 from .data.mri.resize import resize_back, resize_square
 from .data.mri.nifti import ZSCORE_CLIP
 from .postprocess import PostProcess, scaled_side
-from .seg_images import (channel_names, input_files, output_stem, overlay, per_volume, read_input, tumour_map,
-                         write_class_map, write_png)
+from .seg_images import channel_names, input_files, output_stem, per_volume, read_input, tumour_map, write_outputs
 
 __all__ = ["OnnxSegmenter", "REQUIRED_KEYS", "predict", "read_onnx_metadata"]
 
@@ -260,10 +259,7 @@ def predict(args: argparse.Namespace) -> int:
 
     images = input_files(source_path, out)
     for path, (image, mask, maps) in per_volume(images, predicted, vpost, size):
-        stem = output_stem(path, source_path, out)  # the input's subfolders kept
-        write_png(stem.with_name(f"{stem.name}_mask.png"), mask * 255)
-        write_png(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, mask))
-        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}"
-              + write_class_map(stem.with_name(f"{stem.name}_classes.png"), maps, model.target))
+        told = write_outputs(output_stem(path, source_path, out), image, mask, maps, model.target)  # subfolders kept
+        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}{told}")
     print(f"wrote {len(images)} masks and overlays to {out}/")
     return 0

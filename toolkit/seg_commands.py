@@ -8,7 +8,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
 from .checkpoint import json_safe, save_json
 from .data.mri.channels import resolve_channels
@@ -19,8 +18,8 @@ from .data.splits import load_split
 from .inference import (load_ensemble, pick_postprocess, predict_probs, run_dataset, run_layout, run_slices,
                         trained_with_flips)
 from .postprocess import PostProcess
-from .seg_images import channel_names as _channel_names, input_files as _input_files, output_stem, overlay as _overlay
-from .seg_images import per_volume, read_input as _read_input, write_class_map, write_png as _write_png
+from .seg_images import channel_names as _channel_names, input_files as _input_files, output_stem, per_volume
+from .seg_images import read_input as _read_input, write_outputs
 from .seg_eval import EMPTY_RULE, collect_probs, disagreement_report, image_records, slice_meta, summarise
 
 __all__ = ["evaluate", "predict", "postprocess"]
@@ -71,12 +70,8 @@ def predict(args: argparse.Namespace) -> int:
 
     for path, (image, mask, dispute, maps) in per_volume(images, predicted, vpost, size, rule=rule):
         stem = output_stem(path, Path(args.input), out)  # the input's subfolders kept
-        _write_png(stem.with_name(f"{stem.name}_mask.png"), mask * 255)
-        _write_png(stem.with_name(f"{stem.name}_overlay.png"), _overlay(image, mask))
-        if dispute is not None:
-            _write_png(stem.with_name(f"{stem.name}_disagreement.png"), (dispute * 255).round().astype(np.uint8))
-        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}"
-              + write_class_map(stem.with_name(f"{stem.name}_classes.png"), maps, ensemble.target.to_dict()))
+        told = write_outputs(stem, image, mask, maps, ensemble.target.to_dict(), dispute)
+        print(f"{path}: {int(mask.sum())} tumour pixels of {mask.size}{told}")
     extra = " and disagreement maps (0 = all models agree, 255 = half against half)" if len(files) > 1 else ""
     print(f"wrote {len(images)} masks and overlays{extra} to {out}/")
     return 0

@@ -16,7 +16,7 @@ from .data.errors import MRIDataError
 from .data.mri.io import CHANNEL_NAMES, IMAGE_EXTENSIONS, read_image
 
 __all__ = ["channel_names", "class_labels", "input_files", "output_stem", "overlay", "per_volume", "read_input",
-           "tumour_map", "write_class_map", "write_png"]
+           "tumour_map", "write_class_map", "write_outputs", "write_png"]
 
 
 def tumour_map(probs: np.ndarray, kind: str) -> np.ndarray:
@@ -56,6 +56,23 @@ def write_class_map(path: Path, channels: np.ndarray, target: Mapping) -> str:
     labels, name = class_labels(channels, target["values"], target["names"])
     write_png(path, labels)
     return f", {f'class {name}' if name else 'no tumour class (nothing predicted)'} (label map {path.name})"
+
+
+def write_outputs(stem: Path, image: np.ndarray, mask: np.ndarray, maps: np.ndarray, target: Mapping,
+                  dispute: np.ndarray | None = None) -> str:
+    """Write one image's ``predict`` outputs beside ``stem`` (:func:`output_stem`): ``<stem>_mask.png`` (``mask``,
+    uint8 (H, W) {0, 1}, as 0/255), ``<stem>_overlay.png`` (:func:`overlay` of ``image``, uint8 (H, W, C)), with
+    ``dispute`` (float (H, W) in [0, 1], an ensemble's disagreement) ``<stem>_disagreement.png`` (0-255), and for
+    classes runs ``<stem>_classes.png`` (:func:`write_class_map` of ``maps``, float32 (K, H, W)). Returns the
+    printed line's tail: :func:`write_class_map`'s, "" for other targets."""
+    def named(kind: str) -> Path:
+        return stem.with_name(f"{stem.name}_{kind}.png")
+
+    write_png(named("mask"), mask * 255)
+    write_png(named("overlay"), overlay(image, mask))
+    if dispute is not None:
+        write_png(named("disagreement"), (dispute * 255).round().astype(np.uint8))
+    return write_class_map(named("classes"), maps, target)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

@@ -23,7 +23,7 @@ from .data.mri.resize import resize_back
 from .data.mri.nifti import brain_region, check_finite, load_nifti, save_nifti, zscore_uint8
 from .data.mri.raw import check_grid
 from .inference import trained_with_flips
-from .seg_commands import _write_png
+from .seg_images import write_png
 from .volume_cases import VolumeCase, case_channels, find_volume_cases, is_nifti_input
 from .volume_postprocess_run import stored_volume_postprocess
 
@@ -106,7 +106,7 @@ def write_case(out_dir: Path, case: str, labels: np.ndarray, reference, grey: np
     tumour = np.flatnonzero(labels.any(axis=(0, 1)))
     k = int(tumour[len(tumour) // 2]) if len(tumour) else labels.shape[2] // 2
     png = out_dir / f"{case}_seg.png"
-    _write_png(png, label_overlay(grey[:, :, k], labels[:, :, k]))
+    write_png(png, label_overlay(grey[:, :, k], labels[:, :, k]))
     return seg, png, k
 
 
