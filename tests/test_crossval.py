@@ -127,7 +127,7 @@ def test_cv_final_n_refuses_data_that_the_seed_draws_before_any_fold_trains(tmp_
 
 
 def test_cv_final_n_reads_the_settings_of_a_config_file_and_their_values(tmp_path):
-    from toolkit.crossval import check_final
+    from toolkit.cv_runs import check_final
     from toolkit.config_file import given_settings
 
     settings = tmp_path / "settings.yaml"

@@ -1,5 +1,5 @@
 """K-fold cross-validation of the brain-MRI recipe: score out-of-fold, choose post-processing (the folds and the
-models of every patient are trained by :mod:`toolkit.cv_runs`, re-exported here).
+models of every patient are trained by :mod:`toolkit.cv_runs`).
 
 ``runs/<name>/fold<k>/`` holds fold k's run (validation = fold k's patients). When every fold is
 trained, each fold's ``best.pth`` predicts its own validation slices: together these out-of-fold
@@ -7,9 +7,9 @@ predictions cover every slice once, by a model that never saw its patient. The p
 chosen on them (``runs/<name>/postprocess.json``; on volumes the component rule is 3D, per patient) and
 ``runs/<name>/cv.json`` holds the per-fold and out-of-fold scores (per image, pooled, per patient, per
 tumour type), before and after it. The CV folder then works as ``toolkit evaluate|predict --weights
-runs/<name>``: the folds' ensemble. Optionally (:func:`train_final`) ``runs/<name>/all/`` (and ``all1`` …) then
-trains a model on every patient the folds covered (nnU-Net's ``all`` fold) that takes the post-processing chosen
-out of fold.
+runs/<name>``: the folds' ensemble. Optionally (:func:`toolkit.cv_runs.train_final`) ``runs/<name>/all/`` (and
+``all1`` …) then trains a model on every patient the folds covered (nnU-Net's ``all`` fold) that takes the
+post-processing chosen out of fold.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import numpy as np
 import torch
 
 from .checkpoint import save_json
-from .cv_runs import (CV_ARGS_FILE, FINAL_RUN, check_final, final_name, final_runs, share_postprocess, train_final,
-                      train_folds)
 from .data.splits import load_split
 from .inference import load_ensemble, run_dataset, run_slices, run_target_dataset, stored_target
 from .postprocess import POSTPROCESS_FILE, SCALE_TTA, PostProcess
@@ -35,8 +33,7 @@ from .volume_postprocess_run import choose_and_store, report_lines, stored_volum
 from .seg_eval import (Predictions, choose_postprocess, collect_probs, describe_steps, image_records, slice_meta,
                        summarise)
 
-__all__ = ["train_folds", "train_final", "check_final", "final_name", "final_runs", "share_postprocess",
-           "out_of_fold", "cv_lines", "run_monitor", "CV_FILE", "CV_ARGS_FILE", "FINAL_RUN"]
+__all__ = ["out_of_fold", "cv_lines", "run_monitor", "CV_FILE"]
 
 CV_FILE = "cv.json"
 

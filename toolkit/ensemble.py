@@ -61,7 +61,7 @@ def _refuse_unfinished_cv(root: Path) -> None:
     cut short, and the CV's post-processing is chosen only once every fold has trained."""
     import json
 
-    from .cv_runs import CV_ARGS_FILE  # here: its compare module is not needed to load an ensemble
+    from .cv_runs import CV_ARGS_FILE  # here, not at the top: cv_runs loads the CV driver (compare) with it
 
     if not (root / CV_ARGS_FILE).is_file():
         return  # folds gathered by hand: taken as they are

@@ -8,7 +8,6 @@ import argparse
 import json
 from pathlib import Path
 
-
 from .checkpoint import json_safe, save_json
 from .data.mri.channels import resolve_channels
 from .data.mri.discover import given_folder
@@ -217,7 +216,8 @@ def postprocess(args: argparse.Namespace) -> int:
     import copy
     import shutil
 
-    from .crossval import CV_FILE, cv_lines, out_of_fold, run_monitor, share_postprocess
+    from .crossval import CV_FILE, cv_lines, out_of_fold, run_monitor
+    from .cv_runs import share_postprocess
     from .ensemble import resolve_weights
     from .inference import run_target_dataset
     from .postprocess import POSTPROCESS_FILE
